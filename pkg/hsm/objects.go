@@ -1,0 +1,318 @@
+package hsm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Class is a PKCS#11 object class podkey uses.
+type Class uint
+
+const (
+	SecretKey  Class = pkcs11.CKO_SECRET_KEY
+	PrivateKey Class = pkcs11.CKO_PRIVATE_KEY
+	PublicKey  Class = pkcs11.CKO_PUBLIC_KEY
+	Data       Class = pkcs11.CKO_DATA
+)
+
+func (c Class) String() string {
+	switch c {
+	case SecretKey:
+		return "secret-key"
+	case PrivateKey:
+		return "private-key"
+	case PublicKey:
+		return "public-key"
+	case Data:
+		return "data"
+	}
+	return fmt.Sprintf("class(0x%x)", uint(c))
+}
+
+// Application is the CKA_APPLICATION of podkey's data objects.
+const Application = "podkey"
+
+type objectKey struct {
+	class Class
+	label string
+}
+
+// handle resolves an object by class and label, caching the handle. Cached
+// handles are dropped when the token reports them invalid.
+func (t *Token) handle(sh pkcs11.SessionHandle, class Class, label string) (pkcs11.ObjectHandle, error) {
+	k := objectKey{class, label}
+	t.handlesMu.RLock()
+	h, ok := t.handles[k]
+	t.handlesMu.RUnlock()
+	if ok {
+		return h, nil
+	}
+	hs, err := t.find(sh, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}, 2)
+	if err != nil {
+		return 0, err
+	}
+	switch len(hs) {
+	case 0:
+		return 0, fmt.Errorf("hsm: %s %q: %w", class, label, ErrObjectNotFound)
+	case 1:
+	default:
+		return 0, fmt.Errorf("hsm: %s %q: more than one object has this label", class, label)
+	}
+	t.handlesMu.Lock()
+	t.handles[k] = hs[0]
+	t.handlesMu.Unlock()
+	return hs[0], nil
+}
+
+func (t *Token) flushHandles() {
+	t.handlesMu.Lock()
+	t.handles = map[objectKey]pkcs11.ObjectHandle{}
+	t.handlesMu.Unlock()
+}
+
+func (t *Token) find(sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	if err := t.p.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, err
+	}
+	var all []pkcs11.ObjectHandle
+	for {
+		hs, _, err := t.p.FindObjects(sh, 64)
+		if err != nil {
+			_ = t.p.FindObjectsFinal(sh)
+			return nil, err
+		}
+		all = append(all, hs...)
+		if len(hs) == 0 || (max > 0 && len(all) >= max) {
+			break
+		}
+	}
+	return all, t.p.FindObjectsFinal(sh)
+}
+
+// Exists reports whether an object of the class has the label.
+func (t *Token) Exists(ctx context.Context, class Class, label string) (bool, error) {
+	var found bool
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		hs, err := t.find(sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		}, 1)
+		found = len(hs) > 0
+		return err
+	})
+	return found, err
+}
+
+// Object describes a token object without its value.
+type Object struct {
+	Class Class
+	Label string
+}
+
+// List returns podkey's objects whose label starts with prefix.
+func (t *Token) List(ctx context.Context, prefix string) ([]Object, error) {
+	var out []Object
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		out = out[:0]
+		hs, err := t.find(sh, nil, 0)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+			})
+			if err != nil {
+				continue
+			}
+			label := string(attrs[1].Value)
+			if !strings.HasPrefix(label, prefix) {
+				continue
+			}
+			out = append(out, Object{Class: Class(bytesToUint(attrs[0].Value)), Label: label})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func bytesToUint(b []byte) uint {
+	var v uint
+	for i := len(b) - 1; i >= 0; i-- { // PKCS#11 CK_ULONG in host (little-endian) order
+		v = v<<8 | uint(b[i])
+	}
+	return v
+}
+
+// create runs a generation step unless an object of the class already has
+// the label: root keys are never overwritten.
+func (t *Token) create(ctx context.Context, class Class, label string, gen func(sh pkcs11.SessionHandle) error) error {
+	return t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		hs, err := t.find(sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		}, 1)
+		if err != nil {
+			return err
+		}
+		if len(hs) > 0 {
+			return fmt.Errorf("hsm: %s %q: %w", class, label, ErrObjectExists)
+		}
+		return gen(sh)
+	})
+}
+
+func protectedKey(label string) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
+	}
+}
+
+// GenerateAESKey creates a 256-bit, sensitive, non-extractable AES token key
+// for encryption and key wrapping (podkey's key-encryption key).
+func (t *Token) GenerateAESKey(ctx context.Context, label string) error {
+	return t.create(ctx, SecretKey, label, func(sh pkcs11.SessionHandle) error {
+		attrs := append(protectedKey(label),
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
+		)
+		_, err := t.p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, attrs)
+		return err
+	})
+}
+
+// GenerateHMACKey creates a 256-bit, sensitive, non-extractable generic
+// secret token key for HMAC.
+func (t *Token) GenerateHMACKey(ctx context.Context, label string) error {
+	return t.create(ctx, SecretKey, label, func(sh pkcs11.SessionHandle) error {
+		attrs := append(protectedKey(label),
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+		)
+		_, err := t.p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, attrs)
+		return err
+	})
+}
+
+// oidP256 is the DER encoding of the P-256 curve OID, CKA_EC_PARAMS.
+var oidP256 = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+
+// GenerateECKeyPair creates an ECDSA P-256 key pair; the private half is a
+// sensitive, non-extractable token object. Both halves carry the label.
+func (t *Token) GenerateECKeyPair(ctx context.Context, label string) error {
+	return t.create(ctx, PrivateKey, label, func(sh pkcs11.SessionHandle) error {
+		pub := []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, oidP256),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
+		}
+		priv := append(protectedKey(label),
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		)
+		_, _, err := t.p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv)
+		return err
+	})
+}
+
+// PutData stores a value as an unmodifiable data object. private=true keeps
+// it readable only after login (wrapped key blobs); false suits certificates.
+func (t *Token) PutData(ctx context.Context, label string, value []byte, private bool) error {
+	return t.create(ctx, Data, label, func(sh pkcs11.SessionHandle) error {
+		_, err := t.p.CreateObject(sh, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, private),
+			pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, Application),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, value),
+		})
+		return err
+	})
+}
+
+// GetData reads a data object's value.
+func (t *Token) GetData(ctx context.Context, label string) ([]byte, error) {
+	var v []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, Data, label)
+		if err != nil {
+			return err
+		}
+		attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+		if err != nil {
+			return err
+		}
+		v = attrs[0].Value
+		return nil
+	})
+	return v, err
+}
+
+// Destroy removes an object. Used for tests and pruning retired generations.
+func (t *Token) Destroy(ctx context.Context, class Class, label string) error {
+	return t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, class, label)
+		if err != nil {
+			return err
+		}
+		t.flushHandles()
+		return t.p.DestroyObject(sh, h)
+	})
+}
+
+// KeyAttributes reports the protection attributes of a key, so that set-up
+// and tests can prove root keys are sensitive and non-extractable.
+type KeyAttributes struct {
+	Token, Sensitive, Extractable, Private bool
+}
+
+// Attributes reads a key's protection attributes.
+func (t *Token) Attributes(ctx context.Context, class Class, label string) (KeyAttributes, error) {
+	var ka KeyAttributes
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, class, label)
+		if err != nil {
+			return err
+		}
+		attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
+		})
+		if err != nil {
+			return err
+		}
+		b := func(a *pkcs11.Attribute) bool { return len(a.Value) > 0 && a.Value[0] != 0 }
+		ka = KeyAttributes{Token: b(attrs[0]), Sensitive: b(attrs[1]), Extractable: b(attrs[2]), Private: b(attrs[3])}
+		return nil
+	})
+	return ka, err
+}

@@ -1,0 +1,183 @@
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+
+	"github.com/miekg/pkcs11"
+)
+
+// HMACSHA256 computes HMAC-SHA256 over data with a secret token key.
+func (t *Token) HMACSHA256(ctx context.Context, label string, data []byte) ([]byte, error) {
+	return t.Sign(ctx, pkcs11.CKM_SHA256_HMAC, SecretKey, label, data)
+}
+
+// Sign runs C_Sign with any mechanism (including vendor codes from the
+// mechanism table) and a key found by class and label.
+func (t *Token) Sign(ctx context.Context, mech uint, class Class, label string, data []byte) ([]byte, error) {
+	var out []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, class, label)
+		if err != nil {
+			return err
+		}
+		if err := t.p.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, h); err != nil {
+			return err
+		}
+		out, err = t.p.Sign(sh, data)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: sign with %q: %w", label, err)
+	}
+	return out, nil
+}
+
+// gcmIVSize and gcmTagBits fix podkey's AES-GCM wrapping format:
+// iv (12 bytes) || ciphertext || tag (16 bytes).
+const (
+	gcmIVSize  = 12
+	gcmTagBits = 128
+)
+
+// EncryptGCM encrypts under a token AES key with AES-256-GCM and a fresh
+// random IV; the result is iv || ciphertext || tag. aad binds the context.
+func (t *Token) EncryptGCM(ctx context.Context, label string, plaintext, aad []byte) ([]byte, error) {
+	iv := make([]byte, gcmIVSize)
+	if _, err := io.ReadFull(rand.Reader, iv); err != nil {
+		return nil, err
+	}
+	var out []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, SecretKey, label)
+		if err != nil {
+			return err
+		}
+		params := pkcs11.NewGCMParams(iv, aad, gcmTagBits)
+		defer params.Free()
+		if err := t.p.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+			return err
+		}
+		ct, err := t.p.Encrypt(sh, plaintext)
+		if err != nil {
+			return err
+		}
+		out = append(append(make([]byte, 0, len(iv)+len(ct)), iv...), ct...)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: encrypt with %q: %w", label, err)
+	}
+	return out, nil
+}
+
+// ErrDecrypt is returned when a wrapped blob fails authentication: it was
+// altered, or is bound to another context.
+var ErrDecrypt = errors.New("hsm: wrapped value failed authentication")
+
+// DecryptGCM reverses EncryptGCM.
+func (t *Token) DecryptGCM(ctx context.Context, label string, blob, aad []byte) ([]byte, error) {
+	if len(blob) < gcmIVSize+gcmTagBits/8 {
+		return nil, ErrDecrypt
+	}
+	iv, ct := blob[:gcmIVSize], blob[gcmIVSize:]
+	var out []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, SecretKey, label)
+		if err != nil {
+			return err
+		}
+		params := pkcs11.NewGCMParams(iv, aad, gcmTagBits)
+		defer params.Free()
+		if err := t.p.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+			return err
+		}
+		out, err = t.p.Decrypt(sh, ct)
+		return err
+	})
+	if err != nil {
+		// SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR.
+		if isCode(err, pkcs11.CKR_ENCRYPTED_DATA_INVALID) || isCode(err, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE) ||
+			isCode(err, pkcs11.CKR_GENERAL_ERROR) {
+			return nil, ErrDecrypt
+		}
+		return nil, fmt.Errorf("hsm: decrypt with %q: %w", label, err)
+	}
+	return out, nil
+}
+
+// ECPublicKey reads the public half of a P-256 key pair.
+func (t *Token) ECPublicKey(ctx context.Context, label string) (*ecdsa.PublicKey, error) {
+	var point []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, PublicKey, label)
+		if err != nil {
+			return err
+		}
+		attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		if err != nil {
+			return err
+		}
+		point = attrs[0].Value
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: public key %q: %w", label, err)
+	}
+	// CKA_EC_POINT is a DER OCTET STRING around the uncompressed point.
+	var raw []byte
+	if rest, err := asn1.Unmarshal(point, &raw); err != nil || len(rest) != 0 {
+		raw = point
+	}
+	pk, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), raw)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: public key %q: %w", label, err)
+	}
+	return pk, nil
+}
+
+// ECDSASigner is a crypto.Signer whose private key never leaves the token.
+type ECDSASigner struct {
+	t     *Token
+	label string
+	pub   *ecdsa.PublicKey
+}
+
+// ECDSASigner returns a signer for the P-256 key pair with the label.
+func (t *Token) ECDSASigner(ctx context.Context, label string) (*ECDSASigner, error) {
+	pub, err := t.ECPublicKey(ctx, label)
+	if err != nil {
+		return nil, err
+	}
+	return &ECDSASigner{t: t, label: label, pub: pub}, nil
+}
+
+// Public implements crypto.Signer.
+func (s *ECDSASigner) Public() crypto.PublicKey { return s.pub }
+
+// Sign implements crypto.Signer: digest is signed with CKM_ECDSA inside the
+// token and returned ASN.1-encoded as crypto/x509 expects.
+func (s *ECDSASigner) Sign(_ io.Reader, digest []byte, _ crypto.SignerOpts) ([]byte, error) {
+	return s.SignContext(context.Background(), digest)
+}
+
+// SignContext is Sign with a context for the session wait.
+func (s *ECDSASigner) SignContext(ctx context.Context, digest []byte) ([]byte, error) {
+	rs, err := s.t.Sign(ctx, pkcs11.CKM_ECDSA, PrivateKey, s.label, digest)
+	if err != nil {
+		return nil, err
+	}
+	if len(rs)%2 != 0 {
+		return nil, fmt.Errorf("hsm: ECDSA signature of odd length %d", len(rs))
+	}
+	n := len(rs) / 2
+	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(rs[:n]), new(big.Int).SetBytes(rs[n:])})
+}

@@ -1,0 +1,117 @@
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// acquire takes an idle session or opens a new one while the pool is below
+// MaxSessions; otherwise it waits for one to be returned.
+func (t *Token) acquire(ctx context.Context) (pkcs11.SessionHandle, error) {
+	select {
+	case <-t.closed:
+		return 0, ErrClosed
+	case sh := <-t.idle:
+		return sh, nil
+	default:
+	}
+	select {
+	case t.slots <- struct{}{}:
+		sh, err := t.p.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			<-t.slots
+			return 0, fmt.Errorf("hsm: open session: %w", err)
+		}
+		return sh, nil
+	case sh := <-t.idle:
+		return sh, nil
+	case <-t.closed:
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (t *Token) release(sh pkcs11.SessionHandle) {
+	select {
+	case <-t.closed:
+		_ = t.p.CloseSession(sh)
+	case t.idle <- sh:
+	}
+}
+
+// discard closes a broken session and frees its place in the pool.
+func (t *Token) discard(sh pkcs11.SessionHandle) {
+	_ = t.p.CloseSession(sh)
+	<-t.slots
+}
+
+// failure says how do should recover from a PKCS#11 error.
+type failure int
+
+const (
+	fatal         failure = iota // give up, return the error
+	brokenSession                // drop the session, retry on another
+	loggedOut                    // log in again, retry
+	staleHandle                  // forget cached object handles, retry
+)
+
+func classify(err error) failure {
+	var e pkcs11.Error
+	if !errors.As(err, &e) {
+		return fatal
+	}
+	switch uint(e) {
+	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
+		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_TOKEN_NOT_PRESENT:
+		return brokenSession
+	case pkcs11.CKR_USER_NOT_LOGGED_IN:
+		return loggedOut
+	case pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID:
+		return staleHandle
+	}
+	return fatal
+}
+
+// do runs fn on a pooled session, recovering once from a broken session, a
+// lost login or stale object handles. fn must be safe to run twice.
+func (t *Token) do(ctx context.Context, fn func(sh pkcs11.SessionHandle) error) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var sh pkcs11.SessionHandle
+		sh, err = t.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		err = fn(sh)
+		if err == nil {
+			t.release(sh)
+			return nil
+		}
+		switch classify(err) {
+		case brokenSession:
+			t.discard(sh)
+			t.flushHandles()
+			if isCode(err, pkcs11.CKR_DEVICE_REMOVED) || isCode(err, pkcs11.CKR_TOKEN_NOT_PRESENT) {
+				if lerr := t.login(); lerr != nil {
+					return fmt.Errorf("%w (re-login failed: %v)", err, lerr)
+				}
+			}
+		case loggedOut:
+			t.release(sh)
+			if lerr := t.login(); lerr != nil {
+				return fmt.Errorf("%w (re-login failed: %v)", err, lerr)
+			}
+		case staleHandle:
+			t.release(sh)
+			t.flushHandles()
+		default:
+			t.release(sh)
+			return err
+		}
+	}
+	return err
+}
