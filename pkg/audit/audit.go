@@ -1,0 +1,270 @@
+// Package audit is keyd's tamper-evident log. Every issue, verify, deny and
+// revoke appends a record; each record carries the MAC of its predecessor
+// and its own MAC under an HSM-held key, so altering, removing or
+// reordering any record breaks the chain at that record's position.
+// Records name who asked for what and the outcome; they never hold a
+// secret value or a token.
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/podkey/podkey/pkg/store"
+)
+
+// Actions.
+const (
+	ActionIssue        = "issue"
+	ActionVerify       = "verify"
+	ActionRevoke       = "revoke"
+	ActionSecretPut    = "secret.put"
+	ActionSecretDelete = "secret.delete"
+	ActionPolicySet    = "policy.set"
+	ActionKeyRotate    = "key.rotate"
+)
+
+// Results.
+const (
+	ResultOK     = "ok"
+	ResultDenied = "denied"
+	ResultError  = "error"
+)
+
+// Record is one audit entry. Its JSON form (with MAC empty) is what the
+// chain authenticates.
+type Record struct {
+	Version        int       `json:"v"`
+	Seq            uint64    `json:"seq"`
+	Time           time.Time `json:"time"`
+	Action         string    `json:"action"`
+	Result         string    `json:"result"`
+	Reason         string    `json:"reason,omitempty"`
+	Namespace      string    `json:"namespace,omitempty"`
+	ServiceAccount string    `json:"serviceAccount,omitempty"`
+	Pod            string    `json:"pod,omitempty"`
+	PodUID         string    `json:"podUID,omitempty"`
+	Node           string    `json:"node,omitempty"`
+	Objects        []string  `json:"objects,omitempty"` // name/kind/suite/g<generation>
+	KeyID          string    `json:"keyID,omitempty"`   // access key ids are public identifiers
+	Prev           []byte    `json:"prev"`
+	MAC            []byte    `json:"mac,omitempty"`
+}
+
+// MACFunc computes the chain MAC (HMAC-SHA256 under the HSM audit key).
+type MACFunc func(ctx context.Context, data []byte) ([]byte, error)
+
+const domain = "podkey-audit-v1\n"
+
+func (r Record) authenticated() ([]byte, error) {
+	r.MAC = nil
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(domain), b...), nil
+}
+
+func seal(ctx context.Context, mac MACFunc, r *Record) error {
+	data, err := r.authenticated()
+	if err != nil {
+		return err
+	}
+	r.MAC, err = mac(ctx, data)
+	return err
+}
+
+// Log appends records with group commit: concurrent appends are chained in
+// arrival order and written in one durable transaction. Append returns only
+// when its record is on disk.
+type Log struct {
+	st  store.Store
+	mac MACFunc
+
+	reqs chan *pending
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+type pending struct {
+	rec Record
+	err chan error
+}
+
+// maxBatch bounds one transaction.
+const maxBatch = 512
+
+// Open starts a log that continues the chain stored in st.
+func Open(st store.Store, mac MACFunc) *Log {
+	l := &Log{st: st, mac: mac, reqs: make(chan *pending, maxBatch), done: make(chan struct{})}
+	l.wg.Add(1)
+	go l.run()
+	return l
+}
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("audit log closed")
+
+// Append chains and durably stores rec. Seq, Prev, MAC and Version are set
+// by the log; Time defaults to now.
+func (l *Log) Append(ctx context.Context, rec Record) error {
+	if rec.Time.IsZero() {
+		rec.Time = time.Now().UTC()
+	}
+	p := &pending{rec: rec, err: make(chan error, 1)}
+	select {
+	case l.reqs <- p:
+	case <-l.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-p.err:
+		return err
+	case <-ctx.Done():
+		// The record may still be written; the caller's request fails.
+		return ctx.Err()
+	}
+}
+
+// Close stops the log after pending records are written.
+func (l *Log) Close() {
+	select {
+	case <-l.done:
+	default:
+		close(l.done)
+	}
+	l.wg.Wait()
+}
+
+func (l *Log) run() {
+	defer l.wg.Done()
+	for {
+		var batch []*pending
+		select {
+		case p := <-l.reqs:
+			batch = append(batch, p)
+		case <-l.done:
+			for {
+				select {
+				case p := <-l.reqs:
+					p.err <- ErrClosed
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case p := <-l.reqs:
+				batch = append(batch, p)
+			default:
+				break fill
+			}
+		}
+		err := l.commit(batch)
+		for _, p := range batch {
+			p.err <- err
+		}
+	}
+}
+
+// commit chains a batch onto the stored tail. If another writer moved the
+// tail (a second keyd on a shared store), it re-reads and tries again.
+func (l *Log) commit(batch []*pending) error {
+	ctx := context.Background()
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var last store.AuditEntry
+		if last, err = l.st.LastAudit(ctx); err != nil {
+			return err
+		}
+		prev := []byte{}
+		if last.Seq > 0 {
+			var r Record
+			if err := json.Unmarshal(last.Data, &r); err != nil {
+				return fmt.Errorf("audit: tail record %d unreadable: %w", last.Seq, err)
+			}
+			prev = r.MAC
+		}
+		entries := make([]store.AuditEntry, len(batch))
+		for i, p := range batch {
+			r := p.rec
+			r.Version, r.Seq, r.Prev = 1, last.Seq+1+uint64(i), prev
+			if err := seal(ctx, l.mac, &r); err != nil {
+				return fmt.Errorf("audit: MAC: %w", err)
+			}
+			data, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			entries[i] = store.AuditEntry{Seq: r.Seq, Data: data}
+			prev = r.MAC
+		}
+		if err = l.st.AppendAudit(ctx, entries); !errors.Is(err, store.ErrAuditSeq) {
+			return err
+		}
+	}
+	return err
+}
+
+// TamperError locates the first record at which the chain fails.
+type TamperError struct {
+	Seq    uint64
+	Reason string
+}
+
+func (e *TamperError) Error() string {
+	return fmt.Sprintf("audit chain broken at record %d: %s", e.Seq, e.Reason)
+}
+
+// Verify walks the whole log and checks positions, links and MACs. It
+// returns the number of records proven, or a *TamperError.
+func Verify(ctx context.Context, st store.Store, mac MACFunc) (uint64, error) {
+	var (
+		n    uint64
+		prev = []byte{}
+	)
+	err := st.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
+		want := n + 1
+		var r Record
+		if err := json.Unmarshal(e.Data, &r); err != nil {
+			return &TamperError{Seq: e.Seq, Reason: "record is not valid JSON"}
+		}
+		switch {
+		case e.Seq != want:
+			return &TamperError{Seq: want, Reason: fmt.Sprintf("record missing (next stored is %d)", e.Seq)}
+		case r.Seq != e.Seq:
+			return &TamperError{Seq: e.Seq, Reason: fmt.Sprintf("record claims position %d", r.Seq)}
+		case !bytes.Equal(r.Prev, prev):
+			return &TamperError{Seq: e.Seq, Reason: "link to the previous record does not match"}
+		}
+		data, err := r.authenticated()
+		if err != nil {
+			return err
+		}
+		m, err := mac(ctx, data)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(m, r.MAC) {
+			return &TamperError{Seq: e.Seq, Reason: "MAC does not match the record's contents"}
+		}
+		prev = r.MAC
+		n++
+		return nil
+	})
+	return n, err
+}
+
+// Export writes every record as one JSON object per line.
+func Export(ctx context.Context, st store.Store, fn func(line []byte) error) error {
+	return st.ScanAudit(ctx, 1, func(e store.AuditEntry) error { return fn(e.Data) })
+}

@@ -1,0 +1,203 @@
+// Package object defines what a pod may ask podkey for: the credential
+// kinds and the per-object specification written in a SecretProviderClass
+// (spec.parameters.objects) and carried in keyd's Issue requests.
+package object
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+// Kind is a credential kind.
+type Kind string
+
+const (
+	APIKey      Kind = "apiKey"
+	Certificate Kind = "certificate"
+	DerivedKey  Kind = "derivedKey"
+	Token       Kind = "token"
+	Secret      Kind = "secret"
+)
+
+// Kinds lists every kind.
+var Kinds = []Kind{APIKey, Certificate, DerivedKey, Token, Secret}
+
+// ParseKind checks a kind name.
+func ParseKind(s string) (Kind, error) {
+	for _, k := range Kinds {
+		if string(k) == s {
+			return k, nil
+		}
+	}
+	return "", fmt.Errorf("unknown kind %q (want one of apiKey, certificate, derivedKey, token, secret)", s)
+}
+
+// Scopes of a derivedKey.
+const (
+	ScopePod            = "pod"
+	ScopeServiceAccount = "serviceAccount"
+)
+
+// Limits.
+const (
+	MaxObjects = 32
+	MaxTTL     = 30 * 24 * time.Hour
+	MinTTL     = 1 * time.Minute
+	DefaultTTL = time.Hour
+)
+
+// Spec is one requested object.
+type Spec struct {
+	Name      string        `json:"name"`
+	Kind      Kind          `json:"kind"`
+	File      string        `json:"file,omitempty"`      // file name in the volume; default Name
+	Mode      string        `json:"mode,omitempty"`      // octal; default 0440
+	Suite     suite.Name    `json:"suite,omitempty"`     // gm or intl; default intl
+	Algorithm string        `json:"algorithm,omitempty"` // certificate: sm2 or ecdsa-p256 (sets Suite)
+	TTL       time.Duration `json:"-"`
+	TTLText   string        `json:"ttl,omitempty"`
+	Scope     string        `json:"scope,omitempty"`    // derivedKey: pod (default) or serviceAccount
+	Length    int           `json:"length,omitempty"`   // derivedKey bytes; default 32
+	Audience  []string      `json:"audience,omitempty"` // token audiences; default [podkey]
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether s is a valid object or secret name (a DNS
+// label-like name: lower case, digits, '-' and '.').
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// ValidFileName reports whether s can name a file in the volume: no path
+// separators, no "." or "..", no hidden names (the writer owns "..data").
+func ValidFileName(s string) bool {
+	return s != "" && len(s) <= 253 && !strings.ContainsAny(s, "/\\\x00") && !strings.HasPrefix(s, ".")
+}
+
+// Normalize fills defaults and validates. The error names the object.
+func (s *Spec) Normalize() error {
+	if !ValidName(s.Name) {
+		return fmt.Errorf("object name %q is invalid (lower-case letters, digits, '-' and '.', at most 63)", s.Name)
+	}
+	if _, err := ParseKind(string(s.Kind)); err != nil {
+		return fmt.Errorf("object %q: %w", s.Name, err)
+	}
+	if s.File == "" {
+		s.File = s.Name
+	}
+	if !ValidFileName(s.File) {
+		return fmt.Errorf("object %q: file name %q is invalid (no '/', no leading '.')", s.Name, s.File)
+	}
+	if s.Mode == "" {
+		s.Mode = "0440"
+	}
+	m, err := strconv.ParseUint(s.Mode, 8, 32)
+	if err != nil || m&^0o777 != 0 || m&0o022 != 0 {
+		return fmt.Errorf("object %q: mode %q must be octal with no group/other write bits", s.Name, s.Mode)
+	}
+	switch s.Algorithm {
+	case "":
+	case "sm2":
+		if s.Suite != "" && s.Suite != suite.GM {
+			return fmt.Errorf("object %q: algorithm sm2 needs suite gm", s.Name)
+		}
+		s.Suite = suite.GM
+	case "ecdsa-p256":
+		if s.Suite != "" && s.Suite != suite.Intl {
+			return fmt.Errorf("object %q: algorithm ecdsa-p256 needs suite intl", s.Name)
+		}
+		s.Suite = suite.Intl
+	default:
+		return fmt.Errorf("object %q: unknown algorithm %q (want sm2 or ecdsa-p256)", s.Name, s.Algorithm)
+	}
+	if s.Algorithm != "" && s.Kind != Certificate && s.Kind != Token {
+		return fmt.Errorf("object %q: algorithm applies to certificate and token only", s.Name)
+	}
+	if s.Suite, err = suite.Parse(string(s.Suite)); err != nil {
+		return fmt.Errorf("object %q: %w", s.Name, err)
+	}
+	if s.TTLText != "" {
+		if s.TTL, err = time.ParseDuration(s.TTLText); err != nil {
+			return fmt.Errorf("object %q: ttl %q: %w", s.Name, s.TTLText, err)
+		}
+	}
+	if s.TTL == 0 {
+		s.TTL = DefaultTTL
+	}
+	if s.TTL < MinTTL || s.TTL > MaxTTL {
+		return fmt.Errorf("object %q: ttl %s out of range [%s, %s]", s.Name, s.TTL, MinTTL, MaxTTL)
+	}
+	if s.Kind != DerivedKey && (s.Scope != "" || s.Length != 0) {
+		return fmt.Errorf("object %q: scope and length apply to derivedKey only", s.Name)
+	}
+	if s.Kind == DerivedKey {
+		if s.Scope == "" {
+			s.Scope = ScopePod
+		}
+		if s.Scope != ScopePod && s.Scope != ScopeServiceAccount {
+			return fmt.Errorf("object %q: scope %q (want pod or serviceAccount)", s.Name, s.Scope)
+		}
+		if s.Length == 0 {
+			s.Length = 32
+		}
+		if s.Length < 16 || s.Length > 64 {
+			return fmt.Errorf("object %q: length %d out of range [16, 64]", s.Name, s.Length)
+		}
+	}
+	if s.Kind != Token && len(s.Audience) > 0 {
+		return fmt.Errorf("object %q: audience applies to token only", s.Name)
+	}
+	if s.Kind == Token && len(s.Audience) == 0 {
+		s.Audience = []string{"podkey"}
+	}
+	for _, a := range s.Audience {
+		if a == "" || len(a) > 253 {
+			return fmt.Errorf("object %q: empty or oversized audience", s.Name)
+		}
+	}
+	return nil
+}
+
+// FileMode is the parsed mode.
+func (s *Spec) FileMode() uint32 {
+	m, _ := strconv.ParseUint(s.Mode, 8, 32)
+	return uint32(m)
+}
+
+// ParseList parses and validates the YAML list of a SecretProviderClass's
+// objects parameter. Names and file names must be unique.
+func ParseList(data []byte) ([]Spec, error) {
+	if len(data) > 64<<10 {
+		return nil, fmt.Errorf("objects: larger than 64 KiB")
+	}
+	var specs []Spec
+	if err := yaml.UnmarshalStrict(data, &specs); err != nil {
+		return nil, fmt.Errorf("objects: %w", err)
+	}
+	if len(specs) == 0 {
+		return nil, fmt.Errorf("objects: the list is empty")
+	}
+	if len(specs) > MaxObjects {
+		return nil, fmt.Errorf("objects: %d objects, at most %d", len(specs), MaxObjects)
+	}
+	names, files := map[string]bool{}, map[string]bool{}
+	for i := range specs {
+		if err := specs[i].Normalize(); err != nil {
+			return nil, fmt.Errorf("objects[%d]: %w", i, err)
+		}
+		if names[specs[i].Name] {
+			return nil, fmt.Errorf("objects: name %q used twice", specs[i].Name)
+		}
+		if files[specs[i].File] {
+			return nil, fmt.Errorf("objects: file %q used twice", specs[i].File)
+		}
+		names[specs[i].Name], files[specs[i].File] = true, true
+	}
+	return specs, nil
+}

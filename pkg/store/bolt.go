@@ -1,0 +1,247 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketMeta        = []byte("meta")
+	bucketSecrets     = []byte("secrets")
+	bucketRevocations = []byte("revocations")
+	bucketAudit       = []byte("audit")
+	keyPolicy         = []byte("policy")
+	keySchema         = []byte("schema")
+)
+
+const schemaVersion = "1"
+
+// Bolt is the embedded store: one bbolt file, fsynced on every commit.
+type Bolt struct {
+	db *bolt.DB
+}
+
+var _ Store = (*Bolt)(nil)
+
+// OpenBolt opens or creates the store file (mode 0600). It fails fast when
+// another process holds the file.
+func OpenBolt(path string) (*Bolt, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		switch v := meta.Get(keySchema); {
+		case v == nil:
+			return meta.Put(keySchema, []byte(schemaVersion))
+		case string(v) != schemaVersion:
+			return fmt.Errorf("schema version %s, this keyd reads %s", v, schemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	return &Bolt{db: db}, nil
+}
+
+// Close closes the file.
+func (b *Bolt) Close() error { return b.db.Close() }
+
+func (b *Bolt) Policy(_ context.Context) ([]byte, error) {
+	var out []byte
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(keyPolicy)
+		if v == nil {
+			return ErrNotFound
+		}
+		out = append([]byte(nil), v...)
+		return nil
+	})
+	return out, err
+}
+
+func (b *Bolt) SetPolicy(_ context.Context, doc []byte) error {
+	return b.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyPolicy, doc) })
+}
+
+func secretKey(namespace, name string) []byte { return []byte(namespace + "/" + name) }
+
+func (b *Bolt) PutSecret(_ context.Context, s Secret) error {
+	v, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSecrets).Put(secretKey(s.Namespace, s.Name), v)
+	})
+}
+
+func (b *Bolt) Secret(_ context.Context, namespace, name string) (Secret, error) {
+	var s Secret
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketSecrets).Get(secretKey(namespace, name))
+		if v == nil {
+			return fmt.Errorf("secret %s/%s: %w", namespace, name, ErrNotFound)
+		}
+		return json.Unmarshal(v, &s)
+	})
+	return s, err
+}
+
+func (b *Bolt) Secrets(_ context.Context, namespace string) ([]Secret, error) {
+	var out []Secret
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketSecrets).Cursor()
+		prefix := []byte{}
+		if namespace != "" {
+			prefix = []byte(namespace + "/")
+		}
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+			var s Secret
+			if err := json.Unmarshal(v, &s); err != nil {
+				return err
+			}
+			s.Wrapped = nil // listings never carry values, even wrapped
+			out = append(out, s)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func hasPrefix(k, p []byte) bool { return len(k) >= len(p) && string(k[:len(p)]) == string(p) }
+
+func (b *Bolt) DeleteSecret(_ context.Context, namespace, name string) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketSecrets)
+		if bk.Get(secretKey(namespace, name)) == nil {
+			return fmt.Errorf("secret %s/%s: %w", namespace, name, ErrNotFound)
+		}
+		return bk.Delete(secretKey(namespace, name))
+	})
+}
+
+func (b *Bolt) Revoke(_ context.Context, r Revocation) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketRevocations)
+		if v := bk.Get([]byte(r.PodUID)); v != nil {
+			var old Revocation
+			if json.Unmarshal(v, &old) == nil && old.Until.After(r.Until) {
+				r.Until = old.Until // never shorten a revocation
+			}
+		}
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		return bk.Put([]byte(r.PodUID), v)
+	})
+}
+
+func (b *Bolt) Revoked(_ context.Context, podUID string, now time.Time) (bool, error) {
+	var revoked bool
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketRevocations).Get([]byte(podUID))
+		if v == nil {
+			return nil
+		}
+		var r Revocation
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		revoked = now.Before(r.Until)
+		return nil
+	})
+	return revoked, err
+}
+
+func (b *Bolt) PruneRevocations(_ context.Context, now time.Time) (int, error) {
+	n := 0
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRevocations).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var r Revocation
+			if json.Unmarshal(v, &r) == nil && !now.Before(r.Until) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+func seqKey(seq uint64) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, seq)
+	return k
+}
+
+func (b *Bolt) AppendAudit(_ context.Context, entries []AuditEntry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketAudit)
+		last := uint64(0)
+		if k, _ := bk.Cursor().Last(); k != nil {
+			last = binary.BigEndian.Uint64(k)
+		}
+		for i, e := range entries {
+			if e.Seq != last+1+uint64(i) {
+				return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, last+1+uint64(i), e.Seq)
+			}
+			if err := bk.Put(seqKey(e.Seq), e.Data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (b *Bolt) LastAudit(_ context.Context) (AuditEntry, error) {
+	var e AuditEntry
+	err := b.db.View(func(tx *bolt.Tx) error {
+		k, v := tx.Bucket(bucketAudit).Cursor().Last()
+		if k != nil {
+			e = AuditEntry{Seq: binary.BigEndian.Uint64(k), Data: append([]byte(nil), v...)}
+		}
+		return nil
+	})
+	return e, err
+}
+
+func (b *Bolt) ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) error) error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.Seek(seqKey(from)); k != nil; k, v = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(AuditEntry{Seq: binary.BigEndian.Uint64(k), Data: append([]byte(nil), v...)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,96 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/podkey/podkey/pkg/store"
+)
+
+func open(t *testing.T) (*store.Bolt, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keyd.db")
+	s, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func TestSecretsRoundTripAndListingsCarryNoValue(t *testing.T) {
+	ctx := context.Background()
+	s, _ := open(t)
+	if err := s.PutSecret(ctx, store.Secret{Namespace: "a", Name: "db", Wrapped: []byte{1, 2}, Size: 2}); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.PutSecret(ctx, store.Secret{Namespace: "ab", Name: "x", Wrapped: []byte{3}})
+	got, err := s.Secret(ctx, "a", "db")
+	if err != nil || string(got.Wrapped) != "\x01\x02" {
+		t.Fatalf("%+v %v", got, err)
+	}
+	list, _ := s.Secrets(ctx, "a")
+	if len(list) != 1 || list[0].Wrapped != nil {
+		t.Fatalf("list %+v", list)
+	}
+	if all, _ := s.Secrets(ctx, ""); len(all) != 2 {
+		t.Fatalf("all %+v", all)
+	}
+	if err := s.DeleteSecret(ctx, "a", "db"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Secret(ctx, "a", "db"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSecret(ctx, "a", "db"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+}
+
+func TestRevocationsNeverShortenAndPrune(t *testing.T) {
+	ctx := context.Background()
+	s, _ := open(t)
+	now := time.Now()
+	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Hour)})
+	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Minute)})
+	if r, _ := s.Revoked(ctx, "u", now.Add(30*time.Minute)); !r {
+		t.Fatal("revocation was shortened")
+	}
+	if r, _ := s.Revoked(ctx, "other", now); r {
+		t.Fatal("unknown pod revoked")
+	}
+	n, _ := s.PruneRevocations(ctx, now.Add(2*time.Hour))
+	if n != 1 {
+		t.Fatalf("pruned %d", n)
+	}
+}
+
+func TestAuditSequenceIsGapless(t *testing.T) {
+	ctx := context.Background()
+	s, path := open(t)
+	if err := s.AppendAudit(ctx, []store.AuditEntry{{Seq: 1, Data: []byte("a")}, {Seq: 2, Data: []byte("b")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendAudit(ctx, []store.AuditEntry{{Seq: 4, Data: []byte("d")}}); !errors.Is(err, store.ErrAuditSeq) {
+		t.Fatalf("gap accepted: %v", err)
+	}
+	last, _ := s.LastAudit(ctx)
+	if last.Seq != 2 || string(last.Data) != "b" {
+		t.Fatalf("last %+v", last)
+	}
+	s.Close()
+	// Reopen: everything is durable; a second opener is refused while open.
+	s2, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	var seqs []uint64
+	_ = s2.ScanAudit(ctx, 2, func(e store.AuditEntry) error { seqs = append(seqs, e.Seq); return nil })
+	if len(seqs) != 1 || seqs[0] != 2 {
+		t.Fatalf("scan %v", seqs)
+	}
+}

@@ -1,0 +1,70 @@
+// Package store is keyd's durable state: the policy document, enrolled
+// secrets (only ever HSM-wrapped), pod revocations and the audit log. The
+// Store interface is what keyd needs; Bolt is the embedded single-file
+// implementation, and a shared database serves several keyd replicas
+// through the same interface.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors callers test for with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrAuditSeq = errors.New("audit sequence conflict")
+	ErrClosed   = errors.New("store closed")
+)
+
+// Secret is an enrolled static value as stored: the value is wrapped under
+// the HSM key-encryption key with its namespace and name as associated data,
+// so a blob moved to another name does not unwrap.
+type Secret struct {
+	Namespace string    `json:"namespace"`
+	Name      string    `json:"name"`
+	Wrapped   []byte    `json:"wrapped"`
+	Size      int       `json:"size"`
+	Created   time.Time `json:"created"`
+	Version   int       `json:"version"`
+}
+
+// Revocation records that a pod's credentials are refused until Until (the
+// latest expiry any of them could have).
+type Revocation struct {
+	PodUID  string    `json:"podUID"`
+	Until   time.Time `json:"until"`
+	Revoked time.Time `json:"revoked"`
+}
+
+// AuditEntry is one opaque, already-chained audit record at position Seq
+// (1-based, gapless).
+type AuditEntry struct {
+	Seq  uint64
+	Data []byte
+}
+
+// Store is keyd's state. Every write is durable when the call returns.
+type Store interface {
+	Policy(ctx context.Context) ([]byte, error) // ErrNotFound when none was set
+	SetPolicy(ctx context.Context, doc []byte) error
+
+	PutSecret(ctx context.Context, s Secret) error
+	Secret(ctx context.Context, namespace, name string) (Secret, error)
+	Secrets(ctx context.Context, namespace string) ([]Secret, error) // "" lists all
+	DeleteSecret(ctx context.Context, namespace, name string) error
+
+	Revoke(ctx context.Context, r Revocation) error
+	Revoked(ctx context.Context, podUID string, now time.Time) (bool, error)
+	PruneRevocations(ctx context.Context, now time.Time) (int, error)
+
+	// AppendAudit writes entries whose first Seq must follow the last stored
+	// one; otherwise nothing is written and ErrAuditSeq is returned.
+	AppendAudit(ctx context.Context, entries []AuditEntry) error
+	// LastAudit is the newest entry; Seq 0 when the log is empty.
+	LastAudit(ctx context.Context) (AuditEntry, error)
+	ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) error) error
+
+	Close() error
+}
