@@ -1,0 +1,44 @@
+# podkey — common tasks. `make demo` and `make test` are the two commands
+# the README promises; both install what they need.
+
+GO ?= go
+BIN := bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/podkey/podkey/pkg/version.Version=$(VERSION)
+
+.PHONY: all build test demo proto fuzz bench deps vet clean
+
+all: build
+
+deps:
+	hack/install-deps.sh
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+proto:
+	protoc -I pkg/api/keydv1 -I /usr/include \
+		--plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" \
+		--plugin=protoc-gen-go-grpc="$$($(GO) tool -n protoc-gen-go-grpc)" \
+		--go_out=paths=source_relative:pkg/api/keydv1 \
+		--go-grpc_out=paths=source_relative:pkg/api/keydv1 \
+		pkg/api/keydv1/keyd.proto
+
+vet:
+	gofmt -l . | (! grep .) || (echo "gofmt needed"; exit 1)
+	$(GO) vet ./...
+
+test:
+	hack/test.sh
+
+fuzz:
+	hack/fuzz.sh
+
+demo:
+	hack/demo.sh
+
+bench: build
+	hack/bench.sh
+
+clean:
+	rm -rf $(BIN)

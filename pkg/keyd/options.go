@@ -1,0 +1,75 @@
+// Package keyd is podkey's key service: it authenticates callers,
+// authorizes them by policy, mints credentials from the HSM-backed keyring,
+// verifies API-key signatures, records revocations and audits all of it.
+// It serves the Keyd API over TLS (certificate from the HSM-held CA) and,
+// together with the Admin API, on a local unix socket.
+package keyd
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/podkey/podkey/pkg/hsm"
+)
+
+// Options configure a Server. Every field says its default.
+type Options struct {
+	// HSM selects the token. Required (PIN included).
+	HSM hsm.Config
+	// StorePath is the bbolt file. Default /var/lib/podkey/keyd.db.
+	StorePath string
+	// Listen is the TLS address; empty disables TCP. Default empty.
+	Listen string
+	// Socket is the local unix socket (mode 0600, for the CLI and node
+	// agents on the same host); empty disables it. Default
+	// /run/podkey/keyd.sock.
+	Socket string
+	// TLSNames are the DNS names and IP addresses in the serving
+	// certificate. Default localhost and 127.0.0.1.
+	TLSNames []string
+	// PolicyFile, when set, replaces the stored policy at start.
+	PolicyFile string
+	// InsecureLocalIdentity trusts the pod identity that a caller on the
+	// unix socket claims, without verifying a pod token. Development only.
+	// Default false: pod identity must be proven.
+	InsecureLocalIdentity bool
+	// TrustDomain names workload certificates' SPIFFE URIs. Default
+	// cluster.local.
+	TrustDomain string
+	// RevocationTTL is how long a revoked pod stays refused: at least the
+	// longest credential life. Default 30 days (object.MaxTTL).
+	RevocationTTL time.Duration
+	// Logger receives structured logs; never secrets. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Defaults.
+const (
+	DefaultStorePath = "/var/lib/podkey/keyd.db"
+	DefaultSocket    = "/run/podkey/keyd.sock"
+)
+
+func (o *Options) setDefaults() error {
+	if o.HSM.TokenLabel == "" {
+		return errors.New("keyd: HSM token label is required")
+	}
+	if o.StorePath == "" {
+		o.StorePath = DefaultStorePath
+	}
+	if len(o.TLSNames) == 0 {
+		o.TLSNames = []string{"localhost", "127.0.0.1"}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.RevocationTTL == 0 {
+		o.RevocationTTL = 30 * 24 * time.Hour
+	}
+	return nil
+}

@@ -1,0 +1,217 @@
+package keyd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/audit"
+	"github.com/podkey/podkey/pkg/credential"
+	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/keyring"
+	"github.com/podkey/podkey/pkg/policy"
+	"github.com/podkey/podkey/pkg/store"
+)
+
+// Server is a running key service.
+type Server struct {
+	opts     Options
+	tok      *hsm.Token
+	kr       *keyring.Keyring
+	st       store.Store
+	audit    *audit.Log
+	issuer   *credential.Issuer
+	policy   atomic.Pointer[policy.Policy]
+	policyMu sync.Mutex // serializes read-modify-write of the policy
+
+	health    *health.Server
+	servers   []*grpc.Server
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New opens the HSM token, the keyring and the store, and loads the policy.
+// Nothing listens until Serve.
+func New(ctx context.Context, opts Options) (*Server, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, health: health.NewServer()}
+	var err error
+	if s.tok, err = hsm.Open(opts.HSM); err != nil {
+		return nil, err
+	}
+	if s.kr, err = keyring.Open(ctx, s.tok); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if s.st, err = store.OpenBolt(opts.StorePath); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.audit = audit.Open(s.st, s.kr.AuditMAC)
+	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
+	if err := s.loadPolicy(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) loadPolicy(ctx context.Context) error {
+	if s.opts.PolicyFile != "" {
+		data, err := os.ReadFile(s.opts.PolicyFile)
+		if err != nil {
+			return fmt.Errorf("keyd: policy file: %w", err)
+		}
+		p, err := policy.Parse(data)
+		if err != nil {
+			return fmt.Errorf("keyd: policy file %s: %w", s.opts.PolicyFile, err)
+		}
+		return s.setPolicy(ctx, p, "file "+filepath.Base(s.opts.PolicyFile))
+	}
+	data, err := s.st.Policy(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.policy.Store(policy.Empty())
+		return nil
+	case err != nil:
+		return err
+	}
+	p, err := policy.Parse(data)
+	if err != nil {
+		return fmt.Errorf("keyd: stored policy: %w", err)
+	}
+	s.policy.Store(p)
+	return nil
+}
+
+// setPolicy stores, audits and activates a policy.
+func (s *Server) setPolicy(ctx context.Context, p *policy.Policy, source string) error {
+	doc, err := p.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := s.st.SetPolicy(ctx, doc); err != nil {
+		return err
+	}
+	s.policy.Store(p)
+	return s.audit.Append(ctx, audit.Record{Action: audit.ActionPolicySet, Result: audit.ResultOK,
+		Reason: fmt.Sprintf("%d rules from %s", len(p.Rules), source)})
+}
+
+// Serve listens on the configured socket and TLS address and blocks until
+// ctx ends or a listener fails; it then stops gracefully.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	if s.opts.Socket != "" {
+		lis, err := listenUnix(s.opts.Socket)
+		if err != nil {
+			return err
+		}
+		g := s.newGRPC()
+		keydv1.RegisterAdminServer(g, &adminService{s: s})
+		s.start(g, lis, errc)
+		s.opts.Logger.Info("serving", "socket", s.opts.Socket, "admin", true)
+	}
+	if s.opts.Listen != "" {
+		tlsConf, err := s.servingTLS()
+		if err != nil {
+			return err
+		}
+		lis, err := net.Listen("tcp", s.opts.Listen)
+		if err != nil {
+			return fmt.Errorf("keyd: listen %s: %w", s.opts.Listen, err)
+		}
+		s.opts.Logger.Info("serving", "address", lis.Addr().String(), "tls", true)
+		s.start(s.newGRPC(grpc.Creds(credentials.NewTLS(tlsConf))), lis, errc)
+	}
+	if len(s.servers) == 0 {
+		return errors.New("keyd: neither a socket nor a listen address is configured")
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.health.Shutdown()
+	for _, g := range s.servers {
+		g.GracefulStop()
+	}
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) newGRPC(extra ...grpc.ServerOption) *grpc.Server {
+	opts := append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.logUnary),
+		grpc.ChainStreamInterceptor(s.logStream),
+		grpc.MaxRecvMsgSize(1 << 20),
+	}, extra...)
+	g := grpc.NewServer(opts...)
+	keydv1.RegisterKeydServer(g, &keydService{s: s})
+	healthpb.RegisterHealthServer(g, s.health)
+	s.servers = append(s.servers, g)
+	return g
+}
+
+func (s *Server) start(g *grpc.Server, lis net.Listener, errc chan<- error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := g.Serve(lis); err != nil {
+			errc <- err
+		}
+	}()
+}
+
+// listenUnix removes a stale socket left by a previous run (a live keyd
+// holds the store lock, so New would have failed) and listens with 0600.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("keyd: socket directory: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("keyd: remove stale socket %s: %w", path, err)
+	}
+	old := umask(0o177)
+	lis, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("keyd: listen %s: %w", path, err)
+	}
+	return lis, nil
+}
+
+// Close stops everything and zeroes unwrapped keys. Safe to call twice.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		for _, g := range s.servers {
+			g.Stop()
+		}
+		if s.audit != nil {
+			s.audit.Close()
+		}
+		if s.st != nil {
+			s.st.Close()
+		}
+		if s.kr != nil {
+			s.kr.Close()
+		}
+		if s.tok != nil {
+			s.tok.Close()
+		}
+	})
+}

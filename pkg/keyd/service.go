@@ -1,0 +1,186 @@
+package keyd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/audit"
+	"github.com/podkey/podkey/pkg/credential"
+	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+type keydService struct {
+	keydv1.UnimplementedKeydServer
+	s *Server
+}
+
+// specFromRequest turns an API object request into a validated spec.
+func specFromRequest(o *keydv1.ObjectRequest) (object.Spec, error) {
+	sp := object.Spec{
+		Name: o.Name, Kind: object.Kind(o.Kind), Suite: suite.Name(o.Suite), Algorithm: o.Algorithm,
+		TTLText: o.Ttl, Scope: o.Scope, Length: int(o.Length), Audience: o.Audience,
+	}
+	if err := sp.Normalize(); err != nil {
+		return sp, err
+	}
+	if (sp.Kind == object.Certificate) != (len(o.Csr) > 0) {
+		if sp.Kind == object.Certificate {
+			return sp, fmt.Errorf("object %q: a certificate needs a CSR", sp.Name)
+		}
+		return sp, fmt.Errorf("object %q: only certificate objects take a CSR", sp.Name)
+	}
+	return sp, nil
+}
+
+func objectLabel(c credential.Issued) string {
+	return fmt.Sprintf("%s/%s/%s/g%d", c.Name, c.Kind, c.Suite, c.Generation)
+}
+
+func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*keydv1.IssueResponse, error) {
+	s := k.s
+	n := len(req.GetObjects())
+	if n == 0 || n > object.MaxObjects {
+		return nil, status.Errorf(codes.InvalidArgument, "request %d objects; between 1 and %d are allowed", n, object.MaxObjects)
+	}
+	specs := make([]object.Spec, n)
+	seen := map[string]bool{}
+	for i, o := range req.Objects {
+		sp, err := specFromRequest(o)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if seen[sp.Name] {
+			return nil, status.Errorf(codes.InvalidArgument, "object %q requested twice", sp.Name)
+		}
+		seen[sp.Name], specs[i] = true, sp
+	}
+	id, err := s.authenticate(ctx, req.Pod, req.PodToken)
+	if err != nil {
+		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), nil)
+		return nil, err
+	}
+	pol := s.policy.Load()
+	var denied []string
+	for _, sp := range specs {
+		if !pol.Allowed(id.Namespace, id.ServiceAccount, sp.Name, sp.Kind) {
+			denied = append(denied, fmt.Sprintf("%s (%s)", sp.Name, sp.Kind))
+		}
+	}
+	if len(denied) > 0 {
+		msg := fmt.Sprintf("policy does not allow service account %s/%s to obtain %s",
+			id.Namespace, id.ServiceAccount, strings.Join(denied, ", "))
+		s.auditDeny(ctx, audit.ActionIssue, req.Pod, msg, &id)
+		return nil, status.Error(codes.PermissionDenied, msg)
+	}
+	issued := make([]credential.Issued, 0, n)
+	zeroAll := func() {
+		for i := range issued {
+			issued[i].Zero()
+		}
+	}
+	for i, sp := range specs {
+		c, err := s.issuer.Issue(ctx, id, sp, req.Objects[i].Csr)
+		if err != nil {
+			zeroAll()
+			s.auditResult(ctx, audit.ActionIssue, audit.ResultError, err.Error(), id, nil)
+			return nil, toStatus(err)
+		}
+		issued = append(issued, c)
+	}
+	labels := make([]string, len(issued))
+	for i, c := range issued {
+		labels[i] = objectLabel(c)
+	}
+	// Nothing leaves keyd before its issuance is durably audited.
+	if err := s.auditResult(ctx, audit.ActionIssue, audit.ResultOK, "", id, labels); err != nil {
+		zeroAll()
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+	}
+	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
+	for i, c := range issued {
+		resp.Credentials[i] = toProto(c)
+	}
+	return resp, nil
+}
+
+func toProto(c credential.Issued) *keydv1.Credential {
+	out := &keydv1.Credential{
+		Name: c.Name, Kind: string(c.Kind), Suite: string(c.Suite), Generation: int64(c.Generation),
+		IssuedAt: timestamppb.New(c.IssuedAt), Expiry: timestamppb.New(c.Expiry), RenewAt: timestamppb.New(c.RenewAt),
+	}
+	switch c.Kind {
+	case object.APIKey:
+		out.Payload = &keydv1.Credential_ApiKey{ApiKey: &keydv1.APIKey{AccessKeyId: c.AccessKeyID, SecretKey: c.SecretKey}}
+	case object.Certificate:
+		out.Payload = &keydv1.Credential_Certificate{Certificate: &keydv1.Certificate{CertPem: c.CertPEM, CaBundlePem: c.CABundlePEM}}
+	case object.DerivedKey:
+		out.Payload = &keydv1.Credential_DerivedKey{DerivedKey: &keydv1.DerivedKey{Key: c.Key}}
+	case object.Token:
+		out.Payload = &keydv1.Credential_Token{Token: &keydv1.Token{Jwt: c.Token}}
+	case object.Secret:
+		out.Payload = &keydv1.Credential_Secret{Secret: &keydv1.SecretValue{Value: c.Value}}
+	}
+	return out
+}
+
+func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*keydv1.VerifyResponse, error) {
+	s := k.s
+	if req.AccessKeyId == "" || len(req.Signature) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "access key id and signature are required")
+	}
+	if len(req.Signature) > 128 {
+		return nil, status.Error(codes.InvalidArgument, "signature is longer than 128 bytes")
+	}
+	id, err := s.issuer.VerifyAPIKey(ctx, req.AccessKeyId, req.StringToSign, req.Signature)
+	rec := audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Namespace: id.Namespace,
+		ServiceAccount: id.ServiceAccount, PodUID: id.PodUID}
+	if id.Object != "" {
+		rec.Objects = []string{fmt.Sprintf("%s/apiKey/%s/g%d", id.Object, id.Suite, id.Generation)}
+	}
+	if err != nil {
+		rec.Result, rec.Reason = audit.ResultDenied, err.Error()
+		if errors.Is(err, credential.ErrInvalid) {
+			rec.Result = audit.ResultError
+		}
+	}
+	if aerr := s.audit.Append(ctx, rec); aerr != nil {
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", aerr)
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &keydv1.VerifyResponse{
+		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, PodUid: id.PodUID, Object: id.Object,
+		Suite: string(id.Suite), Generation: int64(id.Generation), Expiry: timestamppb.New(id.Expiry),
+	}, nil
+}
+
+func (k *keydService) Revoke(ctx context.Context, req *keydv1.RevokeRequest) (*keydv1.RevokeResponse, error) {
+	s := k.s
+	id, err := s.authenticate(ctx, req.Pod, req.PodToken)
+	if err != nil {
+		s.auditDeny(ctx, audit.ActionRevoke, req.Pod, status.Convert(err).Message(), nil)
+		return nil, err
+	}
+	until, err := s.revoke(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &keydv1.RevokeResponse{Until: timestamppb.New(until)}, nil
+}
+
+func (k *keydService) CABundle(_ context.Context, req *keydv1.CABundleRequest) (*keydv1.CABundleResponse, error) {
+	st, err := suite.Parse(req.Suite)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &keydv1.CABundleResponse{Pem: k.s.kr.CABundle(st)}, nil
+}

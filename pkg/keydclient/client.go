@@ -1,0 +1,52 @@
+// Package keydclient dials keyd: over its local unix socket, or over TLS
+// with the podkey CA bundle as the only trusted roots.
+package keydclient
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Options select how to reach keyd. Every field says its default.
+type Options struct {
+	// Socket is keyd's unix socket. Used when Address is empty.
+	Socket string
+	// Address is keyd's TLS address (host:port). Default empty.
+	Address string
+	// CAFile is the PEM bundle that verifies keyd's serving certificate.
+	// Required with Address.
+	CAFile string
+	// ServerName overrides the name checked in the certificate. Default:
+	// the host of Address.
+	ServerName string
+}
+
+// Dial connects lazily; the first RPC reports an unreachable keyd.
+func Dial(o Options) (*grpc.ClientConn, error) {
+	if o.Address == "" {
+		if o.Socket == "" {
+			return nil, errors.New("keyd socket or address is required")
+		}
+		return grpc.NewClient("unix://"+o.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	if o.CAFile == "" {
+		return nil, errors.New("a CA bundle (--ca-file) is required to reach keyd over TLS")
+	}
+	pemData, err := os.ReadFile(o.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA bundle: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		return nil, fmt.Errorf("CA bundle %s holds no certificate", o.CAFile)
+	}
+	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13, ServerName: o.ServerName}
+	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+}
