@@ -8,139 +8,22 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emmansun/gmsm/smx509"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/pkg/accesskey"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/hsm"
-	"github.com/podkey/podkey/pkg/hsm/hsmtest"
 	"github.com/podkey/podkey/pkg/keyd"
+	"github.com/podkey/podkey/pkg/keyd/keydtest"
 	"github.com/podkey/podkey/pkg/keydclient"
-	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/suite"
 )
-
-// syncBuffer collects logs from the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
-}
-
-type env struct {
-	t      *testing.T
-	opts   keyd.Options
-	logs   *syncBuffer
-	keyd   keydv1.KeydClient
-	admin  keydv1.AdminClient
-	cancel context.CancelFunc
-	done   chan error
-	srv    *keyd.Server
-}
-
-const policyYAML = `version: v1
-rules:
-- namespace: payments
-  serviceAccount: payments
-  objects: ["*"]
-`
-
-// start runs a real keyd on a fresh SoftHSM2 token, with a unix socket and
-// a TLS listener on a free loopback port.
-func start(t *testing.T, mutate func(*keyd.Options)) *env {
-	t.Helper()
-	ctx := context.Background()
-	cfg := hsmtest.Token(t)
-	tok, err := hsm.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := keyring.Init(ctx, tok); err != nil {
-		t.Fatal(err)
-	}
-	tok.Close()
-	dir := t.TempDir()
-	polFile := filepath.Join(dir, "policy.yaml")
-	_ = os.WriteFile(polFile, []byte(policyYAML), 0o600)
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
-	e := &env{t: t, logs: &syncBuffer{}}
-	e.opts = keyd.Options{
-		HSM: cfg, StorePath: filepath.Join(dir, "keyd.db"), Socket: filepath.Join(dir, "keyd.sock"),
-		Listen: addr, PolicyFile: polFile, InsecureLocalIdentity: true,
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}
-	if mutate != nil {
-		mutate(&e.opts)
-	}
-	e.run()
-	t.Cleanup(e.stop)
-	return e
-}
-
-func (e *env) run() {
-	t := e.t
-	srv, err := keyd.New(context.Background(), e.opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e.srv, e.cancel, e.done = srv, cancel, make(chan error, 1)
-	go func() { e.done <- srv.Serve(ctx) }()
-	conn := e.dial(keydclient.Options{Socket: e.opts.Socket})
-	e.keyd, e.admin = keydv1.NewKeydClient(conn), keydv1.NewAdminClient(conn)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := e.admin.Status(context.Background(), &keydv1.StatusRequest{}); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			t.Fatalf("keyd did not come up: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (e *env) stop() {
-	if e.cancel == nil {
-		return
-	}
-	e.cancel()
-	<-e.done
-	e.srv.Close()
-	e.cancel = nil
-}
-
-func (e *env) dial(o keydclient.Options) *grpc.ClientConn {
-	conn, err := keydclient.Dial(o)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { conn.Close() })
-	return conn
-}
 
 var podA = &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "pay-a", PodUid: "0b7e1c1e-a", NodeName: "node-1"}
 
@@ -169,12 +52,12 @@ func code(err error) codes.Code { return status.Code(err) }
 
 func TestIssueEveryKindVerifyAndRevoke(t *testing.T) {
 	ctx := context.Background()
-	e := start(t, nil)
+	e := keydtest.Start(t, nil)
 	secretValue := []byte("legacy-password-Zq81")
-	if _, err := e.admin.PutSecret(ctx, &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: bytes.Clone(secretValue)}); err != nil {
+	if _, err := e.Admin.PutSecret(ctx, &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: bytes.Clone(secretValue)}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := e.keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: allKinds(t)})
+	resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: allKinds(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,34 +79,34 @@ func TestIssueEveryKindVerifyAndRevoke(t *testing.T) {
 		s := suite.Name(byName[name].Suite)
 		msg := []byte("POST /ledger\nbody-hash")
 		sig := accesskey.Sign(s, ak.SecretKey, msg)
-		v, err := e.keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: sig})
+		v, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: sig})
 		if err != nil || v.PodUid != podA.PodUid || v.Object != name {
 			t.Fatalf("verify %s: %v %v", name, v, err)
 		}
 		sig[0] ^= 1
-		if _, err := e.keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: sig}); code(err) != codes.Unauthenticated {
+		if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: sig}); code(err) != codes.Unauthenticated {
 			t.Fatalf("tampered signature: %v", err)
 		}
 		sig[0] ^= 1
 		forged := []byte(ak.AccessKeyId)
 		forged[10] ^= 1
-		if _, err := e.keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: string(forged), StringToSign: msg, Signature: sig}); code(err) != codes.Unauthenticated && code(err) != codes.InvalidArgument {
+		if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: string(forged), StringToSign: msg, Signature: sig}); code(err) != codes.Unauthenticated && code(err) != codes.InvalidArgument {
 			t.Fatalf("forged id: %v", err)
 		}
 	}
-	if _, err := e.keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: "AKIA-not-ours", Signature: []byte{1}}); code(err) != codes.InvalidArgument {
+	if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: "AKIA-not-ours", Signature: []byte{1}}); code(err) != codes.InvalidArgument {
 		t.Fatalf("malformed id: %v", err)
 	}
-	if _, err := e.keyd.Revoke(ctx, &keydv1.RevokeRequest{Pod: podA}); err != nil {
+	if _, err := e.Keyd.Revoke(ctx, &keydv1.RevokeRequest{Pod: podA}); err != nil {
 		t.Fatal(err)
 	}
 	ak := byName["ledger-api"].GetApiKey()
 	msg := []byte("m")
-	if _, err := e.keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg,
+	if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg,
 		Signature: accesskey.Sign(suite.Intl, ak.SecretKey, msg)}); code(err) != codes.PermissionDenied {
 		t.Fatalf("revoked: %v", err)
 	}
-	v, err := e.admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
 	if err != nil || !v.Intact || v.Records < 8 {
 		t.Fatalf("audit: %v %v", v, err)
 	}
@@ -231,7 +114,7 @@ func TestIssueEveryKindVerifyAndRevoke(t *testing.T) {
 
 func TestRefusalsAndBadInput(t *testing.T) {
 	ctx := context.Background()
-	e := start(t, nil)
+	e := keydtest.Start(t, nil)
 	other := &keydv1.PodIdentity{Namespace: "shop", ServiceAccount: "web", PodName: "w", PodUid: "u-w"}
 	for _, c := range []struct {
 		name string
@@ -249,19 +132,19 @@ func TestRefusalsAndBadInput(t *testing.T) {
 		{"bad ttl", &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey", Ttl: "forever"}}}, codes.InvalidArgument},
 		{"duplicate", &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}, {Name: "k", Kind: "apiKey"}}}, codes.InvalidArgument},
 	} {
-		_, err := e.keyd.Issue(ctx, c.req)
+		_, err := e.Keyd.Issue(ctx, c.req)
 		if code(err) != c.want {
 			t.Errorf("%s: got %v, want %s", c.name, err, c.want)
 		}
 	}
 	// A partly valid request issues nothing: the enrolled secret is missing
 	// after a valid apiKey, so no apiKey is returned and none is audited ok.
-	before, _ := e.admin.Status(ctx, &keydv1.StatusRequest{})
-	_, err := e.keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}, {Name: "nope", Kind: "secret"}}})
+	before, _ := e.Admin.Status(ctx, &keydv1.StatusRequest{})
+	_, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}, {Name: "nope", Kind: "secret"}}})
 	if code(err) != codes.NotFound {
 		t.Fatal(err)
 	}
-	after, _ := e.admin.Status(ctx, &keydv1.StatusRequest{})
+	after, _ := e.Admin.Status(ctx, &keydv1.StatusRequest{})
 	if after.AuditRecords != before.AuditRecords+1 {
 		t.Fatalf("audit records %d -> %d", before.AuditRecords, after.AuditRecords)
 	}
@@ -271,25 +154,25 @@ func TestRefusalsAndBadInput(t *testing.T) {
 		{Namespace: "payments", Name: "empty"},
 		{Namespace: "payments", Name: "../etc", Value: []byte("x")},
 	} {
-		if _, err := e.admin.PutSecret(ctx, bad); code(err) != codes.InvalidArgument {
+		if _, err := e.Admin.PutSecret(ctx, bad); code(err) != codes.InvalidArgument {
 			t.Fatalf("put %q: %v", bad.Name, err)
 		}
 	}
-	if l, _ := e.admin.ListSecrets(ctx, &keydv1.ListSecretsRequest{}); len(l.Secrets) != 0 {
+	if l, _ := e.Admin.ListSecrets(ctx, &keydv1.ListSecretsRequest{}); len(l.Secrets) != 0 {
 		t.Fatal("refused secret stored")
 	}
-	if _, err := e.admin.SetPolicy(ctx, &keydv1.PolicyDocument{Yaml: []byte("version: v9")}); code(err) != codes.InvalidArgument {
+	if _, err := e.Admin.SetPolicy(ctx, &keydv1.PolicyDocument{Yaml: []byte("version: v9")}); code(err) != codes.InvalidArgument {
 		t.Fatalf("bad policy: %v", err)
 	}
-	if p, _ := e.admin.GetPolicy(ctx, &keydv1.GetPolicyRequest{}); !bytes.Contains(p.Yaml, []byte("payments")) {
+	if p, _ := e.Admin.GetPolicy(ctx, &keydv1.GetPolicyRequest{}); !bytes.Contains(p.Yaml, []byte("payments")) {
 		t.Fatal("bad policy replaced the good one")
 	}
 
 	// Over TLS, a claimed identity is refused; the admin API is not served.
-	ca, _ := e.keyd.CABundle(ctx, &keydv1.CABundleRequest{Suite: "intl"})
+	ca, _ := e.Keyd.CABundle(ctx, &keydv1.CABundleRequest{Suite: "intl"})
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
 	_ = os.WriteFile(caFile, ca.Pem, 0o600)
-	conn := e.dial(keydclient.Options{Address: e.opts.Listen, CAFile: caFile, ServerName: "localhost"})
+	conn := e.Dial(keydclient.Options{Address: e.Opts.Listen, CAFile: caFile, ServerName: "localhost"})
 	_, err = keydv1.NewKeydClient(conn).Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
 	if code(err) != codes.Unauthenticated {
 		t.Fatalf("TLS claimed identity: %v", err)
@@ -300,8 +183,8 @@ func TestRefusalsAndBadInput(t *testing.T) {
 }
 
 func TestWithoutInsecureModeIdentityIsRefused(t *testing.T) {
-	e := start(t, func(o *keyd.Options) { o.InsecureLocalIdentity = false })
-	_, err := e.keyd.Issue(context.Background(), &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
+	e := keydtest.Start(t, func(o *keyd.Options) { o.InsecureLocalIdentity = false })
+	_, err := e.Keyd.Issue(context.Background(), &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
 	if code(err) != codes.Unauthenticated {
 		t.Fatalf("got %v", err)
 	}
@@ -312,13 +195,13 @@ func TestWithoutInsecureModeIdentityIsRefused(t *testing.T) {
 // form, and for the pod token.
 func TestNoSecretInStoreOrLogs(t *testing.T) {
 	ctx := context.Background()
-	e := start(t, nil)
+	e := keydtest.Start(t, nil)
 	secretValue := []byte("enrolled-value-8f3e2d")
-	_, _ = e.admin.PutSecret(ctx, &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: bytes.Clone(secretValue)})
+	_, _ = e.Admin.PutSecret(ctx, &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: bytes.Clone(secretValue)})
 	token := "eyJhbGciOiJSUzI1NiJ9.pod-token-sentinel.sig"
 	var secrets [][]byte
 	for i := 0; i < 3; i++ {
-		resp, err := e.keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, PodToken: token, Objects: allKinds(t)})
+		resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, PodToken: token, Objects: allKinds(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -336,14 +219,14 @@ func TestNoSecretInStoreOrLogs(t *testing.T) {
 		}
 	}
 	// Failures log too: make some.
-	_, _ = e.keyd.Issue(ctx, &keydv1.IssueRequest{Pod: &keydv1.PodIdentity{Namespace: "x", ServiceAccount: "y", PodName: "z", PodUid: "u"}, PodToken: token, Objects: allKinds(t)})
-	_, _ = e.keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: "PKxx", Signature: secrets[0]})
-	e.stop()
-	storeBytes, err := os.ReadFile(e.opts.StorePath)
+	_, _ = e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: &keydv1.PodIdentity{Namespace: "x", ServiceAccount: "y", PodName: "z", PodUid: "u"}, PodToken: token, Objects: allKinds(t)})
+	_, _ = e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: "PKxx", Signature: secrets[0]})
+	e.Stop()
+	storeBytes, err := os.ReadFile(e.Opts.StorePath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := e.logs.Bytes()
+	logs := e.Logs.Bytes()
 	if len(logs) == 0 {
 		t.Fatal("no logs captured")
 	}
@@ -362,16 +245,16 @@ func TestNoSecretInStoreOrLogs(t *testing.T) {
 
 func TestAuditTamperingIsDetected(t *testing.T) {
 	ctx := context.Background()
-	e := start(t, nil)
+	e := keydtest.Start(t, nil)
 	for i := 0; i < 4; i++ {
-		if _, err := e.keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}}); err != nil {
+		if _, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	e.stop()
+	e.Stop()
 	// Flip the namespace of record 3 inside the store file, in every copy
 	// bbolt keeps (freed pages may hold older copies of the same record).
-	data, _ := os.ReadFile(e.opts.StorePath)
+	data, _ := os.ReadFile(e.Opts.StorePath)
 	n := 0
 	for i := 0; i+len(`"seq":3,`) <= len(data); i++ {
 		if !bytes.HasPrefix(data[i:], []byte(`"seq":3,`)) {
@@ -387,9 +270,9 @@ func TestAuditTamperingIsDetected(t *testing.T) {
 	if n == 0 {
 		t.Fatal("record 3 not found in the store file")
 	}
-	_ = os.WriteFile(e.opts.StorePath, data, 0o600)
-	e.run()
-	v, err := e.admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+	_ = os.WriteFile(e.Opts.StorePath, data, 0o600)
+	e.Run()
+	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
 	if err != nil || v.Intact || v.BrokenAt != 3 {
 		t.Fatalf("tampered audit: %v %v", v, err)
 	}

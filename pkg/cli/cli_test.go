@@ -1,0 +1,140 @@
+package cli_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/podkey/podkey/pkg/cli"
+	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/hsm/hsmtest"
+	"github.com/podkey/podkey/pkg/keyd/keydtest"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func podkey(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd := cli.NewRoot()
+	cmd.SetIn(strings.NewReader(stdin))
+	code := cli.Run(cmd, args, &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+func TestCLIAgainstKeyd(t *testing.T) {
+	e := keydtest.Start(t, nil)
+	sock := "--socket=" + e.Opts.Socket
+	pay := []string{sock, "--namespace=payments", "--service-account=payments"}
+
+	r := podkey(t, "", append([]string{"issue", "--object=ledger:apiKey", "--object=card:derivedKey:gm", "--object=mtls:certificate:gm"}, pay...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "[redacted: 64 bytes]") || !strings.Contains(r.stdout, "access key id: PK1") {
+		t.Fatalf("issue: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if regexp.MustCompile(`[0-9a-f]{64}`).MatchString(r.stdout) || strings.Contains(r.stdout, "PRIVATE KEY") {
+		t.Fatalf("issue printed a secret without --reveal:\n%s", r.stdout)
+	}
+	r = podkey(t, "", append([]string{"issue", "--object=ledger:apiKey", "--reveal"}, pay...)...)
+	if r.code != 0 || !regexp.MustCompile(`[0-9a-f]{64}`).MatchString(r.stdout) {
+		t.Fatalf("reveal: %d\n%s", r.code, r.stdout)
+	}
+
+	for _, c := range []struct {
+		name  string
+		stdin string
+		args  []string
+		code  int
+	}{
+		{"denied by policy", "", []string{"issue", sock, "--namespace=shop", "--object=x:apiKey"}, cli.ExitDenied},
+		{"unknown kind", "", append([]string{"issue", "--object=x:password"}, pay...), cli.ExitUsage},
+		{"unknown flag", "", []string{"issue", "--nope"}, cli.ExitUsage},
+		{"secret not enrolled", "", append([]string{"issue", "--object=db:secret"}, pay...), cli.ExitNotFound},
+		{"oversized secret", strings.Repeat("x", 64<<10+1), []string{"secret", "put", sock, "payments/big"}, cli.ExitInvalid},
+		{"empty secret", "", []string{"secret", "put", sock, "payments/empty"}, cli.ExitInvalid},
+		{"bad secret ref", "v", []string{"secret", "put", sock, "nons"}, cli.ExitUsage},
+		{"forged key id", "msg", []string{"verify", sock, "--access-key-id=PK1AAAA", "--signature=00"}, cli.ExitInvalid},
+		{"keyd down", "", []string{"policy", "get", "--socket=" + filepath.Join(t.TempDir(), "none.sock")}, cli.ExitUnavailable},
+		{"bad rule", "", []string{"policy", "add", sock, "--namespace=A B", "--service-account=x", "--object=y"}, cli.ExitInvalid},
+	} {
+		r := podkey(t, c.stdin, c.args...)
+		if r.code != c.code {
+			t.Errorf("%s: exit %d, want %d\n%s%s", c.name, r.code, c.code, r.stdout, r.stderr)
+		}
+	}
+	if r := podkey(t, "", "secret", "list", sock); r.code != 0 || strings.Contains(r.stdout, "big") {
+		t.Fatalf("refused secret listed: %s", r.stdout)
+	}
+
+	// Enroll, grant, issue, audit.
+	if r := podkey(t, "s3cret-value\n", "secret", "put", sock, "shop/db"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	if r := podkey(t, "", "secret", "list", sock); !strings.Contains(r.stdout, "db") || strings.Contains(r.stdout, "s3cret") {
+		t.Fatalf("list: %s", r.stdout)
+	}
+	if r := podkey(t, "", "policy", "add", sock, "--namespace=shop", "--service-account=default", "--object=db", "--kind=secret"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	r = podkey(t, "", "issue", sock, "--namespace=shop", "--object=db:secret")
+	if r.code != 0 || strings.Contains(r.stdout, "s3cret") {
+		t.Fatalf("issue secret: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := podkey(t, "", "audit", "verify", sock); r.code != 0 || !strings.Contains(r.stdout, "intact") {
+		t.Fatalf("audit verify: %+v", r)
+	}
+	r = podkey(t, "", "audit", "export", sock)
+	if r.code != 0 || strings.Count(r.stdout, "\n") < 5 || strings.Contains(r.stdout, "s3cret") {
+		t.Fatalf("audit export: %+v", r)
+	}
+	if r := podkey(t, "", "hsm", "rotate", "mac", sock, "--suite=gm"); r.code != 0 || !strings.Contains(r.stdout, "generation 2") {
+		t.Fatalf("rotate: %+v", r)
+	}
+	if r := podkey(t, "", "ca", "bundle", sock, "--suite=gm"); !strings.Contains(r.stdout, "BEGIN CERTIFICATE") {
+		t.Fatalf("ca bundle: %+v", r)
+	}
+
+	// Offline audit verification needs keyd stopped (it holds the store).
+	e.Stop()
+	pinFile := filepath.Join(t.TempDir(), "pin")
+	_ = os.WriteFile(pinFile, []byte(hsmtest.PIN+"\n"), 0o600)
+	hsmArgs := []string{"--hsm-token=" + e.Opts.HSM.TokenLabel, "--hsm-pin-file=" + pinFile}
+	r = podkey(t, "", append([]string{"audit", "verify", "--store=" + e.Opts.StorePath}, hsmArgs...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "intact") {
+		t.Fatalf("offline verify: %+v", r)
+	}
+	if r := podkey(t, "", append([]string{"hsm", "init"}, hsmArgs...)...); r.code != 0 || !strings.Contains(r.stdout, "nothing created") {
+		t.Fatalf("hsm init again: %+v", r)
+	}
+	if r := podkey(t, "", append([]string{"hsm", "status"}, hsmArgs...)...); r.code != 0 || !strings.Contains(r.stdout, "extractable=false") {
+		t.Fatalf("hsm status: %+v", r)
+	}
+}
+
+func TestHSMErrors(t *testing.T) {
+	cfg := hsmtest.Token(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad")
+	_ = os.WriteFile(bad, []byte("wrong-pin"), 0o600)
+	r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel, "--hsm-pin-file="+bad)
+	if r.code != cli.ExitDenied || strings.Contains(r.stderr, "wrong-pin") {
+		t.Fatalf("wrong PIN: %+v", r)
+	}
+	good := filepath.Join(dir, "good")
+	_ = os.WriteFile(good, []byte(hsmtest.PIN), 0o600)
+	if r := podkey(t, "", "hsm", "init", "--hsm-token=missing", "--hsm-pin-file="+good); r.code != cli.ExitNotFound {
+		t.Fatalf("missing token: %+v", r)
+	}
+	t.Setenv(hsm.PINEnv, "")
+	if r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel); r.code != cli.ExitUsage {
+		t.Fatalf("no PIN: %+v", r)
+	}
+	if r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel, "--hsm-pin-file="+good); r.code != 0 || !strings.Contains(r.stdout, "created 10 root keys") {
+		t.Fatalf("init: %+v", r)
+	}
+}

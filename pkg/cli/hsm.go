@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/keyring"
+)
+
+func newHSMCommand(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "hsm", Short: "Set up and inspect the HSM token's root keys"}
+	var hf hsmFlags
+	hf.register(cmd.PersistentFlags())
+	cmd.AddCommand(&cobra.Command{
+		Use:   "init",
+		Short: "Create missing root keys on the token (idempotent; never overwrites)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tok, err := hf.open()
+			if err != nil {
+				return err
+			}
+			defer tok.Close()
+			created, err := keyring.Init(cmd.Context(), tok)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if len(created) == 0 {
+				fmt.Fprintf(out, "token %q: all root keys present; nothing created\n", tok.Label())
+				return nil
+			}
+			fmt.Fprintf(out, "token %q: created %d root keys\n", tok.Label(), len(created))
+			for _, l := range created {
+				fmt.Fprintln(out, "  "+l)
+			}
+			return nil
+		},
+	}, &cobra.Command{
+		Use:   "status",
+		Short: "Show the token and its podkey keys with their protection attributes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tok, err := hf.open()
+			if err != nil {
+				return err
+			}
+			defer tok.Close()
+			ctx := cmd.Context()
+			info := tok.Info()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "token:   %s (%s %s, serial %s)\nmodule:  %s\nsessions: up to %d\n",
+				info.Label, strings.TrimSpace(info.Manufacturer), strings.TrimSpace(info.Model), strings.TrimSpace(info.Serial), info.Module, info.MaxSessions)
+			objs, err := tok.List(ctx, "podkey/")
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%-32s %-12s %s\n", "LABEL", "CLASS", "PROTECTION")
+			for _, o := range objs {
+				prot := "public"
+				switch o.Class {
+				case hsm.SecretKey, hsm.PrivateKey:
+					a, err := tok.Attributes(ctx, o.Class, o.Label)
+					if err != nil {
+						return err
+					}
+					prot = fmt.Sprintf("sensitive=%v extractable=%v", a.Sensitive, a.Extractable)
+				case hsm.Data:
+					if !strings.HasSuffix(o.Label, "/cert") {
+						prot = "wrapped under podkey/kek"
+					}
+				}
+				fmt.Fprintf(out, "%-32s %-12s %s\n", o.Label, o.Class, prot)
+			}
+			return nil
+		},
+	})
+	rotate := &cobra.Command{
+		Use:   "rotate PURPOSE",
+		Short: "Add a generation of a root key through keyd (mac, derive, ca, jwt); old generations keep verifying",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, _ := cmd.Flags().GetString("suite")
+			admin, done, err := cf.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := admin.RotateKey(cmd.Context(), &keydv1.RotateKeyRequest{Purpose: args[0], Suite: s})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s/%s: now generation %d\n", args[0], s, resp.Generation)
+			return nil
+		},
+	}
+	rotate.Flags().String("suite", "intl", "suite: gm or intl")
+	cmd.AddCommand(rotate)
+	return cmd
+}

@@ -1,0 +1,228 @@
+package cli
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/emmansun/gmsm/smx509"
+	"github.com/spf13/cobra"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/object"
+)
+
+type podFlags struct{ namespace, serviceAccount, pod, podUID, node string }
+
+func (pf *podFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&pf.namespace, "namespace", "default", "pod namespace")
+	f.StringVar(&pf.serviceAccount, "service-account", "default", "pod service account")
+	f.StringVar(&pf.pod, "pod", "debug", "pod name")
+	f.StringVar(&pf.podUID, "pod-uid", "", "pod UID (default: a random one)")
+	f.StringVar(&pf.node, "node", "", "node name")
+}
+
+func (pf *podFlags) identity() *keydv1.PodIdentity {
+	p := &keydv1.PodIdentity{Namespace: pf.namespace, ServiceAccount: pf.serviceAccount,
+		PodName: pf.pod, PodUid: pf.podUID, NodeName: pf.node}
+	if p.PodUid == "" {
+		b := make([]byte, 16)
+		_, _ = rand.Read(b)
+		b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+		p.PodUid = fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+	}
+	return p
+}
+
+// parseObjectFlag reads NAME:KIND[:SUITE].
+func parseObjectFlag(s string) (object.Spec, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return object.Spec{}, usageError("--object %q: want NAME:KIND[:SUITE]", s)
+	}
+	sp := object.Spec{Name: parts[0], Kind: object.Kind(parts[1])}
+	if len(parts) == 3 {
+		sp.Suite = "gm"
+		if parts[2] != "gm" {
+			sp.Suite = "intl"
+		}
+	}
+	if err := sp.Normalize(); err != nil {
+		return sp, usageError("%v", err)
+	}
+	return sp, nil
+}
+
+func newIssueCommand(cf *clientFlags) *cobra.Command {
+	var (
+		pf     podFlags
+		objs   []string
+		file   string
+		reveal bool
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:   "issue",
+		Short: "Issue credentials by hand for debugging (secrets redacted unless --reveal)",
+		Long: `issue asks keyd for credentials as a pod would and prints them.
+
+Objects come from --object NAME:KIND[:SUITE] or from -f FILE, a YAML list in
+the format of a SecretProviderClass's objects parameter. Certificate keys
+are generated here and only the CSR is sent. Secret values, keys and tokens
+are printed only with --reveal.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var specs []object.Spec
+			if file != "" {
+				data, err := os.ReadFile(file)
+				if err != nil {
+					return err
+				}
+				if specs, err = object.ParseList(data); err != nil {
+					return usageError("%s: %v", file, err)
+				}
+			}
+			for _, o := range objs {
+				sp, err := parseObjectFlag(o)
+				if err != nil {
+					return err
+				}
+				specs = append(specs, sp)
+			}
+			if len(specs) == 0 {
+				return usageError("name at least one object with --object or -f")
+			}
+			req := &keydv1.IssueRequest{Pod: pf.identity()}
+			keys := map[string]crypto.Signer{}
+			for _, sp := range specs {
+				o := &keydv1.ObjectRequest{Name: sp.Name, Kind: string(sp.Kind), Suite: string(sp.Suite),
+					Ttl: sp.TTL.String(), Scope: sp.Scope, Length: int32(sp.Length), Audience: sp.Audience}
+				if sp.Kind == object.Certificate {
+					key, err := sp.Suite.GenerateKey()
+					if err != nil {
+						return err
+					}
+					der, err := smx509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+					if err != nil {
+						return err
+					}
+					o.Csr, keys[sp.Name] = der, key
+				}
+				req.Objects = append(req.Objects, o)
+			}
+			client, done, err := cf.keyd()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := client.Issue(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			view := make([]issuedView, len(resp.Credentials))
+			for i, c := range resp.Credentials {
+				view[i] = newIssuedView(c, keys[c.Name], reveal)
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"pod": req.Pod, "credentials": view})
+			}
+			return printIssued(cmd.OutOrStdout(), req.Pod, view)
+		},
+	}
+	pf.register(cmd)
+	cmd.Flags().StringSliceVar(&objs, "object", nil, "object NAME:KIND[:SUITE] (repeatable)")
+	cmd.Flags().StringVarP(&file, "file", "f", "", "YAML list of objects (SecretProviderClass objects format)")
+	cmd.Flags().BoolVar(&reveal, "reveal", false, "print secret values (debugging only)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+// issuedView is what the CLI prints: public fields always, secret fields
+// only revealed on request.
+type issuedView struct {
+	Name        string    `json:"name"`
+	Kind        string    `json:"kind"`
+	Suite       string    `json:"suite"`
+	Generation  int64     `json:"generation"`
+	Expiry      time.Time `json:"expiry"`
+	RenewAt     time.Time `json:"renewAt"`
+	AccessKeyID string    `json:"accessKeyId,omitempty"`
+	Subject     string    `json:"certificateSubject,omitempty"`
+	Secret      string    `json:"secret"`
+}
+
+func redacted(n int) string { return fmt.Sprintf("[redacted: %d bytes]", n) }
+
+func newIssuedView(c *keydv1.Credential, key crypto.Signer, reveal bool) issuedView {
+	v := issuedView{Name: c.Name, Kind: c.Kind, Suite: c.Suite, Generation: c.Generation,
+		Expiry: c.Expiry.AsTime(), RenewAt: c.RenewAt.AsTime()}
+	var secret []byte
+	switch p := c.Payload.(type) {
+	case *keydv1.Credential_ApiKey:
+		v.AccessKeyID, secret = p.ApiKey.AccessKeyId, []byte(fmt.Sprintf("%x", p.ApiKey.SecretKey))
+	case *keydv1.Credential_Certificate:
+		if b, _ := pem.Decode(p.Certificate.CertPem); b != nil {
+			if cert, err := smx509.ParseCertificate(b.Bytes); err == nil {
+				v.Subject = cert.Subject.CommonName
+				for _, u := range cert.URIs {
+					v.Subject += " " + u.String()
+				}
+			}
+		}
+		if der, err := smx509.MarshalPKCS8PrivateKey(key); err == nil {
+			secret = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+		}
+	case *keydv1.Credential_DerivedKey:
+		secret = []byte(fmt.Sprintf("%x", p.DerivedKey.Key))
+	case *keydv1.Credential_Token:
+		secret = []byte(p.Token.Jwt)
+	case *keydv1.Credential_Secret:
+		secret = p.Secret.Value
+	}
+	if reveal {
+		v.Secret = string(secret)
+	} else {
+		v.Secret = redacted(len(secret))
+	}
+	return v
+}
+
+func printIssued(out io.Writer, pod *keydv1.PodIdentity, view []issuedView) error {
+	fmt.Fprintf(out, "pod %s/%s (uid %s, service account %s)\n", pod.Namespace, pod.PodName, pod.PodUid, pod.ServiceAccount)
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tKIND\tSUITE\tGEN\tEXPIRES\tRENEW AT\tSECRET")
+	for _, v := range view {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, v.Kind, v.Suite, v.Generation,
+			v.Expiry.Format(time.RFC3339), v.RenewAt.Format(time.RFC3339), oneLine(v.Secret))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, v := range view {
+		if v.AccessKeyID != "" {
+			fmt.Fprintf(out, "%s access key id: %s\n", v.Name, v.AccessKeyID)
+		}
+		if v.Subject != "" {
+			fmt.Fprintf(out, "%s certificate: %s\n", v.Name, v.Subject)
+		}
+	}
+	return nil
+}
+
+func oneLine(s string) string {
+	if strings.Contains(s, "\n") {
+		return strings.ReplaceAll(strings.TrimSpace(s), "\n", "\\n")
+	}
+	return s
+}

@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+)
+
+func decodeSignature(s string) ([]byte, error) {
+	if b, err := hex.DecodeString(s); err == nil {
+		return b, nil
+	}
+	if b, err := base64.StdEncoding.DecodeString(s); err == nil {
+		return b, nil
+	}
+	return base64.RawURLEncoding.DecodeString(s)
+}
+
+func newVerifyCommand(cf *clientFlags) *cobra.Command {
+	var keyID, sig, stsFile string
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Ask keyd to verify an API-key signature (as a backend does)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sigBytes, err := decodeSignature(sig)
+			if err != nil {
+				return usageError("--signature: not hex or base64")
+			}
+			var sts []byte
+			switch stsFile {
+			case "-":
+				sts, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20))
+			default:
+				sts, err = os.ReadFile(stsFile)
+			}
+			if err != nil {
+				return err
+			}
+			client, done, err := cf.keyd()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := client.Verify(cmd.Context(), &keydv1.VerifyRequest{AccessKeyId: keyID, StringToSign: sts, Signature: sigBytes})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "valid: %s/%s pod %s object %s (suite %s, generation %d, expires %s)\n",
+				resp.Namespace, resp.ServiceAccount, resp.PodUid, resp.Object, resp.Suite, resp.Generation, resp.Expiry.AsTime().Format(time.RFC3339))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyID, "access-key-id", "", "access key id")
+	cmd.Flags().StringVar(&sig, "signature", "", "signature, hex or base64")
+	cmd.Flags().StringVar(&stsFile, "string-to-sign-file", "-", "file with the signed bytes; - for stdin")
+	_ = cmd.MarkFlagRequired("access-key-id")
+	_ = cmd.MarkFlagRequired("signature")
+	return cmd
+}
+
+func newRevokeCommand(cf *clientFlags) *cobra.Command {
+	var pf podFlags
+	cmd := &cobra.Command{
+		Use:   "revoke",
+		Short: "Revoke a pod's credentials (as the node agent does when the pod goes away)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pf.podUID == "" {
+				return usageError("--pod-uid is required")
+			}
+			client, done, err := cf.keyd()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := client.Revoke(cmd.Context(), &keydv1.RevokeRequest{Pod: pf.identity()})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked pod %s until %s\n", pf.podUID, resp.Until.AsTime().Format(time.RFC3339))
+			return nil
+		},
+	}
+	pf.register(cmd)
+	return cmd
+}
+
+func newCACommand(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "ca", Short: "Export podkey's CA certificates"}
+	var s string
+	bundle := &cobra.Command{
+		Use: "bundle", Short: "Print the CA bundle (PEM) of a suite", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, done, err := cf.keyd()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := client.CABundle(cmd.Context(), &keydv1.CABundleRequest{Suite: s})
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(resp.Pem)
+			return err
+		},
+	}
+	bundle.Flags().StringVar(&s, "suite", "intl", "gm or intl")
+	cmd.AddCommand(bundle)
+	return cmd
+}
