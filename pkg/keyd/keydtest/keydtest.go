@@ -141,4 +141,3 @@ func (e *Env) Dial(o keydclient.Options) *grpc.ClientConn {
 	e.T.Cleanup(func() { conn.Close() })
 	return conn
 }
-

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what podkey's build, demo and tests need on a fresh Debian
+# machine: SoftHSM2 (the embedded default HSM), the PKCS#11 tools and the
+# protobuf compiler (for `make proto`). Go tools are pinned in go.mod.
+set -euo pipefail
+
+need=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -e /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "Go is required (see go.mod for the version)"; exit 1; }
+go mod download
