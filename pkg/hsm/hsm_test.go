@@ -255,3 +255,23 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestReloginAfterLogout(t *testing.T) {
+	ctx := context.Background()
+	tok := hsmtest.Open(t)
+	must(t, tok.GenerateHMACKey(ctx, "mac"))
+	must(t, hsm.LogoutForTest(tok))
+	if _, err := tok.HMACSHA256(ctx, "mac", []byte("x")); err != nil {
+		t.Fatalf("after logout (cached handle): %v", err)
+	}
+	must(t, hsm.LogoutForTest(tok))
+	// A lookup by label while logged out sees no private objects; it must
+	// log in again rather than report the key missing.
+	if err := tok.GenerateHMACKey(ctx, "mac2"); err != nil {
+		t.Fatalf("after logout (new object): %v", err)
+	}
+	must(t, hsm.LogoutForTest(tok))
+	if _, err := tok.HMACSHA256(ctx, "mac2", []byte("x")); err != nil {
+		t.Fatalf("after logout (uncached): %v", err)
+	}
+}

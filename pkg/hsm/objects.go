@@ -59,6 +59,11 @@ func (t *Token) handle(sh pkcs11.SessionHandle, class Class, label string) (pkcs
 	}
 	switch len(hs) {
 	case 0:
+		if !t.loggedIn(sh) {
+			// Private objects are invisible to a logged-out session: have
+			// do log in again instead of reporting the key missing.
+			return 0, pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+		}
 		return 0, fmt.Errorf("hsm: %s %q: %w", class, label, ErrObjectNotFound)
 	case 1:
 	default:
@@ -68,6 +73,15 @@ func (t *Token) handle(sh pkcs11.SessionHandle, class Class, label string) (pkcs
 	t.handles[k] = hs[0]
 	t.handlesMu.Unlock()
 	return hs[0], nil
+}
+
+// loggedIn reports whether the session sees the token as logged in.
+func (t *Token) loggedIn(sh pkcs11.SessionHandle) bool {
+	info, err := t.p.GetSessionInfo(sh)
+	if err != nil {
+		return true // let the caller's own error surface
+	}
+	return info.State == pkcs11.CKS_RW_USER_FUNCTIONS || info.State == pkcs11.CKS_RO_USER_FUNCTIONS
 }
 
 func (t *Token) flushHandles() {
@@ -103,6 +117,9 @@ func (t *Token) Exists(ctx context.Context, class Class, label string) (bool, er
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 		}, 1)
+		if err == nil && len(hs) == 0 && !t.loggedIn(sh) {
+			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+		}
 		found = len(hs) > 0
 		return err
 	})
@@ -120,6 +137,9 @@ func (t *Token) List(ctx context.Context, prefix string) ([]Object, error) {
 	var out []Object
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
 		out = out[:0]
+		if !t.loggedIn(sh) {
+			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
+		}
 		hs, err := t.find(sh, nil, 0)
 		if err != nil {
 			return err
@@ -164,6 +184,9 @@ func (t *Token) create(ctx context.Context, class Class, label string, gen func(
 		}
 		if len(hs) > 0 {
 			return fmt.Errorf("hsm: %s %q: %w", class, label, ErrObjectExists)
+		}
+		if !t.loggedIn(sh) {
+			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
 		}
 		return gen(sh)
 	})

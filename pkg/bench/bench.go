@@ -1,0 +1,263 @@
+// Package bench measures podkey against its physical limit in one run on
+// one token: raw HSM operations per second beside credentials issued per
+// second through keyd's gRPC API, as ratios. Nothing here asserts a time;
+// it reports.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/emmansun/gmsm/smx509"
+	"google.golang.org/grpc"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/keyd"
+	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/keyring"
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+// Options configure a run. Every field says its default.
+type Options struct {
+	HSM hsm.Config // the token, already initialised with 'podkey hsm init'
+	// Duration of each measurement. Default 2s.
+	Duration time.Duration
+	// Concurrency levels. Default 1, 8, 64.
+	Concurrency []int
+}
+
+// Result is one row.
+type Result struct {
+	Name        string
+	Concurrency int
+	PerSecond   float64
+	P50, P99    time.Duration
+	Errors      int64
+	Limit       string  // the raw operation compared against
+	LimitRate   float64 // its rate at the same concurrency
+	HSMOps      int     // HSM operations per credential (including the audit MAC)
+}
+
+// measure runs op from n goroutines for d and reports the rate and latency.
+func measure(ctx context.Context, n int, d time.Duration, op func(ctx context.Context) error) (float64, time.Duration, time.Duration, int64) {
+	var (
+		count, errs atomic.Int64
+		mu          sync.Mutex
+		lat         []time.Duration
+		wg          sync.WaitGroup
+	)
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				t0 := time.Now()
+				if err := op(ctx); err != nil {
+					errs.Add(1)
+					continue
+				}
+				local = append(local, time.Since(t0))
+				count.Add(1)
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[int(float64(len(lat)-1)*p)]
+	}
+	return float64(count.Load()) / elapsed.Seconds(), pct(0.50), pct(0.99), errs.Load()
+}
+
+type kindCase struct {
+	name   string
+	object *keydv1.ObjectRequest
+	limit  string // raw operation name
+	hsmOps int
+}
+
+// Run measures and writes a table to w.
+func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
+	if o.Duration == 0 {
+		o.Duration = 2 * time.Second
+	}
+	if len(o.Concurrency) == 0 {
+		o.Concurrency = []int{1, 8, 64}
+	}
+	dir, err := os.MkdirTemp("", "podkey-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte("version: v1\nrules:\n- {namespace: bench, serviceAccount: bench, objects: [\"*\"]}\n"), 0o600); err != nil {
+		return nil, err
+	}
+	srv, err := keyd.New(ctx, keyd.Options{HSM: o.HSM, StorePath: filepath.Join(dir, "keyd.db"), Socket: filepath.Join(dir, "keyd.sock"),
+		PolicyFile: pol, InsecureLocalIdentity: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go srv.Serve(sctx)
+	conn, err := keydclient.Dial(keydclient.Options{Socket: filepath.Join(dir, "keyd.sock")})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	client := keydv1.NewKeydClient(conn)
+	admin := keydv1.NewAdminClient(conn)
+	readyCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := admin.PutSecret(readyCtx, &keydv1.PutSecretRequest{Namespace: "bench", Name: "db", Value: []byte("bench-secret-value")},
+		grpc.WaitForReady(true)); err != nil {
+		return nil, fmt.Errorf("bench: keyd not ready: %w", err)
+	}
+
+	tok, err := hsm.Open(o.HSM) // shares the module and login with keyd
+	if err != nil {
+		return nil, err
+	}
+	defer tok.Close()
+	kr, err := keyring.Open(ctx, tok)
+	if err != nil {
+		return nil, err
+	}
+	defer kr.Close()
+	ecdsaSigner, err := tok.ECDSASigner(ctx, keyring.Label(keyring.CA, suite.Intl, 1))
+	if err != nil {
+		return nil, err
+	}
+	sm2Signer, err := kr.TokenSigner(suite.GM, kr.Current(keyring.JWT, suite.GM))
+	if err != nil {
+		return nil, err
+	}
+	digest := sha256.Sum256([]byte("bench"))
+	small := make([]byte, 64)
+	raw := map[string]func(context.Context) error{
+		"HSM HMAC-SHA256": func(ctx context.Context) error {
+			_, err := tok.HMACSHA256(ctx, keyring.AuditLabel, small)
+			return err
+		},
+		"HSM ECDSA P-256 sign": func(ctx context.Context) error {
+			_, err := ecdsaSigner.SignContext(ctx, digest[:])
+			return err
+		},
+		"HSM AES-256-GCM encrypt": func(ctx context.Context) error {
+			_, err := tok.EncryptGCM(ctx, keyring.KEKLabel, small, nil)
+			return err
+		},
+		"software HMAC-SM3": func(context.Context) error {
+			_ = suite.GM.MAC(small, small)
+			return nil
+		},
+		"software SM2 sign": func(context.Context) error {
+			_, err := sm2Signer.Sign(rand.Reader, digest[:], nil)
+			return err
+		},
+	}
+	rawOrder := []string{"HSM HMAC-SHA256", "HSM ECDSA P-256 sign", "HSM AES-256-GCM encrypt", "software HMAC-SM3", "software SM2 sign"}
+
+	csrIntl, csrGM, err := csrs()
+	if err != nil {
+		return nil, err
+	}
+	// hsmOps counts token operations per issued credential, the audit MAC
+	// included; software work under unwrapped keys is not counted.
+	kinds := []kindCase{
+		{"apiKey intl", &keydv1.ObjectRequest{Name: "k", Kind: "apiKey"}, "HSM HMAC-SHA256", 2},
+		{"apiKey gm", &keydv1.ObjectRequest{Name: "k", Kind: "apiKey", Suite: "gm"}, "HSM HMAC-SHA256", 1},
+		{"derivedKey intl", &keydv1.ObjectRequest{Name: "d", Kind: "derivedKey"}, "HSM HMAC-SHA256", 2},
+		{"derivedKey gm", &keydv1.ObjectRequest{Name: "d", Kind: "derivedKey", Suite: "gm"}, "HSM HMAC-SHA256", 1},
+		{"certificate intl", &keydv1.ObjectRequest{Name: "c", Kind: "certificate", Csr: csrIntl}, "HSM ECDSA P-256 sign", 1},
+		{"certificate gm", &keydv1.ObjectRequest{Name: "c", Kind: "certificate", Algorithm: "sm2", Csr: csrGM}, "software SM2 sign", 0},
+		{"token intl", &keydv1.ObjectRequest{Name: "t", Kind: "token"}, "HSM ECDSA P-256 sign", 1},
+		{"token gm", &keydv1.ObjectRequest{Name: "t", Kind: "token", Suite: "gm"}, "software SM2 sign", 0},
+		{"secret", &keydv1.ObjectRequest{Name: "db", Kind: "secret"}, "HSM AES-256-GCM encrypt", 1},
+	}
+	var results []Result
+	for _, n := range o.Concurrency {
+		rates := map[string]float64{}
+		for _, name := range rawOrder {
+			r, p50, p99, errs := measure(ctx, n, o.Duration, raw[name])
+			rates[name] = r
+			results = append(results, Result{Name: "raw " + name, Concurrency: n, PerSecond: r, P50: p50, P99: p99, Errors: errs})
+		}
+		for _, k := range kinds {
+			var uid atomic.Int64
+			r, p50, p99, errs := measure(ctx, n, o.Duration, func(ctx context.Context) error {
+				_, err := client.Issue(ctx, &keydv1.IssueRequest{
+					Pod: &keydv1.PodIdentity{Namespace: "bench", ServiceAccount: "bench", PodName: "p",
+						PodUid: fmt.Sprintf("bench-%d", uid.Add(1))},
+					Objects: []*keydv1.ObjectRequest{k.object}})
+				return err
+			})
+			results = append(results, Result{Name: "issue " + k.name, Concurrency: n, PerSecond: r, P50: p50, P99: p99,
+				Errors: errs, Limit: k.limit, LimitRate: rates[k.limit], HSMOps: k.hsmOps})
+		}
+	}
+	return results, Print(w, results)
+}
+
+// Print renders results as a Markdown table.
+func Print(w io.Writer, results []Result) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', tabwriter.Debug)
+	fmt.Fprintln(tw, "| operation\t callers\t per second\t p50\t p99\t errors\t compared with (same callers)\t its rate\t ratio\t HSM ops per credential\t")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t")
+	for _, r := range results {
+		ratio, limit, limitRate, ops := "", "", "", ""
+		if r.Limit != "" {
+			limit, limitRate = r.Limit, fmt.Sprintf("%.0f", r.LimitRate)
+			if r.LimitRate > 0 {
+				ratio = fmt.Sprintf("%.2f", r.PerSecond/r.LimitRate)
+			}
+			ops = fmt.Sprint(r.HSMOps)
+		}
+		fmt.Fprintf(tw, "| %s\t %d\t %.0f\t %s\t %s\t %d\t %s\t %s\t %s\t %s\t\n", r.Name, r.Concurrency, r.PerSecond,
+			r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Errors, limit, limitRate, ratio, ops)
+	}
+	return tw.Flush()
+}
+
+func csrs() ([]byte, []byte, error) {
+	var out [][]byte
+	for _, s := range []suite.Name{suite.Intl, suite.GM} {
+		k, err := s.GenerateKey()
+		if err != nil {
+			return nil, nil, err
+		}
+		der, err := smx509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	}
+	return out[0], out[1], nil
+}

@@ -1,0 +1,45 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podkey/podkey/pkg/bench"
+	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/hsm/hsmtest"
+	"github.com/podkey/podkey/pkg/keyring"
+)
+
+// TestRunProducesEveryRow runs the bench briefly against a real token: it
+// checks the table's completeness and that nothing failed, not speed.
+func TestRunProducesEveryRow(t *testing.T) {
+	ctx := context.Background()
+	cfg := hsmtest.Token(t)
+	tok, err := hsm.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keyring.Init(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	tok.Close()
+	var out bytes.Buffer
+	res, err := bench.Run(ctx, bench.Options{HSM: cfg, Duration: 50 * time.Millisecond, Concurrency: []int{2}}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 5+9 {
+		t.Fatalf("%d rows", len(res))
+	}
+	for _, r := range res {
+		if r.Errors != 0 || r.PerSecond <= 0 {
+			t.Errorf("%s: %d errors, %.0f/s", r.Name, r.Errors, r.PerSecond)
+		}
+	}
+	if !strings.Contains(out.String(), "issue certificate gm") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+}
