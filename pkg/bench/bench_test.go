@@ -8,24 +8,14 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/pkg/bench"
-	"github.com/podkey/podkey/pkg/hsm"
-	"github.com/podkey/podkey/pkg/hsm/hsmtest"
-	"github.com/podkey/podkey/pkg/keyring"
+	"github.com/podkey/podkey/pkg/keyring/keyringtest"
 )
 
 // TestRunProducesEveryRow runs the bench briefly against a real token: it
 // checks the table's completeness and that nothing failed, not speed.
 func TestRunProducesEveryRow(t *testing.T) {
 	ctx := context.Background()
-	cfg := hsmtest.Token(t)
-	tok, err := hsm.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := keyring.Init(ctx, tok); err != nil {
-		t.Fatal(err)
-	}
-	tok.Close()
+	cfg := keyringtest.Token(t)
 	var out bytes.Buffer
 	res, err := bench.Run(ctx, bench.Options{HSM: cfg, Duration: 50 * time.Millisecond, Concurrency: []int{2}}, &out)
 	if err != nil {

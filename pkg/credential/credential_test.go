@@ -17,8 +17,8 @@ import (
 
 	"github.com/podkey/podkey/pkg/accesskey"
 	"github.com/podkey/podkey/pkg/credential"
-	"github.com/podkey/podkey/pkg/hsm/hsmtest"
 	"github.com/podkey/podkey/pkg/keyring"
+	"github.com/podkey/podkey/pkg/keyring/keyringtest"
 	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/store"
 	"github.com/podkey/podkey/pkg/suite"
@@ -33,16 +33,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	tok := hsmtest.Open(t)
-	if _, err := keyring.Init(ctx, tok); err != nil {
-		t.Fatal(err)
-	}
-	kr, err := keyring.Open(ctx, tok)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(kr.Close)
+	kr := keyringtest.Open(t)
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
 	if err != nil {
 		t.Fatal(err)

@@ -17,11 +17,9 @@ import (
 	"google.golang.org/grpc"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/hsm"
-	"github.com/podkey/podkey/pkg/hsm/hsmtest"
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/keydclient"
-	"github.com/podkey/podkey/pkg/keyring"
+	"github.com/podkey/podkey/pkg/keyring/keyringtest"
 )
 
 // SyncBuffer collects logs from the server's goroutines.
@@ -68,16 +66,7 @@ rules:
 // the test ends.
 func Start(t *testing.T, mutate func(*keyd.Options)) *Env {
 	t.Helper()
-	ctx := context.Background()
-	cfg := hsmtest.Token(t)
-	tok, err := hsm.Open(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := keyring.Init(ctx, tok); err != nil {
-		t.Fatal(err)
-	}
-	tok.Close()
+	cfg := keyringtest.Token(t)
 	dir := t.TempDir()
 	polFile := filepath.Join(dir, "policy.yaml")
 	_ = os.WriteFile(polFile, []byte(PolicyYAML), 0o600)
