@@ -3,7 +3,7 @@
 #   a SoftHSM2 token initialised here, root keys created in it,
 #   podkey-keyd started on a local socket (development identity mode),
 #   a policy, an enrolled secret, credentials of every kind issued by the
-#   CLI and printed with secrets redacted, a signature verified, the pod
+#   CLI and printed with secrets redacted, a policy refusal, the pod
 #   revoked, and the audit chain proven.
 # Everything lives under $PODKEY_DEMO_DIR (default /tmp/podkey-demo);
 # set PODKEY_DEMO_KEEP=1 to leave keyd running afterwards.
@@ -14,25 +14,13 @@ hack/install-deps.sh
 make -s build
 
 DIR=${PODKEY_DEMO_DIR:-/tmp/podkey-demo}
-mkdir -p "$DIR/tokens" && chmod 700 "$DIR"
-export SOFTHSM2_CONF="$DIR/softhsm2.conf"
-printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$DIR" > "$SOFTHSM2_CONF"
 export PODKEY_HSM_TOKEN=podkey-demo
-export PODKEY_HSM_PIN_FILE="$DIR/pin"
 export PODKEY_SOCKET="$DIR/keyd.sock"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:.*$PODKEY_HSM_TOKEN"; then
-  step "initialise SoftHSM2 token $PODKEY_HSM_TOKEN"
-  umask 077
-  head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/pin"
-  head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/so-pin"
-  softhsm2-util --init-token --free --label "$PODKEY_HSM_TOKEN" \
-    --pin "$(cat "$DIR/pin")" --so-pin "$(cat "$DIR/so-pin")" >/dev/null
-  umask 022
-  echo "token ready; PIN in $DIR/pin (mode 0600)"
-fi
+step "SoftHSM2 token $PODKEY_HSM_TOKEN"
+. hack/softhsm-token.sh
 
 step "podkey hsm init"
 bin/podkey hsm init

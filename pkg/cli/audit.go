@@ -72,7 +72,7 @@ opens the HSM token itself.`,
 				return err
 			}
 			if !resp.Intact {
-				return &exitError{ExitTampered, fmt.Errorf("audit chain broken at record %d of %d verified: %s",
+				return &exitError{ExitTampered, fmt.Errorf("audit chain broken at record %d (the %d before it verified): %s",
 					resp.BrokenAt, resp.Records, resp.Reason)}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d records\n", resp.Records)

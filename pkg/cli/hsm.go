@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -59,6 +60,12 @@ func newHSMCommand(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			sort.Slice(objs, func(i, j int) bool {
+				if objs[i].Label != objs[j].Label {
+					return objs[i].Label < objs[j].Label
+				}
+				return objs[i].Class < objs[j].Class
+			})
 			fmt.Fprintf(out, "%-32s %-12s %s\n", "LABEL", "CLASS", "PROTECTION")
 			for _, o := range objs {
 				prot := "public"

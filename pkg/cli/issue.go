@@ -168,9 +168,11 @@ func newIssuedView(c *keydv1.Credential, key crypto.Signer, reveal bool) issuedV
 	v := issuedView{Name: c.Name, Kind: c.Kind, Suite: c.Suite, Generation: c.Generation,
 		Expiry: c.Expiry.AsTime(), RenewAt: c.RenewAt.AsTime()}
 	var secret []byte
+	size := -1 // size of the secret as issued, when it differs from its printed form
 	switch p := c.Payload.(type) {
 	case *keydv1.Credential_ApiKey:
 		v.AccessKeyID, secret = p.ApiKey.AccessKeyId, []byte(fmt.Sprintf("%x", p.ApiKey.SecretKey))
+		size = len(p.ApiKey.SecretKey)
 	case *keydv1.Credential_Certificate:
 		if b, _ := pem.Decode(p.Certificate.CertPem); b != nil {
 			if cert, err := smx509.ParseCertificate(b.Bytes); err == nil {
@@ -184,16 +186,19 @@ func newIssuedView(c *keydv1.Credential, key crypto.Signer, reveal bool) issuedV
 			secret = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 		}
 	case *keydv1.Credential_DerivedKey:
-		secret = []byte(fmt.Sprintf("%x", p.DerivedKey.Key))
+		secret, size = []byte(fmt.Sprintf("%x", p.DerivedKey.Key)), len(p.DerivedKey.Key)
 	case *keydv1.Credential_Token:
 		secret = []byte(p.Token.Jwt)
 	case *keydv1.Credential_Secret:
 		secret = p.Secret.Value
 	}
+	if size < 0 {
+		size = len(secret)
+	}
 	if reveal {
 		v.Secret = string(secret)
 	} else {
-		v.Secret = redacted(len(secret))
+		v.Secret = redacted(size)
 	}
 	return v
 }
