@@ -15,6 +15,7 @@ import (
 
 	"github.com/emmansun/gmsm/smx509"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/pkg/accesskey"
@@ -275,5 +276,14 @@ func TestAuditTamperingIsDetected(t *testing.T) {
 	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
 	if err != nil || v.Intact || v.BrokenAt != 3 {
 		t.Fatalf("tampered audit: %v %v", v, err)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	e := keydtest.Start(t, nil)
+	conn := e.Dial(keydclient.Options{Socket: e.Opts.Socket})
+	resp, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", resp, err)
 	}
 }

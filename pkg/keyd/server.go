@@ -56,10 +56,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	if s.st, err = store.OpenBolt(opts.StorePath); err != nil {
+	st, err := store.OpenBolt(opts.StorePath)
+	if err != nil {
 		s.Close()
 		return nil, err
 	}
+	s.st = st // assigned only when non-nil: a nil *Bolt in the interface is not nil
 	s.audit = audit.Open(s.st, s.kr.AuditMAC)
 	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
 	if err := s.loadPolicy(ctx); err != nil {

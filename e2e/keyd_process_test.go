@@ -1,0 +1,146 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binaries builds bin/podkey and bin/podkey-keyd once per test run.
+func binaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../cmd/podkey", "../cmd/podkey-keyd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+type world struct {
+	t       *testing.T
+	bin     string
+	dir     string
+	env     []string
+	keydErr *bytes.Buffer
+}
+
+func (w *world) run(stdin string, name string, args ...string) (string, int) {
+	w.t.Helper()
+	cmd := exec.Command(filepath.Join(w.bin, name), args...)
+	cmd.Env = w.env
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		w.t.Fatal(err)
+	}
+	return string(out), code
+}
+
+func TestKeydProcessLifecycle(t *testing.T) {
+	if _, err := exec.LookPath("softhsm2-util"); err != nil {
+		t.Fatal("softhsm2-util missing: run hack/install-deps.sh")
+	}
+	w := &world{t: t, bin: binaries(t), dir: t.TempDir()}
+	conf := filepath.Join(w.dir, "softhsm2.conf")
+	_ = os.Mkdir(filepath.Join(w.dir, "tokens"), 0o700)
+	_ = os.WriteFile(conf, []byte("directories.tokendir = "+w.dir+"/tokens\nobjectstore.backend = file\n"), 0o600)
+	pin := "e2e-pin-4711"
+	_ = os.WriteFile(filepath.Join(w.dir, "pin"), []byte(pin+"\n"), 0o600)
+	sock := filepath.Join(w.dir, "keyd.sock")
+	w.env = append(os.Environ(), "SOFTHSM2_CONF="+conf, "PODKEY_HSM_TOKEN=e2e",
+		"PODKEY_HSM_PIN_FILE="+filepath.Join(w.dir, "pin"), "PODKEY_SOCKET="+sock)
+	init := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "e2e", "--pin", pin, "--so-pin", "so-"+pin)
+	init.Env = w.env
+	if out, err := init.CombinedOutput(); err != nil {
+		t.Fatalf("init token: %v\n%s", err, out)
+	}
+	if out, code := w.run("", "podkey", "hsm", "init"); code != 0 || !strings.Contains(out, "created 10 root keys") {
+		t.Fatalf("hsm init: %d %s", code, out)
+	}
+	// A PIN on the command line is not an option.
+	if _, code := w.run("", "podkey-keyd", "--hsm-pin", pin); code != 2 {
+		t.Fatalf("--hsm-pin accepted: exit %d", code)
+	}
+	policy := filepath.Join(w.dir, "policy.yaml")
+	_ = os.WriteFile(policy, []byte("version: v1\nrules:\n- {namespace: payments, serviceAccount: payments, objects: [\"*\"]}\n"), 0o600)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	keyd := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-keyd"), "--store", filepath.Join(w.dir, "keyd.db"),
+		"--socket", sock, "--listen", "127.0.0.1:0", "--policy-file", policy, "--insecure-local-identity", "--log-format", "json")
+	keyd.Env = w.env
+	w.keydErr = &bytes.Buffer{}
+	keyd.Stderr = w.keydErr
+	if err := keyd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer keyd.Process.Kill()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, code := w.run("", "podkey", "policy", "get"); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("keyd did not start:\n%s", w.keydErr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode: %v %v", fi.Mode(), err)
+	}
+	// A second keyd on the same store is refused, and leaves the first alone.
+	out, code := w.run("", "podkey-keyd", "--store", filepath.Join(w.dir, "keyd.db"), "--socket", sock+"2")
+	if code != 6 || !strings.Contains(out, "keyd.db") {
+		t.Fatalf("second keyd: %d %s", code, out)
+	}
+
+	out, code = w.run("", "podkey", "issue", "--namespace=payments", "--service-account=payments",
+		"--object=ledger:apiKey", "--object=card:derivedKey:gm", "--reveal", "-o", "json")
+	if code != 0 {
+		t.Fatalf("issue: %d %s", code, out)
+	}
+	secrets := regexp.MustCompile(`"secret": "([0-9a-f]{64})"`).FindAllStringSubmatch(out, -1)
+	if len(secrets) != 2 {
+		t.Fatalf("issue --reveal: %s", out)
+	}
+
+	if err := keyd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := keyd.Wait(); err != nil {
+		t.Fatalf("keyd did not stop cleanly on SIGTERM: %v\n%s", err, w.keydErr)
+	}
+	logs := w.keydErr.String()
+	if !strings.Contains(logs, "podkey-keyd stopped") || !strings.Contains(logs, "insecure local identity mode") {
+		t.Fatalf("logs:\n%s", logs)
+	}
+	for _, s := range secrets {
+		if strings.Contains(logs, s[1]) {
+			t.Fatal("keyd log contains an issued secret")
+		}
+	}
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		if !strings.HasPrefix(sc.Text(), "{") {
+			t.Fatalf("non-JSON log line with --log-format json: %q", sc.Text())
+		}
+	}
+	// Offline audit verification with keyd stopped.
+	if out, code := w.run("", "podkey", "audit", "verify", "--store", filepath.Join(w.dir, "keyd.db")); code != 0 {
+		t.Fatalf("audit verify: %d %s", code, out)
+	}
+	fmt.Fprintln(os.Stderr, "keyd process lifecycle ok")
+}
