@@ -1,0 +1,241 @@
+// Package revocation is the node's durable queue of pod revocations that
+// keyd has not yet acknowledged. An entry names a pod (namespace, service
+// account, name, UID, node) and nothing secret; it survives restarts and is
+// retried with exponential backoff until keyd accepts it.
+package revocation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Pod identifies the pod to revoke.
+type Pod struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
+	Name           string `json:"name"`
+	UID            string `json:"uid"`
+	Node           string `json:"node"`
+}
+
+// Revoker delivers one revocation to keyd.
+type Revoker func(ctx context.Context, p Pod) error
+
+type entry struct {
+	Pod      Pod       `json:"pod"`
+	Enqueued time.Time `json:"enqueued"`
+	Attempts int       `json:"attempts"`
+	Next     time.Time `json:"next"`
+	LastErr  string    `json:"lastError,omitempty"`
+}
+
+// Backoff bounds.
+const (
+	MinBackoff = time.Second
+	MaxBackoff = 5 * time.Minute
+)
+
+var uidRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// Queue is the durable queue.
+type Queue struct {
+	dir    string
+	revoke Revoker
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]*entry
+	wake    chan struct{}
+}
+
+// Open loads the queue kept in dir (created 0700 if missing).
+func Open(dir string, revoke Revoker, log *slog.Logger) (*Queue, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("revocation queue: %w", err)
+	}
+	q := &Queue{dir: dir, revoke: revoke, log: log, now: time.Now, entries: map[string]*entry{}, wake: make(chan struct{}, 1)}
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var e entry
+		if err := json.Unmarshal(data, &e); err != nil || !uidRE.MatchString(e.Pod.UID) {
+			log.Warn("dropping unreadable revocation queue entry", "file", filepath.Base(f))
+			_ = os.Remove(f)
+			continue
+		}
+		q.entries[e.Pod.UID] = &e
+	}
+	return q, nil
+}
+
+// Len is the number of undelivered revocations.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.entries)
+}
+
+// Pending lists the queued pods' UIDs, sorted.
+func (q *Queue) Pending() []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []string
+	for uid := range q.entries {
+		out = append(out, uid)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Enqueue durably records a revocation; it returns once the entry is on
+// disk. Enqueuing a pod already queued keeps the one entry.
+func (q *Queue) Enqueue(p Pod, cause error) error {
+	if !uidRE.MatchString(p.UID) {
+		return fmt.Errorf("revocation queue: invalid pod UID %q", p.UID)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.entries[p.UID]; ok {
+		return nil
+	}
+	now := q.now()
+	e := &entry{Pod: p, Enqueued: now, Next: now.Add(MinBackoff)}
+	if cause != nil {
+		e.LastErr = cause.Error()
+	}
+	if err := q.persist(e); err != nil {
+		return err
+	}
+	q.entries[p.UID] = e
+	q.signal()
+	return nil
+}
+
+func (q *Queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// persist writes an entry atomically: temp file, fsync, rename, fsync dir.
+func (q *Queue) persist(e *entry) error {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(q.dir, e.Pod.UID+".json"), data)
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either
+// the old or the new content, never a torn file.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Run delivers due entries until ctx ends.
+func (q *Queue) Run(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-q.wake:
+		}
+		next := q.deliverDue(ctx)
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(next)
+	}
+}
+
+// deliverDue tries every due entry once and returns the wait until the
+// next one is due.
+func (q *Queue) deliverDue(ctx context.Context) time.Duration {
+	q.mu.Lock()
+	var due []*entry
+	now := q.now()
+	wait := MaxBackoff
+	for _, e := range q.entries {
+		if !e.Next.After(now) {
+			due = append(due, e)
+		} else if d := e.Next.Sub(now); d < wait {
+			wait = d
+		}
+	}
+	q.mu.Unlock()
+	for _, e := range due {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := q.revoke(cctx, e.Pod)
+		cancel()
+		q.mu.Lock()
+		if err == nil {
+			delete(q.entries, e.Pod.UID)
+			if rerr := os.Remove(filepath.Join(q.dir, e.Pod.UID+".json")); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				q.log.Warn("revocation delivered but its queue entry could not be removed", "podUID", e.Pod.UID, "error", rerr)
+			}
+			q.log.Info("queued revocation delivered", "podUID", e.Pod.UID, "namespace", e.Pod.Namespace, "attempts", e.Attempts+1)
+		} else {
+			e.Attempts++
+			backoff := MinBackoff << min(e.Attempts, 20)
+			if backoff > MaxBackoff {
+				backoff = MaxBackoff
+			}
+			e.Next, e.LastErr = q.now().Add(backoff), strings.TrimSpace(err.Error())
+			if perr := q.persist(e); perr != nil {
+				q.log.Error("revocation queue entry not updated", "podUID", e.Pod.UID, "error", perr)
+			}
+			q.log.Warn("revocation still undelivered", "podUID", e.Pod.UID, "attempts", e.Attempts, "retryIn", backoff, "error", err)
+			wait = min(wait, backoff)
+		}
+		q.mu.Unlock()
+	}
+	return wait
+}
