@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/podkey/podkey/pkg/atomicfile"
 )
 
 // Pod identifies the pod to revoke.
@@ -141,37 +143,7 @@ func (q *Queue) persist(e *entry) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(q.dir, e.Pod.UID+".json"), data)
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either
-// the old or the new content, never a torn file.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(filepath.Join(q.dir, e.Pod.UID+".json"), data)
 }
 
 // Run delivers due entries until ctx ends.

@@ -68,21 +68,18 @@ func (m *Mounter) Mount(target string, sizeLimit int64, gid int) error {
 }
 
 // Teardown zeroes the files, unmounts and removes target. Safe on a target
-// that is not mounted or does not exist.
+// that is not mounted or does not exist. When the mount state cannot be
+// read, it zeroes what it sees and tries to unmount anyway, so a rollback
+// after a failed publish still leaves nothing behind.
 func (m *Mounter) Teardown(target string) error {
-	mounted, err := m.IsMounted(target)
-	if err != nil {
-		return fmt.Errorf("volume: inspect target: %w", err)
+	mounted, inspectErr := m.IsMounted(target)
+	if err := Destroy(target); err != nil {
+		return fmt.Errorf("volume: zero files: %w", err)
 	}
-	if mounted {
-		if err := Destroy(target); err != nil {
-			return fmt.Errorf("volume: zero files: %w", err)
-		}
-		if err := m.m.Unmount(target); err != nil {
+	if mounted || inspectErr != nil {
+		if err := m.m.Unmount(target); err != nil && inspectErr == nil {
 			return fmt.Errorf("volume: unmount: %w", err)
 		}
-	} else if err := Destroy(target); err != nil {
-		return fmt.Errorf("volume: zero files: %w", err)
 	}
 	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("volume: remove target: %w", err)

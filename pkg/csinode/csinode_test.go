@@ -1,0 +1,521 @@
+package csinode_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	mount "k8s.io/mount-utils"
+	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
+
+	"github.com/podkey/podkey/pkg/accesskey"
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/csinode"
+	"github.com/podkey/podkey/pkg/keyd"
+	"github.com/podkey/podkey/pkg/keyd/keydtest"
+	"github.com/podkey/podkey/pkg/spc"
+	"github.com/podkey/podkey/pkg/suite"
+	"github.com/podkey/podkey/pkg/volume"
+)
+
+const objectsYAML = `
+- name: ledger-api
+  kind: apiKey
+  file: ledger-api.json
+  ttl: 1m
+- name: mtls
+  kind: certificate
+  algorithm: sm2
+- name: card-key
+  kind: derivedKey
+  scope: serviceAccount
+- name: svc-token
+  kind: token
+- name: legacy-db
+  kind: secret
+  file: db-password
+`
+
+func class(ns, name, provider, objects string) *sscsi.SecretProviderClass {
+	c := &sscsi.SecretProviderClass{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	c.Spec.Provider = sscsi.Provider(provider)
+	c.Spec.Parameters = map[string]string{"objects": objects}
+	return c
+}
+
+var classes = spc.Static{
+	"payments/payments": class("payments", "payments", "podkey", objectsYAML),
+	"payments/vault":    class("payments", "vault", "vault", objectsYAML),
+	"payments/escape":   class("payments", "escape", "podkey", "- {name: a, kind: apiKey, file: ../../../etc/cron.d/x}"),
+	"payments/collide":  class("payments", "collide", "podkey", "- {name: a, kind: apiKey, file: m.key}\n- {name: m, kind: certificate}"),
+	"payments/missing":  class("payments", "missing", "podkey", "- {name: absent-secret, kind: secret}"),
+	"shop/payments":     class("shop", "payments", "podkey", objectsYAML),
+}
+
+type harness struct {
+	t       *testing.T
+	keyd    *keydtest.Env
+	mounter *mount.FakeMounter
+	dir     string
+	logs    *keydtest.SyncBuffer
+	clock   time.Time
+	mu      sync.Mutex
+	d       *csinode.Driver
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t, mounter: mount.NewFakeMounter(nil), dir: t.TempDir(), logs: &keydtest.SyncBuffer{}, clock: time.Now()}
+	// keyd shares the test's clock, so a renewal after advancing it mints
+	// credentials with a later expiry (API keys are a function of it).
+	h.keyd = keydtest.Start(t, func(o *keyd.Options) { o.Now = h.now })
+	if _, err := h.keyd.Admin.PutSecret(context.Background(), &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: []byte("db-password-Q7x")}); err != nil {
+		t.Fatal(err)
+	}
+	h.d = h.newDriver()
+	return h
+}
+
+func (h *harness) now() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.clock
+}
+
+func (h *harness) advance(d time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.clock = h.clock.Add(d)
+}
+
+func (h *harness) newDriver() *csinode.Driver {
+	d, err := csinode.New(csinode.Options{
+		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), Keyd: h.keyd.Keyd, Classes: classes,
+		Mounter: volume.NewMounter(h.mounter), Now: h.now,
+		Logger: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return d
+}
+
+func token(uid string) string { return "eyJhbGciOiJSUzI1NiJ9.token-for-" + uid + ".c2ln" }
+
+func publishReq(target, uid, class string) *csi.NodePublishVolumeRequest {
+	tok, _ := json.Marshal(map[string]any{"podkey": map[string]string{"token": token(uid), "expirationTimestamp": "2030-01-01T00:00:00Z"}})
+	return &csi.NodePublishVolumeRequest{
+		VolumeId:   "csi-" + uid,
+		TargetPath: target,
+		Readonly:   true,
+		VolumeCapability: &csi.VolumeCapability{
+			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{VolumeMountGroup: fmt.Sprint(os.Getgid())}},
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+		},
+		VolumeContext: map[string]string{
+			"secretProviderClass":                      class,
+			"csi.storage.k8s.io/pod.name":              "pay-" + uid,
+			"csi.storage.k8s.io/pod.namespace":         "payments",
+			"csi.storage.k8s.io/pod.uid":               uid,
+			"csi.storage.k8s.io/serviceAccount.name":   "payments",
+			"csi.storage.k8s.io/ephemeral":             "true",
+			"csi.storage.k8s.io/serviceAccount.tokens": string(tok),
+		},
+	}
+}
+
+func (h *harness) target(uid string) string {
+	return filepath.Join(h.dir, "pods", uid, "volumes", "creds")
+}
+
+func read(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestPublishEveryKindThenRepublishIsNoop(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-a")
+	req := publishReq(target, "uid-a", "payments")
+	for i := 0; i < 2; i++ {
+		if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	files, _ := volume.Current(target)
+	want := "card-key,db-password,ledger-api.json,mtls.ca.crt,mtls.crt,mtls.key,podkey-metadata.json,svc-token"
+	if strings.Join(files, ",") != want {
+		t.Fatalf("files %v", files)
+	}
+	entries, _ := os.ReadDir(target)
+	gens := 0
+	for _, e := range entries {
+		if e.IsDir() {
+			gens++
+		}
+	}
+	if gens != 1 {
+		t.Fatalf("a republish that is not due wrote a new generation (%d)", gens)
+	}
+	var ak csinode.APIKeyFile
+	if err := json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak); err != nil {
+		t.Fatal(err)
+	}
+	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	msg := []byte("GET /ledger")
+	v, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg, Signature: accesskey.Sign(suite.Intl, secret, msg)})
+	if err != nil || v.PodUid != "uid-a" {
+		t.Fatalf("written API key does not verify: %v %v", v, err)
+	}
+	if string(read(t, filepath.Join(target, "db-password"))) != "db-password-Q7x" {
+		t.Fatal("secret content")
+	}
+	if !bytes.Contains(read(t, filepath.Join(target, "mtls.key")), []byte("PRIVATE KEY")) {
+		t.Fatal("certificate key")
+	}
+	fi, _ := os.Stat(filepath.Join(target, "db-password"))
+	if fi.Mode().Perm() != 0o440 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+	var meta csinode.Metadata
+	if err := json.Unmarshal(read(t, filepath.Join(target, volume.MetadataFile)), &meta); err != nil || len(meta.Objects) != 5 || meta.Pod.UID != "uid-a" {
+		t.Fatalf("metadata %+v %v", meta, err)
+	}
+	if h.d.Volumes() != 1 {
+		t.Fatalf("volumes %d", h.d.Volumes())
+	}
+}
+
+// assertClean checks that a failed publish left nothing behind.
+func (h *harness) assertClean(target string) {
+	h.t.Helper()
+	if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
+		h.t.Fatalf("target %s exists after a failed publish", target)
+	}
+	if mps, _ := h.mounter.List(); len(mps) != 0 {
+		h.t.Fatalf("mounts left: %v", mps)
+	}
+	states, _ := filepath.Glob(filepath.Join(h.dir, "state", "volumes", "*"))
+	if len(states) != 0 {
+		h.t.Fatalf("state left: %v", states)
+	}
+}
+
+func TestPublishErrorsLeaveNothing(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-e")
+	mutate := func(f func(r *csi.NodePublishVolumeRequest)) *csi.NodePublishVolumeRequest {
+		r := publishReq(target, "uid-e", "payments")
+		f(r)
+		return r
+	}
+	cases := []struct {
+		name string
+		req  *csi.NodePublishVolumeRequest
+		code codes.Code
+	}{
+		{"no volume id", mutate(func(r *csi.NodePublishVolumeRequest) { r.VolumeId = "" }), codes.InvalidArgument},
+		{"no target", mutate(func(r *csi.NodePublishVolumeRequest) { r.TargetPath = "" }), codes.InvalidArgument},
+		{"relative target", mutate(func(r *csi.NodePublishVolumeRequest) { r.TargetPath = "pods/x" }), codes.InvalidArgument},
+		{"no capability", mutate(func(r *csi.NodePublishVolumeRequest) { r.VolumeCapability = nil }), codes.InvalidArgument},
+		{"block", mutate(func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeCapability.AccessType = &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}
+		}), codes.InvalidArgument},
+		{"not read-only", mutate(func(r *csi.NodePublishVolumeRequest) { r.Readonly = false }), codes.InvalidArgument},
+		{"not ephemeral", mutate(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, "csi.storage.k8s.io/ephemeral") }), codes.InvalidArgument},
+		{"unknown attribute", mutate(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["secretProviderClas"] = "x" }), codes.InvalidArgument},
+		{"no class", mutate(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, "secretProviderClass") }), codes.InvalidArgument},
+		{"bad class name", mutate(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext["secretProviderClass"] = "../x" }), codes.InvalidArgument},
+		{"no pod info", mutate(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, "csi.storage.k8s.io/pod.uid") }), codes.InvalidArgument},
+		{"no token", mutate(func(r *csi.NodePublishVolumeRequest) {
+			delete(r.VolumeContext, "csi.storage.k8s.io/serviceAccount.tokens")
+		}), codes.InvalidArgument},
+		{"token for another audience", mutate(func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = `{"vault":{"token":"x"}}`
+		}), codes.InvalidArgument},
+		{"tokens not JSON", mutate(func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = "{"
+		}), codes.InvalidArgument},
+		{"bad mount group", mutate(func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeCapability.GetMount().VolumeMountGroup = "wheel"
+		}), codes.InvalidArgument},
+		{"class not found", publishReq(target, "uid-e", "nope"), codes.NotFound},
+		{"other provider", publishReq(target, "uid-e", "vault"), codes.InvalidArgument},
+		{"path traversal in file", publishReq(target, "uid-e", "escape"), codes.InvalidArgument},
+		{"colliding files", publishReq(target, "uid-e", "collide"), codes.InvalidArgument},
+		{"secret not enrolled", publishReq(target, "uid-e", "missing"), codes.NotFound},
+		{"policy denies", mutate(func(r *csi.NodePublishVolumeRequest) {
+			r.VolumeContext["csi.storage.k8s.io/pod.namespace"] = "shop"
+		}), codes.PermissionDenied},
+	}
+	for _, c := range cases {
+		for i := 0; i < 2; i++ {
+			_, err := h.d.NodePublishVolume(ctx, c.req)
+			if status.Code(err) != c.code {
+				t.Fatalf("%s (call %d): got %v, want %s", c.name, i+1, err, c.code)
+			}
+			if strings.Contains(status.Convert(err).Message(), "token-for-") {
+				t.Fatalf("%s: error echoes the token", c.name)
+			}
+			h.assertClean(target)
+		}
+	}
+	// keyd down: Unavailable, nothing left; back up: the retry succeeds.
+	h.keyd.Stop()
+	for i := 0; i < 2; i++ {
+		if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-e", "payments")); status.Code(err) != codes.Unavailable {
+			t.Fatalf("keyd down: %v", err)
+		}
+		h.assertClean(target)
+	}
+	h.keyd.Run()
+	h.d = h.newDriver() // reconnect through a fresh client
+	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-e", "payments")); err != nil {
+		t.Fatalf("after keyd returned: %v", err)
+	}
+}
+
+func TestPublishMountFailureRollsBack(t *testing.T) {
+	h := newHarness(t)
+	target := h.target("uid-m")
+	h.mounter.MountCheckErrors = map[string]error{target: errors.New("injected stat failure")}
+	if _, err := h.d.NodePublishVolume(context.Background(), publishReq(target, "uid-m", "payments")); status.Code(err) != codes.Internal {
+		t.Fatalf("got %v", err)
+	}
+	h.mounter.MountCheckErrors = nil
+	h.assertClean(target)
+}
+
+func TestRotationOnRepublish(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-r")
+	req := publishReq(target, "uid-r", "payments")
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	before := read(t, filepath.Join(target, "ledger-api.json"))
+	h.advance(41 * time.Second) // past two thirds of the 1m apiKey
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	after := read(t, filepath.Join(target, "ledger-api.json"))
+	if bytes.Equal(before, after) {
+		t.Fatal("credentials not renewed")
+	}
+	var meta csinode.Metadata
+	_ = json.Unmarshal(read(t, filepath.Join(target, volume.MetadataFile)), &meta)
+	if !meta.RenewAt.After(h.now().Add(-41 * time.Second)) {
+		t.Fatalf("metadata renewAt not advanced: %v", meta.RenewAt)
+	}
+	// Renewal due while keyd is down: the volume keeps valid credentials.
+	h.advance(41 * time.Second)
+	h.keyd.Stop()
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatalf("renewal failure with valid credentials must not fail the republish: %v", err)
+	}
+	if !bytes.Equal(after, read(t, filepath.Join(target, "ledger-api.json"))) {
+		t.Fatal("files changed although renewal failed")
+	}
+	// Past expiry the failure is reported.
+	h.advance(time.Minute)
+	if _, err := h.d.NodePublishVolume(ctx, req); status.Code(err) != codes.Unavailable {
+		t.Fatalf("expired and keyd down: %v", err)
+	}
+}
+
+func TestUnpublishRevokesAndIsIdempotent(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-u")
+	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-u", "payments")); err != nil {
+		t.Fatal(err)
+	}
+	var ak csinode.APIKeyFile
+	_ = json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak)
+	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	un := &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-u", TargetPath: target}
+	for i := 0; i < 2; i++ {
+		if _, err := h.d.NodeUnpublishVolume(ctx, un); err != nil {
+			t.Fatalf("unpublish %d: %v", i, err)
+		}
+	}
+	if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal("target remains")
+	}
+	msg := []byte("x")
+	if _, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, secret, msg)}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("key of an unpublished pod still verifies: %v", err)
+	}
+	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "never-seen", TargetPath: "/nonexistent/x"}); err != nil {
+		t.Fatalf("unknown volume: %v", err)
+	}
+	for _, bad := range []*csi.NodeUnpublishVolumeRequest{{TargetPath: target}, {VolumeId: "v"}} {
+		if _, err := h.d.NodeUnpublishVolume(ctx, bad); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("bad unpublish: %v", err)
+		}
+	}
+}
+
+func TestUnpublishWithKeydDownQueuesRevocation(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-q")
+	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-q", "payments")); err != nil {
+		t.Fatal(err)
+	}
+	var ak csinode.APIKeyFile
+	_ = json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak)
+	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	h.keyd.Stop()
+	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-q", TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if h.d.QueuedRevocations() != 1 {
+		t.Fatalf("queued %d", h.d.QueuedRevocations())
+	}
+	// The plugin restarts while keyd is still down; the queue survives.
+	h.keyd.Run()
+	h.d = h.newDriver()
+	if h.d.QueuedRevocations() != 1 {
+		t.Fatal("queued revocation lost across restart")
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go h.d.Run(rctx)
+	msg := []byte("x")
+	sig := accesskey.Sign(suite.Intl, secret, msg)
+	for i := 0; ; i++ {
+		_, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg, Signature: sig})
+		if status.Code(err) == codes.PermissionDenied && h.d.QueuedRevocations() == 0 {
+			break
+		}
+		if i > 300 {
+			t.Fatalf("queued revocation not delivered: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRestartKeepsServingVolumes(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-s")
+	req := publishReq(target, "uid-s", "payments")
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	before := read(t, filepath.Join(target, "ledger-api.json"))
+	h.d = h.newDriver() // restart: same state directory, volume still mounted
+	if h.d.Volumes() != 1 {
+		t.Fatalf("restarted driver sees %d volumes", h.d.Volumes())
+	}
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, read(t, filepath.Join(target, "ledger-api.json"))) {
+		t.Fatal("a not-due republish after restart rewrote the volume")
+	}
+	h.advance(41 * time.Second)
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(before, read(t, filepath.Join(target, "ledger-api.json"))) {
+		t.Fatal("rotation did not resume after restart")
+	}
+	// A volume whose tmpfs vanished (reboot) is forgotten on start.
+	_ = h.mounter.Unmount(target)
+	h.d = h.newDriver()
+	if h.d.Volumes() != 0 {
+		t.Fatal("volume without its mount kept")
+	}
+}
+
+// TestNoSecretInLogsOrState collects every secret written into volumes
+// and every pod token, then scans the plugin's logs and its state
+// directory for them.
+func TestNoSecretInLogsOrState(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	var secrets [][]byte
+	for _, uid := range []string{"uid-1", "uid-2"} {
+		target := h.target(uid)
+		req := publishReq(target, uid, "payments")
+		if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		h.advance(41 * time.Second)
+		if _, err := h.d.NodePublishVolume(ctx, req); err != nil { // a rotation
+			t.Fatal(err)
+		}
+		secrets = append(secrets, []byte(token(uid)))
+		for _, f := range []string{"db-password", "card-key", "svc-token", "mtls.key"} {
+			secrets = append(secrets, read(t, filepath.Join(target, f)))
+		}
+		var ak csinode.APIKeyFile
+		_ = json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak)
+		secrets = append(secrets, []byte(ak.SecretKey))
+		_, _ = h.d.NodePublishVolume(ctx, publishReq(target+"x", uid, "missing")) // a failure, logged
+	}
+	h.keyd.Stop()
+	_, _ = h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-1", TargetPath: h.target("uid-1")})
+	var state bytes.Buffer
+	_ = filepath.WalkDir(filepath.Join(h.dir, "state"), func(p string, e fs.DirEntry, err error) error {
+		if err == nil && e.Type().IsRegular() {
+			state.Write(read(t, p))
+		}
+		return nil
+	})
+	logs := h.logs.Bytes()
+	if len(logs) == 0 || state.Len() == 0 {
+		t.Fatal("nothing to scan")
+	}
+	for _, s := range secrets {
+		for _, form := range [][]byte{s, []byte(base64.StdEncoding.EncodeToString(s)), []byte(base64.RawURLEncoding.EncodeToString(s))} {
+			if bytes.Contains(logs, form) || bytes.Contains(state.Bytes(), form) {
+				t.Fatalf("a secret (%d bytes) appears in the logs or state", len(s))
+			}
+		}
+	}
+}
+
+func TestIdentityAndCapabilities(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	info, _ := h.d.GetPluginInfo(ctx, nil)
+	if info.Name != "csi.podkey.io" {
+		t.Fatal(info)
+	}
+	caps, _ := h.d.NodeGetCapabilities(ctx, nil)
+	if caps.Capabilities[0].GetRpc().Type != csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP {
+		t.Fatal(caps)
+	}
+	ni, _ := h.d.NodeGetInfo(ctx, nil)
+	if ni.NodeId != "node-1" {
+		t.Fatal(ni)
+	}
+	if _, err := h.d.NodeStageVolume(ctx, nil); status.Code(err) != codes.Unimplemented {
+		t.Fatal(err)
+	}
+}

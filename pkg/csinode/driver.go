@@ -1,0 +1,145 @@
+package csinode
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/revocation"
+)
+
+// Driver implements the CSI Identity and Node services.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedNodeServer
+
+	opts    Options
+	state   stateStore
+	queue   *revocation.Queue
+	metrics *metrics
+
+	locks sync.Map // volume ID -> struct{}: one operation per volume at a time
+
+	mu      sync.RWMutex
+	volumes map[string]*volumeState
+}
+
+var (
+	_ csi.IdentityServer = (*Driver)(nil)
+	_ csi.NodeServer     = (*Driver)(nil)
+)
+
+// New rebuilds the driver's view from its state directory: volumes still
+// mounted are served again; volumes whose tmpfs is gone (a reboot) are
+// forgotten, since the kubelet publishes them anew.
+func New(opts Options) (*Driver, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	d := &Driver{opts: opts, state: stateStore{dir: filepath.Join(opts.StateDir, "volumes")}, volumes: map[string]*volumeState{}}
+	if err := os.MkdirAll(d.state.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("csinode: state directory: %w", err)
+	}
+	var err error
+	d.queue, err = revocation.Open(filepath.Join(opts.StateDir, "revocations"), d.deliverRevocation, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	d.metrics = newMetrics(opts.Registerer, d)
+	vols, err := d.state.loadAll()
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range vols {
+		mounted, err := opts.Mounter.IsMounted(v.TargetPath)
+		if err != nil || !mounted {
+			opts.Logger.Info("forgetting volume whose tmpfs is gone", "volumeID", v.VolumeID, "pod", v.Pod.Namespace+"/"+v.Pod.Name)
+			_ = d.state.remove(v.VolumeID)
+			continue
+		}
+		d.volumes[v.VolumeID] = v
+	}
+	opts.Logger.Info("volume state loaded", "volumes", len(d.volumes), "queuedRevocations", d.queue.Len())
+	return d, nil
+}
+
+// Run delivers queued revocations until ctx ends.
+func (d *Driver) Run(ctx context.Context) { d.queue.Run(ctx) }
+
+// Volumes is the number of live volumes.
+func (d *Driver) Volumes() int {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return len(d.volumes)
+}
+
+// QueuedRevocations is the number of undelivered revocations.
+func (d *Driver) QueuedRevocations() int { return d.queue.Len() }
+
+func (d *Driver) lock(volumeID string) (func(), error) {
+	if _, busy := d.locks.LoadOrStore(volumeID, struct{}{}); busy {
+		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", volumeID)
+	}
+	return func() { d.locks.Delete(volumeID) }, nil
+}
+
+func (d *Driver) volume(id string) *volumeState {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.volumes[id]
+}
+
+func (d *Driver) setVolume(v *volumeState) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v == nil {
+		return
+	}
+	d.volumes[v.VolumeID] = v
+}
+
+func (d *Driver) dropVolume(id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.volumes, id)
+}
+
+func (d *Driver) deliverRevocation(ctx context.Context, p revocation.Pod) error {
+	_, err := d.opts.Keyd.Revoke(ctx, &keydv1.RevokeRequest{Pod: &keydv1.PodIdentity{
+		Namespace: p.Namespace, ServiceAccount: p.ServiceAccount, PodName: p.Name, PodUid: p.UID, NodeName: p.Node}})
+	return err
+}
+
+// Identity service.
+
+func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	return &csi.GetPluginInfoResponse{Name: d.opts.DriverName, VendorVersion: d.opts.Version}, nil
+}
+
+func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	return &csi.GetPluginCapabilitiesResponse{}, nil // node service only
+}
+
+func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
+}
+
+// Node service: capabilities and info.
+
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: []*csi.NodeServiceCapability{{
+		Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP}},
+	}}}, nil
+}
+
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: d.opts.NodeID}, nil
+}

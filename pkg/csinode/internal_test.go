@@ -1,0 +1,76 @@
+package csinode
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/podkey/podkey/pkg/object"
+)
+
+func TestConcurrentCallsOnOneVolumeAbort(t *testing.T) {
+	d := &Driver{}
+	unlock, err := d.lock("v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.lock("v1"); status.Code(err) != codes.Aborted {
+		t.Fatalf("second lock: %v", err)
+	}
+	if u2, err := d.lock("v2"); err != nil {
+		t.Fatal("other volumes must not wait")
+	} else {
+		u2()
+	}
+	unlock()
+	if u, err := d.lock("v1"); err != nil {
+		t.Fatal(err)
+	} else {
+		u()
+	}
+}
+
+func baseRequest() *csi.NodePublishVolumeRequest {
+	return &csi.NodePublishVolumeRequest{
+		VolumeId: "v", TargetPath: "/var/lib/kubelet/pods/u/volumes/x", Readonly: true,
+		VolumeCapability: &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}},
+		VolumeContext: map[string]string{
+			AttrClass: "payments", attrPodName: "p", attrPodNamespace: "payments", attrPodUID: "u",
+			attrServiceAccount: "sa", attrEphemeral: "true", attrTokens: `{"podkey":{"token":"t"}}`,
+		},
+	}
+}
+
+// FuzzParsePublish feeds arbitrary attribute values and paths to the
+// request validation: whatever it accepts must be safe to use as a class
+// name, pod identity and target.
+func FuzzParsePublish(f *testing.F) {
+	f.Add("payments", "u", "payments", "/var/lib/kubelet/pods/u/volumes/x", `{"podkey":{"token":"t"}}`, "2000")
+	f.Add("../x", "a/b", "ns", "/a/../b", `{"podkey":{}}`, "-1")
+	f.Fuzz(func(t *testing.T, class, uid, ns, target, tokens, group string) {
+		r := baseRequest()
+		r.TargetPath = target
+		r.VolumeContext[AttrClass], r.VolumeContext[attrPodUID], r.VolumeContext[attrPodNamespace] = class, uid, ns
+		r.VolumeContext[attrTokens] = tokens
+		r.VolumeCapability.GetMount().VolumeMountGroup = group
+		p, err := parsePublish(r, "podkey")
+		if err != nil {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("error with code %s", status.Code(err))
+			}
+			return
+		}
+		if !object.ValidName(p.class) || strings.ContainsAny(p.pod.UID+p.pod.Namespace, "/\x00") ||
+			strings.Contains(p.target, "..") && strings.Contains(p.target, "/../") || p.token == "" {
+			t.Fatalf("unsafe request accepted: %+v", p)
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(tokens), &m) != nil {
+			t.Fatal("non-JSON tokens accepted")
+		}
+	})
+}

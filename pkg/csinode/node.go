@@ -1,0 +1,255 @@
+package csinode
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/emmansun/gmsm/smx509"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/revocation"
+	"github.com/podkey/podkey/pkg/spc"
+	"github.com/podkey/podkey/pkg/volume"
+)
+
+// NodePublishVolume mounts and fills a volume, or, for a volume already
+// published at the same target, renews its credentials when they are due
+// (the CSIDriver sets requiresRepublish) and otherwise does nothing.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	start := d.opts.Now()
+	p, err := parsePublish(req, d.opts.TokenAudience)
+	if err != nil {
+		d.metrics.observePublish("invalid", start)
+		return nil, err
+	}
+	unlock, err := d.lock(p.volumeID)
+	if err != nil {
+		d.metrics.observePublish("busy", start)
+		return nil, err
+	}
+	defer unlock()
+
+	if v := d.volume(p.volumeID); v != nil {
+		if v.TargetPath != p.target {
+			d.metrics.observePublish("invalid", start)
+			return nil, status.Errorf(codes.AlreadyExists, "volume %s is published at another target path", p.volumeID)
+		}
+		err := d.republish(ctx, p, v)
+		d.metrics.observePublish(resultOf(err), start)
+		return &csi.NodePublishVolumeResponse{}, err
+	}
+	v, err := d.publish(ctx, p)
+	if err != nil {
+		d.metrics.observePublish(resultOf(err), start)
+		return nil, err
+	}
+	d.setVolume(v)
+	d.metrics.observePublish("ok", start)
+	d.opts.Logger.Info("volume published", "volumeID", p.volumeID, "pod", p.String(), "objects", len(v.Objects), "renewAt", v.renewAt())
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func resultOf(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return status.Code(err).String()
+}
+
+// fetch reads the class, asks keyd for every object in one call and renders
+// the files. Certificate keys are generated here and never leave the node.
+func (d *Driver) fetch(ctx context.Context, p *publishRequest) (map[string]volume.File, []issuedObject, error) {
+	class, err := d.opts.Classes.Get(ctx, p.pod.Namespace, p.class)
+	switch {
+	case errors.Is(err, spc.ErrNotFound):
+		return nil, nil, status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", p.pod.Namespace, p.class)
+	case err != nil:
+		return nil, nil, status.Errorf(codes.Unavailable, "reading SecretProviderClass %s/%s: %v", p.pod.Namespace, p.class, err)
+	}
+	specs, err := spc.Objects(class)
+	if err != nil {
+		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	req := &keydv1.IssueRequest{
+		Pod: &keydv1.PodIdentity{Namespace: p.pod.Namespace, ServiceAccount: p.pod.ServiceAccount,
+			PodName: p.pod.Name, PodUid: p.pod.UID, NodeName: d.opts.NodeID},
+		PodToken: p.token,
+	}
+	keys := map[string]crypto.Signer{}
+	for _, sp := range specs {
+		o := &keydv1.ObjectRequest{Name: sp.Name, Kind: string(sp.Kind), Suite: string(sp.Suite), Ttl: sp.TTL.String(),
+			Scope: sp.Scope, Length: int32(sp.Length), Audience: sp.Audience}
+		if sp.Kind == object.Certificate {
+			key, err := sp.Suite.GenerateKey()
+			if err != nil {
+				return nil, nil, status.Errorf(codes.Internal, "generate key for %s: %v", sp.Name, err)
+			}
+			csr, err := smx509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+			if err != nil {
+				return nil, nil, status.Errorf(codes.Internal, "certificate request for %s: %v", sp.Name, err)
+			}
+			o.Csr, keys[sp.Name] = csr, key
+		}
+		req.Objects = append(req.Objects, o)
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.opts.KeydTimeout)
+	defer cancel()
+	resp, err := d.opts.Keyd.Issue(cctx, req)
+	if err != nil {
+		return nil, nil, keydError(err)
+	}
+	files, issued, err := render(specs, resp.Credentials, keys)
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return nil, nil, err
+		}
+		return nil, nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	meta, err := metadataFile(p.pod, issued, d.opts.Now())
+	if err != nil {
+		zeroFiles(files)
+		return nil, nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	files[volume.MetadataFile] = meta
+	return files, issued, nil
+}
+
+// keydError passes keyd's refusal through with a message for the pod's
+// owner; transport failures become Unavailable so the kubelet retries.
+func keydError(err error) error {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.InvalidArgument, codes.PermissionDenied, codes.Unauthenticated, codes.NotFound, codes.FailedPrecondition:
+		return status.Errorf(st.Code(), "podkey-keyd refused: %s", st.Message())
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return status.Errorf(codes.Unavailable, "podkey-keyd is unreachable; retrying: %s", st.Message())
+	}
+	return status.Errorf(codes.Internal, "podkey-keyd failed: %s", st.Message())
+}
+
+// publish performs a first publish. Nothing is mounted until keyd has
+// answered; any later failure unmounts and removes the target, so the
+// kubelet's retry starts clean.
+func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, error) {
+	files, issued, err := d.fetch(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	defer zeroFiles(files)
+	v := &volumeState{Version: 1, VolumeID: p.volumeID, TargetPath: p.target, Class: p.class, Pod: p.pod, GID: p.gid, Writes: 1, Objects: issued}
+	rollback := func(cause error) error {
+		if terr := d.opts.Mounter.Teardown(p.target); terr != nil {
+			d.opts.Logger.Error("rollback of a failed publish failed", "volumeID", p.volumeID, "error", terr)
+		}
+		_ = d.state.remove(p.volumeID)
+		return cause
+	}
+	if err := d.opts.Mounter.Mount(p.target, d.opts.SizeLimit, p.gid); err != nil {
+		return nil, rollback(status.Errorf(codes.Internal, "%v", err))
+	}
+	if err := volume.Write(p.target, files, p.gid); err != nil {
+		code := codes.Internal
+		if errors.Is(err, volume.ErrBadPayload) {
+			code = codes.InvalidArgument
+		}
+		return nil, rollback(status.Errorf(code, "writing credentials: %v", err))
+	}
+	if err := d.state.save(v); err != nil {
+		return nil, rollback(status.Errorf(codes.Internal, "saving volume state: %v", err))
+	}
+	return v, nil
+}
+
+// republish renews the volume's credentials when the earliest renewal
+// point has passed; otherwise it is a no-op. If renewal fails while the
+// current credentials are still valid, the volume keeps them and the next
+// republish tries again.
+func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volumeState) error {
+	now := d.opts.Now()
+	if now.Before(v.renewAt()) {
+		return nil
+	}
+	files, issued, err := d.fetch(ctx, p)
+	if err == nil {
+		err = volume.Write(p.target, files, v.GID)
+		zeroFiles(files)
+		if err != nil {
+			err = status.Errorf(codes.Internal, "writing renewed credentials: %v", err)
+		}
+	}
+	if err != nil {
+		d.metrics.rotations.WithLabelValues(resultOf(err)).Inc()
+		if now.Before(v.expiry()) {
+			d.opts.Logger.Warn("renewal failed; current credentials remain valid", "volumeID", v.VolumeID,
+				"pod", p.String(), "expiry", v.expiry(), "error", status.Convert(err).Message())
+			return nil
+		}
+		return err
+	}
+	next := *v
+	next.Writes++
+	next.Objects = issued
+	if serr := d.state.save(&next); serr != nil {
+		d.opts.Logger.Error("volume state not saved after renewal", "volumeID", v.VolumeID, "error", serr)
+	}
+	d.setVolume(&next)
+	d.metrics.rotations.WithLabelValues("ok").Inc()
+	d.opts.Logger.Info("credentials renewed", "volumeID", v.VolumeID, "pod", p.String(), "generation", next.Writes, "renewAt", next.renewAt())
+	return nil
+}
+
+// NodeUnpublishVolume zeroes the files, unmounts and removes the target,
+// forgets the volume and revokes the pod. A revocation keyd cannot take now
+// is queued durably before the call returns. Safe to repeat, and for
+// volumes it never saw.
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	start := d.opts.Now()
+	if err := validVolumeID(req.GetVolumeId()); err != nil {
+		d.metrics.observeUnpublish("invalid", start)
+		return nil, err
+	}
+	if err := validTarget(req.GetTargetPath()); err != nil {
+		d.metrics.observeUnpublish("invalid", start)
+		return nil, err
+	}
+	unlock, err := d.lock(req.VolumeId)
+	if err != nil {
+		d.metrics.observeUnpublish("busy", start)
+		return nil, err
+	}
+	defer unlock()
+	if err := d.opts.Mounter.Teardown(req.TargetPath); err != nil {
+		d.metrics.observeUnpublish("error", start)
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	v := d.volume(req.VolumeId)
+	if v != nil {
+		pod := revocation.Pod{Namespace: v.Pod.Namespace, ServiceAccount: v.Pod.ServiceAccount, Name: v.Pod.Name, UID: v.Pod.UID, Node: d.opts.NodeID}
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := d.deliverRevocation(rctx, pod)
+		cancel()
+		if err != nil {
+			if qerr := d.queue.Enqueue(pod, err); qerr != nil {
+				d.metrics.observeUnpublish("error", start)
+				return nil, status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)
+			}
+			d.opts.Logger.Warn("revocation queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", status.Convert(err).Message())
+		}
+		if err := d.state.remove(v.VolumeID); err != nil {
+			d.metrics.observeUnpublish("error", start)
+			return nil, status.Errorf(codes.Internal, "removing volume state: %v", err)
+		}
+		d.dropVolume(v.VolumeID)
+		d.opts.Logger.Info("volume unpublished", "volumeID", v.VolumeID, "pod", v.Pod.Namespace+"/"+v.Pod.Name)
+	}
+	d.metrics.observeUnpublish("ok", start)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}

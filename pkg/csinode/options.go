@@ -1,0 +1,95 @@
+// Package csinode is podkey's CSI node plugin: the Identity and Node
+// services for ephemeral inline volumes. A publish reads the pod's
+// SecretProviderClass, asks keyd for every object in one call, mounts a
+// tmpfs and writes the credentials atomically; a republish renews them when
+// due; an unpublish zeroes, unmounts and revokes. State kept on the node
+// describes volumes and never holds a secret or a token.
+package csinode
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/spc"
+	"github.com/podkey/podkey/pkg/volume"
+)
+
+// DriverName is the CSI driver name pods refer to.
+const DriverName = "csi.podkey.io"
+
+// Options configure a Driver. Every field says its default.
+type Options struct {
+	// DriverName. Default DriverName.
+	DriverName string
+	// NodeID is this node's name (the kubelet's node name). Required.
+	NodeID string
+	// StateDir holds volume state and the revocation queue (no secrets).
+	// Required.
+	StateDir string
+	// Keyd is the key service client. Required.
+	Keyd keydv1.KeydClient
+	// Classes finds SecretProviderClasses. Required.
+	Classes spc.Source
+	// Mounter mounts tmpfs. Default: the host's mount(8).
+	Mounter *volume.Mounter
+	// SizeLimit bounds each volume's tmpfs. Default volume.DefaultSizeLimit.
+	SizeLimit int64
+	// TokenAudience is the audience of the pod token forwarded to keyd.
+	// Default "podkey".
+	TokenAudience string
+	// KeydTimeout bounds one keyd call. Default 10s.
+	KeydTimeout time.Duration
+	// Registerer receives metrics. Default: a new registry (see Metrics).
+	Registerer prometheus.Registerer
+	// Logger. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Version reported by GetPluginInfo. Default "dev".
+	Version string
+}
+
+func (o *Options) setDefaults() error {
+	switch {
+	case o.NodeID == "":
+		return errors.New("csinode: node ID is required")
+	case o.StateDir == "":
+		return errors.New("csinode: state directory is required")
+	case o.Keyd == nil:
+		return errors.New("csinode: keyd client is required")
+	case o.Classes == nil:
+		return errors.New("csinode: SecretProviderClass source is required")
+	}
+	if o.DriverName == "" {
+		o.DriverName = DriverName
+	}
+	if o.Mounter == nil {
+		o.Mounter = volume.NewMounter(nil)
+	}
+	if o.SizeLimit == 0 {
+		o.SizeLimit = volume.DefaultSizeLimit
+	}
+	if o.TokenAudience == "" {
+		o.TokenAudience = "podkey"
+	}
+	if o.KeydTimeout == 0 {
+		o.KeydTimeout = 10 * time.Second
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Version == "" {
+		o.Version = "dev"
+	}
+	return nil
+}

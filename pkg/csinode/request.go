@@ -1,0 +1,155 @@
+package csinode
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/podkey/podkey/pkg/object"
+)
+
+// Volume attributes, as the kubelet passes them with podInfoOnMount and
+// tokenRequests, and as pods write them.
+const (
+	AttrClass          = "secretProviderClass"
+	attrPodName        = "csi.storage.k8s.io/pod.name"
+	attrPodNamespace   = "csi.storage.k8s.io/pod.namespace"
+	attrPodUID         = "csi.storage.k8s.io/pod.uid"
+	attrServiceAccount = "csi.storage.k8s.io/serviceAccount.name"
+	attrEphemeral      = "csi.storage.k8s.io/ephemeral"
+	attrTokens         = "csi.storage.k8s.io/serviceAccount.tokens"
+	kubeletPrefix      = "csi.storage.k8s.io/"
+)
+
+// podInfo is what a publish request says about its pod.
+type podInfo struct {
+	Namespace      string `json:"namespace"`
+	Name           string `json:"name"`
+	UID            string `json:"uid"`
+	ServiceAccount string `json:"serviceAccount"`
+}
+
+// publishRequest is a validated NodePublishVolume request.
+type publishRequest struct {
+	volumeID, target string
+	class            string
+	pod              podInfo
+	gid              int // -1 when no fsGroup
+	token            string
+}
+
+func invalid(format string, a ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, a...)
+}
+
+func validTarget(p string) error {
+	if p == "" {
+		return invalid("target path is required")
+	}
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.Contains(p, "/../") {
+		return invalid("target path %q must be absolute and clean", p)
+	}
+	return nil
+}
+
+func validVolumeID(id string) error {
+	if id == "" {
+		return invalid("volume ID is required")
+	}
+	if len(id) > 512 || strings.ContainsAny(id, "\x00\n") {
+		return invalid("volume ID is malformed")
+	}
+	return nil
+}
+
+// parsePublish validates everything in a publish request before anything
+// is done. Messages name the attribute at fault and never its value when
+// that value could be a token.
+func parsePublish(req *csi.NodePublishVolumeRequest, audience string) (*publishRequest, error) {
+	if err := validVolumeID(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := validTarget(req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	capability := req.GetVolumeCapability()
+	if capability == nil {
+		return nil, invalid("volume capability is required")
+	}
+	if capability.GetBlock() != nil {
+		return nil, invalid("podkey volumes are filesystem volumes, not block devices")
+	}
+	if m := capability.GetAccessMode().GetMode(); m != csi.VolumeCapability_AccessMode_UNKNOWN &&
+		m != csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER && m != csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY &&
+		m != csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER && m != csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER {
+		return nil, invalid("podkey volumes are single-node volumes (access mode %s)", m)
+	}
+	ctx := req.GetVolumeContext()
+	if ctx[attrEphemeral] != "true" {
+		return nil, invalid("podkey volumes are inline ephemeral volumes: declare them under the pod's volumes with csi.driver")
+	}
+	if !req.GetReadonly() {
+		return nil, invalid("podkey volumes must be declared readOnly: true")
+	}
+	for k := range ctx {
+		if k != AttrClass && !strings.HasPrefix(k, kubeletPrefix) {
+			return nil, invalid("unknown volume attribute %q (podkey takes only %q)", k, AttrClass)
+		}
+	}
+	p := &publishRequest{volumeID: req.VolumeId, target: req.TargetPath, class: ctx[AttrClass], gid: -1,
+		pod: podInfo{Namespace: ctx[attrPodNamespace], Name: ctx[attrPodName], UID: ctx[attrPodUID], ServiceAccount: ctx[attrServiceAccount]}}
+	if p.class == "" {
+		return nil, invalid("volume attribute %s is required: name the pod's SecretProviderClass", AttrClass)
+	}
+	if !object.ValidName(p.class) {
+		return nil, invalid("volume attribute %s: %q is not a valid name", AttrClass, p.class)
+	}
+	for _, f := range []struct{ attr, v string }{
+		{attrPodNamespace, p.pod.Namespace}, {attrPodName, p.pod.Name}, {attrPodUID, p.pod.UID}, {attrServiceAccount, p.pod.ServiceAccount},
+	} {
+		if f.v == "" {
+			return nil, invalid("volume attribute %s is missing: the CSIDriver object must set podInfoOnMount: true", f.attr)
+		}
+		if len(f.v) > 253 || strings.ContainsAny(f.v, "/\x00\n") {
+			return nil, invalid("volume attribute %s is malformed", f.attr)
+		}
+	}
+	if g := capability.GetMount().GetVolumeMountGroup(); g != "" {
+		gid, err := strconv.Atoi(g)
+		if err != nil || gid < 0 || gid > 1<<31-2 {
+			return nil, invalid("volume mount group %q is not a group ID", g)
+		}
+		p.gid = gid
+	}
+	tokens := ctx[attrTokens]
+	if tokens == "" {
+		tokens = req.GetSecrets()[attrTokens]
+	}
+	if tokens == "" {
+		return nil, invalid("no service account token: the CSIDriver object must request one for audience %q (tokenRequests)", audience)
+	}
+	var parsed map[string]struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal([]byte(tokens), &parsed); err != nil {
+		return nil, invalid("volume attribute %s is not valid JSON", attrTokens)
+	}
+	p.token = parsed[audience].Token
+	if p.token == "" {
+		return nil, invalid("no service account token for audience %q: add it to the CSIDriver's tokenRequests", audience)
+	}
+	if len(p.token) > 16<<10 {
+		return nil, invalid("service account token is larger than 16 KiB")
+	}
+	return p, nil
+}
+
+func (p *publishRequest) String() string {
+	return fmt.Sprintf("%s/%s", p.pod.Namespace, p.pod.Name)
+}

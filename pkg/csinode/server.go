@@ -1,0 +1,66 @@
+package csinode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// Serve listens on the CSI unix socket (removing a stale one) and serves
+// until ctx ends.
+func (d *Driver) Serve(ctx context.Context, socket string) error {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o750); err != nil {
+		return err
+	}
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("csinode: remove stale socket %s: %w", socket, err)
+	}
+	lis, err := net.Listen("unix", socket)
+	if err != nil {
+		return fmt.Errorf("csinode: listen %s: %w", socket, err)
+	}
+	if err := os.Chmod(socket, 0o600); err != nil {
+		return err
+	}
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(d.logUnary))
+	csi.RegisterIdentityServer(g, d)
+	csi.RegisterNodeServer(g, d)
+	go func() {
+		<-ctx.Done()
+		g.GracefulStop()
+	}()
+	d.opts.Logger.Info("serving CSI", "socket", socket, "driver", d.opts.DriverName, "node", d.opts.NodeID)
+	return g.Serve(lis)
+}
+
+// volumeRequest is implemented by requests that name a volume.
+type volumeRequest interface{ GetVolumeId() string }
+
+// logUnary logs method, volume, code and duration. Requests are never
+// logged: their volume context and secrets carry the pod's token.
+func (d *Driver) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := h(ctx, req)
+	attrs := []any{"method", info.FullMethod, "code", status.Code(err).String(), "duration", time.Since(start)}
+	if vr, ok := req.(volumeRequest); ok && vr.GetVolumeId() != "" {
+		attrs = append(attrs, "volumeID", vr.GetVolumeId())
+	}
+	level := slog.LevelDebug
+	if err != nil {
+		level = slog.LevelWarn
+		attrs = append(attrs, "message", status.Convert(err).Message())
+	} else if info.FullMethod == csi.Node_NodePublishVolume_FullMethodName || info.FullMethod == csi.Node_NodeUnpublishVolume_FullMethodName {
+		level = slog.LevelInfo
+	}
+	d.opts.Logger.Log(ctx, level, "csi call", attrs...)
+	return resp, err
+}
