@@ -72,8 +72,8 @@ opens the HSM token itself.`,
 				return err
 			}
 			if !resp.Intact {
-				return &exitError{ExitTampered, fmt.Errorf("audit chain broken at record %d (the %d before it verified): %s",
-					resp.BrokenAt, resp.Records, resp.Reason)}
+				return exitError(ExitTampered, fmt.Errorf("audit chain broken at record %d (the %d before it verified): %s",
+					resp.BrokenAt, resp.Records, resp.Reason))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d records\n", resp.Records)
 			return nil
@@ -93,7 +93,7 @@ func verifyOffline(ctx context.Context, hf *hsmFlags, path string) (*keydv1.Veri
 	defer tok.Close()
 	st, err := store.OpenBolt(path)
 	if err != nil {
-		return nil, &exitError{ExitUnavailable, err}
+		return nil, exitError(ExitUnavailable, err)
 	}
 	defer st.Close()
 	n, err := audit.Verify(ctx, st, func(ctx context.Context, data []byte) ([]byte, error) {

@@ -2,11 +2,11 @@ package cli
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/podkey/podkey/pkg/command"
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/secmem"
 	"github.com/podkey/podkey/pkg/version"
@@ -15,10 +15,9 @@ import (
 // NewKeydCommand builds the podkey-keyd daemon command.
 func NewKeydCommand() *cobra.Command {
 	var (
-		hf        hsmFlags
-		o         keyd.Options
-		logFormat string
-		logLevel  string
+		hf hsmFlags
+		o  keyd.Options
+		lf command.LogFlags
 	)
 	cmd := &cobra.Command{
 		Use:     "podkey-keyd",
@@ -26,20 +25,13 @@ func NewKeydCommand() *cobra.Command {
 		Version: version.Version,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return usageError("--log-level: %v", err)
-			}
-			hopts := &slog.HandlerOptions{Level: level}
-			if logFormat == "json" {
-				o.Logger = slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), hopts))
-			} else {
-				o.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), hopts))
+			var err error
+			if o.Logger, err = lf.Logger(cmd.ErrOrStderr()); err != nil {
+				return err
 			}
 			if err := secmem.HardenProcess(); err != nil {
 				o.Logger.Warn("could not disable core dumps", "error", err)
 			}
-			var err error
 			if o.HSM, err = hf.config(); err != nil {
 				return err
 			}
@@ -48,7 +40,7 @@ func NewKeydCommand() *cobra.Command {
 			}
 			srv, err := keyd.New(cmd.Context(), o)
 			if err != nil {
-				return &exitError{ExitUnavailable, err}
+				return exitError(ExitUnavailable, err)
 			}
 			defer srv.Close()
 			o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.HSM.TokenLabel, "store", o.StorePath)
@@ -61,14 +53,13 @@ func NewKeydCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	hf.register(f)
-	f.StringVar(&o.StorePath, "store", envOr("PODKEY_STORE", keyd.DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
-	f.StringVar(&o.Socket, "socket", envOr("PODKEY_SOCKET", keyd.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
+	f.StringVar(&o.StorePath, "store", command.EnvOr("PODKEY_STORE", keyd.DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
+	f.StringVar(&o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", keyd.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
 	f.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
 	f.StringSliceVar(&o.TLSNames, "tls-name", nil, "DNS name or IP in the serving certificate (repeatable; default localhost,127.0.0.1)")
 	f.StringVar(&o.PolicyFile, "policy-file", os.Getenv("PODKEY_POLICY_FILE"), "YAML policy loaded at start, replacing the stored one")
 	f.BoolVar(&o.InsecureLocalIdentity, "insecure-local-identity", false, "DEVELOPMENT ONLY: trust pod identities claimed on the local socket")
 	f.StringVar(&o.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload certificates")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	lf.Register(f)
 	return cmd
 }

@@ -37,7 +37,7 @@ func newPolicyCommand(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			if _, err := policy.Parse(data); err != nil {
-				return &exitError{ExitInvalid, err}
+				return exitError(ExitInvalid, err)
 			}
 			admin, done, err := cf.admin()
 			if err != nil {
@@ -87,10 +87,10 @@ func newPolicyCommand(cf *clientFlags) *cobra.Command {
 			}
 			if add {
 				if err := p.Add(r); err != nil {
-					return &exitError{ExitInvalid, err}
+					return exitError(ExitInvalid, err)
 				}
 			} else if p.Remove(r) == 0 {
-				return &exitError{ExitNotFound, fmt.Errorf("no rule matches")}
+				return exitError(ExitNotFound, fmt.Errorf("no rule matches"))
 			}
 			out, err := p.Marshal()
 			if err != nil {

@@ -48,7 +48,7 @@ func newSecretCommand(cf *clientFlags) *cobra.Command {
 			}
 			defer clear(value)
 			if len(value) > credential.MaxSecretSize {
-				return &exitError{ExitInvalid, fmt.Errorf("value is larger than %d bytes; nothing stored", credential.MaxSecretSize)}
+				return exitError(ExitInvalid, fmt.Errorf("value is larger than %d bytes; nothing stored", credential.MaxSecretSize))
 			}
 			admin, done, err := cf.admin()
 			if err != nil {

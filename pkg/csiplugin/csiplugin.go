@@ -1,0 +1,181 @@
+// Package csiplugin wires the podkey-csi daemon: flags, the keyd
+// connection, the SecretProviderClass source, kubelet registration, and the
+// metrics and health endpoint around the CSI node service.
+package csiplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/podkey/podkey/pkg/command"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/csinode"
+	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/registration"
+	"github.com/podkey/podkey/pkg/spc"
+	"github.com/podkey/podkey/pkg/version"
+)
+
+type csiFlags struct {
+	o                             csinode.Options
+	endpoint, regDir, regEndpoint string
+	kubeconfig, classDir          string
+	size                          string
+	metricsAddr                   string
+	keyd                          keydclient.Options
+	lf                            command.LogFlags
+}
+
+// Main runs the podkey-csi command.
+func Main(args []string, stdout, stderr io.Writer) int {
+	return command.Run(NewCommand(), args, stdout, stderr)
+}
+
+// NewCommand builds the podkey-csi command.
+func NewCommand() *cobra.Command {
+	var f csiFlags
+	cmd := &cobra.Command{
+		Use:     "podkey-csi",
+		Short:   "podkey's CSI node plugin: per-pod credentials on tmpfs",
+		Version: version.Version,
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return runCSI(cmd.Context(), cmd, &f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.o.NodeID, "node-name", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
+	fl.StringVar(&f.o.DriverName, "driver-name", csinode.DriverName, "CSI driver name")
+	fl.StringVar(&f.endpoint, "endpoint", "/var/lib/kubelet/plugins/csi.podkey.io/csi.sock", "CSI unix socket")
+	fl.StringVar(&f.o.StateDir, "state-dir", "/var/lib/podkey-csi", "node-local volume state and revocation queue (no secrets)")
+	fl.StringVar(&f.regDir, "registration-dir", registration.DefaultDir, "kubelet plugin registration directory; empty when the node-driver-registrar sidecar registers the driver")
+	fl.StringVar(&f.regEndpoint, "registration-endpoint", "", "CSI socket path as the kubelet sees it (default: --endpoint)")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for reading SecretProviderClasses (default: in-cluster)")
+	fl.StringVar(&f.classDir, "secret-provider-class-dir", "", "read SecretProviderClasses from DIR/<namespace>/<name>.yaml instead of the Kubernetes API")
+	fl.StringVar(&f.size, "tmpfs-size", "4Mi", "size limit of each volume's tmpfs")
+	fl.StringVar(&f.o.TokenAudience, "token-audience", "podkey", "audience of the pod token forwarded to keyd")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", ":9809", "address for /metrics and /healthz; empty disables")
+	fl.StringVar(&f.keyd.Socket, "keyd-socket", "", "keyd's unix socket on this host")
+	fl.StringVar(&f.keyd.Address, "keyd-addr", "", "keyd's TLS address host:port")
+	fl.StringVar(&f.keyd.CAFile, "keyd-ca-file", "", "CA bundle verifying keyd")
+	f.lf.Register(fl)
+	return cmd
+}
+
+func runCSI(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
+	log, err := f.lf.Logger(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	if f.o.NodeID == "" {
+		return command.UsageError("--node-name (or NODE_NAME) is required")
+	}
+	q, err := resource.ParseQuantity(f.size)
+	if err != nil || q.Value() < 64<<10 {
+		return command.UsageError("--tmpfs-size %q: want a quantity of at least 64Ki", f.size)
+	}
+	if f.keyd.Socket == "" && f.keyd.Address == "" {
+		return command.UsageError("--keyd-socket or --keyd-addr is required")
+	}
+	conn, err := keydclient.Dial(f.keyd)
+	if err != nil {
+		return command.UsageError("%v", err)
+	}
+	defer conn.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if f.classDir != "" {
+		f.o.Classes = spc.Dir{Root: f.classDir}
+	} else {
+		cfg, err := kubeConfig(f.kubeconfig)
+		if err != nil {
+			return command.Exit(command.ExitUsage, err)
+		}
+		inf, err := spc.NewInformer(ctx, cfg, 10*time.Minute, time.Minute)
+		if err != nil {
+			return command.Exit(command.ExitUnavailable, err)
+		}
+		f.o.Classes = inf
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f.o.Keyd, f.o.Logger, f.o.SizeLimit, f.o.Registerer, f.o.Version = keydv1.NewKeydClient(conn), log, q.Value(), reg, version.Version
+	d, err := csinode.New(f.o)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { d.Run(gctx); return nil })
+	g.Go(func() error { return d.Serve(gctx, f.endpoint) })
+	if f.regDir != "" {
+		ep := f.regEndpoint
+		if ep == "" {
+			ep = f.endpoint
+		}
+		rs := registration.New(f.o.DriverName, ep, log)
+		g.Go(func() error { return rs.Serve(gctx, f.regDir) })
+	}
+	if f.metricsAddr != "" {
+		g.Go(func() error { return serveMetrics(gctx, f.metricsAddr, reg, f.endpoint) })
+	}
+	log.Info("podkey-csi started", "version", version.Version, "node", f.o.NodeID, "volumes", d.Volumes())
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+		err = nil
+	}
+	log.Info("podkey-csi stopped")
+	return err
+}
+
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		return clientcmd.BuildConfigFromFlags("", path)
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("not in a cluster and no --kubeconfig: %w (or use --secret-provider-class-dir)", err)
+	}
+	return cfg, nil
+}
+
+// serveMetrics serves /metrics and /healthz; the health check succeeds
+// while the CSI socket accepts connections.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, csiSocket string) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		c, err := net.DialTimeout("unix", csiSocket, time.Second)
+		if err != nil {
+			http.Error(w, "CSI socket not accepting connections", http.StatusServiceUnavailable)
+			return
+		}
+		c.Close()
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
