@@ -10,20 +10,35 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// binaries builds bin/podkey and bin/podkey-keyd once per test run.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds podkey, podkey-keyd and podkey-csi once per test run.
 func binaries(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../cmd/podkey", "../cmd/podkey-keyd")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "podkey-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", binDir+"/", "../cmd/podkey", "../cmd/podkey-keyd", "../cmd/podkey-csi").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
-	return dir
+	return binDir
 }
 
 type world struct {
@@ -49,7 +64,9 @@ func (w *world) run(stdin string, name string, args ...string) (string, int) {
 	return string(out), code
 }
 
-func TestKeydProcessLifecycle(t *testing.T) {
+// newWorld initialises a SoftHSM2 token with softhsm2-util and podkey's
+// root keys, in a directory of the test's own.
+func newWorld(t *testing.T) *world {
 	if _, err := exec.LookPath("softhsm2-util"); err != nil {
 		t.Fatal("softhsm2-util missing: run hack/install-deps.sh")
 	}
@@ -57,7 +74,7 @@ func TestKeydProcessLifecycle(t *testing.T) {
 	conf := filepath.Join(w.dir, "softhsm2.conf")
 	_ = os.Mkdir(filepath.Join(w.dir, "tokens"), 0o700)
 	_ = os.WriteFile(conf, []byte("directories.tokendir = "+w.dir+"/tokens\nobjectstore.backend = file\n"), 0o600)
-	pin := "e2e-pin-4711"
+	pin := e2ePIN
 	_ = os.WriteFile(filepath.Join(w.dir, "pin"), []byte(pin+"\n"), 0o600)
 	sock := filepath.Join(w.dir, "keyd.sock")
 	w.env = append(os.Environ(), "SOFTHSM2_CONF="+conf, "PODKEY_HSM_TOKEN=e2e",
@@ -70,34 +87,49 @@ func TestKeydProcessLifecycle(t *testing.T) {
 	if out, code := w.run("", "podkey", "hsm", "init"); code != 0 || !strings.Contains(out, "created 10 root keys") {
 		t.Fatalf("hsm init: %d %s", code, out)
 	}
-	// A PIN on the command line is not an option.
-	if _, code := w.run("", "podkey-keyd", "--hsm-pin", pin); code != 2 {
-		t.Fatalf("--hsm-pin accepted: exit %d", code)
-	}
+	return w
+}
+
+// startKeyd runs podkey-keyd as a process in development identity mode,
+// with a policy granting payments/payments every object.
+func (w *world) startKeyd(ctx context.Context) *exec.Cmd {
+	t := w.t
 	policy := filepath.Join(w.dir, "policy.yaml")
 	_ = os.WriteFile(policy, []byte("version: v1\nrules:\n- {namespace: payments, serviceAccount: payments, objects: [\"*\"]}\n"), 0o600)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	keyd := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-keyd"), "--store", filepath.Join(w.dir, "keyd.db"),
-		"--socket", sock, "--listen", "127.0.0.1:0", "--policy-file", policy, "--insecure-local-identity", "--log-format", "json")
+		"--socket", w.sock(), "--listen", "127.0.0.1:0", "--policy-file", policy, "--insecure-local-identity", "--log-format", "json")
 	keyd.Env = w.env
 	w.keydErr = &bytes.Buffer{}
 	keyd.Stderr = w.keydErr
 	if err := keyd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer keyd.Process.Kill()
+	t.Cleanup(func() { _ = keyd.Process.Kill(); _ = keyd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, code := w.run("", "podkey", "policy", "get"); code == 0 {
-			break
+			return keyd
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("keyd did not start:\n%s", w.keydErr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func (w *world) sock() string { return filepath.Join(w.dir, "keyd.sock") }
+
+func TestKeydProcessLifecycle(t *testing.T) {
+	w := newWorld(t)
+	sock := w.sock()
+	pin := e2ePIN
+	// A PIN on the command line is not an option.
+	if _, code := w.run("", "podkey-keyd", "--hsm-pin", pin); code != 2 {
+		t.Fatalf("--hsm-pin accepted: exit %d", code)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	keyd := w.startKeyd(ctx)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode: %v %v", fi.Mode(), err)
 	}
@@ -144,3 +176,6 @@ func TestKeydProcessLifecycle(t *testing.T) {
 	}
 	fmt.Fprintln(os.Stderr, "keyd process lifecycle ok")
 }
+
+// e2ePIN is the user PIN of the tokens these tests create.
+const e2ePIN = "e2e-pin-4711"
