@@ -11,3 +11,17 @@ export PODKEY_HSM_TOKEN=podkey-bench
 . hack/softhsm-token.sh
 bin/podkey hsm init >/dev/null
 bin/podkey bench --duration "${BENCH_DURATION:-2s}" --concurrency 1,8,64 -o BENCHMARKS.md
+
+# The node path: cold publish onto a real tmpfs with a real keyd, beside
+# its floor (a bare tmpfs mount plus the same writes), and a no-op
+# republish. Needs root for the mounts.
+if [ "$(id -u)" = 0 ]; then
+  {
+    echo
+    echo "## Node path (go test -bench, real tmpfs, real keyd on SoftHSM2)"
+    echo
+    echo '```'
+    go test -run '^$' -bench . -benchtime "${BENCH_NODE_N:-300}x" ./pkg/csinode | grep -E '^(Benchmark|cpu|goos|goarch)'
+    echo '```'
+  } | tee -a BENCHMARKS.md
+fi

@@ -68,7 +68,7 @@ var classes = spc.Static{
 }
 
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	keyd    *keydtest.Env
 	mounter *mount.FakeMounter
 	dir     string
@@ -79,7 +79,14 @@ type harness struct {
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, mounter: mount.NewFakeMounter(nil), dir: t.TempDir(), logs: &keydtest.SyncBuffer{}, clock: time.Now()}
+	return startHarness(t, mount.NewFakeMounter(nil))
+}
+
+// newBenchHarness drives real tmpfs mounts.
+func newBenchHarness(b *testing.B) *harness { return startHarness(b, nil) }
+
+func startHarness(t testing.TB, fake *mount.FakeMounter) *harness {
+	h := &harness{t: t, mounter: fake, dir: t.TempDir(), logs: &keydtest.SyncBuffer{}, clock: time.Now()}
 	// keyd shares the test's clock, so a renewal after advancing it mints
 	// credentials with a later expiry (API keys are a function of it).
 	h.keyd = keydtest.Start(t, func(o *keyd.Options) { o.Now = h.now })
@@ -105,13 +112,20 @@ func (h *harness) advance(d time.Duration) {
 func (h *harness) newDriver() *csinode.Driver {
 	d, err := csinode.New(csinode.Options{
 		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), Keyd: h.keyd.Keyd, Classes: classes,
-		Mounter: volume.NewMounter(h.mounter), Now: h.now,
+		Mounter: h.volumeMounter(), Now: h.now,
 		Logger: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	return d
+}
+
+func (h *harness) volumeMounter() *volume.Mounter {
+	if h.mounter == nil {
+		return volume.NewMounter(nil) // the host's mount(8)
+	}
+	return volume.NewMounter(h.mounter)
 }
 
 func token(uid string) string { return "eyJhbGciOiJSUzI1NiJ9.token-for-" + uid + ".c2ln" }

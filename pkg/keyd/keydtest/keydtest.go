@@ -42,7 +42,7 @@ func (s *SyncBuffer) Bytes() []byte {
 
 // Env is a running keyd.
 type Env struct {
-	T      *testing.T
+	T      testing.TB
 	Opts   keyd.Options
 	Logs   *SyncBuffer
 	Keyd   keydv1.KeydClient
@@ -64,7 +64,7 @@ rules:
 // a TLS listener on a free loopback port.
 // Start runs keyd; mutate may change its options first. It stops when
 // the test ends.
-func Start(t *testing.T, mutate func(*keyd.Options)) *Env {
+func Start(t testing.TB, mutate func(*keyd.Options)) *Env {
 	t.Helper()
 	cfg := keyringtest.Token(t)
 	dir := t.TempDir()
