@@ -2,13 +2,11 @@ package csinode
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/podkey/podkey/pkg/socket"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -17,19 +15,10 @@ import (
 
 // Serve listens on the CSI unix socket (removing a stale one) and serves
 // until ctx ends.
-func (d *Driver) Serve(ctx context.Context, socket string) error {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o750); err != nil {
-		return err
-	}
-	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("csinode: remove stale socket %s: %w", socket, err)
-	}
-	lis, err := net.Listen("unix", socket)
+func (d *Driver) Serve(ctx context.Context, path string) error {
+	lis, err := socket.Listen(path, 0o600)
 	if err != nil {
-		return fmt.Errorf("csinode: listen %s: %w", socket, err)
-	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		return err
+		return fmt.Errorf("csinode: %w", err)
 	}
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(d.logUnary))
 	csi.RegisterIdentityServer(g, d)
@@ -38,7 +27,7 @@ func (d *Driver) Serve(ctx context.Context, socket string) error {
 		<-ctx.Done()
 		g.GracefulStop()
 	}()
-	d.opts.Logger.Info("serving CSI", "socket", socket, "driver", d.opts.DriverName, "node", d.opts.NodeID)
+	d.opts.Logger.Info("serving CSI", "socket", path, "driver", d.opts.DriverName, "node", d.opts.NodeID)
 	return g.Serve(lis)
 }
 

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/podkey/podkey/pkg/socket"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -118,7 +120,7 @@ func (s *Server) setPolicy(ctx context.Context, p *policy.Policy, source string)
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	if s.opts.Socket != "" {
-		lis, err := listenUnix(s.opts.Socket)
+		lis, err := socket.Listen(s.opts.Socket, 0o600)
 		if err != nil {
 			return err
 		}
@@ -177,24 +179,6 @@ func (s *Server) start(g *grpc.Server, lis net.Listener, errc chan<- error) {
 			errc <- err
 		}
 	}()
-}
-
-// listenUnix removes a stale socket left by a previous run (a live keyd
-// holds the store lock, so New would have failed) and listens with 0600.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("keyd: socket directory: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("keyd: remove stale socket %s: %w", path, err)
-	}
-	old := umask(0o177)
-	lis, err := net.Listen("unix", path)
-	umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("keyd: listen %s: %w", path, err)
-	}
-	return lis, nil
 }
 
 // Close stops everything and zeroes unwrapped keys. Safe to call twice.

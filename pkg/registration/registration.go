@@ -5,13 +5,13 @@ package registration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/podkey/podkey/pkg/socket"
 
 	"google.golang.org/grpc"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
@@ -70,15 +70,9 @@ func SocketPath(dir, driver string) string { return filepath.Join(dir, driver+"-
 // then removes the socket so the kubelet deregisters the driver.
 func (s *Server) Serve(ctx context.Context, dir string) error {
 	path := SocketPath(dir, s.driver)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("registration: remove stale socket %s: %w", path, err)
-	}
-	lis, err := net.Listen("unix", path)
+	lis, err := socket.Listen(path, 0o600)
 	if err != nil {
-		return fmt.Errorf("registration: listen %s: %w", path, err)
+		return fmt.Errorf("registration: %w", err)
 	}
 	g := grpc.NewServer()
 	registerapi.RegisterRegistrationServer(g, s)
