@@ -533,3 +533,20 @@ func TestIdentityAndCapabilities(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTokenFromRequestSecrets covers CSIDrivers that set
+// serviceAccountTokenInSecrets: the token arrives in the request's secrets.
+func TestTokenFromRequestSecrets(t *testing.T) {
+	h := newHarness(t)
+	target := h.target("uid-t")
+	req := publishReq(target, "uid-t", "payments")
+	tokens := req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]
+	delete(req.VolumeContext, "csi.storage.k8s.io/serviceAccount.tokens")
+	req.Secrets = map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": tokens}
+	if _, err := h.d.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(target, "ledger-api.json")); err != nil {
+		t.Fatal(err)
+	}
+}
