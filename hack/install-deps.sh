@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what podkey's build, demo and tests need on a fresh Debian
 # machine: SoftHSM2 (the embedded default HSM), the PKCS#11 tools and the
-# protobuf compiler (for `make proto`). Go tools are pinned in go.mod.
+# protobuf compiler (for `make proto`), etcd (for the test clusters).
+# Go tools are pinned in go.mod; kube-apiserver and kubelet are built by
+# hack/kube-binaries.sh.
 set -euo pipefail
 
 need=()
@@ -10,6 +12,7 @@ command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
+command -v etcd >/dev/null || need+=(etcd-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

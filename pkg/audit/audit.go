@@ -20,13 +20,14 @@ import (
 
 // Actions.
 const (
-	ActionIssue        = "issue"
-	ActionVerify       = "verify"
-	ActionRevoke       = "revoke"
-	ActionSecretPut    = "secret.put"
-	ActionSecretDelete = "secret.delete"
-	ActionPolicySet    = "policy.set"
-	ActionKeyRotate    = "key.rotate"
+	ActionIssue           = "issue"
+	ActionVerify          = "verify"
+	ActionRevoke          = "revoke"
+	ActionSecretPut       = "secret.put"
+	ActionSecretDelete    = "secret.delete"
+	ActionPolicySet       = "policy.set"
+	ActionKeyRotate       = "key.rotate"
+	ActionNodeCertificate = "node.certificate"
 )
 
 // Results.

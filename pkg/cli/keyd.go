@@ -3,6 +3,11 @@ package cli
 import (
 	"fmt"
 	"os"
+	"time"
+
+	"github.com/podkey/podkey/pkg/identity"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/spf13/cobra"
 
@@ -15,9 +20,12 @@ import (
 // NewKeydCommand builds the podkey-keyd daemon command.
 func NewKeydCommand() *cobra.Command {
 	var (
-		hf hsmFlags
-		o  keyd.Options
-		lf command.LogFlags
+		hf         hsmFlags
+		o          keyd.Options
+		lf         command.LogFlags
+		kubeconfig string
+		nodeSA     string
+		io         identity.Options
 	)
 	cmd := &cobra.Command{
 		Use:     "podkey-keyd",
@@ -37,6 +45,22 @@ func NewKeydCommand() *cobra.Command {
 			}
 			if o.InsecureLocalIdentity {
 				o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
+			}
+			if kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+				cfg, err := kubeConfig(kubeconfig)
+				if err != nil {
+					return exitError(ExitUsage, err)
+				}
+				rev, err := identity.NewKubeReviewer(cfg)
+				if err != nil {
+					return exitError(ExitUsage, err)
+				}
+				io.NodeServiceAccount = nodeSA
+				o.Identity = identity.NewVerifier(rev, io)
+				o.Logger.Info("pod and node identities are verified with TokenReview", "podAudience", io.PodAudience,
+					"nodeAudience", io.NodeAudience, "nodeServiceAccount", nodeSA)
+			} else if !o.InsecureLocalIdentity {
+				o.Logger.Warn("no Kubernetes API access (--kubeconfig or in-cluster): pod identities cannot be verified and Issue will refuse them")
 			}
 			srv, err := keyd.New(cmd.Context(), o)
 			if err != nil {
@@ -60,6 +84,20 @@ func NewKeydCommand() *cobra.Command {
 	f.StringVar(&o.PolicyFile, "policy-file", os.Getenv("PODKEY_POLICY_FILE"), "YAML policy loaded at start, replacing the stored one")
 	f.BoolVar(&o.InsecureLocalIdentity, "insecure-local-identity", false, "DEVELOPMENT ONLY: trust pod identities claimed on the local socket")
 	f.StringVar(&o.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload certificates")
+	f.StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for TokenReview (default: in-cluster when available)")
+	f.StringVar(&io.PodAudience, "pod-token-audience", "podkey", "audience of pod tokens")
+	f.StringVar(&io.NodeAudience, "node-token-audience", "podkey-node", "audience of node agents' tokens")
+	f.StringVar(&nodeSA, "node-service-account", "podkey/podkey-csi", "the node agent's service account, namespace/name")
+	f.DurationVar(&io.CacheTTL, "token-review-cache-ttl", 10*time.Second, "reuse a successful TokenReview this long (keyed by a hash of the token); negative disables")
+	f.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
 	lf.Register(f)
 	return cmd
+}
+
+// kubeConfig loads a kubeconfig, or the in-cluster configuration.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		return clientcmd.BuildConfigFromFlags("", path)
+	}
+	return rest.InClusterConfig()
 }

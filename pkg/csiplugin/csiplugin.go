@@ -13,6 +13,8 @@ import (
 	"os"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/podkey/podkey/pkg/command"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +41,7 @@ type csiFlags struct {
 	size                          string
 	metricsAddr                   string
 	keyd                          keydclient.Options
+	nodeToken                     string
 	lf                            command.LogFlags
 }
 
@@ -72,6 +75,7 @@ func NewCommand() *cobra.Command {
 	fl.StringVar(&f.keyd.Socket, "keyd-socket", "", "keyd's unix socket on this host")
 	fl.StringVar(&f.keyd.Address, "keyd-addr", "", "keyd's TLS address host:port")
 	fl.StringVar(&f.keyd.CAFile, "keyd-ca-file", "", "CA bundle verifying keyd")
+	fl.StringVar(&f.nodeToken, "node-token-file", "/var/run/secrets/podkey/token", "the node agent's bound service-account token (audience podkey-node), used with --keyd-addr to obtain a node client certificate")
 	f.lf.Register(fl)
 	return cmd
 }
@@ -91,14 +95,29 @@ func runCSI(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	if f.keyd.Socket == "" && f.keyd.Address == "" {
 		return command.UsageError("--keyd-socket or --keyd-addr is required")
 	}
-	conn, err := keydclient.Dial(f.keyd)
-	if err != nil {
-		return command.UsageError("%v", err)
-	}
-	defer conn.Close()
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var (
+		conn    grpc.ClientConnInterface
+		nodeRun func(context.Context)
+	)
+	if f.keyd.Address != "" {
+		// Over TCP: mTLS with a node certificate obtained with the node token.
+		nc, err := keydclient.DialNode(ctx, keydclient.NodeOptions{Address: f.keyd.Address, CAFile: f.keyd.CAFile,
+			ServerName: f.keyd.ServerName, TokenFile: f.nodeToken, Logger: log})
+		if err != nil {
+			return command.Exit(command.ExitUnavailable, err)
+		}
+		defer nc.Close()
+		conn, nodeRun = nc, nc.Run
+	} else {
+		c, err := keydclient.Dial(f.keyd)
+		if err != nil {
+			return command.UsageError("%v", err)
+		}
+		defer c.Close()
+		conn = c
+	}
 	if f.classDir != "" {
 		f.o.Classes = spc.Dir{Root: f.classDir}
 	} else {
@@ -121,6 +140,9 @@ func runCSI(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { d.Run(gctx); return nil })
+	if nodeRun != nil {
+		g.Go(func() error { nodeRun(gctx); return nil })
+	}
 	g.Go(func() error { return d.Serve(gctx, f.endpoint) })
 	if f.regDir != "" {
 		ep := f.regEndpoint

@@ -2,15 +2,22 @@ package keyd
 
 import (
 	"context"
-	"fmt"
+	"crypto/x509"
+	"errors"
+	"net/url"
+	"strings"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/credential"
+	"github.com/podkey/podkey/pkg/identity"
+	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/suite"
 )
 
 // fromUnixSocket reports whether the call arrived on the local socket.
@@ -53,26 +60,157 @@ func claimedIdentity(p *keydv1.PodIdentity) (credential.Identity, error) {
 	return id, nil
 }
 
-// authenticate establishes the pod a request is for. Proving pod identity
-// needs a verified pod token (TokenReview); until that is configured, only
-// the explicit development mode on the local socket accepts a claimed
-// identity. The token itself is never logged or echoed.
+// nodeURIPrefix starts the URI SAN of node agents' client certificates:
+// spiffe://<trust domain>/podkey/node/<node name>.
+const nodeURIPath = "/podkey/node/"
+
+func (s *Server) nodeURI(node string) *url.URL {
+	return &url.URL{Scheme: "spiffe", Host: s.opts.TrustDomain, Path: nodeURIPath + node}
+}
+
+// callerNode is the node named by the caller's client certificate, verified
+// here (not during the handshake) so that a missing, expired or foreign
+// certificate is refused with a message that says so.
+func (s *Server) callerNode(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "no peer information")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return "", status.Error(codes.Unauthenticated,
+			"no node client certificate: node agents obtain one with NodeCertificate and call over mTLS")
+	}
+	certs := info.State.PeerCertificates
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	leaf := certs[0]
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: s.clientCAs(), Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: s.opts.Now()}); err != nil {
+		var inv x509.CertificateInvalidError
+		if errors.As(err, &inv) && inv.Reason == x509.Expired {
+			return "", status.Errorf(codes.Unauthenticated, "node client certificate expired at %s: renew it with NodeCertificate",
+				leaf.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
+		}
+		return "", status.Errorf(codes.Unauthenticated, "node client certificate not accepted: %v", err)
+	}
+	for _, u := range leaf.URIs {
+		if u.Scheme == "spiffe" && u.Host == s.opts.TrustDomain && strings.HasPrefix(u.Path, nodeURIPath) {
+			if node := strings.TrimPrefix(u.Path, nodeURIPath); node != "" {
+				return node, nil
+			}
+		}
+	}
+	return "", status.Error(codes.Unauthenticated, "client certificate names no podkey node")
+}
+
+func (s *Server) clientCAs() *x509.CertPool {
+	pool := x509.NewCertPool()
+	for _, g := range s.kr.Generations(keyring.CA, suite.Intl) {
+		if c, err := s.kr.CA(suite.Intl, g); err == nil {
+			pool.AddCert(c.Cert)
+		}
+	}
+	return pool
+}
+
+// identityStatus maps a token verification failure to a gRPC status whose
+// message says which check failed (never the token).
+func identityStatus(err error) error {
+	switch {
+	case errors.Is(err, identity.ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, identity.ErrForbidden):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, identity.ErrUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// authenticate establishes the pod a request is for.
+//
+//   - Over TLS the caller must be a node agent with a valid client
+//     certificate; the pod token is reviewed, must name that node, and must
+//     be for the pod the request names (the volume's pod).
+//   - On the local socket (an operator on the keyd host) the pod token is
+//     reviewed without a node check, or, in --insecure-local-identity mode
+//     only, the claimed identity is trusted.
 func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token string) (credential.Identity, error) {
-	id, err := claimedIdentity(p)
+	claimed, err := claimedIdentity(p)
 	if err != nil {
-		return id, err
+		return claimed, err
 	}
 	if len(token) > 16<<10 {
-		return id, status.Error(codes.InvalidArgument, "pod token is larger than 16 KiB")
+		return claimed, status.Error(codes.InvalidArgument, "pod token is larger than 16 KiB")
 	}
-	if s.opts.InsecureLocalIdentity && fromUnixSocket(ctx) {
-		return id, nil
+	local := fromUnixSocket(ctx)
+	if local && s.opts.InsecureLocalIdentity {
+		return claimed, nil
 	}
-	if s.opts.InsecureLocalIdentity {
-		return id, status.Error(codes.Unauthenticated,
-			"claimed pod identity is accepted only on the local socket in insecure local identity mode")
+	if s.opts.Identity == nil {
+		if s.opts.InsecureLocalIdentity {
+			return claimed, status.Error(codes.Unauthenticated,
+				"claimed pod identity is accepted only on the local socket in insecure local identity mode")
+		}
+		return claimed, status.Errorf(codes.Unauthenticated,
+			"pod identity for %s/%s cannot be verified: keyd has no Kubernetes API access for TokenReview (--kubeconfig or in-cluster)",
+			claimed.Namespace, claimed.PodName)
 	}
-	return id, status.Error(codes.Unauthenticated, fmt.Sprintf(
-		"pod identity for %s/%s cannot be verified: this keyd has no pod token verification configured "+
-			"(development: start keyd with --insecure-local-identity and use its local socket)", id.Namespace, id.PodName))
+	node := ""
+	if !local {
+		if node, err = s.callerNode(ctx); err != nil {
+			return claimed, err
+		}
+	}
+	pod, err := s.opts.Identity.Pod(ctx, token)
+	if err != nil {
+		return claimed, identityStatus(err)
+	}
+	if node != "" && pod.Node != node {
+		return claimed, status.Errorf(codes.PermissionDenied,
+			"pod token is for a pod on node %q, but the caller is node %q", pod.Node, node)
+	}
+	if pod.UID != claimed.PodUID || pod.Namespace != claimed.Namespace {
+		return claimed, status.Errorf(codes.PermissionDenied,
+			"pod token is for pod %s/%s (uid %s), not the volume's pod %s/%s (uid %s)",
+			pod.Namespace, pod.Name, pod.UID, claimed.Namespace, claimed.PodName, claimed.PodUID)
+	}
+	return credential.Identity{Namespace: pod.Namespace, ServiceAccount: pod.ServiceAccount, PodName: pod.Name,
+		PodUID: pod.UID, NodeName: pod.Node}, nil
+}
+
+// authorizeRevoke decides whether the caller may revoke the pod. A pod
+// token, when still valid, is checked like Issue's. Without one (the pod is
+// gone, or the revocation was queued on the node), a node agent may revoke
+// a pod that keyd last served through that node, or one keyd never served.
+func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, token string) (credential.Identity, error) {
+	claimed, err := claimedIdentity(p)
+	if err != nil {
+		return claimed, err
+	}
+	if token != "" || fromUnixSocket(ctx) || s.opts.Identity == nil {
+		id, err := s.authenticate(ctx, p, token)
+		if err == nil || token == "" || status.Code(err) != codes.Unauthenticated || fromUnixSocket(ctx) {
+			return id, err
+		}
+		// The token no longer proves the pod (deleted): fall through to the
+		// node's authority.
+	}
+	node, err := s.callerNode(ctx)
+	if err != nil {
+		return claimed, err
+	}
+	bound, err := s.st.PodNode(ctx, claimed.PodUID, s.opts.Now())
+	if err != nil {
+		return claimed, status.Errorf(codes.Internal, "%v", err)
+	}
+	if bound != "" && bound != node {
+		return claimed, status.Errorf(codes.PermissionDenied,
+			"pod %s was served through node %q; node %q may not revoke it", claimed.PodUID, bound, node)
+	}
+	claimed.NodeName = node
+	return claimed, nil
 }

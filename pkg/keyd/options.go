@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/identity"
 )
 
 // Options configure a Server. Every field says its default.
@@ -34,6 +35,12 @@ type Options struct {
 	// unix socket claims, without verifying a pod token. Development only.
 	// Default false: pod identity must be proven.
 	InsecureLocalIdentity bool
+	// Identity verifies pod and node tokens with TokenReview. When nil, only
+	// InsecureLocalIdentity can establish a pod identity.
+	Identity *identity.Verifier
+	// NodeCertTTL is the life of node agents' client certificates.
+	// Default 1h; agents renew at two thirds of it.
+	NodeCertTTL time.Duration
 	// TrustDomain names workload certificates' SPIFFE URIs. Default
 	// cluster.local.
 	TrustDomain string
@@ -67,6 +74,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.NodeCertTTL == 0 {
+		o.NodeCertTTL = time.Hour
+	}
+	if o.TrustDomain == "" {
+		o.TrustDomain = "cluster.local"
 	}
 	if o.RevocationTTL == 0 {
 		o.RevocationTTL = 30 * 24 * time.Hour

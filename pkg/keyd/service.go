@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -104,6 +105,18 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 		zeroAll()
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 	}
+	var latest time.Time
+	for _, c := range issued {
+		if c.Expiry.After(latest) {
+			latest = c.Expiry
+		}
+	}
+	if id.NodeName != "" {
+		if err := s.st.BindPod(ctx, id.PodUID, id.NodeName, latest); err != nil {
+			zeroAll()
+			return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
+		}
+	}
 	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
 	for i, c := range issued {
 		resp.Credentials[i] = toProto(c)
@@ -165,7 +178,7 @@ func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*k
 
 func (k *keydService) Revoke(ctx context.Context, req *keydv1.RevokeRequest) (*keydv1.RevokeResponse, error) {
 	s := k.s
-	id, err := s.authenticate(ctx, req.Pod, req.PodToken)
+	id, err := s.authorizeRevoke(ctx, req.Pod, req.PodToken)
 	if err != nil {
 		s.auditDeny(ctx, audit.ActionRevoke, req.Pod, status.Convert(err).Message(), nil)
 		return nil, err

@@ -48,7 +48,9 @@ func (s *Server) servingTLS() (*tls.Config, error) {
 	if _, err := get(nil); err != nil {
 		return nil, err
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: get}, nil
+	// Client certificates are requested, not verified, in the handshake:
+	// keyd verifies them per call (callerNode) so refusals say why.
+	return &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: get, ClientAuth: tls.RequestClientCert}, nil
 }
 
 func (s *Server) servingCert() (*tls.Certificate, error) {

@@ -17,6 +17,7 @@ var (
 	bucketSecrets     = []byte("secrets")
 	bucketRevocations = []byte("revocations")
 	bucketAudit       = []byte("audit")
+	bucketPods        = []byte("pods")
 	keyPolicy         = []byte("policy")
 	keySchema         = []byte("schema")
 )
@@ -41,7 +42,7 @@ func OpenBolt(path string) (*Bolt, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit} {
+		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -189,6 +190,48 @@ func (b *Bolt) PruneRevocations(_ context.Context, now time.Time) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+type podBinding struct {
+	Node  string    `json:"node"`
+	Until time.Time `json:"until"`
+}
+
+// BindPod uses bbolt's batching: concurrent issuances share one commit.
+func (b *Bolt) BindPod(_ context.Context, podUID, node string, until time.Time) error {
+	return b.db.Batch(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketPods)
+		if v := bk.Get([]byte(podUID)); v != nil {
+			var old podBinding
+			if json.Unmarshal(v, &old) == nil && old.Node == node && !old.Until.Before(until) {
+				return nil
+			}
+		}
+		v, err := json.Marshal(podBinding{Node: node, Until: until})
+		if err != nil {
+			return err
+		}
+		return bk.Put([]byte(podUID), v)
+	})
+}
+
+func (b *Bolt) PodNode(_ context.Context, podUID string, now time.Time) (string, error) {
+	var node string
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketPods).Get([]byte(podUID))
+		if v == nil {
+			return nil
+		}
+		var pb podBinding
+		if err := json.Unmarshal(v, &pb); err != nil {
+			return err
+		}
+		if now.Before(pb.Until) {
+			node = pb.Node
+		}
+		return nil
+	})
+	return node, err
 }
 
 func seqKey(seq uint64) []byte {

@@ -94,3 +94,19 @@ func TestAuditSequenceIsGapless(t *testing.T) {
 		t.Fatalf("scan %v", seqs)
 	}
 }
+
+func TestPodBindings(t *testing.T) {
+	ctx := context.Background()
+	s, _ := open(t)
+	now := time.Now()
+	if n, _ := s.PodNode(ctx, "u", now); n != "" {
+		t.Fatal("unknown pod has a node")
+	}
+	_ = s.BindPod(ctx, "u", "node-1", now.Add(time.Hour))
+	if n, _ := s.PodNode(ctx, "u", now); n != "node-1" {
+		t.Fatalf("node %q", n)
+	}
+	if n, _ := s.PodNode(ctx, "u", now.Add(2*time.Hour)); n != "" {
+		t.Fatal("binding outlived its credentials")
+	}
+}

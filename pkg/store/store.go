@@ -59,6 +59,11 @@ type Store interface {
 	Revoked(ctx context.Context, podUID string, now time.Time) (bool, error)
 	PruneRevocations(ctx context.Context, now time.Time) (int, error)
 
+	// BindPod records which node obtained credentials for a pod, until the
+	// latest of them expires; PodNode reads it ("" when unknown).
+	BindPod(ctx context.Context, podUID, node string, until time.Time) error
+	PodNode(ctx context.Context, podUID string, now time.Time) (string, error)
+
 	// AppendAudit writes entries whose first Seq must follow the last stored
 	// one; otherwise nothing is written and ErrAuditSeq is returned.
 	AppendAudit(ctx context.Context, entries []AuditEntry) error

@@ -1034,6 +1034,118 @@ func (x *CABundleRequest) GetSuite() string {
 	return ""
 }
 
+type NodeCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeToken     string                 `protobuf:"bytes,1,opt,name=node_token,json=nodeToken,proto3" json:"node_token,omitempty"`
+	Csr           []byte                 `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"` // ECDSA P-256, PEM or DER
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeCertificateRequest) Reset() {
+	*x = NodeCertificateRequest{}
+	mi := &file_keyd_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeCertificateRequest) ProtoMessage() {}
+
+func (x *NodeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*NodeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *NodeCertificateRequest) GetNodeToken() string {
+	if x != nil {
+		return x.NodeToken
+	}
+	return ""
+}
+
+func (x *NodeCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type NodeCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CertPem       []byte                 `protobuf:"bytes,1,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	CaBundlePem   []byte                 `protobuf:"bytes,2,opt,name=ca_bundle_pem,json=caBundlePem,proto3" json:"ca_bundle_pem,omitempty"`
+	Expiry        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expiry,proto3" json:"expiry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeCertificateResponse) Reset() {
+	*x = NodeCertificateResponse{}
+	mi := &file_keyd_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeCertificateResponse) ProtoMessage() {}
+
+func (x *NodeCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeCertificateResponse.ProtoReflect.Descriptor instead.
+func (*NodeCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *NodeCertificateResponse) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *NodeCertificateResponse) GetCaBundlePem() []byte {
+	if x != nil {
+		return x.CaBundlePem
+	}
+	return nil
+}
+
+func (x *NodeCertificateResponse) GetExpiry() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expiry
+	}
+	return nil
+}
+
 type CABundleResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pem           []byte                 `protobuf:"bytes,1,opt,name=pem,proto3" json:"pem,omitempty"`
@@ -1043,7 +1155,7 @@ type CABundleResponse struct {
 
 func (x *CABundleResponse) Reset() {
 	*x = CABundleResponse{}
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1167,7 @@ func (x *CABundleResponse) String() string {
 func (*CABundleResponse) ProtoMessage() {}
 
 func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1180,7 @@ func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CABundleResponse.ProtoReflect.Descriptor instead.
 func (*CABundleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{15}
+	return file_keyd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CABundleResponse) GetPem() []byte {
@@ -1089,7 +1201,7 @@ type PutSecretRequest struct {
 
 func (x *PutSecretRequest) Reset() {
 	*x = PutSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1213,7 @@ func (x *PutSecretRequest) String() string {
 func (*PutSecretRequest) ProtoMessage() {}
 
 func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1226,7 @@ func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{16}
+	return file_keyd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PutSecretRequest) GetNamespace() string {
@@ -1151,7 +1263,7 @@ type SecretInfo struct {
 
 func (x *SecretInfo) Reset() {
 	*x = SecretInfo{}
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1275,7 @@ func (x *SecretInfo) String() string {
 func (*SecretInfo) ProtoMessage() {}
 
 func (x *SecretInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1288,7 @@ func (x *SecretInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretInfo.ProtoReflect.Descriptor instead.
 func (*SecretInfo) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{17}
+	return file_keyd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SecretInfo) GetNamespace() string {
@@ -1223,7 +1335,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1347,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1360,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{18}
+	return file_keyd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -1267,7 +1379,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1391,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1404,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{19}
+	return file_keyd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*SecretInfo {
@@ -1312,7 +1424,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1436,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1449,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{20}
+	return file_keyd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -1362,7 +1474,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1486,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1499,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{21}
+	return file_keyd_proto_rawDescGZIP(), []int{23}
 }
 
 type GetPolicyRequest struct {
@@ -1398,7 +1510,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1522,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1535,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{22}
+	return file_keyd_proto_rawDescGZIP(), []int{24}
 }
 
 // PolicyDocument is the policy in its YAML form (see package policy).
@@ -1436,7 +1548,7 @@ type PolicyDocument struct {
 
 func (x *PolicyDocument) Reset() {
 	*x = PolicyDocument{}
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1560,7 @@ func (x *PolicyDocument) String() string {
 func (*PolicyDocument) ProtoMessage() {}
 
 func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1573,7 @@ func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDocument.ProtoReflect.Descriptor instead.
 func (*PolicyDocument) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{23}
+	return file_keyd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PolicyDocument) GetYaml() []byte {
@@ -1479,7 +1591,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1603,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1616,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{24}
+	return file_keyd_proto_rawDescGZIP(), []int{26}
 }
 
 // AuditRecord is one audit record in its stored JSON form.
@@ -1517,7 +1629,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1641,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1654,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{25}
+	return file_keyd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AuditRecord) GetJson() []byte {
@@ -1560,7 +1672,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1684,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1697,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{26}
+	return file_keyd_proto_rawDescGZIP(), []int{28}
 }
 
 type VerifyAuditResponse struct {
@@ -1600,7 +1712,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1724,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1737,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{27}
+	return file_keyd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VerifyAuditResponse) GetRecords() uint64 {
@@ -1666,7 +1778,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1790,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1803,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{28}
+	return file_keyd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RotateKeyRequest) GetPurpose() string {
@@ -1717,7 +1829,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1841,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1854,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{29}
+	return file_keyd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RotateKeyResponse) GetGeneration() int64 {
@@ -1760,7 +1872,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1884,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1897,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{30}
+	return file_keyd_proto_rawDescGZIP(), []int{32}
 }
 
 type StatusResponse struct {
@@ -1802,7 +1914,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +1926,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +1939,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{31}
+	return file_keyd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1883,7 +1995,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2007,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2020,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{32}
+	return file_keyd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -2013,7 +2125,15 @@ const file_keyd_proto_rawDesc = "" +
 	"\x0eRevokeResponse\x120\n" +
 	"\x05until\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"'\n" +
 	"\x0fCABundleRequest\x12\x14\n" +
-	"\x05suite\x18\x01 \x01(\tR\x05suite\"$\n" +
+	"\x05suite\x18\x01 \x01(\tR\x05suite\"I\n" +
+	"\x16NodeCertificateRequest\x12\x1d\n" +
+	"\n" +
+	"node_token\x18\x01 \x01(\tR\tnodeToken\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\"\x8c\x01\n" +
+	"\x17NodeCertificateResponse\x12\x19\n" +
+	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\"\n" +
+	"\rca_bundle_pem\x18\x02 \x01(\fR\vcaBundlePem\x122\n" +
+	"\x06expiry\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06expiry\"$\n" +
 	"\x10CABundleResponse\x12\x10\n" +
 	"\x03pem\x18\x01 \x01(\fR\x03pem\"Z\n" +
 	"\x10PutSecretRequest\x12\x1c\n" +
@@ -2067,12 +2187,13 @@ const file_keyd_proto_rawDesc = "" +
 	"\x0eKeyGenerations\x12\x18\n" +
 	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12 \n" +
-	"\vgenerations\x18\x03 \x03(\x03R\vgenerations2\xad\x02\n" +
+	"\vgenerations\x18\x03 \x03(\x03R\vgenerations2\x91\x03\n" +
 	"\x04Keyd\x12D\n" +
 	"\x05Issue\x12\x1c.podkey.keyd.v1.IssueRequest\x1a\x1d.podkey.keyd.v1.IssueResponse\x12G\n" +
 	"\x06Verify\x12\x1d.podkey.keyd.v1.VerifyRequest\x1a\x1e.podkey.keyd.v1.VerifyResponse\x12G\n" +
 	"\x06Revoke\x12\x1d.podkey.keyd.v1.RevokeRequest\x1a\x1e.podkey.keyd.v1.RevokeResponse\x12M\n" +
-	"\bCABundle\x12\x1f.podkey.keyd.v1.CABundleRequest\x1a .podkey.keyd.v1.CABundleResponse2\xe6\x05\n" +
+	"\bCABundle\x12\x1f.podkey.keyd.v1.CABundleRequest\x1a .podkey.keyd.v1.CABundleResponse\x12b\n" +
+	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse2\xe6\x05\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -2096,92 +2217,97 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_keyd_proto_goTypes = []any{
-	(*PodIdentity)(nil),           // 0: podkey.keyd.v1.PodIdentity
-	(*ObjectRequest)(nil),         // 1: podkey.keyd.v1.ObjectRequest
-	(*IssueRequest)(nil),          // 2: podkey.keyd.v1.IssueRequest
-	(*Credential)(nil),            // 3: podkey.keyd.v1.Credential
-	(*APIKey)(nil),                // 4: podkey.keyd.v1.APIKey
-	(*Certificate)(nil),           // 5: podkey.keyd.v1.Certificate
-	(*DerivedKey)(nil),            // 6: podkey.keyd.v1.DerivedKey
-	(*Token)(nil),                 // 7: podkey.keyd.v1.Token
-	(*SecretValue)(nil),           // 8: podkey.keyd.v1.SecretValue
-	(*IssueResponse)(nil),         // 9: podkey.keyd.v1.IssueResponse
-	(*VerifyRequest)(nil),         // 10: podkey.keyd.v1.VerifyRequest
-	(*VerifyResponse)(nil),        // 11: podkey.keyd.v1.VerifyResponse
-	(*RevokeRequest)(nil),         // 12: podkey.keyd.v1.RevokeRequest
-	(*RevokeResponse)(nil),        // 13: podkey.keyd.v1.RevokeResponse
-	(*CABundleRequest)(nil),       // 14: podkey.keyd.v1.CABundleRequest
-	(*CABundleResponse)(nil),      // 15: podkey.keyd.v1.CABundleResponse
-	(*PutSecretRequest)(nil),      // 16: podkey.keyd.v1.PutSecretRequest
-	(*SecretInfo)(nil),            // 17: podkey.keyd.v1.SecretInfo
-	(*ListSecretsRequest)(nil),    // 18: podkey.keyd.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),   // 19: podkey.keyd.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),   // 20: podkey.keyd.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),  // 21: podkey.keyd.v1.DeleteSecretResponse
-	(*GetPolicyRequest)(nil),      // 22: podkey.keyd.v1.GetPolicyRequest
-	(*PolicyDocument)(nil),        // 23: podkey.keyd.v1.PolicyDocument
-	(*ExportAuditRequest)(nil),    // 24: podkey.keyd.v1.ExportAuditRequest
-	(*AuditRecord)(nil),           // 25: podkey.keyd.v1.AuditRecord
-	(*VerifyAuditRequest)(nil),    // 26: podkey.keyd.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),   // 27: podkey.keyd.v1.VerifyAuditResponse
-	(*RotateKeyRequest)(nil),      // 28: podkey.keyd.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),     // 29: podkey.keyd.v1.RotateKeyResponse
-	(*StatusRequest)(nil),         // 30: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),        // 31: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),        // 32: podkey.keyd.v1.KeyGenerations
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(*PodIdentity)(nil),             // 0: podkey.keyd.v1.PodIdentity
+	(*ObjectRequest)(nil),           // 1: podkey.keyd.v1.ObjectRequest
+	(*IssueRequest)(nil),            // 2: podkey.keyd.v1.IssueRequest
+	(*Credential)(nil),              // 3: podkey.keyd.v1.Credential
+	(*APIKey)(nil),                  // 4: podkey.keyd.v1.APIKey
+	(*Certificate)(nil),             // 5: podkey.keyd.v1.Certificate
+	(*DerivedKey)(nil),              // 6: podkey.keyd.v1.DerivedKey
+	(*Token)(nil),                   // 7: podkey.keyd.v1.Token
+	(*SecretValue)(nil),             // 8: podkey.keyd.v1.SecretValue
+	(*IssueResponse)(nil),           // 9: podkey.keyd.v1.IssueResponse
+	(*VerifyRequest)(nil),           // 10: podkey.keyd.v1.VerifyRequest
+	(*VerifyResponse)(nil),          // 11: podkey.keyd.v1.VerifyResponse
+	(*RevokeRequest)(nil),           // 12: podkey.keyd.v1.RevokeRequest
+	(*RevokeResponse)(nil),          // 13: podkey.keyd.v1.RevokeResponse
+	(*CABundleRequest)(nil),         // 14: podkey.keyd.v1.CABundleRequest
+	(*NodeCertificateRequest)(nil),  // 15: podkey.keyd.v1.NodeCertificateRequest
+	(*NodeCertificateResponse)(nil), // 16: podkey.keyd.v1.NodeCertificateResponse
+	(*CABundleResponse)(nil),        // 17: podkey.keyd.v1.CABundleResponse
+	(*PutSecretRequest)(nil),        // 18: podkey.keyd.v1.PutSecretRequest
+	(*SecretInfo)(nil),              // 19: podkey.keyd.v1.SecretInfo
+	(*ListSecretsRequest)(nil),      // 20: podkey.keyd.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 21: podkey.keyd.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 22: podkey.keyd.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 23: podkey.keyd.v1.DeleteSecretResponse
+	(*GetPolicyRequest)(nil),        // 24: podkey.keyd.v1.GetPolicyRequest
+	(*PolicyDocument)(nil),          // 25: podkey.keyd.v1.PolicyDocument
+	(*ExportAuditRequest)(nil),      // 26: podkey.keyd.v1.ExportAuditRequest
+	(*AuditRecord)(nil),             // 27: podkey.keyd.v1.AuditRecord
+	(*VerifyAuditRequest)(nil),      // 28: podkey.keyd.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 29: podkey.keyd.v1.VerifyAuditResponse
+	(*RotateKeyRequest)(nil),        // 30: podkey.keyd.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 31: podkey.keyd.v1.RotateKeyResponse
+	(*StatusRequest)(nil),           // 32: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 33: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 34: podkey.keyd.v1.KeyGenerations
+	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
 	0,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
 	1,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	33, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	33, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	33, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	35, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	35, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	35, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
 	4,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
 	5,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
 	6,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
 	7,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
 	8,  // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
 	3,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	33, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	35, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
 	0,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	33, // 13: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	33, // 14: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
-	17, // 15: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	32, // 16: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	2,  // 17: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
-	10, // 18: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
-	12, // 19: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
-	14, // 20: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
-	16, // 21: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
-	18, // 22: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
-	20, // 23: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
-	22, // 24: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
-	23, // 25: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	24, // 26: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	26, // 27: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	28, // 28: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	30, // 29: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	9,  // 30: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	11, // 31: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	13, // 32: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	15, // 33: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	17, // 34: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	19, // 35: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	21, // 36: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	23, // 37: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	23, // 38: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	25, // 39: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	27, // 40: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	29, // 41: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	31, // 42: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	30, // [30:43] is the sub-list for method output_type
-	17, // [17:30] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	35, // 13: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	35, // 14: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	35, // 15: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	19, // 16: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
+	34, // 17: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	2,  // 18: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
+	10, // 19: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
+	12, // 20: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
+	14, // 21: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
+	15, // 22: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
+	18, // 23: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
+	20, // 24: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
+	22, // 25: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
+	24, // 26: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
+	25, // 27: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
+	26, // 28: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	28, // 29: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	30, // 30: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	32, // 31: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	9,  // 32: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	11, // 33: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	13, // 34: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	17, // 35: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	16, // 36: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	19, // 37: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	21, // 38: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	23, // 39: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	25, // 40: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	25, // 41: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	27, // 42: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	29, // 43: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	31, // 44: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	33, // 45: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	32, // [32:46] is the sub-list for method output_type
+	18, // [18:32] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_keyd_proto_init() }
@@ -2202,7 +2328,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

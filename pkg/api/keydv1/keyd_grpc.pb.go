@@ -25,10 +25,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Keyd_Issue_FullMethodName    = "/podkey.keyd.v1.Keyd/Issue"
-	Keyd_Verify_FullMethodName   = "/podkey.keyd.v1.Keyd/Verify"
-	Keyd_Revoke_FullMethodName   = "/podkey.keyd.v1.Keyd/Revoke"
-	Keyd_CABundle_FullMethodName = "/podkey.keyd.v1.Keyd/CABundle"
+	Keyd_Issue_FullMethodName           = "/podkey.keyd.v1.Keyd/Issue"
+	Keyd_Verify_FullMethodName          = "/podkey.keyd.v1.Keyd/Verify"
+	Keyd_Revoke_FullMethodName          = "/podkey.keyd.v1.Keyd/Revoke"
+	Keyd_CABundle_FullMethodName        = "/podkey.keyd.v1.Keyd/CABundle"
+	Keyd_NodeCertificate_FullMethodName = "/podkey.keyd.v1.Keyd/NodeCertificate"
 )
 
 // KeydClient is the client API for Keyd service.
@@ -43,6 +44,10 @@ type KeydClient interface {
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 	// CABundle returns the CA certificates of a suite (public).
 	CABundle(ctx context.Context, in *CABundleRequest, opts ...grpc.CallOption) (*CABundleResponse, error)
+	// NodeCertificate exchanges a node agent's bound service-account token
+	// (audience podkey-node) and a CSR for a short-lived client certificate
+	// naming its node; the agent then calls Issue and Revoke over mTLS.
+	NodeCertificate(ctx context.Context, in *NodeCertificateRequest, opts ...grpc.CallOption) (*NodeCertificateResponse, error)
 }
 
 type keydClient struct {
@@ -93,6 +98,16 @@ func (c *keydClient) CABundle(ctx context.Context, in *CABundleRequest, opts ...
 	return out, nil
 }
 
+func (c *keydClient) NodeCertificate(ctx context.Context, in *NodeCertificateRequest, opts ...grpc.CallOption) (*NodeCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeCertificateResponse)
+	err := c.cc.Invoke(ctx, Keyd_NodeCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeydServer is the server API for Keyd service.
 // All implementations must embed UnimplementedKeydServer
 // for forward compatibility.
@@ -105,6 +120,10 @@ type KeydServer interface {
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	// CABundle returns the CA certificates of a suite (public).
 	CABundle(context.Context, *CABundleRequest) (*CABundleResponse, error)
+	// NodeCertificate exchanges a node agent's bound service-account token
+	// (audience podkey-node) and a CSR for a short-lived client certificate
+	// naming its node; the agent then calls Issue and Revoke over mTLS.
+	NodeCertificate(context.Context, *NodeCertificateRequest) (*NodeCertificateResponse, error)
 	mustEmbedUnimplementedKeydServer()
 }
 
@@ -126,6 +145,9 @@ func (UnimplementedKeydServer) Revoke(context.Context, *RevokeRequest) (*RevokeR
 }
 func (UnimplementedKeydServer) CABundle(context.Context, *CABundleRequest) (*CABundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CABundle not implemented")
+}
+func (UnimplementedKeydServer) NodeCertificate(context.Context, *NodeCertificateRequest) (*NodeCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NodeCertificate not implemented")
 }
 func (UnimplementedKeydServer) mustEmbedUnimplementedKeydServer() {}
 func (UnimplementedKeydServer) testEmbeddedByValue()              {}
@@ -220,6 +242,24 @@ func _Keyd_CABundle_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyd_NodeCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeydServer).NodeCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyd_NodeCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeydServer).NodeCertificate(ctx, req.(*NodeCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Keyd_ServiceDesc is the grpc.ServiceDesc for Keyd service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -242,6 +282,10 @@ var Keyd_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CABundle",
 			Handler:    _Keyd_CABundle_Handler,
+		},
+		{
+			MethodName: "NodeCertificate",
+			Handler:    _Keyd_NodeCertificate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

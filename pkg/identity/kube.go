@@ -1,0 +1,41 @@
+package identity
+
+import (
+	"context"
+
+	authv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// KubeReviewer reviews tokens with the API server's TokenReview API; its
+// credentials need only create on tokenreviews.authentication.k8s.io.
+type KubeReviewer struct {
+	client kubernetes.Interface
+}
+
+// NewKubeReviewer uses cfg (in-cluster or a kubeconfig).
+func NewKubeReviewer(cfg *rest.Config) (*KubeReviewer, error) {
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &KubeReviewer{client: c}, nil
+}
+
+// Review implements Reviewer.
+func (k *KubeReviewer) Review(ctx context.Context, token string, audiences []string) (Review, error) {
+	tr, err := k.client.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
+		Spec: authv1.TokenReviewSpec{Token: token, Audiences: audiences},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return Review{}, err
+	}
+	r := Review{Authenticated: tr.Status.Authenticated, Username: tr.Status.User.Username,
+		Audiences: tr.Status.Audiences, Error: tr.Status.Error, Extra: map[string][]string{}}
+	for k, v := range tr.Status.User.Extra {
+		r.Extra[k] = v
+	}
+	return r, nil
+}
