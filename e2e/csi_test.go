@@ -135,7 +135,12 @@ func csiClient(t *testing.T, socket string) csi.NodeClient {
 }
 
 func publishRequest(target, uid string) *csi.NodePublishVolumeRequest {
-	tok, _ := json.Marshal(map[string]any{"podkey": map[string]string{"token": "pod-token-" + uid, "expirationTimestamp": "2030-01-01T00:00:00Z"}})
+	return podPublishRequest(target, "payments", "pay-"+uid, uid, "payments", "pod-token-"+uid)
+}
+
+// podPublishRequest is what the kubelet sends for a pod's podkey volume.
+func podPublishRequest(target, ns, pod, uid, serviceAccount, token string) *csi.NodePublishVolumeRequest {
+	tok, _ := json.Marshal(map[string]any{"podkey": map[string]string{"token": token, "expirationTimestamp": "2030-01-01T00:00:00Z"}})
 	return &csi.NodePublishVolumeRequest{
 		VolumeId: "csi-" + uid, TargetPath: target, Readonly: true,
 		VolumeCapability: &csi.VolumeCapability{
@@ -144,8 +149,8 @@ func publishRequest(target, uid string) *csi.NodePublishVolumeRequest {
 		},
 		VolumeContext: map[string]string{
 			"secretProviderClass": "payments", "csi.storage.k8s.io/ephemeral": "true",
-			"csi.storage.k8s.io/pod.name": "pay-" + uid, "csi.storage.k8s.io/pod.namespace": "payments",
-			"csi.storage.k8s.io/pod.uid": uid, "csi.storage.k8s.io/serviceAccount.name": "payments",
+			"csi.storage.k8s.io/pod.name": pod, "csi.storage.k8s.io/pod.namespace": ns,
+			"csi.storage.k8s.io/pod.uid": uid, "csi.storage.k8s.io/serviceAccount.name": serviceAccount,
 			"csi.storage.k8s.io/serviceAccount.tokens": string(tok),
 		},
 	}

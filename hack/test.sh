@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every podkey test on this machine, installing what is missing:
 # formatting and vet, the generated API code being current, unit and
-# integration tests (real SoftHSM2 tokens, real keyd over gRPC), short
-# fuzzing of every parser, and the demo as an end-to-end smoke test.
+# integration tests (real SoftHSM2 tokens, real keyd over gRPC, real tmpfs
+# mounts, a real etcd and kube-apiserver), short fuzzing of every parser,
+# and the demo as an end-to-end smoke test. The first run builds
+# kube-apiserver and kubelet from the Go module proxy (about 13 minutes on
+# two cores); later runs reuse them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +21,10 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cp pkg/api/keydv1/*.pb.go "$tmp"/
 make -s proto >/dev/null
 for f in pkg/api/keydv1/*.pb.go; do cmp -s "$f" "$tmp/$(basename "$f")" || { echo "$f is stale: run make proto"; exit 1; }; done
+
+echo "== kube-apiserver and kubelet for the test clusters (cached after the first build)"
+PODKEY_KUBE_BIN_DIR=$(hack/kube-binaries.sh)
+export PODKEY_KUBE_BIN_DIR
 
 echo "== go test"
 go test -count=1 ./...

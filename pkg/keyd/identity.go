@@ -182,14 +182,19 @@ func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token 
 		PodUID: pod.UID, NodeName: pod.Node}, nil
 }
 
-// authorizeRevoke decides whether the caller may revoke the pod. A pod
-// token, when still valid, is checked like Issue's. Without one (the pod is
-// gone, or the revocation was queued on the node), a node agent may revoke
-// a pod that keyd last served through that node, or one keyd never served.
+// authorizeRevoke decides whether the caller may revoke the pod. An
+// operator on the local socket may revoke any pod (revocation only takes
+// away). A pod token, when still valid, is checked like Issue's. Without
+// one (the pod is gone, or the revocation was queued on the node), a node
+// agent may revoke a pod that keyd last served through that node, or one
+// keyd never served.
 func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, token string) (credential.Identity, error) {
 	claimed, err := claimedIdentity(p)
 	if err != nil {
 		return claimed, err
+	}
+	if fromUnixSocket(ctx) && token == "" {
+		return claimed, nil
 	}
 	if token != "" || fromUnixSocket(ctx) || s.opts.Identity == nil {
 		id, err := s.authenticate(ctx, p, token)
