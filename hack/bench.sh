@@ -25,3 +25,16 @@ if [ "$(id -u)" = 0 ]; then
     echo '```'
   } | tee -a BENCHMARKS.md
 fi
+
+# Issuance with pod tokens reviewed by a real kube-apiserver (cache miss
+# and hit) beside issuance with no review, in one run.
+PODKEY_KUBE_BIN_DIR=$(hack/kube-binaries.sh)
+export PODKEY_KUBE_BIN_DIR
+{
+  echo
+  echo "## Pod identity (TokenReview against a real kube-apiserver on this machine)"
+  echo
+  echo '```'
+  go test -run '^$' -bench IssueIdentity -benchtime "${BENCH_IDENTITY_TIME:-3s}" ./e2e 2>/dev/null | grep -E '^Benchmark'
+  echo '```'
+} | tee -a BENCHMARKS.md

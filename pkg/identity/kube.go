@@ -15,8 +15,20 @@ type KubeReviewer struct {
 	client kubernetes.Interface
 }
 
+// Client-side rate limits of the review client. client-go's defaults (5
+// requests per second) would throttle issuance; the API server's own
+// priority and fairness protects it.
+const (
+	reviewQPS   = 1000
+	reviewBurst = 2000
+)
+
 // NewKubeReviewer uses cfg (in-cluster or a kubeconfig).
 func NewKubeReviewer(cfg *rest.Config) (*KubeReviewer, error) {
+	cfg = rest.CopyConfig(cfg)
+	if cfg.QPS == 0 {
+		cfg.QPS, cfg.Burst = reviewQPS, reviewBurst
+	}
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -208,7 +208,7 @@ func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, tok
 	if err != nil {
 		return claimed, err
 	}
-	bound, err := s.st.PodNode(ctx, claimed.PodUID, s.opts.Now())
+	bound, _, err := s.st.PodNode(ctx, claimed.PodUID, s.opts.Now())
 	if err != nil {
 		return claimed, status.Errorf(codes.Internal, "%v", err)
 	}

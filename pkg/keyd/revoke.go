@@ -21,6 +21,26 @@ func (s *Server) revoke(ctx context.Context, id credential.Identity) (time.Time,
 	return until, s.auditResult(ctx, audit.ActionRevoke, audit.ResultOK, "", id, nil)
 }
 
+// bindPod remembers the node a pod is served through, for RevocationTTL
+// (longer than any credential), so that only that node may later revoke
+// it without a pod token. A renewal through the same node writes nothing
+// until half of that time has passed: one durable write per pod, not per
+// issuance.
+func (s *Server) bindPod(ctx context.Context, id credential.Identity) error {
+	if id.NodeName == "" {
+		return nil
+	}
+	now := s.opts.Now()
+	node, until, err := s.st.PodNode(ctx, id.PodUID, now)
+	if err != nil {
+		return err
+	}
+	if node == id.NodeName && until.Sub(now) > s.opts.RevocationTTL/2 {
+		return nil
+	}
+	return s.st.BindPod(ctx, id.PodUID, id.NodeName, now.Add(s.opts.RevocationTTL))
+}
+
 func (s *Server) auditResult(ctx context.Context, action, result, reason string, id credential.Identity, objects []string) error {
 	err := s.audit.Append(ctx, audit.Record{Action: action, Result: result, Reason: reason,
 		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Pod: id.PodName, PodUID: id.PodUID,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -105,17 +104,9 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 		zeroAll()
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 	}
-	var latest time.Time
-	for _, c := range issued {
-		if c.Expiry.After(latest) {
-			latest = c.Expiry
-		}
-	}
-	if id.NodeName != "" {
-		if err := s.st.BindPod(ctx, id.PodUID, id.NodeName, latest); err != nil {
-			zeroAll()
-			return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
-		}
+	if err := s.bindPod(ctx, id); err != nil {
+		zeroAll()
+		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
 	}
 	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
 	for i, c := range issued {

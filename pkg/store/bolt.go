@@ -197,9 +197,8 @@ type podBinding struct {
 	Until time.Time `json:"until"`
 }
 
-// BindPod uses bbolt's batching: concurrent issuances share one commit.
 func (b *Bolt) BindPod(_ context.Context, podUID, node string, until time.Time) error {
-	return b.db.Batch(func(tx *bolt.Tx) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketPods)
 		if v := bk.Get([]byte(podUID)); v != nil {
 			var old podBinding
@@ -215,8 +214,11 @@ func (b *Bolt) BindPod(_ context.Context, podUID, node string, until time.Time) 
 	})
 }
 
-func (b *Bolt) PodNode(_ context.Context, podUID string, now time.Time) (string, error) {
-	var node string
+func (b *Bolt) PodNode(_ context.Context, podUID string, now time.Time) (string, time.Time, error) {
+	var (
+		node  string
+		until time.Time
+	)
 	err := b.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketPods).Get([]byte(podUID))
 		if v == nil {
@@ -227,11 +229,11 @@ func (b *Bolt) PodNode(_ context.Context, podUID string, now time.Time) (string,
 			return err
 		}
 		if now.Before(pb.Until) {
-			node = pb.Node
+			node, until = pb.Node, pb.Until
 		}
 		return nil
 	})
-	return node, err
+	return node, until, err
 }
 
 func seqKey(seq uint64) []byte {

@@ -99,14 +99,14 @@ func TestPodBindings(t *testing.T) {
 	ctx := context.Background()
 	s, _ := open(t)
 	now := time.Now()
-	if n, _ := s.PodNode(ctx, "u", now); n != "" {
+	if n, _, _ := s.PodNode(ctx, "u", now); n != "" {
 		t.Fatal("unknown pod has a node")
 	}
 	_ = s.BindPod(ctx, "u", "node-1", now.Add(time.Hour))
-	if n, _ := s.PodNode(ctx, "u", now); n != "node-1" {
+	if n, _, _ := s.PodNode(ctx, "u", now); n != "node-1" {
 		t.Fatalf("node %q", n)
 	}
-	if n, _ := s.PodNode(ctx, "u", now.Add(2*time.Hour)); n != "" {
+	if n, _, _ := s.PodNode(ctx, "u", now.Add(2*time.Hour)); n != "" {
 		t.Fatal("binding outlived its credentials")
 	}
 }

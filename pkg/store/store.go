@@ -59,10 +59,10 @@ type Store interface {
 	Revoked(ctx context.Context, podUID string, now time.Time) (bool, error)
 	PruneRevocations(ctx context.Context, now time.Time) (int, error)
 
-	// BindPod records which node obtained credentials for a pod, until the
-	// latest of them expires; PodNode reads it ("" when unknown).
+	// BindPod records which node obtained credentials for a pod, until
+	// the given time; PodNode reads it ("" when unknown or past).
 	BindPod(ctx context.Context, podUID, node string, until time.Time) error
-	PodNode(ctx context.Context, podUID string, now time.Time) (string, error)
+	PodNode(ctx context.Context, podUID string, now time.Time) (node string, until time.Time, err error)
 
 	// AppendAudit writes entries whose first Seq must follow the last stored
 	// one; otherwise nothing is written and ErrAuditSeq is returned.
