@@ -13,6 +13,10 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v etcd >/dev/null || need+=(etcd-server)
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -e /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+[ -e /usr/bin/busybox ] && /usr/bin/busybox --list >/dev/null 2>&1 || need+=(busybox-static)
 
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

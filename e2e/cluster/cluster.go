@@ -219,6 +219,7 @@ func (c *Cluster) Stop() {
 		for _, f := range c.logs {
 			f.Close()
 		}
+		c.reap()
 		if os.Getenv("PODKEY_KEEP_CLUSTER_DIR") == "" {
 			_ = os.RemoveAll(c.Dir)
 		}

@@ -1,0 +1,207 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Node is a kubelet with its own containerd, CNI configuration and root
+// directory, registered with the cluster.
+type Node struct {
+	Name string
+	Dir  string
+	// RootDir is the kubelet's --root-dir: pods' volumes live under
+	// RootDir/pods, CSI plugins register through RootDir/plugins_registry.
+	RootDir        string
+	ContainerdSock string
+}
+
+// containerdConfig follows shared/LOCAL-CLUSTER.md: the sandbox image is
+// imported locally, and restrict_oom_score_adj because these machines lack
+// CAP_SYS_RESOURCE.
+const containerdConfig = `version = 2
+root = %q
+state = %q
+[grpc]
+  address = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+`
+
+// The pods of a test node need no network beyond their own namespace; the
+// bridge has no route off the machine and nothing is sent to it.
+const cniConfig = `{
+  "cniVersion": "1.0.0",
+  "name": "podkey-e2e",
+  "plugins": [
+    {"type": "bridge", "bridge": %q, "isGateway": false, "ipMasq": false,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]]}},
+    {"type": "loopback"}
+  ]
+}
+`
+
+const kubeletConfig = `apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+address: 127.0.0.1
+port: %d
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: %d
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+containerRuntimeEndpoint: unix://%s
+syncFrequency: 10s
+fileCheckFrequency: 10s
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {"memory.available": "1Mi", "nodefs.available": "1%%", "imagefs.available": "1%%"}
+serializeImagePulls: false
+resolvConf: ""
+`
+
+// StartNode starts containerd and a kubelet named name and waits until the
+// node is Ready. Each node of a cluster gets its own index (0, 1, ...).
+func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoot string) (*Node, error) {
+	bin, err := KubeBinDir(repoRoot)
+	if err != nil {
+		return nil, err
+	}
+	for _, tool := range []string{"containerd", "runc", "ctr"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s missing: run hack/install-deps.sh", tool)
+		}
+	}
+	n := &Node{Name: name, Dir: filepath.Join(c.Dir, "nodes", name)}
+	n.RootDir = filepath.Join(n.Dir, "kubelet")
+	n.ContainerdSock = filepath.Join(n.Dir, "containerd.sock")
+	cniDir := filepath.Join(n.Dir, "cni")
+	for _, d := range []string{n.RootDir, cniDir, filepath.Join(n.Dir, "images")} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, err
+		}
+	}
+	cfg := fmt.Sprintf(containerdConfig, filepath.Join(n.Dir, "containerd", "root"), filepath.Join(n.Dir, "containerd", "state"),
+		n.ContainerdSock, PauseImage, cniDir)
+	if err := os.WriteFile(filepath.Join(n.Dir, "containerd.toml"), []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	cni := fmt.Sprintf(cniConfig, fmt.Sprintf("pkbr%d", index), fmt.Sprintf("10.88.%d.0/24", index))
+	if err := os.WriteFile(filepath.Join(cniDir, "10-podkey-e2e.conflist"), []byte(cni), 0o644); err != nil {
+		return nil, err
+	}
+	if err := c.run(name+"-containerd", "containerd", "--config", filepath.Join(n.Dir, "containerd.toml")); err != nil {
+		return nil, err
+	}
+	if err := waitFile(n.ContainerdSock, 30*time.Second, c.exited); err != nil {
+		return nil, fmt.Errorf("containerd: %w", err)
+	}
+	tars, err := buildImages(filepath.Join(n.Dir, "images"), repoRoot)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range tars {
+		out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSock, "-n", "k8s.io", "images", "import", t).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("import %s: %v\n%s", filepath.Base(t), err, out)
+		}
+	}
+	kubeconfig := filepath.Join(n.Dir, "kubeconfig")
+	if err := c.WriteKubeconfig(kubeconfig, ""); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	healthz, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	kcfg := fmt.Sprintf(kubeletConfig, port, healthz, n.ContainerdSock)
+	if err := os.WriteFile(filepath.Join(n.Dir, "kubelet.yaml"), []byte(kcfg), 0o600); err != nil {
+		return nil, err
+	}
+	if err := c.run(name+"-kubelet", filepath.Join(bin, "kubelet"), "--config", filepath.Join(n.Dir, "kubelet.yaml"),
+		"--kubeconfig", kubeconfig, "--root-dir", n.RootDir, "--cert-dir", filepath.Join(n.Dir, "pki"),
+		"--hostname-override", name, "--v", "2"); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for time.Now().Before(deadline) {
+		if err := c.exited(); err != nil {
+			return nil, err
+		}
+		node, err := c.Admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			for _, cond := range node.Status.Conditions {
+				if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+					return n, nil
+				}
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("node %s not Ready after 3m\n%s", name, c.logTail(name+"-kubelet"))
+}
+
+// WriteKubeconfig writes a kubeconfig for token (the admin's when empty).
+func (c *Cluster) WriteKubeconfig(path, token string) error {
+	if token == "" {
+		token = c.AdminToken
+	}
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: podkey-e2e
+  cluster: {server: %q, certificate-authority: %q}
+users:
+- name: user
+  user: {token: %q}
+contexts:
+- name: podkey-e2e
+  context: {cluster: podkey-e2e, user: user}
+current-context: podkey-e2e
+`, c.URL, filepath.Join(c.Dir, "certs", "apiserver.crt"), token)
+	return os.WriteFile(path, []byte(cfg), 0o600)
+}
+
+func waitFile(path string, timeout time.Duration, exited func() error) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if err := exited(); err != nil {
+			return err
+		}
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not appear within %s", path, timeout)
+}
