@@ -43,7 +43,7 @@ type plugin struct {
 	cmd      *exec.Cmd
 	socket   string
 	metrics  string
-	stderr   *bytes.Buffer
+	stderr   *syncBuffer
 	stateDir string
 }
 
@@ -63,7 +63,7 @@ func (w *world) startPlugin(ctx context.Context, regDir string) *plugin {
 	classes := filepath.Join(w.dir, "classes", "payments")
 	_ = os.MkdirAll(classes, 0o755)
 	_ = os.WriteFile(filepath.Join(classes, "payments.yaml"), []byte(classYAML), 0o644)
-	p := &plugin{socket: filepath.Join(w.dir, "csi", "csi.sock"), metrics: freePort(t), stderr: &bytes.Buffer{},
+	p := &plugin{socket: filepath.Join(w.dir, "csi", "csi.sock"), metrics: freePort(t), stderr: &syncBuffer{},
 		stateDir: filepath.Join(w.dir, "csi-state")}
 	p.cmd = exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-csi"), "--node-name", "node-1",
 		"--endpoint", p.socket, "--state-dir", p.stateDir, "--keyd-socket", w.sock(),

@@ -46,7 +46,7 @@ type world struct {
 	bin     string
 	dir     string
 	env     []string
-	keydErr *bytes.Buffer
+	keydErr *syncBuffer
 }
 
 func (w *world) run(stdin string, name string, args ...string) (string, int) {
@@ -90,16 +90,23 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-// startKeyd runs podkey-keyd as a process in development identity mode,
-// with a policy granting payments/payments every object.
-func (w *world) startKeyd(ctx context.Context) *exec.Cmd {
+// startKeyd runs podkey-keyd as a process with a policy granting
+// payments/payments every object. With no arguments it runs in
+// development identity mode on a random port; args replace that (for
+// example --kubeconfig and a fixed --listen).
+func (w *world) startKeyd(ctx context.Context, args ...string) *exec.Cmd {
 	t := w.t
 	policy := filepath.Join(w.dir, "policy.yaml")
-	_ = os.WriteFile(policy, []byte("version: v1\nrules:\n- {namespace: payments, serviceAccount: payments, objects: [\"*\"]}\n"), 0o600)
-	keyd := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-keyd"), "--store", filepath.Join(w.dir, "keyd.db"),
-		"--socket", w.sock(), "--listen", "127.0.0.1:0", "--policy-file", policy, "--insecure-local-identity", "--log-format", "json")
+	if _, err := os.Stat(policy); err != nil {
+		_ = os.WriteFile(policy, []byte("version: v1\nrules:\n- {namespace: payments, serviceAccount: payments, objects: [\"*\"]}\n"), 0o600)
+	}
+	if len(args) == 0 {
+		args = []string{"--listen", "127.0.0.1:0", "--insecure-local-identity"}
+	}
+	keyd := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-keyd"), append([]string{"--store", filepath.Join(w.dir, "keyd.db"),
+		"--socket", w.sock(), "--policy-file", policy, "--log-format", "json"}, args...)...)
 	keyd.Env = w.env
-	w.keydErr = &bytes.Buffer{}
+	w.keydErr = &syncBuffer{}
 	keyd.Stderr = w.keydErr
 	if err := keyd.Start(); err != nil {
 		t.Fatal(err)
@@ -175,6 +182,24 @@ func TestKeydProcessLifecycle(t *testing.T) {
 		t.Fatalf("audit verify: %d %s", code, out)
 	}
 	fmt.Fprintln(os.Stderr, "keyd process lifecycle ok")
+}
+
+// syncBuffer collects a process's output while tests read it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // e2ePIN is the user PIN of the tokens these tests create.

@@ -16,7 +16,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 [ -e /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
-[ -e /usr/bin/busybox ] && /usr/bin/busybox --list >/dev/null 2>&1 || need+=(busybox-static)
+{ [ -e /usr/bin/busybox ] && ! ldd /usr/bin/busybox >/dev/null 2>&1; } || need+=(busybox-static) # a static one, for images
 
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

@@ -21,6 +21,9 @@ type Node struct {
 	// RootDir/pods, CSI plugins register through RootDir/plugins_registry.
 	RootDir        string
 	ContainerdSock string
+	// LogsDir holds containers' logs (<ns>_<pod>_<uid>/<container>/0.log):
+	// tests read them here, as the API server cannot reach the kubelet.
+	LogsDir string
 }
 
 // containerdConfig follows shared/LOCAL-CLUSTER.md: the sandbox image is
@@ -84,6 +87,7 @@ imageGCLowThresholdPercent: 99
 evictionHard: {"memory.available": "1Mi", "nodefs.available": "1%%", "imagefs.available": "1%%"}
 serializeImagePulls: false
 resolvConf: ""
+podLogsDir: %q
 `
 
 // StartNode starts containerd and a kubelet named name and waits until the
@@ -144,7 +148,8 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 	if err != nil {
 		return nil, err
 	}
-	kcfg := fmt.Sprintf(kubeletConfig, port, healthz, n.ContainerdSock)
+	n.LogsDir = filepath.Join(n.Dir, "pod-logs")
+	kcfg := fmt.Sprintf(kubeletConfig, port, healthz, n.ContainerdSock, n.LogsDir)
 	if err := os.WriteFile(filepath.Join(n.Dir, "kubelet.yaml"), []byte(kcfg), 0o600); err != nil {
 		return nil, err
 	}
