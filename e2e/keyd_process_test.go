@@ -47,6 +47,7 @@ type world struct {
 	dir     string
 	env     []string
 	keydErr *syncBuffer
+	keyd    *exec.Cmd
 }
 
 func (w *world) run(stdin string, name string, args ...string) (string, int) {
@@ -106,11 +107,14 @@ func (w *world) startKeyd(ctx context.Context, args ...string) *exec.Cmd {
 	keyd := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-keyd"), append([]string{"--store", filepath.Join(w.dir, "keyd.db"),
 		"--socket", w.sock(), "--policy-file", policy, "--log-format", "json"}, args...)...)
 	keyd.Env = w.env
-	w.keydErr = &syncBuffer{}
+	if w.keydErr == nil {
+		w.keydErr = &syncBuffer{} // kept across restarts, for the log scan
+	}
 	keyd.Stderr = w.keydErr
 	if err := keyd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	w.keyd = keyd
 	t.Cleanup(func() { _ = keyd.Process.Kill(); _ = keyd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -122,6 +126,12 @@ func (w *world) startKeyd(ctx context.Context, args ...string) *exec.Cmd {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// stopKeyd stops keyd with SIGTERM and waits for it.
+func (w *world) stopKeyd() {
+	_ = w.keyd.Process.Signal(syscall.SIGTERM)
+	_ = w.keyd.Wait()
 }
 
 func (w *world) sock() string { return filepath.Join(w.dir, "keyd.sock") }

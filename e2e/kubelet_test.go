@@ -24,7 +24,7 @@ func waitPodPhase(ctx context.Context, c *cluster.Cluster, ns, name string, phas
 				return p, nil
 			}
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	if last != nil {
 		return last, fmt.Errorf("pod %s/%s is %s, not %s, after %s: %+v", ns, name, last.Status.Phase, phase, timeout, last.Status.ContainerStatuses)

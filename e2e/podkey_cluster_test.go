@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -41,6 +42,7 @@ type podkeyCluster struct {
 	node     *cluster.Node
 	w        *world
 	keydAddr string
+	keydArgs []string
 	caFile   string
 	plugin   *exec.Cmd
 	csiLog   *syncBuffer
@@ -66,7 +68,8 @@ func startPodkeyCluster(t *testing.T) *podkeyCluster {
 		t.Fatal(err)
 	}
 	pc.keydAddr = freePort(t)
-	pc.w.startKeyd(ctx, "--listen", pc.keydAddr, "--kubeconfig", kc, "--node-service-account", "podkey/podkey-csi")
+	pc.keydArgs = []string{"--listen", pc.keydAddr, "--kubeconfig", kc, "--node-service-account", "podkey/podkey-csi"}
+	pc.w.startKeyd(ctx, pc.keydArgs...)
 	out, code := pc.w.run("", "podkey", "ca", "bundle")
 	if code != 0 {
 		t.Fatal(out)
@@ -351,12 +354,120 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	if _, err := os.ReadFile(filepath.Join(pc.volumeDir(b), "ledger-api.json")); err != nil {
 		t.Fatalf("volume unreadable after a plugin restart: %v", err)
 	}
-	pc.deletePod(ctx, b)
 	pc.deletePod(ctx, w)
+
+	// 2. Rotation: two API keys of a one-minute life are renewed together
+	// while a reader in the pod, following the documented protocol, checks
+	// that every set it accepts is of one generation.
+	pc.class(ctx, "payments", "rotating", "- {name: k1, kind: apiKey, ttl: 1m}\n- {name: k2, kind: apiKey, ttl: 1m}\n")
+	r := pc.podWithScript(ctx, "payments", "rotating", "payments", "rotating", rotationReader)
+	rlog := pc.waitLog(r, "ROTATED", 3*time.Minute)
+	if strings.Contains(rlog, "MIX") {
+		t.Fatalf("a reader saw a mixed generation:\n%s", rlog)
+	}
+	t.Logf("rotation observed; over %d consistent reads", 50*strings.Count(rlog, "OK"))
+
+	// 5. keyd down: a new pod waits with a clear event and starts once keyd
+	// is back; running pods keep their files; a pod deleted meanwhile is
+	// revoked after keyd returns.
+	rdir := pc.volumeDir(r)
+	var rk struct{ AccessKeyID, SecretKey string }
+	rraw, _ := os.ReadFile(filepath.Join(rdir, "k1"))
+	_ = json.Unmarshal(rraw, &rk)
+	rsecret, _ := base64.RawURLEncoding.DecodeString(rk.SecretKey)
+	secrets = append(secrets, rsecret)
+	pc.w.stopKeyd()
+	waiting := pc.pod(ctx, "payments", "payments-c", "payments", "payments", true)
+	deadline = time.Now().Add(90 * time.Second)
+	for !strings.Contains(pc.events(ctx, waiting), "podkey-keyd is unreachable") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no event says keyd is unreachable:\n%s", pc.events(ctx, waiting))
+		}
+		time.Sleep(time.Second)
+	}
+	if _, err := os.ReadFile(filepath.Join(pc.volumeDir(b), "db-password")); err != nil {
+		t.Fatalf("a running pod lost its files while keyd is down: %v", err)
+	}
+	pc.deletePod(ctx, r) // revocation is queued on the node
+	pc.w.startKeyd(ctx, pc.keydArgs...)
+	pc.waitLog(waiting, "READY", 3*time.Minute)
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		_, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: rk.AccessKeyID, StringToSign: msg,
+			Signature: accesskey.Sign(suite.Intl, rsecret, msg)})
+		if err != nil && strings.Contains(err.Error(), "revoked") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the pod deleted while keyd was down was not revoked: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	pc.deletePod(ctx, waiting)
 
 	// 7. Scan etcd's data, the kubelet's and containerd's state and every
 	// podkey log for the secrets the pods received.
+	pc.deletePod(ctx, b)
+
+	// Pod start time to Running, with and without a podkey volume, in the
+	// same run (medians of five each, alternating).
+	var with, without []time.Duration
+	for i := 0; i < 5; i++ {
+		for _, vol := range []bool{false, true} {
+			start := time.Now()
+			p := pc.pod(ctx, "payments", fmt.Sprintf("start-%v-%d", vol, i), "payments", "payments", vol)
+			if _, err := waitPodPhase(ctx, pc.c, "payments", p.Name, corev1.PodRunning, 2*time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if vol {
+				with = append(with, time.Since(start))
+			} else {
+				without = append(without, time.Since(start))
+			}
+			pc.deletePod(ctx, p)
+		}
+	}
+	t.Logf("pod start to Running, median of 5: without podkey %v, with a podkey volume %v", median(without), median(with))
+
 	pc.scan(secrets)
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2].Round(time.Millisecond)
+}
+
+// rotationReader resolves ..data once per read, reads both keys from that
+// generation, accepts the read only if the generation still exists, and
+// reports a set whose expiries differ (keys renewed together share one).
+const rotationReader = `cd /var/run/podkey; first=""; n=0
+while true; do
+  d=$(readlink ..data)
+  e1=$(grep -o '"expiry":"[^"]*"' $d/k1 2>/dev/null); e2=$(grep -o '"expiry":"[^"]*"' $d/k2 2>/dev/null)
+  if [ -d "$d" ] && [ -n "$e1" ]; then
+    if [ "$e1" != "$e2" ]; then echo "MIX $e1 $e2"; fi
+    n=$((n+1)); if [ $((n % 50)) = 0 ]; then echo "OK $n"; fi
+    if [ -z "$first" ]; then first=$e1; echo READY; elif [ "$e1" != "$first" ]; then echo "ROTATED $first -> $e1"; first=$e1; fi
+  fi
+  sleep 0.05
+done`
+
+func (pc *podkeyCluster) podWithScript(ctx context.Context, ns, name, sa, class, script string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{
+		NodeName: nodeName, ServiceAccountName: sa, TerminationGracePeriodSeconds: ptr.To[int64](1),
+		SecurityContext: &corev1.PodSecurityContext{FSGroup: ptr.To[int64](2000)},
+		Containers: []corev1.Container{{Name: "app", Image: cluster.BusyboxImage, ImagePullPolicy: corev1.PullNever,
+			Command:      []string{"/bin/sh", "-c", script},
+			VolumeMounts: []corev1.VolumeMount{{Name: "creds", MountPath: "/var/run/podkey", ReadOnly: true}}}},
+		Volumes: []corev1.Volume{{Name: "creds", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: "csi.podkey.io", ReadOnly: ptr.To(true), VolumeAttributes: map[string]string{"secretProviderClass": class}}}}},
+	}}
+	p, err := pc.c.Admin.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		pc.t.Fatal(err)
+	}
+	return p
 }
 
 func mustDial(t *testing.T, sock string) *grpc.ClientConn {
