@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/podkey/podkey/pkg/version.Version=$(VERSION)
 
-.PHONY: all build test demo proto fuzz bench deps vet clean
+.PHONY: all build test e2e cluster demo proto fuzz bench deps vet clean
 
 all: build
 
@@ -30,6 +30,17 @@ vet:
 
 test:
 	hack/test.sh
+
+# The end-to-end suite alone: real binaries, a real etcd, kube-apiserver,
+# containerd and kubelet (root; builds Kubernetes once, cached).
+e2e:
+	hack/install-deps.sh
+	PODKEY_KUBE_BIN_DIR=$$(hack/kube-binaries.sh) $(GO) test -count=1 -v ./e2e/
+
+# A local single-node cluster for people; Ctrl-C tears it down.
+cluster:
+	hack/install-deps.sh
+	PODKEY_KUBE_BIN_DIR=$$(hack/kube-binaries.sh) $(GO) run ./hack/cluster
 
 fuzz:
 	hack/fuzz.sh
