@@ -87,9 +87,10 @@ type Log struct {
 	st  store.Store
 	mac MACFunc
 
-	reqs chan *pending
-	done chan struct{}
-	wg   sync.WaitGroup
+	reqs   chan *pending
+	done   chan struct{} // closed by Close
+	exited chan struct{} // closed when the writer has stopped
+	wg     sync.WaitGroup
 }
 
 type pending struct {
@@ -102,7 +103,7 @@ const maxBatch = 512
 
 // Open starts a log that continues the chain stored in st.
 func Open(st store.Store, mac MACFunc) *Log {
-	l := &Log{st: st, mac: mac, reqs: make(chan *pending, maxBatch), done: make(chan struct{})}
+	l := &Log{st: st, mac: mac, reqs: make(chan *pending, maxBatch), done: make(chan struct{}), exited: make(chan struct{})}
 	l.wg.Add(1)
 	go l.run()
 	return l
@@ -119,6 +120,11 @@ func (l *Log) Append(ctx context.Context, rec Record) error {
 	}
 	p := &pending{rec: rec, err: make(chan error, 1)}
 	select {
+	case <-l.done:
+		return ErrClosed
+	default:
+	}
+	select {
 	case l.reqs <- p:
 	case <-l.done:
 		return ErrClosed
@@ -128,6 +134,14 @@ func (l *Log) Append(ctx context.Context, rec Record) error {
 	select {
 	case err := <-p.err:
 		return err
+	case <-l.exited:
+		// Closed while queued: the writer answered it or never saw it.
+		select {
+		case err := <-p.err:
+			return err
+		default:
+			return ErrClosed
+		}
 	case <-ctx.Done():
 		// The record may still be written; the caller's request fails.
 		return ctx.Err()
@@ -146,6 +160,7 @@ func (l *Log) Close() {
 
 func (l *Log) run() {
 	defer l.wg.Done()
+	defer close(l.exited)
 	for {
 		var batch []*pending
 		select {

@@ -98,3 +98,29 @@ func TestTamperingIsLocated(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendRacingCloseNeverHangs: every Append returns, with success or
+// ErrClosed, however it interleaves with Close.
+func TestAppendRacingCloseNeverHangs(t *testing.T) {
+	ctx := context.Background()
+	for round := 0; round < 20; round++ {
+		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := audit.Open(st, softMAC)
+		var wg sync.WaitGroup
+		for i := 0; i < 50; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := l.Append(ctx, audit.Record{Action: audit.ActionVerify}); err != nil && !errors.Is(err, audit.ErrClosed) {
+					t.Error(err)
+				}
+			}()
+		}
+		l.Close()
+		wg.Wait()
+		st.Close()
+	}
+}
