@@ -1,0 +1,284 @@
+// Package reqsign is podkey's HTTP request signing scheme, version 1
+// (docs/request-signing.md): a canonical form of a request signed with a
+// pod's API key, HMAC-SHA256 under suite intl and HMAC-SM3 under suite gm,
+// carried in the Authorization header with the access key id. The signed
+// string starts with the request's time and a nonce, so the verifier can
+// refuse stale and replayed requests without trusting anything unsigned.
+package reqsign
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/podkey/podkey/pkg/accesskey"
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+// Header names and limits.
+const (
+	HeaderDate  = "X-Podkey-Date"
+	HeaderNonce = "X-Podkey-Nonce"
+	// DateFormat is the X-Podkey-Date format (UTC, seconds).
+	DateFormat = "20060102T150405Z"
+	// MaxBody bounds the body a signer or verifier hashes.
+	MaxBody = 16 << 20
+	// Window is how far a request's date may be from the verifier's clock.
+	Window = 5 * time.Minute
+)
+
+// Algorithm names the scheme and suite in the Authorization header.
+func Algorithm(s suite.Name) string {
+	if s == suite.GM {
+		return "PODKEY1-HMAC-SM3"
+	}
+	return "PODKEY1-HMAC-SHA256"
+}
+
+// SuiteOf maps an algorithm name back to its suite.
+func SuiteOf(alg string) (suite.Name, error) {
+	switch alg {
+	case "PODKEY1-HMAC-SHA256":
+		return suite.Intl, nil
+	case "PODKEY1-HMAC-SM3":
+		return suite.GM, nil
+	}
+	return "", fmt.Errorf("%w: unknown algorithm %q", ErrMalformed, alg)
+}
+
+// ErrMalformed marks a request whose signature fields cannot be read.
+var ErrMalformed = errors.New("malformed signed request")
+
+// defaultSigned are always signed, in this order of names.
+var defaultSigned = []string{"host", "x-podkey-date", "x-podkey-nonce"}
+
+// Auth is a parsed Authorization header.
+type Auth struct {
+	Algorithm     string
+	Suite         suite.Name
+	AccessKeyID   string
+	SignedHeaders []string
+	Signature     []byte
+}
+
+// uriEncode percent-encodes everything but RFC 3986 unreserved characters
+// (and '/' in paths).
+func uriEncode(s string, path bool) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' || path && c == '/' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+func canonicalPath(u *url.URL) string {
+	p := u.EscapedPath()
+	if unescaped, err := url.PathUnescape(p); err == nil {
+		p = unescaped
+	}
+	if p == "" {
+		p = "/"
+	}
+	return uriEncode(p, true)
+}
+
+func canonicalQuery(q url.Values) string {
+	var pairs []string
+	for k, vs := range q {
+		for _, v := range vs {
+			pairs = append(pairs, uriEncode(k, false)+"="+uriEncode(v, false))
+		}
+	}
+	sort.Strings(pairs)
+	return strings.Join(pairs, "&")
+}
+
+func headerValue(r *http.Request, name string) string {
+	if name == "host" {
+		if r.Host != "" {
+			return r.Host
+		}
+		return r.URL.Host
+	}
+	return strings.Join(strings.Fields(strings.Join(r.Header.Values(name), ",")), " ")
+}
+
+// StringToSign is the canonical request:
+//
+//	<algorithm>\n<date>\n<nonce>\n<METHOD>\n<path>\n<query>\n
+//	<name>:<value>\n ... (each signed header, sorted)
+//	<signed header names joined by ';'>\n<hex hash of the body>
+func StringToSign(alg string, s suite.Name, r *http.Request, signed []string, body []byte) []byte {
+	var b bytes.Buffer
+	b.WriteString(alg + "\n")
+	b.WriteString(r.Header.Get(HeaderDate) + "\n")
+	b.WriteString(r.Header.Get(HeaderNonce) + "\n")
+	b.WriteString(strings.ToUpper(r.Method) + "\n")
+	b.WriteString(canonicalPath(r.URL) + "\n")
+	b.WriteString(canonicalQuery(r.URL.Query()) + "\n")
+	for _, h := range signed {
+		b.WriteString(h + ":" + headerValue(r, h) + "\n")
+	}
+	b.WriteString(strings.Join(signed, ";") + "\n")
+	h := s.Hash()()
+	h.Write(body)
+	b.WriteString(hex.EncodeToString(h.Sum(nil)))
+	return b.Bytes()
+}
+
+// DateAndNonce reads them back from a string to sign (lines 2 and 3).
+func DateAndNonce(sts []byte) (time.Time, string, error) {
+	lines := bytes.SplitN(sts, []byte("\n"), 4)
+	if len(lines) < 4 {
+		return time.Time{}, "", fmt.Errorf("%w: string to sign too short", ErrMalformed)
+	}
+	t, err := time.Parse(DateFormat, string(lines[1]))
+	if err != nil {
+		return time.Time{}, "", fmt.Errorf("%w: %s is not %s", ErrMalformed, HeaderDate, DateFormat)
+	}
+	nonce := string(lines[2])
+	if len(nonce) < 16 || len(nonce) > 64 || strings.Trim(nonce, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+		return time.Time{}, "", fmt.Errorf("%w: nonce must be 16 to 64 base64url characters", ErrMalformed)
+	}
+	return t, nonce, nil
+}
+
+func normalizeSigned(extra []string) []string {
+	set := map[string]bool{}
+	for _, h := range append(append([]string{}, defaultSigned...), extra...) {
+		set[strings.ToLower(strings.TrimSpace(h))] = true
+	}
+	var out []string
+	for h := range set {
+		if h != "" && h != "authorization" {
+			out = append(out, h)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Sign adds the date, nonce and Authorization headers to r, signing it
+// with the API key (id and secret of suite s). extraHeaders are signed too.
+// The body is read and replaced so it can still be sent.
+func Sign(r *http.Request, s suite.Name, keyID string, secret []byte, now time.Time, extraHeaders ...string) error {
+	nonce := make([]byte, 18)
+	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
+		return err
+	}
+	return SignWith(r, s, keyID, secret, now, base64.RawURLEncoding.EncodeToString(nonce), extraHeaders...)
+}
+
+// SignWith is Sign with a given nonce (test vectors; callers use Sign).
+func SignWith(r *http.Request, s suite.Name, keyID string, secret []byte, now time.Time, nonce string, extraHeaders ...string) error {
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	r.Header.Set(HeaderDate, now.UTC().Format(DateFormat))
+	r.Header.Set(HeaderNonce, nonce)
+	signed := normalizeSigned(extraHeaders)
+	alg := Algorithm(s)
+	sig := accesskey.Sign(s, secret, StringToSign(alg, s, r, signed, body))
+	r.Header.Set("Authorization", fmt.Sprintf("%s Credential=%s, SignedHeaders=%s, Signature=%s",
+		alg, keyID, strings.Join(signed, ";"), hex.EncodeToString(sig)))
+	return nil
+}
+
+func readBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
+	r.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > MaxBody {
+		return nil, fmt.Errorf("request body larger than %d bytes", MaxBody)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return body, nil
+}
+
+// ParseAuthorization reads an Authorization header of this scheme.
+func ParseAuthorization(h string) (Auth, error) {
+	var a Auth
+	if len(h) > 2048 {
+		return a, fmt.Errorf("%w: Authorization header too long", ErrMalformed)
+	}
+	alg, rest, ok := strings.Cut(h, " ")
+	if !ok {
+		return a, fmt.Errorf("%w: no credentials in the Authorization header", ErrMalformed)
+	}
+	var err error
+	if a.Suite, err = SuiteOf(alg); err != nil {
+		return a, err
+	}
+	a.Algorithm = alg
+	seen := map[string]bool{}
+	for _, part := range strings.Split(rest, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || seen[k] {
+			return a, fmt.Errorf("%w: bad or repeated field %q", ErrMalformed, k)
+		}
+		seen[k] = true
+		switch k {
+		case "Credential":
+			if _, _, _, err := accesskey.Parse(v); err != nil {
+				return a, fmt.Errorf("%w: credential is not an access key id", ErrMalformed)
+			}
+			a.AccessKeyID = v
+		case "SignedHeaders":
+			a.SignedHeaders = strings.Split(v, ";")
+			if strings.Join(normalizeSigned(a.SignedHeaders), ";") != v {
+				return a, fmt.Errorf("%w: SignedHeaders must be lower case, sorted, and include host, x-podkey-date and x-podkey-nonce", ErrMalformed)
+			}
+		case "Signature":
+			sig, err := hex.DecodeString(v)
+			if err != nil || len(sig) != 32 {
+				return a, fmt.Errorf("%w: signature must be 64 hex characters", ErrMalformed)
+			}
+			a.Signature = sig
+		default:
+			return a, fmt.Errorf("%w: unknown field %q", ErrMalformed, k)
+		}
+	}
+	if a.AccessKeyID == "" || a.SignedHeaders == nil || a.Signature == nil {
+		return a, fmt.Errorf("%w: Credential, SignedHeaders and Signature are required", ErrMalformed)
+	}
+	return a, nil
+}
+
+// Canonical parses r's Authorization header and returns it with the string
+// to sign, reading (and restoring) the body.
+func Canonical(r *http.Request) (Auth, []byte, error) {
+	a, err := ParseAuthorization(r.Header.Get("Authorization"))
+	if err != nil {
+		return a, nil, err
+	}
+	body, err := readBody(r)
+	if err != nil {
+		return a, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	sts := StringToSign(a.Algorithm, a.Suite, r, a.SignedHeaders, body)
+	if _, _, err := DateAndNonce(sts); err != nil {
+		return a, nil, err
+	}
+	return a, sts, nil
+}
