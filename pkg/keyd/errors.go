@@ -30,7 +30,7 @@ func toStatus(err error) error {
 	case errors.Is(err, credential.ErrNotEnrolled), errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, accesskey.ErrForged), errors.Is(err, credential.ErrExpired),
-		errors.Is(err, credential.ErrBadSignature):
+		errors.Is(err, credential.ErrBadSignature), errors.Is(err, errStale), errors.Is(err, errReplay):
 		code = codes.Unauthenticated
 	case errors.Is(err, credential.ErrRevoked):
 		code = codes.PermissionDenied

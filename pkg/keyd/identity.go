@@ -68,18 +68,19 @@ func (s *Server) nodeURI(node string) *url.URL {
 	return &url.URL{Scheme: "spiffe", Host: s.opts.TrustDomain, Path: nodeURIPath + node}
 }
 
-// callerNode is the node named by the caller's client certificate, verified
-// here (not during the handshake) so that a missing, expired or foreign
-// certificate is refused with a message that says so.
-func (s *Server) callerNode(ctx context.Context) (string, error) {
+// callerCert is the caller's client certificate from podkey's intl CA
+// (a node's or a workload's), verified here rather than in the handshake so
+// that a missing, expired or foreign certificate is refused with a message
+// that says so.
+func (s *Server) callerCert(ctx context.Context) (*x509.Certificate, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return "", status.Error(codes.Unauthenticated, "no peer information")
+		return nil, status.Error(codes.Unauthenticated, "no peer information")
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.PeerCertificates) == 0 {
-		return "", status.Error(codes.Unauthenticated,
-			"no node client certificate: node agents obtain one with NodeCertificate and call over mTLS")
+		return nil, status.Error(codes.Unauthenticated,
+			"no client certificate: node agents obtain one with NodeCertificate, workloads use their podkey certificate (intl suite)")
 	}
 	certs := info.State.PeerCertificates
 	inter := x509.NewCertPool()
@@ -91,10 +92,19 @@ func (s *Server) callerNode(ctx context.Context) (string, error) {
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: s.opts.Now()}); err != nil {
 		var inv x509.CertificateInvalidError
 		if errors.As(err, &inv) && inv.Reason == x509.Expired {
-			return "", status.Errorf(codes.Unauthenticated, "node client certificate expired at %s: renew it with NodeCertificate",
+			return nil, status.Errorf(codes.Unauthenticated, "node client certificate expired at %s: renew it with NodeCertificate",
 				leaf.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
 		}
-		return "", status.Errorf(codes.Unauthenticated, "node client certificate not accepted: %v", err)
+		return nil, status.Errorf(codes.Unauthenticated, "client certificate not accepted: %v", err)
+	}
+	return leaf, nil
+}
+
+// callerNode is the node named by the caller's client certificate.
+func (s *Server) callerNode(ctx context.Context) (string, error) {
+	leaf, err := s.callerCert(ctx)
+	if err != nil {
+		return "", err
 	}
 	for _, u := range leaf.URIs {
 		if u.Scheme == "spiffe" && u.Host == s.opts.TrustDomain && strings.HasPrefix(u.Path, nodeURIPath) {

@@ -8,8 +8,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/keyd/keydtest"
 	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/reqsign"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -285,5 +288,39 @@ func TestHealth(t *testing.T) {
 	resp, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
 	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health: %v %v", resp, err)
+	}
+}
+
+func TestVerifyRefusesStaleAndReplayedSignedRequests(t *testing.T) {
+	ctx := context.Background()
+	e := keydtest.Start(t, nil)
+	resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak := resp.Credentials[0].GetApiKey()
+	verify := func(when time.Time) error {
+		r, _ := http.NewRequest("GET", "https://ledger/v1/x", nil)
+		if err := reqsign.Sign(r, suite.Intl, ak.AccessKeyId, ak.SecretKey, when); err != nil {
+			t.Fatal(err)
+		}
+		a, sts, err := reqsign.Canonical(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature})
+		if err == nil {
+			_, err2 := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature})
+			if status.Code(err2) != codes.Unauthenticated || !strings.Contains(err2.Error(), "replay") {
+				t.Fatalf("replay accepted: %v", err2)
+			}
+		}
+		return err
+	}
+	if err := verify(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify(time.Now().Add(-10 * time.Minute)); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "freshness") {
+		t.Fatalf("stale request: %v", err)
 	}
 }

@@ -35,6 +35,7 @@ type Server struct {
 	audit    *audit.Log
 	issuer   *credential.Issuer
 	policy   atomic.Pointer[policy.Policy]
+	replays  *replayCache
 	policyMu sync.Mutex // serializes read-modify-write of the policy
 
 	health    *health.Server
@@ -49,7 +50,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, health: health.NewServer()}
+	s := &Server{opts: opts, health: health.NewServer(), replays: newReplayCache()}
 	var err error
 	if s.tok, err = hsm.Open(opts.HSM); err != nil {
 		return nil, err

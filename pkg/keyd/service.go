@@ -1,10 +1,13 @@
 package keyd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/podkey/podkey/pkg/reqsign"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -143,14 +146,22 @@ func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*k
 	if len(req.Signature) > 128 {
 		return nil, status.Error(codes.InvalidArgument, "signature is longer than 128 bytes")
 	}
+	if !fromUnixSocket(ctx) {
+		if _, err := s.callerCert(ctx); err != nil {
+			return nil, err
+		}
+	}
 	id, err := s.issuer.VerifyAPIKey(ctx, req.AccessKeyId, req.StringToSign, req.Signature)
+	if err == nil {
+		err = s.checkFresh(req.AccessKeyId, req.StringToSign)
+	}
 	rec := audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Namespace: id.Namespace,
 		ServiceAccount: id.ServiceAccount, PodUID: id.PodUID}
 	if id.Object != "" {
 		rec.Objects = []string{fmt.Sprintf("%s/apiKey/%s/g%d", id.Object, id.Suite, id.Generation)}
 	}
 	if err != nil {
-		rec.Result, rec.Reason = audit.ResultDenied, err.Error()
+		rec.Result, rec.Reason = audit.ResultDenied, status.Convert(toStatus(err)).Message()
 		if errors.Is(err, credential.ErrInvalid) {
 			rec.Result = audit.ResultError
 		}
@@ -187,4 +198,32 @@ func (k *keydService) CABundle(_ context.Context, req *keydv1.CABundleRequest) (
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	return &keydv1.CABundleResponse{Pem: k.s.kr.CABundle(st)}, nil
+}
+
+// Freshness refusals of signed HTTP requests.
+var (
+	errStale  = errors.New("signed request is outside the freshness window (check the client's clock)")
+	errReplay = errors.New("signed request was already accepted once (replay)")
+)
+
+// checkFresh applies replay protection to strings to sign of podkey's
+// request signing scheme: their date must be within reqsign.Window of now
+// and their nonce unseen for this key. Other strings are the caller's own
+// protocol and are verified as signatures only.
+func (s *Server) checkFresh(keyID string, sts []byte) error {
+	if !bytes.HasPrefix(sts, []byte("PODKEY1-")) {
+		return nil
+	}
+	date, nonce, err := reqsign.DateAndNonce(sts)
+	if err != nil {
+		return fmt.Errorf("%w: %v", credential.ErrInvalid, err)
+	}
+	now := s.opts.Now()
+	if date.Before(now.Add(-reqsign.Window)) || date.After(now.Add(reqsign.Window)) {
+		return errStale
+	}
+	if !s.replays.first(keyID, nonce, date.Add(reqsign.Window), now) {
+		return errReplay
+	}
+	return nil
 }
