@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/podkey/podkey/pkg/podfiles"
+
 	"github.com/emmansun/gmsm/smx509"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -16,31 +18,16 @@ import (
 	"github.com/podkey/podkey/pkg/volume"
 )
 
-// APIKeyFile is the JSON form of an apiKey object in the volume.
-type APIKeyFile struct {
-	Version     string    `json:"version"`
-	AccessKeyID string    `json:"accessKeyId"`
-	SecretKey   string    `json:"secretKey"` // base64url, no padding
-	Suite       string    `json:"suite"`
-	Expiry      time.Time `json:"expiry"`
-}
+// APIKeyFile and Metadata are the formats of package podfiles.
+type (
+	APIKeyFile = podfiles.APIKeyFile
+	Metadata   = podfiles.Metadata
+)
 
-// Metadata is the volume's non-secret metadata file (volume.MetadataFile):
-// what each object is, its generation, expiry and renewal point, so
-// workloads can follow rotation.
-type Metadata struct {
-	Version string         `json:"version"`
-	Pod     podInfo        `json:"pod"`
-	Written time.Time      `json:"written"`
-	RenewAt time.Time      `json:"renewAt"`
-	Objects []issuedObject `json:"objects"`
-}
-
-// Certificate objects become three files.
 const (
-	certKeySuffix = ".key"
-	certSuffix    = ".crt"
-	caSuffix      = ".ca.crt"
+	certKeySuffix = podfiles.CertKeySuffix
+	certSuffix    = podfiles.CertSuffix
+	caSuffix      = podfiles.CASuffix
 )
 
 // render turns keyd's credentials into the volume's files. keys holds the
@@ -120,7 +107,11 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 }
 
 func metadataFile(pod podInfo, issued []issuedObject, now time.Time) (volume.File, error) {
-	m := Metadata{Version: "v1", Pod: pod, Written: now.UTC(), Objects: issued}
+	m := Metadata{Version: "v1", Pod: podfiles.Pod(pod), Written: now.UTC()}
+	for _, o := range issued {
+		m.Objects = append(m.Objects, podfiles.Object{Name: o.Name, Kind: string(o.Kind), Suite: o.Suite, Generation: o.Generation,
+			Files: o.Files, IssuedAt: o.IssuedAt, Expiry: o.Expiry, RenewAt: o.RenewAt})
+	}
 	for _, o := range issued {
 		if m.RenewAt.IsZero() || o.RenewAt.Before(m.RenewAt) {
 			m.RenewAt = o.RenewAt

@@ -30,6 +30,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/podkey/podkey/pkg/podfiles"
 )
 
 const (
@@ -37,7 +39,7 @@ const (
 	newDataDirName = "..data_tmp"
 	// MetadataFile is the non-secret file describing the volume's objects
 	// (expiries, generations); object files may not use this name.
-	MetadataFile = "podkey-metadata.json"
+	MetadataFile = podfiles.MetadataFile
 	// MaxFileSize bounds one file; MaxFiles bounds a volume.
 	MaxFileSize = 256 << 10
 	MaxFiles    = 128
