@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,7 +27,10 @@ import (
 	"github.com/podkey/podkey/e2e/cluster"
 	"github.com/podkey/podkey/pkg/accesskey"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/apikey"
+	"github.com/podkey/podkey/pkg/client"
 	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/reqsign"
 	"github.com/podkey/podkey/pkg/spc"
 	"github.com/podkey/podkey/pkg/suite"
 )
@@ -367,6 +371,11 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	}
 	t.Logf("rotation observed; over %d consistent reads", 50*strings.Count(rlog, "OK"))
 
+	// API access keys end to end: a workload pod calls a backend pod with
+	// signed requests through rotation; replays, expired copies and the
+	// keys of deleted pods are refused.
+	pc.signedRequests(ctx)
+
 	// 5. keyd down: a new pod waits with a clear event and starts once keyd
 	// is back; running pods keep their files; a pod deleted meanwhile is
 	// revoked after keyd returns.
@@ -514,4 +523,106 @@ func (pc *podkeyCluster) scan(secrets [][]byte) {
 		t.Fatal("scanned nothing")
 	}
 	t.Logf("scanned %d files and %d log bytes for %d secrets", files, len(logs), len(secrets))
+}
+
+func (pc *podkeyCluster) examplePod(ctx context.Context, name, class string, cmd ...string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{
+		NodeName: nodeName, ServiceAccountName: "payments", HostNetwork: true, TerminationGracePeriodSeconds: ptr.To[int64](1),
+		SecurityContext: &corev1.PodSecurityContext{FSGroup: ptr.To[int64](2000)},
+		Containers: []corev1.Container{{Name: "app", Image: cluster.ExamplesImage, ImagePullPolicy: corev1.PullNever, Command: cmd,
+			VolumeMounts: []corev1.VolumeMount{{Name: "creds", MountPath: "/var/run/podkey", ReadOnly: true}}}},
+		Volumes: []corev1.Volume{{Name: "creds", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: "csi.podkey.io", ReadOnly: ptr.To(true), VolumeAttributes: map[string]string{"secretProviderClass": class}}}}},
+	}}
+	p, err := pc.c.Admin.CoreV1().Pods("payments").Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		pc.t.Fatal(err)
+	}
+	return p
+}
+
+// signedRequests runs the example backend and workload as pods (host
+// network, talking over 127.0.0.1) and checks issue 6's scenario.
+func (pc *podkeyCluster) signedRequests(ctx context.Context) {
+	t := pc.t
+	pc.class(ctx, "payments", "backend", "- {name: mtls, kind: certificate, algorithm: ecdsa-p256}\n")
+	pc.class(ctx, "payments", "workload", "- {name: ledger-api, kind: apiKey, ttl: 1m}\n")
+	port := strings.Split(freePort(t), ":")[1]
+	backendURL := "http://127.0.0.1:" + port
+	backend := pc.examplePod(ctx, "ledger-backend", "backend", "/bin/example-backend", "--listen", "127.0.0.1:"+port,
+		"--keyd-addr", pc.keydAddr, "--keyd-server-name", "127.0.0.1")
+	pc.waitLog(backend, "serving on", 2*time.Minute)
+	workload := pc.examplePod(ctx, "ledger-client", "workload", "/bin/example-workload", "--url", backendURL+"/v1/ping")
+	pc.waitLog(workload, "OK", 2*time.Minute)
+
+	vol, err := client.Open(pc.volumeDir(workload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Close()
+	send := func(k client.APIKey, when time.Time, twice bool) []string {
+		r, _ := http.NewRequest("GET", backendURL+"/v1/accounts", nil)
+		if err := reqsign.Sign(r, k.Suite, k.ID, k.Secret, when); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for i := 0; i < 1+btoi(twice); i++ {
+			resp, err := http.DefaultClient.Do(r.Clone(ctx))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ref apikey.Refusal
+			_ = json.NewDecoder(resp.Body).Decode(&ref)
+			resp.Body.Close()
+			out = append(out, fmt.Sprintf("%d %s", resp.StatusCode, ref.Error))
+		}
+		return out
+	}
+	copied, err := vol.APIKey("ledger-api") // a key copied out of the pod
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := send(copied, time.Now(), true); got[0] != "200 " || got[1] != "401 "+apikey.ReasonReplayed {
+		t.Fatalf("fresh then replayed: %v", got)
+	}
+	// Rotation mid-stream: the workload keeps calling through a renewal.
+	wlog := pc.waitLog(workload, "KEY", time.Minute)
+	deadline := time.Now().Add(3 * time.Minute)
+	for strings.Count(wlog, "KEY ") < 2 || time.Now().Before(copied.Expiry.Add(time.Second)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no rotation observed by the workload:\n%s", tail(wlog))
+		}
+		time.Sleep(time.Second)
+		wlog = pc.containerLog(workload)
+	}
+	if strings.Contains(wlog, "FAIL") {
+		t.Fatalf("a signed request failed across rotation:\n%s", tail(wlog))
+	}
+	t.Logf("workload: %d signed calls across %d keys, none failed", strings.Count(wlog, "OK "), strings.Count(wlog, "KEY "))
+	if got := send(copied, time.Now(), false); got[0] != "401 "+apikey.ReasonExpired {
+		t.Fatalf("an expired copied key: %v", got)
+	}
+	current, err := vol.APIKey("ledger-api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.deletePod(ctx, workload)
+	if got := send(current, time.Now(), false); got[0] != "403 "+apikey.ReasonRevoked {
+		t.Fatalf("a deleted pod's key: %v", got)
+	}
+	pc.deletePod(ctx, backend)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func tail(s string) string {
+	if len(s) > 3000 {
+		return s[len(s)-3000:]
+	}
+	return s
 }

@@ -21,6 +21,9 @@ import (
 const (
 	PauseImage   = "podkey.local/pause:e2e"
 	BusyboxImage = "podkey.local/busybox:e2e"
+	// ExamplesImage is busybox plus the example workload and backend
+	// (/bin/example-workload, /bin/example-backend).
+	ExamplesImage = "podkey.local/examples:e2e"
 )
 
 type imageFile struct {
@@ -84,7 +87,7 @@ func writeImage(out, ref string, files []imageFile, cfg v1.Config) error {
 	return tarball.WriteToFile(out, tag, img)
 }
 
-// buildImages writes the pause and busybox images into dir.
+// buildImages writes the pause, busybox and examples images into dir.
 func buildImages(dir, repoRoot string) ([]string, error) {
 	pauseBin := filepath.Join(dir, "pause")
 	cmd := exec.Command("go", "build", "-o", pauseBin, "./e2e/images/pause")
@@ -113,5 +116,23 @@ func buildImages(dir, repoRoot string) ([]string, error) {
 	if err := writeImage(bbTar, BusyboxImage, files, v1.Config{Entrypoint: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}}); err != nil {
 		return nil, err
 	}
-	return []string{pauseTar, bbTar}, nil
+	exDir := filepath.Join(dir, "examples")
+	cmd = exec.Command("go", "build", "-o", exDir+"/", "./cmd/example-workload", "./cmd/example-backend")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build examples: %v\n%s", err, out)
+	}
+	for _, ex := range []string{"example-workload", "example-backend"} {
+		b, err := os.ReadFile(filepath.Join(exDir, ex))
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, imageFile{path: "/bin/" + ex, data: b, mode: 0o755})
+	}
+	exTar := filepath.Join(dir, "examples.tar")
+	if err := writeImage(exTar, ExamplesImage, files, v1.Config{Env: []string{"PATH=/bin"}}); err != nil {
+		return nil, err
+	}
+	return []string{pauseTar, bbTar, exTar}, nil
 }
