@@ -47,7 +47,7 @@ type plugin struct {
 	stateDir string
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +125,7 @@ func TestCSISanity(t *testing.T) {
 	sc.Finalize()
 }
 
-func csiClient(t *testing.T, socket string) csi.NodeClient {
+func csiClient(t testing.TB, socket string) csi.NodeClient {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

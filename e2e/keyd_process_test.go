@@ -23,7 +23,7 @@ var (
 )
 
 // binaries builds podkey, podkey-keyd and podkey-csi once per test run.
-func binaries(t *testing.T) string {
+func binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "podkey-e2e-bin-")
@@ -42,7 +42,7 @@ func binaries(t *testing.T) string {
 }
 
 type world struct {
-	t       *testing.T
+	t       testing.TB
 	bin     string
 	dir     string
 	env     []string
@@ -67,7 +67,7 @@ func (w *world) run(stdin string, name string, args ...string) (string, int) {
 
 // newWorld initialises a SoftHSM2 token with softhsm2-util and podkey's
 // root keys, in a directory of the test's own.
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	if _, err := exec.LookPath("softhsm2-util"); err != nil {
 		t.Fatal("softhsm2-util missing: run hack/install-deps.sh")
 	}

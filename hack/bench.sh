@@ -38,3 +38,14 @@ export PODKEY_KUBE_BIN_DIR
   go test -run '^$' -bench IssueIdentity -benchtime "${BENCH_IDENTITY_TIME:-3s}" ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
 } | tee -a BENCHMARKS.md
+
+# Load (10 simulated nodes x 200 pods, one keyd) and footprint (podkey-csi
+# resident memory with 0 and 200 live volumes; keyd's peak under the load).
+{
+  echo
+  echo "## Burst load and footprint"
+  echo
+  echo '```'
+  go test -run '^$' -bench 'BurstLoad|PluginFootprint' -benchtime 1x ./e2e 2>/dev/null | grep -E '^Benchmark'
+  echo '```'
+} | tee -a BENCHMARKS.md
