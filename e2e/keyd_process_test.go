@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podkey/podkey/pkg/keyd/keydtest"
 )
 
 var (
@@ -195,22 +196,7 @@ func TestKeydProcessLifecycle(t *testing.T) {
 }
 
 // syncBuffer collects a process's output while tests read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = keydtest.SyncBuffer
 
 // e2ePIN is the user PIN of the tokens these tests create.
 const e2ePIN = "e2e-pin-4711"

@@ -56,7 +56,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 			return nil, nil, fmt.Errorf("keyd answered %s/%s for object %s/%s", c.Name, c.Kind, sp.Name, sp.Kind)
 		}
 		mode := os.FileMode(sp.FileMode())
-		io := issuedObject{Name: sp.Name, Kind: sp.Kind, Suite: c.Suite, Generation: c.Generation,
+		io := issuedObject{Name: sp.Name, Kind: string(sp.Kind), Suite: c.Suite, Generation: c.Generation,
 			IssuedAt: c.IssuedAt.AsTime(), Expiry: c.Expiry.AsTime(), RenewAt: c.RenewAt.AsTime()}
 		var err error
 		switch p := c.Payload.(type) {
@@ -107,11 +107,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 }
 
 func metadataFile(pod podInfo, issued []issuedObject, now time.Time) (volume.File, error) {
-	m := Metadata{Version: "v1", Pod: podfiles.Pod(pod), Written: now.UTC()}
-	for _, o := range issued {
-		m.Objects = append(m.Objects, podfiles.Object{Name: o.Name, Kind: string(o.Kind), Suite: o.Suite, Generation: o.Generation,
-			Files: o.Files, IssuedAt: o.IssuedAt, Expiry: o.Expiry, RenewAt: o.RenewAt})
-	}
+	m := Metadata{Version: "v1", Pod: podfiles.Pod(pod), Written: now.UTC(), Objects: issued}
 	for _, o := range issued {
 		if m.RenewAt.IsZero() || o.RenewAt.Before(m.RenewAt) {
 			m.RenewAt = o.RenewAt

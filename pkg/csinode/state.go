@@ -10,22 +10,14 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/podkey/podkey/pkg/atomicfile"
+	"github.com/podkey/podkey/pkg/podfiles"
 
-	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/atomicfile"
 )
 
-// issuedObject describes one object as written: public facts only.
-type issuedObject struct {
-	Name       string      `json:"name"`
-	Kind       object.Kind `json:"kind"`
-	Suite      string      `json:"suite"`
-	Generation int64       `json:"generation"`
-	Files      []string    `json:"files"`
-	IssuedAt   time.Time   `json:"issuedAt"`
-	Expiry     time.Time   `json:"expiry"`
-	RenewAt    time.Time   `json:"renewAt"`
-}
+// issuedObject describes one object as written: public facts only, in
+// the metadata file's format.
+type issuedObject = podfiles.Object
 
 // volumeState is what the node keeps about a published volume, enough to
 // serve republishes and unpublishes after a restart. It never holds a

@@ -34,6 +34,10 @@ func (s *SyncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// String is the content so far.
+func (s *SyncBuffer) String() string { return string(s.Bytes()) }
+
+// Bytes is a copy of the content so far.
 func (s *SyncBuffer) Bytes() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
