@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/pkg/identity"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/spf13/cobra"
 
@@ -47,7 +45,7 @@ func NewKeydCommand() *cobra.Command {
 				o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
 			}
 			if kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
-				cfg, err := kubeConfig(kubeconfig)
+				cfg, err := command.KubeConfig(kubeconfig)
 				if err != nil {
 					return exitError(ExitUsage, err)
 				}
@@ -92,12 +90,4 @@ func NewKeydCommand() *cobra.Command {
 	f.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
 	lf.Register(f)
 	return cmd
-}
-
-// kubeConfig loads a kubeconfig, or the in-cluster configuration.
-func kubeConfig(path string) (*rest.Config, error) {
-	if path != "" {
-		return clientcmd.BuildConfigFromFlags("", path)
-	}
-	return rest.InClusterConfig()
 }

@@ -23,8 +23,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/csinode"
@@ -121,9 +119,9 @@ func runCSI(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	if f.classDir != "" {
 		f.o.Classes = spc.Dir{Root: f.classDir}
 	} else {
-		cfg, err := kubeConfig(f.kubeconfig)
+		cfg, err := command.KubeConfig(f.kubeconfig)
 		if err != nil {
-			return command.Exit(command.ExitUsage, err)
+			return command.Exit(command.ExitUsage, fmt.Errorf("%w (or use --secret-provider-class-dir)", err))
 		}
 		inf, err := spc.NewInformer(ctx, cfg, 10*time.Minute, time.Minute)
 		if err != nil {
@@ -162,17 +160,6 @@ func runCSI(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	}
 	log.Info("podkey-csi stopped")
 	return err
-}
-
-func kubeConfig(path string) (*rest.Config, error) {
-	if path != "" {
-		return clientcmd.BuildConfigFromFlags("", path)
-	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("not in a cluster and no --kubeconfig: %w (or use --secret-provider-class-dir)", err)
-	}
-	return cfg, nil
 }
 
 // serveMetrics serves /metrics and /healthz; the health check succeeds

@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -55,7 +56,7 @@ func TestSecretNeverPrints(t *testing.T) {
 	cfg := hsm.Config{PIN: "s3cr3t"}
 	for _, s := range []string{
 		strings.Join([]string{cfg.PIN.String()}, ""),
-		sprintf("%v %+v %#v %s", cfg, cfg, cfg, cfg.PIN),
+		fmt.Sprintf("%v %+v %#v %s", cfg, cfg, cfg, cfg.PIN),
 	} {
 		if strings.Contains(s, "s3cr3t") {
 			t.Fatalf("PIN printed: %s", s)

@@ -50,10 +50,7 @@ func (t *Token) handle(sh pkcs11.SessionHandle, class Class, label string) (pkcs
 	if ok {
 		return h, nil
 	}
-	hs, err := t.find(sh, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-	}, 2)
+	hs, err := t.findByLabel(sh, class, label, 2)
 	if err != nil {
 		return 0, err
 	}
@@ -109,14 +106,19 @@ func (t *Token) find(sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int)
 	return all, t.p.FindObjectsFinal(sh)
 }
 
+// findByLabel finds up to max objects of the class with the label.
+func (t *Token) findByLabel(sh pkcs11.SessionHandle, class Class, label string, max int) ([]pkcs11.ObjectHandle, error) {
+	return t.find(sh, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	}, max)
+}
+
 // Exists reports whether an object of the class has the label.
 func (t *Token) Exists(ctx context.Context, class Class, label string) (bool, error) {
 	var found bool
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
-		hs, err := t.find(sh, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-		}, 1)
+		hs, err := t.findByLabel(sh, class, label, 1)
 		if err == nil && len(hs) == 0 && !t.loggedIn(sh) {
 			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
 		}
@@ -175,10 +177,7 @@ func bytesToUint(b []byte) uint {
 // the label: root keys are never overwritten.
 func (t *Token) create(ctx context.Context, class Class, label string, gen func(sh pkcs11.SessionHandle) error) error {
 	return t.do(ctx, func(sh pkcs11.SessionHandle) error {
-		hs, err := t.find(sh, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, uint(class)),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-		}, 1)
+		hs, err := t.findByLabel(sh, class, label, 1)
 		if err != nil {
 			return err
 		}

@@ -39,14 +39,23 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	if o.CAFile == "" {
 		return nil, errors.New("a CA bundle (--ca-file) is required to reach keyd over TLS")
 	}
-	pemData, err := os.ReadFile(o.CAFile)
+	pool, err := loadRoots(o.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13, ServerName: o.ServerName}
+	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+}
+
+// loadRoots reads a PEM CA bundle that must hold at least one certificate.
+func loadRoots(file string) (*x509.CertPool, error) {
+	pemData, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("read CA bundle: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pemData) {
-		return nil, fmt.Errorf("CA bundle %s holds no certificate", o.CAFile)
+		return nil, fmt.Errorf("CA bundle %s holds no certificate", file)
 	}
-	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13, ServerName: o.ServerName}
-	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	return pool, nil
 }

@@ -70,13 +70,9 @@ func DialNode(ctx context.Context, o NodeOptions) (*NodeConn, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	pemData, err := os.ReadFile(o.CAFile)
+	roots, err := loadRoots(o.CAFile)
 	if err != nil {
-		return nil, fmt.Errorf("read CA bundle: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pemData) {
-		return nil, fmt.Errorf("CA bundle %s holds no certificate", o.CAFile)
+		return nil, err
 	}
 	n := &NodeConn{o: o, roots: roots}
 	if err := n.renew(ctx); err != nil {
