@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -136,5 +137,39 @@ func TestHSMErrors(t *testing.T) {
 	}
 	if r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel, "--hsm-pin-file="+good); r.code != 0 || !strings.Contains(r.stdout, "created 10 root keys") {
 		t.Fatalf("init: %+v", r)
+	}
+}
+
+func TestHSMInitToken(t *testing.T) {
+	_ = hsmtest.Token(t) // points SoftHSM2 at the test process's token directory
+	label := fmt.Sprintf("podkey-init-%d", os.Getpid())
+	pinFile := filepath.Join(t.TempDir(), "pin")
+	args := []string{"hsm", "init", "--init-token", "--hsm-token=" + label, "--hsm-pin-file=" + pinFile}
+	r := podkey(t, "", args...)
+	if r.code != 0 || !strings.Contains(r.stdout, "initialised") || !strings.Contains(r.stdout, "created 10 root keys") {
+		t.Fatalf("first init: %+v", r)
+	}
+	pin, err := os.ReadFile(pinFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{pinFile, pinFile + ".so"} {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, fi.Mode(), err)
+		}
+	}
+	if strings.Contains(r.stdout+r.stderr, strings.TrimSpace(string(pin))) {
+		t.Fatal("the generated PIN was printed")
+	}
+	// A second start finds the token and its keys, and keeps the PIN.
+	r = podkey(t, "", args...)
+	if r.code != 0 || strings.Contains(r.stdout, "initialised") || !strings.Contains(r.stdout, "nothing created") {
+		t.Fatalf("second init: %+v", r)
+	}
+	if again, _ := os.ReadFile(pinFile); !bytes.Equal(again, pin) {
+		t.Fatal("the PIN file changed")
+	}
+	if r := podkey(t, "", "hsm", "init", "--init-token", "--hsm-token="+label); r.code != cli.ExitUsage || !strings.Contains(r.stderr, "--hsm-pin-file") {
+		t.Fatalf("without a PIN file: %+v", r)
 	}
 }

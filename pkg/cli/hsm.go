@@ -1,26 +1,46 @@
 package cli
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/atomicfile"
 	"github.com/podkey/podkey/pkg/hsm"
 	"github.com/podkey/podkey/pkg/keyring"
 )
 
 func newHSMCommand(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "hsm", Short: "Set up and inspect the HSM token's root keys"}
-	var hf hsmFlags
+	var (
+		hf        hsmFlags
+		initToken bool
+	)
 	hf.register(cmd.PersistentFlags())
-	cmd.AddCommand(&cobra.Command{
+	initCmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create missing root keys on the token (idempotent; never overwrites)",
-		Args:  cobra.NoArgs,
+		Long: `Create missing root keys on the token (idempotent; never overwrites).
+
+With --init-token (for a software token such as the default SoftHSM2), a
+token of the given label is first initialised in a free slot when none
+exists, with a random user PIN written to --hsm-pin-file (mode 0600) and a
+random SO PIN beside it (<pin-file>.so) when those files do not exist yet.
+A token that already exists is never re-initialised.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if initToken {
+				if err := ensureToken(cmd, &hf); err != nil {
+					return err
+				}
+			}
 			tok, err := hf.open()
 			if err != nil {
 				return err
@@ -41,7 +61,9 @@ func newHSMCommand(cf *clientFlags) *cobra.Command {
 			}
 			return nil
 		},
-	}, &cobra.Command{
+	}
+	initCmd.Flags().BoolVar(&initToken, "init-token", false, "initialise the token first when no token has the label (software tokens; needs --hsm-pin-file)")
+	cmd.AddCommand(initCmd, &cobra.Command{
 		Use:   "status",
 		Short: "Show the token and its podkey keys with their protection attributes",
 		Args:  cobra.NoArgs,
@@ -108,4 +130,47 @@ func newHSMCommand(cf *clientFlags) *cobra.Command {
 	rotate.Flags().String("suite", "intl", "suite: gm or intl")
 	cmd.AddCommand(rotate)
 	return cmd
+}
+
+// ensureToken initialises a token labelled hf.label when the module has
+// none, generating the PIN files that do not exist yet.
+func ensureToken(cmd *cobra.Command, hf *hsmFlags) error {
+	if hf.pinFile == "" {
+		return exitError(ExitUsage, errors.New("--init-token needs --hsm-pin-file: the generated PIN is written there"))
+	}
+	pin, err := pinFileOrNew(hf.pinFile)
+	if err != nil {
+		return exitError(ExitUnavailable, err)
+	}
+	so, err := pinFileOrNew(hf.pinFile + ".so")
+	if err != nil {
+		return exitError(ExitUnavailable, err)
+	}
+	switch err := hsm.InitToken(hf.module, hf.label, so, pin); {
+	case errors.Is(err, hsm.ErrObjectExists):
+		return nil
+	case err != nil:
+		return exitError(ExitUnavailable, err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "token %q: initialised; user PIN in %s (mode 0600)\n", hf.label, hf.pinFile)
+	return nil
+}
+
+// pinFileOrNew reads the PIN in path, or writes a new random one there
+// (mode 0600, atomically) when the file does not exist.
+func pinFileOrNew(path string) (hsm.Secret, error) {
+	if _, err := os.Stat(path); err == nil {
+		return hsm.ReadPIN(path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	pin := hex.EncodeToString(b)
+	if err := atomicfile.Write(path, []byte(pin+"\n")); err != nil {
+		return "", fmt.Errorf("write PIN file: %w", err)
+	}
+	return hsm.Secret(pin), nil
 }
