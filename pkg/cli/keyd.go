@@ -3,7 +3,11 @@ package cli
 import (
 	"fmt"
 	"os"
+	"strings"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/podkey/podkey/pkg/identity"
 
@@ -12,18 +16,21 @@ import (
 	"github.com/podkey/podkey/pkg/command"
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/secmem"
+	"github.com/podkey/podkey/pkg/suite"
+	"github.com/podkey/podkey/pkg/trustbundle"
 	"github.com/podkey/podkey/pkg/version"
 )
 
 // NewKeydCommand builds the podkey-keyd daemon command.
 func NewKeydCommand() *cobra.Command {
 	var (
-		hf         hsmFlags
-		o          keyd.Options
-		lf         command.LogFlags
-		kubeconfig string
-		nodeSA     string
-		io         identity.Options
+		hf          hsmFlags
+		o           keyd.Options
+		lf          command.LogFlags
+		kubeconfig  string
+		nodeSA      string
+		io          identity.Options
+		caConfigMap string
 	)
 	cmd := &cobra.Command{
 		Use:     "podkey-keyd",
@@ -44,11 +51,13 @@ func NewKeydCommand() *cobra.Command {
 			if o.InsecureLocalIdentity {
 				o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
 			}
+			var kubeCfg *rest.Config
 			if kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
 				cfg, err := command.KubeConfig(kubeconfig)
 				if err != nil {
 					return exitError(ExitUsage, err)
 				}
+				kubeCfg = cfg
 				rev, err := identity.NewKubeReviewer(cfg)
 				if err != nil {
 					return exitError(ExitUsage, err)
@@ -60,11 +69,29 @@ func NewKeydCommand() *cobra.Command {
 			} else if !o.InsecureLocalIdentity {
 				o.Logger.Warn("no Kubernetes API access (--kubeconfig or in-cluster): pod identities cannot be verified and Issue will refuse them")
 			}
+			var pub *trustbundle.Publisher
+			if caConfigMap != "" {
+				ns, name, ok := strings.Cut(caConfigMap, "/")
+				if !ok || ns == "" || name == "" || kubeCfg == nil {
+					return exitError(ExitUsage, fmt.Errorf("--ca-configmap %q: want namespace/name, and Kubernetes API access", caConfigMap))
+				}
+				client, err := kubernetes.NewForConfig(kubeCfg)
+				if err != nil {
+					return exitError(ExitUsage, err)
+				}
+				pub = &trustbundle.Publisher{Client: client, Namespace: ns, Name: name, Logger: o.Logger}
+			}
 			srv, err := keyd.New(cmd.Context(), o)
 			if err != nil {
 				return exitError(ExitUnavailable, err)
 			}
 			defer srv.Close()
+			if pub != nil {
+				pub.Bundle = func() map[string]string {
+					return map[string]string{trustbundle.KeyIntl: string(srv.CABundle(suite.Intl)), trustbundle.KeyGM: string(srv.CABundle(suite.GM))}
+				}
+				go pub.Run(cmd.Context())
+			}
 			o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.HSM.TokenLabel, "store", o.StorePath)
 			if err := srv.Serve(cmd.Context()); err != nil {
 				return fmt.Errorf("serve: %w", err)
@@ -87,6 +114,7 @@ func NewKeydCommand() *cobra.Command {
 	f.StringVar(&io.NodeAudience, "node-token-audience", "podkey-node", "audience of node agents' tokens")
 	f.StringVar(&nodeSA, "node-service-account", "podkey/podkey-csi", "the node agent's service account, namespace/name")
 	f.DurationVar(&io.CacheTTL, "token-review-cache-ttl", 10*time.Second, "reuse a successful TokenReview this long (keyed by a hash of the token); negative disables")
+	f.StringVar(&caConfigMap, "ca-configmap", os.Getenv("PODKEY_CA_CONFIGMAP"), "publish the CA certificates in this ConfigMap, namespace/name (keys "+trustbundle.KeyIntl+", "+trustbundle.KeyGM+"), for clients to verify keyd")
 	f.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
 	lf.Register(f)
 	return cmd

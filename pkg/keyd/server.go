@@ -24,6 +24,7 @@ import (
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/policy"
 	"github.com/podkey/podkey/pkg/store"
+	"github.com/podkey/podkey/pkg/suite"
 )
 
 // Server is a running key service.
@@ -202,3 +203,7 @@ func (s *Server) Close() {
 		}
 	})
 }
+
+// CABundle is the PEM bundle of the suite's CA certificates, every
+// generation still trusted.
+func (s *Server) CABundle(st suite.Name) []byte { return s.kr.CABundle(st) }
