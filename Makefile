@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/podkey/podkey/pkg/version.Version=$(VERSION)
 
-.PHONY: all build test e2e cluster demo proto fuzz bench deps vet clean
+.PHONY: all build test e2e cluster demo proto fuzz bench deps vet clean manifests images
 
 all: build
 
@@ -23,6 +23,11 @@ proto:
 		--go_out=paths=source_relative:pkg/api/keydv1 \
 		--go-grpc_out=paths=source_relative:pkg/api/keydv1 \
 		pkg/api/keydv1/keyd.proto
+
+# manifests/ is the chart rendered with its default values (checked by
+# go test ./charts: edit the chart, then run this).
+manifests:
+	hack/manifests.sh
 
 vet:
 	gofmt -l . | (! grep .) || (echo "gofmt needed"; exit 1)
