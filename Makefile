@@ -24,6 +24,11 @@ proto:
 		--go-grpc_out=paths=source_relative:pkg/api/keydv1 \
 		pkg/api/keydv1/keyd.proto
 
+# podkey-keyd and podkey-csi images as docker archives, built without a
+# container engine (same content as the Dockerfile's keyd and csi targets).
+images:
+	$(GO) run ./hack/images -o $(BIN)/images -tag $(VERSION)
+
 # manifests/ is the chart rendered with its default values (checked by
 # go test ./charts: edit the chart, then run this).
 manifests:

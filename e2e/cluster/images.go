@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -135,4 +136,118 @@ func buildImages(dir, repoRoot string) ([]string, error) {
 		return nil, err
 	}
 	return []string{pauseTar, bbTar, exTar}, nil
+}
+
+// softhsmConf is SoftHSM2's configuration in the keyd image: Debian's
+// /etc/softhsm is readable by the softhsm group only, so the image carries
+// its own, world-readable copy naming the token directory the chart mounts.
+const softhsmConf = `directories.tokendir = /var/lib/softhsm/tokens/
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+`
+
+// PodkeyImages builds podkey's images without a container engine, the
+// same content as the Dockerfile's keyd and csi targets: keyd (and the
+// podkey CLI) built with cgo, with the SoftHSM2 module and every shared
+// library the three need, taken from this machine's Debian packages; the
+// CSI plugin static, with a mount(8) (busybox) for mount-utils. It writes
+// docker archives into dir and returns their paths.
+func PodkeyImages(dir, repoRoot, keydRef, csiRef, version string) (keydTar, csiTar string, err error) {
+	ldflags := "-s -w -X github.com/podkey/podkey/pkg/version.Version=" + version
+	bin := filepath.Join(dir, "podkey-bin")
+	build := func(cgo string, pkgs ...string) error {
+		cmd := exec.Command("go", append([]string{"build", "-trimpath", "-ldflags", ldflags, "-o", bin + "/"}, pkgs...)...)
+		cmd.Dir = repoRoot
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %v: %v\n%s", pkgs, err, out)
+		}
+		return nil
+	}
+	if err := build("1", "./cmd/podkey-keyd", "./cmd/podkey"); err != nil {
+		return "", "", err
+	}
+	if err := build("0", "./cmd/podkey-csi"); err != nil {
+		return "", "", err
+	}
+	const module = "/usr/lib/softhsm/libsofthsm2.so" // hsm.DefaultModule
+	keydBins := []string{filepath.Join(bin, "podkey-keyd"), filepath.Join(bin, "podkey"), module}
+	libs, err := sharedLibraries(keydBins...)
+	if err != nil {
+		return "", "", err
+	}
+	var files []imageFile
+	for _, f := range []struct{ src, dst string }{{keydBins[0], "/usr/local/bin/podkey-keyd"}, {keydBins[1], "/usr/local/bin/podkey"}, {module, module}} {
+		b, err := os.ReadFile(f.src)
+		if err != nil {
+			return "", "", fmt.Errorf("%w (softhsm2 missing? run hack/install-deps.sh)", err)
+		}
+		files = append(files, imageFile{path: f.dst, data: b, mode: 0o755})
+	}
+	for _, l := range libs {
+		b, err := os.ReadFile(l) // follows symlinks: the library lands at the path the loader asks for
+		if err != nil {
+			return "", "", err
+		}
+		files = append(files, imageFile{path: l, data: b, mode: 0o755})
+	}
+	files = append(files,
+		imageFile{path: "/etc/podkey/softhsm2.conf", data: []byte(softhsmConf), mode: 0o644},
+		imageFile{path: "/etc/passwd", data: []byte("root:x:0:0:root:/root:/sbin/nologin\npodkey:x:65532:65532:podkey:/var/lib/podkey:/sbin/nologin\n"), mode: 0o644},
+		imageFile{path: "/etc/group", data: []byte("root:x:0:\npodkey:x:65532:\n"), mode: 0o644},
+		imageFile{path: "/var/lib/podkey/.keep", mode: 0o644},
+		imageFile{path: "/var/lib/softhsm/tokens/.keep", mode: 0o644},
+	)
+	keydTar = filepath.Join(dir, "podkey-keyd.tar")
+	if err := writeImage(keydTar, keydRef, files, v1.Config{
+		Entrypoint: []string{"/usr/local/bin/podkey-keyd"},
+		User:       "65532:65532",
+		Env:        []string{"PATH=/usr/local/bin", "SOFTHSM2_CONF=/etc/podkey/softhsm2.conf", "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
+	}); err != nil {
+		return "", "", err
+	}
+	csi, err := os.ReadFile(filepath.Join(bin, "podkey-csi"))
+	if err != nil {
+		return "", "", err
+	}
+	bb, err := os.ReadFile("/usr/bin/busybox")
+	if err != nil {
+		return "", "", fmt.Errorf("busybox-static missing: run hack/install-deps.sh: %w", err)
+	}
+	csiFiles := []imageFile{{path: "/usr/local/bin/podkey-csi", data: csi, mode: 0o755}, {path: "/bin/busybox", data: bb, mode: 0o755},
+		{path: "/bin/mount", symlink: "busybox"}, {path: "/bin/umount", symlink: "busybox"}}
+	csiTar = filepath.Join(dir, "podkey-csi.tar")
+	if err := writeImage(csiTar, csiRef, csiFiles, v1.Config{Entrypoint: []string{"/usr/local/bin/podkey-csi"}, Env: []string{"PATH=/usr/local/bin:/bin"}}); err != nil {
+		return "", "", err
+	}
+	return keydTar, csiTar, nil
+}
+
+// sharedLibraries lists, with ldd, every shared library the given ELF
+// files load (the dynamic loader included), each once.
+func sharedLibraries(files ...string) ([]string, error) {
+	seen := map[string]bool{}
+	var libs []string
+	for _, f := range files {
+		out, err := exec.Command("ldd", f).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", f, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			fields := strings.Fields(line)
+			var path string
+			switch {
+			case len(fields) >= 3 && fields[1] == "=>":
+				path = fields[2]
+			case len(fields) >= 1 && strings.HasPrefix(fields[0], "/"):
+				path = fields[0]
+			}
+			if strings.HasPrefix(path, "/") && !seen[path] {
+				seen[path] = true
+				libs = append(libs, path)
+			}
+		}
+	}
+	return libs, nil
 }
