@@ -24,15 +24,15 @@ RUN CGO_ENABLED=1 go build -trimpath \
 
 FROM debian:bookworm-slim AS keyd
 # Debian's /etc/softhsm is readable by the softhsm group only: the image
-# carries its own SoftHSM2 configuration, naming the token directory the
-# chart mounts from keyd's data volume.
+# carries its own SoftHSM2 configuration, with the tokens on keyd's data
+# volume (podkey hsm init --init-token creates the directory).
 RUN apt-get update && apt-get install -y --no-install-recommends softhsm2 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 65532 podkey \
     && useradd --system --uid 65532 --gid 65532 --home-dir /var/lib/podkey podkey \
-    && mkdir -p /etc/podkey /var/lib/podkey /var/lib/softhsm/tokens \
-    && printf 'directories.tokendir = /var/lib/softhsm/tokens/\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' > /etc/podkey/softhsm2.conf \
-    && chown podkey:podkey /var/lib/podkey /var/lib/softhsm/tokens
+    && mkdir -p /etc/podkey /var/lib/podkey \
+    && printf 'directories.tokendir = /var/lib/podkey/softhsm-tokens/\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' > /etc/podkey/softhsm2.conf \
+    && chown podkey:podkey /var/lib/podkey
 COPY --from=build /out/podkey-keyd /out/podkey /usr/local/bin/
 ENV SOFTHSM2_CONF=/etc/podkey/softhsm2.conf
 USER 65532:65532

@@ -87,7 +87,7 @@ func TestDefaults(t *testing.T) {
 	}
 	// The CSI driver object as the plugin needs it.
 	drv := toYAML(t, objs["CSIDriver/csi.podkey.io"].Object["spec"])
-	for _, want := range []string{"podInfoOnMount: true", "requiresRepublish: true", "fsGroupPolicy: File", "- Ephemeral", "audience: podkey", "attachRequired: false"} {
+	for _, want := range []string{"podInfoOnMount: true", "requiresRepublish: true", "fsGroupPolicy: File", "- Ephemeral", "audience: podkey", "attachRequired: false", "serviceAccountTokenInSecrets: true"} {
 		if !strings.Contains(drv, want) {
 			t.Errorf("CSIDriver lacks %q:\n%s", want, drv)
 		}
@@ -106,7 +106,7 @@ func TestDefaults(t *testing.T) {
 	// a SoftHSM2 token initialised on first start.
 	dep := toYAML(t, objs["Deployment/podkey-keyd"].Object)
 	for _, want := range []string{"runAsNonRoot: true", "readOnlyRootFilesystem: true", "- ALL", "--init-token",
-		"--node-service-account=podkey/podkey-csi", "--ca-configmap=podkey/podkey-ca", "type: Recreate", "subPath: softhsm-tokens"} {
+		"--node-service-account=podkey/podkey-csi", "--ca-configmap=podkey/podkey-ca", "type: Recreate"} {
 		if !strings.Contains(dep, want) {
 			t.Errorf("keyd Deployment lacks %q", want)
 		}
@@ -136,7 +136,7 @@ serviceMonitor: {enabled: true}
 			t.Errorf("keyd Deployment lacks %q", want)
 		}
 	}
-	for _, not := range []string{"--init-token", "softhsm-tokens"} {
+	for _, not := range []string{"--init-token"} {
 		if strings.Contains(dep, not) {
 			t.Errorf("a vendor HSM install has %q", not)
 		}

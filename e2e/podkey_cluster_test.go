@@ -12,13 +12,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
-	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -35,67 +33,55 @@ import (
 	"github.com/podkey/podkey/pkg/suite"
 )
 
-// podkeyCluster is podkey installed on a real node as an operator would
-// run it: keyd (SoftHSM2 token, TokenReview with a least-privileged
-// identity, TLS) and podkey-csi (registered through the kubelet's plugin
-// registration socket, mTLS with its node certificate), with the CSIDriver
-// object and the SecretProviderClass CRD.
+// podkeyCluster is podkey installed on a real node with `helm install`
+// from charts/podkey, as a user installs it: keyd as a Deployment (SoftHSM2
+// token initialised on first start, data on a PersistentVolume, TokenReview
+// with the chart's least-privileged identity, TLS) and podkey-csi as a
+// DaemonSet (privileged, Bidirectional propagation of the kubelet's pods
+// directory, built-in registration, mTLS with its node certificate), with
+// the CSIDriver object and the SecretProviderClass CRD from the chart.
 type podkeyCluster struct {
 	t        *testing.T
 	c        *cluster.Cluster
 	node     *cluster.Node
-	w        *world
-	keydAddr string
-	keydArgs []string
-	caFile   string
-	plugin   *exec.Cmd
-	csiLog   *syncBuffer
+	bin      string // podkey binaries built for the host (the CLI)
+	dir      string
+	keydAddr string // keyd on the host network
+	dataDir  string // keyd's PersistentVolume (hostPath) on the node
+
+	metricsPort int // podkey-csi's, on the host network
 }
 
-const nodeName = "kube-node-1"
+const (
+	nodeName = "kube-node-1"
+	// podkeyNS is where the chart is installed. (Other tests of the
+	// package use the namespace "podkey" for identities of their own.)
+	podkeyNS = "podkey-system"
+)
 
 func startPodkeyCluster(t *testing.T) *podkeyCluster {
 	needRoot(t)
 	ctx := context.Background()
-	pc := &podkeyCluster{t: t, c: sharedCluster(t), w: newWorld(t)}
+	pc := &podkeyCluster{t: t, c: sharedCluster(t), bin: binaries(t), dir: t.TempDir()}
 	var err error
 	if pc.node, err = pc.c.StartNode(ctx, nodeName, 0, ".."); err != nil {
 		t.Fatal(err)
 	}
-	// keyd, as its own least-privileged service account.
-	keydToken, err := pc.c.KeydIdentity(ctx, "podkey", "podkey-keyd")
+	if err := pc.c.StartControllers(".."); err != nil {
+		t.Fatal(err)
+	}
+	keydTar, csiTar, err := cluster.PodkeyImages(filepath.Join(pc.node.Dir, "images"), "..", keydImage+":e2e", csiImage+":e2e", "e2e")
 	if err != nil {
 		t.Fatal(err)
 	}
-	kc := filepath.Join(pc.w.dir, "keyd.kubeconfig")
-	if err := pc.c.WriteKubeconfig(kc, keydToken); err != nil {
+	if err := pc.node.Import(ctx, keydTar, csiTar); err != nil {
 		t.Fatal(err)
 	}
 	pc.keydAddr = freePort(t)
-	pc.keydArgs = []string{"--listen", pc.keydAddr, "--kubeconfig", kc, "--node-service-account", "podkey/podkey-csi"}
-	pc.w.startKeyd(ctx, pc.keydArgs...)
-	out, code := pc.w.run("", "podkey", "ca", "bundle")
-	if code != 0 {
+	pc.dataDir = pc.keydVolume(ctx)
+	pc.install(ctx, pc.values(nil))
+	if out, code := pc.admin("legacy-db-password-e2e", "secret", "put", "payments/legacy-db"); code != 0 {
 		t.Fatal(out)
-	}
-	pc.caFile = filepath.Join(pc.w.dir, "ca.pem")
-	_ = os.WriteFile(pc.caFile, []byte(out), 0o644)
-	if out, code := pc.w.run("legacy-db-password-e2e", "podkey", "secret", "put", "payments/legacy-db"); code != 0 {
-		t.Fatal(out)
-	}
-	// Kubernetes objects a user (later: the chart) installs.
-	if err := pc.c.InstallCRD(ctx, "../manifests/crds/secretproviderclasses.yaml"); err != nil {
-		t.Fatal(err)
-	}
-	_, err = pc.c.Admin.StorageV1().CSIDrivers().Create(ctx, &storagev1.CSIDriver{
-		ObjectMeta: metav1.ObjectMeta{Name: "csi.podkey.io"},
-		Spec: storagev1.CSIDriverSpec{AttachRequired: ptr.To(false), PodInfoOnMount: ptr.To(true), RequiresRepublish: ptr.To(true),
-			FSGroupPolicy:        ptr.To(storagev1.FileFSGroupPolicy),
-			VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral},
-			TokenRequests:        []storagev1.TokenRequest{{Audience: "podkey", ExpirationSeconds: ptr.To[int64](3600)}}},
-	}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
 	}
 	if err := pc.c.ServiceAccount(ctx, "payments", "payments"); err != nil {
 		t.Fatal(err)
@@ -106,7 +92,6 @@ func startPodkeyCluster(t *testing.T) *podkeyCluster {
 - {name: card-key, kind: derivedKey}
 - {name: legacy-db, kind: secret, file: db-password}
 `)
-	pc.startPlugin(ctx)
 	return pc
 }
 
@@ -126,57 +111,36 @@ func (pc *podkeyCluster) class(ctx context.Context, ns, name, objects string) {
 	}
 }
 
-// startPlugin runs podkey-csi on the node's host, as its DaemonSet pod
-// would: with a token bound to a podkey-csi pod on the node.
-func (pc *podkeyCluster) startPlugin(ctx context.Context) {
-	t := pc.t
-	agent, err := pc.c.Pod(ctx, "podkey", fmt.Sprintf("podkey-csi-%d", time.Now().UnixNano()%100000), "podkey-csi", nodeName)
-	if err != nil {
-		t.Fatal(err)
+// admin runs the podkey CLI against keyd's local socket, which lives on
+// keyd's data volume: the host's view of `kubectl exec deploy/podkey-keyd
+// -- podkey ...` (the API server here cannot reach the kubelet for exec).
+func (pc *podkeyCluster) admin(stdin string, args ...string) (string, int) {
+	pc.t.Helper()
+	cmd := exec.Command(filepath.Join(pc.bin, "podkey"), args...)
+	cmd.Env = append(os.Environ(), "PODKEY_SOCKET="+pc.sock())
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		pc.t.Fatal(err)
 	}
-	tok, err := pc.c.Token(ctx, "podkey", "podkey-csi", "podkey-node", agent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokFile := filepath.Join(pc.w.dir, "node-token")
-	_ = os.WriteFile(tokFile, []byte(tok), 0o600)
-	kc := filepath.Join(pc.w.dir, "csi.kubeconfig")
-	if err := pc.c.WriteKubeconfig(kc, ""); err != nil {
-		t.Fatal(err)
-	}
-	pc.csiLog = &syncBuffer{}
-	pc.plugin = exec.Command(filepath.Join(pc.w.bin, "podkey-csi"), "--node-name", nodeName,
-		"--endpoint", filepath.Join(pc.node.RootDir, "plugins", "csi.podkey.io", "csi.sock"),
-		"--registration-dir", filepath.Join(pc.node.RootDir, "plugins_registry"),
-		"--state-dir", filepath.Join(pc.w.dir, "csi-state"),
-		"--keyd-addr", pc.keydAddr, "--keyd-ca-file", pc.caFile, "--node-token-file", tokFile,
-		"--kubeconfig", kc, "--metrics-addr", "", "--log-format", "json")
-	pc.plugin.Stderr = pc.csiLog
-	if err := pc.plugin.Start(); err != nil {
-		t.Fatal(err)
-	}
-	plugin := pc.plugin
-	t.Cleanup(func() { _ = plugin.Process.Kill(); _ = plugin.Wait() })
-	// Wait for the kubelet to register the driver on the node.
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		cn, err := pc.c.Admin.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
-		if err == nil {
-			for _, d := range cn.Spec.Drivers {
-				if d.Name == "csi.podkey.io" {
-					return
-				}
-			}
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	t.Fatalf("the kubelet did not register csi.podkey.io:\n%s", pc.csiLog)
+	return string(out), code
 }
 
-// stopPlugin stops podkey-csi with SIGTERM.
-func (pc *podkeyCluster) stopPlugin() {
-	_ = pc.plugin.Process.Signal(syscall.SIGTERM)
-	_ = pc.plugin.Wait()
+func (pc *podkeyCluster) sock() string { return filepath.Join(pc.dataDir, "keyd.sock") }
+
+// podkeyLogs is what keyd and podkey-csi logged, from the node's log
+// directory.
+func (pc *podkeyCluster) podkeyLogs() string {
+	matches, _ := filepath.Glob(filepath.Join(pc.node.LogsDir, podkeyNS+"_*", "*", "*.log"))
+	var out strings.Builder
+	for _, m := range matches {
+		b, _ := os.ReadFile(m)
+		out.Write(b)
+	}
+	return out.String()
 }
 
 // readerScript lists the volume with numeric owners and modes, and prints
@@ -258,7 +222,7 @@ func (pc *podkeyCluster) events(ctx context.Context, p *corev1.Pod) string {
 func TestPodkeyOnARealNode(t *testing.T) {
 	pc := startPodkeyCluster(t)
 	ctx := context.Background()
-	keyd := keydv1.NewKeydClient(mustDial(t, pc.w.sock()))
+	keyd := keydv1.NewKeydClient(mustDial(t, pc.sock()))
 	var secrets [][]byte
 
 	// 1. Two replicas read every file from a tmpfs with the expected modes
@@ -347,14 +311,13 @@ func TestPodkeyOnARealNode(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	if out, code := pc.w.run("", "podkey", "policy", "add", "--namespace=shop", "--service-account=web", "--object=web-api"); code != 0 {
+	if out, code := pc.admin("", "policy", "add", "--namespace=shop", "--service-account=web", "--object=web-api"); code != 0 {
 		t.Fatal(out)
 	}
 	pc.waitLog(w, "READY", 3*time.Minute)
 
 	// 6. podkey-csi restarted while pods run: volumes stay readable.
-	pc.stopPlugin()
-	pc.startPlugin(ctx)
+	pc.restartPlugin(ctx)
 	if _, err := os.ReadFile(filepath.Join(pc.volumeDir(b), "ledger-api.json")); err != nil {
 		t.Fatalf("volume unreadable after a plugin restart: %v", err)
 	}
@@ -385,7 +348,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	_ = json.Unmarshal(rraw, &rk)
 	rsecret, _ := base64.RawURLEncoding.DecodeString(rk.SecretKey)
 	secrets = append(secrets, rsecret)
-	pc.w.stopKeyd()
+	pc.stopKeyd(ctx)
 	waiting := pc.pod(ctx, "payments", "payments-c", "payments", "payments", true)
 	deadline = time.Now().Add(90 * time.Second)
 	for !strings.Contains(pc.events(ctx, waiting), "podkey-keyd is unreachable") {
@@ -398,7 +361,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 		t.Fatalf("a running pod lost its files while keyd is down: %v", err)
 	}
 	pc.deletePod(ctx, r) // revocation is queued on the node
-	pc.w.startKeyd(ctx, pc.keydArgs...)
+	pc.startKeyd(ctx)
 	pc.waitLog(waiting, "READY", 3*time.Minute)
 	deadline = time.Now().Add(2 * time.Minute)
 	for {
@@ -439,6 +402,42 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	t.Logf("pod start to Running, median of 5: without podkey %v, with a podkey volume %v", median(without), median(with))
 
 	pc.scan(secrets)
+
+	// helm upgrade to changed values: podkey-csi rolls, and a new pod's
+	// tmpfs has the new size; keyd keeps its keys (a credential issued
+	// before still verifies).
+	before := time.Now().Add(-time.Second)
+	pc.upgrade(ctx, pc.values(map[string]any{"csi": map[string]any{"tmpfsSize": "8Mi", "logLevel": "debug"}, "keyd": map[string]any{"logLevel": "debug"}}))
+	pc.waitRegistered(ctx, before)
+	pc.waitKeydSocket()
+	up := pc.pod(ctx, "payments", "after-upgrade", "payments", "payments", true)
+	if l := pc.waitLog(up, "READY", 2*time.Minute); !strings.Contains(l, "size=8192k") {
+		t.Fatalf("the upgraded tmpfs size is not in use:\n%s", l)
+	}
+	c := keydv1.NewKeydClient(mustDial(t, pc.sock()))
+	if _, err := c.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, secret, msg)}); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("after the upgrade keyd forgot a revocation: %v", err)
+	}
+	pc.deletePod(ctx, up)
+
+	// helm uninstall leaves no podkey object behind (the SecretProviderClass
+	// CRD is kept on purpose) and the node no longer lists the driver.
+	pc.uninstall(ctx)
+	deadline = time.Now().Add(2 * time.Minute)
+	for left := pc.leftovers(ctx); len(left) > 0; left = pc.leftovers(ctx) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after helm uninstall: %v", left)
+		}
+		time.Sleep(time.Second)
+	}
+	dyn, err := pc.c.Dynamic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(spc.GVR).Namespace("payments").List(ctx, metav1.ListOptions{}); err != nil {
+		t.Fatalf("the SecretProviderClass CRD was not kept: %v", err)
+	}
 }
 
 func median(d []time.Duration) time.Duration {
@@ -494,7 +493,7 @@ func (pc *podkeyCluster) scan(secrets [][]byte) {
 	t := pc.t
 	var roots []string
 	roots = append(roots, filepath.Join(pc.c.Dir, "etcd"), pc.node.RootDir, filepath.Join(pc.node.Dir, "containerd"), pc.node.LogsDir)
-	logs := pc.w.keydErr.String() + pc.csiLog.String()
+	logs := pc.podkeyLogs()
 	files := 0
 	for _, root := range roots {
 		_ = filepath.Walk(root, func(path string, info os.FileInfo, err error) error {

@@ -18,7 +18,7 @@ func TestSecretProviderClassInformer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := sharedCluster(t)
-	if err := c.InstallCRD(ctx, "../charts/podkey (rendered into manifests/crds)"); err != nil {
+	if err := c.InstallCRD(ctx, "../manifests/crds/secretproviderclasses.yaml"); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Namespace(ctx, "informer"); err != nil {

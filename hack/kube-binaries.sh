@@ -8,10 +8,15 @@ cd "$(dirname "$0")/kube"
 version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' go.mod)
 cache=${PODKEY_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/podkey/kube}/$version
 mkdir -p "$cache"
+# The version the binaries report (helm checks a chart's kubeVersion
+# against the API server's), as Kubernetes' own build stamps it.
+minor=$(echo "$version" | cut -d. -f2)
+pkg=k8s.io/component-base/version
+ldflags="-X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 for bin in kube-apiserver kubelet kube-controller-manager kube-scheduler; do
-  if [ ! -x "$cache/$bin" ]; then
+  if ! "$cache/$bin" --version 2>/dev/null | grep -q "Kubernetes $version\$"; then
     echo "building $bin $version (cached in $cache)" >&2
-    go build -trimpath -o "$cache/$bin.tmp" "k8s.io/kubernetes/cmd/$bin"
+    go build -trimpath -ldflags "$ldflags" -o "$cache/$bin.tmp" "k8s.io/kubernetes/cmd/$bin"
     mv "$cache/$bin.tmp" "$cache/$bin"
   fi
 done

@@ -10,8 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 )
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -22,13 +22,18 @@ func (c *Cluster) Dynamic() (dynamic.Interface, error) { return dynamic.NewForCo
 // InstallCRD creates the CustomResourceDefinition in file and waits until
 // it is established.
 func (c *Cluster) InstallCRD(ctx context.Context, file string) error {
-	data, err := os.ReadFile(file)
+	f, err := os.Open(file)
 	if err != nil {
 		return err
 	}
+	defer f.Close()
+	// The first object of the file (rendered manifests start with "---").
 	var obj map[string]any
-	if err := yaml.Unmarshal(data, &obj); err != nil {
-		return err
+	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
+	for obj == nil {
+		if err := dec.Decode(&obj); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
 	}
 	u := &unstructured.Unstructured{Object: obj}
 	dyn, err := c.Dynamic()

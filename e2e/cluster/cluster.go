@@ -1,9 +1,11 @@
 // Package cluster runs a real Kubernetes control plane for podkey's
 // tests: etcd (Debian's etcd-server) and kube-apiserver (built from the Go
 // module proxy by hack/kube-binaries.sh), on free loopback ports, with
-// their own service-account keys, torn down when the test ends. Pods are
-// created with spec.nodeName set, so no scheduler or controller manager is
-// needed; TokenRequest and TokenReview are served by the API server alone.
+// their own service-account keys, torn down when the test ends. Tests that
+// create pods with spec.nodeName need nothing more (TokenRequest and
+// TokenReview are served by the API server alone); StartControllers adds
+// kube-controller-manager and kube-scheduler for Deployments, DaemonSets
+// and helm installs.
 package cluster
 
 import (
@@ -40,6 +42,9 @@ type Cluster struct {
 	procs []*proc
 	logs  []*os.File
 	once  sync.Once
+
+	ctrlOnce sync.Once
+	ctrlErr  error
 }
 
 // KubeBinDir returns the directory holding kube-apiserver and kubelet:
@@ -279,4 +284,59 @@ func ForTest(t testing.TB, repoRoot string) *Cluster {
 	}
 	t.Cleanup(c.Stop)
 	return c
+}
+
+// Controllers the chart's objects need: Deployments and DaemonSets make
+// pods, the scheduler places them, the garbage collector removes what an
+// uninstall leaves owned, PersistentVolumeClaims bind, the node lifecycle
+// controller lifts the not-ready taint. Pod garbage collection and
+// taint-based eviction stay off: other tests bind pods to Node objects that
+// have no kubelet, which get tainted but must keep their pods.
+var controllers = []string{
+	"deployment-controller", "replicaset-controller", "daemonset-controller", "garbage-collector-controller",
+	"serviceaccount-controller", "persistentvolume-binder-controller", "root-ca-certificate-publisher-controller",
+	"node-lifecycle-controller", // lifts the not-ready taint a kubelet registers with
+}
+
+// StartControllers runs kube-controller-manager (the controllers above)
+// and kube-scheduler against the cluster, once.
+func (c *Cluster) StartControllers(repoRoot string) error {
+	c.ctrlOnce.Do(func() { c.ctrlErr = c.startControllers(repoRoot) })
+	return c.ctrlErr
+}
+
+func (c *Cluster) startControllers(repoRoot string) error {
+	bin, err := KubeBinDir(repoRoot)
+	if err != nil {
+		return err
+	}
+	kc := filepath.Join(c.Dir, "admin.kubeconfig")
+	if err := c.WriteKubeconfig(kc, ""); err != nil {
+		return err
+	}
+	var ports [2]int
+	for i := range ports {
+		if ports[i], err = freePort(); err != nil {
+			return err
+		}
+	}
+	if err := c.run("kube-controller-manager", filepath.Join(bin, "kube-controller-manager"),
+		"--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
+		"--leader-elect=false", "--controllers", strings.Join(controllers, ","),
+		"--root-ca-file", filepath.Join(c.Dir, "certs", "apiserver.crt"),
+		"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(ports[0]),
+		"--concurrent-gc-syncs", "5", "--profiling=false"); err != nil {
+		return err
+	}
+	if err := c.run("kube-scheduler", filepath.Join(bin, "kube-scheduler"),
+		"--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
+		"--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(ports[1]), "--profiling=false"); err != nil {
+		return err
+	}
+	for i, name := range []string{"kube-controller-manager", "kube-scheduler"} {
+		if err := c.waitHTTP(fmt.Sprintf("https://127.0.0.1:%d/healthz", ports[i]), "", 60*time.Second); err != nil {
+			return fmt.Errorf("%s: %w\n%s", name, err, c.logTail(name))
+		}
+	}
+	return nil
 }

@@ -140,8 +140,9 @@ func buildImages(dir, repoRoot string) ([]string, error) {
 
 // softhsmConf is SoftHSM2's configuration in the keyd image: Debian's
 // /etc/softhsm is readable by the softhsm group only, so the image carries
-// its own, world-readable copy naming the token directory the chart mounts.
-const softhsmConf = `directories.tokendir = /var/lib/softhsm/tokens/
+// its own, world-readable copy, with the tokens on keyd's data volume
+// ('podkey hsm init --init-token' creates the directory).
+const softhsmConf = `directories.tokendir = /var/lib/podkey/softhsm-tokens/
 objectstore.backend = file
 log.level = ERROR
 slots.removable = false
@@ -197,7 +198,6 @@ func PodkeyImages(dir, repoRoot, keydRef, csiRef, version string) (keydTar, csiT
 		imageFile{path: "/etc/passwd", data: []byte("root:x:0:0:root:/root:/sbin/nologin\npodkey:x:65532:65532:podkey:/var/lib/podkey:/sbin/nologin\n"), mode: 0o644},
 		imageFile{path: "/etc/group", data: []byte("root:x:0:\npodkey:x:65532:\n"), mode: 0o644},
 		imageFile{path: "/var/lib/podkey/.keep", mode: 0o644},
-		imageFile{path: "/var/lib/softhsm/tokens/.keep", mode: 0o644},
 	)
 	keydTar = filepath.Join(dir, "podkey-keyd.tar")
 	if err := writeImage(keydTar, keydRef, files, v1.Config{

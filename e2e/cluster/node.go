@@ -130,11 +130,8 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range tars {
-		out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSock, "-n", "k8s.io", "images", "import", t).CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("import %s: %v\n%s", filepath.Base(t), err, out)
-		}
+	if err := n.Import(ctx, tars...); err != nil {
+		return nil, err
 	}
 	kubeconfig := filepath.Join(n.Dir, "kubeconfig")
 	if err := c.WriteKubeconfig(kubeconfig, ""); err != nil {
@@ -174,6 +171,18 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 		time.Sleep(500 * time.Millisecond)
 	}
 	return nil, fmt.Errorf("node %s not Ready after 3m\n%s", name, c.logTail(name+"-kubelet"))
+}
+
+// Import loads docker archives into the node's containerd, where pods
+// with imagePullPolicy Never find them.
+func (n *Node) Import(ctx context.Context, tars ...string) error {
+	for _, t := range tars {
+		out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSock, "-n", "k8s.io", "images", "import", t).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("import %s: %v\n%s", filepath.Base(t), err, out)
+		}
+	}
+	return nil
 }
 
 // WriteKubeconfig writes a kubeconfig for token (the admin's when empty).

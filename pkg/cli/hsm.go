@@ -33,6 +33,8 @@ With --init-token (for a software token such as the default SoftHSM2), a
 token of the given label is first initialised in a free slot when none
 exists, with a random user PIN written to --hsm-pin-file (mode 0600) and a
 random SO PIN beside it (<pin-file>.so) when those files do not exist yet.
+SoftHSM2's token directory ($SOFTHSM2_CONF's directories.tokendir) is
+created when missing.
 A token that already exists is never re-initialised.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -137,6 +139,9 @@ A token that already exists is never re-initialised.`,
 func ensureToken(cmd *cobra.Command, hf *hsmFlags) error {
 	if hf.pinFile == "" {
 		return exitError(ExitUsage, errors.New("--init-token needs --hsm-pin-file: the generated PIN is written there"))
+	}
+	if err := hsm.EnsureSoftHSMTokenDir(); err != nil {
+		return exitError(ExitUnavailable, err)
 	}
 	pin, err := pinFileOrNew(hf.pinFile)
 	if err != nil {

@@ -75,13 +75,11 @@ the keyd pod reads the same variables (kubectl exec ... podkey policy add). */}}
 {{- end }}
 {{- end -}}
 
+{{/* keyd's volumes; the default SoftHSM2 keeps its tokens in
+/var/lib/podkey/softhsm-tokens (the image's SOFTHSM2_CONF). */}}
 {{- define "podkey.keydMounts" -}}
 - {name: data, mountPath: /var/lib/podkey}
 - {name: tmp, mountPath: /tmp}
-{{- if .softhsm }}
-# SoftHSM2's token directory (its default configuration's) on the data volume.
-- {name: data, mountPath: /var/lib/softhsm/tokens, subPath: softhsm-tokens}
-{{- end }}
 {{- with .root.Values.keyd.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
