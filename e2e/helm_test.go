@@ -20,12 +20,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// The images the suite builds without an engine and imports into the node.
-const (
-	keydImage = "podkey.local/podkey-keyd"
-	csiImage  = "podkey.local/podkey-csi"
-)
-
 const (
 	releaseName   = "podkey"
 	keydClaim     = "podkey-keyd-data"
@@ -53,36 +47,18 @@ func (pc *podkeyCluster) helm(args ...string) (string, error) {
 	return out.String(), err
 }
 
-// values are the chart values for this node: images from the node's
-// containerd, the kubelet's root directory of the test, and - as this
-// cluster has no Service proxy - keyd and podkey-csi on the host network,
-// reaching the API server on loopback. Everything else is the default.
+// values are the chart values for this node (cluster.PodkeyValues) with
+// keyd's data on its PersistentVolume and a policy for payments/payments,
+// and extra merged one level deep (extra["csi"] into the csi values).
 func (pc *podkeyCluster) values(extra map[string]any) string {
-	apiPort := pc.c.URL[strings.LastIndex(pc.c.URL, ":")+1:]
-	apiEnv := []any{map[string]any{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}, map[string]any{"name": "KUBERNETES_SERVICE_PORT", "value": apiPort}}
-	port := pc.keydAddr[strings.LastIndex(pc.keydAddr, ":")+1:]
-	var keydPort int
-	fmt.Sscan(port, &keydPort)
 	if pc.metricsPort == 0 {
 		fmt.Sscan(strings.Split(freePort(pc.t), ":")[1], &pc.metricsPort)
 	}
-	onNode := map[string]any{"kubernetes.io/hostname": nodeName}
-	v := map[string]any{
-		"keyd": map[string]any{
-			"image": map[string]any{"repository": keydImage, "tag": "e2e", "pullPolicy": "Never"},
-			"port":  keydPort, "hostNetwork": true, "tlsNames": []any{"127.0.0.1"},
-			"persistence":  map[string]any{"enabled": true, "existingClaim": keydClaim},
-			"policy":       map[string]any{"rules": []any{map[string]any{"namespace": "payments", "serviceAccount": "payments", "objects": []any{"*"}}}},
-			"extraEnv":     apiEnv,
-			"nodeSelector": onNode,
-		},
-		"csi": map[string]any{
-			"image":      map[string]any{"repository": csiImage, "tag": "e2e", "pullPolicy": "Never"},
-			"kubeletDir": pc.node.RootDir, "hostNetwork": true, "keydAddress": pc.keydAddr, "metricsPort": pc.metricsPort,
-			"extraEnv": apiEnv, "nodeSelector": onNode,
-		},
-	}
-	for k, e := range extra { // one level deep: extra["csi"] merges into v["csi"]
+	v := pc.c.PodkeyValues(pc.node, pc.keydAddr, pc.metricsPort)
+	keyd := v["keyd"].(map[string]any)
+	keyd["persistence"] = map[string]any{"enabled": true, "existingClaim": keydClaim}
+	keyd["policy"] = map[string]any{"rules": []any{map[string]any{"namespace": "payments", "serviceAccount": "payments", "objects": []any{"*"}}}}
+	for k, e := range extra {
 		if m, ok := e.(map[string]any); ok {
 			if base, ok := v[k].(map[string]any); ok {
 				for kk, vv := range m {

@@ -70,11 +70,7 @@ func startPodkeyCluster(t *testing.T) *podkeyCluster {
 	if err := pc.c.StartControllers(".."); err != nil {
 		t.Fatal(err)
 	}
-	keydTar, csiTar, err := cluster.PodkeyImages(filepath.Join(pc.node.Dir, "images"), "..", keydImage+":e2e", csiImage+":e2e", "e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pc.node.Import(ctx, keydTar, csiTar); err != nil {
+	if err := pc.node.ImportPodkey(ctx, ".."); err != nil {
 		t.Fatal(err)
 	}
 	pc.keydAddr = freePort(t)

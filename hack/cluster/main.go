@@ -1,8 +1,9 @@
 // Command cluster brings a local single-node Kubernetes cluster up for
-// people to try podkey on: etcd, kube-apiserver, containerd and a kubelet
-// (the harness of podkey's end-to-end tests), plus the SecretProviderClass
-// CRD. It writes a kubeconfig and runs until interrupted, then tears
-// everything down.
+// people to try podkey on: etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler, containerd and a kubelet (the harness of podkey's
+// end-to-end tests), with podkey's images imported into the node. It
+// writes a kubeconfig and the chart values for this cluster, prints the
+// helm command, and runs until interrupted, then tears everything down.
 //
 //	go run ./hack/cluster            # as root, from the repository root
 package main
@@ -10,10 +11,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/podkey/podkey/e2e/cluster"
 )
@@ -37,7 +42,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := c.InstallCRD(ctx, "manifests/crds/secretproviderclasses.yaml"); err != nil {
+	if err := c.StartControllers("."); err != nil {
+		return err
+	}
+	if err := n.ImportPodkey(ctx, "."); err != nil {
 		return err
 	}
 	kc, err := filepath.Abs(filepath.Join(".cache", "cluster", "kubeconfig"))
@@ -50,12 +58,30 @@ func run() error {
 	if err := c.WriteKubeconfig(kc, ""); err != nil {
 		return err
 	}
+	keydAddr, err := cluster.FreeAddr()
+	if err != nil {
+		return err
+	}
+	metrics, err := cluster.FreeAddr()
+	if err != nil {
+		return err
+	}
+	_, mp, _ := net.SplitHostPort(metrics)
+	port, _ := strconv.Atoi(mp)
+	values, err := yaml.Marshal(c.PodkeyValues(n, keydAddr, port))
+	if err != nil {
+		return err
+	}
+	vf := filepath.Join(filepath.Dir(kc), "values.yaml")
+	if err := os.WriteFile(vf, values, 0o600); err != nil {
+		return err
+	}
 	fmt.Printf(`cluster up: API server %s, node %s (kubelet root %s)
   export KUBECONFIG=%s
-  images available on the node: %s, %s (imagePullPolicy: Never)
-  podkey-csi for this node: --node-name %s --endpoint %s/plugins/csi.podkey.io/csi.sock --registration-dir %s/plugins_registry
+  install podkey:  go tool helm install podkey charts/podkey -n podkey-system --create-namespace -f %s --wait
+  images on the node: %s, %s, %s:%s, %s:%s (imagePullPolicy: Never)
 Ctrl-C tears it down.
-`, c.URL, n.Name, n.RootDir, kc, cluster.BusyboxImage, cluster.PauseImage, n.Name, n.RootDir, n.RootDir)
+`, c.URL, n.Name, n.RootDir, kc, vf, cluster.BusyboxImage, cluster.PauseImage, cluster.KeydImage, cluster.ImageTag, cluster.CSIImage, cluster.ImageTag)
 	<-ctx.Done()
 	fmt.Println("tearing down")
 	return nil

@@ -1,0 +1,59 @@
+package cluster
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strconv"
+)
+
+// PodkeyImages' names on test nodes (imagePullPolicy Never).
+const (
+	KeydImage = "podkey.local/podkey-keyd"
+	CSIImage  = "podkey.local/podkey-csi"
+	ImageTag  = "e2e"
+)
+
+// ImportPodkey builds podkey's images (PodkeyImages) and imports them into
+// the node's containerd.
+func (n *Node) ImportPodkey(ctx context.Context, repoRoot string) error {
+	keyd, csi, err := PodkeyImages(filepath.Join(n.Dir, "images"), repoRoot, KeydImage+":"+ImageTag, CSIImage+":"+ImageTag, ImageTag)
+	if err != nil {
+		return err
+	}
+	return n.Import(ctx, keyd, csi)
+}
+
+// PodkeyValues are the chart values that install podkey on node n of this
+// cluster: the imported images, the kubelet's root directory, and - as the
+// cluster has no Service proxy - keyd (on keydAddr) and podkey-csi (metrics
+// on metricsPort) on the host network, reaching the API server on
+// loopback. Everything else is the chart's default.
+func (c *Cluster) PodkeyValues(n *Node, keydAddr string, metricsPort int) map[string]any {
+	_, apiPort, _ := net.SplitHostPort(c.URL[len("https://"):])
+	_, keydPort, _ := net.SplitHostPort(keydAddr)
+	port, _ := strconv.Atoi(keydPort)
+	apiEnv := []any{map[string]any{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}, map[string]any{"name": "KUBERNETES_SERVICE_PORT", "value": apiPort}}
+	onNode := map[string]any{"kubernetes.io/hostname": n.Name}
+	return map[string]any{
+		"keyd": map[string]any{
+			"image": map[string]any{"repository": KeydImage, "tag": ImageTag, "pullPolicy": "Never"},
+			"port":  port, "hostNetwork": true, "tlsNames": []any{"127.0.0.1"},
+			"extraEnv": apiEnv, "nodeSelector": onNode,
+		},
+		"csi": map[string]any{
+			"image":      map[string]any{"repository": CSIImage, "tag": ImageTag, "pullPolicy": "Never"},
+			"kubeletDir": n.RootDir, "hostNetwork": true, "keydAddress": keydAddr, "metricsPort": metricsPort,
+			"extraEnv": apiEnv, "nodeSelector": onNode,
+		},
+	}
+}
+
+// FreeAddr is a free TCP address on loopback.
+func FreeAddr() (string, error) {
+	p, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
+}
