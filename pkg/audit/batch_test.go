@@ -1,0 +1,125 @@
+package audit_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/podkey/podkey/pkg/audit"
+	"github.com/podkey/podkey/pkg/store"
+)
+
+// A batch costs one HSM operation, and a record altered in the middle of a
+// batch is still located exactly.
+func TestBatchesCostOneHSMOperationAndLocateTampering(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "a.db")
+	st, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int64
+	counted := func(ctx context.Context, data []byte) ([]byte, error) { calls.Add(1); return softMAC(ctx, data) }
+	l := audit.Open(st, counted)
+	var wg sync.WaitGroup
+	for i := 0; i < 300; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	l.Close()
+	var entries []store.AuditEntry
+	_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error { entries = append(entries, e); return nil })
+	batches := map[uint64]int{}
+	mid := -1
+	for i, e := range entries {
+		var r audit.Record
+		_ = json.Unmarshal(e.Data, &r)
+		if r.Version != 2 || r.Batch == 0 {
+			t.Fatalf("record %d: version %d batch %d", r.Seq, r.Version, r.Batch)
+		}
+		batches[r.Batch]++
+		if r.Batch < r.Seq && i+1 < len(entries) && mid < 0 {
+			mid = i
+		}
+	}
+	if int(calls.Load()) != len(batches) {
+		t.Fatalf("%d HSM operations for %d batches", calls.Load(), len(batches))
+	}
+	if mid < 0 {
+		t.Skip("every record was committed alone; no batch to tamper with")
+	}
+	t.Logf("%d records in %d batches", len(entries), len(batches))
+	st.Close()
+
+	var r audit.Record
+	_ = json.Unmarshal(entries[mid].Data, &r)
+	r.Pod = "someone-else"
+	entries[mid].Data, _ = json.Marshal(r)
+	rewriteAudit(t, path, entries[mid:mid+1])
+	st, _ = store.OpenBolt(path)
+	defer st.Close()
+	_, err = audit.Verify(ctx, st, softMAC)
+	var te *audit.TamperError
+	if !errors.As(err, &te) || te.Seq != r.Seq {
+		t.Fatalf("want tamper at %d (inside batch %d), got %v", r.Seq, r.Batch, err)
+	}
+}
+
+// A store written with version 1 records (one HSM MAC each) keeps
+// verifying once version 2 batches follow them.
+func TestVersion1RecordsStillVerify(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "a.db")
+	var v1 []store.AuditEntry
+	prev := []byte{}
+	for seq := uint64(1); seq <= 2; seq++ {
+		r := audit.Record{Version: 1, Seq: seq, Time: time.Unix(1700000000, 0).UTC(), Action: audit.ActionIssue, Result: audit.ResultOK, Prev: prev}
+		b, _ := json.Marshal(r)
+		r.MAC, _ = softMAC(ctx, append([]byte("podkey-audit-v1\n"), b...))
+		data, _ := json.Marshal(r)
+		v1 = append(v1, store.AuditEntry{Seq: seq, Data: data})
+		prev = r.MAC
+	}
+	st, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AppendAudit(ctx, v1); err != nil {
+		t.Fatal(err)
+	}
+	l := audit.Open(st, softMAC)
+	for i := 0; i < 3; i++ {
+		if err := l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	if n, err := audit.Verify(ctx, st, softMAC); err != nil || n != 5 {
+		t.Fatalf("verify: %d %v", n, err)
+	}
+	st.Close()
+	// Record 2 (version 1) altered: located there.
+	var r audit.Record
+	_ = json.Unmarshal(v1[1].Data, &r)
+	r.Result = audit.ResultDenied
+	v1[1].Data, _ = json.Marshal(r)
+	rewriteAudit(t, path, v1[1:])
+	st, _ = store.OpenBolt(path)
+	defer st.Close()
+	var te *audit.TamperError
+	if _, err := audit.Verify(ctx, st, softMAC); !errors.As(err, &te) || te.Seq != 2 {
+		t.Fatalf("want tamper at 2, got %v", err)
+	}
+}
