@@ -119,6 +119,12 @@ type Log struct {
 	st  store.Store
 	mac MACFunc
 
+	// The chain's tail as this log last wrote it (writer goroutine only);
+	// re-read from the store when unknown or when another writer moved it.
+	tailSeq   uint64
+	tailMAC   []byte
+	tailKnown bool
+
 	reqs   chan *pending
 	done   chan struct{} // closed by Close
 	exited chan struct{} // closed when the writer has stopped
@@ -230,19 +236,13 @@ func (l *Log) commit(batch []*pending) error {
 	ctx := context.Background()
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
-		var last store.AuditEntry
-		if last, err = l.st.LastAudit(ctx); err != nil {
-			return err
-		}
-		prev := []byte{}
-		if last.Seq > 0 {
-			var r Record
-			if err := json.Unmarshal(last.Data, &r); err != nil {
-				return fmt.Errorf("audit: tail record %d unreadable: %w", last.Seq, err)
+		if !l.tailKnown {
+			if err := l.readTail(ctx); err != nil {
+				return err
 			}
-			prev = r.MAC
 		}
-		first := last.Seq + 1
+		prev := l.tailMAC
+		first := l.tailSeq + 1
 		key, err := batchKey(ctx, l.mac, first)
 		if err != nil {
 			return fmt.Errorf("audit: MAC: %w", err)
@@ -264,11 +264,37 @@ func (l *Log) commit(batch []*pending) error {
 			prev = r.MAC
 		}
 		zero(key)
-		if err = l.st.AppendAudit(ctx, entries); !errors.Is(err, store.ErrAuditSeq) {
+		err = l.st.AppendAudit(ctx, entries)
+		switch {
+		case err == nil:
+			l.tailSeq, l.tailMAC = entries[len(entries)-1].Seq, prev
+			return nil
+		case errors.Is(err, store.ErrAuditSeq):
+			l.tailKnown = false // another writer moved the tail
+		default:
+			l.tailKnown = false // the transaction may or may not have landed
 			return err
 		}
 	}
 	return err
+}
+
+// readTail loads the chain's tail from the store.
+func (l *Log) readTail(ctx context.Context) error {
+	last, err := l.st.LastAudit(ctx)
+	if err != nil {
+		return err
+	}
+	l.tailSeq, l.tailMAC = last.Seq, []byte{}
+	if last.Seq > 0 {
+		var r Record
+		if err := json.Unmarshal(last.Data, &r); err != nil {
+			return fmt.Errorf("audit: tail record %d unreadable: %w", last.Seq, err)
+		}
+		l.tailMAC = r.MAC
+	}
+	l.tailKnown = true
+	return nil
 }
 
 // TamperError locates the first record at which the chain fails.

@@ -123,3 +123,29 @@ func TestVersion1RecordsStillVerify(t *testing.T) {
 		t.Fatalf("want tamper at 2, got %v", err)
 	}
 }
+
+// Two logs writing one store (as two writers of a shared store would)
+// keep one chain: a log whose cached tail is stale re-reads it and retries.
+func TestTwoWritersKeepOneChain(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a, b := audit.Open(st, softMAC), audit.Open(st, softMAC)
+	for i := 0; i < 20; i++ {
+		l := a
+		if i%3 == 0 {
+			l = b
+		}
+		if err := l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Close()
+	b.Close()
+	if n, err := audit.Verify(ctx, st, softMAC); err != nil || n != 20 {
+		t.Fatalf("verify: %d %v", n, err)
+	}
+}
