@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -514,11 +515,23 @@ func (pc *podkeyCluster) scan(secrets [][]byte) {
 			t.Fatalf("a secret (%d bytes) was found in podkey's logs", len(s))
 		}
 	}
-	if files == 0 {
+	// No service-account token (a JWT) in podkey's logs or the kubelet's:
+	// pod tokens reach podkey-csi in the CSI secrets field, node tokens on
+	// a projected volume, and neither is ever logged.
+	kubelet, _ := os.ReadFile(filepath.Join(pc.c.Dir, nodeName+"-kubelet.log"))
+	for name, l := range map[string]string{"podkey's logs": logs, "the kubelet's log": string(kubelet)} {
+		if m := jwtPattern.FindString(l); m != "" {
+			t.Fatalf("a token (%d characters) was found in %s", len(m), name)
+		}
+	}
+	if files == 0 || len(kubelet) == 0 {
 		t.Fatal("scanned nothing")
 	}
-	t.Logf("scanned %d files and %d log bytes for %d secrets", files, len(logs), len(secrets))
+	t.Logf("scanned %d files and %d log bytes for %d secrets, and %d log bytes for tokens", files, len(logs), len(secrets), len(logs)+len(kubelet))
 }
+
+// jwtPattern matches a JWT's header and payload (both base64url JSON).
+var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}`)
 
 func (pc *podkeyCluster) examplePod(ctx context.Context, name, class string, cmd ...string) *corev1.Pod {
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{

@@ -27,11 +27,17 @@ func (s *Server) logStream(srv any, ss grpc.ServerStream, info *grpc.StreamServe
 }
 
 func (s *Server) logCall(ctx context.Context, method string, start time.Time, err error) {
-	st := status.Convert(err)
-	level := slog.LevelInfo
+	// Issue, Verify, Revoke and NodeCertificate calls are in the audit log
+	// already; the process log keeps failures, and successes only at debug
+	// level (thousands a second would drown it and cost CPU).
+	level := slog.LevelDebug
 	if err != nil {
 		level = slog.LevelWarn
 	}
+	if !s.opts.Logger.Enabled(ctx, level) {
+		return
+	}
+	st := status.Convert(err)
 	attrs := []any{"method", method, "code", st.Code().String(), "duration", time.Since(start)}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, "peer", p.Addr.Network())
