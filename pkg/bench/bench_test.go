@@ -21,7 +21,7 @@ func TestRunProducesEveryRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 5+9 {
+	if len(res) != 6+9 {
 		t.Fatalf("%d rows", len(res))
 	}
 	for _, r := range res {
