@@ -90,7 +90,7 @@ func (w *world) startPlugin(ctx context.Context, regDir string) *plugin {
 	}
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting tmpfs needs root (CI runs as root)")
 	}

@@ -42,7 +42,7 @@ import (
 // directory, built-in registration, mTLS with its node certificate), with
 // the CSIDriver object and the SecretProviderClass CRD from the chart.
 type podkeyCluster struct {
-	t        *testing.T
+	t        testing.TB
 	c        *cluster.Cluster
 	node     *cluster.Node
 	bin      string // podkey binaries built for the host (the CLI)
@@ -53,6 +53,9 @@ type podkeyCluster struct {
 	metricsPort int // podkey-csi's, on the host network
 }
 
+// podkeyStarted: one node, and one podkey install on it, per test process.
+var podkeyStarted bool
+
 const (
 	nodeName = "kube-node-1"
 	// podkeyNS is where the chart is installed. (Other tests of the
@@ -60,8 +63,12 @@ const (
 	podkeyNS = "podkey-system"
 )
 
-func startPodkeyCluster(t *testing.T) *podkeyCluster {
+func startPodkeyCluster(t testing.TB) *podkeyCluster {
 	needRoot(t)
+	if podkeyStarted {
+		t.Skip("podkey is installed on this process's node already (run the real-node test and the pod-start benchmark in separate go test runs)")
+	}
+	podkeyStarted = true
 	ctx := context.Background()
 	pc := &podkeyCluster{t: t, c: sharedCluster(t), bin: binaries(t), dir: t.TempDir()}
 	var err error
@@ -378,26 +385,6 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	// podkey log for the secrets the pods received.
 	pc.deletePod(ctx, b)
 
-	// Pod start time to Running, with and without a podkey volume, in the
-	// same run (medians of five each, alternating).
-	var with, without []time.Duration
-	for i := 0; i < 5; i++ {
-		for _, vol := range []bool{false, true} {
-			start := time.Now()
-			p := pc.pod(ctx, "payments", fmt.Sprintf("start-%v-%d", vol, i), "payments", "payments", vol)
-			if _, err := waitPodPhase(ctx, pc.c, "payments", p.Name, corev1.PodRunning, 2*time.Minute); err != nil {
-				t.Fatal(err)
-			}
-			if vol {
-				with = append(with, time.Since(start))
-			} else {
-				without = append(without, time.Since(start))
-			}
-			pc.deletePod(ctx, p)
-		}
-	}
-	t.Logf("pod start to Running, median of 5: without podkey %v, with a podkey volume %v", median(without), median(with))
-
 	pc.scan(secrets)
 
 	// helm upgrade to changed values: podkey-csi rolls, and a new pod's
@@ -435,6 +422,34 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	if _, err := dyn.Resource(spc.GVR).Namespace("payments").List(ctx, metav1.ListOptions{}); err != nil {
 		t.Fatalf("the SecretProviderClass CRD was not kept: %v", err)
 	}
+}
+
+// BenchmarkPodStart measures the time from creating a pod to its Running
+// phase, with and without a podkey volume, alternating, on the real node
+// with podkey installed by helm (medians of five each).
+//
+//	go test -run '^$' -bench PodStart -benchtime 1x ./e2e
+func BenchmarkPodStart(b *testing.B) {
+	pc := startPodkeyCluster(b)
+	ctx := context.Background()
+	var with, without []time.Duration
+	for i := 0; i < 5; i++ {
+		for _, vol := range []bool{false, true} {
+			start := time.Now()
+			p := pc.pod(ctx, "payments", fmt.Sprintf("start-%v-%d", vol, i), "payments", "payments", vol)
+			if _, err := waitPodPhase(ctx, pc.c, "payments", p.Name, corev1.PodRunning, 2*time.Minute); err != nil {
+				b.Fatal(err)
+			}
+			if vol {
+				with = append(with, time.Since(start))
+			} else {
+				without = append(without, time.Since(start))
+			}
+			pc.deletePod(ctx, p)
+		}
+	}
+	b.ReportMetric(float64(median(without).Milliseconds()), "start-without-ms")
+	b.ReportMetric(float64(median(with).Milliseconds()), "start-with-podkey-ms")
 }
 
 func median(d []time.Duration) time.Duration {
@@ -475,7 +490,7 @@ func (pc *podkeyCluster) podWithScript(ctx context.Context, ns, name, sa, class,
 	return p
 }
 
-func mustDial(t *testing.T, sock string) *grpc.ClientConn {
+func mustDial(t testing.TB, sock string) *grpc.ClientConn {
 	conn, err := keydclient.Dial(keydclient.Options{Socket: sock})
 	if err != nil {
 		t.Fatal(err)

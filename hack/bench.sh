@@ -49,3 +49,14 @@ export PODKEY_KUBE_BIN_DIR
   go test -run '^$' -bench 'BurstLoad|PluginFootprint' -benchtime 1x ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
 } | tee -a BENCHMARKS.md
+
+# End to end: pod creation to Running with and without a podkey volume, on
+# a real node with podkey installed by helm (medians of five, alternating).
+{
+  echo
+  echo "## Pod start on a real node (podkey installed with helm)"
+  echo
+  echo '```'
+  go test -run '^$' -bench 'PodStart' -benchtime 1x -timeout 20m ./e2e 2>/dev/null | grep -E '^Benchmark'
+  echo '```'
+} | tee -a BENCHMARKS.md
