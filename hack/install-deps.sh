@@ -2,8 +2,8 @@
 # Installs what podkey's build, demo and tests need on a fresh Debian
 # machine: SoftHSM2 (the embedded default HSM), the PKCS#11 tools and the
 # protobuf compiler (for `make proto`), etcd (for the test clusters).
-# Go tools are pinned in go.mod; kube-apiserver and kubelet are built by
-# hack/kube-binaries.sh.
+# Go tools (helm among them) are pinned in go.mod; the Kubernetes
+# components are built by hack/kube-binaries.sh.
 set -euo pipefail
 
 need=()

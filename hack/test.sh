@@ -4,8 +4,9 @@
 # integration tests (real SoftHSM2 tokens, real keyd over gRPC, real tmpfs
 # mounts, a real etcd and kube-apiserver), short fuzzing of every parser,
 # and the demo as an end-to-end smoke test. The first run builds
-# kube-apiserver and kubelet from the Go module proxy (about 13 minutes on
-# two cores); later runs reuse them.
+# kube-apiserver, kubelet, kube-controller-manager and kube-scheduler from
+# the Go module proxy (about 15 minutes on two cores); later runs reuse
+# them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ cp pkg/api/keydv1/*.pb.go "$tmp"/
 make -s proto >/dev/null
 for f in pkg/api/keydv1/*.pb.go; do cmp -s "$f" "$tmp/$(basename "$f")" || { echo "$f is stale: run make proto"; exit 1; }; done
 
-echo "== kube-apiserver and kubelet for the test clusters (cached after the first build)"
+echo "== Kubernetes binaries for the test clusters (cached after the first build)"
 PODKEY_KUBE_BIN_DIR=$(hack/kube-binaries.sh)
 export PODKEY_KUBE_BIN_DIR
 

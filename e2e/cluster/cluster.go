@@ -47,9 +47,10 @@ type Cluster struct {
 	ctrlErr  error
 }
 
-// KubeBinDir returns the directory holding kube-apiserver and kubelet:
-// $PODKEY_KUBE_BIN_DIR, or what hack/kube-binaries.sh prints (it builds
-// them the first time, about ten minutes on two cores).
+// KubeBinDir returns the directory holding kube-apiserver, kubelet,
+// kube-controller-manager and kube-scheduler: $PODKEY_KUBE_BIN_DIR, or what
+// hack/kube-binaries.sh prints (it builds them the first time, about
+// fifteen minutes on two cores).
 func KubeBinDir(repoRoot string) (string, error) {
 	if d := os.Getenv("PODKEY_KUBE_BIN_DIR"); d != "" {
 		return d, nil

@@ -1,4 +1,5 @@
-// Module kube builds kube-apiserver and kubelet from the Go module proxy
+// Module kube builds kube-apiserver, kubelet, kube-controller-manager and
+// kube-scheduler from the Go module proxy
 // for podkey's test clusters (see hack/kube-binaries.sh). It is separate
 // from podkey's own module: k8s.io/kubernetes needs replace lines for its
 // staging modules.
