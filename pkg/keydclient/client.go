@@ -1,9 +1,9 @@
 // Package keydclient dials keyd: over its local unix socket, or over TLS
-// with the podkey CA bundle as the only trusted roots.
+// with the podkey CA bundle as the only trusted roots (re-read when the
+// file changes, so a rotated CA is followed).
 package keydclient
 
 import (
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -39,12 +39,11 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	if o.CAFile == "" {
 		return nil, errors.New("a CA bundle (--ca-file) is required to reach keyd over TLS")
 	}
-	pool, err := loadRoots(o.CAFile)
+	r, err := newRoots(o.CAFile)
 	if err != nil {
 		return nil, err
 	}
-	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13, ServerName: o.ServerName}
-	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(r.tlsConfig(o.ServerName))))
 }
 
 // loadRoots reads a PEM CA bundle that must hold at least one certificate.

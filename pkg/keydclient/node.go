@@ -49,7 +49,7 @@ type NodeOptions struct {
 // in flight on the old connection finish; no call is dropped.
 type NodeConn struct {
 	o      NodeOptions
-	roots  *x509.CertPool
+	roots  *roots
 	cur    atomic.Pointer[grpc.ClientConn]
 	expiry atomic.Int64 // unix seconds of the current certificate's NotAfter
 
@@ -70,7 +70,7 @@ func DialNode(ctx context.Context, o NodeOptions) (*NodeConn, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	roots, err := loadRoots(o.CAFile)
+	roots, err := newRoots(o.CAFile)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +82,7 @@ func DialNode(ctx context.Context, o NodeOptions) (*NodeConn, error) {
 }
 
 func (n *NodeConn) tlsConfig(cert *tls.Certificate) *tls.Config {
-	c := &tls.Config{RootCAs: n.roots, MinVersion: tls.VersionTLS13, ServerName: n.o.ServerName}
+	c := n.roots.tlsConfig(n.o.ServerName)
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
