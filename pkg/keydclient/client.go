@@ -43,7 +43,7 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(r.tlsConfig(o.ServerName))))
+	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(r.tlsConfig(o.Address, o.ServerName))))
 }
 
 // loadRoots reads a PEM CA bundle that must hold at least one certificate.

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -49,9 +50,14 @@ func (r *roots) get() (*x509.CertPool, error) {
 	return r.pool, nil
 }
 
-// tlsConfig verifies keyd's certificate and name against the bundle as it
-// is at each handshake.
-func (r *roots) tlsConfig(serverName string) *tls.Config {
+// tlsConfig verifies keyd's certificate against the bundle as it is at
+// each handshake, and its name: serverName, or else the host of address.
+func (r *roots) tlsConfig(address, serverName string) *tls.Config {
+	if serverName == "" {
+		if host, _, err := net.SplitHostPort(address); err == nil {
+			serverName = host
+		}
+	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: serverName,
@@ -59,7 +65,9 @@ func (r *roots) tlsConfig(serverName string) *tls.Config {
 		// below does it against the current bundle, name included.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if cs.ServerName == "" {
+			// The name is the one configured here: the connection state's
+			// is empty for an IP address, which is not sent as SNI.
+			if serverName == "" {
 				return errors.New("keyd's certificate: no server name to verify")
 			}
 			if len(cs.PeerCertificates) == 0 {
@@ -69,7 +77,7 @@ func (r *roots) tlsConfig(serverName string) *tls.Config {
 			if err != nil {
 				return err
 			}
-			opts := x509.VerifyOptions{Roots: pool, DNSName: cs.ServerName, Intermediates: x509.NewCertPool(),
+			opts := x509.VerifyOptions{Roots: pool, DNSName: serverName, Intermediates: x509.NewCertPool(),
 				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 			for _, c := range cs.PeerCertificates[1:] {
 				opts.Intermediates.AddCert(c)

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -34,10 +35,10 @@ func newTestCA(t *testing.T, name string) testCA {
 	return testCA{cert, key, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-func (ca testCA) serve(t *testing.T, dns string) string {
+func (ca testCA) serve(t *testing.T, dns string, ip net.IP) string {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), DNSNames: []string{dns}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), DNSNames: []string{dns}, IPAddresses: []net.IP{ip}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -65,7 +66,7 @@ func (ca testCA) serve(t *testing.T, dns string) string {
 // name is still checked; a broken file keeps the last good bundle.
 func TestRootsFollowTheBundleFile(t *testing.T) {
 	oldCA, newCA := newTestCA(t, "old"), newTestCA(t, "new")
-	addr := newCA.serve(t, "keyd.test") // keyd now serves a certificate from the new CA
+	addr := newCA.serve(t, "keyd.test", net.ParseIP("127.0.0.1")) // keyd now serves a certificate from the new CA
 	file := filepath.Join(t.TempDir(), "ca.crt")
 	if err := os.WriteFile(file, oldCA.pem, 0o644); err != nil {
 		t.Fatal(err)
@@ -75,7 +76,7 @@ func TestRootsFollowTheBundleFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	dial := func(name string) error {
-		c, err := tls.Dial("tcp", addr, r.tlsConfig(name))
+		c, err := tls.Dial("tcp", addr, r.tlsConfig("no-port", name))
 		if err == nil {
 			c.Close()
 		}
@@ -96,6 +97,12 @@ func TestRootsFollowTheBundleFile(t *testing.T) {
 	}
 	if err := dial(""); err == nil {
 		t.Fatal("a connection without a name to verify was accepted")
+	}
+	// Dialled by IP with no name given: the address's host is the name.
+	if c, err := tls.Dial("tcp", addr, r.tlsConfig(addr, "")); err != nil {
+		t.Fatalf("by IP address: %v", err)
+	} else {
+		c.Close()
 	}
 	if err := os.WriteFile(file, []byte("not a bundle"), 0o644); err != nil {
 		t.Fatal(err)
