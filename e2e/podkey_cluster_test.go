@@ -387,6 +387,12 @@ func TestPodkeyOnARealNode(t *testing.T) {
 
 	pc.scan(secrets)
 
+	// A CA rotation reaches the running plugin without a restart: keyd
+	// republishes its CA ConfigMap, the kubelet updates the plugin's file,
+	// and after keyd restarts with a certificate from the new CA the same
+	// podkey-csi pod still verifies it.
+	pc.rotateCA(ctx)
+
 	// helm upgrade to changed values: podkey-csi rolls, and a new pod's
 	// tmpfs has the new size; keyd keeps its keys (a credential issued
 	// before still verifies).
@@ -422,6 +428,43 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	if _, err := dyn.Resource(spc.GVR).Namespace("payments").List(ctx, metav1.ListOptions{}); err != nil {
 		t.Fatalf("the SecretProviderClass CRD was not kept: %v", err)
 	}
+}
+
+// rotateCA rotates keyd's intl CA, waits for the new bundle to reach the
+// running podkey-csi pod's mounted file, restarts keyd (whose serving
+// certificate then comes from the new CA), and checks that a new pod gets
+// its volume through the same, unrestarted plugin pod.
+func (pc *podkeyCluster) rotateCA(ctx context.Context) {
+	t := pc.t
+	before, err := pc.c.Admin.CoreV1().Pods(podkeyNS).List(ctx, metav1.ListOptions{LabelSelector: csiSelector})
+	if err != nil || len(before.Items) != 1 {
+		t.Fatalf("podkey-csi pods: %v %v", before, err)
+	}
+	plugin := before.Items[0]
+	if out, code := pc.admin("", "hsm", "rotate", "ca"); code != 0 {
+		t.Fatal(out)
+	}
+	file := filepath.Join(pc.node.RootDir, "pods", string(plugin.UID), "volumes", "kubernetes.io~configmap", "keyd-ca", "ca.crt")
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		b, _ := os.ReadFile(file)
+		if strings.Count(string(b), "BEGIN CERTIFICATE") == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rotated CA bundle did not reach podkey-csi's file %s:\n%s", file, b)
+		}
+		time.Sleep(time.Second)
+	}
+	pc.stopKeyd(ctx)
+	pc.startKeyd(ctx)
+	p := pc.pod(ctx, "payments", "after-ca-rotation", "payments", "payments", true)
+	pc.waitLog(p, "READY", 3*time.Minute)
+	after, err := pc.c.Admin.CoreV1().Pods(podkeyNS).Get(ctx, plugin.Name, metav1.GetOptions{})
+	if err != nil || after.UID != plugin.UID || after.Status.ContainerStatuses[0].RestartCount != 0 {
+		t.Fatalf("podkey-csi was restarted: %v %+v", err, after.Status.ContainerStatuses)
+	}
+	pc.deletePod(ctx, p)
 }
 
 // BenchmarkPodStart measures the time from creating a pod to its Running
