@@ -53,15 +53,22 @@ type world struct {
 
 func (w *world) run(stdin string, name string, args ...string) (string, int) {
 	w.t.Helper()
-	cmd := exec.Command(filepath.Join(w.bin, name), args...)
-	cmd.Env = w.env
+	return runBinary(w.t, w.env, stdin, filepath.Join(w.bin, name), args...)
+}
+
+// runBinary runs a program with env and stdin and returns its combined
+// output and exit status; a program that cannot start fails the test.
+func runBinary(t testing.TB, env []string, stdin, path string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
-		w.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return string(out), code
 }

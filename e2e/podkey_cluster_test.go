@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -120,17 +119,7 @@ func (pc *podkeyCluster) class(ctx context.Context, ns, name, objects string) {
 // -- podkey ...` (the API server here cannot reach the kubelet for exec).
 func (pc *podkeyCluster) admin(stdin string, args ...string) (string, int) {
 	pc.t.Helper()
-	cmd := exec.Command(filepath.Join(pc.bin, "podkey"), args...)
-	cmd.Env = append(os.Environ(), "PODKEY_SOCKET="+pc.sock())
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		pc.t.Fatal(err)
-	}
-	return string(out), code
+	return runBinary(pc.t, append(os.Environ(), "PODKEY_SOCKET="+pc.sock()), stdin, filepath.Join(pc.bin, "podkey"), args...)
 }
 
 func (pc *podkeyCluster) sock() string { return filepath.Join(pc.dataDir, "keyd.sock") }
