@@ -106,12 +106,6 @@ func recordMAC(ctx context.Context, mac MACFunc, key []byte, r *Record) ([]byte,
 	return h.Sum(nil), nil
 }
 
-func zero(b []byte) {
-	for i := range b {
-		b[i] = 0
-	}
-}
-
 // Log appends records with group commit: concurrent appends are chained in
 // arrival order and written in one durable transaction. Append returns only
 // when its record is on disk.
@@ -241,33 +235,17 @@ func (l *Log) commit(batch []*pending) error {
 				return err
 			}
 		}
-		prev := l.tailMAC
-		first := l.tailSeq + 1
-		key, err := batchKey(ctx, l.mac, first)
-		if err != nil {
-			return fmt.Errorf("audit: MAC: %w", err)
+		var (
+			entries []store.AuditEntry
+			tail    []byte
+		)
+		if entries, tail, err = l.seal(ctx, batch, l.tailSeq+1, l.tailMAC); err != nil {
+			return err
 		}
-		entries := make([]store.AuditEntry, len(batch))
-		for i, p := range batch {
-			r := p.rec
-			r.Version, r.Seq, r.Batch, r.Prev = version, first+uint64(i), first, prev
-			if r.MAC, err = recordMAC(ctx, l.mac, key, &r); err != nil {
-				zero(key)
-				return err
-			}
-			data, err := json.Marshal(r)
-			if err != nil {
-				zero(key)
-				return err
-			}
-			entries[i] = store.AuditEntry{Seq: r.Seq, Data: data}
-			prev = r.MAC
-		}
-		zero(key)
 		err = l.st.AppendAudit(ctx, entries)
 		switch {
 		case err == nil:
-			l.tailSeq, l.tailMAC = entries[len(entries)-1].Seq, prev
+			l.tailSeq, l.tailMAC = entries[len(entries)-1].Seq, tail
 			return nil
 		case errors.Is(err, store.ErrAuditSeq):
 			l.tailKnown = false // another writer moved the tail
@@ -277,6 +255,31 @@ func (l *Log) commit(batch []*pending) error {
 		}
 	}
 	return err
+}
+
+// seal chains the batch after prev from position first, each record MACed
+// under the batch key, and returns the entries and the last record's MAC.
+func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []byte) ([]store.AuditEntry, []byte, error) {
+	key, err := batchKey(ctx, l.mac, first)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit: MAC: %w", err)
+	}
+	defer clear(key)
+	entries := make([]store.AuditEntry, len(batch))
+	for i, p := range batch {
+		r := p.rec
+		r.Version, r.Seq, r.Batch, r.Prev = version, first+uint64(i), first, prev
+		if r.MAC, err = recordMAC(ctx, l.mac, key, &r); err != nil {
+			return nil, nil, err
+		}
+		data, err := json.Marshal(r)
+		if err != nil {
+			return nil, nil, err
+		}
+		entries[i] = store.AuditEntry{Seq: r.Seq, Data: data}
+		prev = r.MAC
+	}
+	return entries, prev, nil
 }
 
 // readTail loads the chain's tail from the store.
@@ -316,7 +319,7 @@ func Verify(ctx context.Context, st store.Store, mac MACFunc) (uint64, error) {
 		key      []byte // of batch keyBatch
 		keyBatch uint64
 	)
-	defer func() { zero(key) }()
+	defer func() { clear(key) }()
 	err := st.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
 		want := n + 1
 		var r Record
@@ -336,7 +339,7 @@ func Verify(ctx context.Context, st store.Store, mac MACFunc) (uint64, error) {
 			return &TamperError{Seq: e.Seq, Reason: fmt.Sprintf("batch position %d is not at or before the record", r.Batch)}
 		}
 		if r.Version == version && (key == nil || keyBatch != r.Batch) {
-			zero(key)
+			clear(key)
 			var err error
 			if key, err = batchKey(ctx, mac, r.Batch); err != nil {
 				return err

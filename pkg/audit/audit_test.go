@@ -23,6 +23,22 @@ func softMAC(_ context.Context, data []byte) ([]byte, error) {
 	return m.Sum(nil), nil
 }
 
+// appendConcurrently appends n issue records from n goroutines at once.
+func appendConcurrently(t *testing.T, l *audit.Log, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if err := l.Append(context.Background(), audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+}
+
 func TestConcurrentAppendsFormOneChain(t *testing.T) {
 	ctx := context.Background()
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
@@ -31,17 +47,7 @@ func TestConcurrentAppendsFormOneChain(t *testing.T) {
 	}
 	defer st.Close()
 	l := audit.Open(st, softMAC)
-	var wg sync.WaitGroup
-	for i := 0; i < 200; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
-				t.Error(err)
-			}
-		}(i)
-	}
-	wg.Wait()
+	appendConcurrently(t, l, 200)
 	l.Close()
 	if err := l.Append(ctx, audit.Record{}); !errors.Is(err, audit.ErrClosed) {
 		t.Fatalf("append after close: %v", err)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,17 +26,7 @@ func TestBatchesCostOneHSMOperationAndLocateTampering(t *testing.T) {
 	var calls atomic.Int64
 	counted := func(ctx context.Context, data []byte) ([]byte, error) { calls.Add(1); return softMAC(ctx, data) }
 	l := audit.Open(st, counted)
-	var wg sync.WaitGroup
-	for i := 0; i < 300; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
-				t.Error(err)
-			}
-		}(i)
-	}
-	wg.Wait()
+	appendConcurrently(t, l, 300)
 	l.Close()
 	var entries []store.AuditEntry
 	_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error { entries = append(entries, e); return nil })
