@@ -80,7 +80,7 @@ the keyd pod reads the same variables (kubectl exec ... podkey policy add). */}}
 {{- define "podkey.keydMounts" -}}
 - {name: data, mountPath: /var/lib/podkey}
 - {name: tmp, mountPath: /tmp}
-{{- with .root.Values.keyd.extraVolumeMounts }}
+{{- with .Values.keyd.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
