@@ -18,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/podkey/podkey/e2e/cluster"
 )
 
 const (
@@ -52,7 +54,10 @@ func (pc *podkeyCluster) helm(args ...string) (string, error) {
 // and extra merged one level deep (extra["csi"] into the csi values).
 func (pc *podkeyCluster) values(extra map[string]any) string {
 	if pc.metricsPort == 0 {
-		fmt.Sscan(strings.Split(freePort(pc.t), ":")[1], &pc.metricsPort)
+		var err error
+		if pc.metricsPort, err = cluster.FreePort(); err != nil {
+			pc.t.Fatal(err)
+		}
 	}
 	v := pc.c.PodkeyValues(pc.node, pc.keydAddr, pc.metricsPort)
 	keyd := v["keyd"].(map[string]any)

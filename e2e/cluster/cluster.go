@@ -65,7 +65,8 @@ func KubeBinDir(repoRoot string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-func freePort() (int, error) {
+// FreePort is a free TCP port on loopback.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -98,7 +99,7 @@ func Start(repoRoot string) (*Cluster, error) {
 	}()
 	var ports [3]int
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -317,7 +318,7 @@ func (c *Cluster) startControllers(repoRoot string) error {
 	}
 	var ports [2]int
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = FreePort(); err != nil {
 			return err
 		}
 	}

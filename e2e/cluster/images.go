@@ -90,20 +90,16 @@ func writeImage(out, ref string, files []imageFile, cfg v1.Config) error {
 
 // buildImages writes the pause, busybox and examples images into dir.
 func buildImages(dir, repoRoot string) ([]string, error) {
-	pauseBin := filepath.Join(dir, "pause")
-	cmd := exec.Command("go", "build", "-o", pauseBin, "./e2e/images/pause")
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build pause: %v\n%s", err, out)
+	if err := goBuild(repoRoot, dir, false, "", "./e2e/images/pause"); err != nil {
+		return nil, err
 	}
-	pause, err := os.ReadFile(pauseBin)
+	pause, err := os.ReadFile(filepath.Join(dir, "pause"))
 	if err != nil {
 		return nil, err
 	}
-	bb, err := os.ReadFile("/usr/bin/busybox") // Debian's busybox-static
+	bb, err := busybox()
 	if err != nil {
-		return nil, fmt.Errorf("busybox-static missing: run hack/install-deps.sh: %w", err)
+		return nil, err
 	}
 	pauseTar, bbTar := filepath.Join(dir, "pause.tar"), filepath.Join(dir, "busybox.tar")
 	if err := writeImage(pauseTar, PauseImage, []imageFile{{path: "/pause", data: pause, mode: 0o755}},
@@ -118,11 +114,8 @@ func buildImages(dir, repoRoot string) ([]string, error) {
 		return nil, err
 	}
 	exDir := filepath.Join(dir, "examples")
-	cmd = exec.Command("go", "build", "-o", exDir+"/", "./cmd/example-workload", "./cmd/example-backend")
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build examples: %v\n%s", err, out)
+	if err := goBuild(repoRoot, exDir, false, "", "./cmd/example-workload", "./cmd/example-backend"); err != nil {
+		return nil, err
 	}
 	for _, ex := range []string{"example-workload", "example-backend"} {
 		b, err := os.ReadFile(filepath.Join(exDir, ex))
@@ -157,19 +150,10 @@ slots.removable = false
 func PodkeyImages(dir, repoRoot, keydRef, csiRef, version string) (keydTar, csiTar string, err error) {
 	ldflags := "-s -w -X github.com/podkey/podkey/pkg/version.Version=" + version
 	bin := filepath.Join(dir, "podkey-bin")
-	build := func(cgo string, pkgs ...string) error {
-		cmd := exec.Command("go", append([]string{"build", "-trimpath", "-ldflags", ldflags, "-o", bin + "/"}, pkgs...)...)
-		cmd.Dir = repoRoot
-		cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %v: %v\n%s", pkgs, err, out)
-		}
-		return nil
-	}
-	if err := build("1", "./cmd/podkey-keyd", "./cmd/podkey"); err != nil {
+	if err := goBuild(repoRoot, bin, true, ldflags, "./cmd/podkey-keyd", "./cmd/podkey"); err != nil {
 		return "", "", err
 	}
-	if err := build("0", "./cmd/podkey-csi"); err != nil {
+	if err := goBuild(repoRoot, bin, false, ldflags, "./cmd/podkey-csi"); err != nil {
 		return "", "", err
 	}
 	const module = "/usr/lib/softhsm/libsofthsm2.so" // hsm.DefaultModule
@@ -211,9 +195,9 @@ func PodkeyImages(dir, repoRoot, keydRef, csiRef, version string) (keydTar, csiT
 	if err != nil {
 		return "", "", err
 	}
-	bb, err := os.ReadFile("/usr/bin/busybox")
+	bb, err := busybox()
 	if err != nil {
-		return "", "", fmt.Errorf("busybox-static missing: run hack/install-deps.sh: %w", err)
+		return "", "", err
 	}
 	csiFiles := []imageFile{{path: "/usr/local/bin/podkey-csi", data: csi, mode: 0o755}, {path: "/bin/busybox", data: bb, mode: 0o755},
 		{path: "/bin/mount", symlink: "busybox"}, {path: "/bin/umount", symlink: "busybox"}}
@@ -222,6 +206,35 @@ func PodkeyImages(dir, repoRoot, keydRef, csiRef, version string) (keydTar, csiT
 		return "", "", err
 	}
 	return keydTar, csiTar, nil
+}
+
+// goBuild builds pkgs into the directory out, with cgo or without, trimmed
+// and with ldflags when given.
+func goBuild(repoRoot, out string, cgo bool, ldflags string, pkgs ...string) error {
+	args := []string{"build", "-trimpath", "-o", out + "/"}
+	if ldflags != "" {
+		args = append(args, "-ldflags", ldflags)
+	}
+	cmd := exec.Command("go", append(args, pkgs...)...)
+	cmd.Dir = repoRoot
+	cgoEnv := "CGO_ENABLED=0"
+	if cgo {
+		cgoEnv = "CGO_ENABLED=1"
+	}
+	cmd.Env = append(os.Environ(), cgoEnv)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %v: %v\n%s", pkgs, err, o)
+	}
+	return nil
+}
+
+// busybox is Debian's busybox-static binary.
+func busybox() ([]byte, error) {
+	bb, err := os.ReadFile("/usr/bin/busybox")
+	if err != nil {
+		return nil, fmt.Errorf("busybox-static missing: run hack/install-deps.sh: %w", err)
+	}
+	return bb, nil
 }
 
 // sharedLibraries lists, with ldd, every shared library the given ELF

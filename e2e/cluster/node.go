@@ -137,11 +137,11 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 	if err := c.WriteKubeconfig(kubeconfig, ""); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	healthz, err := freePort()
+	healthz, err := FreePort()
 	if err != nil {
 		return nil, err
 	}

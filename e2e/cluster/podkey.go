@@ -48,12 +48,3 @@ func (c *Cluster) PodkeyValues(n *Node, keydAddr string, metricsPort int) map[st
 		},
 	}
 }
-
-// FreeAddr is a free TCP address on loopback.
-func FreeAddr() (string, error) {
-	p, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
-}

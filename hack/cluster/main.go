@@ -58,17 +58,16 @@ func run() error {
 	if err := c.WriteKubeconfig(kc, ""); err != nil {
 		return err
 	}
-	keydAddr, err := cluster.FreeAddr()
+	keydPort, err := cluster.FreePort()
 	if err != nil {
 		return err
 	}
-	metrics, err := cluster.FreeAddr()
+	metricsPort, err := cluster.FreePort()
 	if err != nil {
 		return err
 	}
-	_, mp, _ := net.SplitHostPort(metrics)
-	port, _ := strconv.Atoi(mp)
-	values, err := yaml.Marshal(c.PodkeyValues(n, keydAddr, port))
+	keydAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(keydPort))
+	values, err := yaml.Marshal(c.PodkeyValues(n, keydAddr, metricsPort))
 	if err != nil {
 		return err
 	}
