@@ -288,7 +288,8 @@ func (pc *podkeyCluster) diagnose(ctx context.Context) string {
 
 // leftovers lists the objects of the release still in the cluster, by
 // the label every chart object carries and by name for the cluster-wide
-// ones. The SecretProviderClass CRD is kept on purpose.
+// ones; a list that fails is reported, never taken for empty. The
+// SecretProviderClass CRD is kept on purpose.
 func (pc *podkeyCluster) leftovers(ctx context.Context) []string {
 	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + releaseName}
 	var left []string
@@ -300,58 +301,45 @@ func (pc *podkeyCluster) leftovers(ctx context.Context) []string {
 		}
 	}
 	cs := pc.c.Admin
-	if l, err := cs.CoreV1().Pods(podkeyNS).List(ctx, sel); err == nil {
-		add("pods", len(l.Items), nil)
-	}
-	if l, err := cs.AppsV1().Deployments(podkeyNS).List(ctx, sel); err == nil {
-		add("deployments", len(l.Items), nil)
-	}
-	if l, err := cs.AppsV1().ReplicaSets(podkeyNS).List(ctx, sel); err == nil {
-		add("replicasets", len(l.Items), nil)
-	}
-	if l, err := cs.AppsV1().DaemonSets(podkeyNS).List(ctx, sel); err == nil {
-		add("daemonsets", len(l.Items), nil)
-	}
-	if l, err := cs.AppsV1().ControllerRevisions(podkeyNS).List(ctx, sel); err == nil {
-		add("controllerrevisions", len(l.Items), nil)
-	}
-	if l, err := cs.CoreV1().Services(podkeyNS).List(ctx, sel); err == nil {
-		add("services", len(l.Items), nil)
-	}
-	if l, err := cs.CoreV1().ConfigMaps(podkeyNS).List(ctx, metav1.ListOptions{}); err == nil {
-		n := 0
-		for _, cm := range l.Items {
-			if cm.Name != "kube-root-ca.crt" {
-				n++
-			}
+	pods, err := cs.CoreV1().Pods(podkeyNS).List(ctx, sel)
+	add("pods", len(pods.Items), err)
+	deployments, err := cs.AppsV1().Deployments(podkeyNS).List(ctx, sel)
+	add("deployments", len(deployments.Items), err)
+	replicasets, err := cs.AppsV1().ReplicaSets(podkeyNS).List(ctx, sel)
+	add("replicasets", len(replicasets.Items), err)
+	daemonsets, err := cs.AppsV1().DaemonSets(podkeyNS).List(ctx, sel)
+	add("daemonsets", len(daemonsets.Items), err)
+	revisions, err := cs.AppsV1().ControllerRevisions(podkeyNS).List(ctx, sel)
+	add("controllerrevisions", len(revisions.Items), err)
+	services, err := cs.CoreV1().Services(podkeyNS).List(ctx, sel)
+	add("services", len(services.Items), err)
+	cms, err := cs.CoreV1().ConfigMaps(podkeyNS).List(ctx, metav1.ListOptions{})
+	n := 0
+	for _, cm := range cms.Items {
+		if cm.Name != "kube-root-ca.crt" {
+			n++
 		}
-		add("configmaps", n, nil)
 	}
-	if l, err := cs.CoreV1().Secrets(podkeyNS).List(ctx, metav1.ListOptions{}); err == nil {
-		n := 0
-		for _, s := range l.Items {
-			if !strings.HasPrefix(s.Name, "sh.helm.release") || s.Labels["name"] == releaseName {
-				n++
-			}
+	add("configmaps", n, err)
+	secrets, err := cs.CoreV1().Secrets(podkeyNS).List(ctx, metav1.ListOptions{})
+	n = 0
+	for _, s := range secrets.Items {
+		if !strings.HasPrefix(s.Name, "sh.helm.release") || s.Labels["name"] == releaseName {
+			n++
 		}
-		add("secrets (helm release records included)", n, nil)
 	}
-	if l, err := cs.CoreV1().ServiceAccounts(podkeyNS).List(ctx, sel); err == nil {
-		add("serviceaccounts", len(l.Items), nil)
-	}
-	if l, err := cs.RbacV1().Roles(podkeyNS).List(ctx, sel); err == nil {
-		add("roles", len(l.Items), nil)
-	}
-	if l, err := cs.RbacV1().RoleBindings(podkeyNS).List(ctx, sel); err == nil {
-		add("rolebindings", len(l.Items), nil)
-	}
-	if l, err := cs.RbacV1().ClusterRoles().List(ctx, sel); err == nil {
-		add("clusterroles", len(l.Items), nil)
-	}
-	if l, err := cs.RbacV1().ClusterRoleBindings().List(ctx, sel); err == nil {
-		add("clusterrolebindings", len(l.Items), nil)
-	}
-	_, err := cs.StorageV1().CSIDrivers().Get(ctx, "csi.podkey.io", metav1.GetOptions{})
+	add("secrets (helm release records included)", n, err)
+	serviceaccounts, err := cs.CoreV1().ServiceAccounts(podkeyNS).List(ctx, sel)
+	add("serviceaccounts", len(serviceaccounts.Items), err)
+	roles, err := cs.RbacV1().Roles(podkeyNS).List(ctx, sel)
+	add("roles", len(roles.Items), err)
+	rolebindings, err := cs.RbacV1().RoleBindings(podkeyNS).List(ctx, sel)
+	add("rolebindings", len(rolebindings.Items), err)
+	clusterroles, err := cs.RbacV1().ClusterRoles().List(ctx, sel)
+	add("clusterroles", len(clusterroles.Items), err)
+	clusterrolebindings, err := cs.RbacV1().ClusterRoleBindings().List(ctx, sel)
+	add("clusterrolebindings", len(clusterrolebindings.Items), err)
+	_, err = cs.StorageV1().CSIDrivers().Get(ctx, "csi.podkey.io", metav1.GetOptions{})
 	add("csidriver", btoi(err == nil), err)
 	if cn, err := cs.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{}); err == nil {
 		for _, d := range cn.Spec.Drivers {
