@@ -146,8 +146,10 @@ func DateAndNonce(sts []byte) (time.Time, string, error) {
 	if len(lines) < 4 {
 		return time.Time{}, "", fmt.Errorf("%w: string to sign too short", ErrMalformed)
 	}
+	// time.Parse also takes fractional seconds the layout does not name;
+	// only the exact form is a date here.
 	t, err := time.Parse(DateFormat, string(lines[1]))
-	if err != nil {
+	if err != nil || t.Format(DateFormat) != string(lines[1]) {
 		return time.Time{}, "", fmt.Errorf("%w: %s is not %s", ErrMalformed, HeaderDate, DateFormat)
 	}
 	nonce := string(lines[2])
@@ -277,8 +279,15 @@ func Canonical(r *http.Request) (Auth, []byte, error) {
 		return a, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	sts := StringToSign(a.Algorithm, a.Suite, r, a.SignedHeaders, body)
-	if _, _, err := DateAndNonce(sts); err != nil {
+	date, nonce, err := DateAndNonce(sts)
+	if err != nil {
 		return a, nil, err
+	}
+	// A header value with a line break would shift the lines keyd reads
+	// the date and nonce from; net/http refuses such values on the wire,
+	// and a request built in-process is held to the same.
+	if date.Format(DateFormat) != r.Header.Get(HeaderDate) || nonce != r.Header.Get(HeaderNonce) {
+		return a, nil, fmt.Errorf("%w: %s or %s is not a single line", ErrMalformed, HeaderDate, HeaderNonce)
 	}
 	return a, sts, nil
 }

@@ -80,9 +80,13 @@ func FuzzParseAuthorization(f *testing.F) {
 }
 
 // FuzzStringToSign: the canonical form is a function of the request, and
-// the date and nonce it reports back are the ones the request carried.
+// a request Canonical accepts carried exactly the date and nonce keyd will
+// read back from its string to sign.
 func FuzzStringToSign(f *testing.F) {
 	f.Add("GET", "/a/b%20c", "x=1&y=%2F", "svc:8443", "20261128T184500Z", "bm9uY2Utbm9uY2Utbm9uY2U", []byte("body"))
+	f.Add("GET", "/", "", "svc", "20261128T184500.5Z", "bm9uY2Utbm9uY2Utbm9uY2U", []byte{})
+	f.Add("GET", "/", "", "svc", "20261128T184500Z\nAAAAAAAAAAAAAAAAAAAA", "bm9uY2Utbm9uY2Utbm9uY2U", []byte{})
+	auth := "PODKEY1-HMAC-SHA256 Credential=" + vectorKeyID(suite.Intl) + ", SignedHeaders=" + strings.Join(defaultSigned, ";") + ", Signature=" + strings.Repeat("00", 32)
 	f.Fuzz(func(t *testing.T, method, path, query, host, date, nonce string, body []byte) {
 		r, err := http.NewRequest("GET", "https://example/", nil)
 		if err != nil {
@@ -96,8 +100,18 @@ func FuzzStringToSign(f *testing.F) {
 		if string(a) != string(b) {
 			t.Fatal("canonical form is not deterministic")
 		}
-		if d, n, err := DateAndNonce(a); err == nil && (d.Format(DateFormat) != r.Header.Get(HeaderDate) || n != r.Header.Get(HeaderNonce)) {
-			t.Fatalf("date/nonce read back differ: %v %q", d, n)
+		r.Header.Set("Authorization", auth)
+		r.Body = nopBody(string(body))
+		_, sts, err := Canonical(r)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("refusal is not ErrMalformed: %v", err)
+			}
+			return
+		}
+		d, n, err := DateAndNonce(sts)
+		if err != nil || d.Format(DateFormat) != date || n != nonce {
+			t.Fatalf("accepted, but date/nonce read back differ: %v %q %v", d, n, err)
 		}
 	})
 }
