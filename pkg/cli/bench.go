@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ func newBenchCommand() *cobra.Command {
 		duration time.Duration
 		conc     []int
 		output   string
+		profile  string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -35,11 +37,20 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 			var sb strings.Builder
 			fmt.Fprintf(&sb, "# podkey bench\n\nmachine: %s/%s, %d CPUs, %s; token %q (%s); %s per measurement\n\n",
 				runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), cfg.TokenLabel, cfg.ModulePath, duration)
-			results, err := bench.Run(cmd.Context(), bench.Options{HSM: cfg, Duration: duration, Concurrency: conc}, &sb)
-			if err != nil {
+			if profile != "" {
+				f, err := os.Create(profile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			if _, err := bench.Run(cmd.Context(), bench.Options{HSM: cfg, Duration: duration, Concurrency: conc}, &sb); err != nil {
 				return err
 			}
-			_ = results
 			if output != "" {
 				if err := os.WriteFile(output, []byte(sb.String()), 0o644); err != nil {
 					return err
@@ -53,5 +64,6 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 	cmd.Flags().DurationVar(&duration, "duration", 2*time.Second, "length of each measurement")
 	cmd.Flags().IntSliceVar(&conc, "concurrency", []int{1, 8, 64}, "concurrent callers (repeatable)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "also write the table to this file")
+	cmd.Flags().StringVar(&profile, "cpuprofile", "", "write a CPU profile of the whole run (keyd and the callers share the process) to this file")
 	return cmd
 }
