@@ -6,10 +6,13 @@
 // hold a secret value or a token.
 //
 // Records are written in group-committed batches. A version 2 record is
-// MACed in software under its batch's key, HMAC-SHA256 computed by the HSM
-// over the batch's first position; so a batch costs one HSM operation
-// however many records it holds, and every record is still authenticated
-// on its own. Version 1 records (one HSM MAC each) still verify.
+// MACed in software under a batch key, HMAC-SHA256 computed by the HSM over
+// the position of the first record written under that key (the record's
+// Batch field). The writer keeps a key for up to KeyLifetime before asking
+// the HSM for the next, so a busy log costs one HSM operation per
+// KeyLifetime rather than one per batch or record, and every record is
+// still authenticated on its own. Version 1 records (one HSM MAC each)
+// still verify.
 package audit
 
 import (
@@ -62,7 +65,7 @@ type Record struct {
 	Node           string    `json:"node,omitempty"`
 	Objects        []string  `json:"objects,omitempty"` // name/kind/suite/g<generation>
 	KeyID          string    `json:"keyID,omitempty"`   // access key ids are public identifiers
-	Batch          uint64    `json:"batch,omitempty"`   // version 2: position of its batch's first record
+	Batch          uint64    `json:"batch,omitempty"`   // version 2: position of the first record under its key
 	Prev           []byte    `json:"prev"`
 	MAC            []byte    `json:"mac,omitempty"`
 }
@@ -85,7 +88,7 @@ func (r Record) authenticated() ([]byte, error) {
 	return append([]byte(domain), b...), nil
 }
 
-// batchKey is the key of the batch starting at position first: the HSM's
+// batchKey is the key of the records from position first on: the HSM's
 // MAC over it, which nobody without the HSM key can compute.
 func batchKey(ctx context.Context, mac MACFunc, first uint64) ([]byte, error) {
 	return mac(ctx, binary.BigEndian.AppendUint64([]byte(batchDomain), first))
@@ -119,6 +122,13 @@ type Log struct {
 	tailMAC   []byte
 	tailKnown bool
 
+	// The batch key in use (writer goroutine only), for records from
+	// keyFirst on, until keyBorn+keyLifetime.
+	key         []byte
+	keyFirst    uint64
+	keyBorn     time.Time
+	keyLifetime time.Duration
+
 	reqs   chan *pending
 	done   chan struct{} // closed by Close
 	exited chan struct{} // closed when the writer has stopped
@@ -133,9 +143,17 @@ type pending struct {
 // maxBatch bounds one transaction.
 const maxBatch = 512
 
+// KeyLifetime is how long the writer keeps a batch key. The key is as
+// sensitive as the HSM audit key's use, which keyd holds anyway; a short
+// lifetime bounds how far records written under one key reach.
+const KeyLifetime = time.Second
+
 // Open starts a log that continues the chain stored in st.
-func Open(st store.Store, mac MACFunc) *Log {
-	l := &Log{st: st, mac: mac, reqs: make(chan *pending, maxBatch), done: make(chan struct{}), exited: make(chan struct{})}
+func Open(st store.Store, mac MACFunc) *Log { return open(st, mac, KeyLifetime) }
+
+func open(st store.Store, mac MACFunc, keyLifetime time.Duration) *Log {
+	l := &Log{st: st, mac: mac, keyLifetime: keyLifetime,
+		reqs: make(chan *pending, maxBatch), done: make(chan struct{}), exited: make(chan struct{})}
 	l.wg.Add(1)
 	go l.run()
 	return l
@@ -193,6 +211,7 @@ func (l *Log) Close() {
 func (l *Log) run() {
 	defer l.wg.Done()
 	defer close(l.exited)
+	defer func() { clear(l.key) }()
 	for {
 		var batch []*pending
 		select {
@@ -235,6 +254,9 @@ func (l *Log) commit(batch []*pending) error {
 				return err
 			}
 		}
+		if err := l.renewKey(ctx); err != nil {
+			return err
+		}
 		var (
 			entries []store.AuditEntry
 			tail    []byte
@@ -257,19 +279,33 @@ func (l *Log) commit(batch []*pending) error {
 	return err
 }
 
-// seal chains the batch after prev from position first, each record MACed
-// under the batch key, and returns the entries and the last record's MAC.
-func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []byte) ([]store.AuditEntry, []byte, error) {
-	key, err := batchKey(ctx, l.mac, first)
-	if err != nil {
-		return nil, nil, fmt.Errorf("audit: MAC: %w", err)
+// renewKey asks the HSM for a batch key starting at the next position when
+// there is none, it is older than its lifetime, or the tail moved behind it.
+func (l *Log) renewKey(ctx context.Context) error {
+	next := l.tailSeq + 1
+	if l.key != nil && l.keyFirst <= next && time.Since(l.keyBorn) < l.keyLifetime {
+		return nil
 	}
-	defer clear(key)
+	clear(l.key)
+	l.key = nil
+	key, err := batchKey(ctx, l.mac, next)
+	if err != nil {
+		return fmt.Errorf("audit: MAC: %w", err)
+	}
+	l.key, l.keyFirst, l.keyBorn = key, next, time.Now()
+	return nil
+}
+
+// seal chains the batch after prev from position first, each record MACed
+// under the current batch key, and returns the entries and the last
+// record's MAC.
+func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []byte) ([]store.AuditEntry, []byte, error) {
+	var err error
 	entries := make([]store.AuditEntry, len(batch))
 	for i, p := range batch {
 		r := p.rec
-		r.Version, r.Seq, r.Batch, r.Prev = version, first+uint64(i), first, prev
-		if r.MAC, err = recordMAC(ctx, l.mac, key, &r); err != nil {
+		r.Version, r.Seq, r.Batch, r.Prev = version, first+uint64(i), l.keyFirst, prev
+		if r.MAC, err = recordMAC(ctx, l.mac, l.key, &r); err != nil {
 			return nil, nil, err
 		}
 		data, err := json.Marshal(r)

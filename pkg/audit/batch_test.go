@@ -14,8 +14,8 @@ import (
 	"github.com/podkey/podkey/pkg/store"
 )
 
-// A batch costs one HSM operation, and a record altered in the middle of a
-// batch is still located exactly.
+// A batch key costs one HSM operation, and a record altered in the middle
+// of a batch is still located exactly.
 func TestBatchesCostOneHSMOperationAndLocateTampering(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "a.db")
@@ -136,5 +136,51 @@ func TestTwoWritersKeepOneChain(t *testing.T) {
 	b.Close()
 	if n, err := audit.Verify(ctx, st, softMAC); err != nil || n != 20 {
 		t.Fatalf("verify: %d %v", n, err)
+	}
+}
+
+// The writer keeps its batch key across commits for the key's lifetime,
+// and asks the HSM for a new one, starting at the next position, once it
+// has expired; both chains verify, and each HSM operation is one key.
+func TestBatchKeyIsKeptForItsLifetime(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		lifetime time.Duration
+	}{{"kept", time.Hour}, {"expired at once", 0}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			var calls atomic.Int64
+			counted := func(ctx context.Context, data []byte) ([]byte, error) { calls.Add(1); return softMAC(ctx, data) }
+			l := audit.OpenWithKeyLifetime(st, counted, c.lifetime)
+			const n = 20 // one after another: each Append is its own commit
+			for i := 0; i < n; i++ {
+				if err := l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l.Close()
+			firsts := map[uint64]bool{}
+			_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
+				var r audit.Record
+				_ = json.Unmarshal(e.Data, &r)
+				firsts[r.Batch] = true
+				return nil
+			})
+			want := 1
+			if c.lifetime == 0 {
+				want = n
+			}
+			if int(calls.Load()) != want || len(firsts) != want {
+				t.Fatalf("%d HSM operations and %d batch keys for %d commits; want %d", calls.Load(), len(firsts), n, want)
+			}
+			if got, err := audit.Verify(ctx, st, softMAC); err != nil || got != n {
+				t.Fatalf("verify: %d %v", got, err)
+			}
+		})
 	}
 }

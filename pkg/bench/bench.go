@@ -51,7 +51,7 @@ type Result struct {
 	Errors      int64
 	Limit       string  // the raw operation compared against
 	LimitRate   float64 // its rate at the same concurrency
-	HSMOps      int     // HSM operations per credential (the audit batch's one MAC not counted)
+	HSMOps      int     // HSM operations per credential (the audit log's one a second not counted)
 }
 
 // measure runs op from n goroutines for d and reports the rate and latency.
@@ -198,8 +198,8 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 		return nil, err
 	}
 	// hsmOps counts token operations per issued credential; software work
-	// under unwrapped keys is not counted, nor the audit log's one MAC per
-	// group-committed batch, which many credentials share.
+	// under unwrapped keys is not counted, nor the audit log's one MAC a
+	// second, which every credential in that second shares.
 	kinds := []kindCase{
 		{"apiKey intl", &keydv1.ObjectRequest{Name: "k", Kind: "apiKey"}, "HSM HMAC-SHA256", 1},
 		{"apiKey gm", &keydv1.ObjectRequest{Name: "k", Kind: "apiKey", Suite: "gm"}, "keyd gRPC round trip", 0},
@@ -238,7 +238,7 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 // Print renders results as a Markdown table.
 func Print(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "| operation\t callers\t per second\t p50\t p99\t errors\t compared with (same callers)\t its rate\t ratio\t HSM ops per credential (+1 per audit batch)\t")
+	fmt.Fprintln(tw, "| operation\t callers\t per second\t p50\t p99\t errors\t compared with (same callers)\t its rate\t ratio\t HSM ops per credential (+1 a second for the audit log)\t")
 	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t")
 	for _, r := range results {
 		ratio, limit, limitRate, ops := "", "", "", ""

@@ -1,0 +1,10 @@
+package audit
+
+import (
+	"time"
+
+	"github.com/podkey/podkey/pkg/store"
+)
+
+// OpenWithKeyLifetime is Open with another batch key lifetime (tests).
+func OpenWithKeyLifetime(st store.Store, mac MACFunc, d time.Duration) *Log { return open(st, mac, d) }
