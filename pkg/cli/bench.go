@@ -2,8 +2,10 @@ package cli
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -34,9 +36,14 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 			if err != nil {
 				return err
 			}
+			// keyd runs in this process, tuned as podkey-keyd tunes itself
+			// (the callers share the setting).
+			tuneKeydRuntime(slog.New(slog.DiscardHandler))
+			gogc := debug.SetGCPercent(-1)
+			debug.SetGCPercent(gogc)
 			var sb strings.Builder
-			fmt.Fprintf(&sb, "# podkey bench\n\nmachine: %s/%s, %d CPUs, %s; token %q (%s); %s per measurement\n\n",
-				runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), cfg.TokenLabel, cfg.ModulePath, duration)
+			fmt.Fprintf(&sb, "# podkey bench\n\nmachine: %s/%s, %d CPUs, %s, GOGC %d as keyd sets it; token %q (%s); %s per measurement\n\n",
+				runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), gogc, cfg.TokenLabel, cfg.ModulePath, duration)
 			if profile != "" {
 				f, err := os.Create(profile)
 				if err != nil {

@@ -45,6 +45,7 @@ func NewKeydCommand() *cobra.Command {
 			if err := secmem.HardenProcess(); err != nil {
 				o.Logger.Warn("could not disable core dumps", "error", err)
 			}
+			tuneKeydRuntime(o.Logger)
 			if o.HSM, err = hf.config(); err != nil {
 				return err
 			}
