@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/pkg/keyd/keydtest"
+	"github.com/podkey/podkey/pkg/testdir"
 )
 
 var (
@@ -27,7 +28,7 @@ var (
 func binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "podkey-e2e-bin-")
+		binDir, buildErr = testdir.ForProcess("podkey-e2e-bin-")
 		if buildErr != nil {
 			return
 		}

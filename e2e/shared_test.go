@@ -30,5 +30,8 @@ func TestMain(m *testing.M) {
 	if shared != nil {
 		shared.Stop()
 	}
+	if binDir != "" {
+		_ = os.RemoveAll(binDir) // built per run, a few hundred MB
+	}
 	os.Exit(code)
 }

@@ -1,6 +1,6 @@
 // Package hsmtest creates real SoftHSM2 tokens for tests: each test gets its
 // own freshly initialised token in a directory that lives as long as the
-// test process.
+// test process (and is removed by the next test process after it).
 package hsmtest
 
 import (
@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/testdir"
 )
 
 // PIN is the user PIN of every test token.
@@ -33,7 +34,7 @@ func setup() error {
 			confErr = fmt.Errorf("SoftHSM2 is not installed (%s): run hack/install-deps.sh", hsm.DefaultModule)
 			return
 		}
-		dir, err := os.MkdirTemp("", "podkey-softhsm-")
+		dir, err := testdir.ForProcess("podkey-softhsm-")
 		if err != nil {
 			confErr = err
 			return
