@@ -136,8 +136,9 @@ type Log struct {
 }
 
 type pending struct {
-	rec Record
-	err chan error
+	rec  Record
+	bind *store.PodBinding
+	err  chan error
 }
 
 // maxBatch bounds one transaction.
@@ -164,11 +165,15 @@ var ErrClosed = errors.New("audit log closed")
 
 // Append chains and durably stores rec. Seq, Prev, MAC and Version are set
 // by the log; Time defaults to now.
-func (l *Log) Append(ctx context.Context, rec Record) error {
+func (l *Log) Append(ctx context.Context, rec Record) error { return l.AppendBound(ctx, rec, nil) }
+
+// AppendBound is Append that also stores the pod binding b (when not nil)
+// in the same transaction as the record, so one fsync makes both durable.
+func (l *Log) AppendBound(ctx context.Context, rec Record, b *store.PodBinding) error {
 	if rec.Time.IsZero() {
 		rec.Time = time.Now().UTC()
 	}
-	p := &pending{rec: rec, err: make(chan error, 1)}
+	p := &pending{rec: rec, bind: b, err: make(chan error, 1)}
 	select {
 	case <-l.done:
 		return ErrClosed
@@ -312,7 +317,7 @@ func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []b
 		if err != nil {
 			return nil, nil, err
 		}
-		entries[i] = store.AuditEntry{Seq: r.Seq, Data: data}
+		entries[i] = store.AuditEntry{Seq: r.Seq, Data: data, Bind: p.bind}
 		prev = r.MAC
 	}
 	return entries, prev, nil

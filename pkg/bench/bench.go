@@ -211,6 +211,9 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 		{"token gm", &keydv1.ObjectRequest{Name: "t", Kind: "token", Suite: "gm"}, "software SM2 sign", 0},
 		{"secret", &keydv1.ObjectRequest{Name: "db", Kind: "secret"}, "HSM AES-256-GCM encrypt", 1},
 	}
+	// Every issuance is a new pod on a node, as a volume publish is: keyd
+	// records the pod's node with the issuance's audit record.
+	var uid atomic.Int64
 	var results []Result
 	for _, n := range o.Concurrency {
 		rates := map[string]float64{}
@@ -220,10 +223,9 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 			results = append(results, Result{Name: "raw " + name, Concurrency: n, PerSecond: r, P50: p50, P99: p99, Errors: errs})
 		}
 		for _, k := range kinds {
-			var uid atomic.Int64
 			r, p50, p99, errs := measure(ctx, n, o.Duration, func(ctx context.Context) error {
 				_, err := client.Issue(ctx, &keydv1.IssueRequest{
-					Pod: &keydv1.PodIdentity{Namespace: "bench", ServiceAccount: "bench", PodName: "p",
+					Pod: &keydv1.PodIdentity{Namespace: "bench", ServiceAccount: "bench", PodName: "p", NodeName: "bench-node",
 						PodUid: fmt.Sprintf("bench-%d", uid.Add(1))},
 					Objects: []*keydv1.ObjectRequest{k.object}})
 				return err

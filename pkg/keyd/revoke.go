@@ -21,30 +21,36 @@ func (s *Server) revoke(ctx context.Context, id credential.Identity) (time.Time,
 	return until, s.auditResult(ctx, audit.ActionRevoke, audit.ResultOK, "", id, nil)
 }
 
-// bindPod remembers the node a pod is served through, for RevocationTTL
-// (longer than any credential), so that only that node may later revoke
-// it without a pod token. A renewal through the same node writes nothing
-// until half of that time has passed: one durable write per pod, not per
-// issuance.
-func (s *Server) bindPod(ctx context.Context, id credential.Identity) error {
+// podBinding is the binding an issuance writes with its audit record: the
+// node a pod is served through, for RevocationTTL (longer than any
+// credential), so that only that node may later revoke it without a pod
+// token. A renewal through the same node needs none until half of that
+// time has passed: one durable write per pod, not per issuance. nil when
+// there is nothing to write.
+func (s *Server) podBinding(ctx context.Context, id credential.Identity) (*store.PodBinding, error) {
 	if id.NodeName == "" {
-		return nil
+		return nil, nil
 	}
 	now := s.opts.Now()
 	node, until, err := s.st.PodNode(ctx, id.PodUID, now)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if node == id.NodeName && until.Sub(now) > s.opts.RevocationTTL/2 {
-		return nil
+		return nil, nil
 	}
-	return s.st.BindPod(ctx, id.PodUID, id.NodeName, now.Add(s.opts.RevocationTTL))
+	return &store.PodBinding{PodUID: id.PodUID, Node: id.NodeName, Until: now.Add(s.opts.RevocationTTL)}, nil
 }
 
 func (s *Server) auditResult(ctx context.Context, action, result, reason string, id credential.Identity, objects []string) error {
-	err := s.audit.Append(ctx, audit.Record{Action: action, Result: result, Reason: reason,
+	return s.auditBound(ctx, action, result, reason, id, objects, nil)
+}
+
+// auditBound appends a record and, in the same transaction, the binding b.
+func (s *Server) auditBound(ctx context.Context, action, result, reason string, id credential.Identity, objects []string, b *store.PodBinding) error {
+	err := s.audit.AppendBound(ctx, audit.Record{Action: action, Result: result, Reason: reason,
 		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Pod: id.PodName, PodUID: id.PodUID,
-		Node: id.NodeName, Objects: objects})
+		Node: id.NodeName, Objects: objects}, b)
 	if err != nil {
 		s.opts.Logger.Error("audit append failed", "action", action, "error", err)
 	}

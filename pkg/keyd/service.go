@@ -102,14 +102,16 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 	for i, c := range issued {
 		labels[i] = objectLabel(c)
 	}
-	// Nothing leaves keyd before its issuance is durably audited.
-	if err := s.auditResult(ctx, audit.ActionIssue, audit.ResultOK, "", id, labels); err != nil {
-		zeroAll()
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
-	}
-	if err := s.bindPod(ctx, id); err != nil {
+	bind, err := s.podBinding(ctx, id)
+	if err != nil {
 		zeroAll()
 		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
+	}
+	// Nothing leaves keyd before its issuance, and the pod's node binding,
+	// are durably recorded (one transaction).
+	if err := s.auditBound(ctx, audit.ActionIssue, audit.ResultOK, "", id, labels, bind); err != nil {
+		zeroAll()
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 	}
 	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
 	for i, c := range issued {

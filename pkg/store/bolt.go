@@ -197,21 +197,21 @@ type podBinding struct {
 	Until time.Time `json:"until"`
 }
 
-func (b *Bolt) BindPod(_ context.Context, podUID, node string, until time.Time) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketPods)
-		if v := bk.Get([]byte(podUID)); v != nil {
-			var old podBinding
-			if json.Unmarshal(v, &old) == nil && old.Node == node && !old.Until.Before(until) {
-				return nil
-			}
+// putBinding writes a binding unless the stored one is for the same node
+// and lasts at least as long.
+func putBinding(tx *bolt.Tx, pb PodBinding) error {
+	bk := tx.Bucket(bucketPods)
+	if v := bk.Get([]byte(pb.PodUID)); v != nil {
+		var old podBinding
+		if json.Unmarshal(v, &old) == nil && old.Node == pb.Node && !old.Until.Before(pb.Until) {
+			return nil
 		}
-		v, err := json.Marshal(podBinding{Node: node, Until: until})
-		if err != nil {
-			return err
-		}
-		return bk.Put([]byte(podUID), v)
-	})
+	}
+	v, err := json.Marshal(podBinding{Node: pb.Node, Until: pb.Until})
+	if err != nil {
+		return err
+	}
+	return bk.Put([]byte(pb.PodUID), v)
 }
 
 func (b *Bolt) PodNode(_ context.Context, podUID string, now time.Time) (string, time.Time, error) {
@@ -260,6 +260,11 @@ func (b *Bolt) AppendAudit(_ context.Context, entries []AuditEntry) error {
 			}
 			if err := bk.Put(seqKey(e.Seq), e.Data); err != nil {
 				return err
+			}
+			if e.Bind != nil {
+				if err := putBinding(tx, *e.Bind); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

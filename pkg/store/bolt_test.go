@@ -95,18 +95,31 @@ func TestAuditSequenceIsGapless(t *testing.T) {
 	}
 }
 
-func TestPodBindings(t *testing.T) {
+// A pod binding is written with its audit entry, or not at all.
+func TestPodBindingsGoWithTheirAuditEntry(t *testing.T) {
 	ctx := context.Background()
 	s, _ := open(t)
 	now := time.Now()
 	if n, _, _ := s.PodNode(ctx, "u", now); n != "" {
 		t.Fatal("unknown pod has a node")
 	}
-	_ = s.BindPod(ctx, "u", "node-1", now.Add(time.Hour))
+	bind := func(seq uint64, uid, node string) error {
+		return s.AppendAudit(ctx, []store.AuditEntry{{Seq: seq, Data: []byte("r"),
+			Bind: &store.PodBinding{PodUID: uid, Node: node, Until: now.Add(time.Hour)}}})
+	}
+	if err := bind(1, "u", "node-1"); err != nil {
+		t.Fatal(err)
+	}
 	if n, _, _ := s.PodNode(ctx, "u", now); n != "node-1" {
 		t.Fatalf("node %q", n)
 	}
 	if n, _, _ := s.PodNode(ctx, "u", now.Add(2*time.Hour)); n != "" {
 		t.Fatal("binding outlived its credentials")
+	}
+	if err := bind(5, "v", "node-2"); !errors.Is(err, store.ErrAuditSeq) {
+		t.Fatalf("gap accepted: %v", err)
+	}
+	if n, _, _ := s.PodNode(ctx, "v", now); n != "" {
+		t.Fatalf("a refused audit entry left its binding (%q)", n)
 	}
 }

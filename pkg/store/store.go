@@ -43,6 +43,15 @@ type Revocation struct {
 type AuditEntry struct {
 	Seq  uint64
 	Data []byte
+	// Bind, when set, is a pod binding written in the same transaction,
+	// by BindPod's rule: the record and the binding are durable together.
+	Bind *PodBinding
+}
+
+// PodBinding is the node a pod obtained credentials through, until when.
+type PodBinding struct {
+	PodUID, Node string
+	Until        time.Time
 }
 
 // Store is keyd's state. Every write is durable when the call returns.
@@ -59,9 +68,8 @@ type Store interface {
 	Revoked(ctx context.Context, podUID string, now time.Time) (bool, error)
 	PruneRevocations(ctx context.Context, now time.Time) (int, error)
 
-	// BindPod records which node obtained credentials for a pod, until
-	// the given time; PodNode reads it ("" when unknown or past).
-	BindPod(ctx context.Context, podUID, node string, until time.Time) error
+	// PodNode reads which node obtained credentials for a pod, as an
+	// AuditEntry's Bind recorded it ("" when unknown or past).
 	PodNode(ctx context.Context, podUID string, now time.Time) (node string, until time.Time, err error)
 
 	// AppendAudit writes entries whose first Seq must follow the last stored
