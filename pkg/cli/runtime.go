@@ -10,12 +10,12 @@ import (
 )
 
 // keydGCPercent is keyd's GOGC when the environment sets none. keyd's live
-// heap is small (tens of MiB) and its allocation rate high, so the default
-// of 100 collects several hundred times a second under load; each
-// collection also shrinks the gRPC workers' stacks, which the next SM3
-// call grows again. 400 measured 15-20% more credentials per second on two
-// cores (BENCHMARKS.md); the memory limit below keeps it inside the
-// container.
+// heap is small (tens of MiB) and its allocation rate high: at the default
+// of 100 it collected about 75 times a second at 64 callers (gctrace), 15
+// at 400, and each collection also shrinks the gRPC workers' stacks, which
+// the next SM3 call grows again. 400 measured 15-20% more credentials per
+// second on two cores (podkey bench, medians of five interleaved runs);
+// the memory limit below keeps it inside the container.
 const keydGCPercent = 400
 
 // tuneKeydRuntime sets keyd's garbage collector: GOGC 400 unless GOGC is
