@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/podkey/podkey/pkg/audit"
@@ -21,6 +22,23 @@ func softMAC(_ context.Context, data []byte) ([]byte, error) {
 	m := hmac.New(sha256.New, []byte("test-key"))
 	m.Write(data)
 	return m.Sum(nil), nil
+}
+
+// newStore opens a fresh store, closed when the test ends.
+func newStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// countingMAC is softMAC counting its calls (HSM operations).
+func countingMAC() (audit.MACFunc, *atomic.Int64) {
+	var calls atomic.Int64
+	return func(ctx context.Context, data []byte) ([]byte, error) { calls.Add(1); return softMAC(ctx, data) }, &calls
 }
 
 // appendConcurrently appends n issue records from n goroutines at once.
@@ -41,11 +59,7 @@ func appendConcurrently(t *testing.T, l *audit.Log, n int) {
 
 func TestConcurrentAppendsFormOneChain(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := newStore(t)
 	l := audit.Open(st, softMAC)
 	appendConcurrently(t, l, 200)
 	l.Close()

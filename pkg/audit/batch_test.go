@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,8 +22,7 @@ func TestBatchesCostOneHSMOperationAndLocateTampering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var calls atomic.Int64
-	counted := func(ctx context.Context, data []byte) ([]byte, error) { calls.Add(1); return softMAC(ctx, data) }
+	counted, calls := countingMAC()
 	l := audit.Open(st, counted)
 	appendConcurrently(t, l, 300)
 	l.Close()
@@ -117,11 +115,7 @@ func TestVersion1RecordsStillVerify(t *testing.T) {
 // keep one chain: a log whose cached tail is stale re-reads it and retries.
 func TestTwoWritersKeepOneChain(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := newStore(t)
 	a, b := audit.Open(st, softMAC), audit.Open(st, softMAC)
 	for i := 0; i < 20; i++ {
 		l := a
@@ -149,13 +143,8 @@ func TestBatchKeyIsKeptForItsLifetime(t *testing.T) {
 	}{{"kept", time.Hour}, {"expired at once", 0}} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
-			st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			var calls atomic.Int64
-			counted := func(ctx context.Context, data []byte) ([]byte, error) { calls.Add(1); return softMAC(ctx, data) }
+			st := newStore(t)
+			counted, calls := countingMAC()
 			l := audit.OpenWithKeyLifetime(st, counted, c.lifetime)
 			const n = 20 // one after another: each Append is its own commit
 			for i := 0; i < n; i++ {
