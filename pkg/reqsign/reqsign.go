@@ -182,11 +182,11 @@ func Sign(r *http.Request, s suite.Name, keyID string, secret []byte, now time.T
 	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
 		return err
 	}
-	return SignWith(r, s, keyID, secret, now, base64.RawURLEncoding.EncodeToString(nonce), extraHeaders...)
+	return signWith(r, s, keyID, secret, now, base64.RawURLEncoding.EncodeToString(nonce), extraHeaders...)
 }
 
-// SignWith is Sign with a given nonce (test vectors; callers use Sign).
-func SignWith(r *http.Request, s suite.Name, keyID string, secret []byte, now time.Time, nonce string, extraHeaders ...string) error {
+// signWith is Sign with a given nonce, for the test vectors.
+func signWith(r *http.Request, s suite.Name, keyID string, secret []byte, now time.Time, nonce string, extraHeaders ...string) error {
 	body, err := readBody(r)
 	if err != nil {
 		return err

@@ -65,7 +65,7 @@ func TestParseAuthorizationRejects(t *testing.T) {
 
 func FuzzParseAuthorization(f *testing.F) {
 	r, _ := http.NewRequest("GET", "https://svc/", nil)
-	_ = SignWith(r, suite.GM, vectorKeyID(suite.GM), vectorSecret, vectorDate, vectorNonce)
+	_ = signWith(r, suite.GM, vectorKeyID(suite.GM), vectorSecret, vectorDate, vectorNonce)
 	f.Add(r.Header.Get("Authorization"))
 	f.Add("PODKEY1-HMAC-SHA256 Credential=x, SignedHeaders=host, Signature=00")
 	f.Fuzz(func(t *testing.T, h string) {

@@ -51,7 +51,7 @@ func TestVectors(t *testing.T) {
 			r.Header.Set(k, val)
 			extra = append(extra, k)
 		}
-		if err := SignWith(r, v.suite, vectorKeyID(v.suite), vectorSecret, vectorDate, vectorNonce, extra...); err != nil {
+		if err := signWith(r, v.suite, vectorKeyID(v.suite), vectorSecret, vectorDate, vectorNonce, extra...); err != nil {
 			t.Fatal(err)
 		}
 		a, sts, err := Canonical(r)
