@@ -7,6 +7,7 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/identity"
+	"github.com/podkey/podkey/pkg/identity/tokenreview"
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/keyd/keydtest"
 )
@@ -35,7 +36,7 @@ func BenchmarkIssueIdentity(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rev, err := identity.NewKubeReviewer(c.Config(keydToken))
+	rev, err := tokenreview.New(c.Config(keydToken))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/csinode"
 	"github.com/podkey/podkey/pkg/identity"
+	"github.com/podkey/podkey/pkg/identity/tokenreview"
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/keyd/keydtest"
 	"github.com/podkey/podkey/pkg/keydclient"
@@ -57,7 +58,7 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rev, err := identity.NewKubeReviewer(c.Config(keydToken)) // keyd's own, least-privileged identity
+	rev, err := tokenreview.New(c.Config(keydToken)) // keyd's own, least-privileged identity
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,8 +79,9 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 		rctx, cancel := context.WithCancel(ctx)
 		t.Cleanup(cancel)
 		go nc.Run(rctx)
-		d, err := csinode.New(csinode.Options{NodeID: n, StateDir: filepath.Join(t.TempDir(), n), Keyd: keydv1.NewKeydClient(nc),
-			Classes: classes, Mounter: volume.NewMounter(mount.NewFakeMounter(nil))})
+		kc := keydv1.NewKeydClient(nc)
+		d, err := csinode.New(csinode.Options{NodeID: n, StateDir: filepath.Join(t.TempDir(), n), Issuer: kc, Revoker: kc,
+			Classes: classes, Volumes: volume.NewMounter(mount.NewFakeMounter(nil))})
 		if err != nil {
 			t.Fatal(err)
 		}

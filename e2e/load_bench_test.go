@@ -74,8 +74,8 @@ func BenchmarkBurstLoad(b *testing.B) {
 	kc := keydv1.NewKeydClient(conn)
 	drivers := make([]*csinode.Driver, nodes)
 	for i := range drivers {
-		drivers[i], err = csinode.New(csinode.Options{NodeID: fmt.Sprintf("node-%d", i), StateDir: b.TempDir(), Keyd: kc,
-			Classes: spc.Static{"payments/payments": loadClass()}, Mounter: volume.NewMounter(mount.NewFakeMounter(nil)),
+		drivers[i], err = csinode.New(csinode.Options{NodeID: fmt.Sprintf("node-%d", i), StateDir: b.TempDir(), Issuer: kc, Revoker: kc,
+			Classes: spc.Static{"payments/payments": loadClass()}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil)),
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			b.Fatal(err)

@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/podkey/podkey/pkg/csiplugin"
+	"github.com/podkey/podkey/pkg/csicmd"
 )
 
-func main() { os.Exit(csiplugin.Main(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() { os.Exit(csicmd.Main(os.Args[1:], os.Stdout, os.Stderr)) }

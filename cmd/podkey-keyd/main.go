@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/podkey/podkey/pkg/cli"
+	"github.com/podkey/podkey/pkg/keydcmd"
 )
 
-func main() { os.Exit(cli.KeydMain(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() { os.Exit(keydcmd.Main(os.Args[1:], os.Stdout, os.Stderr)) }

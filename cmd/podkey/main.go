@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/podkey/podkey/pkg/cli"
+	"github.com/podkey/podkey/pkg/podkeycmd"
 )
 
-func main() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() { os.Exit(podkeycmd.Main(os.Args[1:], os.Stdout, os.Stderr)) }

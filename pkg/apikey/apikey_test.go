@@ -60,8 +60,8 @@ func newWorld(t testing.TB, s suite.Name) *world {
 	c.Spec.Provider = "podkey"
 	c.Spec.Parameters = map[string]string{"objects": fmt.Sprintf("- {name: ledger-api, kind: apiKey, suite: %s, ttl: 1m}\n", s)}
 	var err error
-	w.driver, err = csinode.New(csinode.Options{NodeID: "n1", StateDir: t.TempDir(), Keyd: w.keyd.Keyd,
-		Classes: spc.Static{"payments/payments": c}, Mounter: volume.NewMounter(mount.NewFakeMounter(nil)), Now: w.now,
+	w.driver, err = csinode.New(csinode.Options{NodeID: "n1", StateDir: t.TempDir(), Issuer: w.keyd.Keyd, Revoker: w.keyd.Keyd,
+		Classes: spc.Static{"payments/payments": c}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil)), Now: w.now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,7 +19,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/emmansun/gmsm/smx509"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -30,6 +27,8 @@ import (
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/keyring"
+	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -102,6 +101,12 @@ type kindCase struct {
 	hsmOps int
 }
 
+// rawOp is one raw operation measured beside issuance.
+type rawOp struct {
+	name string
+	op   func(context.Context) error
+}
+
 // Run measures and writes a table to w.
 func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	if o.Duration == 0 {
@@ -110,39 +115,12 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	if len(o.Concurrency) == 0 {
 		o.Concurrency = []int{1, 8, 64}
 	}
-	dir, err := os.MkdirTemp("", "podkey-bench-")
+	conn, stop, err := startKeyd(ctx, o.HSM)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte("version: v1\nrules:\n- {namespace: bench, serviceAccount: bench, objects: [\"*\"]}\n"), 0o600); err != nil {
-		return nil, err
-	}
-	srv, err := keyd.New(ctx, keyd.Options{HSM: o.HSM, StorePath: filepath.Join(dir, "keyd.db"), Socket: filepath.Join(dir, "keyd.sock"),
-		PolicyFile: pol, InsecureLocalIdentity: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return nil, err
-	}
-	defer srv.Close()
-	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go srv.Serve(sctx)
-	conn, err := keydclient.Dial(keydclient.Options{Socket: filepath.Join(dir, "keyd.sock")})
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
 	client := keydv1.NewKeydClient(conn)
-	admin := keydv1.NewAdminClient(conn)
-	health := healthpb.NewHealthClient(conn)
-	readyCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := admin.PutSecret(readyCtx, &keydv1.PutSecretRequest{Namespace: "bench", Name: "db", Value: []byte("bench-secret-value")},
-		grpc.WaitForReady(true)); err != nil {
-		return nil, fmt.Errorf("bench: keyd not ready: %w", err)
-	}
-
 	tok, err := hsm.Open(o.HSM) // shares the module and login with keyd
 	if err != nil {
 		return nil, err
@@ -153,6 +131,87 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 		return nil, err
 	}
 	defer kr.Close()
+	raw, err := rawOps(ctx, tok, kr, healthpb.NewHealthClient(conn))
+	if err != nil {
+		return nil, err
+	}
+	kinds, err := kindCases()
+	if err != nil {
+		return nil, err
+	}
+	// Every issuance is a new pod on a node, as a volume publish is: keyd
+	// records the pod's node with the issuance's audit record.
+	var uid atomic.Int64
+	var results []Result
+	for _, n := range o.Concurrency {
+		rates := map[string]float64{}
+		for _, r := range raw {
+			rate, p50, p99, errs := measure(ctx, n, o.Duration, r.op)
+			rates[r.name] = rate
+			results = append(results, Result{Name: "raw " + r.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99, Errors: errs})
+		}
+		for _, k := range kinds {
+			rate, p50, p99, errs := measure(ctx, n, o.Duration, func(ctx context.Context) error {
+				p := benchPod
+				p.UID = fmt.Sprintf("bench-%d", uid.Add(1))
+				_, err := client.Issue(ctx, &keydv1.IssueRequest{Pod: keydv1.NewPodIdentity(p), Objects: []*keydv1.ObjectRequest{k.object}})
+				return err
+			})
+			results = append(results, Result{Name: "issue " + k.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99,
+				Errors: errs, Limit: k.limit, LimitRate: rates[k.limit], HSMOps: k.hsmOps})
+		}
+	}
+	return results, Print(w, results)
+}
+
+// benchPod is the pod every issuance is for, but for its UID.
+var benchPod = pod.Identity{Namespace: "bench", ServiceAccount: "bench", Name: "p", Node: "bench-node"}
+
+// startKeyd serves keyd in this process on a temporary store and socket,
+// with a policy granting the bench pod everything and one enrolled
+// secret, and returns a connection to it once it answers.
+func startKeyd(ctx context.Context, cfg hsm.Config) (*grpc.ClientConn, func(), error) {
+	dir, err := os.MkdirTemp("", "podkey-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	var cleanup []func()
+	stop := func() {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+	}
+	cleanup = append(cleanup, func() { os.RemoveAll(dir) })
+	fail := func(err error) (*grpc.ClientConn, func(), error) { stop(); return nil, nil, err }
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte("version: v1\nrules:\n- {namespace: bench, serviceAccount: bench, objects: [\"*\"]}\n"), 0o600); err != nil {
+		return fail(err)
+	}
+	srv, err := keyd.New(ctx, keyd.Options{HSM: cfg, StorePath: filepath.Join(dir, "keyd.db"), Socket: filepath.Join(dir, "keyd.sock"),
+		PolicyFile: pol, InsecureLocalIdentity: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return fail(err)
+	}
+	cleanup = append(cleanup, func() { srv.Close() })
+	sctx, cancel := context.WithCancel(ctx)
+	cleanup = append(cleanup, cancel)
+	go srv.Serve(sctx)
+	conn, err := keydclient.Dial(keydclient.Options{Socket: filepath.Join(dir, "keyd.sock")})
+	if err != nil {
+		return fail(err)
+	}
+	cleanup = append(cleanup, func() { conn.Close() })
+	readyCtx, cancelReady := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelReady()
+	if _, err := keydv1.NewAdminClient(conn).PutSecret(readyCtx, &keydv1.PutSecretRequest{Namespace: "bench", Name: "db", Value: []byte("bench-secret-value")},
+		grpc.WaitForReady(true)); err != nil {
+		return fail(fmt.Errorf("bench: keyd not ready: %w", err))
+	}
+	return conn, stop, nil
+}
+
+// rawOps are the operations issuance is compared with, in table order.
+func rawOps(ctx context.Context, tok *hsm.Token, kr *keyring.Keyring, health healthpb.HealthClient) ([]rawOp, error) {
 	ecdsaSigner, err := tok.ECDSASigner(ctx, keyring.Label(keyring.CA, suite.Intl, 1))
 	if err != nil {
 		return nil, err
@@ -163,78 +222,72 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	}
 	digest := sha256.Sum256([]byte("bench"))
 	small := make([]byte, 64)
-	raw := map[string]func(context.Context) error{
-		"HSM HMAC-SHA256": func(ctx context.Context) error {
+	return []rawOp{
+		{"HSM HMAC-SHA256", func(ctx context.Context) error {
 			_, err := tok.HMACSHA256(ctx, keyring.AuditLabel, small)
 			return err
-		},
-		"HSM ECDSA P-256 sign": func(ctx context.Context) error {
+		}},
+		{"HSM ECDSA P-256 sign", func(ctx context.Context) error {
 			_, err := ecdsaSigner.SignContext(ctx, digest[:])
 			return err
-		},
-		"HSM AES-256-GCM encrypt": func(ctx context.Context) error {
+		}},
+		{"HSM AES-256-GCM encrypt", func(ctx context.Context) error {
 			_, err := tok.EncryptGCM(ctx, keyring.KEKLabel, small, nil)
 			return err
-		},
-		"software HMAC-SM3": func(context.Context) error {
+		}},
+		{"software HMAC-SM3", func(context.Context) error {
 			_ = suite.GM.MAC(small, small)
 			return nil
-		},
-		"software SM2 sign": func(context.Context) error {
+		}},
+		{"software SM2 sign", func(context.Context) error {
 			_, err := sm2Signer.Sign(rand.Reader, digest[:], nil)
 			return err
-		},
+		}},
 		// The transport's floor: a health check through the same connection
 		// and keyd, no credential work. Kinds without HSM work compare with it.
-		"keyd gRPC round trip": func(ctx context.Context) error {
+		{"keyd gRPC round trip", func(ctx context.Context) error {
 			_, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
 			return err
-		},
-	}
-	rawOrder := []string{"HSM HMAC-SHA256", "HSM ECDSA P-256 sign", "HSM AES-256-GCM encrypt", "software HMAC-SM3", "software SM2 sign", "keyd gRPC round trip"}
+		}},
+	}, nil
+}
 
-	csrIntl, csrGM, err := csrs()
-	if err != nil {
-		return nil, err
+// kindCases are the issuance rows: one object of each kind and suite,
+// requested as a node requests it. A certificate's CSR is made once and
+// sent with every call, so the rows measure keyd, not key generation.
+//
+// hsmOps counts token operations per issued credential; software work
+// under unwrapped keys is not counted, nor the audit log's one MAC a
+// second, which every credential in that second shares.
+func kindCases() ([]kindCase, error) {
+	cases := []struct {
+		name   string
+		spec   object.Spec
+		limit  string
+		hsmOps int
+	}{
+		{"apiKey intl", object.Spec{Name: "k", Kind: object.APIKey}, "HSM HMAC-SHA256", 1},
+		{"apiKey gm", object.Spec{Name: "k", Kind: object.APIKey, Suite: suite.GM}, "keyd gRPC round trip", 0},
+		{"derivedKey intl", object.Spec{Name: "d", Kind: object.DerivedKey}, "HSM HMAC-SHA256", 1},
+		{"derivedKey gm", object.Spec{Name: "d", Kind: object.DerivedKey, Suite: suite.GM}, "keyd gRPC round trip", 0},
+		{"certificate intl", object.Spec{Name: "c", Kind: object.Certificate}, "HSM ECDSA P-256 sign", 1},
+		{"certificate gm", object.Spec{Name: "c", Kind: object.Certificate, Algorithm: "sm2"}, "software SM2 sign", 0},
+		{"token intl", object.Spec{Name: "t", Kind: object.Token}, "HSM ECDSA P-256 sign", 1},
+		{"token gm", object.Spec{Name: "t", Kind: object.Token, Suite: suite.GM}, "software SM2 sign", 0},
+		{"secret", object.Spec{Name: "db", Kind: object.Secret}, "HSM AES-256-GCM encrypt", 1},
 	}
-	// hsmOps counts token operations per issued credential; software work
-	// under unwrapped keys is not counted, nor the audit log's one MAC a
-	// second, which every credential in that second shares.
-	kinds := []kindCase{
-		{"apiKey intl", &keydv1.ObjectRequest{Name: "k", Kind: "apiKey"}, "HSM HMAC-SHA256", 1},
-		{"apiKey gm", &keydv1.ObjectRequest{Name: "k", Kind: "apiKey", Suite: "gm"}, "keyd gRPC round trip", 0},
-		{"derivedKey intl", &keydv1.ObjectRequest{Name: "d", Kind: "derivedKey"}, "HSM HMAC-SHA256", 1},
-		{"derivedKey gm", &keydv1.ObjectRequest{Name: "d", Kind: "derivedKey", Suite: "gm"}, "keyd gRPC round trip", 0},
-		{"certificate intl", &keydv1.ObjectRequest{Name: "c", Kind: "certificate", Csr: csrIntl}, "HSM ECDSA P-256 sign", 1},
-		{"certificate gm", &keydv1.ObjectRequest{Name: "c", Kind: "certificate", Algorithm: "sm2", Csr: csrGM}, "software SM2 sign", 0},
-		{"token intl", &keydv1.ObjectRequest{Name: "t", Kind: "token"}, "HSM ECDSA P-256 sign", 1},
-		{"token gm", &keydv1.ObjectRequest{Name: "t", Kind: "token", Suite: "gm"}, "software SM2 sign", 0},
-		{"secret", &keydv1.ObjectRequest{Name: "db", Kind: "secret"}, "HSM AES-256-GCM encrypt", 1},
-	}
-	// Every issuance is a new pod on a node, as a volume publish is: keyd
-	// records the pod's node with the issuance's audit record.
-	var uid atomic.Int64
-	var results []Result
-	for _, n := range o.Concurrency {
-		rates := map[string]float64{}
-		for _, name := range rawOrder {
-			r, p50, p99, errs := measure(ctx, n, o.Duration, raw[name])
-			rates[name] = r
-			results = append(results, Result{Name: "raw " + name, Concurrency: n, PerSecond: r, P50: p50, P99: p99, Errors: errs})
+	var out []kindCase
+	for _, c := range cases {
+		if err := c.spec.Normalize(); err != nil {
+			return nil, err
 		}
-		for _, k := range kinds {
-			r, p50, p99, errs := measure(ctx, n, o.Duration, func(ctx context.Context) error {
-				_, err := client.Issue(ctx, &keydv1.IssueRequest{
-					Pod: &keydv1.PodIdentity{Namespace: "bench", ServiceAccount: "bench", PodName: "p", NodeName: "bench-node",
-						PodUid: fmt.Sprintf("bench-%d", uid.Add(1))},
-					Objects: []*keydv1.ObjectRequest{k.object}})
-				return err
-			})
-			results = append(results, Result{Name: "issue " + k.name, Concurrency: n, PerSecond: r, P50: p50, P99: p99,
-				Errors: errs, Limit: k.limit, LimitRate: rates[k.limit], HSMOps: k.hsmOps})
+		req, _, err := keydclient.IssueRequest(benchPod, "", []object.Spec{c.spec})
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, kindCase{c.name, req.Objects[0], c.limit, c.hsmOps})
 	}
-	return results, Print(w, results)
+	return out, nil
 }
 
 // Print renders results as a Markdown table.
@@ -255,20 +308,4 @@ func Print(w io.Writer, results []Result) error {
 			r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Errors, limit, limitRate, ratio, ops)
 	}
 	return tw.Flush()
-}
-
-func csrs() ([]byte, []byte, error) {
-	var out [][]byte
-	for _, s := range []suite.Name{suite.Intl, suite.GM} {
-		k, err := s.GenerateKey()
-		if err != nil {
-			return nil, nil, err
-		}
-		der, err := smx509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
-		if err != nil {
-			return nil, nil, err
-		}
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-	}
-	return out[0], out[1], nil
 }

@@ -18,8 +18,6 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Exit statuses, documented in the README.
@@ -142,17 +140,4 @@ func EnvOr(k, def string) string {
 		return v
 	}
 	return def
-}
-
-// KubeConfig loads the kubeconfig at path, or the in-cluster configuration
-// when path is empty.
-func KubeConfig(path string) (*rest.Config, error) {
-	if path != "" {
-		return clientcmd.BuildConfigFromFlags("", path)
-	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("not in a cluster and no --kubeconfig: %w", err)
-	}
-	return cfg, nil
 }

@@ -12,19 +12,10 @@ import (
 
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/store"
 	"github.com/podkey/podkey/pkg/suite"
 )
-
-// Identity is the workload a credential is minted for, as established by
-// keyd's authentication of the caller (never as merely claimed).
-type Identity struct {
-	Namespace      string
-	ServiceAccount string
-	PodName        string
-	PodUID         string
-	NodeName       string
-}
 
 // Issued is one minted credential. Exactly the fields of its kind are set;
 // the secret fields must be zeroed by whoever drops them.
@@ -101,7 +92,7 @@ func (is *Issuer) Now() time.Time { return is.opts.Now() }
 
 // Issue mints one object for id. spec must have been normalized; csr is the
 // certificate request for certificate objects.
-func (is *Issuer) Issue(ctx context.Context, id Identity, spec object.Spec, csr []byte) (Issued, error) {
+func (is *Issuer) Issue(ctx context.Context, id pod.Identity, spec object.Spec, csr []byte) (Issued, error) {
 	now := is.opts.Now().UTC().Truncate(time.Second)
 	c := Issued{
 		Name: spec.Name, Kind: spec.Kind, Suite: spec.Suite, IssuedAt: now,

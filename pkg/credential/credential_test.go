@@ -20,6 +20,7 @@ import (
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/keyring/keyringtest"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/store"
 	"github.com/podkey/podkey/pkg/suite"
 )
@@ -44,8 +45,8 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-var podA = credential.Identity{Namespace: "payments", ServiceAccount: "payments", PodName: "a", PodUID: "uid-a", NodeName: "n1"}
-var podB = credential.Identity{Namespace: "payments", ServiceAccount: "payments", PodName: "b", PodUID: "uid-b", NodeName: "n1"}
+var podA = pod.Identity{Namespace: "payments", ServiceAccount: "payments", Name: "a", UID: "uid-a", Node: "n1"}
+var podB = pod.Identity{Namespace: "payments", ServiceAccount: "payments", Name: "b", UID: "uid-b", Node: "n1"}
 
 func spec(t *testing.T, s object.Spec) object.Spec {
 	t.Helper()

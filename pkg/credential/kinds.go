@@ -15,14 +15,15 @@ import (
 	"github.com/podkey/podkey/pkg/ca"
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/store"
 )
 
-func (is *Issuer) apiKey(ctx context.Context, id Identity, spec object.Spec, c *Issued) error {
+func (is *Issuer) apiKey(ctx context.Context, id pod.Identity, spec object.Spec, c *Issued) error {
 	c.Generation = is.kr.Current(keyring.MAC, spec.Suite)
 	akid := accesskey.ID{
 		Suite: spec.Suite, Generation: c.Generation, Expiry: c.Expiry,
-		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, PodUID: id.PodUID, Object: spec.Name,
+		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, PodUID: id.UID, Object: spec.Name,
 	}
 	payload, err := akid.Payload()
 	if err != nil {
@@ -42,7 +43,7 @@ func (is *Issuer) SPIFFEID(namespace, serviceAccount string) *url.URL {
 	return &url.URL{Scheme: "spiffe", Host: is.opts.TrustDomain, Path: "/ns/" + namespace + "/sa/" + serviceAccount}
 }
 
-func (is *Issuer) certificate(id Identity, spec object.Spec, csr []byte, c *Issued) error {
+func (is *Issuer) certificate(id pod.Identity, spec object.Spec, csr []byte, c *Issued) error {
 	pub, err := ca.ParseCSR(spec.Suite, csr)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -54,7 +55,7 @@ func (is *Issuer) certificate(id Identity, spec object.Spec, csr []byte, c *Issu
 	}
 	der, tmpl, err := authority.Issue(pub, ca.Leaf{
 		CommonName: "system:serviceaccount:" + id.Namespace + ":" + id.ServiceAccount,
-		URIs:       []*url.URL{is.SPIFFEID(id.Namespace, id.ServiceAccount), {Scheme: "urn", Opaque: "podkey:pod:" + id.PodUID}},
+		URIs:       []*url.URL{is.SPIFFEID(id.Namespace, id.ServiceAccount), {Scheme: "urn", Opaque: "podkey:pod:" + id.UID}},
 		TTL:        spec.TTL,
 	})
 	if err != nil {
@@ -67,8 +68,8 @@ func (is *Issuer) certificate(id Identity, spec object.Spec, csr []byte, c *Issu
 }
 
 // deriveInfo is the HKDF info: length-prefixed so no two contexts collide.
-func deriveInfo(id Identity, spec object.Spec) []byte {
-	subject := id.PodUID
+func deriveInfo(id pod.Identity, spec object.Spec) []byte {
+	subject := id.UID
 	if spec.Scope == object.ScopeServiceAccount {
 		subject = id.ServiceAccount
 	}
@@ -80,7 +81,7 @@ func deriveInfo(id Identity, spec object.Spec) []byte {
 	return binary.AppendUvarint(b, uint64(spec.Length))
 }
 
-func (is *Issuer) derivedKey(ctx context.Context, id Identity, spec object.Spec, c *Issued) error {
+func (is *Issuer) derivedKey(ctx context.Context, id pod.Identity, spec object.Spec, c *Issued) error {
 	c.Generation = is.kr.Current(keyring.Derive, spec.Suite)
 	k, err := is.kr.Derive(ctx, spec.Suite, c.Generation, deriveInfo(id, spec), spec.Length)
 	if err != nil {
@@ -95,7 +96,7 @@ func SecretAAD(namespace, name string) []byte {
 	return []byte("podkey-secret-v1\x00" + namespace + "\x00" + name)
 }
 
-func (is *Issuer) secret(ctx context.Context, id Identity, spec object.Spec, c *Issued) error {
+func (is *Issuer) secret(ctx context.Context, id pod.Identity, spec object.Spec, c *Issued) error {
 	rec, err := is.st.Secret(ctx, id.Namespace, spec.Name)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: enroll it with 'podkey secret put %s/%s'", ErrNotEnrolled, id.Namespace, spec.Name)
@@ -111,7 +112,7 @@ func (is *Issuer) secret(ctx context.Context, id Identity, spec object.Spec, c *
 	return nil
 }
 
-func (is *Issuer) token(id Identity, spec object.Spec, c *Issued) error {
+func (is *Issuer) token(id pod.Identity, spec object.Spec, c *Issued) error {
 	c.Generation = is.kr.Current(keyring.JWT, spec.Suite)
 	signer, err := is.kr.TokenSigner(spec.Suite, c.Generation)
 	if err != nil {
@@ -131,7 +132,7 @@ func (is *Issuer) token(id Identity, spec object.Spec, c *Issued) error {
 		"jti": base64.RawURLEncoding.EncodeToString(jti),
 		"podkey": map[string]string{
 			"namespace": id.Namespace, "serviceAccount": id.ServiceAccount,
-			"pod": id.PodName, "podUID": id.PodUID, "object": spec.Name,
+			"pod": id.Name, "podUID": id.UID, "object": spec.Name,
 		},
 	}
 	body, err := json.Marshal(claims)

@@ -111,8 +111,8 @@ func (h *harness) advance(d time.Duration) {
 
 func (h *harness) newDriver() *csinode.Driver {
 	d, err := csinode.New(csinode.Options{
-		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), Keyd: h.keyd.Keyd, Classes: classes,
-		Mounter: h.volumeMounter(), Now: h.now,
+		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), Issuer: h.keyd.Keyd, Revoker: h.keyd.Keyd, Classes: classes,
+		Volumes: h.volumeMounter(), Now: h.now,
 		Logger: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {

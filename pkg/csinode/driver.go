@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/revocation"
 )
 
@@ -59,9 +60,9 @@ func New(opts Options) (*Driver, error) {
 		return nil, err
 	}
 	for _, v := range vols {
-		mounted, err := opts.Mounter.IsMounted(v.TargetPath)
+		mounted, err := opts.Volumes.IsMounted(v.TargetPath)
 		if err != nil || !mounted {
-			opts.Logger.Info("forgetting volume whose tmpfs is gone", "volumeID", v.VolumeID, "pod", v.Pod.Namespace+"/"+v.Pod.Name)
+			opts.Logger.Info("forgetting volume whose tmpfs is gone", "volumeID", v.VolumeID, "pod", v.Pod.String())
 			_ = d.state.remove(v.VolumeID)
 			continue
 		}
@@ -112,10 +113,15 @@ func (d *Driver) dropVolume(id string) {
 	delete(d.volumes, id)
 }
 
-func (d *Driver) deliverRevocation(ctx context.Context, p revocation.Pod) error {
-	_, err := d.opts.Keyd.Revoke(ctx, &keydv1.RevokeRequest{Pod: &keydv1.PodIdentity{
-		Namespace: p.Namespace, ServiceAccount: p.ServiceAccount, PodName: p.Name, PodUid: p.UID, NodeName: p.Node}})
+func (d *Driver) deliverRevocation(ctx context.Context, p pod.Identity) error {
+	_, err := d.opts.Revoker.Revoke(ctx, &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(p)})
 	return err
+}
+
+// onNode is p as running on this node.
+func (d *Driver) onNode(p pod.Identity) pod.Identity {
+	p.Node = d.opts.NodeID
+	return p
 }
 
 // Identity service.

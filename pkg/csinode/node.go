@@ -2,20 +2,14 @@ package csinode
 
 import (
 	"context"
-	"crypto"
-	"crypto/rand"
-	"crypto/x509"
 	"errors"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/emmansun/gmsm/smx509"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/object"
-	"github.com/podkey/podkey/pkg/revocation"
+	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/spc"
 	"github.com/podkey/podkey/pkg/volume"
 )
@@ -78,31 +72,13 @@ func (d *Driver) fetch(ctx context.Context, p *publishRequest) (map[string]volum
 	if err != nil {
 		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	req := &keydv1.IssueRequest{
-		Pod: &keydv1.PodIdentity{Namespace: p.pod.Namespace, ServiceAccount: p.pod.ServiceAccount,
-			PodName: p.pod.Name, PodUid: p.pod.UID, NodeName: d.opts.NodeID},
-		PodToken: p.token,
-	}
-	keys := map[string]crypto.Signer{}
-	for _, sp := range specs {
-		o := &keydv1.ObjectRequest{Name: sp.Name, Kind: string(sp.Kind), Suite: string(sp.Suite), Ttl: sp.TTL.String(),
-			Scope: sp.Scope, Length: int32(sp.Length), Audience: sp.Audience}
-		if sp.Kind == object.Certificate {
-			key, err := sp.Suite.GenerateKey()
-			if err != nil {
-				return nil, nil, status.Errorf(codes.Internal, "generate key for %s: %v", sp.Name, err)
-			}
-			csr, err := smx509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-			if err != nil {
-				return nil, nil, status.Errorf(codes.Internal, "certificate request for %s: %v", sp.Name, err)
-			}
-			o.Csr, keys[sp.Name] = csr, key
-		}
-		req.Objects = append(req.Objects, o)
+	req, keys, err := keydclient.IssueRequest(d.onNode(p.pod), p.token, specs)
+	if err != nil {
+		return nil, nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, d.opts.KeydTimeout)
 	defer cancel()
-	resp, err := d.opts.Keyd.Issue(cctx, req)
+	resp, err := d.opts.Issuer.Issue(cctx, req)
 	if err != nil {
 		return nil, nil, keydError(err)
 	}
@@ -146,13 +122,13 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 	defer zeroFiles(files)
 	v := &volumeState{Version: 1, VolumeID: p.volumeID, TargetPath: p.target, Class: p.class, Pod: p.pod, GID: p.gid, Writes: 1, Objects: issued}
 	rollback := func(cause error) error {
-		if terr := d.opts.Mounter.Teardown(p.target); terr != nil {
+		if terr := d.opts.Volumes.Teardown(p.target); terr != nil {
 			d.opts.Logger.Error("rollback of a failed publish failed", "volumeID", p.volumeID, "error", terr)
 		}
 		_ = d.state.remove(p.volumeID)
 		return cause
 	}
-	if err := d.opts.Mounter.Mount(p.target, d.opts.SizeLimit, p.gid); err != nil {
+	if err := d.opts.Volumes.Mount(p.target, d.opts.SizeLimit, p.gid); err != nil {
 		return nil, rollback(status.Errorf(codes.Internal, "%v", err))
 	}
 	if err := volume.Write(p.target, files, p.gid); err != nil {
@@ -226,13 +202,13 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, err
 	}
 	defer unlock()
-	if err := d.opts.Mounter.Teardown(req.TargetPath); err != nil {
+	if err := d.opts.Volumes.Teardown(req.TargetPath); err != nil {
 		d.metrics.observeUnpublish("error", start)
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	v := d.volume(req.VolumeId)
 	if v != nil {
-		pod := revocation.Pod{Namespace: v.Pod.Namespace, ServiceAccount: v.Pod.ServiceAccount, Name: v.Pod.Name, UID: v.Pod.UID, Node: d.opts.NodeID}
+		pod := d.onNode(v.Pod)
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		err := d.deliverRevocation(rctx, pod)
 		cancel()
@@ -248,7 +224,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 			return nil, status.Errorf(codes.Internal, "removing volume state: %v", err)
 		}
 		d.dropVolume(v.VolumeID)
-		d.opts.Logger.Info("volume unpublished", "volumeID", v.VolumeID, "pod", v.Pod.Namespace+"/"+v.Pod.Name)
+		d.opts.Logger.Info("volume unpublished", "volumeID", v.VolumeID, "pod", v.Pod.String())
 	}
 	d.metrics.observeUnpublish("ok", start)
 	return &csi.NodeUnpublishVolumeResponse{}, nil

@@ -7,11 +7,13 @@
 package csinode
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/spc"
@@ -20,6 +22,26 @@ import (
 
 // DriverName is the CSI driver name pods refer to.
 const DriverName = "csi.podkey.io"
+
+// Issuer obtains a pod's credentials: keyd's Issue call
+// (keydv1.KeydClient is one).
+type Issuer interface {
+	Issue(ctx context.Context, req *keydv1.IssueRequest, opts ...grpc.CallOption) (*keydv1.IssueResponse, error)
+}
+
+// Revoker revokes a pod's credentials: keyd's Revoke call
+// (keydv1.KeydClient is one).
+type Revoker interface {
+	Revoke(ctx context.Context, req *keydv1.RevokeRequest, opts ...grpc.CallOption) (*keydv1.RevokeResponse, error)
+}
+
+// Volumes mounts a volume's size-limited tmpfs and tears it down (zeroing
+// its files first); *volume.Mounter is one.
+type Volumes interface {
+	Mount(target string, sizeLimit int64, gid int) error
+	Teardown(target string) error
+	IsMounted(target string) (bool, error)
+}
 
 // Options configure a Driver. Every field says its default.
 type Options struct {
@@ -30,12 +52,15 @@ type Options struct {
 	// StateDir holds volume state and the revocation queue (no secrets).
 	// Required.
 	StateDir string
-	// Keyd is the key service client. Required.
-	Keyd keydv1.KeydClient
+	// Issuer obtains a pod's credentials from keyd. Required.
+	Issuer Issuer
+	// Revoker tells keyd that a pod's volume is gone. Required.
+	Revoker Revoker
 	// Classes finds SecretProviderClasses. Required.
 	Classes spc.Source
-	// Mounter mounts tmpfs. Default: the host's mount(8).
-	Mounter *volume.Mounter
+	// Volumes mounts and tears down volumes' tmpfs. Default: the host's
+	// mount(8), through volume.NewMounter.
+	Volumes Volumes
 	// SizeLimit bounds each volume's tmpfs. Default volume.DefaultSizeLimit.
 	SizeLimit int64
 	// TokenAudience is the audience of the pod token forwarded to keyd.
@@ -59,16 +84,16 @@ func (o *Options) setDefaults() error {
 		return errors.New("csinode: node ID is required")
 	case o.StateDir == "":
 		return errors.New("csinode: state directory is required")
-	case o.Keyd == nil:
-		return errors.New("csinode: keyd client is required")
+	case o.Issuer == nil || o.Revoker == nil:
+		return errors.New("csinode: a keyd issuer and revoker are required")
 	case o.Classes == nil:
 		return errors.New("csinode: SecretProviderClass source is required")
 	}
 	if o.DriverName == "" {
 		o.DriverName = DriverName
 	}
-	if o.Mounter == nil {
-		o.Mounter = volume.NewMounter(nil)
+	if o.Volumes == nil {
+		o.Volumes = volume.NewMounter(nil)
 	}
 	if o.SizeLimit == 0 {
 		o.SizeLimit = volume.DefaultSizeLimit

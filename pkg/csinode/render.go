@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/podfiles"
 
 	"github.com/emmansun/gmsm/smx509"
@@ -106,8 +107,8 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 	return files, issued, nil
 }
 
-func metadataFile(pod podInfo, issued []issuedObject, now time.Time) (volume.File, error) {
-	m := Metadata{Version: "v1", Pod: podfiles.Pod(pod), Written: now.UTC(), Objects: issued}
+func metadataFile(p pod.Identity, issued []issuedObject, now time.Time) (volume.File, error) {
+	m := Metadata{Version: "v1", Pod: p, Written: now.UTC(), Objects: issued}
 	for _, o := range issued {
 		if m.RenewAt.IsZero() || o.RenewAt.Before(m.RenewAt) {
 			m.RenewAt = o.RenewAt

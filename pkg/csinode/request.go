@@ -2,7 +2,6 @@ package csinode
 
 import (
 	"encoding/json"
-	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 // Volume attributes, as the kubelet passes them with podInfoOnMount and
@@ -27,20 +27,12 @@ const (
 	kubeletPrefix      = "csi.storage.k8s.io/"
 )
 
-// podInfo is what a publish request says about its pod.
-type podInfo struct {
-	Namespace      string `json:"namespace"`
-	Name           string `json:"name"`
-	UID            string `json:"uid"`
-	ServiceAccount string `json:"serviceAccount"`
-}
-
 // publishRequest is a validated NodePublishVolume request.
 type publishRequest struct {
 	volumeID, target string
 	class            string
-	pod              podInfo
-	gid              int // -1 when no fsGroup
+	pod              pod.Identity // without the node: the driver's own
+	gid              int          // -1 when no fsGroup
 	token            string
 }
 
@@ -103,7 +95,7 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience string) (*publishR
 		}
 	}
 	p := &publishRequest{volumeID: req.VolumeId, target: req.TargetPath, class: ctx[AttrClass], gid: -1,
-		pod: podInfo{Namespace: ctx[attrPodNamespace], Name: ctx[attrPodName], UID: ctx[attrPodUID], ServiceAccount: ctx[attrServiceAccount]}}
+		pod: pod.Identity{Namespace: ctx[attrPodNamespace], Name: ctx[attrPodName], UID: ctx[attrPodUID], ServiceAccount: ctx[attrServiceAccount]}}
 	if p.class == "" {
 		return nil, invalid("volume attribute %s is required: name the pod's SecretProviderClass", AttrClass)
 	}
@@ -150,6 +142,4 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience string) (*publishR
 	return p, nil
 }
 
-func (p *publishRequest) String() string {
-	return fmt.Sprintf("%s/%s", p.pod.Namespace, p.pod.Name)
-}
+func (p *publishRequest) String() string { return p.pod.String() }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/podfiles"
 
 	"github.com/podkey/podkey/pkg/atomicfile"
@@ -27,7 +28,7 @@ type volumeState struct {
 	VolumeID   string         `json:"volumeID"`
 	TargetPath string         `json:"targetPath"`
 	Class      string         `json:"secretProviderClass"`
-	Pod        podInfo        `json:"pod"`
+	Pod        pod.Identity   `json:"pod"`
 	GID        int            `json:"gid"`
 	Writes     int            `json:"writes"` // generations written
 	Objects    []issuedObject `json:"objects"`

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 // Extra keys the API server puts in a review of a pod-bound token.
@@ -45,11 +47,6 @@ var ErrForbidden = errors.New("identity not allowed")
 
 // ErrUnavailable marks a review that could not be made.
 var ErrUnavailable = errors.New("token review unavailable")
-
-// Pod is a pod's proven identity.
-type Pod struct {
-	Namespace, ServiceAccount, Name, UID, Node string
-}
 
 // Options configure a Verifier. Every field says its default.
 type Options struct {
@@ -180,21 +177,21 @@ func one(extra map[string][]string, key string) string {
 
 // Pod proves a pod's identity from its token (audience PodAudience). The
 // token must be bound to a pod that is scheduled on a node.
-func (v *Verifier) Pod(ctx context.Context, token string) (Pod, error) {
+func (v *Verifier) Pod(ctx context.Context, token string) (pod.Identity, error) {
 	r, err := v.review(ctx, token, v.opts.PodAudience)
 	if err != nil {
-		return Pod{}, fmt.Errorf("pod token: %w", err)
+		return pod.Identity{}, fmt.Errorf("pod token: %w", err)
 	}
 	ns, sa, ok := serviceAccount(r.Username)
 	if !ok {
-		return Pod{}, fmt.Errorf("pod token: %w: it is not a service account token", ErrUnauthenticated)
+		return pod.Identity{}, fmt.Errorf("pod token: %w: it is not a service account token", ErrUnauthenticated)
 	}
-	p := Pod{Namespace: ns, ServiceAccount: sa, Name: one(r.Extra, ExtraPodName), UID: one(r.Extra, ExtraPodUID), Node: one(r.Extra, ExtraNodeName)}
+	p := pod.Identity{Namespace: ns, ServiceAccount: sa, Name: one(r.Extra, ExtraPodName), UID: one(r.Extra, ExtraPodUID), Node: one(r.Extra, ExtraNodeName)}
 	if p.UID == "" || p.Name == "" {
-		return Pod{}, fmt.Errorf("pod token: %w: it is not bound to a pod (request it for the pod, as the kubelet does with CSI tokenRequests)", ErrUnauthenticated)
+		return pod.Identity{}, fmt.Errorf("pod token: %w: it is not bound to a pod (request it for the pod, as the kubelet does with CSI tokenRequests)", ErrUnauthenticated)
 	}
 	if p.Node == "" {
-		return Pod{}, fmt.Errorf("pod token: %w: it names no node (the pod is not scheduled)", ErrUnauthenticated)
+		return pod.Identity{}, fmt.Errorf("pod token: %w: it names no node (the pod is not scheduled)", ErrUnauthenticated)
 	}
 	return p, nil
 }

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 // fakeReviewer stands in for the API server in this unit test; the real
@@ -42,7 +44,7 @@ func TestPodAndNode(t *testing.T) {
 	v := NewVerifier(f, Options{NodeServiceAccount: "podkey/podkey-csi"})
 	ctx := context.Background()
 	p, err := v.Pod(ctx, "good")
-	if err != nil || p != (Pod{"payments", "payments", "p", "u", "n1"}) {
+	if err != nil || p != (pod.Identity{Namespace: "payments", ServiceAccount: "payments", Name: "p", UID: "u", Node: "n1"}) {
 		t.Fatalf("%+v %v", p, err)
 	}
 	for _, tok := range []string{"other-aud", "unbound", "user", "forged-secret-token", ""} {

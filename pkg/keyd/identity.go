@@ -13,10 +13,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/credential"
 	"github.com/podkey/podkey/pkg/identity"
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -37,16 +37,15 @@ func validPodField(name, v string, max int) error {
 }
 
 // claimedIdentity validates the shape of a claimed pod identity.
-func claimedIdentity(p *keydv1.PodIdentity) (credential.Identity, error) {
+func claimedIdentity(p *keydv1.PodIdentity) (pod.Identity, error) {
 	if p == nil {
-		return credential.Identity{}, status.Error(codes.InvalidArgument, "pod identity is required")
+		return pod.Identity{}, status.Error(codes.InvalidArgument, "pod identity is required")
 	}
-	id := credential.Identity{Namespace: p.Namespace, ServiceAccount: p.ServiceAccount,
-		PodName: p.PodName, PodUID: p.PodUid, NodeName: p.NodeName}
+	id := p.Identity()
 	for _, f := range []struct {
 		name, v string
 		max     int
-	}{{"namespace", id.Namespace, 63}, {"service account", id.ServiceAccount, 253}, {"name", id.PodName, 253}, {"UID", id.PodUID, 128}} {
+	}{{"namespace", id.Namespace, 63}, {"service account", id.ServiceAccount, 253}, {"name", id.Name, 253}, {"UID", id.UID, 128}} {
 		if err := validPodField(f.name, f.v, f.max); err != nil {
 			return id, err
 		}
@@ -54,7 +53,7 @@ func claimedIdentity(p *keydv1.PodIdentity) (credential.Identity, error) {
 	if !object.ValidName(id.Namespace) {
 		return id, status.Errorf(codes.InvalidArgument, "pod namespace %q is invalid", id.Namespace)
 	}
-	if len(id.NodeName) > 253 {
+	if len(id.Node) > 253 {
 		return id, status.Error(codes.InvalidArgument, "node name is too long")
 	}
 	return id, nil
@@ -148,7 +147,7 @@ func identityStatus(err error) error {
 //   - On the local socket (an operator on the keyd host) the pod token is
 //     reviewed without a node check, or, in --insecure-local-identity mode
 //     only, the claimed identity is trusted.
-func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token string) (credential.Identity, error) {
+func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token string) (pod.Identity, error) {
 	claimed, err := claimedIdentity(p)
 	if err != nil {
 		return claimed, err
@@ -167,7 +166,7 @@ func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token 
 		}
 		return claimed, status.Errorf(codes.Unauthenticated,
 			"pod identity for %s/%s cannot be verified: keyd has no Kubernetes API access for TokenReview (--kubeconfig or in-cluster)",
-			claimed.Namespace, claimed.PodName)
+			claimed.Namespace, claimed.Name)
 	}
 	node := ""
 	if !local {
@@ -175,21 +174,20 @@ func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token 
 			return claimed, err
 		}
 	}
-	pod, err := s.opts.Identity.Pod(ctx, token)
+	proven, err := s.opts.Identity.Pod(ctx, token)
 	if err != nil {
 		return claimed, identityStatus(err)
 	}
-	if node != "" && pod.Node != node {
+	if node != "" && proven.Node != node {
 		return claimed, status.Errorf(codes.PermissionDenied,
-			"pod token is for a pod on node %q, but the caller is node %q", pod.Node, node)
+			"pod token is for a pod on node %q, but the caller is node %q", proven.Node, node)
 	}
-	if pod.UID != claimed.PodUID || pod.Namespace != claimed.Namespace {
+	if proven.UID != claimed.UID || proven.Namespace != claimed.Namespace {
 		return claimed, status.Errorf(codes.PermissionDenied,
 			"pod token is for pod %s/%s (uid %s), not the volume's pod %s/%s (uid %s)",
-			pod.Namespace, pod.Name, pod.UID, claimed.Namespace, claimed.PodName, claimed.PodUID)
+			proven.Namespace, proven.Name, proven.UID, claimed.Namespace, claimed.Name, claimed.UID)
 	}
-	return credential.Identity{Namespace: pod.Namespace, ServiceAccount: pod.ServiceAccount, PodName: pod.Name,
-		PodUID: pod.UID, NodeName: pod.Node}, nil
+	return proven, nil
 }
 
 // authorizeRevoke decides whether the caller may revoke the pod. An
@@ -198,7 +196,7 @@ func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token 
 // one (the pod is gone, or the revocation was queued on the node), a node
 // agent may revoke a pod that keyd last served through that node, or one
 // keyd never served.
-func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, token string) (credential.Identity, error) {
+func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, token string) (pod.Identity, error) {
 	claimed, err := claimedIdentity(p)
 	if err != nil {
 		return claimed, err
@@ -218,14 +216,14 @@ func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, tok
 	if err != nil {
 		return claimed, err
 	}
-	bound, _, err := s.st.PodNode(ctx, claimed.PodUID, s.opts.Now())
+	bound, _, err := s.st.PodNode(ctx, claimed.UID, s.opts.Now())
 	if err != nil {
 		return claimed, status.Errorf(codes.Internal, "%v", err)
 	}
 	if bound != "" && bound != node {
 		return claimed, status.Errorf(codes.PermissionDenied,
-			"pod %s was served through node %q; node %q may not revoke it", claimed.PodUID, bound, node)
+			"pod %s was served through node %q; node %q may not revoke it", claimed.UID, bound, node)
 	}
-	claimed.NodeName = node
+	claimed.Node = node
 	return claimed, nil
 }

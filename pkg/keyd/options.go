@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"time"
 
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/hsm"
 	"github.com/podkey/podkey/pkg/identity"
 )
@@ -56,7 +57,7 @@ type Options struct {
 // Defaults.
 const (
 	DefaultStorePath = "/var/lib/podkey/keyd.db"
-	DefaultSocket    = "/run/podkey/keyd.sock"
+	DefaultSocket    = keydv1.DefaultSocket
 )
 
 func (o *Options) setDefaults() error {

@@ -6,16 +6,16 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/audit"
-	"github.com/podkey/podkey/pkg/credential"
+	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/store"
 )
 
 // revoke records the pod as refused for RevocationTTL, which is at least
 // the life of any credential it can hold, and audits it.
-func (s *Server) revoke(ctx context.Context, id credential.Identity) (time.Time, error) {
+func (s *Server) revoke(ctx context.Context, id pod.Identity) (time.Time, error) {
 	now := s.opts.Now().UTC()
 	until := now.Add(s.opts.RevocationTTL)
-	if err := s.st.Revoke(ctx, store.Revocation{PodUID: id.PodUID, Until: until, Revoked: now}); err != nil {
+	if err := s.st.Revoke(ctx, store.Revocation{PodUID: id.UID, Until: until, Revoked: now}); err != nil {
 		return time.Time{}, err
 	}
 	return until, s.auditResult(ctx, audit.ActionRevoke, audit.ResultOK, "", id, nil)
@@ -27,30 +27,30 @@ func (s *Server) revoke(ctx context.Context, id credential.Identity) (time.Time,
 // token. A renewal through the same node needs none until half of that
 // time has passed: one durable write per pod, not per issuance. nil when
 // there is nothing to write.
-func (s *Server) podBinding(ctx context.Context, id credential.Identity) (*store.PodBinding, error) {
-	if id.NodeName == "" {
+func (s *Server) podBinding(ctx context.Context, id pod.Identity) (*store.PodBinding, error) {
+	if id.Node == "" {
 		return nil, nil
 	}
 	now := s.opts.Now()
-	node, until, err := s.st.PodNode(ctx, id.PodUID, now)
+	node, until, err := s.st.PodNode(ctx, id.UID, now)
 	if err != nil {
 		return nil, err
 	}
-	if node == id.NodeName && until.Sub(now) > s.opts.RevocationTTL/2 {
+	if node == id.Node && until.Sub(now) > s.opts.RevocationTTL/2 {
 		return nil, nil
 	}
-	return &store.PodBinding{PodUID: id.PodUID, Node: id.NodeName, Until: now.Add(s.opts.RevocationTTL)}, nil
+	return &store.PodBinding{PodUID: id.UID, Node: id.Node, Until: now.Add(s.opts.RevocationTTL)}, nil
 }
 
-func (s *Server) auditResult(ctx context.Context, action, result, reason string, id credential.Identity, objects []string) error {
+func (s *Server) auditResult(ctx context.Context, action, result, reason string, id pod.Identity, objects []string) error {
 	return s.auditBound(ctx, action, result, reason, id, objects, nil)
 }
 
 // auditBound appends a record and, in the same transaction, the binding b.
-func (s *Server) auditBound(ctx context.Context, action, result, reason string, id credential.Identity, objects []string, b *store.PodBinding) error {
+func (s *Server) auditBound(ctx context.Context, action, result, reason string, id pod.Identity, objects []string, b *store.PodBinding) error {
 	err := s.audit.AppendBound(ctx, audit.Record{Action: action, Result: result, Reason: reason,
-		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Pod: id.PodName, PodUID: id.PodUID,
-		Node: id.NodeName, Objects: objects}, b)
+		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Pod: id.Name, PodUID: id.UID,
+		Node: id.Node, Objects: objects}, b)
 	if err != nil {
 		s.opts.Logger.Error("audit append failed", "action", action, "error", err)
 	}
@@ -58,14 +58,14 @@ func (s *Server) auditBound(ctx context.Context, action, result, reason string, 
 }
 
 // auditDeny records a refusal. The claimed identity is recorded as claimed.
-func (s *Server) auditDeny(ctx context.Context, action string, p *keydv1.PodIdentity, reason string, id *credential.Identity) {
-	var who credential.Identity
+func (s *Server) auditDeny(ctx context.Context, action string, p *keydv1.PodIdentity, reason string, id *pod.Identity) {
+	var who pod.Identity
 	switch {
 	case id != nil:
 		who = *id
 	case p != nil:
-		who = credential.Identity{Namespace: clip(p.Namespace), ServiceAccount: clip(p.ServiceAccount),
-			PodName: clip(p.PodName), PodUID: clip(p.PodUid), NodeName: clip(p.NodeName)}
+		who = pod.Identity{Namespace: clip(p.Namespace), ServiceAccount: clip(p.ServiceAccount),
+			Name: clip(p.PodName), UID: clip(p.PodUid), Node: clip(p.NodeName)}
 	}
 	_ = s.auditResult(ctx, action, audit.ResultDenied, reason, who, nil)
 }

@@ -1,10 +1,14 @@
 // Package podfiles defines the files podkey writes into a pod's volume:
 // their names and formats, shared by the node plugin that writes them and
-// the client library workloads read them with. It has no dependencies
-// beyond the standard library.
+// the client library workloads read them with. It depends only on the
+// standard library and package pod.
 package podfiles
 
-import "time"
+import (
+	"time"
+
+	"github.com/podkey/podkey/pkg/pod"
+)
 
 // MetadataFile is the volume's non-secret description of its objects.
 const MetadataFile = "podkey-metadata.json"
@@ -28,14 +32,6 @@ type APIKeyFile struct {
 	Expiry      time.Time `json:"expiry"`
 }
 
-// Pod names the pod a volume belongs to.
-type Pod struct {
-	Namespace      string `json:"namespace"`
-	Name           string `json:"name"`
-	UID            string `json:"uid"`
-	ServiceAccount string `json:"serviceAccount"`
-}
-
 // Object describes one object as written: public facts only.
 type Object struct {
 	Name       string    `json:"name"`
@@ -50,9 +46,9 @@ type Object struct {
 
 // Metadata is the content of MetadataFile.
 type Metadata struct {
-	Version string    `json:"version"`
-	Pod     Pod       `json:"pod"`
-	Written time.Time `json:"written"`
-	RenewAt time.Time `json:"renewAt"`
-	Objects []Object  `json:"objects"`
+	Version string       `json:"version"`
+	Pod     pod.Identity `json:"pod"` // without the node
+	Written time.Time    `json:"written"`
+	RenewAt time.Time    `json:"renewAt"`
+	Objects []Object     `json:"objects"`
 }

@@ -19,26 +19,18 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/pkg/atomicfile"
+	"github.com/podkey/podkey/pkg/pod"
 )
 
-// Pod identifies the pod to revoke.
-type Pod struct {
-	Namespace      string `json:"namespace"`
-	ServiceAccount string `json:"serviceAccount"`
-	Name           string `json:"name"`
-	UID            string `json:"uid"`
-	Node           string `json:"node"`
-}
-
 // Revoker delivers one revocation to keyd.
-type Revoker func(ctx context.Context, p Pod) error
+type Revoker func(ctx context.Context, p pod.Identity) error
 
 type entry struct {
-	Pod      Pod       `json:"pod"`
-	Enqueued time.Time `json:"enqueued"`
-	Attempts int       `json:"attempts"`
-	Next     time.Time `json:"next"`
-	LastErr  string    `json:"lastError,omitempty"`
+	Pod      pod.Identity `json:"pod"`
+	Enqueued time.Time    `json:"enqueued"`
+	Attempts int          `json:"attempts"`
+	Next     time.Time    `json:"next"`
+	LastErr  string       `json:"lastError,omitempty"`
 }
 
 // Backoff bounds.
@@ -108,7 +100,7 @@ func (q *Queue) Pending() []string {
 
 // Enqueue durably records a revocation; it returns once the entry is on
 // disk. Enqueuing a pod already queued keeps the one entry.
-func (q *Queue) Enqueue(p Pod, cause error) error {
+func (q *Queue) Enqueue(p pod.Identity, cause error) error {
 	if !uidRE.MatchString(p.UID) {
 		return fmt.Errorf("revocation queue: invalid pod UID %q", p.UID)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 type fakeKeyd struct {
@@ -19,7 +21,7 @@ type fakeKeyd struct {
 	calls []string
 }
 
-func (f *fakeKeyd) revoke(_ context.Context, p Pod) error {
+func (f *fakeKeyd) revoke(_ context.Context, p pod.Identity) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, p.UID)
@@ -40,7 +42,7 @@ func TestQueueSurvivesRestartAndDelivers(t *testing.T) {
 	}
 	clock := time.Now()
 	q.now = func() time.Time { return clock }
-	p := Pod{Namespace: "payments", ServiceAccount: "payments", Name: "a", UID: "uid-a", Node: "n1"}
+	p := pod.Identity{Namespace: "payments", ServiceAccount: "payments", Name: "a", UID: "uid-a", Node: "n1"}
 	if err := q.Enqueue(p, errors.New("down")); err != nil {
 		t.Fatal(err)
 	}
@@ -79,10 +81,10 @@ func TestQueueSurvivesRestartAndDelivers(t *testing.T) {
 func TestQueueHoldsNoSecretsAndRejectsBadUIDs(t *testing.T) {
 	dir := t.TempDir()
 	q, _ := Open(dir, (&fakeKeyd{}).revoke, quiet)
-	if err := q.Enqueue(Pod{UID: "../../etc/passwd"}, nil); err == nil {
+	if err := q.Enqueue(pod.Identity{UID: "../../etc/passwd"}, nil); err == nil {
 		t.Fatal("path-like UID accepted")
 	}
-	_ = q.Enqueue(Pod{Namespace: "n", UID: "u1"}, errors.New("rpc error: code = Unavailable"))
+	_ = q.Enqueue(pod.Identity{Namespace: "n", UID: "u1"}, errors.New("rpc error: code = Unavailable"))
 	data, _ := os.ReadFile(filepath.Join(dir, "u1.json"))
 	for _, field := range []string{"token", "secret", "key"} {
 		if strings.Contains(strings.ToLower(string(data)), field) {
@@ -102,7 +104,7 @@ func TestRunDeliversWhenWoken(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go q.Run(ctx)
-	_ = q.Enqueue(Pod{UID: "u"}, nil)
+	_ = q.Enqueue(pod.Identity{UID: "u"}, nil)
 	for i := 0; i < 500 && q.Len() > 0; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -14,7 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 )
 
 // Keys of the published ConfigMap.
@@ -25,7 +25,7 @@ const (
 
 // Publisher keeps a ConfigMap equal to Bundle().
 type Publisher struct {
-	Client    kubernetes.Interface
+	Client    corev1client.ConfigMapsGetter
 	Namespace string
 	Name      string
 	// Bundle returns the data to publish (key → PEM).
@@ -40,7 +40,7 @@ type Publisher struct {
 // data differs, so a steady state costs one GET.
 func (p *Publisher) Publish(ctx context.Context) (changed bool, err error) {
 	want := p.Bundle()
-	cms := p.Client.CoreV1().ConfigMaps(p.Namespace)
+	cms := p.Client.ConfigMaps(p.Namespace)
 	cm, err := cms.Get(ctx, p.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):

@@ -15,7 +15,7 @@ func TestPublishCreatesUpdatesAndLeavesEqualDataAlone(t *testing.T) {
 	ctx := context.Background()
 	client := fake.NewClientset()
 	data := map[string]string{KeyIntl: "A", KeyGM: "B"}
-	p := &Publisher{Client: client, Namespace: "podkey", Name: "podkey-ca", Bundle: func() map[string]string { return data }}
+	p := &Publisher{Client: client.CoreV1(), Namespace: "podkey", Name: "podkey-ca", Bundle: func() map[string]string { return data }}
 	for i, want := range []bool{true, false} {
 		changed, err := p.Publish(ctx)
 		if err != nil || changed != want {
@@ -46,7 +46,7 @@ func TestPublishReportsAPIErrors(t *testing.T) {
 	client.PrependReactor("get", "configmaps", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, errors.New("forbidden by test")
 	})
-	p := &Publisher{Client: client, Namespace: "podkey", Name: "podkey-ca", Bundle: func() map[string]string { return nil }}
+	p := &Publisher{Client: client.CoreV1(), Namespace: "podkey", Name: "podkey-ca", Bundle: func() map[string]string { return nil }}
 	if _, err := p.Publish(context.Background()); err == nil {
 		t.Fatal("an API error was swallowed")
 	}

@@ -1,4 +1,4 @@
-package cli_test
+package podkeycmd_test
 
 import (
 	"bytes"
@@ -9,10 +9,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podkey/podkey/pkg/cli"
+	"github.com/podkey/podkey/pkg/command"
 	"github.com/podkey/podkey/pkg/hsm"
 	"github.com/podkey/podkey/pkg/hsm/hsmtest"
 	"github.com/podkey/podkey/pkg/keyd/keydtest"
+	"github.com/podkey/podkey/pkg/podkeycmd"
 )
 
 type result struct {
@@ -23,9 +24,9 @@ type result struct {
 func podkey(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
-	cmd := cli.NewRoot()
+	cmd := podkeycmd.NewCommand()
 	cmd.SetIn(strings.NewReader(stdin))
-	code := cli.Run(cmd, args, &out, &errb)
+	code := command.Run(cmd, args, &out, &errb)
 	return result{code, out.String(), errb.String()}
 }
 
@@ -52,16 +53,16 @@ func TestCLIAgainstKeyd(t *testing.T) {
 		args  []string
 		code  int
 	}{
-		{"denied by policy", "", []string{"issue", sock, "--namespace=shop", "--object=x:apiKey"}, cli.ExitDenied},
-		{"unknown kind", "", append([]string{"issue", "--object=x:password"}, pay...), cli.ExitUsage},
-		{"unknown flag", "", []string{"issue", "--nope"}, cli.ExitUsage},
-		{"secret not enrolled", "", append([]string{"issue", "--object=db:secret"}, pay...), cli.ExitNotFound},
-		{"oversized secret", strings.Repeat("x", 64<<10+1), []string{"secret", "put", sock, "payments/big"}, cli.ExitInvalid},
-		{"empty secret", "", []string{"secret", "put", sock, "payments/empty"}, cli.ExitInvalid},
-		{"bad secret ref", "v", []string{"secret", "put", sock, "nons"}, cli.ExitUsage},
-		{"forged key id", "msg", []string{"verify", sock, "--access-key-id=PK1AAAA", "--signature=00"}, cli.ExitInvalid},
-		{"keyd down", "", []string{"policy", "get", "--socket=" + filepath.Join(t.TempDir(), "none.sock")}, cli.ExitUnavailable},
-		{"bad rule", "", []string{"policy", "add", sock, "--namespace=A B", "--service-account=x", "--object=y"}, cli.ExitInvalid},
+		{"denied by policy", "", []string{"issue", sock, "--namespace=shop", "--object=x:apiKey"}, command.ExitDenied},
+		{"unknown kind", "", append([]string{"issue", "--object=x:password"}, pay...), command.ExitUsage},
+		{"unknown flag", "", []string{"issue", "--nope"}, command.ExitUsage},
+		{"secret not enrolled", "", append([]string{"issue", "--object=db:secret"}, pay...), command.ExitNotFound},
+		{"oversized secret", strings.Repeat("x", 64<<10+1), []string{"secret", "put", sock, "payments/big"}, command.ExitInvalid},
+		{"empty secret", "", []string{"secret", "put", sock, "payments/empty"}, command.ExitInvalid},
+		{"bad secret ref", "v", []string{"secret", "put", sock, "nons"}, command.ExitUsage},
+		{"forged key id", "msg", []string{"verify", sock, "--access-key-id=PK1AAAA", "--signature=00"}, command.ExitInvalid},
+		{"keyd down", "", []string{"policy", "get", "--socket=" + filepath.Join(t.TempDir(), "none.sock")}, command.ExitUnavailable},
+		{"bad rule", "", []string{"policy", "add", sock, "--namespace=A B", "--service-account=x", "--object=y"}, command.ExitInvalid},
 	} {
 		r := podkey(t, c.stdin, c.args...)
 		if r.code != c.code {
@@ -123,16 +124,16 @@ func TestHSMErrors(t *testing.T) {
 	bad := filepath.Join(dir, "bad")
 	_ = os.WriteFile(bad, []byte("wrong-pin"), 0o600)
 	r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel, "--hsm-pin-file="+bad)
-	if r.code != cli.ExitDenied || strings.Contains(r.stderr, "wrong-pin") {
+	if r.code != command.ExitDenied || strings.Contains(r.stderr, "wrong-pin") {
 		t.Fatalf("wrong PIN: %+v", r)
 	}
 	good := filepath.Join(dir, "good")
 	_ = os.WriteFile(good, []byte(hsmtest.PIN), 0o600)
-	if r := podkey(t, "", "hsm", "init", "--hsm-token=missing", "--hsm-pin-file="+good); r.code != cli.ExitNotFound {
+	if r := podkey(t, "", "hsm", "init", "--hsm-token=missing", "--hsm-pin-file="+good); r.code != command.ExitNotFound {
 		t.Fatalf("missing token: %+v", r)
 	}
 	t.Setenv(hsm.PINEnv, "")
-	if r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel); r.code != cli.ExitUsage {
+	if r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel); r.code != command.ExitUsage {
 		t.Fatalf("no PIN: %+v", r)
 	}
 	if r := podkey(t, "", "hsm", "init", "--hsm-token="+cfg.TokenLabel, "--hsm-pin-file="+good); r.code != 0 || !strings.Contains(r.stdout, "created 10 root keys") {
@@ -169,7 +170,7 @@ func TestHSMInitToken(t *testing.T) {
 	if again, _ := os.ReadFile(pinFile); !bytes.Equal(again, pin) {
 		t.Fatal("the PIN file changed")
 	}
-	if r := podkey(t, "", "hsm", "init", "--init-token", "--hsm-token="+label); r.code != cli.ExitUsage || !strings.Contains(r.stderr, "--hsm-pin-file") {
+	if r := podkey(t, "", "hsm", "init", "--init-token", "--hsm-token="+label); r.code != command.ExitUsage || !strings.Contains(r.stderr, "--hsm-pin-file") {
 		t.Fatalf("without a PIN file: %+v", r)
 	}
 }

@@ -1,4 +1,4 @@
-package cli
+package podkeycmd
 
 import (
 	"encoding/base64"
@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/command"
 )
 
 func decodeSignature(s string) ([]byte, error) {
@@ -32,7 +33,7 @@ func newVerifyCommand(cf *clientFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sigBytes, err := decodeSignature(sig)
 			if err != nil {
-				return usageError("--signature: not hex or base64")
+				return command.UsageError("--signature: not hex or base64")
 			}
 			var sts []byte
 			switch stsFile {
@@ -74,14 +75,14 @@ func newRevokeCommand(cf *clientFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pf.podUID == "" {
-				return usageError("--pod-uid is required")
+				return command.UsageError("--pod-uid is required")
 			}
 			client, done, err := cf.keyd()
 			if err != nil {
 				return err
 			}
 			defer done()
-			resp, err := client.Revoke(cmd.Context(), &keydv1.RevokeRequest{Pod: pf.identity()})
+			resp, err := client.Revoke(cmd.Context(), &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(pf.identity())})
 			if err != nil {
 				return err
 			}

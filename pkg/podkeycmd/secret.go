@@ -1,4 +1,4 @@
-package cli
+package podkeycmd
 
 import (
 	"fmt"
@@ -10,21 +10,27 @@ import (
 	"github.com/spf13/cobra"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/command"
 	"github.com/podkey/podkey/pkg/credential"
 )
 
 func splitRef(ref string) (string, string, error) {
 	ns, name, ok := strings.Cut(ref, "/")
 	if !ok || ns == "" || name == "" {
-		return "", "", usageError("want NAMESPACE/NAME, got %q", ref)
+		return "", "", command.UsageError("want NAMESPACE/NAME, got %q", ref)
 	}
 	return ns, name, nil
 }
 
 func newSecretCommand(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "secret", Short: "Enroll static secrets (stored only wrapped under the HSM KEK)"}
+	cmd.AddCommand(newSecretPutCommand(cf), newSecretListCommand(cf), newSecretDeleteCommand(cf))
+	return cmd
+}
+
+func newSecretPutCommand(cf *clientFlags) *cobra.Command {
 	var from string
-	put := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "put NAMESPACE/NAME",
 		Short: "Enroll a value read from stdin or --from-file (never from the command line)",
 		Args:  cobra.ExactArgs(1),
@@ -48,7 +54,7 @@ func newSecretCommand(cf *clientFlags) *cobra.Command {
 			}
 			defer clear(value)
 			if len(value) > credential.MaxSecretSize {
-				return exitError(ExitInvalid, fmt.Errorf("value is larger than %d bytes; nothing stored", credential.MaxSecretSize))
+				return command.Exit(command.ExitInvalid, fmt.Errorf("value is larger than %d bytes; nothing stored", credential.MaxSecretSize))
 			}
 			admin, done, err := cf.admin()
 			if err != nil {
@@ -63,8 +69,12 @@ func newSecretCommand(cf *clientFlags) *cobra.Command {
 			return nil
 		},
 	}
-	put.Flags().StringVar(&from, "from-file", "", "read the value from this file instead of stdin")
-	list := &cobra.Command{
+	cmd.Flags().StringVar(&from, "from-file", "", "read the value from this file instead of stdin")
+	return cmd
+}
+
+func newSecretListCommand(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
 		Use:   "list [NAMESPACE]",
 		Short: "List enrolled secrets (names and sizes, never values)",
 		Args:  cobra.MaximumNArgs(1),
@@ -90,7 +100,10 @@ func newSecretCommand(cf *clientFlags) *cobra.Command {
 			return w.Flush()
 		},
 	}
-	del := &cobra.Command{
+}
+
+func newSecretDeleteCommand(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
 		Use:   "delete NAMESPACE/NAME",
 		Short: "Delete an enrolled secret",
 		Args:  cobra.ExactArgs(1),
@@ -111,6 +124,4 @@ func newSecretCommand(cf *clientFlags) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(put, list, del)
-	return cmd
 }

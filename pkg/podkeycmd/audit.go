@@ -1,4 +1,4 @@
-package cli
+package podkeycmd
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/audit"
+	"github.com/podkey/podkey/pkg/command"
+	"github.com/podkey/podkey/pkg/hsm/hsmflags"
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/store"
 )
@@ -43,7 +45,7 @@ func newAuditCommand(cf *clientFlags) *cobra.Command {
 	}
 	var (
 		storePath string
-		hf        hsmFlags
+		hf        hsmflags.Flags
 	)
 	verify := &cobra.Command{
 		Use:   "verify",
@@ -72,7 +74,7 @@ opens the HSM token itself.`,
 				return err
 			}
 			if !resp.Intact {
-				return exitError(ExitTampered, fmt.Errorf("audit chain broken at record %d (the %d before it verified): %s",
+				return command.Exit(command.ExitTampered, fmt.Errorf("audit chain broken at record %d (the %d before it verified): %s",
 					resp.BrokenAt, resp.Records, resp.Reason))
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d records\n", resp.Records)
@@ -80,20 +82,20 @@ opens the HSM token itself.`,
 		},
 	}
 	verify.Flags().StringVar(&storePath, "store", "", "verify this store file directly (keyd must be stopped)")
-	hf.register(verify.Flags())
+	hf.Register(verify.Flags())
 	cmd.AddCommand(export, verify)
 	return cmd
 }
 
-func verifyOffline(ctx context.Context, hf *hsmFlags, path string) (*keydv1.VerifyAuditResponse, error) {
-	tok, err := hf.open()
+func verifyOffline(ctx context.Context, hf *hsmflags.Flags, path string) (*keydv1.VerifyAuditResponse, error) {
+	tok, err := hf.Open()
 	if err != nil {
 		return nil, err
 	}
 	defer tok.Close()
 	st, err := store.OpenBolt(path)
 	if err != nil {
-		return nil, exitError(ExitUnavailable, err)
+		return nil, command.Exit(command.ExitUnavailable, err)
 	}
 	defer st.Close()
 	n, err := audit.Verify(ctx, st, func(ctx context.Context, data []byte) ([]byte, error) {

@@ -1,7 +1,8 @@
-// Package cli is the podkey and podkey-keyd command lines: flag parsing,
-// wiring and output. Each command is a thin layer over the packages that
-// own the capability.
-package cli
+// Package podkeycmd is the podkey command line, the administration and
+// developer CLI: flag parsing, the keyd connection and output. Each
+// command is a thin layer over the package that owns its capability; the
+// daemons have their own command packages (keydcmd, csicmd).
+package podkeycmd
 
 import (
 	"io"
@@ -12,39 +13,13 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/command"
-	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/version"
 )
 
-// Exit statuses, re-exported for tests and callers of this package.
-const (
-	ExitOK          = command.ExitOK
-	ExitError       = command.ExitError
-	ExitUsage       = command.ExitUsage
-	ExitInvalid     = command.ExitInvalid
-	ExitDenied      = command.ExitDenied
-	ExitNotFound    = command.ExitNotFound
-	ExitUnavailable = command.ExitUnavailable
-	ExitTampered    = command.ExitTampered
-)
-
-func usageError(format string, a ...any) error { return command.UsageError(format, a...) }
-
-// exitError wraps err with an exit status.
-func exitError(code int, err error) error { return command.Exit(code, err) }
-
-// Run executes a command tree and returns the exit status.
-func Run(cmd *cobra.Command, args []string, stdout, stderr io.Writer) int {
-	return command.Run(cmd, args, stdout, stderr)
-}
-
-// Main runs the podkey CLI.
-func Main(args []string, stdout, stderr io.Writer) int { return Run(NewRoot(), args, stdout, stderr) }
-
-// KeydMain runs the podkey-keyd daemon command.
-func KeydMain(args []string, stdout, stderr io.Writer) int {
-	return Run(NewKeydCommand(), args, stdout, stderr)
+// Main runs the podkey CLI and returns its exit status.
+func Main(args []string, stdout, stderr io.Writer) int {
+	return command.Run(NewCommand(), args, stdout, stderr)
 }
 
 // clientFlags select the keyd to talk to.
@@ -52,7 +27,7 @@ type clientFlags struct{ o keydclient.Options }
 
 func (c *clientFlags) register(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
-	f.StringVar(&c.o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", keyd.DefaultSocket), "keyd's local unix socket (env PODKEY_SOCKET)")
+	f.StringVar(&c.o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", keydv1.DefaultSocket), "keyd's local unix socket (env PODKEY_SOCKET)")
 	f.StringVar(&c.o.Address, "addr", os.Getenv("PODKEY_ADDR"), "keyd's TLS address host:port instead of the socket (env PODKEY_ADDR)")
 	f.StringVar(&c.o.CAFile, "ca-file", os.Getenv("PODKEY_CA_FILE"), "CA bundle verifying keyd over TLS (env PODKEY_CA_FILE)")
 }
@@ -60,7 +35,7 @@ func (c *clientFlags) register(cmd *cobra.Command) {
 func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	conn, err := keydclient.Dial(c.o)
 	if err != nil {
-		return nil, exitError(ExitUsage, err)
+		return nil, command.Exit(command.ExitUsage, err)
 	}
 	return conn, nil
 }
@@ -81,8 +56,8 @@ func (c *clientFlags) admin() (keydv1.AdminClient, func(), error) {
 	return keydv1.NewAdminClient(conn), func() { conn.Close() }, nil
 }
 
-// NewRoot builds the podkey command tree.
-func NewRoot() *cobra.Command {
+// NewCommand builds the podkey command tree.
+func NewCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "podkey",
 		Short: "Administer podkey: HSM keys, enrolled secrets, policy, audit; issue and verify by hand",

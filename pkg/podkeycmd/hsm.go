@@ -1,4 +1,4 @@
-package cli
+package podkeycmd
 
 import (
 	"crypto/rand"
@@ -13,18 +13,23 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/atomicfile"
+	"github.com/podkey/podkey/pkg/command"
 	"github.com/podkey/podkey/pkg/hsm"
+	"github.com/podkey/podkey/pkg/hsm/hsmflags"
 	"github.com/podkey/podkey/pkg/keyring"
 )
 
 func newHSMCommand(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "hsm", Short: "Set up and inspect the HSM token's root keys"}
-	var (
-		hf        hsmFlags
-		initToken bool
-	)
-	hf.register(cmd.PersistentFlags())
-	initCmd := &cobra.Command{
+	var hf hsmflags.Flags
+	hf.Register(cmd.PersistentFlags())
+	cmd.AddCommand(newHSMInitCommand(&hf), newHSMStatusCommand(&hf), newHSMRotateCommand(cf))
+	return cmd
+}
+
+func newHSMInitCommand(hf *hsmflags.Flags) *cobra.Command {
+	var initToken bool
+	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create missing root keys on the token (idempotent; never overwrites)",
 		Long: `Create missing root keys on the token (idempotent; never overwrites).
@@ -39,11 +44,11 @@ A token that already exists is never re-initialised.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if initToken {
-				if err := ensureToken(cmd, &hf); err != nil {
+				if err := ensureToken(cmd, hf); err != nil {
 					return err
 				}
 			}
-			tok, err := hf.open()
+			tok, err := hf.Open()
 			if err != nil {
 				return err
 			}
@@ -64,13 +69,17 @@ A token that already exists is never re-initialised.`,
 			return nil
 		},
 	}
-	initCmd.Flags().BoolVar(&initToken, "init-token", false, "initialise the token first when no token has the label (software tokens; needs --hsm-pin-file)")
-	cmd.AddCommand(initCmd, &cobra.Command{
+	cmd.Flags().BoolVar(&initToken, "init-token", false, "initialise the token first when no token has the label (software tokens; needs --hsm-pin-file)")
+	return cmd
+}
+
+func newHSMStatusCommand(hf *hsmflags.Flags) *cobra.Command {
+	return &cobra.Command{
 		Use:   "status",
 		Short: "Show the token and its podkey keys with their protection attributes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			tok, err := hf.open()
+			tok, err := hf.Open()
 			if err != nil {
 				return err
 			}
@@ -109,8 +118,11 @@ A token that already exists is never re-initialised.`,
 			}
 			return nil
 		},
-	})
-	rotate := &cobra.Command{
+	}
+}
+
+func newHSMRotateCommand(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "rotate PURPOSE",
 		Short: "Add a generation of a root key through keyd (mac, derive, ca, jwt); old generations keep verifying",
 		Args:  cobra.ExactArgs(1),
@@ -129,35 +141,34 @@ A token that already exists is never re-initialised.`,
 			return nil
 		},
 	}
-	rotate.Flags().String("suite", "intl", "suite: gm or intl")
-	cmd.AddCommand(rotate)
+	cmd.Flags().String("suite", "intl", "suite: gm or intl")
 	return cmd
 }
 
-// ensureToken initialises a token labelled hf.label when the module has
+// ensureToken initialises a token labelled hf.Label when the module has
 // none, generating the PIN files that do not exist yet.
-func ensureToken(cmd *cobra.Command, hf *hsmFlags) error {
-	if hf.pinFile == "" {
-		return exitError(ExitUsage, errors.New("--init-token needs --hsm-pin-file: the generated PIN is written there"))
+func ensureToken(cmd *cobra.Command, hf *hsmflags.Flags) error {
+	if hf.PINFile == "" {
+		return command.Exit(command.ExitUsage, errors.New("--init-token needs --hsm-pin-file: the generated PIN is written there"))
 	}
 	if err := hsm.EnsureSoftHSMTokenDir(); err != nil {
-		return exitError(ExitUnavailable, err)
+		return command.Exit(command.ExitUnavailable, err)
 	}
-	pin, err := pinFileOrNew(hf.pinFile)
+	pin, err := pinFileOrNew(hf.PINFile)
 	if err != nil {
-		return exitError(ExitUnavailable, err)
+		return command.Exit(command.ExitUnavailable, err)
 	}
-	so, err := pinFileOrNew(hf.pinFile + ".so")
+	so, err := pinFileOrNew(hf.PINFile + ".so")
 	if err != nil {
-		return exitError(ExitUnavailable, err)
+		return command.Exit(command.ExitUnavailable, err)
 	}
-	switch err := hsm.InitToken(hf.module, hf.label, so, pin); {
+	switch err := hsm.InitToken(hf.Module, hf.Label, so, pin); {
 	case errors.Is(err, hsm.ErrObjectExists):
 		return nil
 	case err != nil:
-		return exitError(ExitUnavailable, err)
+		return command.Exit(command.ExitUnavailable, err)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "token %q: initialised; user PIN in %s (mode 0600)\n", hf.label, hf.pinFile)
+	fmt.Fprintf(cmd.OutOrStdout(), "token %q: initialised; user PIN in %s (mode 0600)\n", hf.Label, hf.PINFile)
 	return nil
 }
 

@@ -1,13 +1,15 @@
-// Package csiplugin wires the podkey-csi daemon: flags, the keyd
-// connection, the SecretProviderClass source, kubelet registration, and the
-// metrics and health endpoint around the CSI node service.
-package csiplugin
+// Package csicmd is the podkey-csi command: its flags, and the wiring of
+// the CSI node service (package csinode) to the keyd connection, the
+// SecretProviderClass source, kubelet registration, and the metrics and
+// health endpoint.
+package csicmd
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/podkey/podkey/pkg/command"
+	"github.com/podkey/podkey/pkg/kube"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -43,7 +46,7 @@ type csiFlags struct {
 	lf                            command.LogFlags
 }
 
-// Main runs the podkey-csi command.
+// Main runs podkey-csi and returns its exit status.
 func Main(args []string, stdout, stderr io.Writer) int {
 	return command.Run(NewCommand(), args, stdout, stderr)
 }
@@ -56,7 +59,7 @@ func NewCommand() *cobra.Command {
 		Short:   "podkey's CSI node plugin: per-pod credentials on tmpfs",
 		Version: version.Version,
 		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, _ []string) error { return runCSI(cmd.Context(), cmd, &f) },
+		RunE:    func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), cmd, &f) },
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.o.NodeID, "node-name", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
@@ -78,60 +81,31 @@ func NewCommand() *cobra.Command {
 	return cmd
 }
 
-func runCSI(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
+// run checks the flags, connects to keyd and the SecretProviderClass
+// source, and serves the CSI socket (and registration and metrics) until
+// ctx ends.
+func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	log, err := f.lf.Logger(cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}
-	if f.o.NodeID == "" {
-		return command.UsageError("--node-name (or NODE_NAME) is required")
-	}
-	q, err := resource.ParseQuantity(f.size)
-	if err != nil || q.Value() < 64<<10 {
-		return command.UsageError("--tmpfs-size %q: want a quantity of at least 64Ki", f.size)
-	}
-	if f.keyd.Socket == "" && f.keyd.Address == "" {
-		return command.UsageError("--keyd-socket or --keyd-addr is required")
+	if err := f.check(); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		conn    grpc.ClientConnInterface
-		nodeRun func(context.Context)
-	)
-	if f.keyd.Address != "" {
-		// Over TCP: mTLS with a node certificate obtained with the node token.
-		nc, err := keydclient.DialNode(ctx, keydclient.NodeOptions{Address: f.keyd.Address, CAFile: f.keyd.CAFile,
-			ServerName: f.keyd.ServerName, TokenFile: f.nodeToken, Logger: log})
-		if err != nil {
-			return command.Exit(command.ExitUnavailable, err)
-		}
-		defer nc.Close()
-		conn, nodeRun = nc, nc.Run
-	} else {
-		c, err := keydclient.Dial(f.keyd)
-		if err != nil {
-			return command.UsageError("%v", err)
-		}
-		defer c.Close()
-		conn = c
+	conn, nodeRun, closeConn, err := f.dialKeyd(ctx, log)
+	if err != nil {
+		return err
 	}
-	if f.classDir != "" {
-		f.o.Classes = spc.Dir{Root: f.classDir}
-	} else {
-		cfg, err := command.KubeConfig(f.kubeconfig)
-		if err != nil {
-			return command.Exit(command.ExitUsage, fmt.Errorf("%w (or use --secret-provider-class-dir)", err))
-		}
-		inf, err := spc.NewInformer(ctx, cfg, 10*time.Minute, time.Minute)
-		if err != nil {
-			return command.Exit(command.ExitUnavailable, err)
-		}
-		f.o.Classes = inf
+	defer closeConn()
+	if f.o.Classes, err = f.classes(ctx); err != nil {
+		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	f.o.Keyd, f.o.Logger, f.o.SizeLimit, f.o.Registerer, f.o.Version = keydv1.NewKeydClient(conn), log, q.Value(), reg, version.Version
+	keyd := keydv1.NewKeydClient(conn)
+	f.o.Issuer, f.o.Revoker, f.o.Logger, f.o.Registerer, f.o.Version = keyd, keyd, log, reg, version.Version
 	d, err := csinode.New(f.o)
 	if err != nil {
 		return err
@@ -160,6 +134,59 @@ func runCSI(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	}
 	log.Info("podkey-csi stopped")
 	return err
+}
+
+// check validates the flags that need more than their type, and sets the
+// tmpfs size limit.
+func (f *csiFlags) check() error {
+	if f.o.NodeID == "" {
+		return command.UsageError("--node-name (or NODE_NAME) is required")
+	}
+	q, err := resource.ParseQuantity(f.size)
+	if err != nil || q.Value() < 64<<10 {
+		return command.UsageError("--tmpfs-size %q: want a quantity of at least 64Ki", f.size)
+	}
+	f.o.SizeLimit = q.Value()
+	if f.keyd.Socket == "" && f.keyd.Address == "" {
+		return command.UsageError("--keyd-socket or --keyd-addr is required")
+	}
+	return nil
+}
+
+// dialKeyd connects to keyd: over TCP with mTLS and a node certificate
+// obtained with the node token (nodeRun renews it), or over the local
+// socket.
+func (f *csiFlags) dialKeyd(ctx context.Context, log *slog.Logger) (conn grpc.ClientConnInterface, nodeRun func(context.Context), closeConn func(), err error) {
+	if f.keyd.Address != "" {
+		nc, err := keydclient.DialNode(ctx, keydclient.NodeOptions{Address: f.keyd.Address, CAFile: f.keyd.CAFile,
+			ServerName: f.keyd.ServerName, TokenFile: f.nodeToken, Logger: log})
+		if err != nil {
+			return nil, nil, nil, command.Exit(command.ExitUnavailable, err)
+		}
+		return nc, nc.Run, func() { nc.Close() }, nil
+	}
+	c, err := keydclient.Dial(f.keyd)
+	if err != nil {
+		return nil, nil, nil, command.UsageError("%v", err)
+	}
+	return c, nil, func() { c.Close() }, nil
+}
+
+// classes is the SecretProviderClass source: a directory when one is
+// named, otherwise an informer on the Kubernetes API.
+func (f *csiFlags) classes(ctx context.Context) (spc.Source, error) {
+	if f.classDir != "" {
+		return spc.Dir{Root: f.classDir}, nil
+	}
+	cfg, err := kube.Config(f.kubeconfig)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, fmt.Errorf("%w (or use --secret-provider-class-dir)", err))
+	}
+	inf, err := spc.NewInformer(ctx, cfg, 10*time.Minute, time.Minute)
+	if err != nil {
+		return nil, command.Exit(command.ExitUnavailable, err)
+	}
+	return inf, nil
 }
 
 // serveMetrics serves /metrics and /healthz; the health check succeeds

@@ -1,9 +1,8 @@
-package cli
+package podkeycmd
 
 import (
 	"crypto"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -17,7 +16,10 @@ import (
 	"github.com/spf13/cobra"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/command"
+	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 type podFlags struct{ namespace, serviceAccount, pod, podUID, node string }
@@ -31,14 +33,13 @@ func (pf *podFlags) register(cmd *cobra.Command) {
 	f.StringVar(&pf.node, "node", "", "node name")
 }
 
-func (pf *podFlags) identity() *keydv1.PodIdentity {
-	p := &keydv1.PodIdentity{Namespace: pf.namespace, ServiceAccount: pf.serviceAccount,
-		PodName: pf.pod, PodUid: pf.podUID, NodeName: pf.node}
-	if p.PodUid == "" {
+func (pf *podFlags) identity() pod.Identity {
+	p := pod.Identity{Namespace: pf.namespace, ServiceAccount: pf.serviceAccount, Name: pf.pod, UID: pf.podUID, Node: pf.node}
+	if p.UID == "" {
 		b := make([]byte, 16)
 		_, _ = rand.Read(b)
 		b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
-		p.PodUid = fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+		p.UID = fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 	}
 	return p
 }
@@ -47,7 +48,7 @@ func (pf *podFlags) identity() *keydv1.PodIdentity {
 func parseObjectFlag(s string) (object.Spec, error) {
 	parts := strings.Split(s, ":")
 	if len(parts) < 2 || len(parts) > 3 {
-		return object.Spec{}, usageError("--object %q: want NAME:KIND[:SUITE]", s)
+		return object.Spec{}, command.UsageError("--object %q: want NAME:KIND[:SUITE]", s)
 	}
 	sp := object.Spec{Name: parts[0], Kind: object.Kind(parts[1])}
 	if len(parts) == 3 {
@@ -57,7 +58,7 @@ func parseObjectFlag(s string) (object.Spec, error) {
 		}
 	}
 	if err := sp.Normalize(); err != nil {
-		return sp, usageError("%v", err)
+		return sp, command.UsageError("%v", err)
 	}
 	return sp, nil
 }
@@ -81,43 +82,13 @@ are generated here and only the CSR is sent. Secret values, keys and tokens
 are printed only with --reveal.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var specs []object.Spec
-			if file != "" {
-				data, err := os.ReadFile(file)
-				if err != nil {
-					return err
-				}
-				if specs, err = object.ParseList(data); err != nil {
-					return usageError("%s: %v", file, err)
-				}
+			specs, err := issueSpecs(file, objs)
+			if err != nil {
+				return err
 			}
-			for _, o := range objs {
-				sp, err := parseObjectFlag(o)
-				if err != nil {
-					return err
-				}
-				specs = append(specs, sp)
-			}
-			if len(specs) == 0 {
-				return usageError("name at least one object with --object or -f")
-			}
-			req := &keydv1.IssueRequest{Pod: pf.identity()}
-			keys := map[string]crypto.Signer{}
-			for _, sp := range specs {
-				o := &keydv1.ObjectRequest{Name: sp.Name, Kind: string(sp.Kind), Suite: string(sp.Suite),
-					Ttl: sp.TTL.String(), Scope: sp.Scope, Length: int32(sp.Length), Audience: sp.Audience}
-				if sp.Kind == object.Certificate {
-					key, err := sp.Suite.GenerateKey()
-					if err != nil {
-						return err
-					}
-					der, err := smx509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-					if err != nil {
-						return err
-					}
-					o.Csr, keys[sp.Name] = der, key
-				}
-				req.Objects = append(req.Objects, o)
+			req, keys, err := keydclient.IssueRequest(pf.identity(), "", specs)
+			if err != nil {
+				return err
 			}
 			client, done, err := cf.keyd()
 			if err != nil {
@@ -146,6 +117,31 @@ are printed only with --reveal.`,
 	cmd.Flags().BoolVar(&reveal, "reveal", false, "print secret values (debugging only)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return cmd
+}
+
+// issueSpecs reads the objects of -f FILE and of every --object flag.
+func issueSpecs(file string, objs []string) ([]object.Spec, error) {
+	var specs []object.Spec
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		if specs, err = object.ParseList(data); err != nil {
+			return nil, command.UsageError("%s: %v", file, err)
+		}
+	}
+	for _, o := range objs {
+		sp, err := parseObjectFlag(o)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, sp)
+	}
+	if len(specs) == 0 {
+		return nil, command.UsageError("name at least one object with --object or -f")
+	}
+	return specs, nil
 }
 
 // issuedView is what the CLI prints: public fields always, secret fields

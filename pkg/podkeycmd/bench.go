@@ -1,4 +1,4 @@
-package cli
+package podkeycmd
 
 import (
 	"fmt"
@@ -13,11 +13,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/podkey/podkey/pkg/bench"
+	"github.com/podkey/podkey/pkg/hsm/hsmflags"
+	"github.com/podkey/podkey/pkg/keyd"
 )
 
 func newBenchCommand() *cobra.Command {
 	var (
-		hf       hsmFlags
+		hf       hsmflags.Flags
 		duration time.Duration
 		conc     []int
 		output   string
@@ -32,13 +34,13 @@ concurrency level, raw HSM operations per second and credentials issued per
 second through the gRPC API for every kind and suite, with their ratio.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := hf.config()
+			cfg, err := hf.Config()
 			if err != nil {
 				return err
 			}
 			// keyd runs in this process, tuned as podkey-keyd tunes itself
 			// (the callers share the setting).
-			tuneKeydRuntime(slog.New(slog.DiscardHandler))
+			keyd.TuneRuntime(slog.New(slog.DiscardHandler))
 			gogc := debug.SetGCPercent(-1)
 			debug.SetGCPercent(gogc)
 			var sb strings.Builder
@@ -67,7 +69,7 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 			return err
 		},
 	}
-	hf.register(cmd.Flags())
+	hf.Register(cmd.Flags())
 	cmd.Flags().DurationVar(&duration, "duration", 2*time.Second, "length of each measurement")
 	cmd.Flags().IntSliceVar(&conc, "concurrency", []int{1, 8, 64}, "concurrent callers (repeatable)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "also write the table to this file")

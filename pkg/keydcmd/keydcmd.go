@@ -1,0 +1,166 @@
+// Package keydcmd is the podkey-keyd command: its flags, and the wiring of
+// the key service to the HSM, the store, the Kubernetes API (TokenReview
+// and the published CA bundle) and its listeners.
+package keydcmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+
+	"github.com/podkey/podkey/pkg/command"
+	"github.com/podkey/podkey/pkg/hsm/hsmflags"
+	"github.com/podkey/podkey/pkg/identity"
+	"github.com/podkey/podkey/pkg/identity/tokenreview"
+	"github.com/podkey/podkey/pkg/keyd"
+	"github.com/podkey/podkey/pkg/kube"
+	"github.com/podkey/podkey/pkg/secmem"
+	"github.com/podkey/podkey/pkg/suite"
+	"github.com/podkey/podkey/pkg/trustbundle"
+	"github.com/podkey/podkey/pkg/version"
+)
+
+// Main runs podkey-keyd and returns its exit status.
+func Main(args []string, stdout, stderr io.Writer) int {
+	return command.Run(NewCommand(), args, stdout, stderr)
+}
+
+type flags struct {
+	hsm         hsmflags.Flags
+	keyd        keyd.Options
+	log         command.LogFlags
+	kubeconfig  string
+	nodeSA      string
+	identity    identity.Options
+	caConfigMap string
+}
+
+// NewCommand builds the podkey-keyd command.
+func NewCommand() *cobra.Command {
+	var f flags
+	cmd := &cobra.Command{
+		Use:     "podkey-keyd",
+		Short:   "The podkey key service: mints per-pod credentials from an HSM",
+		Version: version.Version,
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), cmd.ErrOrStderr(), &f) },
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+func (f *flags) register(fs *pflag.FlagSet) {
+	o := &f.keyd
+	f.hsm.Register(fs)
+	fs.StringVar(&o.StorePath, "store", command.EnvOr("PODKEY_STORE", keyd.DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
+	fs.StringVar(&o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", keyd.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
+	fs.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
+	fs.StringSliceVar(&o.TLSNames, "tls-name", nil, "DNS name or IP in the serving certificate (repeatable; default localhost,127.0.0.1)")
+	fs.StringVar(&o.PolicyFile, "policy-file", os.Getenv("PODKEY_POLICY_FILE"), "YAML policy loaded at start, replacing the stored one")
+	fs.BoolVar(&o.InsecureLocalIdentity, "insecure-local-identity", false, "DEVELOPMENT ONLY: trust pod identities claimed on the local socket")
+	fs.StringVar(&o.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload certificates")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for TokenReview (default: in-cluster when available)")
+	fs.StringVar(&f.identity.PodAudience, "pod-token-audience", "podkey", "audience of pod tokens")
+	fs.StringVar(&f.identity.NodeAudience, "node-token-audience", "podkey-node", "audience of node agents' tokens")
+	fs.StringVar(&f.nodeSA, "node-service-account", "podkey/podkey-csi", "the node agent's service account, namespace/name")
+	fs.DurationVar(&f.identity.CacheTTL, "token-review-cache-ttl", 10*time.Second, "reuse a successful TokenReview this long (keyed by a hash of the token); negative disables")
+	fs.StringVar(&f.caConfigMap, "ca-configmap", os.Getenv("PODKEY_CA_CONFIGMAP"), "publish the CA certificates in this ConfigMap, namespace/name (keys "+trustbundle.KeyIntl+", "+trustbundle.KeyGM+"), for clients to verify keyd")
+	fs.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
+	f.log.Register(fs)
+}
+
+// run prepares the process, wires keyd and serves until ctx ends.
+func run(ctx context.Context, stderr io.Writer, f *flags) error {
+	o := f.keyd
+	var err error
+	if o.Logger, err = f.log.Logger(stderr); err != nil {
+		return err
+	}
+	if err := secmem.HardenProcess(); err != nil {
+		o.Logger.Warn("could not disable core dumps", "error", err)
+	}
+	keyd.TuneRuntime(o.Logger)
+	if o.HSM, err = f.hsm.Config(); err != nil {
+		return err
+	}
+	if o.InsecureLocalIdentity {
+		o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
+	}
+	kubeCfg, err := f.identityVerifier(&o)
+	if err != nil {
+		return err
+	}
+	pub, err := f.bundlePublisher(kubeCfg, o.Logger)
+	if err != nil {
+		return err
+	}
+	srv, err := keyd.New(ctx, o)
+	if err != nil {
+		return command.Exit(command.ExitUnavailable, err)
+	}
+	defer srv.Close()
+	if pub != nil {
+		pub.Bundle = func() map[string]string {
+			return map[string]string{trustbundle.KeyIntl: string(srv.CABundle(suite.Intl)), trustbundle.KeyGM: string(srv.CABundle(suite.GM))}
+		}
+		go pub.Run(ctx)
+	}
+	o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.HSM.TokenLabel, "store", o.StorePath)
+	if err := srv.Serve(ctx); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	o.Logger.Info("podkey-keyd stopped")
+	return nil
+}
+
+// identityVerifier sets o.Identity to a TokenReview verifier when keyd can
+// reach the Kubernetes API (a kubeconfig, or in a cluster), and returns
+// that API's configuration (nil without one).
+func (f *flags) identityVerifier(o *keyd.Options) (*rest.Config, error) {
+	if f.kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		if !o.InsecureLocalIdentity {
+			o.Logger.Warn("no Kubernetes API access (--kubeconfig or in-cluster): pod identities cannot be verified and Issue will refuse them")
+		}
+		return nil, nil
+	}
+	cfg, err := kube.Config(f.kubeconfig)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	rev, err := tokenreview.New(cfg)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	io := f.identity
+	io.NodeServiceAccount = f.nodeSA
+	o.Identity = identity.NewVerifier(rev, io)
+	o.Logger.Info("pod and node identities are verified with TokenReview", "podAudience", io.PodAudience,
+		"nodeAudience", io.NodeAudience, "nodeServiceAccount", f.nodeSA)
+	return cfg, nil
+}
+
+// bundlePublisher returns the publisher of the CA bundle ConfigMap named
+// by --ca-configmap, or nil when none is named.
+func (f *flags) bundlePublisher(kubeCfg *rest.Config, log *slog.Logger) (*trustbundle.Publisher, error) {
+	if f.caConfigMap == "" {
+		return nil, nil
+	}
+	ns, name, ok := strings.Cut(f.caConfigMap, "/")
+	if !ok || ns == "" || name == "" || kubeCfg == nil {
+		return nil, command.Exit(command.ExitUsage, fmt.Errorf("--ca-configmap %q: want namespace/name, and Kubernetes API access", f.caConfigMap))
+	}
+	client, err := corev1client.NewForConfig(kubeCfg)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	return &trustbundle.Publisher{Client: client, Namespace: ns, Name: name, Logger: log}, nil
+}
