@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
-	"strings"
 	"time"
 
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podkey/podkey/pkg/podfiles"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -74,10 +75,18 @@ var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
 // label-like name: lower case, digits, '-' and '.').
 func ValidName(s string) bool { return nameRE.MatchString(s) }
 
-// ValidFileName reports whether s can name a file in the volume: no path
-// separators, no "." or "..", no hidden names (the writer owns "..data").
-func ValidFileName(s string) bool {
-	return s != "" && len(s) <= 253 && !strings.ContainsAny(s, "/\\\x00") && !strings.HasPrefix(s, ".")
+// ValidFileName reports whether s can name a file in the volume (the rule
+// of podfiles.ValidName: no path separators, no hidden names, no control
+// or invisible characters).
+func ValidFileName(s string) bool { return podfiles.ValidName(s) == nil }
+
+// Files are the names the object writes into the volume: its file, or for
+// a certificate <file>.key, <file>.crt and <file>.ca.crt.
+func (s *Spec) Files() []string {
+	if s.Kind == Certificate {
+		return []string{s.File + podfiles.CertKeySuffix, s.File + podfiles.CertSuffix, s.File + podfiles.CASuffix}
+	}
+	return []string{s.File}
 }
 
 // Normalize fills defaults and validates. The error names the object.
@@ -91,8 +100,10 @@ func (s *Spec) Normalize() error {
 	if s.File == "" {
 		s.File = s.Name
 	}
-	if !ValidFileName(s.File) {
-		return fmt.Errorf("object %q: file name %q is invalid (no '/', no leading '.')", s.Name, s.File)
+	for _, f := range s.Files() {
+		if err := podfiles.ValidName(f); err != nil {
+			return fmt.Errorf("object %q: %w", s.Name, err)
+		}
 	}
 	if s.Mode == "" {
 		s.Mode = "0440"
@@ -171,14 +182,26 @@ func (s *Spec) FileMode() uint32 {
 }
 
 // ParseList parses and validates the YAML list of a SecretProviderClass's
-// objects parameter. Names and file names must be unique.
+// objects parameter. Field names are case-sensitive and unknown or
+// repeated fields are refused, so an admission tool reading a class with
+// any Kubernetes decoder sees what podkey sees. Names must be unique, and
+// so must every file the objects write, also when compared without case,
+// and none may be the metadata file.
 func ParseList(data []byte) ([]Spec, error) {
 	if len(data) > 64<<10 {
 		return nil, fmt.Errorf("objects: larger than 64 KiB")
 	}
-	var specs []Spec
-	if err := yaml.UnmarshalStrict(data, &specs); err != nil {
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
 		return nil, fmt.Errorf("objects: %w", err)
+	}
+	var specs []Spec
+	strict, err := kjson.UnmarshalStrict(js, &specs)
+	if err != nil {
+		return nil, fmt.Errorf("objects: %w", err)
+	}
+	if len(strict) > 0 {
+		return nil, fmt.Errorf("objects: %w", strict[0])
 	}
 	if len(specs) == 0 {
 		return nil, fmt.Errorf("objects: the list is empty")
@@ -186,7 +209,8 @@ func ParseList(data []byte) ([]Spec, error) {
 	if len(specs) > MaxObjects {
 		return nil, fmt.Errorf("objects: %d objects, at most %d", len(specs), MaxObjects)
 	}
-	names, files := map[string]bool{}, map[string]bool{}
+	names := map[string]bool{}
+	files := map[string]string{podfiles.FoldName(podfiles.MetadataFile): "podkey's own metadata"}
 	for i := range specs {
 		if err := specs[i].Normalize(); err != nil {
 			return nil, fmt.Errorf("objects[%d]: %w", i, err)
@@ -194,10 +218,14 @@ func ParseList(data []byte) ([]Spec, error) {
 		if names[specs[i].Name] {
 			return nil, fmt.Errorf("objects: name %q used twice", specs[i].Name)
 		}
-		if files[specs[i].File] {
-			return nil, fmt.Errorf("objects: file %q used twice", specs[i].File)
+		names[specs[i].Name] = true
+		for _, f := range specs[i].Files() {
+			if other, dup := files[podfiles.FoldName(f)]; dup {
+				return nil, fmt.Errorf("objects: object %q writes file %q, which %s also writes (names are compared without case; certificates also write <file>%s and <file>%s)",
+					specs[i].Name, f, other, podfiles.CertKeySuffix, podfiles.CASuffix)
+			}
+			files[podfiles.FoldName(f)] = fmt.Sprintf("object %q", specs[i].Name)
 		}
-		names[specs[i].Name], files[specs[i].File] = true, true
 	}
 	return specs, nil
 }

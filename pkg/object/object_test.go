@@ -1,10 +1,12 @@
 package object
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/podkey/podkey/pkg/podfiles"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -59,16 +61,75 @@ func TestParseListRejects(t *testing.T) {
 
 func FuzzParseList(f *testing.F) {
 	f.Add([]byte(example))
+	for _, objects := range hostile(f) {
+		f.Add([]byte(objects))
+	}
 	f.Add([]byte(`- {name: a, kind: token, audience: [x]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		specs, err := ParseList(data)
 		if err != nil {
 			return
 		}
+		seen := map[string]bool{strings.ToLower(podfiles.MetadataFile): true}
 		for _, s := range specs {
 			if !ValidFileName(s.File) || strings.Contains(s.File, "/") || s.TTL < MinTTL || s.TTL > MaxTTL {
 				t.Fatalf("invalid spec accepted: %+v", s)
 			}
+			for _, f := range s.Files() {
+				if podfiles.ValidName(f) != nil || seen[podfiles.FoldName(f)] {
+					t.Fatalf("file %q accepted twice or invalid: %+v", f, specs)
+				}
+				seen[podfiles.FoldName(f)] = true
+			}
 		}
 	})
+}
+
+// hostile reads testdata/hostile-objects.txt: reason -> objects parameter.
+func hostile(t testing.TB) map[string]string {
+	data, err := os.ReadFile("testdata/hostile-objects.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	var reason string
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "=== "):
+			reason = strings.TrimPrefix(line, "=== ")
+		case reason != "" && line != "":
+			out[reason] += line + "\n"
+		}
+	}
+	if len(out) < 20 {
+		t.Fatalf("corpus holds %d entries", len(out))
+	}
+	return out
+}
+
+// TestParseListRefusesHostileCorpus: every class in the corpus is refused
+// by the parser, before anything reaches keyd, with a message that names
+// the object or field at fault.
+func TestParseListRefusesHostileCorpus(t *testing.T) {
+	for reason, objects := range hostile(t) {
+		if specs, err := ParseList([]byte(objects)); err == nil {
+			t.Errorf("%s: accepted %+v", reason, specs)
+		}
+	}
+}
+
+func TestFiles(t *testing.T) {
+	c := Spec{Name: "mtls", Kind: Certificate, File: "tls"}
+	if got := strings.Join(c.Files(), ","); got != "tls.key,tls.crt,tls.ca.crt" {
+		t.Fatal(got)
+	}
+	k := Spec{Name: "k", Kind: APIKey, File: "k.json"}
+	if got := strings.Join(k.Files(), ","); got != "k.json" {
+		t.Fatal(got)
+	}
+	// Unicode that only looks unusual is a valid name.
+	if _, err := ParseList([]byte("- {name: a, kind: apiKey, file: 密钥.json}\n")); err != nil {
+		t.Fatal(err)
+	}
 }

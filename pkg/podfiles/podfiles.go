@@ -5,7 +5,11 @@
 package podfiles
 
 import (
+	"fmt"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/podkey/podkey/pkg/pod"
 )
@@ -52,3 +56,36 @@ type Metadata struct {
 	RenewAt time.Time    `json:"renewAt"`
 	Objects []Object     `json:"objects"`
 }
+
+// MaxNameLen bounds a file name in the volume, in bytes.
+const MaxNameLen = 253
+
+// ValidName checks a file name a volume may hold: valid UTF-8 of at most
+// MaxNameLen bytes, no path separator, no leading '.' (the writer owns
+// "..data"), and no character that makes two names look alike or one name
+// look like another: control characters, bidirectional overrides and
+// isolates, and zero-width characters.
+func ValidName(name string) error {
+	switch {
+	case name == "" || len(name) > MaxNameLen:
+		return fmt.Errorf("file name %q is empty or longer than %d bytes", name, MaxNameLen)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("file name %q is not valid UTF-8", name)
+	case strings.ContainsAny(name, "/\\"):
+		return fmt.Errorf("file name %q contains a path separator", name)
+	case strings.HasPrefix(name, "."):
+		return fmt.Errorf("file name %q starts with '.'", name)
+	}
+	for _, r := range name {
+		// Cf: bidirectional marks, embeddings, overrides and isolates,
+		// zero-width spaces and joiners, the byte order mark, soft hyphen.
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("file name %q contains the invisible or control character %U", name, r)
+		}
+	}
+	return nil
+}
+
+// FoldName is the form two names are compared in when they must differ by
+// more than case (a volume may be read on a case-insensitive file system).
+func FoldName(name string) string { return strings.ToLower(strings.ToUpper(name)) }

@@ -57,13 +57,8 @@ var ErrBadPayload = errors.New("invalid volume payload")
 // ValidateName refuses names that could escape the volume or collide with
 // the writer's own entries.
 func ValidateName(name string) error {
-	switch {
-	case name == "" || len(name) > 253:
-		return fmt.Errorf("%w: file name %q is empty or too long", ErrBadPayload, name)
-	case strings.ContainsAny(name, "/\\\x00"):
-		return fmt.Errorf("%w: file name %q contains a path separator", ErrBadPayload, name)
-	case strings.HasPrefix(name, "."):
-		return fmt.Errorf("%w: file name %q starts with '.'", ErrBadPayload, name)
+	if err := podfiles.ValidName(name); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadPayload, err)
 	}
 	return nil
 }
