@@ -64,6 +64,10 @@ var classes = spc.Static{
 	"payments/escape":   class("payments", "escape", "podkey", "- {name: a, kind: apiKey, file: ../../../etc/cron.d/x}"),
 	"payments/collide":  class("payments", "collide", "podkey", "- {name: a, kind: apiKey, file: m.key}\n- {name: m, kind: certificate}"),
 	"payments/missing":  class("payments", "missing", "podkey", "- {name: absent-secret, kind: secret}"),
+	"payments/meta":     class("payments", "meta", "podkey", "- {name: a, kind: apiKey, file: podkey-metadata.json}"),
+	"payments/cabundle": class("payments", "cabundle", "podkey", "- {name: a, kind: certificate, file: x}\n- {name: b, kind: certificate, file: x.ca}"),
+	"payments/case":     class("payments", "case", "podkey", "- {name: a, kind: apiKey, file: Key}\n- {name: b, kind: token, file: key}"),
+	"payments/longname": class("payments", "longname", "podkey", "- {name: a, kind: certificate, file: "+strings.Repeat("f", 248)+"}"),
 	"shop/payments":     class("shop", "payments", "podkey", objectsYAML),
 }
 
@@ -548,5 +552,89 @@ func TestTokenFromRequestSecrets(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(target, "ledger-api.json")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// auditRecords is the number of records in keyd's audit chain.
+func (h *harness) auditRecords() uint64 {
+	h.t.Helper()
+	r, err := h.keyd.Admin.VerifyAudit(context.Background(), &keydv1.VerifyAuditRequest{})
+	if err != nil || !r.Intact {
+		h.t.Fatalf("audit: %v %v", r, err)
+	}
+	return r.Records
+}
+
+// TestFileLayoutRefusedBeforeIssue: a class whose files clash with each
+// other or with the metadata file, or whose derived names are too long,
+// is refused before keyd is asked for anything, on every retry.
+func TestFileLayoutRefusedBeforeIssue(t *testing.T) {
+	h := newHarness(t)
+	before := h.auditRecords()
+	for _, c := range []string{"collide", "meta", "cabundle", "case", "longname"} {
+		target := h.target("uid-l")
+		for i := 0; i < 2; i++ {
+			if _, err := h.d.NodePublishVolume(context.Background(), publishReq(target, "uid-l", c)); status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("%s: %v", c, err)
+			}
+			h.assertClean(target)
+		}
+	}
+	if after := h.auditRecords(); after != before {
+		t.Fatalf("keyd issued for a class refused by its layout: %d audit records, %d before", after, before)
+	}
+}
+
+// TestPodSuppliedTokenRefused: where the kubelet passes tokens in the
+// request's secrets, the same key in the volume context can only come from
+// the pod's volumeAttributes; it is refused, not forwarded.
+func TestPodSuppliedTokenRefused(t *testing.T) {
+	h := newHarness(t)
+	target := h.target("uid-t")
+	req := publishReq(target, "uid-t", "payments")
+	req.Secrets = map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]}
+	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = `{"podkey":{"token":"eyJhbGciOiJSUzI1NiJ9.token-for-uid-other.c2ln"}}`
+	before := h.auditRecords()
+	_, err := h.d.NodePublishVolume(context.Background(), req)
+	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), "token-for-") {
+		t.Fatalf("got %v", err)
+	}
+	h.assertClean(target)
+	if h.auditRecords() != before {
+		t.Fatal("the pod's token reached keyd")
+	}
+}
+
+// TestConfusedKubeletChangesNothing: a republish of a volume for another
+// pod, and a second volume at an occupied target, are refused and leave
+// the first pod's volume, files and state as they were.
+func TestConfusedKubeletChangesNothing(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-a")
+	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-a", "payments")); err != nil {
+		t.Fatal(err)
+	}
+	meta := read(t, filepath.Join(target, volume.MetadataFile))
+	states, _ := filepath.Glob(filepath.Join(h.dir, "state", "volumes", "*"))
+	stateBefore := read(t, states[0])
+
+	other := publishReq(target, "uid-b", "payments")
+	other.VolumeId = "csi-uid-a" // the same volume, claimed for another pod
+	h.advance(2 * time.Minute)   // renewal due: a wrong republish would write
+	if _, err := h.d.NodePublishVolume(ctx, other); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("republish for another pod: %v", err)
+	}
+	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-b", "payments")); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("second volume at an occupied target: %v", err)
+	}
+	if !bytes.Equal(read(t, filepath.Join(target, volume.MetadataFile)), meta) {
+		t.Fatal("the first pod's files changed")
+	}
+	if !bytes.Equal(read(t, states[0]), stateBefore) || h.d.Volumes() != 1 {
+		t.Fatal("the first pod's state changed")
+	}
+	if mps, _ := h.mounter.List(); len(mps) != 1 {
+		t.Fatalf("mounts: %v", mps)
 	}
 }

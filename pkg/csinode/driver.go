@@ -85,17 +85,41 @@ func (d *Driver) Volumes() int {
 // QueuedRevocations is the number of undelivered revocations.
 func (d *Driver) QueuedRevocations() int { return d.queue.Len() }
 
-func (d *Driver) lock(volumeID string) (func(), error) {
-	if _, busy := d.locks.LoadOrStore(volumeID, struct{}{}); busy {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", volumeID)
+// lock takes the locks of a volume and its target path, or fails with
+// Aborted (the kubelet retries) when an operation holds either.
+func (d *Driver) lock(volumeID, target string) (func(), error) {
+	keys := []string{"volume " + volumeID, "target path " + target}
+	for i, k := range keys {
+		if _, busy := d.locks.LoadOrStore(k, struct{}{}); busy {
+			for _, held := range keys[:i] {
+				d.locks.Delete(held)
+			}
+			return nil, status.Errorf(codes.Aborted, "an operation on %s is already in progress", k)
+		}
 	}
-	return func() { d.locks.Delete(volumeID) }, nil
+	return func() {
+		for _, k := range keys {
+			d.locks.Delete(k)
+		}
+	}, nil
 }
 
 func (d *Driver) volume(id string) *volumeState {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.volumes[id]
+}
+
+// volumeAt is the volume published at target, if any.
+func (d *Driver) volumeAt(target string) *volumeState {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, v := range d.volumes {
+		if v.TargetPath == target {
+			return v
+		}
+	}
+	return nil
 }
 
 func (d *Driver) setVolume(v *volumeState) {

@@ -14,20 +14,24 @@ import (
 
 func TestConcurrentCallsOnOneVolumeAbort(t *testing.T) {
 	d := &Driver{}
-	unlock, err := d.lock("v1")
+	unlock, err := d.lock("v1", "/t1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.lock("v1"); status.Code(err) != codes.Aborted {
+	if _, err := d.lock("v1", "/t9"); status.Code(err) != codes.Aborted {
 		t.Fatalf("second lock: %v", err)
 	}
-	if u2, err := d.lock("v2"); err != nil {
+	// Another volume at the same target waits too, and takes nothing.
+	if _, err := d.lock("v2", "/t1"); status.Code(err) != codes.Aborted {
+		t.Fatalf("same target: %v", err)
+	}
+	if u2, err := d.lock("v2", "/t2"); err != nil {
 		t.Fatal("other volumes must not wait")
 	} else {
 		u2()
 	}
 	unlock()
-	if u, err := d.lock("v1"); err != nil {
+	if u, err := d.lock("v1", "/t1"); err != nil {
 		t.Fatal(err)
 	} else {
 		u()

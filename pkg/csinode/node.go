@@ -24,7 +24,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		d.metrics.observePublish("invalid", start)
 		return nil, err
 	}
-	unlock, err := d.lock(p.volumeID)
+	unlock, err := d.lock(p.volumeID, p.target)
 	if err != nil {
 		d.metrics.observePublish("busy", start)
 		return nil, err
@@ -32,13 +32,18 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	defer unlock()
 
 	if v := d.volume(p.volumeID); v != nil {
-		if v.TargetPath != p.target {
+		if err := sameVolume(v, p); err != nil {
 			d.metrics.observePublish("invalid", start)
-			return nil, status.Errorf(codes.AlreadyExists, "volume %s is published at another target path", p.volumeID)
+			return nil, err
 		}
 		err := d.republish(ctx, p, v)
 		d.metrics.observePublish(resultOf(err), start)
 		return &csi.NodePublishVolumeResponse{}, err
+	}
+	if other := d.volumeAt(p.target); other != nil {
+		d.metrics.observePublish("invalid", start)
+		return nil, status.Errorf(codes.FailedPrecondition, "target path %s already holds volume %s of pod %s; volume %s may not be published there",
+			p.target, other.VolumeID, other.Pod.String(), p.volumeID)
 	}
 	v, err := d.publish(ctx, p)
 	if err != nil {
@@ -49,6 +54,20 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	d.metrics.observePublish("ok", start)
 	d.opts.Logger.Info("volume published", "volumeID", p.volumeID, "pod", p.String(), "objects", len(v.Objects), "renewAt", v.renewAt())
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// sameVolume refuses a publish of a known volume that does not describe
+// it: another target path, or another pod (a kubelet that confused two
+// pods must not get one pod's credentials written for the other).
+func sameVolume(v *volumeState, p *publishRequest) error {
+	if v.TargetPath != p.target {
+		return status.Errorf(codes.AlreadyExists, "volume %s is published at another target path", p.volumeID)
+	}
+	if v.Pod.UID != p.pod.UID || v.Pod.Namespace != p.pod.Namespace || v.Pod.Name != p.pod.Name || v.Pod.ServiceAccount != p.pod.ServiceAccount {
+		return status.Errorf(codes.AlreadyExists, "volume %s is published for pod %s (uid %s), not pod %s (uid %s)",
+			p.volumeID, v.Pod.String(), v.Pod.UID, p.pod.String(), p.pod.UID)
+	}
+	return nil
 }
 
 func resultOf(err error) string {
@@ -196,7 +215,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		d.metrics.observeUnpublish("invalid", start)
 		return nil, err
 	}
-	unlock, err := d.lock(req.VolumeId)
+	unlock, err := d.lock(req.VolumeId, req.TargetPath)
 	if err != nil {
 		d.metrics.observeUnpublish("busy", start)
 		return nil, err

@@ -119,9 +119,9 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience string) (*publishR
 		}
 		p.gid = gid
 	}
-	tokens := ctx[attrTokens]
-	if tokens == "" {
-		tokens = req.GetSecrets()[attrTokens]
+	tokens, err := podTokens(req)
+	if err != nil {
+		return nil, err
 	}
 	if tokens == "" {
 		return nil, invalid("no service account token: the CSIDriver object must request one for audience %q (tokenRequests)", audience)
@@ -140,6 +140,23 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience string) (*publishR
 		return nil, invalid("service account token is larger than 16 KiB")
 	}
 	return p, nil
+}
+
+// podTokens is the kubelet's tokens attribute. Where the CSIDriver has the
+// kubelet pass tokens in the request's secrets (serviceAccountTokenInSecrets),
+// they are taken from there only, and the same key in the volume context
+// is refused: there only the pod's own volumeAttributes can have put it.
+// Otherwise (older clusters) the kubelet writes the key into the volume
+// context over anything the pod declared, and it is taken from there.
+func podTokens(req *csi.NodePublishVolumeRequest) (string, error) {
+	inContext, fromPod := req.GetVolumeContext()[attrTokens]
+	if tokens, ok := req.GetSecrets()[attrTokens]; ok {
+		if fromPod {
+			return "", invalid("volume attribute %s is set by the pod: the kubelet passes tokens in the request's secrets, and a pod may not supply its own", attrTokens)
+		}
+		return tokens, nil
+	}
+	return inContext, nil
 }
 
 func (p *publishRequest) String() string { return p.pod.String() }
