@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	mount "k8s.io/mount-utils"
 	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
+	"github.com/podkey/podkey/pkg/accesskey"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/csinode"
 	"github.com/podkey/podkey/pkg/identity"
@@ -24,7 +27,9 @@ import (
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/keyd/keydtest"
 	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/podfiles"
 	"github.com/podkey/podkey/pkg/spc"
+	"github.com/podkey/podkey/pkg/suite"
 	"github.com/podkey/podkey/pkg/volume"
 )
 
@@ -213,6 +218,19 @@ func TestTrustChain(t *testing.T) {
 		_, err := tr.nodes["node-1"].NodePublishVolume(ctx, r)
 		refused(t, err, tok, "policy does not allow service account shop/web", codes.PermissionDenied)
 	})
+	t.Run("a node cannot revoke, and so poison, a pod keyd never served through it", func(t *testing.T) {
+		uidE, tokE := pod("payments", "pay-e", "payments", "node-1")
+		_, err := keydv1.NewKeydClient(tr.conns["node-2"]).Revoke(ctx, &keydv1.RevokeRequest{Pod: &keydv1.PodIdentity{
+			Namespace: "payments", ServiceAccount: "payments", PodName: "pay-e", PodUid: uidE}})
+		refused(t, err, "", `node "node-2" may not revoke`, codes.PermissionDenied)
+		// The pod, on its own node, is served and its API key verifies.
+		r := podPublishRequest(target("e"), "payments", "pay-e", uidE, "payments", tokE)
+		r.VolumeContext["secretProviderClass"] = "creds"
+		if _, err := tr.nodes["node-1"].NodePublishVolume(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		verifyVolumeKey(t, tr.keyd.Keyd, r.TargetPath, uidE)
+	})
 	t.Run("only the serving node may revoke a pod whose token is gone", func(t *testing.T) {
 		// node-2 tries to revoke pod A (served through node-1) without a token.
 		_, err := keydv1.NewKeydClient(tr.conns["node-2"]).Revoke(ctx, &keydv1.RevokeRequest{Pod: &keydv1.PodIdentity{
@@ -290,4 +308,25 @@ func TestNodeCertificateExpiryAndRenewal(t *testing.T) {
 		t.Fatalf("certificate not renewed: %v then %v", first, renewing.Expiry())
 	}
 	t.Logf("%d calls across renewals, none failed", calls)
+}
+
+// verifyVolumeKey checks that the API key written in the volume at target
+// verifies through keyd, for the pod uid.
+func verifyVolumeKey(t *testing.T, keyd keydv1.KeydClient, target, uid string) {
+	t.Helper()
+	var ak podfiles.APIKeyFile
+	raw, err := os.ReadFile(filepath.Join(target, "ledger-api.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &ak); err != nil {
+		t.Fatal(err)
+	}
+	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	msg := []byte("GET /ledger")
+	v, err := keyd.Verify(context.Background(), &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Name(ak.Suite), secret, msg)})
+	if err != nil || v.PodUid != uid {
+		t.Fatalf("the volume's API key does not verify: %v %v", v, err)
+	}
 }

@@ -137,8 +137,14 @@ func (d *Driver) dropVolume(id string) {
 	delete(d.volumes, id)
 }
 
+// deliverRevocation tells keyd the pod's volume is gone. keyd's refusal
+// (it did not serve the pod through this node) is final.
 func (d *Driver) deliverRevocation(ctx context.Context, p pod.Identity) error {
 	_, err := d.opts.Revoker.Revoke(ctx, &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(p)})
+	switch status.Code(err) {
+	case codes.PermissionDenied, codes.InvalidArgument:
+		return fmt.Errorf("%w: %s", revocation.ErrRefused, status.Convert(err).Message())
+	}
 	return err
 }
 

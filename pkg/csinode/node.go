@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/revocation"
 	"github.com/podkey/podkey/pkg/spc"
 	"github.com/podkey/podkey/pkg/volume"
 )
@@ -231,7 +232,10 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		err := d.deliverRevocation(rctx, pod)
 		cancel()
-		if err != nil {
+		switch {
+		case errors.Is(err, revocation.ErrRefused):
+			d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", err)
+		case err != nil:
 			if qerr := d.queue.Enqueue(pod, err); qerr != nil {
 				d.metrics.observeUnpublish("error", start)
 				return nil, status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)

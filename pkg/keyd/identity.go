@@ -194,8 +194,10 @@ func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token 
 // operator on the local socket may revoke any pod (revocation only takes
 // away). A pod token, when still valid, is checked like Issue's. Without
 // one (the pod is gone, or the revocation was queued on the node), a node
-// agent may revoke a pod that keyd last served through that node, or one
-// keyd never served.
+// agent may revoke only a pod that keyd served through that node: one it
+// holds a binding for. A pod keyd never served through the caller is
+// refused, so no node can revoke, and so deny new credentials to, a pod
+// that runs elsewhere.
 func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, token string) (pod.Identity, error) {
 	claimed, err := claimedIdentity(p)
 	if err != nil {
@@ -220,9 +222,9 @@ func (s *Server) authorizeRevoke(ctx context.Context, p *keydv1.PodIdentity, tok
 	if err != nil {
 		return claimed, status.Errorf(codes.Internal, "%v", err)
 	}
-	if bound != "" && bound != node {
+	if bound != node {
 		return claimed, status.Errorf(codes.PermissionDenied,
-			"pod %s was served through node %q; node %q may not revoke it", claimed.UID, bound, node)
+			"node %q may not revoke pod %s: keyd did not serve it through that node (a node may revoke only what it obtained)", node, claimed.UID)
 	}
 	claimed.Node = node
 	return claimed, nil

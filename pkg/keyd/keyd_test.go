@@ -110,6 +110,12 @@ func TestIssueEveryKindVerifyAndRevoke(t *testing.T) {
 		Signature: accesskey.Sign(suite.Intl, ak.SecretKey, msg)}); code(err) != codes.PermissionDenied {
 		t.Fatalf("revoked: %v", err)
 	}
+	// A revoked pod obtains nothing new: refused, not silently issued
+	// credentials that would fail verification.
+	if _, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}}); code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), "was revoked") {
+		t.Fatalf("issue after revocation: %v", err)
+	}
 	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
 	if err != nil || !v.Intact || v.Records < 8 {
 		t.Fatalf("audit: %v %v", v, err)

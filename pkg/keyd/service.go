@@ -70,6 +70,10 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), nil)
 		return nil, err
 	}
+	if err := s.refuseRevoked(ctx, id); err != nil {
+		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), &id)
+		return nil, err
+	}
 	pol := s.policy.Load()
 	var denied []string
 	for _, sp := range specs {

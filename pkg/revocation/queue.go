@@ -22,8 +22,13 @@ import (
 	"github.com/podkey/podkey/pkg/pod"
 )
 
-// Revoker delivers one revocation to keyd.
+// Revoker delivers one revocation to keyd. An error wrapping ErrRefused
+// is final: keyd will never take that revocation, and it is dropped.
 type Revoker func(ctx context.Context, p pod.Identity) error
+
+// ErrRefused marks a revocation keyd refuses for good (it never served the
+// pod through this node); retrying cannot succeed.
+var ErrRefused = errors.New("revocation refused")
 
 type entry struct {
 	Pod      pod.Identity `json:"pod"`
@@ -180,12 +185,17 @@ func (q *Queue) deliverDue(ctx context.Context) time.Duration {
 		err := q.revoke(cctx, e.Pod)
 		cancel()
 		q.mu.Lock()
-		if err == nil {
+		if errors.Is(err, ErrRefused) {
+			q.log.Error("queued revocation refused for good; dropped", "podUID", e.Pod.UID, "namespace", e.Pod.Namespace, "error", err)
+		}
+		if err == nil || errors.Is(err, ErrRefused) {
 			delete(q.entries, e.Pod.UID)
 			if rerr := os.Remove(filepath.Join(q.dir, e.Pod.UID+".json")); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 				q.log.Warn("revocation delivered but its queue entry could not be removed", "podUID", e.Pod.UID, "error", rerr)
 			}
-			q.log.Info("queued revocation delivered", "podUID", e.Pod.UID, "namespace", e.Pod.Namespace, "attempts", e.Attempts+1)
+			if err == nil {
+				q.log.Info("queued revocation delivered", "podUID", e.Pod.UID, "namespace", e.Pod.Namespace, "attempts", e.Attempts+1)
+			}
 		} else {
 			e.Attempts++
 			backoff := MinBackoff << min(e.Attempts, 20)

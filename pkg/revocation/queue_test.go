@@ -3,6 +3,7 @@ package revocation
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -110,5 +111,30 @@ func TestRunDeliversWhenWoken(t *testing.T) {
 	}
 	if q.Len() != 0 {
 		t.Fatal("Run did not deliver")
+	}
+}
+
+// TestRefusedRevocationIsDropped: keyd's final refusal (it never served the
+// pod through this node) is not retried for ever.
+func TestRefusedRevocationIsDropped(t *testing.T) {
+	dir := t.TempDir()
+	calls := 0
+	q, err := Open(dir, func(context.Context, pod.Identity) error {
+		calls++
+		return fmt.Errorf("%w: not served through this node", ErrRefused)
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(pod.Identity{Namespace: "n", UID: "u1"}, errors.New("unavailable")); err != nil {
+		t.Fatal(err)
+	}
+	q.now = func() time.Time { return time.Now().Add(time.Hour) } // the entry is due
+	q.deliverDue(context.Background())
+	if calls != 1 || q.Len() != 0 {
+		t.Fatalf("%d calls, %d queued", calls, q.Len())
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*.json")); len(left) != 0 {
+		t.Fatalf("entries left on disk: %v", left)
 	}
 }
