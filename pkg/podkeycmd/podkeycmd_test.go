@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/podkey/podkey/pkg/command"
@@ -172,5 +173,36 @@ func TestHSMInitToken(t *testing.T) {
 	}
 	if r := podkey(t, "", "hsm", "init", "--init-token", "--hsm-token="+label); r.code != command.ExitUsage || !strings.Contains(r.stderr, "--hsm-pin-file") {
 		t.Fatalf("without a PIN file: %+v", r)
+	}
+}
+
+// TestConcurrentPolicyEditsAreNotLost: rule changes are single operations
+// in keyd's store, so operators adding and removing rules at the same time
+// never lose one another's change.
+func TestConcurrentPolicyEditsAreNotLost(t *testing.T) {
+	e := keydtest.Start(t, nil)
+	sock := "--socket=" + e.Opts.Socket
+	const n = 16
+	var wg sync.WaitGroup
+	codes := make([]int, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = podkey(t, "", "policy", "add", sock, fmt.Sprintf("--namespace=team-%d", i), "--service-account=app", "--object=db").code
+		}()
+	}
+	wg.Wait()
+	r := podkey(t, "", "policy", "get", sock)
+	for i := 0; i < n; i++ {
+		if codes[i] != 0 || !strings.Contains(r.stdout, fmt.Sprintf("namespace: team-%d\n", i)) {
+			t.Fatalf("rule %d lost (exit %d):\n%s", i, codes[i], r.stdout)
+		}
+	}
+	if r := podkey(t, "", "policy", "remove", sock, "--namespace=team-3", "--service-account=app", "--object=db"); r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("%d rules", n)) {
+		t.Fatalf("remove: %+v", r) // the keydtest policy's own rule plus n-1
+	}
+	if r := podkey(t, "", "policy", "remove", sock, "--namespace=team-3", "--service-account=app", "--object=db"); r.code != command.ExitNotFound {
+		t.Fatalf("remove again: %+v", r)
 	}
 }

@@ -104,30 +104,20 @@ func newPolicyRuleCommand(cf *clientFlags, add bool) *cobra.Command {
 	return cmd
 }
 
-// changePolicy adds or removes r in the policy keyd holds and returns the
-// number of rules after the change.
+// changePolicy adds or removes r as one operation in keyd's store and
+// returns the number of rules after the change.
 func changePolicy(ctx context.Context, admin keydv1.AdminClient, r policy.Rule, add bool) (int, error) {
-	doc, err := admin.GetPolicy(ctx, &keydv1.GetPolicyRequest{})
-	if err != nil {
-		return 0, err
+	req := &keydv1.PolicyRule{Namespace: r.Namespace, ServiceAccount: r.ServiceAccount, Objects: r.Objects}
+	for _, k := range r.Kinds {
+		req.Kinds = append(req.Kinds, string(k))
 	}
-	p, err := policy.Parse(doc.Yaml)
-	if err != nil {
-		return 0, err
-	}
+	change := admin.RemovePolicyRule
 	if add {
-		if err := p.Add(r); err != nil {
-			return 0, command.Exit(command.ExitInvalid, err)
-		}
-	} else if p.Remove(r) == 0 {
-		return 0, command.Exit(command.ExitNotFound, fmt.Errorf("no rule matches"))
+		change = admin.AddPolicyRule
 	}
-	out, err := p.Marshal()
+	resp, err := change(ctx, req)
 	if err != nil {
 		return 0, err
 	}
-	if _, err := admin.SetPolicy(ctx, &keydv1.PolicyDocument{Yaml: out}); err != nil {
-		return 0, err
-	}
-	return len(p.Rules), nil
+	return int(resp.Rules), nil
 }

@@ -83,6 +83,21 @@ func (b *Bolt) SetPolicy(_ context.Context, doc []byte) error {
 	return b.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyPolicy, doc) })
 }
 
+func (b *Bolt) UpdatePolicy(_ context.Context, fn func(current []byte) ([]byte, error)) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketMeta)
+		var cur []byte
+		if v := bk.Get(keyPolicy); v != nil {
+			cur = append([]byte(nil), v...)
+		}
+		doc, err := fn(cur)
+		if err != nil {
+			return err
+		}
+		return bk.Put(keyPolicy, doc)
+	})
+}
+
 func secretKey(namespace, name string) []byte { return []byte(namespace + "/" + name) }
 
 func (b *Bolt) PutSecret(_ context.Context, s Secret) error {

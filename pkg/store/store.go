@@ -58,6 +58,11 @@ type PodBinding struct {
 type Store interface {
 	Policy(ctx context.Context) ([]byte, error) // ErrNotFound when none was set
 	SetPolicy(ctx context.Context, doc []byte) error
+	// UpdatePolicy replaces the policy with fn's answer to the current one
+	// (nil when none was set) in one transaction: concurrent updates, from
+	// this process or another, never lose one another's change. fn may run
+	// more than once; an error from it leaves the policy as it was.
+	UpdatePolicy(ctx context.Context, fn func(current []byte) ([]byte, error)) error
 
 	PutSecret(ctx context.Context, s Secret) error
 	Secret(ctx context.Context, namespace, name string) (Secret, error)

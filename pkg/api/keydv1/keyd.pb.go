@@ -1583,6 +1583,120 @@ func (x *PolicyDocument) GetYaml() []byte {
 	return nil
 }
 
+// PolicyRule is one rule of the policy (see package policy).
+type PolicyRule struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Namespace      string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,2,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	Objects        []string               `protobuf:"bytes,3,rep,name=objects,proto3" json:"objects,omitempty"`
+	Kinds          []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PolicyRule) Reset() {
+	*x = PolicyRule{}
+	mi := &file_keyd_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRule) ProtoMessage() {}
+
+func (x *PolicyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
+func (*PolicyRule) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PolicyRule) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetObjects() []string {
+	if x != nil {
+		return x.Objects
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+// PolicyRuleResponse says how many rules the policy holds after a change.
+type PolicyRuleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rules         uint32                 `protobuf:"varint,1,opt,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyRuleResponse) Reset() {
+	*x = PolicyRuleResponse{}
+	mi := &file_keyd_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRuleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRuleResponse) ProtoMessage() {}
+
+func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRuleResponse.ProtoReflect.Descriptor instead.
+func (*PolicyRuleResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PolicyRuleResponse) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
+	}
+	return 0
+}
+
 type ExportAuditRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1591,7 +1705,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1717,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1730,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{26}
+	return file_keyd_proto_rawDescGZIP(), []int{28}
 }
 
 // AuditRecord is one audit record in its stored JSON form.
@@ -1629,7 +1743,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1755,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1768,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{27}
+	return file_keyd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AuditRecord) GetJson() []byte {
@@ -1672,7 +1786,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1798,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1811,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{28}
+	return file_keyd_proto_rawDescGZIP(), []int{30}
 }
 
 type VerifyAuditResponse struct {
@@ -1712,7 +1826,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1838,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +1851,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{29}
+	return file_keyd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VerifyAuditResponse) GetRecords() uint64 {
@@ -1778,7 +1892,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1904,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +1917,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{30}
+	return file_keyd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotateKeyRequest) GetPurpose() string {
@@ -1829,7 +1943,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1955,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +1968,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{31}
+	return file_keyd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RotateKeyResponse) GetGeneration() int64 {
@@ -1872,7 +1986,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +1998,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2011,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{32}
+	return file_keyd_proto_rawDescGZIP(), []int{34}
 }
 
 type StatusResponse struct {
@@ -1914,7 +2028,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2040,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2053,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{33}
+	return file_keyd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1995,7 +2109,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2121,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2134,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{34}
+	return file_keyd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -2157,7 +2271,15 @@ const file_keyd_proto_rawDesc = "" +
 	"\x14DeleteSecretResponse\"\x12\n" +
 	"\x10GetPolicyRequest\"$\n" +
 	"\x0ePolicyDocument\x12\x12\n" +
-	"\x04yaml\x18\x01 \x01(\fR\x04yaml\"\x14\n" +
+	"\x04yaml\x18\x01 \x01(\fR\x04yaml\"\x83\x01\n" +
+	"\n" +
+	"PolicyRule\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x18\n" +
+	"\aobjects\x18\x03 \x03(\tR\aobjects\x12\x14\n" +
+	"\x05kinds\x18\x04 \x03(\tR\x05kinds\"*\n" +
+	"\x12PolicyRuleResponse\x12\x14\n" +
+	"\x05rules\x18\x01 \x01(\rR\x05rules\"\x14\n" +
 	"\x12ExportAuditRequest\"!\n" +
 	"\vAuditRecord\x12\x12\n" +
 	"\x04json\x18\x01 \x01(\fR\x04json\"\x14\n" +
@@ -2193,13 +2315,15 @@ const file_keyd_proto_rawDesc = "" +
 	"\x06Verify\x12\x1d.podkey.keyd.v1.VerifyRequest\x1a\x1e.podkey.keyd.v1.VerifyResponse\x12G\n" +
 	"\x06Revoke\x12\x1d.podkey.keyd.v1.RevokeRequest\x1a\x1e.podkey.keyd.v1.RevokeResponse\x12M\n" +
 	"\bCABundle\x12\x1f.podkey.keyd.v1.CABundleRequest\x1a .podkey.keyd.v1.CABundleResponse\x12b\n" +
-	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse2\xe6\x05\n" +
+	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse2\x8b\a\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
 	"\fDeleteSecret\x12#.podkey.keyd.v1.DeleteSecretRequest\x1a$.podkey.keyd.v1.DeleteSecretResponse\x12M\n" +
 	"\tGetPolicy\x12 .podkey.keyd.v1.GetPolicyRequest\x1a\x1e.podkey.keyd.v1.PolicyDocument\x12K\n" +
-	"\tSetPolicy\x12\x1e.podkey.keyd.v1.PolicyDocument\x1a\x1e.podkey.keyd.v1.PolicyDocument\x12P\n" +
+	"\tSetPolicy\x12\x1e.podkey.keyd.v1.PolicyDocument\x1a\x1e.podkey.keyd.v1.PolicyDocument\x12O\n" +
+	"\rAddPolicyRule\x12\x1a.podkey.keyd.v1.PolicyRule\x1a\".podkey.keyd.v1.PolicyRuleResponse\x12R\n" +
+	"\x10RemovePolicyRule\x12\x1a.podkey.keyd.v1.PolicyRule\x1a\".podkey.keyd.v1.PolicyRuleResponse\x12P\n" +
 	"\vExportAudit\x12\".podkey.keyd.v1.ExportAuditRequest\x1a\x1b.podkey.keyd.v1.AuditRecord0\x01\x12V\n" +
 	"\vVerifyAudit\x12\".podkey.keyd.v1.VerifyAuditRequest\x1a#.podkey.keyd.v1.VerifyAuditResponse\x12P\n" +
 	"\tRotateKey\x12 .podkey.keyd.v1.RotateKeyRequest\x1a!.podkey.keyd.v1.RotateKeyResponse\x12G\n" +
@@ -2217,7 +2341,7 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_keyd_proto_goTypes = []any{
 	(*PodIdentity)(nil),             // 0: podkey.keyd.v1.PodIdentity
 	(*ObjectRequest)(nil),           // 1: podkey.keyd.v1.ObjectRequest
@@ -2245,36 +2369,38 @@ var file_keyd_proto_goTypes = []any{
 	(*DeleteSecretResponse)(nil),    // 23: podkey.keyd.v1.DeleteSecretResponse
 	(*GetPolicyRequest)(nil),        // 24: podkey.keyd.v1.GetPolicyRequest
 	(*PolicyDocument)(nil),          // 25: podkey.keyd.v1.PolicyDocument
-	(*ExportAuditRequest)(nil),      // 26: podkey.keyd.v1.ExportAuditRequest
-	(*AuditRecord)(nil),             // 27: podkey.keyd.v1.AuditRecord
-	(*VerifyAuditRequest)(nil),      // 28: podkey.keyd.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 29: podkey.keyd.v1.VerifyAuditResponse
-	(*RotateKeyRequest)(nil),        // 30: podkey.keyd.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),       // 31: podkey.keyd.v1.RotateKeyResponse
-	(*StatusRequest)(nil),           // 32: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),          // 33: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),          // 34: podkey.keyd.v1.KeyGenerations
-	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
+	(*PolicyRule)(nil),              // 26: podkey.keyd.v1.PolicyRule
+	(*PolicyRuleResponse)(nil),      // 27: podkey.keyd.v1.PolicyRuleResponse
+	(*ExportAuditRequest)(nil),      // 28: podkey.keyd.v1.ExportAuditRequest
+	(*AuditRecord)(nil),             // 29: podkey.keyd.v1.AuditRecord
+	(*VerifyAuditRequest)(nil),      // 30: podkey.keyd.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 31: podkey.keyd.v1.VerifyAuditResponse
+	(*RotateKeyRequest)(nil),        // 32: podkey.keyd.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 33: podkey.keyd.v1.RotateKeyResponse
+	(*StatusRequest)(nil),           // 34: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 35: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 36: podkey.keyd.v1.KeyGenerations
+	(*timestamppb.Timestamp)(nil),   // 37: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
 	0,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
 	1,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	35, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	35, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	35, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	37, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	37, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	37, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
 	4,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
 	5,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
 	6,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
 	7,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
 	8,  // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
 	3,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	35, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	37, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
 	0,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	35, // 13: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	35, // 14: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
-	35, // 15: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	37, // 13: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	37, // 14: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	37, // 15: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
 	19, // 16: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	34, // 17: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	36, // 17: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
 	2,  // 18: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
 	10, // 19: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
 	12, // 20: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
@@ -2285,26 +2411,30 @@ var file_keyd_proto_depIdxs = []int32{
 	22, // 25: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
 	24, // 26: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
 	25, // 27: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	26, // 28: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	28, // 29: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	30, // 30: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	32, // 31: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	9,  // 32: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	11, // 33: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	13, // 34: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	17, // 35: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	16, // 36: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	19, // 37: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	21, // 38: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	23, // 39: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	25, // 40: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	25, // 41: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	27, // 42: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	29, // 43: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	31, // 44: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	33, // 45: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
+	26, // 28: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	26, // 29: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	28, // 30: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	30, // 31: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	32, // 32: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	34, // 33: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	9,  // 34: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	11, // 35: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	13, // 36: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	17, // 37: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	16, // 38: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	19, // 39: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	21, // 40: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	23, // 41: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	25, // 42: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	25, // 43: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	27, // 44: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	27, // 45: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	29, // 46: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	31, // 47: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	33, // 48: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	35, // 49: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	34, // [34:50] is the sub-list for method output_type
+	18, // [18:34] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -2328,7 +2458,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

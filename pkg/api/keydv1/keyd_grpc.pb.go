@@ -293,15 +293,17 @@ var Keyd_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_PutSecret_FullMethodName    = "/podkey.keyd.v1.Admin/PutSecret"
-	Admin_ListSecrets_FullMethodName  = "/podkey.keyd.v1.Admin/ListSecrets"
-	Admin_DeleteSecret_FullMethodName = "/podkey.keyd.v1.Admin/DeleteSecret"
-	Admin_GetPolicy_FullMethodName    = "/podkey.keyd.v1.Admin/GetPolicy"
-	Admin_SetPolicy_FullMethodName    = "/podkey.keyd.v1.Admin/SetPolicy"
-	Admin_ExportAudit_FullMethodName  = "/podkey.keyd.v1.Admin/ExportAudit"
-	Admin_VerifyAudit_FullMethodName  = "/podkey.keyd.v1.Admin/VerifyAudit"
-	Admin_RotateKey_FullMethodName    = "/podkey.keyd.v1.Admin/RotateKey"
-	Admin_Status_FullMethodName       = "/podkey.keyd.v1.Admin/Status"
+	Admin_PutSecret_FullMethodName        = "/podkey.keyd.v1.Admin/PutSecret"
+	Admin_ListSecrets_FullMethodName      = "/podkey.keyd.v1.Admin/ListSecrets"
+	Admin_DeleteSecret_FullMethodName     = "/podkey.keyd.v1.Admin/DeleteSecret"
+	Admin_GetPolicy_FullMethodName        = "/podkey.keyd.v1.Admin/GetPolicy"
+	Admin_SetPolicy_FullMethodName        = "/podkey.keyd.v1.Admin/SetPolicy"
+	Admin_AddPolicyRule_FullMethodName    = "/podkey.keyd.v1.Admin/AddPolicyRule"
+	Admin_RemovePolicyRule_FullMethodName = "/podkey.keyd.v1.Admin/RemovePolicyRule"
+	Admin_ExportAudit_FullMethodName      = "/podkey.keyd.v1.Admin/ExportAudit"
+	Admin_VerifyAudit_FullMethodName      = "/podkey.keyd.v1.Admin/VerifyAudit"
+	Admin_RotateKey_FullMethodName        = "/podkey.keyd.v1.Admin/RotateKey"
+	Admin_Status_FullMethodName           = "/podkey.keyd.v1.Admin/Status"
 )
 
 // AdminClient is the client API for Admin service.
@@ -313,6 +315,12 @@ type AdminClient interface {
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*PolicyDocument, error)
 	SetPolicy(ctx context.Context, in *PolicyDocument, opts ...grpc.CallOption) (*PolicyDocument, error)
+	// AddPolicyRule adds a rule (an identical rule is not added twice) and
+	// RemovePolicyRule removes every rule equal to it (NotFound when none),
+	// each as one operation in the store: concurrent changes never lose
+	// each other.
+	AddPolicyRule(ctx context.Context, in *PolicyRule, opts ...grpc.CallOption) (*PolicyRuleResponse, error)
+	RemovePolicyRule(ctx context.Context, in *PolicyRule, opts ...grpc.CallOption) (*PolicyRuleResponse, error)
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditRecord], error)
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
 	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
@@ -377,6 +385,26 @@ func (c *adminClient) SetPolicy(ctx context.Context, in *PolicyDocument, opts ..
 	return out, nil
 }
 
+func (c *adminClient) AddPolicyRule(ctx context.Context, in *PolicyRule, opts ...grpc.CallOption) (*PolicyRuleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PolicyRuleResponse)
+	err := c.cc.Invoke(ctx, Admin_AddPolicyRule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RemovePolicyRule(ctx context.Context, in *PolicyRule, opts ...grpc.CallOption) (*PolicyRuleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PolicyRuleResponse)
+	err := c.cc.Invoke(ctx, Admin_RemovePolicyRule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditRecord], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Admin_ServiceDesc.Streams[0], Admin_ExportAudit_FullMethodName, cOpts...)
@@ -435,6 +463,12 @@ type AdminServer interface {
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
 	GetPolicy(context.Context, *GetPolicyRequest) (*PolicyDocument, error)
 	SetPolicy(context.Context, *PolicyDocument) (*PolicyDocument, error)
+	// AddPolicyRule adds a rule (an identical rule is not added twice) and
+	// RemovePolicyRule removes every rule equal to it (NotFound when none),
+	// each as one operation in the store: concurrent changes never lose
+	// each other.
+	AddPolicyRule(context.Context, *PolicyRule) (*PolicyRuleResponse, error)
+	RemovePolicyRule(context.Context, *PolicyRule) (*PolicyRuleResponse, error)
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[AuditRecord]) error
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
 	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
@@ -463,6 +497,12 @@ func (UnimplementedAdminServer) GetPolicy(context.Context, *GetPolicyRequest) (*
 }
 func (UnimplementedAdminServer) SetPolicy(context.Context, *PolicyDocument) (*PolicyDocument, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetPolicy not implemented")
+}
+func (UnimplementedAdminServer) AddPolicyRule(context.Context, *PolicyRule) (*PolicyRuleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddPolicyRule not implemented")
+}
+func (UnimplementedAdminServer) RemovePolicyRule(context.Context, *PolicyRule) (*PolicyRuleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemovePolicyRule not implemented")
 }
 func (UnimplementedAdminServer) ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[AuditRecord]) error {
 	return status.Error(codes.Unimplemented, "method ExportAudit not implemented")
@@ -587,6 +627,42 @@ func _Admin_SetPolicy_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_AddPolicyRule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PolicyRule)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).AddPolicyRule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_AddPolicyRule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).AddPolicyRule(ctx, req.(*PolicyRule))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RemovePolicyRule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PolicyRule)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RemovePolicyRule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RemovePolicyRule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RemovePolicyRule(ctx, req.(*PolicyRule))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ExportAudit_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(ExportAuditRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -678,6 +754,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetPolicy",
 			Handler:    _Admin_SetPolicy_Handler,
+		},
+		{
+			MethodName: "AddPolicyRule",
+			Handler:    _Admin_AddPolicyRule_Handler,
+		},
+		{
+			MethodName: "RemovePolicyRule",
+			Handler:    _Admin_RemovePolicyRule_Handler,
 		},
 		{
 			MethodName: "VerifyAudit",
