@@ -136,9 +136,10 @@ type Log struct {
 }
 
 type pending struct {
-	rec  Record
-	bind *store.PodBinding
-	err  chan error
+	rec   Record
+	bind  *store.PodBinding
+	nonce *store.Nonce
+	err   chan error
 }
 
 // maxBatch bounds one transaction.
@@ -170,10 +171,19 @@ func (l *Log) Append(ctx context.Context, rec Record) error { return l.AppendBou
 // AppendBound is Append that also stores the pod binding b (when not nil)
 // in the same transaction as the record, so one fsync makes both durable.
 func (l *Log) AppendBound(ctx context.Context, rec Record, b *store.PodBinding) error {
-	if rec.Time.IsZero() {
-		rec.Time = time.Now().UTC()
+	return l.append(ctx, &pending{rec: rec, bind: b, err: make(chan error, 1)})
+}
+
+// AppendNonce is Append that also stores the signed request's nonce n in
+// the same transaction as the record.
+func (l *Log) AppendNonce(ctx context.Context, rec Record, n *store.Nonce) error {
+	return l.append(ctx, &pending{rec: rec, nonce: n, err: make(chan error, 1)})
+}
+
+func (l *Log) append(ctx context.Context, p *pending) error {
+	if p.rec.Time.IsZero() {
+		p.rec.Time = time.Now().UTC()
 	}
-	p := &pending{rec: rec, bind: b, err: make(chan error, 1)}
 	select {
 	case <-l.done:
 		return ErrClosed
@@ -317,7 +327,7 @@ func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []b
 		if err != nil {
 			return nil, nil, err
 		}
-		entries[i] = store.AuditEntry{Seq: r.Seq, Data: data, Bind: p.bind}
+		entries[i] = store.AuditEntry{Seq: r.Seq, Data: data, Bind: p.bind, Nonce: p.nonce}
 		prev = r.MAC
 	}
 	return entries, prev, nil

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/podkey/podkey/pkg/accesskey"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/hsm"
 	"github.com/podkey/podkey/pkg/keyd"
@@ -29,6 +31,7 @@ import (
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/pod"
+	"github.com/podkey/podkey/pkg/reqsign"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -139,6 +142,10 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	verifies, err := verifyCases(ctx, client)
+	if err != nil {
+		return nil, err
+	}
 	// Every issuance is a new pod on a node, as a volume publish is: keyd
 	// records the pod's node with the issuance's audit record.
 	var uid atomic.Int64
@@ -160,8 +167,56 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 			results = append(results, Result{Name: "issue " + k.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99,
 				Errors: errs, Limit: k.limit, LimitRate: rates[k.limit], HSMOps: k.hsmOps})
 		}
+		for _, v := range verifies {
+			rate, p50, p99, errs := measure(ctx, n, o.Duration, v.op)
+			rates[v.name] = rate
+			results = append(results, Result{Name: v.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99,
+				Errors: errs, Limit: v.limit, LimitRate: rates[v.limit], HSMOps: 1})
+		}
 	}
 	return results, Print(w, results)
+}
+
+// verifyCase is a Verify row.
+type verifyCase struct {
+	name, limit string
+	op          func(context.Context) error
+}
+
+// verifyCases verify one intl API key's signatures as a backend does: over
+// a plain string (a signature check alone), and over signed HTTP requests,
+// each with a fresh nonce that keyd records durably with the audit record
+// (the cost of refusing replays after a restart is the ratio between them).
+func verifyCases(ctx context.Context, client keydv1.KeydClient) ([]verifyCase, error) {
+	p := benchPod
+	p.UID = "bench-verify"
+	resp, err := client.Issue(ctx, &keydv1.IssueRequest{Pod: keydv1.NewPodIdentity(p),
+		Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: string(object.APIKey)}}})
+	if err != nil {
+		return nil, err
+	}
+	ak := resp.Credentials[0].GetApiKey()
+	msg := []byte("GET /ledger")
+	plainSig := accesskey.Sign(suite.Intl, ak.SecretKey, msg)
+	const plain = "verify apiKey signature"
+	return []verifyCase{
+		{plain, "HSM HMAC-SHA256", func(ctx context.Context) error {
+			_, err := client.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: plainSig})
+			return err
+		}},
+		{"verify signed request (durable nonce)", plain, func(ctx context.Context) error {
+			r, _ := http.NewRequest(http.MethodGet, "https://ledger/v1/accounts", nil)
+			if err := reqsign.Sign(r, suite.Intl, ak.AccessKeyId, ak.SecretKey, time.Now()); err != nil {
+				return err
+			}
+			a, sts, err := reqsign.Canonical(r)
+			if err != nil {
+				return err
+			}
+			_, err = client.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature})
+			return err
+		}},
+	}, nil
 }
 
 // benchPod is the pod every issuance is for, but for its UID.

@@ -21,7 +21,7 @@ func TestRunProducesEveryRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 6+9 {
+	if len(res) != 6+9+2 {
 		t.Fatalf("%d rows", len(res))
 	}
 	for _, r := range res {
@@ -29,7 +29,7 @@ func TestRunProducesEveryRow(t *testing.T) {
 			t.Errorf("%s: %d errors, %.0f/s", r.Name, r.Errors, r.PerSecond)
 		}
 	}
-	if !strings.Contains(out.String(), "issue certificate gm") {
+	if !strings.Contains(out.String(), "issue certificate gm") || !strings.Contains(out.String(), "verify signed request (durable nonce)") {
 		t.Fatalf("table:\n%s", out.String())
 	}
 }

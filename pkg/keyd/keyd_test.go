@@ -26,6 +26,7 @@ import (
 	"github.com/podkey/podkey/pkg/keyd/keydtest"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/reqsign"
+	"github.com/podkey/podkey/pkg/store"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -328,5 +329,48 @@ func TestVerifyRefusesStaleAndReplayedSignedRequests(t *testing.T) {
 	}
 	if err := verify(time.Now().Add(-10 * time.Minute)); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "freshness") {
 		t.Fatalf("stale request: %v", err)
+	}
+}
+
+// TestReplayRefusedAfterRestart: an accepted signed request's nonce is
+// durable with its audit record, so a keyd restarted on the same store
+// (or, sharing the store, another replica) refuses the request again; the
+// store forgets nonces past the freshness window.
+func TestReplayRefusedAfterRestart(t *testing.T) {
+	ctx := context.Background()
+	e := keydtest.Start(t, nil)
+	resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak := resp.Credentials[0].GetApiKey()
+	r, _ := http.NewRequest("POST", "https://ledger/v1/transfers", strings.NewReader(`{"amount":1}`))
+	if err := reqsign.Sign(r, suite.Intl, ak.AccessKeyId, ak.SecretKey, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	a, sts, err := reqsign.Canonical(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature}
+	if _, err := e.Keyd.Verify(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	e.Stop()
+	e.Run()
+	if _, err := e.Keyd.Verify(ctx, req); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "replay") {
+		t.Fatalf("replay after a restart: %v", err)
+	}
+	e.Stop()
+	st, err := store.OpenBolt(e.Opts.StorePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if n, err := st.PruneNonces(ctx, time.Now()); err != nil || n != 0 {
+		t.Fatalf("pruned a nonce inside its window: %d %v", n, err)
+	}
+	if n, err := st.PruneNonces(ctx, time.Now().Add(11*time.Minute)); err != nil || n != 1 {
+		t.Fatalf("pruned %d nonces past the window: %v", n, err)
 	}
 }

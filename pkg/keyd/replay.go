@@ -1,15 +1,15 @@
 package keyd
 
 import (
-	"crypto/sha256"
 	"sync"
 	"time"
 )
 
-// replayCache remembers (access key id, nonce) pairs of accepted signed
-// requests until their date leaves the freshness window, so a request can
-// be accepted once. It is per keyd process; replicas behind one Service
-// each keep their own (see the README).
+// replayCache remembers (access key id, nonce) pairs of signed requests
+// being verified in this process until their date leaves the freshness
+// window, so two copies of a request in flight at once are not both
+// accepted. The store's record of accepted nonces is what refuses a
+// replay after a restart.
 type replayCache struct {
 	mu    sync.Mutex
 	seen  map[[32]byte]time.Time // -> forget after
@@ -18,9 +18,8 @@ type replayCache struct {
 
 func newReplayCache() *replayCache { return &replayCache{seen: map[[32]byte]time.Time{}} }
 
-// first records the pair and reports whether it was new.
-func (c *replayCache) first(keyID, nonce string, forgetAfter, now time.Time) bool {
-	k := sha256.Sum256([]byte(keyID + "\x00" + nonce))
+// first records the pair's hash k and reports whether it was new.
+func (c *replayCache) first(k [32]byte, forgetAfter, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if now.After(c.sweep) {

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/podkey/podkey/pkg/socket"
 
@@ -148,17 +149,47 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("keyd: neither a socket nor a listen address is configured")
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	pctx, stopPrune := context.WithCancel(ctx)
+	defer stopPrune()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.pruneLoop(pctx) }()
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	s.health.Shutdown()
+	stopPrune()
 	for _, g := range s.servers {
 		g.GracefulStop()
 	}
 	s.wg.Wait()
 	return err
+}
+
+// pruneEvery is how often keyd forgets nonces and revocations past their
+// time.
+const pruneEvery = time.Minute
+
+// pruneLoop keeps the store's nonces (five minutes' worth of accepted
+// signed requests) and revocations from growing past their use.
+func (s *Server) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.opts.Now()
+		if _, err := s.st.PruneNonces(ctx, now); err != nil && ctx.Err() == nil {
+			s.opts.Logger.Warn("pruning signed-request nonces failed", "error", err)
+		}
+		if _, err := s.st.PruneRevocations(ctx, now); err != nil && ctx.Err() == nil {
+			s.opts.Logger.Warn("pruning revocations failed", "error", err)
+		}
+	}
 }
 
 func (s *Server) newGRPC(extra ...grpc.ServerOption) *grpc.Server {

@@ -3,11 +3,13 @@ package keyd
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/podkey/podkey/pkg/reqsign"
+	"github.com/podkey/podkey/pkg/store"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -158,8 +160,9 @@ func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*k
 		}
 	}
 	id, err := s.issuer.VerifyAPIKey(ctx, req.AccessKeyId, req.StringToSign, req.Signature)
+	var nonce *store.Nonce
 	if err == nil {
-		err = s.checkFresh(req.AccessKeyId, req.StringToSign)
+		nonce, err = s.checkFresh(ctx, req.AccessKeyId, req.StringToSign)
 	}
 	rec := audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Namespace: id.Namespace,
 		ServiceAccount: id.ServiceAccount, PodUID: id.PodUID}
@@ -172,7 +175,9 @@ func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*k
 			rec.Result = audit.ResultError
 		}
 	}
-	if aerr := s.audit.Append(ctx, rec); aerr != nil {
+	// An accepted request's nonce is durable with its audit record before
+	// the answer: a replay is refused after a restart, too.
+	if aerr := s.audit.AppendNonce(ctx, rec, nonce); aerr != nil {
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", aerr)
 	}
 	if err != nil {
@@ -214,22 +219,34 @@ var (
 
 // checkFresh applies replay protection to strings to sign of podkey's
 // request signing scheme: their date must be within reqsign.Window of now
-// and their nonce unseen for this key. Other strings are the caller's own
-// protocol and are verified as signatures only.
-func (s *Server) checkFresh(keyID string, sts []byte) error {
+// and their nonce unseen for this key, in this process and in the store.
+// It returns the nonce to record with the verification (nil for other
+// strings, which are the caller's own protocol and are verified as
+// signatures only).
+func (s *Server) checkFresh(ctx context.Context, keyID string, sts []byte) (*store.Nonce, error) {
 	if !bytes.HasPrefix(sts, []byte("PODKEY1-")) {
-		return nil
+		return nil, nil
 	}
 	date, nonce, err := reqsign.DateAndNonce(sts)
 	if err != nil {
-		return fmt.Errorf("%w: %v", credential.ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %v", credential.ErrInvalid, err)
 	}
 	now := s.opts.Now()
 	if date.Before(now.Add(-reqsign.Window)) || date.After(now.Add(reqsign.Window)) {
-		return errStale
+		return nil, errStale
 	}
-	if !s.replays.first(keyID, nonce, date.Add(reqsign.Window), now) {
-		return errReplay
+	n := &store.Nonce{Key: sha256.Sum256([]byte(keyID + "\x00" + nonce)), Until: date.Add(reqsign.Window)}
+	// The process's cache refuses concurrent replays before either is
+	// durable; the store refuses those accepted before a restart.
+	if !s.replays.first(n.Key, n.Until, now) {
+		return nil, errReplay
 	}
-	return nil
+	seen, err := s.st.NonceSeen(ctx, n.Key, now)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
+	}
+	if seen {
+		return nil, errReplay
+	}
+	return n, nil
 }

@@ -18,6 +18,7 @@ var (
 	bucketRevocations = []byte("revocations")
 	bucketAudit       = []byte("audit")
 	bucketPods        = []byte("pods")
+	bucketNonces      = []byte("nonces")
 	keyPolicy         = []byte("policy")
 	keySchema         = []byte("schema")
 )
@@ -42,7 +43,7 @@ func OpenBolt(path string) (*Bolt, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods} {
+		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods, bucketNonces} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -281,9 +282,51 @@ func (b *Bolt) AppendAudit(_ context.Context, entries []AuditEntry) error {
 					return err
 				}
 			}
+			if e.Nonce != nil {
+				if err := tx.Bucket(bucketNonces).Put(e.Nonce.Key[:], unixNano(e.Nonce.Until)); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})
+}
+
+func unixNano(t time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano())) }
+
+func fromUnixNano(v []byte) time.Time {
+	if len(v) != 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+}
+
+func (b *Bolt) NonceSeen(_ context.Context, key [32]byte, now time.Time) (bool, error) {
+	seen := false
+	err := b.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketNonces).Get(key[:]); v != nil {
+			seen = !now.After(fromUnixNano(v))
+		}
+		return nil
+	})
+	return seen, err
+}
+
+func (b *Bolt) PruneNonces(_ context.Context, now time.Time) (int, error) {
+	n := 0
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketNonces).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if now.After(fromUnixNano(v)) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
 }
 
 func (b *Bolt) LastAudit(_ context.Context) (AuditEntry, error) {

@@ -46,6 +46,17 @@ type AuditEntry struct {
 	// Bind, when set, is a pod binding written in the same transaction,
 	// by BindPod's rule: the record and the binding are durable together.
 	Bind *PodBinding
+	// Nonce, when set, is a signed request's nonce written in the same
+	// transaction: an accepted request is refused again, also after a
+	// restart or by another replica, once its record is durable.
+	Nonce *Nonce
+}
+
+// Nonce is an accepted signed request's (access key id, nonce) pair, by
+// its SHA-256, remembered until its date leaves the freshness window.
+type Nonce struct {
+	Key   [32]byte
+	Until time.Time
 }
 
 // PodBinding is the node a pod obtained credentials through, until when.
@@ -76,6 +87,12 @@ type Store interface {
 	// PodNode reads which node obtained credentials for a pod, as an
 	// AuditEntry's Bind recorded it ("" when unknown or past).
 	PodNode(ctx context.Context, podUID string, now time.Time) (node string, until time.Time, err error)
+
+	// NonceSeen reports whether a nonce was recorded and is still
+	// remembered at now.
+	NonceSeen(ctx context.Context, key [32]byte, now time.Time) (bool, error)
+	// PruneNonces forgets nonces remembered until before now.
+	PruneNonces(ctx context.Context, now time.Time) (int, error)
 
 	// AppendAudit writes entries whose first Seq must follow the last stored
 	// one; otherwise nothing is written and ErrAuditSeq is returned.
