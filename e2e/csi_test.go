@@ -66,7 +66,7 @@ func (w *world) startPlugin(ctx context.Context, regDir string) *plugin {
 	p := &plugin{socket: filepath.Join(w.dir, "csi", "csi.sock"), metrics: freePort(t), stderr: &syncBuffer{},
 		stateDir: filepath.Join(w.dir, "csi-state")}
 	p.cmd = exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-csi"), "--node-name", "node-1",
-		"--endpoint", p.socket, "--state-dir", p.stateDir, "--keyd-socket", w.sock(),
+		"--endpoint", p.socket, "--state-dir", p.stateDir, "--pods-dir", w.dir, "--keyd-socket", w.sock(),
 		"--secret-provider-class-dir", filepath.Join(w.dir, "classes"), "--registration-dir", regDir,
 		"--metrics-addr", p.metrics, "--tmpfs-size", "1Mi", "--log-format", "json", "--log-level", "debug")
 	p.cmd.Env = w.env

@@ -42,6 +42,8 @@ type trust struct {
 	caFile string
 	nodes  map[string]*csinode.Driver
 	conns  map[string]*keydclient.NodeConn
+	// podsDir stands for the kubelet's pods directory: targets go below it.
+	podsDir string
 }
 
 func classFor(ns string) *sscsi.SecretProviderClass {
@@ -68,7 +70,7 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 		t.Fatal(err)
 	}
 	v := identity.NewVerifier(rev, identity.Options{NodeServiceAccount: "podkey/podkey-csi", CacheTTL: cacheTTL})
-	tr := &trust{t: t, nodes: map[string]*csinode.Driver{}, conns: map[string]*keydclient.NodeConn{}}
+	tr := &trust{t: t, nodes: map[string]*csinode.Driver{}, conns: map[string]*keydclient.NodeConn{}, podsDir: t.TempDir()}
 	tr.keyd = keydtest.Start(t, func(o *keyd.Options) {
 		o.Identity, o.InsecureLocalIdentity, o.NodeCertTTL = v, false, nodeCertTTL
 	})
@@ -85,7 +87,7 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 		t.Cleanup(cancel)
 		go nc.Run(rctx)
 		kc := keydv1.NewKeydClient(nc)
-		d, err := csinode.New(csinode.Options{NodeID: n, StateDir: filepath.Join(t.TempDir(), n), Issuer: kc, Revoker: kc,
+		d, err := csinode.New(csinode.Options{NodeID: n, StateDir: filepath.Join(t.TempDir(), n), PodsDir: tr.podsDir, Issuer: kc, Revoker: kc,
 			Classes: classes, Volumes: volume.NewMounter(mount.NewFakeMounter(nil))})
 		if err != nil {
 			t.Fatal(err)
@@ -145,7 +147,7 @@ func TestTrustChain(t *testing.T) {
 	ctx := context.Background()
 	tr := newTrust(t, time.Hour, 10*time.Second)
 	c := sharedCluster(t)
-	target := func(name string) string { return filepath.Join(t.TempDir(), name) }
+	target := func(name string) string { return filepath.Join(tr.podsDir, name) }
 	pod := func(ns, name, sa, node string) (string, string) {
 		p, err := c.Pod(ctx, ns, name, sa, node)
 		if err != nil {

@@ -72,16 +72,16 @@ func BenchmarkBurstLoad(b *testing.B) {
 	}
 	defer conn.Close()
 	kc := keydv1.NewKeydClient(conn)
+	root := b.TempDir() // the simulated nodes' pods directory
 	drivers := make([]*csinode.Driver, nodes)
 	for i := range drivers {
-		drivers[i], err = csinode.New(csinode.Options{NodeID: fmt.Sprintf("node-%d", i), StateDir: b.TempDir(), Issuer: kc, Revoker: kc,
+		drivers[i], err = csinode.New(csinode.Options{NodeID: fmt.Sprintf("node-%d", i), StateDir: b.TempDir(), PodsDir: root, Issuer: kc, Revoker: kc,
 			Classes: spc.Static{"payments/payments": loadClass()}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil)),
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			b.Fatal(err)
 		}
 	}
-	root := b.TempDir()
 	if os.Geteuid() == 0 {
 		if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256m,mode=0700", "tmpfs", root).Run(); err != nil {
 			b.Fatal(err)

@@ -60,13 +60,13 @@ func newWorld(t testing.TB, s suite.Name) *world {
 	c.Spec.Provider = "podkey"
 	c.Spec.Parameters = map[string]string{"objects": fmt.Sprintf("- {name: ledger-api, kind: apiKey, suite: %s, ttl: 1m}\n", s)}
 	var err error
-	w.driver, err = csinode.New(csinode.Options{NodeID: "n1", StateDir: t.TempDir(), Issuer: w.keyd.Keyd, Revoker: w.keyd.Keyd,
+	w.target = filepath.Join(t.TempDir(), "creds")
+	w.driver, err = csinode.New(csinode.Options{NodeID: "n1", StateDir: t.TempDir(), PodsDir: filepath.Dir(w.target), Issuer: w.keyd.Keyd, Revoker: w.keyd.Keyd,
 		Classes: spc.Static{"payments/payments": c}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil)), Now: w.now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.target = filepath.Join(t.TempDir(), "creds")
 	w.req = &csi.NodePublishVolumeRequest{VolumeId: "v-a", TargetPath: w.target, Readonly: true,
 		VolumeCapability: &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}},
 		VolumeContext: map[string]string{"secretProviderClass": "payments", "csi.storage.k8s.io/ephemeral": "true",

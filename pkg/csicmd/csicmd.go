@@ -66,6 +66,7 @@ func NewCommand() *cobra.Command {
 	fl.StringVar(&f.o.DriverName, "driver-name", csinode.DriverName, "CSI driver name")
 	fl.StringVar(&f.endpoint, "endpoint", "/var/lib/kubelet/plugins/csi.podkey.io/csi.sock", "CSI unix socket")
 	fl.StringVar(&f.o.StateDir, "state-dir", "/var/lib/podkey-csi", "node-local volume state and revocation queue (no secrets)")
+	fl.StringVar(&f.o.PodsDir, "pods-dir", csinode.DefaultPodsDir, "the kubelet's pods directory (<kubelet root>/pods); every target path must lie below it, reached without a symbolic link")
 	fl.StringVar(&f.regDir, "registration-dir", registration.DefaultDir, "kubelet plugin registration directory; empty when the node-driver-registrar sidecar registers the driver")
 	fl.StringVar(&f.regEndpoint, "registration-endpoint", "", "CSI socket path as the kubelet sees it (default: --endpoint)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for reading SecretProviderClasses (default: in-cluster)")

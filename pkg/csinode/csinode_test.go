@@ -115,7 +115,7 @@ func (h *harness) advance(d time.Duration) {
 
 func (h *harness) newDriver() *csinode.Driver {
 	d, err := csinode.New(csinode.Options{
-		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), Issuer: h.keyd.Keyd, Revoker: h.keyd.Keyd, Classes: classes,
+		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), PodsDir: filepath.Join(h.dir, "pods"), Issuer: h.keyd.Keyd, Revoker: h.keyd.Keyd, Classes: classes,
 		Volumes: h.volumeMounter(), Now: h.now,
 		Logger: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
@@ -386,7 +386,7 @@ func TestUnpublishRevokesAndIsIdempotent(t *testing.T) {
 		Signature: accesskey.Sign(suite.Intl, secret, msg)}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("key of an unpublished pod still verifies: %v", err)
 	}
-	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "never-seen", TargetPath: "/nonexistent/x"}); err != nil {
+	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "never-seen", TargetPath: h.target("never-seen")}); err != nil {
 		t.Fatalf("unknown volume: %v", err)
 	}
 	for _, bad := range []*csi.NodeUnpublishVolumeRequest{{TargetPath: target}, {VolumeId: "v"}} {
@@ -636,5 +636,54 @@ func TestConfusedKubeletChangesNothing(t *testing.T) {
 	}
 	if mps, _ := h.mounter.List(); len(mps) != 1 {
 		t.Fatalf("mounts: %v", mps)
+	}
+}
+
+// TestTargetsAreConfined: targets outside the kubelet's pods directory or
+// through a symbolic link are refused before anything happens, and an
+// unpublish only ever zeroes and removes a volume the plugin recorded at
+// that target; anything else is left as it is.
+func TestTargetsAreConfined(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "precious"), []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(h.dir, "pods", "uid-link")
+	_ = os.MkdirAll(filepath.Dir(link), 0o755)
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/", "/etc", "/proc/1/root/etc", filepath.Join(h.dir, "pods"), filepath.Join(h.dir, "podsx", "a"),
+		filepath.Join(link, "volumes", "creds"), link} {
+		if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-link", "payments")); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("publish at %s: %v", target, err)
+		}
+		if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-link", TargetPath: target}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("unpublish at %s: %v", target, err)
+		}
+	}
+	// An unknown volume, or a known one at another target, is not torn down.
+	stranger := h.target("uid-stranger")
+	_ = os.MkdirAll(stranger, 0o755)
+	_ = os.WriteFile(filepath.Join(stranger, "data"), []byte("not ours"), 0o600)
+	mine := h.target("uid-a")
+	if _, err := h.d.NodePublishVolume(ctx, publishReq(mine, "uid-a", "payments")); err != nil {
+		t.Fatal(err)
+	}
+	for _, un := range []*csi.NodeUnpublishVolumeRequest{{VolumeId: "csi-uid-stranger", TargetPath: stranger}, {VolumeId: "csi-uid-a", TargetPath: stranger}} {
+		if _, err := h.d.NodeUnpublishVolume(ctx, un); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(stranger, "data")); err != nil || string(b) != "not ours" {
+		t.Fatalf("an unknown target was touched: %q %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(outside, "precious")); err != nil || string(b) != "keep" {
+		t.Fatalf("a directory outside the pods directory was touched: %q %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(mine, "ledger-api.json")); err != nil || h.d.Volumes() != 1 {
+		t.Fatalf("the known volume was torn down by an unpublish at another target: %v", err)
 	}
 }

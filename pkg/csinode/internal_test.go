@@ -61,14 +61,14 @@ func FuzzParsePublish(f *testing.F) {
 		r.VolumeContext[AttrClass], r.VolumeContext[attrPodUID], r.VolumeContext[attrPodNamespace] = class, uid, ns
 		r.VolumeContext[attrTokens] = tokens
 		r.VolumeCapability.GetMount().VolumeMountGroup = group
-		p, err := parsePublish(r, "podkey")
+		p, err := parsePublish(r, "podkey", DefaultPodsDir)
 		if err != nil {
 			if status.Code(err) != codes.InvalidArgument {
 				t.Fatalf("error with code %s", status.Code(err))
 			}
 			return
 		}
-		if !object.ValidName(p.class) || strings.ContainsAny(p.pod.UID+p.pod.Namespace, "/\x00") ||
+		if !strings.HasPrefix(p.target, DefaultPodsDir+"/") || !object.ValidName(p.class) || strings.ContainsAny(p.pod.UID+p.pod.Namespace, "/\x00") ||
 			strings.Contains(p.target, "..") && strings.Contains(p.target, "/../") || p.token == "" {
 			t.Fatalf("unsafe request accepted: %+v", p)
 		}

@@ -20,7 +20,7 @@ import (
 // (the CSIDriver sets requiresRepublish) and otherwise does nothing.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	start := d.opts.Now()
-	p, err := parsePublish(req, d.opts.TokenAudience)
+	p, err := parsePublish(req, d.opts.TokenAudience, d.opts.PodsDir)
 	if err != nil {
 		d.metrics.observePublish("invalid", start)
 		return nil, err
@@ -148,6 +148,15 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 		_ = d.state.remove(p.volumeID)
 		return cause
 	}
+	// The volume is recorded before its tmpfs exists: every tmpfs this
+	// plugin mounts is one it knows, and only those it ever tears down. The
+	// record says nothing is written yet, so a publish retried after a
+	// crash writes the files instead of taking the volume as served.
+	intent := *v
+	intent.Writes, intent.Objects = 0, nil
+	if err := d.state.save(&intent); err != nil {
+		return nil, rollback(status.Errorf(codes.Internal, "saving volume state: %v", err))
+	}
 	if err := d.opts.Volumes.Mount(p.target, d.opts.SizeLimit, p.gid); err != nil {
 		return nil, rollback(status.Errorf(codes.Internal, "%v", err))
 	}
@@ -212,7 +221,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		d.metrics.observeUnpublish("invalid", start)
 		return nil, err
 	}
-	if err := validTarget(req.GetTargetPath()); err != nil {
+	if err := validTarget(req.GetTargetPath(), d.opts.PodsDir); err != nil {
 		d.metrics.observeUnpublish("invalid", start)
 		return nil, err
 	}
@@ -222,33 +231,38 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, err
 	}
 	defer unlock()
+	v := d.volume(req.VolumeId)
+	if v == nil || v.TargetPath != req.TargetPath {
+		// Not a volume this plugin recorded at that target: nothing of
+		// its own to zero or remove, and nothing else is touched.
+		d.opts.Logger.Debug("unpublish of an unknown volume or target; nothing done", "volumeID", req.VolumeId)
+		d.metrics.observeUnpublish("ok", start)
+		return &csi.NodeUnpublishVolumeResponse{}, nil
+	}
 	if err := d.opts.Volumes.Teardown(req.TargetPath); err != nil {
 		d.metrics.observeUnpublish("error", start)
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
-	v := d.volume(req.VolumeId)
-	if v != nil {
-		pod := d.onNode(v.Pod)
-		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := d.deliverRevocation(rctx, pod)
-		cancel()
-		switch {
-		case errors.Is(err, revocation.ErrRefused):
-			d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", err)
-		case err != nil:
-			if qerr := d.queue.Enqueue(pod, err); qerr != nil {
-				d.metrics.observeUnpublish("error", start)
-				return nil, status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)
-			}
-			d.opts.Logger.Warn("revocation queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", status.Convert(err).Message())
-		}
-		if err := d.state.remove(v.VolumeID); err != nil {
+	pod := d.onNode(v.Pod)
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	err = d.deliverRevocation(rctx, pod)
+	cancel()
+	switch {
+	case errors.Is(err, revocation.ErrRefused):
+		d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", err)
+	case err != nil:
+		if qerr := d.queue.Enqueue(pod, err); qerr != nil {
 			d.metrics.observeUnpublish("error", start)
-			return nil, status.Errorf(codes.Internal, "removing volume state: %v", err)
+			return nil, status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)
 		}
-		d.dropVolume(v.VolumeID)
-		d.opts.Logger.Info("volume unpublished", "volumeID", v.VolumeID, "pod", v.Pod.String())
+		d.opts.Logger.Warn("revocation queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", status.Convert(err).Message())
 	}
+	if err := d.state.remove(v.VolumeID); err != nil {
+		d.metrics.observeUnpublish("error", start)
+		return nil, status.Errorf(codes.Internal, "removing volume state: %v", err)
+	}
+	d.dropVolume(v.VolumeID)
+	d.opts.Logger.Info("volume unpublished", "volumeID", v.VolumeID, "pod", v.Pod.String())
 	d.metrics.observeUnpublish("ok", start)
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

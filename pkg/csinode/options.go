@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,9 @@ import (
 
 // DriverName is the CSI driver name pods refer to.
 const DriverName = "csi.podkey.io"
+
+// DefaultPodsDir is the kubelet's pods directory under its default root.
+const DefaultPodsDir = "/var/lib/kubelet/pods"
 
 // Issuer obtains a pod's credentials: keyd's Issue call
 // (keydv1.KeydClient is one).
@@ -52,6 +56,9 @@ type Options struct {
 	// StateDir holds volume state and the revocation queue (no secrets).
 	// Required.
 	StateDir string
+	// PodsDir is the kubelet's pods directory: every target path must lie
+	// below it, reached without a symbolic link. Default DefaultPodsDir.
+	PodsDir string
 	// Issuer obtains a pod's credentials from keyd. Required.
 	Issuer Issuer
 	// Revoker tells keyd that a pod's volume is gone. Required.
@@ -92,6 +99,10 @@ func (o *Options) setDefaults() error {
 	if o.DriverName == "" {
 		o.DriverName = DriverName
 	}
+	if o.PodsDir == "" {
+		o.PodsDir = DefaultPodsDir
+	}
+	o.PodsDir = filepath.Clean(o.PodsDir)
 	if o.Volumes == nil {
 		o.Volumes = volume.NewMounter(nil)
 	}

@@ -2,9 +2,13 @@ package csinode
 
 import (
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -40,12 +44,38 @@ func invalid(format string, a ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, a...)
 }
 
-func validTarget(p string) error {
+// validTarget confines a target path to the kubelet's pods directory:
+// absolute, clean, strictly below podsDir, and reached without following a
+// symbolic link (a link in the path would mount, write or remove at its
+// destination). Path components that do not exist yet are created by the
+// publish itself.
+func validTarget(p, podsDir string) error {
 	if p == "" {
 		return invalid("target path is required")
 	}
-	if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.Contains(p, "/../") {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.Contains(p, "/../") || strings.ContainsAny(p, "\x00\n") {
 		return invalid("target path %q must be absolute and clean", p)
+	}
+	rel, err := filepath.Rel(podsDir, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return invalid("target path %q is not below the kubelet's pods directory %s", p, podsDir)
+	}
+	cur := podsDir
+	for _, part := range strings.Split(rel, "/") {
+		cur = filepath.Join(cur, part)
+		fi, err := os.Lstat(cur)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if errors.Is(err, syscall.ENOTDIR) {
+			return invalid("target path %q passes through %s, which is not a directory", p, cur)
+		}
+		if err != nil {
+			return status.Errorf(codes.Internal, "inspecting target path %q: %v", p, err)
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return invalid("target path %q passes through the symbolic link %s", p, cur)
+		}
 	}
 	return nil
 }
@@ -63,11 +93,11 @@ func validVolumeID(id string) error {
 // parsePublish validates everything in a publish request before anything
 // is done. Messages name the attribute at fault and never its value when
 // that value could be a token.
-func parsePublish(req *csi.NodePublishVolumeRequest, audience string) (*publishRequest, error) {
+func parsePublish(req *csi.NodePublishVolumeRequest, audience, podsDir string) (*publishRequest, error) {
 	if err := validVolumeID(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := validTarget(req.GetTargetPath()); err != nil {
+	if err := validTarget(req.GetTargetPath(), podsDir); err != nil {
 		return nil, err
 	}
 	capability := req.GetVolumeCapability()
