@@ -9,7 +9,7 @@ import (
 )
 
 // MaxSecretSize bounds an enrolled value.
-const MaxSecretSize = 64 << 10
+const MaxSecretSize = object.MaxSecretSize
 
 // Enroll wraps a static value under the HSM key-encryption key and stores
 // it; only the wrapped form is ever written. Re-enrolling bumps the version.

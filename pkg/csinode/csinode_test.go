@@ -67,6 +67,7 @@ var classes = spc.Static{
 	"payments/meta":     class("payments", "meta", "podkey", "- {name: a, kind: apiKey, file: podkey-metadata.json}"),
 	"payments/cabundle": class("payments", "cabundle", "podkey", "- {name: a, kind: certificate, file: x}\n- {name: b, kind: certificate, file: x.ca}"),
 	"payments/case":     class("payments", "case", "podkey", "- {name: a, kind: apiKey, file: Key}\n- {name: b, kind: token, file: key}"),
+	"payments/big":      class("payments", "big", "podkey", manySecrets(32)),
 	"payments/longname": class("payments", "longname", "podkey", "- {name: a, kind: certificate, file: "+strings.Repeat("f", 248)+"}"),
 	"shop/payments":     class("shop", "payments", "podkey", objectsYAML),
 }
@@ -685,5 +686,30 @@ func TestTargetsAreConfined(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(mine, "ledger-api.json")); err != nil || h.d.Volumes() != 1 {
 		t.Fatalf("the known volume was torn down by an unpublish at another target: %v", err)
+	}
+}
+
+func manySecrets(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "- {name: s%d, kind: secret}\n", i)
+	}
+	return b.String()
+}
+
+// TestClassTooBigForTwoGenerations: a class whose objects could outgrow a
+// volume that holds the published generation and the next one is refused
+// with ResourceExhausted and the figures, before keyd issues anything.
+func TestClassTooBigForTwoGenerations(t *testing.T) {
+	h := newHarness(t)
+	before := h.auditRecords()
+	target := h.target("uid-big")
+	_, err := h.d.NodePublishVolume(context.Background(), publishReq(target, "uid-big", "big"))
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--tmpfs-size") || !strings.Contains(err.Error(), "4194304") {
+		t.Fatalf("got %v", err)
+	}
+	h.assertClean(target)
+	if h.auditRecords() != before {
+		t.Fatal("keyd was asked")
 	}
 }

@@ -92,6 +92,11 @@ func (d *Driver) fetch(ctx context.Context, p *publishRequest) (map[string]volum
 	if err != nil {
 		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if need := twoGenerations(specs); need > d.opts.SizeLimit {
+		return nil, nil, status.Errorf(codes.ResourceExhausted,
+			"SecretProviderClass %s/%s may need up to %d bytes for the two generations a renewal holds, more than the %d-byte tmpfs of each volume (podkey-csi --tmpfs-size)",
+			p.pod.Namespace, p.class, need, d.opts.SizeLimit)
+	}
 	req, keys, err := keydclient.IssueRequest(d.onNode(p.pod), p.token, specs)
 	if err != nil {
 		return nil, nil, status.Errorf(codes.Internal, "%v", err)

@@ -52,6 +52,8 @@ const (
 	MaxTTL     = 30 * 24 * time.Hour
 	MinTTL     = 1 * time.Minute
 	DefaultTTL = time.Hour
+	// MaxSecretSize bounds an enrolled secret's value.
+	MaxSecretSize = 64 << 10
 )
 
 // Spec is one requested object.

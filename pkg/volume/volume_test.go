@@ -255,3 +255,45 @@ func TestRealTmpfs(t *testing.T) {
 		t.Fatal("target remains")
 	}
 }
+
+// TestFullVolumeRecovers: a volume whose renewal once failed for want of
+// space (the old generation kept beside the published one) is written
+// again, because only the published generation is kept while writing: a
+// volume that holds two generations always takes the next one.
+func TestFullVolumeRecovers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting tmpfs needs root")
+	}
+	target := filepath.Join(t.TempDir(), "target")
+	m := NewMounter(nil)
+	if err := m.Mount(target, 1<<20, -1); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Teardown(target)
+	gen := func(n int) map[string]File {
+		files := map[string]File{}
+		for i := 0; i < 4; i++ { // 4 x 100 KiB: two generations fit in 1 MiB, three do not
+			data := make([]byte, 100<<10)
+			copy(data, fmt.Sprintf("gen-%d", n))
+			files[fmt.Sprintf("s%d", i)] = File{Data: data, Mode: 0o440}
+		}
+		return files
+	}
+	for n := 1; n <= 5; n++ {
+		if err := Write(target, gen(n), -1); err != nil {
+			t.Fatalf("generation %d: %v", n, err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(target, "s0")); !strings.HasPrefix(string(b), fmt.Sprintf("gen-%d", n)) {
+			t.Fatalf("generation %d not published", n)
+		}
+	}
+	// A failed write (too big) leaves the published generation, and the
+	// next write of the usual size succeeds.
+	big := map[string]File{"huge": {Data: make([]byte, 900<<10), Mode: 0o440}}
+	if err := Write(target, big, -1); err == nil {
+		t.Fatal("wrote more than the tmpfs holds")
+	}
+	if err := Write(target, gen(6), -1); err != nil {
+		t.Fatalf("after a failed write: %v", err)
+	}
+}

@@ -82,9 +82,12 @@ func validatePayload(payload map[string]File) error {
 }
 
 // Write publishes payload as the volume's new generation, owned by gid
-// (-1 leaves the group alone), and destroys the previous generation. Steps:
+// (-1 leaves the group alone), keeping the one it replaces. Steps:
 //
-//  1. validate every name and size before touching the directory;
+//  1. validate every name and size before touching the directory, then
+//     destroy every generation but the published one, so a volume never
+//     holds more than two (a write that failed for want of space, leaving
+//     an older generation behind, cannot wedge the next one);
 //  2. write every file into a new timestamped directory;
 //  3. point ..data_tmp at it and rename it over ..data (the atomic step);
 //  4. create the user-visible symlinks for new names, remove dropped ones;
@@ -96,6 +99,9 @@ func Write(target string, payload map[string]File, gid int) error {
 		return err
 	}
 	oldDir, _ := os.Readlink(filepath.Join(target, dataDirName))
+	if err := pruneGenerations(target, oldDir); err != nil {
+		return fmt.Errorf("volume: destroy old generations: %w", err)
+	}
 
 	// (2)
 	tsDir, err := os.MkdirTemp(target, time.Now().UTC().Format("..2006_01_02_15_04_05."))
