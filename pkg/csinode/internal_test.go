@@ -49,6 +49,26 @@ func baseRequest() *csi.NodePublishVolumeRequest {
 	}
 }
 
+// TestMountGroup: fsGroup 0 is group root, as no fsGroup leaves files
+// (see the README); a mount group that is not a GID is refused.
+func TestMountGroup(t *testing.T) {
+	for group, want := range map[string]int{"": -1, "0": 0, "2000": 2000} {
+		r := baseRequest()
+		r.VolumeCapability.GetMount().VolumeMountGroup = group
+		p, err := parsePublish(r, "podkey", DefaultPodsDir)
+		if err != nil || p.gid != want {
+			t.Fatalf("group %q: gid %v, %v", group, p, err)
+		}
+	}
+	for _, bad := range []string{"-1", "root", "2147483647", " 1"} {
+		r := baseRequest()
+		r.VolumeCapability.GetMount().VolumeMountGroup = bad
+		if _, err := parsePublish(r, "podkey", DefaultPodsDir); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("group %q: %v", bad, err)
+		}
+	}
+}
+
 // FuzzParsePublish feeds arbitrary attribute values and paths to the
 // request validation: whatever it accepts must be safe to use as a class
 // name, pod identity and target.
