@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
@@ -97,10 +98,17 @@ func TestDefaults(t *testing.T) {
 	ds := toYAML(t, objs["DaemonSet/podkey-csi"].Object)
 	for _, want := range []string{"privileged: true", "readOnlyRootFilesystem: true", "mountPropagation: Bidirectional",
 		"mountPath: /var/lib/kubelet/pods", "audience: podkey-node", "--registration-dir=/registration",
-		"--keyd-addr=podkey-keyd.podkey.svc:7443", "name: podkey-ca"} {
+		"--keyd-addr=podkey-keyd.podkey.svc:7443", "name: podkey-ca", "--pods-dir=/var/lib/kubelet/pods", "--max-volume-bytes=64Mi"} {
 		if !strings.Contains(ds, want) {
 			t.Errorf("DaemonSet lacks %q", want)
 		}
+	}
+	// tmpfs pages count against podkey-csi's memory cgroup: its limit
+	// covers the node's volume bytes and its own needs (64Mi).
+	containers, _, _ := unstructured.NestedSlice(objs["DaemonSet/podkey-csi"].Object, "spec", "template", "spec", "containers")
+	limit, _, _ := unstructured.NestedString(containers[0].(map[string]any), "resources", "limits", "memory")
+	if q := resource.MustParse(limit); q.Value() < (64<<20)+(64<<20) {
+		t.Errorf("podkey-csi's memory limit %s does not cover --max-volume-bytes 64Mi and its own 64Mi", limit)
 	}
 	// keyd: not root, nothing writable but its volumes, no capabilities,
 	// a SoftHSM2 token initialised on first start.

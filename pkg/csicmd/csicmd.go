@@ -39,7 +39,7 @@ type csiFlags struct {
 	o                             csinode.Options
 	endpoint, regDir, regEndpoint string
 	kubeconfig, classDir          string
-	size                          string
+	size, maxVolumeBytes          string
 	metricsAddr                   string
 	keyd                          keydclient.Options
 	nodeToken                     string
@@ -72,6 +72,7 @@ func NewCommand() *cobra.Command {
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for reading SecretProviderClasses (default: in-cluster)")
 	fl.StringVar(&f.classDir, "secret-provider-class-dir", "", "read SecretProviderClasses from DIR/<namespace>/<name>.yaml instead of the Kubernetes API")
 	fl.StringVar(&f.size, "tmpfs-size", "4Mi", "size limit of each volume's tmpfs")
+	fl.StringVar(&f.maxVolumeBytes, "max-volume-bytes", "64Mi", "bound on the tmpfs bytes all volumes on this node may hold at their fullest; tmpfs pages count against podkey-csi's memory limit, which must exceed this by podkey-csi's own needs (about 64Mi)")
 	fl.StringVar(&f.o.TokenAudience, "token-audience", "podkey", "audience of the pod token forwarded to keyd")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", ":9809", "address for /metrics and /healthz; empty disables")
 	fl.StringVar(&f.keyd.Socket, "keyd-socket", "", "keyd's unix socket on this host")
@@ -138,7 +139,7 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 }
 
 // check validates the flags that need more than their type, and sets the
-// tmpfs size limit.
+// tmpfs size limits.
 func (f *csiFlags) check() error {
 	if f.o.NodeID == "" {
 		return command.UsageError("--node-name (or NODE_NAME) is required")
@@ -148,6 +149,11 @@ func (f *csiFlags) check() error {
 		return command.UsageError("--tmpfs-size %q: want a quantity of at least 64Ki", f.size)
 	}
 	f.o.SizeLimit = q.Value()
+	max, err := resource.ParseQuantity(f.maxVolumeBytes)
+	if err != nil || max.Value() < q.Value() {
+		return command.UsageError("--max-volume-bytes %q: want a quantity of at least --tmpfs-size", f.maxVolumeBytes)
+	}
+	f.o.MaxVolumeBytes = max.Value()
 	if f.keyd.Socket == "" && f.keyd.Address == "" {
 		return command.UsageError("--keyd-socket or --keyd-addr is required")
 	}

@@ -81,6 +81,8 @@ type harness struct {
 	clock   time.Time
 	mu      sync.Mutex
 	d       *csinode.Driver
+	// maxVolumeBytes is the node's bound (0: the default).
+	maxVolumeBytes int64
 }
 
 func newHarness(t *testing.T) *harness {
@@ -116,7 +118,7 @@ func (h *harness) advance(d time.Duration) {
 
 func (h *harness) newDriver() *csinode.Driver {
 	d, err := csinode.New(csinode.Options{
-		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), PodsDir: filepath.Join(h.dir, "pods"), Issuer: h.keyd.Keyd, Revoker: h.keyd.Keyd, Classes: classes,
+		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), PodsDir: filepath.Join(h.dir, "pods"), MaxVolumeBytes: h.maxVolumeBytes, Issuer: h.keyd.Keyd, Revoker: h.keyd.Keyd, Classes: classes,
 		Volumes: h.volumeMounter(), Now: h.now,
 		Logger: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
@@ -711,5 +713,39 @@ func TestClassTooBigForTwoGenerations(t *testing.T) {
 	h.assertClean(target)
 	if h.auditRecords() != before {
 		t.Fatal("keyd was asked")
+	}
+}
+
+// TestNodeVolumeBytesAreBounded: tmpfs pages count against podkey-csi's
+// memory cgroup, so the node's volumes together may hold no more than
+// MaxVolumeBytes; beyond it a publish is ResourceExhausted before keyd is
+// asked, and an unpublish frees its share, also across a restart.
+func TestNodeVolumeBytesAreBounded(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	h.maxVolumeBytes = 2*221184 + 1000 // two volumes of the test class at their fullest
+	h.d = h.newDriver()
+	for _, uid := range []string{"uid-1", "uid-2"} {
+		if _, err := h.d.NodePublishVolume(ctx, publishReq(h.target(uid), uid, "payments")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.d = h.newDriver() // the reservations survive a restart
+	before := h.auditRecords()
+	_, err := h.d.NodePublishVolume(ctx, publishReq(h.target("uid-3"), "uid-3", "payments"))
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--max-volume-bytes") {
+		t.Fatalf("third volume: %v", err)
+	}
+	if _, err := os.Stat(h.target("uid-3")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal("the refused volume's target exists")
+	}
+	if h.auditRecords() != before {
+		t.Fatal("keyd was asked")
+	}
+	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-1", TargetPath: h.target("uid-1")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.d.NodePublishVolume(ctx, publishReq(h.target("uid-3"), "uid-3", "payments")); err != nil {
+		t.Fatalf("after an unpublish freed its share: %v", err)
 	}
 }

@@ -29,8 +29,9 @@ type Driver struct {
 
 	locks sync.Map // volume ID -> struct{}: one operation per volume at a time
 
-	mu      sync.RWMutex
-	volumes map[string]*volumeState
+	mu       sync.RWMutex
+	volumes  map[string]*volumeState
+	reserved int64 // tmpfs bytes the volumes may hold, against MaxVolumeBytes
 }
 
 var (
@@ -66,7 +67,11 @@ func New(opts Options) (*Driver, error) {
 			_ = d.state.remove(v.VolumeID)
 			continue
 		}
+		if v.Reserved == 0 {
+			v.Reserved = opts.SizeLimit // recorded before reservations were
+		}
 		d.volumes[v.VolumeID] = v
+		d.reserved += v.Reserved
 	}
 	opts.Logger.Info("volume state loaded", "volumes", len(d.volumes), "queuedRevocations", d.queue.Len())
 	return d, nil
@@ -134,7 +139,32 @@ func (d *Driver) setVolume(v *volumeState) {
 func (d *Driver) dropVolume(id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if v := d.volumes[id]; v != nil {
+		d.reserved -= v.Reserved
+	}
 	delete(d.volumes, id)
+}
+
+// reserve counts n more tmpfs bytes against the node's bound, or refuses
+// with ResourceExhausted (the kubelet retries; volumes of deleted pods free
+// their share).
+func (d *Driver) reserve(n int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.reserved+n > d.opts.MaxVolumeBytes {
+		return status.Errorf(codes.ResourceExhausted,
+			"this node's podkey volumes would hold up to %d bytes with this one (%d), above the node's bound of %d (podkey-csi --max-volume-bytes); tmpfs pages count against podkey-csi's memory limit",
+			d.reserved+n, n, d.opts.MaxVolumeBytes)
+	}
+	d.reserved += n
+	return nil
+}
+
+// release returns n reserved bytes of a publish that did not complete.
+func (d *Driver) release(n int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.reserved -= n
 }
 
 // deliverRevocation tells keyd the pod's volume is gone. keyd's refusal

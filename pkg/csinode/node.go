@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/revocation"
 	"github.com/podkey/podkey/pkg/spc"
 	"github.com/podkey/podkey/pkg/volume"
@@ -78,25 +79,33 @@ func resultOf(err error) string {
 	return status.Code(err).String()
 }
 
-// fetch reads the class, asks keyd for every object in one call and renders
-// the files. Certificate keys are generated here and never leave the node.
-func (d *Driver) fetch(ctx context.Context, p *publishRequest) (map[string]volume.File, []issuedObject, error) {
+// objects reads the pod's class and returns its objects and what a volume
+// of them can take at its fullest, refusing a class that could outgrow
+// the volume's tmpfs.
+func (d *Driver) objects(ctx context.Context, p *publishRequest) ([]object.Spec, int64, error) {
 	class, err := d.opts.Classes.Get(ctx, p.pod.Namespace, p.class)
 	switch {
 	case errors.Is(err, spc.ErrNotFound):
-		return nil, nil, status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", p.pod.Namespace, p.class)
+		return nil, 0, status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", p.pod.Namespace, p.class)
 	case err != nil:
-		return nil, nil, status.Errorf(codes.Unavailable, "reading SecretProviderClass %s/%s: %v", p.pod.Namespace, p.class, err)
+		return nil, 0, status.Errorf(codes.Unavailable, "reading SecretProviderClass %s/%s: %v", p.pod.Namespace, p.class, err)
 	}
 	specs, err := spc.Objects(class)
 	if err != nil {
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, 0, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if need := twoGenerations(specs); need > d.opts.SizeLimit {
-		return nil, nil, status.Errorf(codes.ResourceExhausted,
+	need := twoGenerations(specs)
+	if need > d.opts.SizeLimit {
+		return nil, 0, status.Errorf(codes.ResourceExhausted,
 			"SecretProviderClass %s/%s may need up to %d bytes for the two generations a renewal holds, more than the %d-byte tmpfs of each volume (podkey-csi --tmpfs-size)",
 			p.pod.Namespace, p.class, need, d.opts.SizeLimit)
 	}
+	return specs, need, nil
+}
+
+// fetch asks keyd for every object in one call and renders the files.
+// Certificate keys are generated here and never leave the node.
+func (d *Driver) fetch(ctx context.Context, p *publishRequest, specs []object.Spec) (map[string]volume.File, []issuedObject, error) {
 	req, keys, err := keydclient.IssueRequest(d.onNode(p.pod), p.token, specs)
 	if err != nil {
 		return nil, nil, status.Errorf(codes.Internal, "%v", err)
@@ -140,17 +149,27 @@ func keydError(err error) error {
 // answered; any later failure unmounts and removes the target, so the
 // kubelet's retry starts clean.
 func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, error) {
-	files, issued, err := d.fetch(ctx, p)
+	specs, need, err := d.objects(ctx, p)
 	if err != nil {
 		return nil, err
 	}
+	if err := d.reserve(need); err != nil {
+		return nil, err
+	}
+	files, issued, err := d.fetch(ctx, p, specs)
+	if err != nil {
+		d.release(need)
+		return nil, err
+	}
 	defer zeroFiles(files)
-	v := &volumeState{Version: 1, VolumeID: p.volumeID, TargetPath: p.target, Class: p.class, Pod: p.pod, GID: p.gid, Writes: 1, Objects: issued}
+	v := &volumeState{Version: 1, VolumeID: p.volumeID, TargetPath: p.target, Class: p.class, Pod: p.pod, GID: p.gid, Writes: 1,
+		Reserved: need, Objects: issued}
 	rollback := func(cause error) error {
 		if terr := d.opts.Volumes.Teardown(p.target); terr != nil {
 			d.opts.Logger.Error("rollback of a failed publish failed", "volumeID", p.volumeID, "error", terr)
 		}
 		_ = d.state.remove(p.volumeID)
+		d.release(need)
 		return cause
 	}
 	// The volume is recorded before its tmpfs exists: every tmpfs this
@@ -187,7 +206,12 @@ func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volumeStat
 	if now.Before(v.renewAt()) {
 		return nil
 	}
-	files, issued, err := d.fetch(ctx, p)
+	specs, _, err := d.objects(ctx, p)
+	var files map[string]volume.File
+	var issued []issuedObject
+	if err == nil {
+		files, issued, err = d.fetch(ctx, p, specs)
+	}
 	if err == nil {
 		err = volume.Write(p.target, files, v.GID)
 		zeroFiles(files)

@@ -24,6 +24,11 @@ import (
 // DriverName is the CSI driver name pods refer to.
 const DriverName = "csi.podkey.io"
 
+// DefaultMaxVolumeBytes is the default bound on a node's volume bytes:
+// several hundred volumes of a usual class (about 200 KiB each at their
+// fullest), within the chart's memory limit with podkey-csi's own needs.
+const DefaultMaxVolumeBytes = 64 << 20
+
 // DefaultPodsDir is the kubelet's pods directory under its default root.
 const DefaultPodsDir = "/var/lib/kubelet/pods"
 
@@ -70,6 +75,11 @@ type Options struct {
 	Volumes Volumes
 	// SizeLimit bounds each volume's tmpfs. Default volume.DefaultSizeLimit.
 	SizeLimit int64
+	// MaxVolumeBytes bounds the tmpfs bytes all volumes on the node may
+	// hold at their fullest. tmpfs pages are charged to the memory cgroup
+	// of the process that writes them, this plugin's, so its memory limit
+	// must cover them. Default DefaultMaxVolumeBytes.
+	MaxVolumeBytes int64
 	// TokenAudience is the audience of the pod token forwarded to keyd.
 	// Default "podkey".
 	TokenAudience string
@@ -108,6 +118,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.SizeLimit == 0 {
 		o.SizeLimit = volume.DefaultSizeLimit
+	}
+	if o.MaxVolumeBytes == 0 {
+		o.MaxVolumeBytes = DefaultMaxVolumeBytes
 	}
 	if o.TokenAudience == "" {
 		o.TokenAudience = "podkey"

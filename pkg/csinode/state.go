@@ -30,7 +30,8 @@ type volumeState struct {
 	Class      string         `json:"secretProviderClass"`
 	Pod        pod.Identity   `json:"pod"`
 	GID        int            `json:"gid"`
-	Writes     int            `json:"writes"` // generations written
+	Writes     int            `json:"writes"`             // generations written
+	Reserved   int64          `json:"reserved,omitempty"` // tmpfs bytes counted against the node's bound
 	Objects    []issuedObject `json:"objects"`
 }
 
