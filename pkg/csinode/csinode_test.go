@@ -568,23 +568,32 @@ func (h *harness) auditRecords() uint64 {
 	return r.Records
 }
 
+// refusedBeforeKeyd publishes req, expects code, and checks that nothing
+// was left on the node and keyd was not asked (its audit chain did not
+// grow). It returns the error for further checks.
+func (h *harness) refusedBeforeKeyd(req *csi.NodePublishVolumeRequest, code codes.Code) error {
+	h.t.Helper()
+	before := h.auditRecords()
+	_, err := h.d.NodePublishVolume(context.Background(), req)
+	if status.Code(err) != code {
+		h.t.Fatalf("publish: got %v, want %s", err, code)
+	}
+	h.assertClean(req.TargetPath)
+	if after := h.auditRecords(); after != before {
+		h.t.Fatalf("keyd was asked: %d audit records, %d before", after, before)
+	}
+	return err
+}
+
 // TestFileLayoutRefusedBeforeIssue: a class whose files clash with each
 // other or with the metadata file, or whose derived names are too long,
 // is refused before keyd is asked for anything, on every retry.
 func TestFileLayoutRefusedBeforeIssue(t *testing.T) {
 	h := newHarness(t)
-	before := h.auditRecords()
 	for _, c := range []string{"collide", "meta", "cabundle", "case", "longname"} {
-		target := h.target("uid-l")
 		for i := 0; i < 2; i++ {
-			if _, err := h.d.NodePublishVolume(context.Background(), publishReq(target, "uid-l", c)); status.Code(err) != codes.InvalidArgument {
-				t.Fatalf("%s: %v", c, err)
-			}
-			h.assertClean(target)
+			h.refusedBeforeKeyd(publishReq(h.target("uid-l"), "uid-l", c), codes.InvalidArgument)
 		}
-	}
-	if after := h.auditRecords(); after != before {
-		t.Fatalf("keyd issued for a class refused by its layout: %d audit records, %d before", after, before)
 	}
 }
 
@@ -597,14 +606,8 @@ func TestPodSuppliedTokenRefused(t *testing.T) {
 	req := publishReq(target, "uid-t", "payments")
 	req.Secrets = map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]}
 	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = `{"podkey":{"token":"eyJhbGciOiJSUzI1NiJ9.token-for-uid-other.c2ln"}}`
-	before := h.auditRecords()
-	_, err := h.d.NodePublishVolume(context.Background(), req)
-	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), "token-for-") {
-		t.Fatalf("got %v", err)
-	}
-	h.assertClean(target)
-	if h.auditRecords() != before {
-		t.Fatal("the pod's token reached keyd")
+	if err := h.refusedBeforeKeyd(req, codes.InvalidArgument); strings.Contains(err.Error(), "token-for-") {
+		t.Fatalf("the error echoes the token: %v", err)
 	}
 }
 
@@ -704,15 +707,9 @@ func manySecrets(n int) string {
 // with ResourceExhausted and the figures, before keyd issues anything.
 func TestClassTooBigForTwoGenerations(t *testing.T) {
 	h := newHarness(t)
-	before := h.auditRecords()
-	target := h.target("uid-big")
-	_, err := h.d.NodePublishVolume(context.Background(), publishReq(target, "uid-big", "big"))
-	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--tmpfs-size") || !strings.Contains(err.Error(), "4194304") {
-		t.Fatalf("got %v", err)
-	}
-	h.assertClean(target)
-	if h.auditRecords() != before {
-		t.Fatal("keyd was asked")
+	err := h.refusedBeforeKeyd(publishReq(h.target("uid-big"), "uid-big", "big"), codes.ResourceExhausted)
+	if !strings.Contains(err.Error(), "--tmpfs-size") || !strings.Contains(err.Error(), "4194304") {
+		t.Fatalf("the message lacks the figures: %v", err)
 	}
 }
 

@@ -298,26 +298,34 @@ func TestHealth(t *testing.T) {
 	}
 }
 
-func TestVerifyRefusesStaleAndReplayedSignedRequests(t *testing.T) {
-	ctx := context.Background()
-	e := keydtest.Start(t, nil)
-	resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
+// signedRequest issues pod A an API key and returns the Verify request a
+// backend would make for an HTTP request signed with it at when.
+func signedRequest(t *testing.T, e *keydtest.Env, when time.Time) *keydv1.VerifyRequest {
+	t.Helper()
+	resp, err := e.Keyd.Issue(context.Background(), &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ak := resp.Credentials[0].GetApiKey()
+	r, _ := http.NewRequest("POST", "https://ledger/v1/transfers", strings.NewReader(`{"amount":1}`))
+	if err := reqsign.Sign(r, suite.Intl, ak.AccessKeyId, ak.SecretKey, when); err != nil {
+		t.Fatal(err)
+	}
+	a, sts, err := reqsign.Canonical(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature}
+}
+
+func TestVerifyRefusesStaleAndReplayedSignedRequests(t *testing.T) {
+	ctx := context.Background()
+	e := keydtest.Start(t, nil)
 	verify := func(when time.Time) error {
-		r, _ := http.NewRequest("GET", "https://ledger/v1/x", nil)
-		if err := reqsign.Sign(r, suite.Intl, ak.AccessKeyId, ak.SecretKey, when); err != nil {
-			t.Fatal(err)
-		}
-		a, sts, err := reqsign.Canonical(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature})
+		req := signedRequest(t, e, when)
+		_, err := e.Keyd.Verify(ctx, req)
 		if err == nil {
-			_, err2 := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature})
+			_, err2 := e.Keyd.Verify(ctx, req)
 			if status.Code(err2) != codes.Unauthenticated || !strings.Contains(err2.Error(), "replay") {
 				t.Fatalf("replay accepted: %v", err2)
 			}
@@ -339,20 +347,7 @@ func TestVerifyRefusesStaleAndReplayedSignedRequests(t *testing.T) {
 func TestReplayRefusedAfterRestart(t *testing.T) {
 	ctx := context.Background()
 	e := keydtest.Start(t, nil)
-	resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ak := resp.Credentials[0].GetApiKey()
-	r, _ := http.NewRequest("POST", "https://ledger/v1/transfers", strings.NewReader(`{"amount":1}`))
-	if err := reqsign.Sign(r, suite.Intl, ak.AccessKeyId, ak.SecretKey, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	a, sts, err := reqsign.Canonical(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature}
+	req := signedRequest(t, e, time.Now())
 	if _, err := e.Keyd.Verify(ctx, req); err != nil {
 		t.Fatal(err)
 	}

@@ -191,12 +191,19 @@ func (b *Bolt) Revoked(_ context.Context, podUID string, now time.Time) (bool, e
 }
 
 func (b *Bolt) PruneRevocations(_ context.Context, now time.Time) (int, error) {
+	return b.prune(bucketRevocations, func(v []byte) bool {
+		var r Revocation
+		return json.Unmarshal(v, &r) == nil && !now.Before(r.Until)
+	})
+}
+
+// prune deletes the bucket's entries whose value expired says are past.
+func (b *Bolt) prune(bucket []byte, expired func(v []byte) bool) (int, error) {
 	n := 0
 	err := b.db.Update(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketRevocations).Cursor()
+		c := tx.Bucket(bucket).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			var r Revocation
-			if json.Unmarshal(v, &r) == nil && !now.Before(r.Until) {
+			if expired(v) {
 				if err := c.Delete(); err != nil {
 					return err
 				}
@@ -313,20 +320,7 @@ func (b *Bolt) NonceSeen(_ context.Context, key [32]byte, now time.Time) (bool, 
 }
 
 func (b *Bolt) PruneNonces(_ context.Context, now time.Time) (int, error) {
-	n := 0
-	err := b.db.Update(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketNonces).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if now.After(fromUnixNano(v)) {
-				if err := c.Delete(); err != nil {
-					return err
-				}
-				n++
-			}
-		}
-		return nil
-	})
-	return n, err
+	return b.prune(bucketNonces, func(v []byte) bool { return now.After(fromUnixNano(v)) })
 }
 
 func (b *Bolt) LastAudit(_ context.Context) (AuditEntry, error) {
