@@ -90,12 +90,7 @@ are printed only with --reveal.`,
 			if err != nil {
 				return err
 			}
-			client, done, err := cf.keyd()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := client.Issue(cmd.Context(), req)
+			resp, err := callKeyd(cf, func(k keydv1.KeydClient) (*keydv1.IssueResponse, error) { return k.Issue(cmd.Context(), req) })
 			if err != nil {
 				return err
 			}

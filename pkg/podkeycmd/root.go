@@ -40,12 +40,15 @@ func (c *clientFlags) dial() (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-func (c *clientFlags) keyd() (keydv1.KeydClient, func(), error) {
-	conn, err := c.dial()
+// callKeyd dials keyd, makes one call of its Keyd API and hangs up.
+func callKeyd[Resp any](cf *clientFlags, call func(keydv1.KeydClient) (Resp, error)) (Resp, error) {
+	conn, err := cf.dial()
 	if err != nil {
-		return nil, nil, err
+		var none Resp
+		return none, err
 	}
-	return keydv1.NewKeydClient(conn), func() { conn.Close() }, nil
+	defer conn.Close()
+	return call(keydv1.NewKeydClient(conn))
 }
 
 func (c *clientFlags) admin() (keydv1.AdminClient, func(), error) {

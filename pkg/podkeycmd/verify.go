@@ -45,12 +45,9 @@ func newVerifyCommand(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			client, done, err := cf.keyd()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := client.Verify(cmd.Context(), &keydv1.VerifyRequest{AccessKeyId: keyID, StringToSign: sts, Signature: sigBytes})
+			resp, err := callKeyd(cf, func(k keydv1.KeydClient) (*keydv1.VerifyResponse, error) {
+				return k.Verify(cmd.Context(), &keydv1.VerifyRequest{AccessKeyId: keyID, StringToSign: sts, Signature: sigBytes})
+			})
 			if err != nil {
 				return err
 			}
@@ -77,12 +74,9 @@ func newRevokeCommand(cf *clientFlags) *cobra.Command {
 			if pf.podUID == "" {
 				return command.UsageError("--pod-uid is required")
 			}
-			client, done, err := cf.keyd()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := client.Revoke(cmd.Context(), &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(pf.identity())})
+			resp, err := callKeyd(cf, func(k keydv1.KeydClient) (*keydv1.RevokeResponse, error) {
+				return k.Revoke(cmd.Context(), &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(pf.identity())})
+			})
 			if err != nil {
 				return err
 			}
@@ -100,12 +94,9 @@ func newCACommand(cf *clientFlags) *cobra.Command {
 	bundle := &cobra.Command{
 		Use: "bundle", Short: "Print the CA bundle (PEM) of a suite", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			client, done, err := cf.keyd()
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := client.CABundle(cmd.Context(), &keydv1.CABundleRequest{Suite: s})
+			resp, err := callKeyd(cf, func(k keydv1.KeydClient) (*keydv1.CABundleResponse, error) {
+				return k.CABundle(cmd.Context(), &keydv1.CABundleRequest{Suite: s})
+			})
 			if err != nil {
 				return err
 			}
