@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what podkey's build, demo and tests need on a fresh Debian
 # machine: SoftHSM2 (the embedded default HSM), the PKCS#11 tools and the
-# protobuf compiler (for `make proto`), etcd (for the test clusters).
+# protobuf compiler (for `make proto`), etcd (for the test clusters), and
+# python3 (the reference request signer in docs/examples/python).
 # Go tools (helm among them) are pinned in go.mod; the Kubernetes
 # components are built by hack/kube-binaries.sh.
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 [ -e /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v python3 >/dev/null || need+=(python3)
 { [ -e /usr/bin/busybox ] && ! ldd /usr/bin/busybox >/dev/null 2>&1; } || need+=(busybox-static) # a static one, for images
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -50,6 +50,7 @@ func CallerFrom(ctx context.Context) (Caller, bool) {
 const (
 	ReasonMissing     = "missing_signature"
 	ReasonMalformed   = "malformed_signature"
+	ReasonRetired     = "retired_scheme"
 	ReasonStale       = "stale_request"
 	ReasonReplayed    = "replayed_request"
 	ReasonForged      = "unknown_or_forged_key"
@@ -68,7 +69,7 @@ type Refusal struct {
 func refuse(w http.ResponseWriter, code int, reason, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	if code == http.StatusUnauthorized {
-		w.Header().Set("WWW-Authenticate", `PODKEY1`)
+		w.Header().Set("WWW-Authenticate", reqsign.Version)
 	}
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(Refusal{Error: reason, Message: msg})
@@ -82,6 +83,9 @@ func classify(err error) (int, string) {
 	case codes.PermissionDenied:
 		return http.StatusForbidden, ReasonRevoked
 	case codes.InvalidArgument:
+		if strings.Contains(msg, "retired") {
+			return http.StatusUnauthorized, ReasonRetired
+		}
 		return http.StatusUnauthorized, ReasonMalformed
 	case codes.Unauthenticated:
 		switch {
@@ -109,6 +113,10 @@ func Middleware(v Verifier, next http.Handler) http.Handler {
 			return
 		}
 		a, sts, err := reqsign.Canonical(r)
+		if errors.Is(err, reqsign.ErrRetired) {
+			refuse(w, http.StatusUnauthorized, ReasonRetired, err.Error())
+			return
+		}
 		if err != nil {
 			refuse(w, http.StatusUnauthorized, ReasonMalformed, err.Error())
 			return

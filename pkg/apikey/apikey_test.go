@@ -1,13 +1,16 @@
 package apikey_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -256,3 +259,118 @@ func BenchmarkVerify(b *testing.B) {
 }
 
 func sortDurations(d []time.Duration) { sort.Slice(d, func(i, j int) bool { return d[i] < d[j] }) }
+
+// sendRaw writes raw to the backend over one connection and returns the
+// response's status and refusal reason.
+func sendRaw(t *testing.T, backend *httptest.Server, raw string) (int, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", backend.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ref := decode(t, resp)
+	return resp.StatusCode, ref.Error
+}
+
+// TestCollidingPairsAgainstALiveBackend: for each pair of requests that
+// version 1 of the scheme signed alike, A signed with a pod's key is
+// served, and B sent with A's signature is refused.
+func TestCollidingPairsAgainstALiveBackend(t *testing.T) {
+	w := newWorld(t, suite.Intl)
+	k, _ := w.vol.APIKey("ledger-api")
+	for _, p := range []struct {
+		name         string
+		method, a, b string
+		hdrA, hdrB   string // header lines, as sent
+		signed       []string
+	}{
+		{"an encoded slash", "GET", "/v1/accounts/a%2Fb", "/v1/accounts/a/b", "", "", nil},
+		{"encoded dot segments", "GET", "/a/%2e%2e/b", "/a/../b", "", "", nil},
+		{"repeated keys reordered", "GET", "/pay?to=alice&to=mallory", "/pay?to=mallory&to=alice", "", "", nil},
+		{"a bare key and an empty value", "GET", "/x?c", "/x?c=", "", "", nil},
+		{"a plus and an encoded space", "GET", "/x?q=a+b", "/x?q=a%20b", "", "", nil},
+		{"a pair after a semicolon", "GET", "/pay?amount=1", "/pay?amount=1&x=1;amount=1000000", "", "", nil},
+		{"a pair with a bad escape", "GET", "/x?a=1", "/x?a=1&admin=%zz", "", "", nil},
+		{"one header on two lines or one", "GET", "/x", "/x", "X-A: a\r\nX-A: b\r\n", "X-A: a,b\r\n", []string{"X-A"}},
+		{"a signed header empty or absent", "GET", "/x", "/x", "X-A: \r\n", "", []string{"X-A"}},
+		{"whitespace inside a header value", "GET", "/x", "/x", "X-A: a  b\r\n", "X-A: a b\r\n", []string{"X-A"}},
+	} {
+		sign := func() *http.Request {
+			r, _ := http.NewRequest(p.method, w.backend.URL+p.a, nil)
+			for _, line := range strings.Split(strings.TrimSuffix(p.hdrA, "\r\n"), "\r\n") {
+				if name, value, ok := strings.Cut(line, ":"); ok {
+					r.Header.Add(name, strings.TrimSpace(value))
+				}
+			}
+			if err := reqsign.Sign(r, k.Suite, k.ID, k.Secret, time.Now(), p.signed...); err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		signing := func(r *http.Request) string {
+			return fmt.Sprintf("Host: %s\r\n%s: %s\r\n%s: %s\r\nAuthorization: %s\r\n", r.Host, reqsign.HeaderDate, r.Header.Get(reqsign.HeaderDate),
+				reqsign.HeaderNonce, r.Header.Get(reqsign.HeaderNonce), r.Header.Get("Authorization"))
+		}
+		a := sign()
+		if code, reason := sendRaw(t, w.backend, p.method+" "+p.a+" HTTP/1.1\r\n"+p.hdrA+signing(a)+"Connection: close\r\n\r\n"); code != 200 {
+			t.Fatalf("%s: A: %d %s", p.name, code, reason)
+		}
+		a = sign() // a fresh nonce, so a refusal of B is for what differs
+		code, reason := sendRaw(t, w.backend, p.method+" "+p.b+" HTTP/1.1\r\n"+p.hdrB+signing(a)+"Connection: close\r\n\r\n")
+		if code != 401 || (reason != apikey.ReasonBad && reason != apikey.ReasonMalformed) {
+			t.Errorf("%s: B with A's signature: %d %s", p.name, code, reason)
+		}
+	}
+	// The method's case: a signature for GET does not serve get.
+	r, _ := http.NewRequest("GET", w.backend.URL+"/x", nil)
+	_ = reqsign.Sign(r, k.Suite, k.ID, k.Secret, time.Now())
+	r.Method = "get"
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ref := decode(t, resp); resp.StatusCode != 401 || ref.Error != apikey.ReasonBad {
+		t.Fatalf("get with GET's signature: %d %+v", resp.StatusCode, ref)
+	}
+}
+
+// TestPythonSignerAgainstLiveKeyd: requests signed by the reference
+// signer in docs/examples/python, for a key of each suite, are verified
+// through keyd and served; a version 1 signature is refused as retired.
+func TestPythonSignerAgainstLiveKeyd(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("python3 is needed for the reference signer (hack/install-deps.sh installs it)")
+	}
+	for _, s := range suite.All {
+		t.Run(string(s), func(t *testing.T) {
+			w := newWorld(t, s)
+			out, err := exec.Command(python, "../../docs/examples/python/podkey_sign.py", "--key", filepath.Join(w.target, "ledger-api"),
+				"--method", "POST", "--url", w.backend.URL+"/v1/transfers?to=alice&to=bob",
+				"--header", "Content-Type: application/json", "--sign-header", "content-type", "--data", `{"amount":1}`).CombinedOutput()
+			if err != nil || !strings.HasPrefix(string(out), "200 ") || !strings.Contains(string(out), `"PodUID":"uid-a"`) ||
+				!strings.Contains(string(out), `"Suite":"`+string(s)+`"`) {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			r, _ := http.NewRequest("GET", w.backend.URL+"/v1/accounts", nil)
+			k, _ := w.vol.APIKey("ledger-api")
+			_ = reqsign.Sign(r, k.Suite, k.ID, k.Secret, time.Now())
+			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), reqsign.Version+"-", reqsign.RetiredVersion+"-", 1))
+			resp, err := http.DefaultClient.Do(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ref := decode(t, resp); resp.StatusCode != 401 || ref.Error != apikey.ReasonRetired {
+				t.Fatalf("version 1: %d %+v", resp.StatusCode, ref)
+			}
+		})
+	}
+}

@@ -338,6 +338,17 @@ func TestVerifyRefusesStaleAndReplayedSignedRequests(t *testing.T) {
 	if err := verify(time.Now().Add(-10 * time.Minute)); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "freshness") {
 		t.Fatalf("stale request: %v", err)
 	}
+	// Version 1 of the scheme is retired: its strings to sign are refused.
+	resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak := resp.Credentials[0].GetApiKey()
+	v1 := []byte("PODKEY1-HMAC-SHA256\n" + time.Now().UTC().Format(reqsign.DateFormat) + "\nbm9uY2Utbm9uY2Utbm9uY2U\nGET\n/v1/x\n\nhost:h\nhost\n")
+	req := &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: v1, Signature: accesskey.Sign(suite.Intl, ak.SecretKey, v1)}
+	if _, err := e.Keyd.Verify(ctx, req); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "retired") {
+		t.Fatalf("version 1: %v", err)
+	}
 }
 
 // TestReplayRefusedAfterRestart: an accepted signed request's nonce is

@@ -224,7 +224,10 @@ var (
 // strings, which are the caller's own protocol and are verified as
 // signatures only).
 func (s *Server) checkFresh(ctx context.Context, keyID string, sts []byte) (*store.Nonce, error) {
-	if !bytes.HasPrefix(sts, []byte("PODKEY1-")) {
+	switch {
+	case bytes.HasPrefix(sts, []byte(reqsign.RetiredVersion+"-")):
+		return nil, fmt.Errorf("%w: %v", credential.ErrInvalid, reqsign.ErrRetired)
+	case !bytes.HasPrefix(sts, []byte(reqsign.Version+"-")):
 		return nil, nil
 	}
 	date, nonce, err := reqsign.DateAndNonce(sts)

@@ -1,9 +1,13 @@
-// Package reqsign is podkey's HTTP request signing scheme, version 1
-// (docs/request-signing.md): a canonical form of a request signed with a
-// pod's API key, HMAC-SHA256 under suite intl and HMAC-SM3 under suite gm,
-// carried in the Authorization header with the access key id. The signed
-// string starts with the request's time and a nonce, so the verifier can
-// refuse stale and replayed requests without trusting anything unsigned.
+// Package reqsign is podkey's HTTP request signing scheme, version 2
+// (docs/request-signing.md): a request signed with a pod's API key,
+// HMAC-SHA256 under suite intl and HMAC-SM3 under suite gm, carried in the
+// Authorization header with the access key id. The string to sign holds
+// the request as it is on the wire: the method and request-target exactly
+// as sent, every line of each signed header, the body's hash. Nothing is
+// decoded, reordered or merged, so two requests a backend could tell apart
+// never share a signature. It starts with the request's time and a nonce,
+// so the verifier can refuse stale and replayed requests. Version 1, whose
+// canonical form merged requests a backend treats differently, is retired.
 package reqsign
 
 import (
@@ -15,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -36,27 +39,42 @@ const (
 	Window = 5 * time.Minute
 )
 
+// Version prefixes the scheme's algorithm names and strings to sign.
+const Version = "PODKEY2"
+
+// RetiredVersion is the prefix of version 1, which is no longer accepted.
+const RetiredVersion = "PODKEY1"
+
 // Algorithm names the scheme and suite in the Authorization header.
 func Algorithm(s suite.Name) string {
 	if s == suite.GM {
-		return "PODKEY1-HMAC-SM3"
+		return Version + "-HMAC-SM3"
 	}
-	return "PODKEY1-HMAC-SHA256"
+	return Version + "-HMAC-SHA256"
 }
 
 // SuiteOf maps an algorithm name back to its suite.
 func SuiteOf(alg string) (suite.Name, error) {
 	switch alg {
-	case "PODKEY1-HMAC-SHA256":
+	case Version + "-HMAC-SHA256":
 		return suite.Intl, nil
-	case "PODKEY1-HMAC-SM3":
+	case Version + "-HMAC-SM3":
 		return suite.GM, nil
+	}
+	if strings.HasPrefix(alg, RetiredVersion+"-") {
+		return "", ErrRetired
 	}
 	return "", fmt.Errorf("%w: unknown algorithm %q", ErrMalformed, alg)
 }
 
 // ErrMalformed marks a request whose signature fields cannot be read.
 var ErrMalformed = errors.New("malformed signed request")
+
+// ErrRetired marks a request signed with version 1 of the scheme, whose
+// canonical form let requests a backend treats differently share one
+// signature (a%2Fb and a/b, reordered or unparsable query pairs, merged
+// header lines).
+var ErrRetired = errors.New("request signing version 1 (PODKEY1) is retired: sign with " + Version)
 
 // defaultSigned are always signed, in this order of names.
 var defaultSigned = []string{"host", "x-podkey-date", "x-podkey-nonce"}
@@ -70,74 +88,79 @@ type Auth struct {
 	Signature     []byte
 }
 
-// uriEncode percent-encodes everything but RFC 3986 unreserved characters
-// (and '/' in paths).
-func uriEncode(s string, path bool) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' || path && c == '/' {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
-		}
+// requestTarget is the request-target exactly as on the wire: what a
+// server received, or what a client will send for r.URL.
+func requestTarget(r *http.Request) string {
+	if r.RequestURI != "" {
+		return r.RequestURI
 	}
-	return b.String()
+	return r.URL.RequestURI()
 }
 
-func canonicalPath(u *url.URL) string {
-	p := u.EscapedPath()
-	if unescaped, err := url.PathUnescape(p); err == nil {
-		p = unescaped
-	}
-	if p == "" {
-		p = "/"
-	}
-	return uriEncode(p, true)
-}
-
-func canonicalQuery(q url.Values) string {
-	var pairs []string
-	for k, vs := range q {
-		for _, v := range vs {
-			pairs = append(pairs, uriEncode(k, false)+"="+uriEncode(v, false))
-		}
-	}
-	sort.Strings(pairs)
-	return strings.Join(pairs, "&")
-}
-
-func headerValue(r *http.Request, name string) string {
+// headerLines are the signed header's lines: host is the request's Host;
+// any other header gives one line per field line received, in order, its
+// value trimmed of the optional whitespace around it and nothing else. A
+// signed header that is absent cannot be told from an empty one otherwise,
+// and is refused.
+func headerLines(r *http.Request, name string) ([]string, error) {
 	if name == "host" {
 		if r.Host != "" {
-			return r.Host
+			return []string{r.Host}, nil
 		}
-		return r.URL.Host
+		return []string{r.URL.Host}, nil
 	}
-	return strings.Join(strings.Fields(strings.Join(r.Header.Values(name), ",")), " ")
+	vs := r.Header.Values(name)
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("%w: signed header %q is absent", ErrMalformed, name)
+	}
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = strings.Trim(v, " \t")
+	}
+	return out, nil
 }
 
-// StringToSign is the canonical request:
+// StringToSign is the request as signed:
 //
-//	<algorithm>\n<date>\n<nonce>\n<METHOD>\n<path>\n<query>\n
-//	<name>:<value>\n ... (each signed header, sorted)
+//	<algorithm>\n<date>\n<nonce>\n<method as sent>\n<request-target as sent>\n
+//	<name>:<value>\n ... (each line of each signed header, names sorted)
 //	<signed header names joined by ';'>\n<hex hash of the body>
-func StringToSign(alg string, s suite.Name, r *http.Request, signed []string, body []byte) []byte {
+func StringToSign(alg string, s suite.Name, r *http.Request, signed []string, body []byte) ([]byte, error) {
 	var b bytes.Buffer
+	// Nothing on the wire holds a line break; one here (a request built in
+	// process) would shift the lines.
+	line := func(v string) error {
+		if strings.ContainsAny(v, "\r\n") {
+			return fmt.Errorf("%w: a signed field holds a line break", ErrMalformed)
+		}
+		b.WriteString(v + "\n")
+		return nil
+	}
 	b.WriteString(alg + "\n")
 	b.WriteString(r.Header.Get(HeaderDate) + "\n")
 	b.WriteString(r.Header.Get(HeaderNonce) + "\n")
-	b.WriteString(strings.ToUpper(r.Method) + "\n")
-	b.WriteString(canonicalPath(r.URL) + "\n")
-	b.WriteString(canonicalQuery(r.URL.Query()) + "\n")
+	if err := line(r.Method); err != nil {
+		return nil, err
+	}
+	if err := line(requestTarget(r)); err != nil {
+		return nil, err
+	}
 	for _, h := range signed {
-		b.WriteString(h + ":" + headerValue(r, h) + "\n")
+		lines, err := headerLines(r, h)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range lines {
+			if err := line(h + ":" + v); err != nil {
+				return nil, err
+			}
+		}
 	}
 	b.WriteString(strings.Join(signed, ";") + "\n")
 	h := s.Hash()()
 	h.Write(body)
 	b.WriteString(hex.EncodeToString(h.Sum(nil)))
-	return b.Bytes()
+	return b.Bytes(), nil
 }
 
 // DateAndNonce reads them back from a string to sign (lines 2 and 3).
@@ -195,7 +218,11 @@ func signWith(r *http.Request, s suite.Name, keyID string, secret []byte, now ti
 	r.Header.Set(HeaderNonce, nonce)
 	signed := normalizeSigned(extraHeaders)
 	alg := Algorithm(s)
-	sig := accesskey.Sign(s, secret, StringToSign(alg, s, r, signed, body))
+	sts, err := StringToSign(alg, s, r, signed, body)
+	if err != nil {
+		return err
+	}
+	sig := accesskey.Sign(s, secret, sts)
 	r.Header.Set("Authorization", fmt.Sprintf("%s Credential=%s, SignedHeaders=%s, Signature=%s",
 		alg, keyID, strings.Join(signed, ";"), hex.EncodeToString(sig)))
 	return nil
@@ -278,7 +305,10 @@ func Canonical(r *http.Request) (Auth, []byte, error) {
 	if err != nil {
 		return a, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	sts := StringToSign(a.Algorithm, a.Suite, r, a.SignedHeaders, body)
+	sts, err := StringToSign(a.Algorithm, a.Suite, r, a.SignedHeaders, body)
+	if err != nil {
+		return a, nil, err
+	}
 	date, nonce, err := DateAndNonce(sts)
 	if err != nil {
 		return a, nil, err
