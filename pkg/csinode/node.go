@@ -178,7 +178,7 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 	// crash writes the files instead of taking the volume as served.
 	intent := *v
 	intent.Writes, intent.Objects = 0, nil
-	if err := d.state.save(&intent); err != nil {
+	if err := d.state.saveIntent(&intent); err != nil {
 		return nil, rollback(status.Errorf(codes.Internal, "saving volume state: %v", err))
 	}
 	if err := d.opts.Volumes.Mount(p.target, d.opts.SizeLimit, p.gid); err != nil {

@@ -72,6 +72,18 @@ func (s stateStore) save(v *volumeState) error {
 	return atomicfile.Write(s.path(v.VolumeID), data)
 }
 
+// saveIntent records a volume about to be mounted. It is not forced to
+// disk: it guards against this process crashing between mount and write,
+// which keeps it, while a power loss that could lose it also empties every
+// tmpfs.
+func (s stateStore) saveIntent(v *volumeState) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteVolatile(s.path(v.VolumeID), data)
+}
+
 func (s stateStore) remove(volumeID string) error {
 	err := os.Remove(s.path(volumeID))
 	if errors.Is(err, os.ErrNotExist) {
