@@ -3,12 +3,15 @@
 // object, suite, key generation and expiry of an API key, from which keyd
 // recomputes the key's secret with an HSM-held MAC key instead of storing it.
 //
-// Format (version 1):
+// Format (version 2; version 1 ids, "PK1" with payload 0x01 and no issue
+// time, are still read):
 //
-//	id      = "PK1" base64url(payload || tag)          (no padding)
-//	payload = 0x01 suite gen:uvarint expiry:int64be
+//	id      = "PK2" base64url(payload || tag)          (no padding)
+//	payload = 0x02 suite gen:uvarint expiry:int64be issued:int64be
 //	          str(namespace) str(serviceAccount) str(podUID) str(object)
 //	str(s)  = len:uvarint bytes
+//	(expiry in Unix seconds, issued in Unix nanoseconds: a revocation
+//	refuses the keys issued before it, and only those)
 //	secret  = MAC_suite(K_gen, "podkey-apikey-v1\x00" || payload)   32 bytes
 //	tag     = Hash_suite("podkey-apikey-tag-v1\x00" || secret)[:16]
 //
@@ -29,11 +32,15 @@ import (
 	"github.com/podkey/podkey/pkg/suite"
 )
 
-// Prefix starts every version-1 access key id.
-const Prefix = "PK1"
+// Prefix starts every access key id podkey issues (version 2);
+// PrefixV1 starts the version 1 ids issued before.
+const (
+	Prefix   = "PK2"
+	PrefixV1 = "PK1"
+)
 
 const (
-	version   = 1
+	version   = 2
 	tagSize   = 16
 	maxString = 253
 	// MaxIDLength bounds an encoded id; longer input is refused unparsed.
@@ -56,6 +63,7 @@ type ID struct {
 	Suite          suite.Name
 	Generation     int
 	Expiry         time.Time // second precision
+	IssuedAt       time.Time // nanosecond precision; zero in version 1 ids
 	Namespace      string
 	ServiceAccount string
 	PodUID         string
@@ -74,9 +82,19 @@ func (id ID) Payload() ([]byte, error) {
 	if id.Generation < 1 {
 		return nil, fmt.Errorf("%w: generation %d", ErrMalformed, id.Generation)
 	}
-	b := []byte{version, suiteByte(id.Suite)}
+	// Without an issue time the id takes version 1's form (podkey always
+	// sets one; verification treats such an id as issued before any
+	// revocation).
+	v := byte(version)
+	if id.IssuedAt.IsZero() {
+		v = 1
+	}
+	b := []byte{v, suiteByte(id.Suite)}
 	b = binary.AppendUvarint(b, uint64(id.Generation))
 	b = binary.BigEndian.AppendUint64(b, uint64(id.Expiry.Unix()))
+	if v == version {
+		b = binary.BigEndian.AppendUint64(b, uint64(id.IssuedAt.UnixNano()))
+	}
 	for _, s := range []string{id.Namespace, id.ServiceAccount, id.PodUID, id.Object} {
 		if s == "" || len(s) > maxString {
 			return nil, fmt.Errorf("%w: empty or oversized field", ErrMalformed)
@@ -103,14 +121,26 @@ func Tag(s suite.Name, secret []byte) []byte {
 // Encode renders the id string from a payload and the secret computed for it.
 func Encode(s suite.Name, payload, secret []byte) string {
 	raw := append(append([]byte{}, payload...), Tag(s, secret)...)
-	return Prefix + base64.RawURLEncoding.EncodeToString(raw)
+	prefix := Prefix
+	if len(payload) > 0 && payload[0] == 1 {
+		prefix = PrefixV1
+	}
+	return prefix + base64.RawURLEncoding.EncodeToString(raw)
 }
 
 // Parse decodes an id string without authenticating it. It returns the
 // content, the payload to recompute the secret from, and the claimed tag.
 func Parse(s string) (ID, []byte, []byte, error) {
 	var id ID
-	if len(s) > MaxIDLength || !strings.HasPrefix(s, Prefix) {
+	var want byte
+	switch {
+	case len(s) > MaxIDLength:
+		return id, nil, nil, ErrMalformed
+	case strings.HasPrefix(s, Prefix):
+		want = version
+	case strings.HasPrefix(s, PrefixV1):
+		want = 1
+	default:
 		return id, nil, nil, ErrMalformed
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(s[len(Prefix):])
@@ -118,7 +148,7 @@ func Parse(s string) (ID, []byte, []byte, error) {
 		return id, nil, nil, ErrMalformed
 	}
 	payload, tag := raw[:len(raw)-tagSize], raw[len(raw)-tagSize:]
-	if payload[0] != version {
+	if payload[0] != want {
 		return id, nil, nil, fmt.Errorf("%w: version %d", ErrMalformed, payload[0])
 	}
 	switch payload[1] {
@@ -141,6 +171,13 @@ func Parse(s string) (ID, []byte, []byte, error) {
 	}
 	id.Expiry = time.Unix(int64(binary.BigEndian.Uint64(rest)), 0).UTC()
 	rest = rest[8:]
+	if want == version {
+		if len(rest) < 8 {
+			return id, nil, nil, ErrMalformed
+		}
+		id.IssuedAt = time.Unix(0, int64(binary.BigEndian.Uint64(rest))).UTC()
+		rest = rest[8:]
+	}
 	fields := []*string{&id.Namespace, &id.ServiceAccount, &id.PodUID, &id.Object}
 	for _, f := range fields {
 		l, n := binary.Uvarint(rest)

@@ -3,6 +3,7 @@ package accesskey
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,4 +72,36 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("payload not canonical for %q", s)
 		}
 	})
+}
+
+// TestIssueTimeRoundTrips: version 2 ids carry their issue time to the
+// nanosecond under prefix PK2; an id without one takes version 1's form
+// (PK1) and parses with a zero issue time.
+func TestIssueTimeRoundTrips(t *testing.T) {
+	secret := make([]byte, 32)
+	for _, issued := range []time.Time{time.Date(2026, 11, 30, 12, 0, 0, 123456789, time.UTC), {}} {
+		id := ID{Suite: suite.GM, Generation: 3, Expiry: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), IssuedAt: issued,
+			Namespace: "ns", ServiceAccount: "sa", PodUID: "uid", Object: "k"}
+		p, err := id.Payload()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := Encode(suite.GM, p, secret)
+		wantPrefix := Prefix
+		if issued.IsZero() {
+			wantPrefix = PrefixV1
+		}
+		got, _, _, err := Parse(s)
+		if err != nil || !strings.HasPrefix(s, wantPrefix) || !got.IssuedAt.Equal(issued) || got.PodUID != "uid" {
+			t.Fatalf("%s: %+v %v", s, got, err)
+		}
+		// The prefix and the payload's version must agree.
+		other := PrefixV1
+		if wantPrefix == PrefixV1 {
+			other = Prefix
+		}
+		if _, _, _, err := Parse(other + strings.TrimPrefix(s, wantPrefix)); err == nil {
+			t.Fatalf("accepted %s with the other prefix", s)
+		}
+	}
 }

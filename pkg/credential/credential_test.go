@@ -111,7 +111,7 @@ func TestAPIKeyExpiryRevocationAndRotation(t *testing.T) {
 		t.Fatalf("new credential uses generation %d", b.Generation)
 	}
 
-	_ = f.st.Revoke(ctx, store.Revocation{PodUID: "uid-a", Until: f.now.Add(time.Hour)})
+	_ = f.st.Revoke(ctx, store.Revocation{PodUID: "uid-a", Until: f.now.Add(time.Hour), Revoked: f.now})
 	if _, err := f.is.VerifyAPIKey(ctx, a.AccessKeyID, msg, sig); !errors.Is(err, credential.ErrRevoked) {
 		t.Fatalf("revoked: %v", err)
 	}

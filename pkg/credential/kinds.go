@@ -22,7 +22,9 @@ import (
 func (is *Issuer) apiKey(ctx context.Context, id pod.Identity, spec object.Spec, c *Issued) error {
 	c.Generation = is.kr.Current(keyring.MAC, spec.Suite)
 	akid := accesskey.ID{
-		Suite: spec.Suite, Generation: c.Generation, Expiry: c.Expiry,
+		// The id's issue time is the clock's, not the second c.IssuedAt
+		// shows: a revocation refuses exactly the keys issued until it.
+		Suite: spec.Suite, Generation: c.Generation, Expiry: c.Expiry, IssuedAt: is.opts.Now().UTC(),
 		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, PodUID: id.UID, Object: spec.Name,
 	}
 	payload, err := akid.Payload()

@@ -13,7 +13,7 @@ import (
 var (
 	ErrExpired      = errors.New("access key expired")
 	ErrUnknownGen   = errors.New("access key generation is no longer valid")
-	ErrRevoked      = errors.New("access key revoked (its pod was deleted)")
+	ErrRevoked      = errors.New("access key revoked (its pod was deleted, or its credentials revoked after this key was issued)")
 	ErrBadSignature = errors.New("signature does not match")
 )
 
@@ -47,11 +47,13 @@ func (is *Issuer) VerifyAPIKey(ctx context.Context, keyID string, stringToSign, 
 	if err := accesskey.CheckTag(id.Suite, secret, tag); err != nil {
 		return id, err
 	}
-	revoked, err := is.st.Revoked(ctx, id.PodUID, is.opts.Now())
+	// A revocation refuses the keys issued until it; a version 1 id has no
+	// issue time and counts as issued before any revocation.
+	revokedAt, err := is.st.RevokedAt(ctx, id.PodUID, is.opts.Now())
 	if err != nil {
 		return id, err
 	}
-	if revoked {
+	if !revokedAt.IsZero() && !id.IssuedAt.After(revokedAt) {
 		return id, ErrRevoked
 	}
 	if !accesskey.CheckSignature(id.Suite, secret, stringToSign, sig) {

@@ -746,3 +746,60 @@ func TestNodeVolumeBytesAreBounded(t *testing.T) {
 		t.Fatalf("after an unpublish freed its share: %v", err)
 	}
 }
+
+// apiKeyAt reads the API key file at target.
+func apiKeyAt(t *testing.T, target string) (string, []byte) {
+	t.Helper()
+	var ak csinode.APIKeyFile
+	if err := json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak); err != nil {
+		t.Fatal(err)
+	}
+	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	return ak.AccessKeyID, secret
+}
+
+// TestVanishedVolumeComesBackFreshAndOldRevoked: after a reboot (the tmpfs
+// and its files gone, podkey-csi restarted) the kubelet's publish gets
+// fresh credentials, and what the vanished volume held is revoked, also
+// when the revocation reaches keyd after the new publish.
+func TestVanishedVolumeComesBackFreshAndOldRevoked(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	target := h.target("uid-b")
+	req := publishReq(target, "uid-b", "payments")
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	oldID, oldSecret := apiKeyAt(t, target)
+	_ = h.mounter.Unmount(target) // the reboot: tmpfs and files gone
+	_ = os.RemoveAll(target)
+	h.advance(2 * time.Second)
+	h.d = h.newDriver() // podkey-csi starts again
+	if h.d.Volumes() != 0 || h.d.QueuedRevocations() != 1 {
+		t.Fatalf("after restart: %d volumes, %d queued revocations", h.d.Volumes(), h.d.QueuedRevocations())
+	}
+	if _, err := h.d.NodePublishVolume(ctx, req); err != nil { // the kubelet, before the revocation is delivered
+		t.Fatal(err)
+	}
+	newID, newSecret := apiKeyAt(t, target)
+	if newID == oldID {
+		t.Fatal("the new publish did not get fresh credentials")
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go h.d.Run(rctx)
+	for deadline := time.Now().Add(10 * time.Second); h.d.QueuedRevocations() != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the queued revocation was not delivered")
+		}
+	}
+	msg := []byte("GET /ledger")
+	if _, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: oldID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, oldSecret, msg)}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the vanished volume's key: %v", err)
+	}
+	if _, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: newID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, newSecret, msg)}); err != nil {
+		t.Fatalf("the fresh key: %v", err)
+	}
+}

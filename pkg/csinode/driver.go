@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -63,7 +65,18 @@ func New(opts Options) (*Driver, error) {
 	for _, v := range vols {
 		mounted, err := opts.Volumes.IsMounted(v.TargetPath)
 		if err != nil || !mounted {
-			opts.Logger.Info("forgetting volume whose tmpfs is gone", "volumeID", v.VolumeID, "pod", v.Pod.String())
+			// The tmpfs went away under us (a reboot): the kubelet publishes
+			// the volume anew, with fresh credentials; what the volume held
+			// is revoked, queued before the state goes. The cutoff is the
+			// end of the second keyd last issued to it, in keyd's clock, so
+			// neither a late delivery nor clock skew between this node and
+			// keyd touches what the new publish obtains.
+			if v.Writes > 0 {
+				if err := d.queue.Enqueue(d.onNode(v.Pod), v.lastIssued().Add(time.Second-time.Nanosecond), nil); err != nil {
+					return nil, fmt.Errorf("csinode: queue the revocation of a vanished volume: %w", err)
+				}
+			}
+			opts.Logger.Info("volume's tmpfs is gone: its credentials are revoked and the volume forgotten", "volumeID", v.VolumeID, "pod", v.Pod.String())
 			_ = d.state.remove(v.VolumeID)
 			continue
 		}
@@ -167,10 +180,16 @@ func (d *Driver) release(n int64) {
 	d.reserved -= n
 }
 
-// deliverRevocation tells keyd the pod's volume is gone. keyd's refusal
-// (it did not serve the pod through this node) is final.
-func (d *Driver) deliverRevocation(ctx context.Context, p pod.Identity) error {
-	_, err := d.opts.Revoker.Revoke(ctx, &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(p)})
+// deliverRevocation tells keyd the pod's volume is gone: what the pod
+// obtained until issuedBefore (keyd's clock; zero: until keyd takes it) is
+// revoked. keyd's refusal (it did not serve the pod through this node) is
+// final.
+func (d *Driver) deliverRevocation(ctx context.Context, p pod.Identity, issuedBefore time.Time) error {
+	req := &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(p)}
+	if !issuedBefore.IsZero() {
+		req.IssuedBefore = timestamppb.New(issuedBefore)
+	}
+	_, err := d.opts.Revoker.Revoke(ctx, req)
 	switch status.Code(err) {
 	case codes.PermissionDenied, codes.InvalidArgument:
 		return fmt.Errorf("%w: %s", revocation.ErrRefused, status.Convert(err).Message())

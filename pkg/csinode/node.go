@@ -274,13 +274,13 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	}
 	pod := d.onNode(v.Pod)
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	err = d.deliverRevocation(rctx, pod)
+	err = d.deliverRevocation(rctx, pod, time.Time{}) // the pod is gone: all it obtained
 	cancel()
 	switch {
 	case errors.Is(err, revocation.ErrRefused):
 		d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", err)
 	case err != nil:
-		if qerr := d.queue.Enqueue(pod, err); qerr != nil {
+		if qerr := d.queue.Enqueue(pod, time.Time{}, err); qerr != nil {
 			d.metrics.observeUnpublish("error", start)
 			return nil, status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)
 		}

@@ -46,6 +46,18 @@ func (s *volumeState) renewAt() time.Time {
 	return t
 }
 
+// lastIssued is the latest issue time of the volume's objects, in keyd's
+// clock (to the second).
+func (s *volumeState) lastIssued() time.Time {
+	var t time.Time
+	for _, o := range s.Objects {
+		if o.IssuedAt.After(t) {
+			t = o.IssuedAt
+		}
+	}
+	return t
+}
+
 // expiry is the earliest expiry of the volume's objects.
 func (s *volumeState) expiry() time.Time {
 	var t time.Time

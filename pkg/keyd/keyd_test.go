@@ -111,11 +111,20 @@ func TestIssueEveryKindVerifyAndRevoke(t *testing.T) {
 		Signature: accesskey.Sign(suite.Intl, ak.SecretKey, msg)}); code(err) != codes.PermissionDenied {
 		t.Fatalf("revoked: %v", err)
 	}
-	// A revoked pod obtains nothing new: refused, not silently issued
-	// credentials that would fail verification.
-	if _, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}}); code(err) != codes.FailedPrecondition ||
-		!strings.Contains(err.Error(), "was revoked") {
+	// A revocation refuses the keys issued before it, and only those: a key
+	// the pod obtains afterwards verifies, the old one still does not.
+	again, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}})
+	if err != nil {
 		t.Fatalf("issue after revocation: %v", err)
+	}
+	fresh := again.Credentials[0].GetApiKey()
+	if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: fresh.AccessKeyId, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, fresh.SecretKey, msg)}); err != nil {
+		t.Fatalf("a key issued after the revocation: %v", err)
+	}
+	if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, ak.SecretKey, msg)}); code(err) != codes.PermissionDenied {
+		t.Fatalf("the revoked key after a new issuance: %v", err)
 	}
 	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
 	if err != nil || !v.Intact || v.Records < 8 {

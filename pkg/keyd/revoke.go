@@ -8,36 +8,24 @@ import (
 	"github.com/podkey/podkey/pkg/audit"
 	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/store"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
-// revoke records the pod as refused for RevocationTTL, which is at least
-// the life of any credential it can hold, and audits it.
-func (s *Server) revoke(ctx context.Context, id pod.Identity) (time.Time, error) {
+// revoke refuses the pod's credentials issued before the cutoff (now, or
+// the caller's earlier issuedBefore) for RevocationTTL, which is at least
+// the life of any credential it can hold, and audits it. Credentials
+// issued after the cutoff stay valid: a revocation never poisons what the
+// pod obtains later through its node.
+func (s *Server) revoke(ctx context.Context, id pod.Identity, issuedBefore time.Time) (time.Time, error) {
 	now := s.opts.Now().UTC()
+	cutoff := now
+	if !issuedBefore.IsZero() && issuedBefore.Before(now) {
+		cutoff = issuedBefore.UTC()
+	}
 	until := now.Add(s.opts.RevocationTTL)
-	if err := s.st.Revoke(ctx, store.Revocation{PodUID: id.UID, Until: until, Revoked: now}); err != nil {
+	if err := s.st.Revoke(ctx, store.Revocation{PodUID: id.UID, Until: until, Revoked: cutoff}); err != nil {
 		return time.Time{}, err
 	}
 	return until, s.auditResult(ctx, audit.ActionRevoke, audit.ResultOK, "", id, nil)
-}
-
-// refuseRevoked refuses Issue for a revoked pod. Only the node a pod was
-// served through, a valid token of the pod itself, or an operator on the
-// local socket can revoke it, and a pod UID names one pod once: a revoked
-// pod is gone or was judged compromised, and gets no new credentials
-// (FailedPrecondition, audited), rather than credentials that would fail
-// verification.
-func (s *Server) refuseRevoked(ctx context.Context, id pod.Identity) error {
-	revoked, err := s.st.Revoked(ctx, id.UID, s.opts.Now())
-	if err != nil {
-		return status.Errorf(codes.Unavailable, "store unavailable: %v", err)
-	}
-	if revoked {
-		return status.Errorf(codes.FailedPrecondition, "pod %s (uid %s) was revoked; a revoked pod obtains no new credentials", id.String(), id.UID)
-	}
-	return nil
 }
 
 // podBinding is the binding an issuance writes with its audit record: the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/podkey/podkey/pkg/reqsign"
 	"github.com/podkey/podkey/pkg/store"
@@ -70,10 +71,6 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 	id, err := s.authenticate(ctx, req.Pod, req.PodToken)
 	if err != nil {
 		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), nil)
-		return nil, err
-	}
-	if err := s.refuseRevoked(ctx, id); err != nil {
-		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), &id)
 		return nil, err
 	}
 	pol := s.policy.Load()
@@ -196,7 +193,11 @@ func (k *keydService) Revoke(ctx context.Context, req *keydv1.RevokeRequest) (*k
 		s.auditDeny(ctx, audit.ActionRevoke, req.Pod, status.Convert(err).Message(), nil)
 		return nil, err
 	}
-	until, err := s.revoke(ctx, id)
+	var before time.Time
+	if req.IssuedBefore != nil {
+		before = req.IssuedBefore.AsTime()
+	}
+	until, err := s.revoke(ctx, id, before)
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -37,7 +37,7 @@ func TestCLIAgainstKeyd(t *testing.T) {
 	pay := []string{sock, "--namespace=payments", "--service-account=payments"}
 
 	r := podkey(t, "", append([]string{"issue", "--object=ledger:apiKey", "--object=card:derivedKey:gm", "--object=mtls:certificate:gm"}, pay...)...)
-	if r.code != 0 || !strings.Contains(r.stdout, "[redacted: 32 bytes]") || !strings.Contains(r.stdout, "access key id: PK1") {
+	if r.code != 0 || !strings.Contains(r.stdout, "[redacted: 32 bytes]") || !strings.Contains(r.stdout, "access key id: PK2") {
 		t.Fatalf("issue: %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	if regexp.MustCompile(`[0-9a-f]{64}`).MatchString(r.stdout) || strings.Contains(r.stdout, "PRIVATE KEY") {

@@ -22,9 +22,11 @@ import (
 	"github.com/podkey/podkey/pkg/pod"
 )
 
-// Revoker delivers one revocation to keyd. An error wrapping ErrRefused
-// is final: keyd will never take that revocation, and it is dropped.
-type Revoker func(ctx context.Context, p pod.Identity) error
+// Revoker delivers one revocation to keyd: the pod's credentials issued
+// until the time given, or until keyd takes it when that is zero. An
+// error wrapping ErrRefused is final: keyd will never take that
+// revocation, and it is dropped.
+type Revoker func(ctx context.Context, p pod.Identity, issuedBefore time.Time) error
 
 // ErrRefused marks a revocation keyd refuses for good (it never served the
 // pod through this node); retrying cannot succeed.
@@ -33,9 +35,12 @@ var ErrRefused = errors.New("revocation refused")
 type entry struct {
 	Pod      pod.Identity `json:"pod"`
 	Enqueued time.Time    `json:"enqueued"`
-	Attempts int          `json:"attempts"`
-	Next     time.Time    `json:"next"`
-	LastErr  string       `json:"lastError,omitempty"`
+	// Before is the revocation's cutoff, in keyd's clock: what the pod
+	// obtained until then is revoked. Zero: until keyd takes it.
+	Before   time.Time `json:"before,omitempty"`
+	Attempts int       `json:"attempts"`
+	Next     time.Time `json:"next"`
+	LastErr  string    `json:"lastError,omitempty"`
 }
 
 // Backoff bounds.
@@ -103,19 +108,25 @@ func (q *Queue) Pending() []string {
 	return out
 }
 
-// Enqueue durably records a revocation; it returns once the entry is on
-// disk. Enqueuing a pod already queued keeps the one entry.
-func (q *Queue) Enqueue(p pod.Identity, cause error) error {
+// Enqueue durably records a revocation of the pod's credentials issued
+// until before (zero: until keyd takes it); it returns once the entry is
+// on disk. Enqueuing a pod already queued keeps the one entry, with the
+// later cutoff.
+func (q *Queue) Enqueue(p pod.Identity, before time.Time, cause error) error {
 	if !uidRE.MatchString(p.UID) {
 		return fmt.Errorf("revocation queue: invalid pod UID %q", p.UID)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if _, ok := q.entries[p.UID]; ok {
-		return nil
+	if e, ok := q.entries[p.UID]; ok {
+		if e.Before.IsZero() || !before.IsZero() && !before.After(e.Before) {
+			return nil
+		}
+		e.Before = before
+		return q.persist(e)
 	}
 	now := q.now()
-	e := &entry{Pod: p, Enqueued: now, Next: now.Add(MinBackoff)}
+	e := &entry{Pod: p, Enqueued: now, Before: before, Next: now.Add(MinBackoff)}
 	if cause != nil {
 		e.LastErr = cause.Error()
 	}
@@ -182,7 +193,7 @@ func (q *Queue) deliverDue(ctx context.Context) time.Duration {
 	q.mu.Unlock()
 	for _, e := range due {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := q.revoke(cctx, e.Pod)
+		err := q.revoke(cctx, e.Pod, e.Before)
 		cancel()
 		q.mu.Lock()
 		if errors.Is(err, ErrRefused) {

@@ -22,7 +22,7 @@ type fakeKeyd struct {
 	calls []string
 }
 
-func (f *fakeKeyd) revoke(_ context.Context, p pod.Identity) error {
+func (f *fakeKeyd) revoke(_ context.Context, p pod.Identity, _ time.Time) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, p.UID)
@@ -44,10 +44,10 @@ func TestQueueSurvivesRestartAndDelivers(t *testing.T) {
 	clock := time.Now()
 	q.now = func() time.Time { return clock }
 	p := pod.Identity{Namespace: "payments", ServiceAccount: "payments", Name: "a", UID: "uid-a", Node: "n1"}
-	if err := q.Enqueue(p, errors.New("down")); err != nil {
+	if err := q.Enqueue(p, time.Now(), errors.New("down")); err != nil {
 		t.Fatal(err)
 	}
-	_ = q.Enqueue(p, nil)
+	_ = q.Enqueue(p, time.Now(), nil)
 	if q.Len() != 1 {
 		t.Fatalf("len %d", q.Len())
 	}
@@ -82,10 +82,10 @@ func TestQueueSurvivesRestartAndDelivers(t *testing.T) {
 func TestQueueHoldsNoSecretsAndRejectsBadUIDs(t *testing.T) {
 	dir := t.TempDir()
 	q, _ := Open(dir, (&fakeKeyd{}).revoke, quiet)
-	if err := q.Enqueue(pod.Identity{UID: "../../etc/passwd"}, nil); err == nil {
+	if err := q.Enqueue(pod.Identity{UID: "../../etc/passwd"}, time.Now(), nil); err == nil {
 		t.Fatal("path-like UID accepted")
 	}
-	_ = q.Enqueue(pod.Identity{Namespace: "n", UID: "u1"}, errors.New("rpc error: code = Unavailable"))
+	_ = q.Enqueue(pod.Identity{Namespace: "n", UID: "u1"}, time.Now(), errors.New("rpc error: code = Unavailable"))
 	data, _ := os.ReadFile(filepath.Join(dir, "u1.json"))
 	for _, field := range []string{"token", "secret", "key"} {
 		if strings.Contains(strings.ToLower(string(data)), field) {
@@ -105,7 +105,7 @@ func TestRunDeliversWhenWoken(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go q.Run(ctx)
-	_ = q.Enqueue(pod.Identity{UID: "u"}, nil)
+	_ = q.Enqueue(pod.Identity{UID: "u"}, time.Now(), nil)
 	for i := 0; i < 500 && q.Len() > 0; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -119,14 +119,14 @@ func TestRunDeliversWhenWoken(t *testing.T) {
 func TestRefusedRevocationIsDropped(t *testing.T) {
 	dir := t.TempDir()
 	calls := 0
-	q, err := Open(dir, func(context.Context, pod.Identity) error {
+	q, err := Open(dir, func(context.Context, pod.Identity, time.Time) error {
 		calls++
 		return fmt.Errorf("%w: not served through this node", ErrRefused)
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Enqueue(pod.Identity{Namespace: "n", UID: "u1"}, errors.New("unavailable")); err != nil {
+	if err := q.Enqueue(pod.Identity{Namespace: "n", UID: "u1"}, time.Now(), errors.New("unavailable")); err != nil {
 		t.Fatal(err)
 	}
 	q.now = func() time.Time { return time.Now().Add(time.Hour) } // the entry is due

@@ -164,6 +164,9 @@ func (b *Bolt) Revoke(_ context.Context, r Revocation) error {
 			if json.Unmarshal(v, &old) == nil && old.Until.After(r.Until) {
 				r.Until = old.Until // never shorten a revocation
 			}
+			if json.Unmarshal(v, &old) == nil && old.Revoked.After(r.Revoked) {
+				r.Revoked = old.Revoked // nor move its time back
+			}
 		}
 		v, err := json.Marshal(r)
 		if err != nil {
@@ -173,8 +176,8 @@ func (b *Bolt) Revoke(_ context.Context, r Revocation) error {
 	})
 }
 
-func (b *Bolt) Revoked(_ context.Context, podUID string, now time.Time) (bool, error) {
-	var revoked bool
+func (b *Bolt) RevokedAt(_ context.Context, podUID string, now time.Time) (time.Time, error) {
+	var at time.Time
 	err := b.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketRevocations).Get([]byte(podUID))
 		if v == nil {
@@ -184,10 +187,12 @@ func (b *Bolt) Revoked(_ context.Context, podUID string, now time.Time) (bool, e
 		if err := json.Unmarshal(v, &r); err != nil {
 			return err
 		}
-		revoked = now.Before(r.Until)
+		if now.Before(r.Until) {
+			at = r.Revoked
+		}
 		return nil
 	})
-	return revoked, err
+	return at, err
 }
 
 func (b *Bolt) PruneRevocations(_ context.Context, now time.Time) (int, error) {

@@ -54,12 +54,12 @@ func TestRevocationsNeverShortenAndPrune(t *testing.T) {
 	ctx := context.Background()
 	s, _ := open(t)
 	now := time.Now()
-	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Hour)})
-	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Minute)})
-	if r, _ := s.Revoked(ctx, "u", now.Add(30*time.Minute)); !r {
-		t.Fatal("revocation was shortened")
+	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Hour), Revoked: now})
+	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Minute), Revoked: now.Add(-time.Hour)})
+	if at, _ := s.RevokedAt(ctx, "u", now.Add(30*time.Minute)); !at.Equal(now) {
+		t.Fatalf("revocation was shortened or moved back: %v", at)
 	}
-	if r, _ := s.Revoked(ctx, "other", now); r {
+	if at, _ := s.RevokedAt(ctx, "other", now); !at.IsZero() {
 		t.Fatal("unknown pod revoked")
 	}
 	n, _ := s.PruneRevocations(ctx, now.Add(2*time.Hour))

@@ -30,8 +30,9 @@ type Secret struct {
 	Version   int       `json:"version"`
 }
 
-// Revocation records that a pod's credentials are refused until Until (the
-// latest expiry any of them could have).
+// Revocation records that a pod's credentials issued before Revoked are
+// refused, until Until (the latest expiry any of them could have).
+// Credentials issued after it are not affected.
 type Revocation struct {
 	PodUID  string    `json:"podUID"`
 	Until   time.Time `json:"until"`
@@ -81,7 +82,9 @@ type Store interface {
 	DeleteSecret(ctx context.Context, namespace, name string) error
 
 	Revoke(ctx context.Context, r Revocation) error
-	Revoked(ctx context.Context, podUID string, now time.Time) (bool, error)
+	// RevokedAt is the pod's revocation time (credentials issued before it
+	// are revoked), or zero when it has none in force at now.
+	RevokedAt(ctx context.Context, podUID string, now time.Time) (time.Time, error)
 	PruneRevocations(ctx context.Context, now time.Time) (int, error)
 
 	// PodNode reads which node obtained credentials for a pod, as an
