@@ -65,7 +65,7 @@ func sameVolume(v *volumeState, p *publishRequest) error {
 	if v.TargetPath != p.target {
 		return status.Errorf(codes.AlreadyExists, "volume %s is published at another target path", p.volumeID)
 	}
-	if v.Pod.UID != p.pod.UID || v.Pod.Namespace != p.pod.Namespace || v.Pod.Name != p.pod.Name || v.Pod.ServiceAccount != p.pod.ServiceAccount {
+	if v.Pod != p.pod {
 		return status.Errorf(codes.AlreadyExists, "volume %s is published for pod %s (uid %s), not pod %s (uid %s)",
 			p.volumeID, v.Pod.String(), v.Pod.UID, p.pod.String(), p.pod.UID)
 	}
@@ -206,19 +206,7 @@ func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volumeStat
 	if now.Before(v.renewAt()) {
 		return nil
 	}
-	specs, _, err := d.objects(ctx, p)
-	var files map[string]volume.File
-	var issued []issuedObject
-	if err == nil {
-		files, issued, err = d.fetch(ctx, p, specs)
-	}
-	if err == nil {
-		err = volume.Write(p.target, files, v.GID)
-		zeroFiles(files)
-		if err != nil {
-			err = status.Errorf(codes.Internal, "writing renewed credentials: %v", err)
-		}
-	}
+	issued, err := d.renew(ctx, p, v)
 	if err != nil {
 		d.metrics.rotations.WithLabelValues(resultOf(err)).Inc()
 		if now.Before(v.expiry()) {
@@ -238,6 +226,24 @@ func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volumeStat
 	d.metrics.rotations.WithLabelValues("ok").Inc()
 	d.opts.Logger.Info("credentials renewed", "volumeID", v.VolumeID, "pod", p.String(), "generation", next.Writes, "renewAt", next.renewAt())
 	return nil
+}
+
+// renew fetches the volume's objects anew and writes them as its next
+// generation.
+func (d *Driver) renew(ctx context.Context, p *publishRequest, v *volumeState) ([]issuedObject, error) {
+	specs, _, err := d.objects(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	files, issued, err := d.fetch(ctx, p, specs)
+	if err != nil {
+		return nil, err
+	}
+	defer zeroFiles(files)
+	if err := volume.Write(p.target, files, v.GID); err != nil {
+		return nil, status.Errorf(codes.Internal, "writing renewed credentials: %v", err)
+	}
+	return issued, nil
 }
 
 // NodeUnpublishVolume zeroes the files, unmounts and removes the target,
