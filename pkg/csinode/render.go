@@ -25,12 +25,6 @@ type (
 	Metadata   = podfiles.Metadata
 )
 
-const (
-	certKeySuffix = podfiles.CertKeySuffix
-	certSuffix    = podfiles.CertSuffix
-	caSuffix      = podfiles.CASuffix
-)
-
 // render turns keyd's credentials into the volume's files. keys holds the
 // private keys generated here for certificate objects. Secret bytes are
 // copied into the payload only; the caller zeroes the payload after writing.
@@ -42,7 +36,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 	add := func(name string, data []byte, mode os.FileMode) error {
 		if _, dup := files[name]; dup || name == volume.MetadataFile {
 			return invalid("file name %q is used twice in the SecretProviderClass (certificate objects also write %s%s and %s%s)",
-				name, "<file>", certKeySuffix, "<file>", caSuffix)
+				name, "<file>", podfiles.CertKeySuffix, "<file>", podfiles.CASuffix)
 		}
 		if err := volume.ValidateName(name); err != nil {
 			return invalid("%v", err)
@@ -68,7 +62,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 				return nil, nil, jerr
 			}
 			err = add(sp.File, data, mode)
-			io.Files = []string{sp.File}
+			io.Files = sp.Files()
 		case *keydv1.Credential_Certificate:
 			key, ok := keys[sp.Name]
 			if !ok {
@@ -80,7 +74,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 			}
 			keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 			clear(der)
-			io.Files = []string{sp.File + certKeySuffix, sp.File + certSuffix, sp.File + caSuffix}
+			io.Files = sp.Files() // key, certificate, CA bundle
 			if err = add(io.Files[0], keyPEM, mode); err == nil {
 				if err = add(io.Files[1], p.Certificate.CertPem, mode); err == nil {
 					err = add(io.Files[2], p.Certificate.CaBundlePem, mode)
@@ -88,13 +82,13 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 			}
 		case *keydv1.Credential_DerivedKey:
 			err = add(sp.File, p.DerivedKey.Key, mode)
-			io.Files = []string{sp.File}
+			io.Files = sp.Files()
 		case *keydv1.Credential_Token:
 			err = add(sp.File, []byte(p.Token.Jwt), mode)
-			io.Files = []string{sp.File}
+			io.Files = sp.Files()
 		case *keydv1.Credential_Secret:
 			err = add(sp.File, p.Secret.Value, mode)
-			io.Files = []string{sp.File}
+			io.Files = sp.Files()
 		default:
 			return nil, nil, fmt.Errorf("keyd returned no payload for %s", sp.Name)
 		}

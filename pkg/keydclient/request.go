@@ -29,7 +29,7 @@ func IssueRequest(p pod.Identity, token string, specs []object.Spec) (req *keydv
 	for _, sp := range specs {
 		o := ObjectRequest(sp)
 		if sp.Kind == object.Certificate {
-			key, csr, err := NewCSR(sp)
+			key, csr, err := newCSR(sp)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -40,9 +40,9 @@ func IssueRequest(p pod.Identity, token string, specs []object.Spec) (req *keydv
 	return req, keys, nil
 }
 
-// NewCSR generates a key pair of the certificate object's suite and a
+// newCSR generates a key pair of the certificate object's suite and a
 // certificate request (DER) signed with it.
-func NewCSR(sp object.Spec) (crypto.Signer, []byte, error) {
+func newCSR(sp object.Spec) (crypto.Signer, []byte, error) {
 	key, err := sp.Suite.GenerateKey()
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate key for %s: %w", sp.Name, err)
