@@ -372,9 +372,7 @@ func TestUnpublishRevokesAndIsIdempotent(t *testing.T) {
 	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-u", "payments")); err != nil {
 		t.Fatal(err)
 	}
-	var ak csinode.APIKeyFile
-	_ = json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak)
-	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	keyID, secret := apiKeyAt(t, target)
 	un := &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-u", TargetPath: target}
 	for i := 0; i < 2; i++ {
 		if _, err := h.d.NodeUnpublishVolume(ctx, un); err != nil {
@@ -384,9 +382,7 @@ func TestUnpublishRevokesAndIsIdempotent(t *testing.T) {
 	if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal("target remains")
 	}
-	msg := []byte("x")
-	if _, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Intl, secret, msg)}); status.Code(err) != codes.PermissionDenied {
+	if err := h.verifyKey(keyID, secret); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("key of an unpublished pod still verifies: %v", err)
 	}
 	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "never-seen", TargetPath: h.target("never-seen")}); err != nil {
@@ -406,9 +402,7 @@ func TestUnpublishWithKeydDownQueuesRevocation(t *testing.T) {
 	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-q", "payments")); err != nil {
 		t.Fatal(err)
 	}
-	var ak csinode.APIKeyFile
-	_ = json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak)
-	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	keyID, secret := apiKeyAt(t, target)
 	h.keyd.Stop()
 	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-q", TargetPath: target}); err != nil {
 		t.Fatal(err)
@@ -425,10 +419,8 @@ func TestUnpublishWithKeydDownQueuesRevocation(t *testing.T) {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go h.d.Run(rctx)
-	msg := []byte("x")
-	sig := accesskey.Sign(suite.Intl, secret, msg)
 	for i := 0; ; i++ {
-		_, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg, Signature: sig})
+		err := h.verifyKey(keyID, secret)
 		if status.Code(err) == codes.PermissionDenied && h.d.QueuedRevocations() == 0 {
 			break
 		}
@@ -758,6 +750,14 @@ func apiKeyAt(t *testing.T, target string) (string, []byte) {
 	return ak.AccessKeyID, secret
 }
 
+// verifyKey asks keyd to verify a signature made with an intl API key.
+func (h *harness) verifyKey(keyID string, secret []byte) error {
+	msg := []byte("GET /ledger")
+	_, err := h.keyd.Keyd.Verify(context.Background(), &keydv1.VerifyRequest{AccessKeyId: keyID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, secret, msg)})
+	return err
+}
+
 // TestVanishedVolumeComesBackFreshAndOldRevoked: after a reboot (the tmpfs
 // and its files gone, podkey-csi restarted) the kubelet's publish gets
 // fresh credentials, and what the vanished volume held is revoked, also
@@ -793,13 +793,10 @@ func TestVanishedVolumeComesBackFreshAndOldRevoked(t *testing.T) {
 			t.Fatal("the queued revocation was not delivered")
 		}
 	}
-	msg := []byte("GET /ledger")
-	if _, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: oldID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Intl, oldSecret, msg)}); status.Code(err) != codes.PermissionDenied {
+	if err := h.verifyKey(oldID, oldSecret); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("the vanished volume's key: %v", err)
 	}
-	if _, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: newID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Intl, newSecret, msg)}); err != nil {
+	if err := h.verifyKey(newID, newSecret); err != nil {
 		t.Fatalf("the fresh key: %v", err)
 	}
 }
