@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Fuzzes every parser for $FUZZTIME each (default 30s).
+# Fuzzes every parser for $FUZZTIME each (default 30s): a duration
+# ("30s") or a count of executions ("50000x"), as go test -fuzztime takes.
 #
-# Go 1.26's fuzz coordinator can report a bare "context deadline exceeded"
-# when -fuzztime expires while a worker is mid-call on a loaded machine
-# (golang/go#75804, fixed in Go 1.27): no input failed and nothing was
-# written. Such a run is retried once; any run that writes a failing
-# input, panics or fails otherwise fails at once.
+# With a duration, Go 1.26's fuzz coordinator can report a bare "context
+# deadline exceeded" when its timer fires (golang/go#75804, fixed in Go
+# 1.27): its main loop sees the deadline before the workers' context is
+# cancelled, and reports the deadline itself as the error. No input failed
+# and nothing was written. Such a run is retried once; any run that writes
+# a failing input, panics or fails otherwise fails at once. A count never
+# starts that timer, so the test suite (hack/test.sh) fuzzes by count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
