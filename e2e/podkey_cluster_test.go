@@ -256,13 +256,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	}
 	// The host's view of pod A's volume matches what the pod read.
 	dirA := pc.volumeDir(a)
-	var ak struct{ AccessKeyID, SecretKey string }
-	raw, err := os.ReadFile(filepath.Join(dirA, "ledger-api.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = json.Unmarshal(raw, &ak)
-	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	ak, secret := pc.apiKey(a, "ledger-api.json")
 	for _, f := range []string{"mtls.key", "card-key", "db-password"} {
 		b, _ := os.ReadFile(filepath.Join(dirA, f))
 		secrets = append(secrets, b)
@@ -316,6 +310,11 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	}
 	pc.deletePod(ctx, w)
 
+	// 8. The node reboots (kubelet, podkey-csi and every container killed,
+	// every tmpfs gone): the running pod comes back with a fresh volume
+	// and its old credentials no longer verify.
+	secrets = append(secrets, pc.rebootNode(ctx, keyd, b)...)
+
 	// 2. Rotation: two API keys of a one-minute life are renewed together
 	// while a reader in the pod, following the documented protocol, checks
 	// that every set it accepts is of one generation.
@@ -335,11 +334,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	// 5. keyd down: a new pod waits with a clear event and starts once keyd
 	// is back; running pods keep their files; a pod deleted meanwhile is
 	// revoked after keyd returns.
-	rdir := pc.volumeDir(r)
-	var rk struct{ AccessKeyID, SecretKey string }
-	rraw, _ := os.ReadFile(filepath.Join(rdir, "k1"))
-	_ = json.Unmarshal(rraw, &rk)
-	rsecret, _ := base64.RawURLEncoding.DecodeString(rk.SecretKey)
+	rk, rsecret := pc.apiKey(r, "k1")
 	secrets = append(secrets, rsecret)
 	pc.stopKeyd(ctx)
 	waiting := pc.pod(ctx, "payments", "payments-c", "payments", "payments", true)
@@ -419,6 +414,76 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	}
 }
 
+// apiKey reads an API key file of p's volume, as the node holds it.
+func (pc *podkeyCluster) apiKey(p *corev1.Pod, file string) (ak struct{ AccessKeyID, SecretKey string }, secret []byte) {
+	raw, err := os.ReadFile(filepath.Join(pc.volumeDir(p), file))
+	if err != nil {
+		pc.t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &ak); err != nil {
+		pc.t.Fatalf("%s: %v", file, err)
+	}
+	if secret, err = base64.RawURLEncoding.DecodeString(ak.SecretKey); err != nil {
+		pc.t.Fatalf("%s: %v", file, err)
+	}
+	return ak, secret
+}
+
+// rebootNode reboots the node while p runs and checks what a bank's
+// operator expects of it: p comes back (same pod, new sandbox and
+// container) with its volume on a new tmpfs holding a new API key that
+// verifies, while the key p held before the reboot, which left the node
+// with nothing to unpublish, is revoked by podkey-csi's restart recovery.
+// It returns both keys' secrets for the scan.
+func (pc *podkeyCluster) rebootNode(ctx context.Context, keyd keydv1.KeydClient, p *corev1.Pod) [][]byte {
+	t := pc.t
+	msg := []byte("GET /ledger")
+	verify := func(ak struct{ AccessKeyID, SecretKey string }, secret []byte) error {
+		_, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
+			Signature: accesskey.Sign(suite.Intl, secret, msg)})
+		return err
+	}
+	old, oldSecret := pc.apiKey(p, "ledger-api.json")
+	if err := verify(old, oldSecret); err != nil {
+		t.Fatalf("before the reboot the pod's key does not verify: %v", err)
+	}
+	if err := pc.node.Reboot(ctx); err != nil {
+		t.Fatalf("reboot: %v\n%s", err, pc.diagnose(ctx))
+	}
+	deadline := time.Now().Add(4 * time.Minute)
+	for strings.Count(pc.containerLog(p), "READY") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s did not come back after the reboot:\n%s\n%s", p.Name, pc.events(ctx, p), pc.diagnose(ctx))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if l := pc.containerLog(p); strings.Count(l, "MOUNT tmpfs /var/run/podkey tmpfs") < 2 {
+		t.Fatalf("after the reboot the volume is not a tmpfs:\n%s", l)
+	}
+	pc.waitKeydSocket()
+	fresh, freshSecret := pc.apiKey(p, "ledger-api.json")
+	if fresh.AccessKeyID == old.AccessKeyID {
+		t.Fatal("after the reboot the pod has its old API key")
+	}
+	if err := verify(fresh, freshSecret); err != nil {
+		t.Fatalf("after the reboot the pod's fresh key does not verify: %v", err)
+	}
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		err := verify(old, oldSecret)
+		if err != nil && strings.Contains(err.Error(), "revoked") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the key held before the reboot still verifies: %v\n%s", err, pc.podkeyLogs())
+		}
+		time.Sleep(time.Second)
+	}
+	pc.waitRegistered(ctx, time.Time{})
+	t.Logf("reboot: pod %s came back with a fresh key; the old one is revoked", p.Name)
+	return [][]byte{oldSecret, freshSecret, []byte(old.SecretKey), []byte(fresh.SecretKey)}
+}
+
 // rotateCA rotates keyd's intl CA, waits for the new bundle to reach the
 // running podkey-csi pod's mounted file, restarts keyd (whose serving
 // certificate then comes from the new CA), and checks that a new pod gets
@@ -450,7 +515,7 @@ func (pc *podkeyCluster) rotateCA(ctx context.Context) {
 	p := pc.pod(ctx, "payments", "after-ca-rotation", "payments", "payments", true)
 	pc.waitLog(p, "READY", 3*time.Minute)
 	after, err := pc.c.Admin.CoreV1().Pods(podkeyNS).Get(ctx, plugin.Name, metav1.GetOptions{})
-	if err != nil || after.UID != plugin.UID || after.Status.ContainerStatuses[0].RestartCount != 0 {
+	if err != nil || after.UID != plugin.UID || after.Status.ContainerStatuses[0].RestartCount != plugin.Status.ContainerStatuses[0].RestartCount {
 		t.Fatalf("podkey-csi was restarted: %v %+v", err, after.Status.ContainerStatuses)
 	}
 	pc.deletePod(ctx, p)

@@ -182,6 +182,21 @@ func (c *Cluster) run(name, bin string, args ...string) error {
 	return nil
 }
 
+// kill stops a process of the cluster with SIGKILL, as a crash or a
+// power cut would, and forgets it, so that exited does not report it.
+func (c *Cluster) kill(name string) error {
+	for i, p := range c.procs {
+		if p.name != name {
+			continue
+		}
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		c.procs = append(c.procs[:i], c.procs[i+1:]...)
+		return nil
+	}
+	return fmt.Errorf("no process %s", name)
+}
+
 // proc is a started process and its exit.
 type proc struct {
 	name string

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,6 +25,10 @@ type Node struct {
 	// LogsDir holds containers' logs (<ns>_<pod>_<uid>/<container>/0.log):
 	// tests read them here, as the API server cannot reach the kubelet.
 	LogsDir string
+
+	c       *Cluster
+	kubelet []string // the kubelet's binary and arguments, for Reboot
+	boots   int
 }
 
 // containerdConfig follows shared/LOCAL-CLUSTER.md: the sandbox image is
@@ -102,7 +107,7 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 			return nil, fmt.Errorf("%s missing: run hack/install-deps.sh", tool)
 		}
 	}
-	n := &Node{Name: name, Dir: filepath.Join(c.Dir, "nodes", name)}
+	n := &Node{Name: name, Dir: filepath.Join(c.Dir, "nodes", name), c: c}
 	n.RootDir = filepath.Join(n.Dir, "kubelet")
 	n.ContainerdSock = filepath.Join(n.Dir, "containerd.sock")
 	cniDir := filepath.Join(n.Dir, "cni")
@@ -150,27 +155,100 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 	if err := os.WriteFile(filepath.Join(n.Dir, "kubelet.yaml"), []byte(kcfg), 0o600); err != nil {
 		return nil, err
 	}
-	if err := c.run(name+"-kubelet", filepath.Join(bin, "kubelet"), "--config", filepath.Join(n.Dir, "kubelet.yaml"),
+	n.kubelet = []string{filepath.Join(bin, "kubelet"), "--config", filepath.Join(n.Dir, "kubelet.yaml"),
 		"--kubeconfig", kubeconfig, "--root-dir", n.RootDir, "--cert-dir", filepath.Join(n.Dir, "pki"),
-		"--hostname-override", name, "--v", "2"); err != nil {
+		"--hostname-override", name, "--v", "2"}
+	if err := n.startKubelet(ctx); err != nil {
 		return nil, err
+	}
+	return n, nil
+}
+
+// startKubelet starts the node's kubelet and waits until the node is Ready.
+func (n *Node) startKubelet(ctx context.Context) error {
+	c, name := n.c, n.kubeletName()
+	if err := c.run(name, n.kubelet[0], n.kubelet[1:]...); err != nil {
+		return err
 	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		if err := c.exited(); err != nil {
-			return nil, err
+			return err
 		}
-		node, err := c.Admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		node, err := c.Admin.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err == nil {
 			for _, cond := range node.Status.Conditions {
 				if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
-					return n, nil
+					return nil
 				}
 			}
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	return nil, fmt.Errorf("node %s not Ready after 3m\n%s", name, c.logTail(name+"-kubelet"))
+	return fmt.Errorf("node %s not Ready after 3m\n%s", n.Name, c.logTail(name))
+}
+
+// kubeletName names the kubelet's process and log, one per boot.
+func (n *Node) kubeletName() string {
+	if n.boots == 0 {
+		return n.Name + "-kubelet"
+	}
+	return fmt.Sprintf("%s-kubelet-boot%d", n.Name, n.boots)
+}
+
+// Reboot does to the node what a reboot does to its pods: the kubelet
+// stops, every container dies at once, and every mount below the pods
+// directory (podkey's tmpfs volumes, projected service-account tokens) is
+// gone; then the kubelet starts again with the same configuration and root
+// directory, and brings the node's pods back from the API server: new
+// sandboxes, new containers, their volumes published again. containerd
+// keeps running with its containers dead: its own restart is containerd's
+// business, not a node plugin's, and its on-disk state would make the
+// test about containerd's recovery instead.
+func (n *Node) Reboot(ctx context.Context) error {
+	if err := n.c.kill(n.kubeletName()); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSock, "-n", "k8s.io", "tasks", "ls", "-q").Output()
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	for _, id := range strings.Fields(string(out)) {
+		// A task that ended meanwhile is no error: all that matters is that none runs.
+		_ = exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		running, err := n.runningTasks(ctx)
+		if err != nil {
+			return err
+		}
+		if running == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d containers still run a minute after SIGKILL", running)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	unmountBelow(filepath.Join(n.RootDir, "pods"))
+	n.boots++
+	return n.startKubelet(ctx)
+}
+
+// runningTasks counts the node's containers whose task still runs.
+func (n *Node) runningTasks(ctx context.Context) (int, error) {
+	out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSock, "-n", "k8s.io", "tasks", "ls").Output()
+	if err != nil {
+		return 0, fmt.Errorf("list containers: %w", err)
+	}
+	running := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[2] == "RUNNING" {
+			running++
+		}
+	}
+	return running, nil
 }
 
 // Import loads docker archives into the node's containerd, where pods

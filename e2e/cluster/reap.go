@@ -27,6 +27,11 @@ func (c *Cluster) reap() {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+	unmountBelow(c.Dir)
+}
+
+// unmountBelow detaches every mount at or below dir, deepest first.
+func unmountBelow(dir string) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return
@@ -36,7 +41,7 @@ func (c *Cluster) reap() {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && strings.HasPrefix(fields[4], c.Dir) {
+		if len(fields) > 4 && strings.HasPrefix(fields[4], dir) {
 			mounts = append(mounts, fields[4])
 		}
 	}
