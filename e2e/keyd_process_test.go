@@ -50,6 +50,11 @@ type world struct {
 	env     []string
 	keydErr *syncBuffer
 	keyd    *exec.Cmd
+	// keydCgroup, when set, is a memory cgroup (v1) keyd runs in from its
+	// first instruction, as in a container with a memory limit.
+	keydCgroup string
+	// keydEnv is added to keyd's environment only.
+	keydEnv []string
 }
 
 func (w *world) run(stdin string, name string, args ...string) (string, int) {
@@ -113,9 +118,14 @@ func (w *world) startKeyd(ctx context.Context, args ...string) *exec.Cmd {
 	if len(args) == 0 {
 		args = []string{"--listen", "127.0.0.1:0", "--insecure-local-identity"}
 	}
-	keyd := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-keyd"), append([]string{"--store", filepath.Join(w.dir, "keyd.db"),
-		"--socket", w.sock(), "--policy-file", policy, "--log-format", "json"}, args...)...)
-	keyd.Env = w.env
+	argv := append([]string{filepath.Join(w.bin, "podkey-keyd"), "--store", filepath.Join(w.dir, "keyd.db"),
+		"--socket", w.sock(), "--policy-file", policy, "--log-format", "json"}, args...)
+	if w.keydCgroup != "" {
+		// The shell joins the cgroup, then becomes keyd: no keyd allocation escapes the limit.
+		argv = append([]string{"/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, w.keydCgroup}, argv...)
+	}
+	keyd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	keyd.Env = append(append([]string(nil), w.env...), w.keydEnv...)
 	if w.keydErr == nil {
 		w.keydErr = &syncBuffer{} // kept across restarts, for the log scan
 	}

@@ -10,6 +10,7 @@ type metrics struct {
 	publish, unpublish       *prometheus.CounterVec
 	publishDur, unpublishDur *prometheus.HistogramVec
 	rotations                *prometheus.CounterVec
+	overloadRetries          prometheus.Counter
 }
 
 // newMetrics registers the plugin's metrics. Labels carry results only:
@@ -27,8 +28,10 @@ func newMetrics(reg prometheus.Registerer, d *Driver) *metrics {
 			Help: "NodeUnpublishVolume latency by result.", Buckets: buckets}, []string{"result"}),
 		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podkey_csi_rotations_total",
 			Help: "Credential renewals on republish by result."}, []string{"result"}),
+		overloadRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_csi_keyd_overload_retries_total",
+			Help: "Issue calls tried again after keyd refused them for overload (ResourceExhausted)."}),
 	}
-	reg.MustRegister(m.publish, m.unpublish, m.publishDur, m.unpublishDur, m.rotations,
+	reg.MustRegister(m.publish, m.unpublish, m.publishDur, m.unpublishDur, m.rotations, m.overloadRetries,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_csi_volumes", Help: "Live podkey volumes on this node."},
 			func() float64 { return float64(d.Volumes()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_csi_revocation_queue_depth", Help: "Revocations waiting for keyd."},

@@ -110,9 +110,7 @@ func (d *Driver) fetch(ctx context.Context, p *publishRequest, specs []object.Sp
 	if err != nil {
 		return nil, nil, status.Errorf(codes.Internal, "%v", err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, d.opts.KeydTimeout)
-	defer cancel()
-	resp, err := d.opts.Issuer.Issue(cctx, req)
+	resp, err := d.issue(ctx, req)
 	if err != nil {
 		return nil, nil, keydError(err)
 	}
@@ -141,6 +139,8 @@ func keydError(err error) error {
 		return status.Errorf(st.Code(), "podkey-keyd refused: %s", st.Message())
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		return status.Errorf(codes.Unavailable, "podkey-keyd is unreachable; retrying: %s", st.Message())
+	case codes.ResourceExhausted:
+		return status.Errorf(codes.ResourceExhausted, "podkey-keyd is busy; retrying: %s", st.Message())
 	}
 	return status.Errorf(codes.Internal, "podkey-keyd failed: %s", st.Message())
 }

@@ -85,6 +85,10 @@ type Options struct {
 	TokenAudience string
 	// KeydTimeout bounds one keyd call. Default 10s.
 	KeydTimeout time.Duration
+	// OverloadWait bounds how long a publish waits out keyd's overload
+	// refusals before it returns ResourceExhausted to the kubelet (never
+	// past the kubelet's own deadline). Default 90s.
+	OverloadWait time.Duration
 	// Registerer receives metrics. Default: a new registry (see Metrics).
 	Registerer prometheus.Registerer
 	// Logger. Default slog.Default().
@@ -127,6 +131,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.KeydTimeout == 0 {
 		o.KeydTimeout = 10 * time.Second
+	}
+	if o.OverloadWait == 0 {
+		o.OverloadWait = 90 * time.Second
 	}
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()

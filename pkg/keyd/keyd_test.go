@@ -12,10 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/emmansun/gmsm/smx509"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -387,5 +389,53 @@ func TestReplayRefusedAfterRestart(t *testing.T) {
 	}
 	if n, err := st.PruneNonces(ctx, time.Now().Add(11*time.Minute)); err != nil || n != 1 {
 		t.Fatalf("pruned %d nonces past the window: %v", n, err)
+	}
+}
+
+// TestOverloadRefusesWithRetryHint: with one call in progress allowed and
+// no queue, a burst of Issue calls through the real server gets answers
+// or ResourceExhausted with a retry hint, nothing else; every refused
+// call succeeds when tried again; the audit chain holds.
+func TestOverloadRefusesWithRetryHint(t *testing.T) {
+	e := keydtest.Start(t, func(o *keyd.Options) { o.MaxInflight, o.MaxQueued = 1, -1 })
+	ctx := context.Background()
+	req := &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}}
+	refused := 0
+	for round := 0; round < 20 && refused == 0; round++ {
+		var wg sync.WaitGroup
+		errs := make([]error, 32)
+		for i := range errs {
+			wg.Add(1)
+			go func() { defer wg.Done(); _, errs[i] = e.Keyd.Issue(ctx, req) }()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			switch code(err) {
+			case codes.OK:
+			case codes.ResourceExhausted:
+				refused++
+				var hint time.Duration
+				for _, d := range status.Convert(err).Details() {
+					if ri, ok := d.(*errdetails.RetryInfo); ok {
+						hint = ri.GetRetryDelay().AsDuration()
+					}
+				}
+				if hint <= 0 {
+					t.Fatalf("a refusal without a retry hint: %v", err)
+				}
+				if _, err := e.Keyd.Issue(ctx, req); err != nil {
+					t.Fatalf("a refused call tried again: %v", err)
+				}
+			default:
+				t.Fatalf("under overload: %v", err)
+			}
+		}
+	}
+	if refused == 0 {
+		t.Fatal("20 bursts of 32 calls against one slot and no queue: none refused")
+	}
+	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+	if err != nil || !v.Intact {
+		t.Fatalf("audit after overload: %v %v", v, err)
 	}
 }

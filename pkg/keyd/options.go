@@ -48,6 +48,14 @@ type Options struct {
 	// RevocationTTL is how long a revoked pod stays refused: at least the
 	// longest credential life. Default 30 days (object.MaxTTL).
 	RevocationTTL time.Duration
+	// MaxInflight bounds the Issue and Verify calls that run at once.
+	// Default: derived from the memory limit and the CPUs (see admission).
+	MaxInflight int
+	// MaxQueued bounds the Issue and Verify calls that wait for one of
+	// those; calls beyond it are refused with ResourceExhausted and a
+	// retry hint. Default (0): derived from the memory limit; negative: no
+	// queue, refuse at once.
+	MaxQueued int
 	// Logger receives structured logs; never secrets. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.

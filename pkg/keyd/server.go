@@ -31,15 +31,17 @@ import (
 
 // Server is a running key service.
 type Server struct {
-	opts     Options
-	tok      *hsm.Token
-	kr       *keyring.Keyring
-	st       store.Store
-	audit    *audit.Log
-	issuer   *credential.Issuer
-	policy   atomic.Pointer[policy.Policy]
-	replays  *replayCache
-	policyMu sync.Mutex // serializes read-modify-write of the policy
+	opts    Options
+	tok     *hsm.Token
+	kr      *keyring.Keyring
+	st      store.Store
+	audit   *audit.Log
+	issuer  *credential.Issuer
+	policy  atomic.Pointer[policy.Policy]
+	replays *replayCache
+	// admission bounds the Issue and Verify calls held in memory.
+	admission *admission
+	policyMu  sync.Mutex // serializes read-modify-write of the policy
 
 	health    *health.Server
 	servers   []*grpc.Server
@@ -54,6 +56,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, health: health.NewServer(), replays: newReplayCache()}
+	inflight, queued := admissionBounds(opts.MaxInflight, opts.MaxQueued)
+	s.admission = newAdmission(inflight, queued)
+	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
 	var err error
 	if s.tok, err = hsm.Open(opts.HSM); err != nil {
 		return nil, err
@@ -194,7 +199,8 @@ func (s *Server) pruneLoop(ctx context.Context) {
 
 func (s *Server) newGRPC(extra ...grpc.ServerOption) *grpc.Server {
 	opts := append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(s.logUnary),
+		grpc.ChainUnaryInterceptor(s.logUnary, s.admitUnary),
+		grpc.InTapHandle(s.admission.tap),
 		grpc.ChainStreamInterceptor(s.logStream),
 		grpc.MaxRecvMsgSize(1 << 20),
 		// Reuse a pool of goroutines for streams: a fresh goroutine per call

@@ -75,6 +75,8 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.identity.CacheTTL, "token-review-cache-ttl", 10*time.Second, "reuse a successful TokenReview this long (keyed by a hash of the token); negative disables")
 	fs.StringVar(&f.caConfigMap, "ca-configmap", os.Getenv("PODKEY_CA_CONFIGMAP"), "publish the CA certificates in this ConfigMap, namespace/name (keys "+trustbundle.KeyIntl+", "+trustbundle.KeyGM+"), for clients to verify keyd")
 	fs.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
+	fs.IntVar(&o.MaxInflight, "max-inflight", 0, "Issue and Verify calls run at once (0: derived from the memory limit and CPUs)")
+	fs.IntVar(&o.MaxQueued, "max-queued", 0, "Issue and Verify calls waiting beyond those; more are refused with ResourceExhausted and a retry hint (0: derived from the memory limit; -1: no queue)")
 	f.log.Register(fs)
 }
 
