@@ -2,7 +2,8 @@
 # Installs what podkey's build, demo and tests need on a fresh Debian
 # machine: SoftHSM2 (the embedded default HSM), the PKCS#11 tools and the
 # protobuf compiler (for `make proto`), etcd (for the test clusters), and
-# python3 (the reference request signer in docs/examples/python).
+# python3 with cryptography (the reference request signer and token
+# verifier in docs/examples/python, checked against keyd by the tests).
 # Go tools (helm among them) are pinned in go.mod; the Kubernetes
 # components are built by hack/kube-binaries.sh.
 set -euo pipefail
@@ -18,6 +19,7 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 [ -e /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 { [ -e /usr/bin/busybox ] && ! ldd /usr/bin/busybox >/dev/null 2>&1; } || need+=(busybox-static) # a static one, for images
 
 if [ ${#need[@]} -gt 0 ]; then

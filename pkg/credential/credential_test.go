@@ -17,6 +17,7 @@ import (
 
 	"github.com/podkey/podkey/pkg/accesskey"
 	"github.com/podkey/podkey/pkg/credential"
+	"github.com/podkey/podkey/pkg/jws"
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/keyring/keyringtest"
 	"github.com/podkey/podkey/pkg/object"
@@ -192,7 +193,7 @@ func TestTokenSignedPerSuite(t *testing.T) {
 			t.Fatal(err)
 		}
 		signer, _ := f.kr.TokenSigner(s, 1)
-		body, err := credential.VerifyJWT(s, signer.Public().(*ecdsa.PublicKey), c.Token)
+		body, err := jws.Verify(s, signer.Public().(*ecdsa.PublicKey), c.Token)
 		if err != nil {
 			t.Fatalf("%s: %v", s, err)
 		}
@@ -205,7 +206,7 @@ func TestTokenSignedPerSuite(t *testing.T) {
 		if claims.Sub != "system:serviceaccount:payments:payments" || claims.Aud[0] != "ledger" || claims.Podkey["podUID"] != "uid-a" {
 			t.Fatalf("claims %s", body)
 		}
-		if _, err := credential.VerifyJWT(s, signer.Public().(*ecdsa.PublicKey), c.Token[:len(c.Token)-4]+"AAAA"); err == nil {
+		if _, err := jws.Verify(s, signer.Public().(*ecdsa.PublicKey), c.Token[:len(c.Token)-4]+"AAAA"); err == nil {
 			t.Fatal("tampered token verified")
 		}
 	}

@@ -13,10 +13,12 @@ import (
 
 	"github.com/podkey/podkey/pkg/accesskey"
 	"github.com/podkey/podkey/pkg/ca"
+	"github.com/podkey/podkey/pkg/jws"
 	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/store"
+	"github.com/podkey/podkey/pkg/suite"
 )
 
 func (is *Issuer) apiKey(ctx context.Context, id pod.Identity, spec object.Spec, c *Issued) error {
@@ -114,6 +116,9 @@ func (is *Issuer) secret(ctx context.Context, id pod.Identity, spec object.Spec,
 	return nil
 }
 
+// KeyID is the JWS "kid" of a token-signing key generation.
+func KeyID(s suite.Name, gen int) string { return fmt.Sprintf("podkey-jwt-%s-g%d", s, gen) }
+
 func (is *Issuer) token(id pod.Identity, spec object.Spec, c *Issued) error {
 	c.Generation = is.kr.Current(keyring.JWT, spec.Suite)
 	signer, err := is.kr.TokenSigner(spec.Suite, c.Generation)
@@ -141,6 +146,6 @@ func (is *Issuer) token(id pod.Identity, spec object.Spec, c *Issued) error {
 	if err != nil {
 		return err
 	}
-	c.Token, err = SignJWT(spec.Suite, signer, KeyID(spec.Suite, c.Generation), body)
+	c.Token, err = jws.Sign(spec.Suite, signer, KeyID(spec.Suite, c.Generation), body)
 	return err
 }

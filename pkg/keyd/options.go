@@ -27,6 +27,9 @@ type Options struct {
 	// agents on the same host); empty disables it. Default
 	// /run/podkey/keyd.sock.
 	Socket string
+	// JWKSListen is the HTTPS address serving the token keys' JWK Set at
+	// JWKSPath, for token receivers; empty disables it. Default empty.
+	JWKSListen string
 	// TLSNames are the DNS names and IP addresses in the serving
 	// certificate. Default localhost and 127.0.0.1.
 	TLSNames []string

@@ -127,7 +127,7 @@ func (s *Server) setPolicy(ctx context.Context, p *policy.Policy, source string)
 // Serve listens on the configured socket and TLS address and blocks until
 // ctx ends or a listener fails; it then stops gracefully.
 func (s *Server) Serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	if s.opts.Socket != "" {
 		lis, err := socket.Listen(s.opts.Socket, 0o600)
 		if err != nil {
@@ -153,9 +153,20 @@ func (s *Server) Serve(ctx context.Context) error {
 	if len(s.servers) == 0 {
 		return errors.New("keyd: neither a socket nor a listen address is configured")
 	}
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	// pctx ends when Serve returns, whatever the cause.
 	pctx, stopPrune := context.WithCancel(ctx)
 	defer stopPrune()
+	if s.opts.JWKSListen != "" {
+		if err := s.serveJWKS(pctx, errc); err != nil {
+			stopPrune()
+			for _, g := range s.servers {
+				g.Stop()
+			}
+			s.wg.Wait()
+			return err
+		}
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.pruneLoop(pctx) }()
 	var err error

@@ -21,6 +21,7 @@ import (
 	"github.com/podkey/podkey/pkg/hsm/hsmflags"
 	"github.com/podkey/podkey/pkg/identity"
 	"github.com/podkey/podkey/pkg/identity/tokenreview"
+	"github.com/podkey/podkey/pkg/jwks"
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/kube"
 	"github.com/podkey/podkey/pkg/secmem"
@@ -64,6 +65,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.StorePath, "store", command.EnvOr("PODKEY_STORE", keyd.DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
 	fs.StringVar(&o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", keyd.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
 	fs.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
+	fs.StringVar(&o.JWKSListen, "jwks-listen", os.Getenv("PODKEY_JWKS_LISTEN"), "HTTPS address serving the token keys' JWK Set at "+jwks.WellKnownPath+" for token receivers, e.g. :8443; empty disables")
 	fs.StringSliceVar(&o.TLSNames, "tls-name", nil, "DNS name or IP in the serving certificate (repeatable; default localhost,127.0.0.1)")
 	fs.StringVar(&o.PolicyFile, "policy-file", os.Getenv("PODKEY_POLICY_FILE"), "YAML policy loaded at start, replacing the stored one")
 	fs.BoolVar(&o.InsecureLocalIdentity, "insecure-local-identity", false, "DEVELOPMENT ONLY: trust pod identities claimed on the local socket")

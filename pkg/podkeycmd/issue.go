@@ -150,7 +150,10 @@ type issuedView struct {
 	RenewAt     time.Time `json:"renewAt"`
 	AccessKeyID string    `json:"accessKeyId,omitempty"`
 	Subject     string    `json:"certificateSubject,omitempty"`
-	Secret      string    `json:"secret"`
+	// Chain is a certificate, then the CA bundle that verifies it (PEM):
+	// public, and what the private key in Secret is used with.
+	Chain  string `json:"certificateChain,omitempty"`
+	Secret string `json:"secret"`
 }
 
 func redacted(n int) string { return fmt.Sprintf("[redacted: %d bytes]", n) }
@@ -165,6 +168,7 @@ func newIssuedView(c *keydv1.Credential, key crypto.Signer, reveal bool) issuedV
 		v.AccessKeyID, secret = p.ApiKey.AccessKeyId, []byte(fmt.Sprintf("%x", p.ApiKey.SecretKey))
 		size = len(p.ApiKey.SecretKey)
 	case *keydv1.Credential_Certificate:
+		v.Chain = string(p.Certificate.CertPem) + string(p.Certificate.CaBundlePem)
 		if b, _ := pem.Decode(p.Certificate.CertPem); b != nil {
 			if cert, err := smx509.ParseCertificate(b.Bytes); err == nil {
 				v.Subject = cert.Subject.CommonName
@@ -211,6 +215,10 @@ func printIssued(out io.Writer, pod *keydv1.PodIdentity, view []issuedView) erro
 		}
 		if v.Subject != "" {
 			fmt.Fprintf(out, "%s certificate: %s\n", v.Name, v.Subject)
+		}
+		if v.Chain != "" && !strings.HasPrefix(v.Secret, "[redacted") {
+			// Revealed: the key's whole use, the chain its certificate needs.
+			fmt.Fprintf(out, "%s private key:\n%s%s certificate chain:\n%s", v.Name, v.Secret, v.Name, v.Chain)
 		}
 	}
 	return nil

@@ -43,9 +43,17 @@ func TestCLIAgainstKeyd(t *testing.T) {
 	if regexp.MustCompile(`[0-9a-f]{64}`).MatchString(r.stdout) || strings.Contains(r.stdout, "PRIVATE KEY") {
 		t.Fatalf("issue printed a secret without --reveal:\n%s", r.stdout)
 	}
-	r = podkey(t, "", append([]string{"issue", "--object=ledger:apiKey", "--reveal"}, pay...)...)
+	r = podkey(t, "", append([]string{"issue", "--object=ledger:apiKey", "--object=mtls:certificate", "--reveal"}, pay...)...)
 	if r.code != 0 || !regexp.MustCompile(`[0-9a-f]{64}`).MatchString(r.stdout) {
 		t.Fatalf("reveal: %d\n%s", r.code, r.stdout)
+	}
+	// A revealed certificate key comes with its chain: the certificate and
+	// the CA bundle, which verify it.
+	if !strings.Contains(r.stdout, "mtls private key:\n-----BEGIN PRIVATE KEY") || strings.Count(r.stdout, "BEGIN CERTIFICATE") < 2 {
+		t.Fatalf("reveal of a certificate without its chain:\n%s", r.stdout)
+	}
+	if r := podkey(t, "", "token", "jwks", sock); r.code != 0 || !strings.Contains(r.stdout, `"kid": "podkey-jwt-intl-g1"`) || !strings.Contains(r.stdout, `"crv": "SM2"`) {
+		t.Fatalf("token jwks: %+v", r)
 	}
 
 	for _, c := range []struct {

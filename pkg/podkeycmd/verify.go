@@ -12,6 +12,7 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/command"
+	"github.com/podkey/podkey/pkg/jwks"
 )
 
 func decodeSignature(s string) ([]byte, error) {
@@ -106,5 +107,28 @@ func newCACommand(cf *clientFlags) *cobra.Command {
 	}
 	bundle.Flags().StringVar(&s, "suite", "intl", "gm or intl")
 	cmd.AddCommand(bundle)
+	return cmd
+}
+
+func newTokenCommand(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "What receivers of podkey's tokens need"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "jwks",
+		Short: "Print the JWK Set of the token-signing keys (every live generation, both suites)",
+		Long: "Print the JWK Set that verifies the JWTs of kind token: ES256 keys on P-256 (intl) and\n" +
+			"SM2SM3 keys on the SM2 curve (gm, \"crv\": \"SM2\"). keyd also serves it over HTTPS\n" +
+			"with --jwks-listen at " + jwks.WellKnownPath + ".",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := callKeyd(cf, func(k keydv1.KeydClient) (*keydv1.TokenKeysResponse, error) {
+				return k.TokenKeys(cmd.Context(), &keydv1.TokenKeysRequest{})
+			})
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s\n", resp.Jwks)
+			return err
+		},
+	})
 	return cmd
 }

@@ -29,6 +29,7 @@ const (
 	Keyd_Verify_FullMethodName          = "/podkey.keyd.v1.Keyd/Verify"
 	Keyd_Revoke_FullMethodName          = "/podkey.keyd.v1.Keyd/Revoke"
 	Keyd_CABundle_FullMethodName        = "/podkey.keyd.v1.Keyd/CABundle"
+	Keyd_TokenKeys_FullMethodName       = "/podkey.keyd.v1.Keyd/TokenKeys"
 	Keyd_NodeCertificate_FullMethodName = "/podkey.keyd.v1.Keyd/NodeCertificate"
 )
 
@@ -44,6 +45,10 @@ type KeydClient interface {
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 	// CABundle returns the CA certificates of a suite (public).
 	CABundle(ctx context.Context, in *CABundleRequest, opts ...grpc.CallOption) (*CABundleResponse, error)
+	// TokenKeys returns the public keys of every live generation of the
+	// token-signing keys, both suites, as a JWK Set (public; keyd also
+	// serves it over HTTPS with --jwks-listen).
+	TokenKeys(ctx context.Context, in *TokenKeysRequest, opts ...grpc.CallOption) (*TokenKeysResponse, error)
 	// NodeCertificate exchanges a node agent's bound service-account token
 	// (audience podkey-node) and a CSR for a short-lived client certificate
 	// naming its node; the agent then calls Issue and Revoke over mTLS.
@@ -98,6 +103,16 @@ func (c *keydClient) CABundle(ctx context.Context, in *CABundleRequest, opts ...
 	return out, nil
 }
 
+func (c *keydClient) TokenKeys(ctx context.Context, in *TokenKeysRequest, opts ...grpc.CallOption) (*TokenKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TokenKeysResponse)
+	err := c.cc.Invoke(ctx, Keyd_TokenKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keydClient) NodeCertificate(ctx context.Context, in *NodeCertificateRequest, opts ...grpc.CallOption) (*NodeCertificateResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(NodeCertificateResponse)
@@ -120,6 +135,10 @@ type KeydServer interface {
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	// CABundle returns the CA certificates of a suite (public).
 	CABundle(context.Context, *CABundleRequest) (*CABundleResponse, error)
+	// TokenKeys returns the public keys of every live generation of the
+	// token-signing keys, both suites, as a JWK Set (public; keyd also
+	// serves it over HTTPS with --jwks-listen).
+	TokenKeys(context.Context, *TokenKeysRequest) (*TokenKeysResponse, error)
 	// NodeCertificate exchanges a node agent's bound service-account token
 	// (audience podkey-node) and a CSR for a short-lived client certificate
 	// naming its node; the agent then calls Issue and Revoke over mTLS.
@@ -145,6 +164,9 @@ func (UnimplementedKeydServer) Revoke(context.Context, *RevokeRequest) (*RevokeR
 }
 func (UnimplementedKeydServer) CABundle(context.Context, *CABundleRequest) (*CABundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CABundle not implemented")
+}
+func (UnimplementedKeydServer) TokenKeys(context.Context, *TokenKeysRequest) (*TokenKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TokenKeys not implemented")
 }
 func (UnimplementedKeydServer) NodeCertificate(context.Context, *NodeCertificateRequest) (*NodeCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NodeCertificate not implemented")
@@ -242,6 +264,24 @@ func _Keyd_CABundle_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyd_TokenKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TokenKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeydServer).TokenKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyd_TokenKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeydServer).TokenKeys(ctx, req.(*TokenKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Keyd_NodeCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(NodeCertificateRequest)
 	if err := dec(in); err != nil {
@@ -282,6 +322,10 @@ var Keyd_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CABundle",
 			Handler:    _Keyd_CABundle_Handler,
+		},
+		{
+			MethodName: "TokenKeys",
+			Handler:    _Keyd_TokenKeys_Handler,
 		},
 		{
 			MethodName: "NodeCertificate",

@@ -1,4 +1,7 @@
-package credential
+// Package jws signs and verifies podkey's tokens as compact JWS (RFC
+// 7515): ES256 for suite intl, SM2SM3 for suite gm. It is small on
+// purpose: token receivers import it through pkg/tokenverify.
+package jws
 
 import (
 	"crypto"
@@ -35,13 +38,10 @@ func Alg(s suite.Name) string {
 	return AlgES256
 }
 
-// KeyID is the JWS "kid" of a token-signing key generation.
-func KeyID(s suite.Name, gen int) string { return fmt.Sprintf("podkey-jwt-%s-g%d", s, gen) }
-
 var b64 = base64.RawURLEncoding
 
-// SignJWT signs claims (JSON) as a compact JWS.
-func SignJWT(s suite.Name, signer crypto.Signer, kid string, claims []byte) (string, error) {
+// Sign signs claims (JSON) as a compact JWS.
+func Sign(s suite.Name, signer crypto.Signer, kid string, claims []byte) (string, error) {
 	header, _ := json.Marshal(map[string]string{"alg": Alg(s), "typ": "JWT", "kid": kid})
 	input := b64.EncodeToString(header) + "." + b64.EncodeToString(claims)
 	var (
@@ -67,9 +67,9 @@ func SignJWT(s suite.Name, signer crypto.Signer, kid string, claims []byte) (str
 	return input + "." + b64.EncodeToString(sig), nil
 }
 
-// VerifyJWT checks a compact JWS against a public key and returns its
+// Verify checks a compact JWS against a public key and returns its
 // claims. It checks only the signature and algorithm; callers check claims.
-func VerifyJWT(s suite.Name, pub *ecdsa.PublicKey, token string) ([]byte, error) {
+func Verify(s suite.Name, pub *ecdsa.PublicKey, token string) ([]byte, error) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
 		return nil, errors.New("token: not a compact JWS")
