@@ -40,6 +40,7 @@ const (
 	ActionPolicySet       = "policy.set"
 	ActionKeyRotate       = "key.rotate"
 	ActionNodeCertificate = "node.certificate"
+	ActionRenew           = "renew"
 )
 
 // Results.

@@ -49,7 +49,7 @@ func (is *Issuer) VerifyAPIKey(ctx context.Context, keyID string, stringToSign, 
 	}
 	// A revocation refuses the keys issued until it; a version 1 id has no
 	// issue time and counts as issued before any revocation.
-	revokedAt, err := is.st.RevokedAt(ctx, id.PodUID, is.opts.Now())
+	revokedAt, err := is.st.RevokedAt(ctx, id.Namespace, id.ServiceAccount, id.PodUID, is.opts.Now())
 	if err != nil {
 		return id, err
 	}

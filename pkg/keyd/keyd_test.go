@@ -439,3 +439,62 @@ func TestOverloadRefusesWithRetryHint(t *testing.T) {
 		t.Fatalf("audit after overload: %v %v", v, err)
 	}
 }
+
+// TestForcedRenewalRefusesThePastOfItsScope: an operator's renewal of a
+// service account refuses the API keys its pods obtained before it, not
+// those of other service accounts nor those obtained after; nodes can
+// follow the orders by sequence; bad scopes are refused.
+func TestForcedRenewalRefusesThePastOfItsScope(t *testing.T) {
+	now := time.Now()
+	clock := func() time.Time { return now }
+	e := keydtest.Start(t, func(o *keyd.Options) { o.Now = func() time.Time { return clock() } })
+	ctx := context.Background()
+	other := &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "batch", PodName: "b", PodUid: "0b7e1c1e-b", NodeName: "node-1"}
+	key := func(p *keydv1.PodIdentity) *keydv1.APIKey {
+		r, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: p, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Credentials[0].GetApiKey()
+	}
+	verify := func(ak *keydv1.APIKey) error {
+		msg := []byte("m")
+		_, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: accesskey.Sign(suite.Intl, ak.SecretKey, msg)})
+		return err
+	}
+	if _, err := e.Admin.SetPolicy(ctx, &keydv1.PolicyDocument{Yaml: []byte(keydtest.PolicyYAML + "- {namespace: payments, serviceAccount: batch, objects: [\"*\"]}\n")}); err != nil {
+		t.Fatal(err)
+	}
+	before, untouched := key(podA), key(other)
+	now = now.Add(time.Second)
+	r, err := e.Admin.ForceRenewal(ctx, &keydv1.ForceRenewalRequest{Namespace: "payments", ServiceAccount: "payments"})
+	if err != nil || r.Seq != 1 {
+		t.Fatalf("renewal: %v %v", r, err)
+	}
+	now = now.Add(time.Second)
+	after := key(podA)
+	if err := verify(before); code(err) != codes.PermissionDenied {
+		t.Fatalf("a key obtained before the renewal: %v", err)
+	}
+	if err := verify(after); err != nil {
+		t.Fatalf("a key obtained after the renewal: %v", err)
+	}
+	if err := verify(untouched); err != nil {
+		t.Fatalf("another service account's key: %v", err)
+	}
+	list, err := e.Keyd.Renewals(ctx, &keydv1.RenewalsRequest{})
+	if err != nil || len(list.Renewals) != 1 || list.Renewals[0].ServiceAccount != "payments" {
+		t.Fatalf("renewals: %v %v", list, err)
+	}
+	if list, _ := e.Keyd.Renewals(ctx, &keydv1.RenewalsRequest{AfterSeq: 1}); len(list.Renewals) != 0 {
+		t.Fatalf("renewals after the last: %v", list)
+	}
+	for _, bad := range []*keydv1.ForceRenewalRequest{{}, {ServiceAccount: "payments"}, {Namespace: "Pay Ments"}, {PodUid: "u", Namespace: "payments"}} {
+		if _, err := e.Admin.ForceRenewal(ctx, bad); code(err) != codes.InvalidArgument {
+			t.Fatalf("renewal %v: %v", bad, err)
+		}
+	}
+	if v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{}); err != nil || !v.Intact {
+		t.Fatalf("audit: %v %v", v, err)
+	}
+}

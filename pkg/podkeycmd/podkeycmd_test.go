@@ -52,6 +52,12 @@ func TestCLIAgainstKeyd(t *testing.T) {
 	if !strings.Contains(r.stdout, "mtls private key:\n-----BEGIN PRIVATE KEY") || strings.Count(r.stdout, "BEGIN CERTIFICATE") < 2 {
 		t.Fatalf("reveal of a certificate without its chain:\n%s", r.stdout)
 	}
+	if r := podkey(t, "", "renew", sock, "--namespace=payments", "--service-account=payments"); r.code != 0 || !strings.Contains(r.stdout, "renewal 1: credentials of service account payments/payments") {
+		t.Fatalf("renew: %+v", r)
+	}
+	if r := podkey(t, "", "renew", sock, "--service-account=payments"); r.code != command.ExitUsage {
+		t.Fatalf("renew without a namespace: %+v", r)
+	}
 	if r := podkey(t, "", "token", "jwks", sock); r.code != 0 || !strings.Contains(r.stdout, `"kid": "podkey-jwt-intl-g1"`) || !strings.Contains(r.stdout, `"crv": "SM2"`) {
 		t.Fatalf("token jwks: %+v", r)
 	}

@@ -132,3 +132,49 @@ func newTokenCommand(cf *clientFlags) *cobra.Command {
 	})
 	return cmd
 }
+
+func newRenewCommand(cf *clientFlags) *cobra.Command {
+	var req keydv1.ForceRenewalRequest
+	cmd := &cobra.Command{
+		Use:   "renew (--pod-uid UID | --namespace NS [--service-account SA])",
+		Short: "Force fresh credentials for a pod, a service account or a namespace (e.g. after a suspected leak)",
+		Long: `Force fresh credentials for a pod, a service account or a namespace.
+
+What the scope's pods obtained until now is refused at once (Verify refuses
+their API keys); podkey-csi renews their volumes at the kubelet's next
+republish, about a minute later. Certificates and tokens already handed out
+are not revoked (no CRL): they expire with their ttl.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (req.PodUid == "") == (req.Namespace == "") {
+				return command.UsageError("give --pod-uid, or --namespace (with --service-account to narrow it)")
+			}
+			if req.ServiceAccount != "" && req.Namespace == "" {
+				return command.UsageError("--service-account needs --namespace")
+			}
+			admin, done, err := cf.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			r, err := admin.ForceRenewal(cmd.Context(), &req)
+			if err != nil {
+				return err
+			}
+			scope := "pod " + r.PodUid
+			switch {
+			case r.ServiceAccount != "":
+				scope = "service account " + r.Namespace + "/" + r.ServiceAccount
+			case r.Namespace != "":
+				scope = "namespace " + r.Namespace
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "renewal %d: credentials of %s obtained until %s are refused; volumes renew at their next republish\n",
+				r.Seq, scope, r.At.AsTime().Format(time.RFC3339))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.PodUid, "pod-uid", "", "renew one pod")
+	cmd.Flags().StringVar(&req.Namespace, "namespace", "", "renew a namespace's pods")
+	cmd.Flags().StringVar(&req.ServiceAccount, "service-account", "", "with --namespace: renew that service account's pods")
+	return cmd
+}

@@ -19,6 +19,7 @@ var (
 	bucketAudit       = []byte("audit")
 	bucketPods        = []byte("pods")
 	bucketNonces      = []byte("nonces")
+	bucketRenewals    = []byte("renewals")
 	keyPolicy         = []byte("policy")
 	keySchema         = []byte("schema")
 )
@@ -43,7 +44,7 @@ func OpenBolt(path string) (*Bolt, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods, bucketNonces} {
+		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods, bucketNonces, bucketRenewals} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -176,30 +177,81 @@ func (b *Bolt) Revoke(_ context.Context, r Revocation) error {
 	})
 }
 
-func (b *Bolt) RevokedAt(_ context.Context, podUID string, now time.Time) (time.Time, error) {
+func (b *Bolt) RevokedAt(_ context.Context, namespace, serviceAccount, podUID string, now time.Time) (time.Time, error) {
 	var at time.Time
 	err := b.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketRevocations).Get([]byte(podUID))
-		if v == nil {
+		if v := tx.Bucket(bucketRevocations).Get([]byte(podUID)); v != nil {
+			var r Revocation
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			if now.Before(r.Until) {
+				at = r.Revoked
+			}
+		}
+		// Renewals are an operator's rare orders, pruned when past: few.
+		return tx.Bucket(bucketRenewals).ForEach(func(_, v []byte) error {
+			var r Renewal
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			if now.Before(r.Until) && r.At.After(at) && r.Covers(namespace, serviceAccount, podUID) {
+				at = r.At
+			}
 			return nil
-		}
-		var r Revocation
-		if err := json.Unmarshal(v, &r); err != nil {
-			return err
-		}
-		if now.Before(r.Until) {
-			at = r.Revoked
-		}
-		return nil
+		})
 	})
 	return at, err
 }
 
+func (b *Bolt) AddRenewal(_ context.Context, r Renewal) (Renewal, error) {
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketRenewals)
+		seq, err := bk.NextSequence()
+		if err != nil {
+			return err
+		}
+		r.Seq = seq
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		return bk.Put(binary.BigEndian.AppendUint64(nil, seq), v)
+	})
+	return r, err
+}
+
+func (b *Bolt) Renewals(_ context.Context, after uint64, now time.Time) ([]Renewal, error) {
+	var out []Renewal
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRenewals).Cursor()
+		for k, v := c.Seek(binary.BigEndian.AppendUint64(nil, after+1)); k != nil; k, v = c.Next() {
+			var r Renewal
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			if now.Before(r.Until) {
+				out = append(out, r)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 func (b *Bolt) PruneRevocations(_ context.Context, now time.Time) (int, error) {
-	return b.prune(bucketRevocations, func(v []byte) bool {
+	n, err := b.prune(bucketRevocations, func(v []byte) bool {
 		var r Revocation
 		return json.Unmarshal(v, &r) == nil && !now.Before(r.Until)
 	})
+	if err != nil {
+		return n, err
+	}
+	m, err := b.prune(bucketRenewals, func(v []byte) bool {
+		var r Renewal
+		return json.Unmarshal(v, &r) == nil && !now.Before(r.Until)
+	})
+	return n + m, err
 }
 
 // prune deletes the bucket's entries whose value expired says are past.

@@ -56,15 +56,63 @@ func TestRevocationsNeverShortenAndPrune(t *testing.T) {
 	now := time.Now()
 	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Hour), Revoked: now})
 	_ = s.Revoke(ctx, store.Revocation{PodUID: "u", Until: now.Add(time.Minute), Revoked: now.Add(-time.Hour)})
-	if at, _ := s.RevokedAt(ctx, "u", now.Add(30*time.Minute)); !at.Equal(now) {
+	if at, _ := s.RevokedAt(ctx, "ns", "sa", "u", now.Add(30*time.Minute)); !at.Equal(now) {
 		t.Fatalf("revocation was shortened or moved back: %v", at)
 	}
-	if at, _ := s.RevokedAt(ctx, "other", now); !at.IsZero() {
+	if at, _ := s.RevokedAt(ctx, "ns", "sa", "other", now); !at.IsZero() {
 		t.Fatal("unknown pod revoked")
 	}
 	n, _ := s.PruneRevocations(ctx, now.Add(2*time.Hour))
 	if n != 1 {
 		t.Fatalf("pruned %d", n)
+	}
+}
+
+func TestRenewalsRefuseTheirScopeAndAreFollowedBySeq(t *testing.T) {
+	ctx := context.Background()
+	s, path := open(t)
+	now := time.Now()
+	pod, _ := s.AddRenewal(ctx, store.Renewal{PodUID: "u1", At: now, Until: now.Add(time.Hour)})
+	sa, _ := s.AddRenewal(ctx, store.Renewal{Namespace: "pay", ServiceAccount: "api", At: now.Add(time.Second), Until: now.Add(time.Hour)})
+	ns, _ := s.AddRenewal(ctx, store.Renewal{Namespace: "shop", At: now.Add(2 * time.Second), Until: now.Add(2 * time.Hour)})
+	if pod.Seq != 1 || sa.Seq != 2 || ns.Seq != 3 {
+		t.Fatalf("seqs %d %d %d", pod.Seq, sa.Seq, ns.Seq)
+	}
+	for _, c := range []struct {
+		ns, sa, uid string
+		want        time.Time
+	}{
+		{"pay", "web", "u1", now},                       // its pod
+		{"pay", "api", "u2", now.Add(time.Second)},      // its service account
+		{"shop", "any", "u3", now.Add(2 * time.Second)}, // its namespace
+		{"pay", "web", "u4", time.Time{}},               // none of them
+		{"payx", "api", "u5", time.Time{}},              // a namespace is matched whole
+	} {
+		if at, err := s.RevokedAt(ctx, c.ns, c.sa, c.uid, now); err != nil || !at.Equal(c.want) {
+			t.Errorf("%s/%s %s: %v %v, want %v", c.ns, c.sa, c.uid, at, err, c.want)
+		}
+	}
+	// The latest of a pod's revocation and its renewals counts.
+	_ = s.Revoke(ctx, store.Revocation{PodUID: "u2", Revoked: now.Add(time.Minute), Until: now.Add(time.Hour)})
+	if at, _ := s.RevokedAt(ctx, "pay", "api", "u2", now); !at.Equal(now.Add(time.Minute)) {
+		t.Fatalf("revocation after renewal: %v", at)
+	}
+	after, _ := s.Renewals(ctx, 1, now)
+	if len(after) != 2 || after[0].Seq != 2 || after[1].Seq != 3 {
+		t.Fatalf("renewals after 1: %+v", after)
+	}
+	// Renewals survive a restart and are pruned once past.
+	s.Close()
+	s2, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if n, _ := s2.PruneRevocations(ctx, now.Add(90*time.Minute)); n != 3 {
+		t.Fatalf("pruned %d, want the revocation and two renewals", n)
+	}
+	if left, _ := s2.Renewals(ctx, 0, now); len(left) != 1 || left[0].Namespace != "shop" {
+		t.Fatalf("left %+v", left)
 	}
 }
 

@@ -39,6 +39,33 @@ type Revocation struct {
 	Revoked time.Time `json:"revoked"`
 }
 
+// Renewal is an operator's order of fresh credentials for a scope: one
+// pod (PodUID), a service account (Namespace and ServiceAccount) or a
+// namespace (Namespace alone). Credentials its pods obtained until At are
+// refused from then on, as if revoked; nodes renew the pods' volumes.
+// Seq orders renewals (1, 2, ...) for nodes that follow them; the record
+// is kept until Until, when nothing issued before At can still be valid.
+type Renewal struct {
+	Seq            uint64    `json:"seq"`
+	Namespace      string    `json:"namespace,omitempty"`
+	ServiceAccount string    `json:"serviceAccount,omitempty"`
+	PodUID         string    `json:"podUID,omitempty"`
+	At             time.Time `json:"at"`
+	Until          time.Time `json:"until"`
+}
+
+// Covers reports whether the renewal's scope holds the pod.
+func (r Renewal) Covers(namespace, serviceAccount, podUID string) bool {
+	switch {
+	case r.PodUID != "":
+		return r.PodUID == podUID
+	case r.ServiceAccount != "":
+		return r.Namespace == namespace && r.ServiceAccount == serviceAccount
+	default:
+		return r.Namespace != "" && r.Namespace == namespace
+	}
+}
+
 // AuditEntry is one opaque, already-chained audit record at position Seq
 // (1-based, gapless).
 type AuditEntry struct {
@@ -82,10 +109,16 @@ type Store interface {
 	DeleteSecret(ctx context.Context, namespace, name string) error
 
 	Revoke(ctx context.Context, r Revocation) error
-	// RevokedAt is the pod's revocation time (credentials issued before it
-	// are revoked), or zero when it has none in force at now.
-	RevokedAt(ctx context.Context, podUID string, now time.Time) (time.Time, error)
+	// RevokedAt is the latest time up to which the pod's credentials are
+	// refused (its own revocation, or a renewal of its pod, service
+	// account or namespace), or zero when none is in force at now.
+	RevokedAt(ctx context.Context, namespace, serviceAccount, podUID string, now time.Time) (time.Time, error)
 	PruneRevocations(ctx context.Context, now time.Time) (int, error)
+
+	// AddRenewal records a renewal with the next Seq, which it returns.
+	AddRenewal(ctx context.Context, r Renewal) (Renewal, error)
+	// Renewals lists the renewals in force at now whose Seq follows after.
+	Renewals(ctx context.Context, after uint64, now time.Time) ([]Renewal, error)
 
 	// PodNode reads which node obtained credentials for a pod, as an
 	// AuditEntry's Bind recorded it ("" when unknown or past).

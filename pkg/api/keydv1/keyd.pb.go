@@ -1202,6 +1202,240 @@ func (x *CABundleResponse) GetPem() []byte {
 	return nil
 }
 
+type RenewalsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AfterSeq      uint64                 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewalsRequest) Reset() {
+	*x = RenewalsRequest{}
+	mi := &file_keyd_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewalsRequest) ProtoMessage() {}
+
+func (x *RenewalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewalsRequest.ProtoReflect.Descriptor instead.
+func (*RenewalsRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RenewalsRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+type RenewalsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Renewals      []*Renewal             `protobuf:"bytes,1,rep,name=renewals,proto3" json:"renewals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewalsResponse) Reset() {
+	*x = RenewalsResponse{}
+	mi := &file_keyd_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewalsResponse) ProtoMessage() {}
+
+func (x *RenewalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewalsResponse.ProtoReflect.Descriptor instead.
+func (*RenewalsResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RenewalsResponse) GetRenewals() []*Renewal {
+	if x != nil {
+		return x.Renewals
+	}
+	return nil
+}
+
+// Renewal is a renewal order. Its scope is pod_uid when set, else
+// namespace and service_account when set, else namespace.
+type Renewal struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Seq            uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Namespace      string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,3,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	PodUid         string                 `protobuf:"bytes,4,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	At             *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`       // credentials obtained until this are refused
+	Until          *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=until,proto3" json:"until,omitempty"` // the order is kept until this
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Renewal) Reset() {
+	*x = Renewal{}
+	mi := &file_keyd_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Renewal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Renewal) ProtoMessage() {}
+
+func (x *Renewal) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Renewal.ProtoReflect.Descriptor instead.
+func (*Renewal) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Renewal) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Renewal) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Renewal) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *Renewal) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
+func (x *Renewal) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *Renewal) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+type ForceRenewalRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Namespace      string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,2,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	PodUid         string                 `protobuf:"bytes,3,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ForceRenewalRequest) Reset() {
+	*x = ForceRenewalRequest{}
+	mi := &file_keyd_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForceRenewalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForceRenewalRequest) ProtoMessage() {}
+
+func (x *ForceRenewalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForceRenewalRequest.ProtoReflect.Descriptor instead.
+func (*ForceRenewalRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ForceRenewalRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ForceRenewalRequest) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *ForceRenewalRequest) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
 type TokenKeysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1210,7 +1444,7 @@ type TokenKeysRequest struct {
 
 func (x *TokenKeysRequest) Reset() {
 	*x = TokenKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1456,7 @@ func (x *TokenKeysRequest) String() string {
 func (*TokenKeysRequest) ProtoMessage() {}
 
 func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1469,7 @@ func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysRequest.ProtoReflect.Descriptor instead.
 func (*TokenKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{18}
+	return file_keyd_proto_rawDescGZIP(), []int{22}
 }
 
 type TokenKeysResponse struct {
@@ -1247,7 +1481,7 @@ type TokenKeysResponse struct {
 
 func (x *TokenKeysResponse) Reset() {
 	*x = TokenKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1493,7 @@ func (x *TokenKeysResponse) String() string {
 func (*TokenKeysResponse) ProtoMessage() {}
 
 func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1506,7 @@ func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysResponse.ProtoReflect.Descriptor instead.
 func (*TokenKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{19}
+	return file_keyd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TokenKeysResponse) GetJwks() []byte {
@@ -1293,7 +1527,7 @@ type PutSecretRequest struct {
 
 func (x *PutSecretRequest) Reset() {
 	*x = PutSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1539,7 @@ func (x *PutSecretRequest) String() string {
 func (*PutSecretRequest) ProtoMessage() {}
 
 func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1552,7 @@ func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{20}
+	return file_keyd_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PutSecretRequest) GetNamespace() string {
@@ -1355,7 +1589,7 @@ type SecretInfo struct {
 
 func (x *SecretInfo) Reset() {
 	*x = SecretInfo{}
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1601,7 @@ func (x *SecretInfo) String() string {
 func (*SecretInfo) ProtoMessage() {}
 
 func (x *SecretInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1614,7 @@ func (x *SecretInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretInfo.ProtoReflect.Descriptor instead.
 func (*SecretInfo) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{21}
+	return file_keyd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SecretInfo) GetNamespace() string {
@@ -1427,7 +1661,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1673,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1686,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{22}
+	return file_keyd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -1471,7 +1705,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1717,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1730,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{23}
+	return file_keyd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*SecretInfo {
@@ -1516,7 +1750,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1762,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1775,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{24}
+	return file_keyd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -1566,7 +1800,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1812,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1825,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{25}
+	return file_keyd_proto_rawDescGZIP(), []int{29}
 }
 
 type GetPolicyRequest struct {
@@ -1602,7 +1836,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1848,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1861,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{26}
+	return file_keyd_proto_rawDescGZIP(), []int{30}
 }
 
 // PolicyDocument is the policy in its YAML form (see package policy).
@@ -1640,7 +1874,7 @@ type PolicyDocument struct {
 
 func (x *PolicyDocument) Reset() {
 	*x = PolicyDocument{}
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1886,7 @@ func (x *PolicyDocument) String() string {
 func (*PolicyDocument) ProtoMessage() {}
 
 func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1899,7 @@ func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDocument.ProtoReflect.Descriptor instead.
 func (*PolicyDocument) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{27}
+	return file_keyd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PolicyDocument) GetYaml() []byte {
@@ -1688,7 +1922,7 @@ type PolicyRule struct {
 
 func (x *PolicyRule) Reset() {
 	*x = PolicyRule{}
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1934,7 @@ func (x *PolicyRule) String() string {
 func (*PolicyRule) ProtoMessage() {}
 
 func (x *PolicyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1947,7 @@ func (x *PolicyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
 func (*PolicyRule) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{28}
+	return file_keyd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PolicyRule) GetNamespace() string {
@@ -1754,7 +1988,7 @@ type PolicyRuleResponse struct {
 
 func (x *PolicyRuleResponse) Reset() {
 	*x = PolicyRuleResponse{}
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +2000,7 @@ func (x *PolicyRuleResponse) String() string {
 func (*PolicyRuleResponse) ProtoMessage() {}
 
 func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +2013,7 @@ func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRuleResponse.ProtoReflect.Descriptor instead.
 func (*PolicyRuleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{29}
+	return file_keyd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PolicyRuleResponse) GetRules() uint32 {
@@ -1797,7 +2031,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2043,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2056,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{30}
+	return file_keyd_proto_rawDescGZIP(), []int{34}
 }
 
 // AuditRecord is one audit record in its stored JSON form.
@@ -1835,7 +2069,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2081,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2094,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{31}
+	return file_keyd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AuditRecord) GetJson() []byte {
@@ -1878,7 +2112,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2124,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2137,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{32}
+	return file_keyd_proto_rawDescGZIP(), []int{36}
 }
 
 type VerifyAuditResponse struct {
@@ -1918,7 +2152,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2164,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2177,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{33}
+	return file_keyd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VerifyAuditResponse) GetRecords() uint64 {
@@ -1984,7 +2218,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2230,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2243,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{34}
+	return file_keyd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RotateKeyRequest) GetPurpose() string {
@@ -2035,7 +2269,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2281,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2294,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{35}
+	return file_keyd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RotateKeyResponse) GetGeneration() int64 {
@@ -2078,7 +2312,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2324,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2337,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{36}
+	return file_keyd_proto_rawDescGZIP(), []int{40}
 }
 
 type StatusResponse struct {
@@ -2120,7 +2354,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2366,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2379,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{37}
+	return file_keyd_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -2201,7 +2435,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2447,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2460,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{38}
+	return file_keyd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -2342,7 +2576,22 @@ const file_keyd_proto_rawDesc = "" +
 	"\rca_bundle_pem\x18\x02 \x01(\fR\vcaBundlePem\x122\n" +
 	"\x06expiry\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06expiry\"$\n" +
 	"\x10CABundleResponse\x12\x10\n" +
-	"\x03pem\x18\x01 \x01(\fR\x03pem\"\x12\n" +
+	"\x03pem\x18\x01 \x01(\fR\x03pem\".\n" +
+	"\x0fRenewalsRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"G\n" +
+	"\x10RenewalsResponse\x123\n" +
+	"\brenewals\x18\x01 \x03(\v2\x17.podkey.keyd.v1.RenewalR\brenewals\"\xd9\x01\n" +
+	"\aRenewal\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\x12\x17\n" +
+	"\apod_uid\x18\x04 \x01(\tR\x06podUid\x12*\n" +
+	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x120\n" +
+	"\x05until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"u\n" +
+	"\x13ForceRenewalRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x17\n" +
+	"\apod_uid\x18\x03 \x01(\tR\x06podUid\"\x12\n" +
 	"\x10TokenKeysRequest\"'\n" +
 	"\x11TokenKeysResponse\x12\x12\n" +
 	"\x04jwks\x18\x01 \x01(\fR\x04jwks\"Z\n" +
@@ -2405,14 +2654,15 @@ const file_keyd_proto_rawDesc = "" +
 	"\x0eKeyGenerations\x12\x18\n" +
 	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12 \n" +
-	"\vgenerations\x18\x03 \x03(\x03R\vgenerations2\xe3\x03\n" +
+	"\vgenerations\x18\x03 \x03(\x03R\vgenerations2\xb2\x04\n" +
 	"\x04Keyd\x12D\n" +
 	"\x05Issue\x12\x1c.podkey.keyd.v1.IssueRequest\x1a\x1d.podkey.keyd.v1.IssueResponse\x12G\n" +
 	"\x06Verify\x12\x1d.podkey.keyd.v1.VerifyRequest\x1a\x1e.podkey.keyd.v1.VerifyResponse\x12G\n" +
 	"\x06Revoke\x12\x1d.podkey.keyd.v1.RevokeRequest\x1a\x1e.podkey.keyd.v1.RevokeResponse\x12M\n" +
 	"\bCABundle\x12\x1f.podkey.keyd.v1.CABundleRequest\x1a .podkey.keyd.v1.CABundleResponse\x12P\n" +
-	"\tTokenKeys\x12 .podkey.keyd.v1.TokenKeysRequest\x1a!.podkey.keyd.v1.TokenKeysResponse\x12b\n" +
-	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse2\x8b\a\n" +
+	"\tTokenKeys\x12 .podkey.keyd.v1.TokenKeysRequest\x1a!.podkey.keyd.v1.TokenKeysResponse\x12M\n" +
+	"\bRenewals\x12\x1f.podkey.keyd.v1.RenewalsRequest\x1a .podkey.keyd.v1.RenewalsResponse\x12b\n" +
+	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse2\xd9\a\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -2423,7 +2673,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\x10RemovePolicyRule\x12\x1a.podkey.keyd.v1.PolicyRule\x1a\".podkey.keyd.v1.PolicyRuleResponse\x12P\n" +
 	"\vExportAudit\x12\".podkey.keyd.v1.ExportAuditRequest\x1a\x1b.podkey.keyd.v1.AuditRecord0\x01\x12V\n" +
 	"\vVerifyAudit\x12\".podkey.keyd.v1.VerifyAuditRequest\x1a#.podkey.keyd.v1.VerifyAuditResponse\x12P\n" +
-	"\tRotateKey\x12 .podkey.keyd.v1.RotateKeyRequest\x1a!.podkey.keyd.v1.RotateKeyResponse\x12G\n" +
+	"\tRotateKey\x12 .podkey.keyd.v1.RotateKeyRequest\x1a!.podkey.keyd.v1.RotateKeyResponse\x12L\n" +
+	"\fForceRenewal\x12#.podkey.keyd.v1.ForceRenewalRequest\x1a\x17.podkey.keyd.v1.Renewal\x12G\n" +
 	"\x06Status\x12\x1d.podkey.keyd.v1.StatusRequest\x1a\x1e.podkey.keyd.v1.StatusResponseB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
 
 var (
@@ -2438,7 +2689,7 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_keyd_proto_goTypes = []any{
 	(*PodIdentity)(nil),             // 0: podkey.keyd.v1.PodIdentity
 	(*ObjectRequest)(nil),           // 1: podkey.keyd.v1.ObjectRequest
@@ -2458,88 +2709,99 @@ var file_keyd_proto_goTypes = []any{
 	(*NodeCertificateRequest)(nil),  // 15: podkey.keyd.v1.NodeCertificateRequest
 	(*NodeCertificateResponse)(nil), // 16: podkey.keyd.v1.NodeCertificateResponse
 	(*CABundleResponse)(nil),        // 17: podkey.keyd.v1.CABundleResponse
-	(*TokenKeysRequest)(nil),        // 18: podkey.keyd.v1.TokenKeysRequest
-	(*TokenKeysResponse)(nil),       // 19: podkey.keyd.v1.TokenKeysResponse
-	(*PutSecretRequest)(nil),        // 20: podkey.keyd.v1.PutSecretRequest
-	(*SecretInfo)(nil),              // 21: podkey.keyd.v1.SecretInfo
-	(*ListSecretsRequest)(nil),      // 22: podkey.keyd.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 23: podkey.keyd.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 24: podkey.keyd.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 25: podkey.keyd.v1.DeleteSecretResponse
-	(*GetPolicyRequest)(nil),        // 26: podkey.keyd.v1.GetPolicyRequest
-	(*PolicyDocument)(nil),          // 27: podkey.keyd.v1.PolicyDocument
-	(*PolicyRule)(nil),              // 28: podkey.keyd.v1.PolicyRule
-	(*PolicyRuleResponse)(nil),      // 29: podkey.keyd.v1.PolicyRuleResponse
-	(*ExportAuditRequest)(nil),      // 30: podkey.keyd.v1.ExportAuditRequest
-	(*AuditRecord)(nil),             // 31: podkey.keyd.v1.AuditRecord
-	(*VerifyAuditRequest)(nil),      // 32: podkey.keyd.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 33: podkey.keyd.v1.VerifyAuditResponse
-	(*RotateKeyRequest)(nil),        // 34: podkey.keyd.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),       // 35: podkey.keyd.v1.RotateKeyResponse
-	(*StatusRequest)(nil),           // 36: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),          // 37: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),          // 38: podkey.keyd.v1.KeyGenerations
-	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
+	(*RenewalsRequest)(nil),         // 18: podkey.keyd.v1.RenewalsRequest
+	(*RenewalsResponse)(nil),        // 19: podkey.keyd.v1.RenewalsResponse
+	(*Renewal)(nil),                 // 20: podkey.keyd.v1.Renewal
+	(*ForceRenewalRequest)(nil),     // 21: podkey.keyd.v1.ForceRenewalRequest
+	(*TokenKeysRequest)(nil),        // 22: podkey.keyd.v1.TokenKeysRequest
+	(*TokenKeysResponse)(nil),       // 23: podkey.keyd.v1.TokenKeysResponse
+	(*PutSecretRequest)(nil),        // 24: podkey.keyd.v1.PutSecretRequest
+	(*SecretInfo)(nil),              // 25: podkey.keyd.v1.SecretInfo
+	(*ListSecretsRequest)(nil),      // 26: podkey.keyd.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 27: podkey.keyd.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 28: podkey.keyd.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 29: podkey.keyd.v1.DeleteSecretResponse
+	(*GetPolicyRequest)(nil),        // 30: podkey.keyd.v1.GetPolicyRequest
+	(*PolicyDocument)(nil),          // 31: podkey.keyd.v1.PolicyDocument
+	(*PolicyRule)(nil),              // 32: podkey.keyd.v1.PolicyRule
+	(*PolicyRuleResponse)(nil),      // 33: podkey.keyd.v1.PolicyRuleResponse
+	(*ExportAuditRequest)(nil),      // 34: podkey.keyd.v1.ExportAuditRequest
+	(*AuditRecord)(nil),             // 35: podkey.keyd.v1.AuditRecord
+	(*VerifyAuditRequest)(nil),      // 36: podkey.keyd.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 37: podkey.keyd.v1.VerifyAuditResponse
+	(*RotateKeyRequest)(nil),        // 38: podkey.keyd.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 39: podkey.keyd.v1.RotateKeyResponse
+	(*StatusRequest)(nil),           // 40: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 41: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 42: podkey.keyd.v1.KeyGenerations
+	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
 	0,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
 	1,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	39, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	39, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	39, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	43, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	43, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	43, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
 	4,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
 	5,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
 	6,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
 	7,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
 	8,  // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
 	3,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	39, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	43, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
 	0,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	39, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
-	39, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	39, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
-	39, // 16: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
-	21, // 17: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	38, // 18: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	2,  // 19: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
-	10, // 20: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
-	12, // 21: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
-	14, // 22: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
-	18, // 23: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
-	15, // 24: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
-	20, // 25: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
-	22, // 26: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
-	24, // 27: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
-	26, // 28: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
-	27, // 29: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	28, // 30: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	28, // 31: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	30, // 32: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	32, // 33: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	34, // 34: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	36, // 35: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	9,  // 36: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	11, // 37: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	13, // 38: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	17, // 39: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	19, // 40: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
-	16, // 41: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	21, // 42: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	23, // 43: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	25, // 44: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	27, // 45: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	27, // 46: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	29, // 47: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	29, // 48: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	31, // 49: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	33, // 50: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	35, // 51: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	37, // 52: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	36, // [36:53] is the sub-list for method output_type
-	19, // [19:36] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	43, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
+	43, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	43, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	20, // 16: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
+	43, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
+	43, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
+	43, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	25, // 20: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
+	42, // 21: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	2,  // 22: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
+	10, // 23: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
+	12, // 24: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
+	14, // 25: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
+	22, // 26: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
+	18, // 27: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
+	15, // 28: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
+	24, // 29: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
+	26, // 30: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
+	28, // 31: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
+	30, // 32: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
+	31, // 33: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
+	32, // 34: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	32, // 35: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	34, // 36: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	36, // 37: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	38, // 38: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	21, // 39: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
+	40, // 40: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	9,  // 41: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	11, // 42: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	13, // 43: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	17, // 44: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	23, // 45: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
+	19, // 46: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
+	16, // 47: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	25, // 48: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	27, // 49: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	29, // 50: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	31, // 51: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	31, // 52: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	33, // 53: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	33, // 54: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	35, // 55: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	37, // 56: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	39, // 57: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	20, // 58: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
+	41, // 59: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	41, // [41:60] is the sub-list for method output_type
+	22, // [22:41] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_keyd_proto_init() }
@@ -2560,7 +2822,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -30,6 +30,7 @@ const (
 	Keyd_Revoke_FullMethodName          = "/podkey.keyd.v1.Keyd/Revoke"
 	Keyd_CABundle_FullMethodName        = "/podkey.keyd.v1.Keyd/CABundle"
 	Keyd_TokenKeys_FullMethodName       = "/podkey.keyd.v1.Keyd/TokenKeys"
+	Keyd_Renewals_FullMethodName        = "/podkey.keyd.v1.Keyd/Renewals"
 	Keyd_NodeCertificate_FullMethodName = "/podkey.keyd.v1.Keyd/NodeCertificate"
 )
 
@@ -49,6 +50,10 @@ type KeydClient interface {
 	// token-signing keys, both suites, as a JWK Set (public; keyd also
 	// serves it over HTTPS with --jwks-listen).
 	TokenKeys(ctx context.Context, in *TokenKeysRequest, opts ...grpc.CallOption) (*TokenKeysResponse, error)
+	// Renewals lists the operator's renewal orders after a sequence number,
+	// for node agents to renew the volumes they cover (node certificate or
+	// local socket).
+	Renewals(ctx context.Context, in *RenewalsRequest, opts ...grpc.CallOption) (*RenewalsResponse, error)
 	// NodeCertificate exchanges a node agent's bound service-account token
 	// (audience podkey-node) and a CSR for a short-lived client certificate
 	// naming its node; the agent then calls Issue and Revoke over mTLS.
@@ -113,6 +118,16 @@ func (c *keydClient) TokenKeys(ctx context.Context, in *TokenKeysRequest, opts .
 	return out, nil
 }
 
+func (c *keydClient) Renewals(ctx context.Context, in *RenewalsRequest, opts ...grpc.CallOption) (*RenewalsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewalsResponse)
+	err := c.cc.Invoke(ctx, Keyd_Renewals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keydClient) NodeCertificate(ctx context.Context, in *NodeCertificateRequest, opts ...grpc.CallOption) (*NodeCertificateResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(NodeCertificateResponse)
@@ -139,6 +154,10 @@ type KeydServer interface {
 	// token-signing keys, both suites, as a JWK Set (public; keyd also
 	// serves it over HTTPS with --jwks-listen).
 	TokenKeys(context.Context, *TokenKeysRequest) (*TokenKeysResponse, error)
+	// Renewals lists the operator's renewal orders after a sequence number,
+	// for node agents to renew the volumes they cover (node certificate or
+	// local socket).
+	Renewals(context.Context, *RenewalsRequest) (*RenewalsResponse, error)
 	// NodeCertificate exchanges a node agent's bound service-account token
 	// (audience podkey-node) and a CSR for a short-lived client certificate
 	// naming its node; the agent then calls Issue and Revoke over mTLS.
@@ -167,6 +186,9 @@ func (UnimplementedKeydServer) CABundle(context.Context, *CABundleRequest) (*CAB
 }
 func (UnimplementedKeydServer) TokenKeys(context.Context, *TokenKeysRequest) (*TokenKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TokenKeys not implemented")
+}
+func (UnimplementedKeydServer) Renewals(context.Context, *RenewalsRequest) (*RenewalsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Renewals not implemented")
 }
 func (UnimplementedKeydServer) NodeCertificate(context.Context, *NodeCertificateRequest) (*NodeCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NodeCertificate not implemented")
@@ -282,6 +304,24 @@ func _Keyd_TokenKeys_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyd_Renewals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewalsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeydServer).Renewals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyd_Renewals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeydServer).Renewals(ctx, req.(*RenewalsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Keyd_NodeCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(NodeCertificateRequest)
 	if err := dec(in); err != nil {
@@ -328,6 +368,10 @@ var Keyd_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Keyd_TokenKeys_Handler,
 		},
 		{
+			MethodName: "Renewals",
+			Handler:    _Keyd_Renewals_Handler,
+		},
+		{
 			MethodName: "NodeCertificate",
 			Handler:    _Keyd_NodeCertificate_Handler,
 		},
@@ -347,6 +391,7 @@ const (
 	Admin_ExportAudit_FullMethodName      = "/podkey.keyd.v1.Admin/ExportAudit"
 	Admin_VerifyAudit_FullMethodName      = "/podkey.keyd.v1.Admin/VerifyAudit"
 	Admin_RotateKey_FullMethodName        = "/podkey.keyd.v1.Admin/RotateKey"
+	Admin_ForceRenewal_FullMethodName     = "/podkey.keyd.v1.Admin/ForceRenewal"
 	Admin_Status_FullMethodName           = "/podkey.keyd.v1.Admin/Status"
 )
 
@@ -368,6 +413,10 @@ type AdminClient interface {
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditRecord], error)
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
 	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
+	// ForceRenewal orders fresh credentials for a pod, a service account or
+	// a namespace: what its pods obtained until now is refused at once, and
+	// node agents renew their volumes at the next republish.
+	ForceRenewal(ctx context.Context, in *ForceRenewalRequest, opts ...grpc.CallOption) (*Renewal, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 }
 
@@ -488,6 +537,16 @@ func (c *adminClient) RotateKey(ctx context.Context, in *RotateKeyRequest, opts 
 	return out, nil
 }
 
+func (c *adminClient) ForceRenewal(ctx context.Context, in *ForceRenewalRequest, opts ...grpc.CallOption) (*Renewal, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Renewal)
+	err := c.cc.Invoke(ctx, Admin_ForceRenewal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StatusResponse)
@@ -516,6 +575,10 @@ type AdminServer interface {
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[AuditRecord]) error
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
 	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
+	// ForceRenewal orders fresh credentials for a pod, a service account or
+	// a namespace: what its pods obtained until now is refused at once, and
+	// node agents renew their volumes at the next republish.
+	ForceRenewal(context.Context, *ForceRenewalRequest) (*Renewal, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
@@ -556,6 +619,9 @@ func (UnimplementedAdminServer) VerifyAudit(context.Context, *VerifyAuditRequest
 }
 func (UnimplementedAdminServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
+}
+func (UnimplementedAdminServer) ForceRenewal(context.Context, *ForceRenewalRequest) (*Renewal, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForceRenewal not implemented")
 }
 func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
@@ -754,6 +820,24 @@ func _Admin_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ForceRenewal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForceRenewalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ForceRenewal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ForceRenewal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ForceRenewal(ctx, req.(*ForceRenewalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StatusRequest)
 	if err := dec(in); err != nil {
@@ -814,6 +898,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateKey",
 			Handler:    _Admin_RotateKey_Handler,
+		},
+		{
+			MethodName: "ForceRenewal",
+			Handler:    _Admin_ForceRenewal_Handler,
 		},
 		{
 			MethodName: "Status",
