@@ -107,7 +107,8 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	keyd := keydv1.NewKeydClient(conn)
-	f.o.Issuer, f.o.Revoker, f.o.Logger, f.o.Registerer, f.o.Version = keyd, keyd, log, reg, version.Version
+	f.o.Issuer, f.o.Revoker, f.o.Renewals = keyd, keyd, keyd
+	f.o.Logger, f.o.Registerer, f.o.Version = log, reg, version.Version
 	d, err := csinode.New(f.o)
 	if err != nil {
 		return err

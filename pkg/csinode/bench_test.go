@@ -11,6 +11,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/volume"
 )
 
@@ -56,6 +57,9 @@ func BenchmarkPublishCold(b *testing.B) {
 	lat.report(b)
 }
 
+// BenchmarkRepublishNoop is the kubelet's periodic republish of a volume
+// whose credentials are not due, with forced renewals of other scopes in
+// force: no keyd call, no write.
 func BenchmarkRepublishNoop(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("real tmpfs mounts need root")
@@ -68,6 +72,17 @@ func BenchmarkRepublishNoop(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: target})
+	// Forced renewals in force for other scopes: every republish checks
+	// them, none applies.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go h.d.Run(rctx)
+	for _, r := range []*keydv1.ForceRenewalRequest{{PodUid: "another-pod"}, {Namespace: "shop"}, {Namespace: "payments", ServiceAccount: "batch"}} {
+		if _, err := h.keyd.Admin.ForceRenewal(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a few of the driver's polls (every 20 ms here)
 	var lat latencies
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

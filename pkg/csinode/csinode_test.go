@@ -119,6 +119,7 @@ func (h *harness) advance(d time.Duration) {
 func (h *harness) newDriver() *csinode.Driver {
 	d, err := csinode.New(csinode.Options{
 		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), PodsDir: filepath.Join(h.dir, "pods"), MaxVolumeBytes: h.maxVolumeBytes, Issuer: h.keyd.Keyd, Revoker: h.keyd.Keyd, Classes: classes,
+		Renewals: h.keyd.Keyd, RenewalPoll: 20 * time.Millisecond,
 		Volumes: h.volumeMounter(), Now: h.now,
 		Logger: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
@@ -798,5 +799,66 @@ func TestVanishedVolumeComesBackFreshAndOldRevoked(t *testing.T) {
 	}
 	if err := h.verifyKey(newID, newSecret); err != nil {
 		t.Fatalf("the fresh key: %v", err)
+	}
+}
+
+// TestForcedRenewalRenewsAtTheNextRepublish: an operator's renewal of one
+// pod reaches the running driver, whose next republish of that pod's
+// volume writes fresh credentials; the old API key is refused from the
+// renewal on, and another pod's volume stays as it was.
+func TestForcedRenewalRenewsAtTheNextRepublish(t *testing.T) {
+	h := newHarness(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.d.Run(ctx)
+	renewed, kept := h.target("uid-r1"), h.target("uid-r2")
+	reqR, reqK := publishReq(renewed, "uid-r1", "payments"), publishReq(kept, "uid-r2", "payments")
+	for _, r := range []*csi.NodePublishVolumeRequest{reqR, reqK} {
+		if _, err := h.d.NodePublishVolume(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldID, oldSecret := apiKeyAt(t, renewed)
+	keptID, keptSecret := apiKeyAt(t, kept)
+	h.advance(2 * time.Second)
+	if _, err := h.keyd.Admin.ForceRenewal(ctx, &keydv1.ForceRenewalRequest{PodUid: "uid-r1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.verifyKey(oldID, oldSecret); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the renewed pod's old key right after the order: %v", err)
+	}
+	h.advance(2 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := h.d.NodePublishVolume(ctx, reqR); err != nil { // the kubelet's republish
+			t.Fatal(err)
+		}
+		if id, _ := apiKeyAt(t, renewed); id != oldID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the renewal never reached the driver's republish")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	newID, newSecret := apiKeyAt(t, renewed)
+	if err := h.verifyKey(newID, newSecret); err != nil {
+		t.Fatalf("the renewed volume's key: %v", err)
+	}
+	// Renewed once: the next republish is a no-op again.
+	if _, err := h.d.NodePublishVolume(ctx, reqR); err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := apiKeyAt(t, renewed); id != newID {
+		t.Fatal("a renewed volume renewed again")
+	}
+	if _, err := h.d.NodePublishVolume(ctx, reqK); err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := apiKeyAt(t, kept); id != keptID {
+		t.Fatal("a pod outside the renewal's scope was renewed")
+	}
+	if err := h.verifyKey(keptID, keptSecret); err != nil {
+		t.Fatalf("a pod outside the renewal's scope: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -30,6 +31,10 @@ type Driver struct {
 	metrics *metrics
 
 	locks sync.Map // volume ID -> struct{}: one operation per volume at a time
+
+	// renewals are the forced renewals in force, newest last; replaced
+	// whole (copy on write) so republish reads them without a lock.
+	renewals atomic.Pointer[[]*keydv1.Renewal]
 
 	mu       sync.RWMutex
 	volumes  map[string]*volumeState
@@ -90,8 +95,14 @@ func New(opts Options) (*Driver, error) {
 	return d, nil
 }
 
-// Run delivers queued revocations until ctx ends.
-func (d *Driver) Run(ctx context.Context) { d.queue.Run(ctx) }
+// Run delivers queued revocations, and follows forced renewals when
+// Options.Renewals is set, until ctx ends.
+func (d *Driver) Run(ctx context.Context) {
+	if d.opts.Renewals != nil {
+		go d.followRenewals(ctx)
+	}
+	d.queue.Run(ctx)
+}
 
 // Volumes is the number of live volumes.
 func (d *Driver) Volumes() int {

@@ -198,12 +198,13 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 }
 
 // republish renews the volume's credentials when the earliest renewal
-// point has passed; otherwise it is a no-op. If renewal fails while the
+// point has passed or an operator forced a renewal of its pod; otherwise
+// it is a no-op. If renewal fails while the
 // current credentials are still valid, the volume keeps them and the next
 // republish tries again.
 func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volumeState) error {
 	now := d.opts.Now()
-	if now.Before(v.renewAt()) {
+	if now.Before(v.renewAt()) && !d.renewalOrdered(v) {
 		return nil
 	}
 	issued, err := d.renew(ctx, p, v)

@@ -44,6 +44,12 @@ type Revoker interface {
 	Revoke(ctx context.Context, req *keydv1.RevokeRequest, opts ...grpc.CallOption) (*keydv1.RevokeResponse, error)
 }
 
+// Renewals lists an operator's forced renewals: keyd's Renewals call
+// (keydv1.KeydClient is one).
+type Renewals interface {
+	Renewals(ctx context.Context, req *keydv1.RenewalsRequest, opts ...grpc.CallOption) (*keydv1.RenewalsResponse, error)
+}
+
 // Volumes mounts a volume's size-limited tmpfs and tears it down (zeroing
 // its files first); *volume.Mounter is one.
 type Volumes interface {
@@ -68,6 +74,12 @@ type Options struct {
 	Issuer Issuer
 	// Revoker tells keyd that a pod's volume is gone. Required.
 	Revoker Revoker
+	// Renewals, when set, is followed every RenewalPoll: a volume whose
+	// pod a forced renewal covers is renewed at its next republish.
+	// Default none.
+	Renewals Renewals
+	// RenewalPoll is how often Renewals is asked for new orders. Default 15s.
+	RenewalPoll time.Duration
 	// Classes finds SecretProviderClasses. Required.
 	Classes spc.Source
 	// Volumes mounts and tears down volumes' tmpfs. Default: the host's
@@ -131,6 +143,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.KeydTimeout == 0 {
 		o.KeydTimeout = 10 * time.Second
+	}
+	if o.RenewalPoll == 0 {
+		o.RenewalPoll = 15 * time.Second
 	}
 	if o.OverloadWait == 0 {
 		o.OverloadWait = 90 * time.Second

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 // Errors callers test for with errors.Is.
@@ -56,14 +58,7 @@ type Renewal struct {
 
 // Covers reports whether the renewal's scope holds the pod.
 func (r Renewal) Covers(namespace, serviceAccount, podUID string) bool {
-	switch {
-	case r.PodUID != "":
-		return r.PodUID == podUID
-	case r.ServiceAccount != "":
-		return r.Namespace == namespace && r.ServiceAccount == serviceAccount
-	default:
-		return r.Namespace != "" && r.Namespace == namespace
-	}
+	return pod.Scope{Namespace: r.Namespace, ServiceAccount: r.ServiceAccount, UID: r.PodUID}.Covers(namespace, serviceAccount, podUID)
 }
 
 // AuditEntry is one opaque, already-chained audit record at position Seq
