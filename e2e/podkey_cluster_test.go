@@ -315,6 +315,11 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	// and its old credentials no longer verify.
 	secrets = append(secrets, pc.rebootNode(ctx, keyd, b)...)
 
+	// 9. An operator forces fresh credentials for the pod (a suspected
+	// leak): its key is refused at once, and its volume holds a new one
+	// after the kubelet's next republish.
+	secrets = append(secrets, pc.forceRenewal(ctx, keyd, b)...)
+
 	// 2. Rotation: two API keys of a one-minute life are renewed together
 	// while a reader in the pod, following the documented protocol, checks
 	// that every set it accepts is of one generation.
@@ -482,6 +487,45 @@ func (pc *podkeyCluster) rebootNode(ctx context.Context, keyd keydv1.KeydClient,
 	pc.waitRegistered(ctx, time.Time{})
 	t.Logf("reboot: pod %s came back with a fresh key; the old one is revoked", p.Name)
 	return [][]byte{oldSecret, freshSecret, []byte(old.SecretKey), []byte(fresh.SecretKey)}
+}
+
+// forceRenewal runs `podkey renew --pod-uid` for p and checks that its
+// API key is refused at once and replaced in its volume by the kubelet's
+// next republish, with a key that verifies. It returns both secrets.
+func (pc *podkeyCluster) forceRenewal(ctx context.Context, keyd keydv1.KeydClient, p *corev1.Pod) [][]byte {
+	t := pc.t
+	msg := []byte("GET /ledger")
+	verify := func(ak struct{ AccessKeyID, SecretKey string }, secret []byte) error {
+		_, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
+			Signature: accesskey.Sign(suite.Intl, secret, msg)})
+		return err
+	}
+	old, oldSecret := pc.apiKey(p, "ledger-api.json")
+	if err := verify(old, oldSecret); err != nil {
+		t.Fatalf("before the renewal the pod's key does not verify: %v", err)
+	}
+	start := time.Now()
+	if out, code := pc.admin("", "renew", "--pod-uid", string(p.UID)); code != 0 || !strings.Contains(out, "renewal") {
+		t.Fatalf("podkey renew: %d %s", code, out)
+	}
+	if err := verify(old, oldSecret); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("right after podkey renew the old key: %v", err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		fresh, freshSecret := pc.apiKey(p, "ledger-api.json")
+		if fresh.AccessKeyID != old.AccessKeyID {
+			if err := verify(fresh, freshSecret); err != nil {
+				t.Fatalf("the renewed key: %v", err)
+			}
+			t.Logf("forced renewal: the volume held a new key %s after the order", time.Since(start).Round(time.Second))
+			return [][]byte{oldSecret, freshSecret}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the volume was not renewed within 3 minutes of podkey renew:\n%s", pc.podkeyLogs())
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 // rotateCA rotates keyd's intl CA, waits for the new bundle to reach the
