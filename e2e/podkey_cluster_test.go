@@ -262,16 +262,13 @@ func TestPodkeyOnARealNode(t *testing.T) {
 		secrets = append(secrets, b)
 	}
 	secrets = append(secrets, secret, []byte(ak.SecretKey))
-	msg := []byte("GET /ledger")
-	if _, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Intl, secret, msg)}); err != nil {
+	if err := verifyAPIKey(ctx, keyd, ak, secret); err != nil {
 		t.Fatalf("pod A's key does not verify: %v", err)
 	}
 
 	// 3. Deleting the pod unmounts and revokes.
 	pc.deletePod(ctx, a)
-	if _, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Intl, secret, msg)}); err == nil || !strings.Contains(err.Error(), "revoked") {
+	if err := verifyAPIKey(ctx, keyd, ak, secret); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("a deleted pod's key still verifies: %v", err)
 	}
 	for i := 0; ; i++ {
@@ -358,8 +355,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	pc.waitLog(waiting, "READY", 3*time.Minute)
 	deadline = time.Now().Add(2 * time.Minute)
 	for {
-		_, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: rk.AccessKeyID, StringToSign: msg,
-			Signature: accesskey.Sign(suite.Intl, rsecret, msg)})
+		err := verifyAPIKey(ctx, keyd, rk, rsecret)
 		if err != nil && strings.Contains(err.Error(), "revoked") {
 			break
 		}
@@ -394,8 +390,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 		t.Fatalf("the upgraded tmpfs size is not in use:\n%s", l)
 	}
 	c := keydv1.NewKeydClient(mustDial(t, pc.sock()))
-	if _, err := c.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Intl, secret, msg)}); err == nil || !strings.Contains(err.Error(), "revoked") {
+	if err := verifyAPIKey(ctx, c, ak, secret); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("after the upgrade keyd forgot a revocation: %v", err)
 	}
 	pc.deletePod(ctx, up)
@@ -419,8 +414,19 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	}
 }
 
+// apiKeyFile is an API key file as a pod reads it.
+type apiKeyFile struct{ AccessKeyID, SecretKey string }
+
+// verifyAPIKey asks keyd to verify a signature made with an intl API key.
+func verifyAPIKey(ctx context.Context, keyd keydv1.KeydClient, ak apiKeyFile, secret []byte) error {
+	msg := []byte("GET /ledger")
+	_, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Intl, secret, msg)})
+	return err
+}
+
 // apiKey reads an API key file of p's volume, as the node holds it.
-func (pc *podkeyCluster) apiKey(p *corev1.Pod, file string) (ak struct{ AccessKeyID, SecretKey string }, secret []byte) {
+func (pc *podkeyCluster) apiKey(p *corev1.Pod, file string) (ak apiKeyFile, secret []byte) {
 	raw, err := os.ReadFile(filepath.Join(pc.volumeDir(p), file))
 	if err != nil {
 		pc.t.Fatal(err)
@@ -442,12 +448,7 @@ func (pc *podkeyCluster) apiKey(p *corev1.Pod, file string) (ak struct{ AccessKe
 // It returns both keys' secrets for the scan.
 func (pc *podkeyCluster) rebootNode(ctx context.Context, keyd keydv1.KeydClient, p *corev1.Pod) [][]byte {
 	t := pc.t
-	msg := []byte("GET /ledger")
-	verify := func(ak struct{ AccessKeyID, SecretKey string }, secret []byte) error {
-		_, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
-			Signature: accesskey.Sign(suite.Intl, secret, msg)})
-		return err
-	}
+	verify := func(ak apiKeyFile, secret []byte) error { return verifyAPIKey(ctx, keyd, ak, secret) }
 	old, oldSecret := pc.apiKey(p, "ledger-api.json")
 	if err := verify(old, oldSecret); err != nil {
 		t.Fatalf("before the reboot the pod's key does not verify: %v", err)
@@ -494,12 +495,7 @@ func (pc *podkeyCluster) rebootNode(ctx context.Context, keyd keydv1.KeydClient,
 // next republish, with a key that verifies. It returns both secrets.
 func (pc *podkeyCluster) forceRenewal(ctx context.Context, keyd keydv1.KeydClient, p *corev1.Pod) [][]byte {
 	t := pc.t
-	msg := []byte("GET /ledger")
-	verify := func(ak struct{ AccessKeyID, SecretKey string }, secret []byte) error {
-		_, err := keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
-			Signature: accesskey.Sign(suite.Intl, secret, msg)})
-		return err
-	}
+	verify := func(ak apiKeyFile, secret []byte) error { return verifyAPIKey(ctx, keyd, ak, secret) }
 	old, oldSecret := pc.apiKey(p, "ledger-api.json")
 	if err := verify(old, oldSecret); err != nil {
 		t.Fatalf("before the renewal the pod's key does not verify: %v", err)
