@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,7 +167,8 @@ func TestKeydProcessLifecycle(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	keyd := w.startKeyd(ctx)
+	metricsAddr := freePort(t)
+	keyd := w.startKeyd(ctx, "--listen", "127.0.0.1:0", "--insecure-local-identity", "--metrics-addr", metricsAddr)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket mode: %v %v", fi.Mode(), err)
 	}
@@ -183,6 +186,22 @@ func TestKeydProcessLifecycle(t *testing.T) {
 	secrets := regexp.MustCompile(`"secret": "([0-9a-f]{64})"`).FindAllStringSubmatch(out, -1)
 	if len(secrets) != 2 {
 		t.Fatalf("issue --reveal: %s", out)
+	}
+	// The metrics count the calls, by method and code, and hold no secret.
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exposition, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(exposition), `podkey_keyd_calls_total{code="OK",method="Issue"} 1`) ||
+		!strings.Contains(string(exposition), "podkey_keyd_admission_capacity") || !strings.Contains(string(exposition), "go_goroutines") {
+		t.Fatalf("metrics:\n%s", exposition)
+	}
+	for _, s := range secrets {
+		if strings.Contains(string(exposition), s[1]) {
+			t.Fatal("keyd's metrics contain an issued secret")
+		}
 	}
 
 	if err := keyd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -26,8 +26,8 @@ func (n *Node) ImportPodkey(ctx context.Context, repoRoot string) error {
 
 // PodkeyValues are the chart values that install podkey on node n of this
 // cluster: the imported images, the kubelet's root directory, and - as the
-// cluster has no Service proxy - keyd (on keydAddr, its token keys on a
-// free port) and podkey-csi (metrics
+// cluster has no Service proxy - keyd (on keydAddr, its token keys and
+// metrics on free ports) and podkey-csi (metrics
 // on metricsPort) on the host network, reaching the API server on
 // loopback. Everything else is the chart's default.
 func (c *Cluster) PodkeyValues(n *Node, keydAddr string, metricsPort int) map[string]any {
@@ -37,10 +37,11 @@ func (c *Cluster) PodkeyValues(n *Node, keydAddr string, metricsPort int) map[st
 	apiEnv := []any{map[string]any{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}, map[string]any{"name": "KUBERNETES_SERVICE_PORT", "value": apiPort}}
 	onNode := map[string]any{"kubernetes.io/hostname": n.Name}
 	jwksPort, _ := FreePort() // on the host network, as keyd's own port
+	keydMetrics, _ := FreePort()
 	return map[string]any{
 		"keyd": map[string]any{
 			"image": map[string]any{"repository": KeydImage, "tag": ImageTag, "pullPolicy": "Never"},
-			"port":  port, "jwksPort": jwksPort, "hostNetwork": true, "tlsNames": []any{"127.0.0.1"},
+			"port":  port, "jwksPort": jwksPort, "metricsPort": keydMetrics, "hostNetwork": true, "tlsNames": []any{"127.0.0.1"},
 			"extraEnv": apiEnv, "nodeSelector": onNode,
 		},
 		"csi": map[string]any{

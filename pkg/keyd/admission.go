@@ -159,6 +159,15 @@ func (a *admission) refusal() error {
 	return st.Err()
 }
 
+// tap is admission's tap, counting refusals.
+func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	ctx, err := s.admission.tap(ctx, info)
+	if err != nil {
+		s.metrics.refused.Inc()
+	}
+	return ctx, err
+}
+
 // admitUnary runs an admitted Issue or Verify call when a slot is free.
 func (s *Server) admitUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	if !bounded(info.FullMethod) {

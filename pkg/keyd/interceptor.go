@@ -10,11 +10,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// logUnary logs method, code and duration. Requests and responses are
+// logUnary logs method, code and duration, and counts the call. Requests and responses are
 // never logged: they carry tokens, secrets and signatures.
 func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := h(ctx, req)
+	s.metrics.observe(info.FullMethod, status.Code(err), start)
 	s.logCall(ctx, info.FullMethod, start, err)
 	return resp, err
 }
@@ -22,6 +23,7 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 func (s *Server) logStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	start := time.Now()
 	err := h(srv, ss)
+	s.metrics.observe(info.FullMethod, status.Code(err), start)
 	s.logCall(ss.Context(), info.FullMethod, start, err)
 	return err
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/emmansun/gmsm/smx509"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -397,7 +399,8 @@ func TestReplayRefusedAfterRestart(t *testing.T) {
 // or ResourceExhausted with a retry hint, nothing else; every refused
 // call succeeds when tried again; the audit chain holds.
 func TestOverloadRefusesWithRetryHint(t *testing.T) {
-	e := keydtest.Start(t, func(o *keyd.Options) { o.MaxInflight, o.MaxQueued = 1, -1 })
+	reg := prometheus.NewRegistry()
+	e := keydtest.Start(t, func(o *keyd.Options) { o.MaxInflight, o.MaxQueued, o.Registerer = 1, -1, reg })
 	ctx := context.Background()
 	req := &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}}
 	refused := 0
@@ -433,6 +436,27 @@ func TestOverloadRefusesWithRetryHint(t *testing.T) {
 	}
 	if refused == 0 {
 		t.Fatal("20 bursts of 32 calls against one slot and no queue: none refused")
+	}
+	// The metrics count what happened, by method and code only.
+	if n := counterValue(t, reg, "podkey_keyd_admission_refused_total"); int(n) != refused {
+		t.Fatalf("refusals counted %v, seen %d", n, refused)
+	}
+	var exposition strings.Builder
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				fmt.Fprintf(&exposition, "%s=%s ", l.GetName(), l.GetValue())
+			}
+		}
+	}
+	if !strings.Contains(exposition.String(), "method=Issue code=OK") {
+		t.Fatalf("no Issue calls counted: %s", exposition.String())
+	}
+	for _, leak := range []string{podA.PodUid, podA.PodName, "payments"} {
+		if strings.Contains(exposition.String(), leak) {
+			t.Fatalf("a metric label holds %q: %s", leak, exposition.String())
+		}
 	}
 	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
 	if err != nil || !v.Intact {
@@ -497,4 +521,20 @@ func TestForcedRenewalRefusesThePastOfItsScope(t *testing.T) {
 	if v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{}); err != nil || !v.Intact {
 		t.Fatalf("audit: %v %v", v, err)
 	}
+}
+
+// counterValue reads a counter without labels from a registry.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not exported", name)
+	return 0
 }

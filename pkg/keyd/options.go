@@ -13,6 +13,7 @@ import (
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/hsm"
 	"github.com/podkey/podkey/pkg/identity"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure a Server. Every field says its default.
@@ -59,6 +60,9 @@ type Options struct {
 	// retry hint. Default (0): derived from the memory limit; negative: no
 	// queue, refuse at once.
 	MaxQueued int
+	// Registerer receives keyd's metrics. Default: a registry of its own,
+	// not served.
+	Registerer prometheus.Registerer
 	// Logger receives structured logs; never secrets. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -83,6 +87,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
 	}
 	if o.Now == nil {
 		o.Now = time.Now

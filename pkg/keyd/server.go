@@ -41,6 +41,7 @@ type Server struct {
 	replays *replayCache
 	// admission bounds the Issue and Verify calls held in memory.
 	admission *admission
+	metrics   *metrics
 	policyMu  sync.Mutex // serializes read-modify-write of the policy
 
 	health    *health.Server
@@ -58,6 +59,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s := &Server{opts: opts, health: health.NewServer(), replays: newReplayCache()}
 	inflight, queued := admissionBounds(opts.MaxInflight, opts.MaxQueued)
 	s.admission = newAdmission(inflight, queued)
+	s.metrics = newMetrics(opts.Registerer, s.admission)
 	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
 	var err error
 	if s.tok, err = hsm.Open(opts.HSM); err != nil {
@@ -211,7 +213,7 @@ func (s *Server) pruneLoop(ctx context.Context) {
 func (s *Server) newGRPC(extra ...grpc.ServerOption) *grpc.Server {
 	opts := append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(s.logUnary, s.admitUnary),
-		grpc.InTapHandle(s.admission.tap),
+		grpc.InTapHandle(s.tap),
 		grpc.ChainStreamInterceptor(s.logStream),
 		grpc.MaxRecvMsgSize(1 << 20),
 		// Reuse a pool of goroutines for streams: a fresh goroutine per call

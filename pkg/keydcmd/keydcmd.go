@@ -5,13 +5,19 @@ package keydcmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -43,6 +49,7 @@ type flags struct {
 	nodeSA      string
 	identity    identity.Options
 	caConfigMap string
+	metricsAddr string
 }
 
 // NewCommand builds the podkey-keyd command.
@@ -77,6 +84,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.identity.CacheTTL, "token-review-cache-ttl", 10*time.Second, "reuse a successful TokenReview this long (keyed by a hash of the token); negative disables")
 	fs.StringVar(&f.caConfigMap, "ca-configmap", os.Getenv("PODKEY_CA_CONFIGMAP"), "publish the CA certificates in this ConfigMap, namespace/name (keys "+trustbundle.KeyIntl+", "+trustbundle.KeyGM+"), for clients to verify keyd")
 	fs.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", os.Getenv("PODKEY_METRICS_ADDR"), "HTTP address serving Prometheus metrics at /metrics, e.g. :9810; empty disables")
 	fs.IntVar(&o.MaxInflight, "max-inflight", 0, "Issue and Verify calls run at once (0: derived from the memory limit and CPUs)")
 	fs.IntVar(&o.MaxQueued, "max-queued", 0, "Issue and Verify calls waiting beyond those; more are refused with ResourceExhausted and a retry hint (0: derived from the memory limit; -1: no queue)")
 	f.log.Register(fs)
@@ -107,11 +115,19 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 	if err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	o.Registerer = reg
 	srv, err := keyd.New(ctx, o)
 	if err != nil {
 		return command.Exit(command.ExitUnavailable, err)
 	}
 	defer srv.Close()
+	if f.metricsAddr != "" {
+		if err := serveMetrics(ctx, f.metricsAddr, reg, o.Logger); err != nil {
+			return command.Exit(command.ExitUsage, err)
+		}
+	}
 	if pub != nil {
 		pub.Bundle = func() map[string]string {
 			return map[string]string{trustbundle.KeyIntl: string(srv.CABundle(suite.Intl)), trustbundle.KeyGM: string(srv.CABundle(suite.GM))}
@@ -167,4 +183,29 @@ func (f *flags) bundlePublisher(kubeCfg *rest.Config, log *slog.Logger) (*trustb
 		return nil, command.Exit(command.ExitUsage, err)
 	}
 	return &trustbundle.Publisher{Client: client, Namespace: ns, Name: name, Logger: log}, nil
+}
+
+// serveMetrics serves /metrics on addr until ctx ends. Metrics carry
+// method names, result codes and counts only.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "error", err)
+		}
+	}()
+	log.Info("serving metrics", "address", lis.Addr().String())
+	return nil
 }
