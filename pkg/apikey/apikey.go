@@ -11,9 +11,11 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -58,6 +60,7 @@ const (
 	ReasonRevoked     = "revoked_key"
 	ReasonBad         = "bad_signature"
 	ReasonUnavailable = "verifier_unavailable"
+	ReasonBusy        = "verifier_busy" // keyd refused for load; Retry-After says when to try again
 )
 
 // Refusal is the JSON body of a refused request.
@@ -101,8 +104,23 @@ func classify(err error) (int, string) {
 			return http.StatusUnauthorized, ReasonBad
 		}
 		return http.StatusUnauthorized, ReasonBad
+	case codes.ResourceExhausted:
+		return http.StatusServiceUnavailable, ReasonBusy
 	}
 	return http.StatusServiceUnavailable, ReasonUnavailable
+}
+
+// retryAfter is keyd's RetryInfo hint in whole seconds, rounded up; 0
+// without one.
+func retryAfter(err error) int {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			if h := ri.GetRetryDelay().AsDuration(); h > 0 {
+				return int((h + time.Second - 1) / time.Second)
+			}
+		}
+	}
+	return 0
 }
 
 // Middleware verifies every request before next sees it.
@@ -124,6 +142,9 @@ func Middleware(v Verifier, next http.Handler) http.Handler {
 		resp, err := v.Verify(r.Context(), &keydv1.VerifyRequest{AccessKeyId: a.AccessKeyID, StringToSign: sts, Signature: a.Signature})
 		if err != nil {
 			code, reason := classify(err)
+			if secs := retryAfter(err); secs > 0 && code == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", strconv.Itoa(secs))
+			}
 			msg := status.Convert(err).Message()
 			if errors.Is(err, context.Canceled) {
 				msg = "request canceled"
