@@ -3,7 +3,8 @@
 # machine: SoftHSM2 (the embedded default HSM), the PKCS#11 tools and the
 # protobuf compiler (for `make proto`), etcd (for the test clusters), and
 # python3 with cryptography (the reference request signer and token
-# verifier in docs/examples/python, checked against keyd by the tests).
+# verifier in docs/examples/python, checked against keyd by the tests), and
+# PostgreSQL (the store's second implementation, tested on a real server).
 # Go tools (helm among them) are pinned in go.mod; the Kubernetes
 # components are built by hack/kube-binaries.sh.
 set -euo pipefail
@@ -20,6 +21,7 @@ command -v runc >/dev/null || need+=(runc)
 [ -e /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql) # the store's PostgreSQL tests
 { [ -e /usr/bin/busybox ] && ! ldd /usr/bin/busybox >/dev/null 2>&1; } || need+=(busybox-static) # a static one, for images
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,111 @@
+// Package pgtest runs a PostgreSQL server of a test's own: initdb on a
+// fresh data directory, a unix socket only, as the unprivileged postgres
+// user when the test runs as root (the server refuses root).
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Server is a running PostgreSQL.
+type Server struct {
+	dir, bin string
+	port     int
+	cred     *syscall.Credential
+	dbs      atomic.Int64
+}
+
+// binDir finds the PostgreSQL programs: Debian's postgresql package puts
+// them in /usr/lib/postgresql/<version>/bin, off PATH.
+func binDir() (string, error) {
+	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		return filepath.Dir(p), nil
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Strings(dirs)
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if _, err := os.Stat(filepath.Join(dirs[i], "initdb")); err == nil {
+			return dirs[i], nil
+		}
+	}
+	return "", fmt.Errorf("PostgreSQL not installed: run hack/install-deps.sh")
+}
+
+// Start runs a server until the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := binDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "podkey-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &Server{dir: dir, bin: bin, port: 20000 + os.Getpid()%20000}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("running as root needs the postgres user (hack/install-deps.sh): %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := filepath.Join(dir, "data")
+	s.run(t, "initdb", "-D", data, "-U", "podkey", "--auth=trust", "-E", "UTF8", "--no-sync")
+	s.run(t, "pg_ctl", "start", "-w", "-D", data, "-l", filepath.Join(dir, "log"),
+		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses='' -c fsync=off", s.port, dir))
+	t.Cleanup(func() { s.run(t, "pg_ctl", "stop", "-m", "immediate", "-D", data) })
+	return s
+}
+
+func (s *Server) run(t testing.TB, prog string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(s.bin, prog), args...)
+	cmd.Dir = s.dir
+	if s.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(filepath.Join(s.dir, "log"))
+		t.Fatalf("%s: %v\n%s\n%s", prog, err, out, log)
+	}
+}
+
+// ConnString is the connection string of database db.
+func (s *Server) ConnString(db string) string {
+	return fmt.Sprintf("host=%s port=%d user=podkey dbname=%s sslmode=disable", s.dir, s.port, db)
+}
+
+// NewDatabase creates an empty database and returns its connection string.
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, s.ConnString("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	name := fmt.Sprintf("podkey_%d", s.dbs.Add(1))
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	return s.ConnString(name)
+}
