@@ -259,40 +259,31 @@ func (l *Log) run() {
 	}
 }
 
-// commit chains a batch onto the stored tail. If another writer moved the
-// tail (a second keyd on a shared store), it re-reads and tries again.
+// commit chains a batch onto the stored tail inside the store's append
+// transaction, which no other writer (a keyd replica on a shared store)
+// interleaves with: the batch is sealed onto the true tail, read there.
 func (l *Log) commit(batch []*pending) error {
 	ctx := context.Background()
-	var err error
-	for attempt := 0; attempt < 3; attempt++ {
-		if !l.tailKnown {
-			if err := l.readTail(ctx); err != nil {
-				return err
+	var tail []byte
+	err := l.st.AppendAuditAfter(ctx, func(last store.AuditEntry) ([]store.AuditEntry, error) {
+		if !l.tailKnown || last.Seq != l.tailSeq {
+			if err := l.setTail(last); err != nil {
+				return nil, err
 			}
 		}
 		if err := l.renewKey(ctx); err != nil {
-			return err
+			return nil, err
 		}
-		var (
-			entries []store.AuditEntry
-			tail    []byte
-		)
-		if entries, tail, err = l.seal(ctx, batch, l.tailSeq+1, l.tailMAC); err != nil {
-			return err
-		}
-		err = l.st.AppendAudit(ctx, entries)
-		switch {
-		case err == nil:
-			l.tailSeq, l.tailMAC = entries[len(entries)-1].Seq, tail
-			return nil
-		case errors.Is(err, store.ErrAuditSeq):
-			l.tailKnown = false // another writer moved the tail
-		default:
-			l.tailKnown = false // the transaction may or may not have landed
-			return err
-		}
+		entries, t, err := l.seal(ctx, batch, l.tailSeq+1, l.tailMAC)
+		tail = t
+		return entries, err
+	})
+	if err != nil {
+		l.tailKnown = false // the transaction may or may not have landed
+		return err
 	}
-	return err
+	l.tailSeq, l.tailMAC = l.tailSeq+uint64(len(batch)), tail
+	return nil
 }
 
 // renewKey asks the HSM for a batch key starting at the next position when
@@ -334,12 +325,8 @@ func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []b
 	return entries, prev, nil
 }
 
-// readTail loads the chain's tail from the store.
-func (l *Log) readTail(ctx context.Context) error {
-	last, err := l.st.LastAudit(ctx)
-	if err != nil {
-		return err
-	}
+// setTail takes the chain's tail from its newest stored entry.
+func (l *Log) setTail(last store.AuditEntry) error {
 	l.tailSeq, l.tailMAC = last.Seq, []byte{}
 	if last.Seq > 0 {
 		var r Record

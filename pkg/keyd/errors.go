@@ -38,7 +38,7 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case errors.Is(err, hsm.ErrClosed):
+	case errors.Is(err, hsm.ErrClosed), errors.Is(err, store.ErrUnavailable):
 		code = codes.Unavailable
 	}
 	return status.Error(code, err.Error())

@@ -31,6 +31,7 @@ import (
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/reqsign"
 	"github.com/podkey/podkey/pkg/store"
+	"github.com/podkey/podkey/pkg/store/pgtest"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -537,4 +538,71 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not exported", name)
 	return 0
+}
+
+// TestTwoKeydsOnOnePostgres: two keyd servers on one HSM token and one
+// PostgreSQL database issue at once; each verifies what the other issued,
+// a revocation through one holds at the other, and the shared audit chain
+// is gapless and verifies record by record.
+func TestTwoKeydsOnOnePostgres(t *testing.T) {
+	pg := pgtest.Start(t)
+	conn := pg.NewDatabase(t)
+	a := keydtest.Start(t, func(o *keyd.Options) { o.Postgres = conn })
+	bOpts := a.Opts
+	dir := t.TempDir()
+	bOpts.Socket, bOpts.Listen, bOpts.PolicyFile = filepath.Join(dir, "b.sock"), "", ""
+	b := &keydtest.Env{T: t, Opts: bOpts, Logs: &keydtest.SyncBuffer{}}
+	b.Run()
+	t.Cleanup(b.Stop)
+	ctx := context.Background()
+	issue := func(e *keydtest.Env, uid string) *keydv1.APIKey {
+		p := &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "p-" + uid, PodUid: uid, NodeName: "node-1"}
+		r, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: p, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}})
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		return r.Credentials[0].GetApiKey()
+	}
+	verify := func(e *keydtest.Env, ak *keydv1.APIKey) error {
+		msg := []byte("m")
+		_, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: accesskey.Sign(suite.Intl, ak.SecretKey, msg)})
+		return err
+	}
+	var wg sync.WaitGroup
+	keys := make([]*keydv1.APIKey, 40)
+	for i := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e := a
+			if i%2 == 1 {
+				e = b
+			}
+			keys[i] = issue(e, fmt.Sprintf("uid-%d", i))
+		}()
+	}
+	wg.Wait()
+	for i, k := range keys {
+		other := b
+		if i%2 == 1 {
+			other = a
+		}
+		if k == nil {
+			t.Fatalf("issue %d failed", i)
+		}
+		if err := verify(other, k); err != nil {
+			t.Fatalf("key %d through the other replica: %v", i, err)
+		}
+	}
+	if _, err := a.Keyd.Revoke(ctx, &keydv1.RevokeRequest{Pod: &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "p-uid-1", PodUid: "uid-1", NodeName: "node-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify(b, keys[1]); code(err) != codes.PermissionDenied {
+		t.Fatalf("a revocation through one replica, at the other: %v", err)
+	}
+	v, err := b.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+	if err != nil || !v.Intact || v.Records < 40+40+1 {
+		t.Fatalf("the shared audit chain: %v %v", v, err)
+	}
 }

@@ -22,6 +22,11 @@ type Options struct {
 	HSM hsm.Config
 	// StorePath is the bbolt file. Default /var/lib/podkey/keyd.db.
 	StorePath string
+	// Postgres, when set, is a PostgreSQL connection string (libpq form or
+	// URL; TLS with sslmode=verify-full and sslrootcert) and keyd keeps its
+	// state there instead of StorePath. It comes from a file or the
+	// environment, never a flag value, and is never logged. Default empty.
+	Postgres string
 	// Listen is the TLS address; empty disables TCP. Default empty.
 	Listen string
 	// Socket is the local unix socket (mode 0600, for the CLI and node

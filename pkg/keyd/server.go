@@ -69,12 +69,21 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	st, err := store.OpenBolt(opts.StorePath)
-	if err != nil {
-		s.Close()
-		return nil, err
+	if opts.Postgres != "" {
+		st, err := store.OpenPostgres(ctx, opts.Postgres)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.st = st // assigned only when non-nil: a nil pointer in the interface is not nil
+	} else {
+		st, err := store.OpenBolt(opts.StorePath)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.st = st
 	}
-	s.st = st // assigned only when non-nil: a nil *Bolt in the interface is not nil
 	s.audit = audit.Open(s.st, s.kr.AuditMAC)
 	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
 	if err := s.loadPolicy(ctx); err != nil {

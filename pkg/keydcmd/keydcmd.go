@@ -50,6 +50,7 @@ type flags struct {
 	identity    identity.Options
 	caConfigMap string
 	metricsAddr string
+	pgFile      string
 }
 
 // NewCommand builds the podkey-keyd command.
@@ -70,6 +71,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	o := &f.keyd
 	f.hsm.Register(fs)
 	fs.StringVar(&o.StorePath, "store", command.EnvOr("PODKEY_STORE", keyd.DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
+	fs.StringVar(&f.pgFile, "postgres-file", os.Getenv("PODKEY_POSTGRES_FILE"), "file holding a PostgreSQL connection string: keep state there instead of --store (or env PODKEY_POSTGRES_URL; never a flag value)")
 	fs.StringVar(&o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", keyd.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
 	fs.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
 	fs.StringVar(&o.JWKSListen, "jwks-listen", os.Getenv("PODKEY_JWKS_LISTEN"), "HTTPS address serving the token keys' JWK Set at "+jwks.WellKnownPath+" for token receivers, e.g. :8443; empty disables")
@@ -104,6 +106,9 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 	if o.HSM, err = f.hsm.Config(); err != nil {
 		return err
 	}
+	if o.Postgres, err = f.postgres(); err != nil {
+		return command.Exit(command.ExitUsage, err)
+	}
 	if o.InsecureLocalIdentity {
 		o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
 	}
@@ -134,7 +139,11 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 		}
 		go pub.Run(ctx)
 	}
-	o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.HSM.TokenLabel, "store", o.StorePath)
+	where := o.StorePath
+	if o.Postgres != "" {
+		where = "postgresql" // the connection string may hold a password: never logged
+	}
+	o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.HSM.TokenLabel, "store", where)
 	if err := srv.Serve(ctx); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -208,4 +217,20 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 	}()
 	log.Info("serving metrics", "address", lis.Addr().String())
 	return nil
+}
+
+// postgres reads the PostgreSQL connection string from --postgres-file or
+// PODKEY_POSTGRES_URL; "" keeps the bbolt store.
+func (f *flags) postgres() (string, error) {
+	if f.pgFile != "" {
+		b, err := os.ReadFile(f.pgFile)
+		if err != nil {
+			return "", fmt.Errorf("--postgres-file: %w", err)
+		}
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return s, nil
+		}
+		return "", fmt.Errorf("--postgres-file %s is empty", f.pgFile)
+	}
+	return os.Getenv("PODKEY_POSTGRES_URL"), nil
 }

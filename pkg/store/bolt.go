@@ -327,33 +327,53 @@ func (b *Bolt) AppendAudit(_ context.Context, entries []AuditEntry) error {
 		return nil
 	}
 	return b.db.Update(func(tx *bolt.Tx) error {
-		bk := tx.Bucket(bucketAudit)
-		// Keys only ever grow: pack pages full instead of splitting at half.
-		bk.FillPercent = 1.0
 		last := uint64(0)
-		if k, _ := bk.Cursor().Last(); k != nil {
+		if k, _ := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
 			last = binary.BigEndian.Uint64(k)
 		}
-		for i, e := range entries {
-			if e.Seq != last+1+uint64(i) {
-				return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, last+1+uint64(i), e.Seq)
-			}
-			if err := bk.Put(seqKey(e.Seq), e.Data); err != nil {
+		return appendEntries(tx, last, entries)
+	})
+}
+
+func (b *Bolt) AppendAuditAfter(_ context.Context, seal func(last AuditEntry) ([]AuditEntry, error)) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		var last AuditEntry
+		if k, v := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
+			last = AuditEntry{Seq: binary.BigEndian.Uint64(k), Data: append([]byte(nil), v...)}
+		}
+		entries, err := seal(last)
+		if err != nil {
+			return err
+		}
+		return appendEntries(tx, last.Seq, entries)
+	})
+}
+
+// appendEntries writes entries that must follow position last, with their
+// bindings and nonces.
+func appendEntries(tx *bolt.Tx, last uint64, entries []AuditEntry) error {
+	bk := tx.Bucket(bucketAudit)
+	// Keys only ever grow: pack pages full instead of splitting at half.
+	bk.FillPercent = 1.0
+	for i, e := range entries {
+		if e.Seq != last+1+uint64(i) {
+			return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, last+1+uint64(i), e.Seq)
+		}
+		if err := bk.Put(seqKey(e.Seq), e.Data); err != nil {
+			return err
+		}
+		if e.Bind != nil {
+			if err := putBinding(tx, *e.Bind); err != nil {
 				return err
 			}
-			if e.Bind != nil {
-				if err := putBinding(tx, *e.Bind); err != nil {
-					return err
-				}
-			}
-			if e.Nonce != nil {
-				if err := tx.Bucket(bucketNonces).Put(e.Nonce.Key[:], unixNano(e.Nonce.Until)); err != nil {
-					return err
-				}
+		}
+		if e.Nonce != nil {
+			if err := tx.Bucket(bucketNonces).Put(e.Nonce.Key[:], unixNano(e.Nonce.Until)); err != nil {
+				return err
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 func unixNano(t time.Time) []byte { return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano())) }

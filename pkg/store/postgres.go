@@ -313,25 +313,42 @@ func (p *Postgres) PruneNonces(ctx context.Context, now time.Time) (int, error) 
 }
 
 // auditLock serializes audit appends across replicas: the transaction
-// that holds it reads the tail, checks the sequence and inserts.
+// that holds it reads the tail, seals the batch onto it and inserts.
 const auditLock = 0x706f646b6579 + 1
 
 func (p *Postgres) AppendAudit(ctx context.Context, entries []AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	return p.AppendAuditAfter(ctx, func(AuditEntry) ([]AuditEntry, error) { return entries, nil })
+}
+
+func (p *Postgres) AppendAuditAfter(ctx context.Context, seal func(last AuditEntry) ([]AuditEntry, error)) error {
 	return pgErr(pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLock); err != nil {
 			return err
 		}
-		var last int64
-		if err := tx.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM audit`).Scan(&last); err != nil {
+		var last AuditEntry
+		var seq int64
+		err := tx.QueryRow(ctx, `SELECT seq, data FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&seq, &last.Data)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
 			return err
+		default:
+			last.Seq = uint64(seq)
+		}
+		entries, err := seal(last)
+		if err != nil {
+			return err
+		}
+		if len(entries) == 0 {
+			return nil
 		}
 		b := &pgx.Batch{}
 		for i, e := range entries {
-			if e.Seq != uint64(last)+1+uint64(i) {
-				return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, uint64(last)+1+uint64(i), e.Seq)
+			if e.Seq != last.Seq+1+uint64(i) {
+				return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, last.Seq+1+uint64(i), e.Seq)
 			}
 			b.Queue(`INSERT INTO audit (seq, data) VALUES ($1, $2)`, int64(e.Seq), e.Data)
 			if e.Bind != nil {

@@ -128,6 +128,12 @@ type Store interface {
 	// AppendAudit writes entries whose first Seq must follow the last stored
 	// one; otherwise nothing is written and ErrAuditSeq is returned.
 	AppendAudit(ctx context.Context, entries []AuditEntry) error
+	// AppendAuditAfter calls seal with the newest entry (Seq 0 when the log
+	// is empty) and stores the entries it returns, which must follow it,
+	// in one transaction that no other writer's append interleaves with:
+	// writers sharing the store (keyd replicas) chain onto the true tail.
+	// An error from seal writes nothing and is returned.
+	AppendAuditAfter(ctx context.Context, seal func(last AuditEntry) ([]AuditEntry, error)) error
 	// LastAudit is the newest entry; Seq 0 when the log is empty.
 	LastAudit(ctx context.Context) (AuditEntry, error)
 	ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) error) error

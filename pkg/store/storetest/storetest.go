@@ -35,6 +35,7 @@ func Run(t *testing.T, o Opener) {
 		{"PodBindingsGoWithTheirAuditEntry", podBindingsGoWithTheirAuditEntry},
 		{"PolicyUpdatesNeverLoseOneAnother", policyUpdatesNeverLoseOneAnother},
 		{"NoncesAreRememberedUntilTheirTime", noncesAreRememberedUntilTheirTime},
+		{"ConcurrentSealedAppendsChainOntoTheTrueTail", concurrentSealedAppendsChainOntoTheTrueTail},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, o) })
 	}
@@ -243,5 +244,47 @@ func noncesAreRememberedUntilTheirTime(t *testing.T, o Opener) {
 	}
 	if n, err := s.PruneNonces(ctx, now.Add(6*time.Minute)); err != nil || n != 1 {
 		t.Fatalf("pruned %d: %v", n, err)
+	}
+}
+
+// Writers that seal onto the tail they are given never conflict: every
+// batch lands, the sequence is gapless, each entry names the one before
+// it; a seal that fails writes nothing.
+func concurrentSealedAppendsChainOntoTheTrueTail(t *testing.T, o Opener) {
+	ctx := context.Background()
+	s := o.Open(t)
+	const writers, batches = 4, 10
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := 0; b < batches; b++ {
+				err := s.AppendAuditAfter(ctx, func(last store.AuditEntry) ([]store.AuditEntry, error) {
+					return []store.AuditEntry{
+						{Seq: last.Seq + 1, Data: []byte(fmt.Sprintf("after %d", last.Seq))},
+						{Seq: last.Seq + 2, Data: []byte(fmt.Sprintf("after %d", last.Seq+1))},
+					}, nil
+				})
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.AppendAuditAfter(ctx, func(store.AuditEntry) ([]store.AuditEntry, error) { return nil, errors.New("no") }); err == nil {
+		t.Fatal("a failed seal reported success")
+	}
+	want := uint64(1)
+	err := s.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
+		if e.Seq != want || string(e.Data) != fmt.Sprintf("after %d", want-1) {
+			return fmt.Errorf("entry %d: %q, want seq %d", e.Seq, e.Data, want)
+		}
+		want++
+		return nil
+	})
+	if err != nil || want != 1+writers*batches*2 {
+		t.Fatalf("chain: %v, %d entries", err, want-1)
 	}
 }
