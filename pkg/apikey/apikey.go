@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -113,14 +112,7 @@ func classify(err error) (int, string) {
 // retryAfter is keyd's RetryInfo hint in whole seconds, rounded up; 0
 // without one.
 func retryAfter(err error) int {
-	for _, d := range status.Convert(err).Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
-			if h := ri.GetRetryDelay().AsDuration(); h > 0 {
-				return int((h + time.Second - 1) / time.Second)
-			}
-		}
-	}
-	return 0
+	return int((keydv1.RetryDelay(err) + time.Second - 1) / time.Second)
 }
 
 // Middleware verifies every request before next sees it.

@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -59,12 +58,8 @@ func (d *Driver) issue(ctx context.Context, req *keydv1.IssueRequest) (*keydv1.I
 
 // retryHint is keyd's RetryInfo delay, or an exponential backoff.
 func retryHint(err error, attempt int) time.Duration {
-	for _, d := range status.Convert(err).Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
-			if h := ri.GetRetryDelay().AsDuration(); h > 0 {
-				return min(h, overloadMaxWait)
-			}
-		}
+	if h := keydv1.RetryDelay(err); h > 0 {
+		return min(h, overloadMaxWait)
 	}
 	return min(overloadFirstWait<<min(attempt, 8), overloadMaxWait)
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
@@ -15,17 +14,14 @@ import (
 // retryDelay returns the RetryInfo delay of a refusal, or fails.
 func retryDelay(t *testing.T, err error) time.Duration {
 	t.Helper()
-	st := status.Convert(err)
-	if st.Code() != codes.ResourceExhausted {
+	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("want ResourceExhausted, got %v", err)
 	}
-	for _, d := range st.Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok {
-			return ri.GetRetryDelay().AsDuration()
-		}
+	d := keydv1.RetryDelay(err)
+	if d == 0 {
+		t.Fatalf("refusal without RetryInfo: %v", err)
 	}
-	t.Fatalf("refusal without RetryInfo: %v", err)
-	return 0
+	return d
 }
 
 var issueInfo = &tap.Info{FullMethodName: keydv1.Keyd_Issue_FullMethodName}

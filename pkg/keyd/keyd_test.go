@@ -19,7 +19,6 @@ import (
 
 	"github.com/emmansun/gmsm/smx509"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -418,13 +417,7 @@ func TestOverloadRefusesWithRetryHint(t *testing.T) {
 			case codes.OK:
 			case codes.ResourceExhausted:
 				refused++
-				var hint time.Duration
-				for _, d := range status.Convert(err).Details() {
-					if ri, ok := d.(*errdetails.RetryInfo); ok {
-						hint = ri.GetRetryDelay().AsDuration()
-					}
-				}
-				if hint <= 0 {
+				if keydv1.RetryDelay(err) <= 0 {
 					t.Fatalf("a refusal without a retry hint: %v", err)
 				}
 				if _, err := e.Keyd.Issue(ctx, req); err != nil {
