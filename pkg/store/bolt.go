@@ -322,17 +322,11 @@ func seqKey(seq uint64) []byte {
 	return k
 }
 
-func (b *Bolt) AppendAudit(_ context.Context, entries []AuditEntry) error {
+func (b *Bolt) AppendAudit(ctx context.Context, entries []AuditEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	return b.db.Update(func(tx *bolt.Tx) error {
-		last := uint64(0)
-		if k, _ := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
-			last = binary.BigEndian.Uint64(k)
-		}
-		return appendEntries(tx, last, entries)
-	})
+	return b.AppendAuditAfter(ctx, func(AuditEntry) ([]AuditEntry, error) { return entries, nil })
 }
 
 func (b *Bolt) AppendAuditAfter(_ context.Context, seal func(last AuditEntry) ([]AuditEntry, error)) error {
