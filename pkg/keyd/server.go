@@ -1,6 +1,7 @@
 package keyd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -180,6 +181,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.pruneLoop(pctx) }()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.followPolicy(pctx) }()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -192,6 +195,48 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.wg.Wait()
 	return err
+}
+
+// policyEvery is how often keyd reads the stored policy, so a change made
+// through another replica sharing the store is in force here within it.
+const policyEvery = 500 * time.Millisecond
+
+// followPolicy activates the stored policy whenever it differs from the
+// one last seen. One small read per tick; with bbolt only this process
+// writes, and the read finds nothing new.
+func (s *Server) followPolicy(ctx context.Context) {
+	t := time.NewTicker(policyEvery)
+	defer t.Stop()
+	var last []byte
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// Held so a change made here is not overwritten by an older read.
+		s.policyMu.Lock()
+		doc, err := s.st.Policy(ctx)
+		if err == nil && !bytes.Equal(doc, last) {
+			var p *policy.Policy
+			if p, err = policy.Parse(doc); err == nil {
+				if last != nil {
+					s.opts.Logger.Info("policy changed in the store", "rules", len(p.Rules))
+				}
+				s.policy.Store(p)
+				last = doc
+			}
+		}
+		s.policyMu.Unlock()
+		switch {
+		case err == nil || errors.Is(err, store.ErrNotFound) || ctx.Err() != nil:
+			failing = false
+		case !failing: // once per outage, not twice a second
+			failing = true
+			s.opts.Logger.Warn("reading the stored policy failed; the last one stays in force", "error", err)
+		}
+	}
 }
 
 // pruneEvery is how often keyd forgets nonces and revocations past their

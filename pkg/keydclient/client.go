@@ -10,7 +10,6 @@ import (
 	"os"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -18,7 +17,9 @@ import (
 type Options struct {
 	// Socket is keyd's unix socket. Used when Address is empty.
 	Socket string
-	// Address is keyd's TLS address (host:port). Default empty.
+	// Address is keyd's TLS address (host:port), several separated by
+	// commas, or a gRPC target such as dns:///keyd.podkey.svc:9443: see
+	// NewClient. Default empty.
 	Address string
 	// CAFile is the PEM bundle that verifies keyd's serving certificate.
 	// Required with Address.
@@ -43,7 +44,7 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return grpc.NewClient(o.Address, grpc.WithTransportCredentials(credentials.NewTLS(r.tlsConfig(o.Address, o.ServerName))))
+	return NewClient(o.Address, r.tlsConfig(firstAddress(o.Address), o.ServerName))
 }
 
 // loadRoots reads a PEM CA bundle that must hold at least one certificate.

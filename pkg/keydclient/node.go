@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 )
@@ -26,7 +25,7 @@ import (
 // NodeOptions configure a node agent's connection to keyd. Every field
 // says its default.
 type NodeOptions struct {
-	// Address is keyd's TLS address. Required.
+	// Address is keyd's TLS address, or several: see NewClient. Required.
 	Address string
 	// CAFile verifies keyd's serving certificate. Required.
 	CAFile string
@@ -82,7 +81,7 @@ func DialNode(ctx context.Context, o NodeOptions) (*NodeConn, error) {
 }
 
 func (n *NodeConn) tlsConfig(cert *tls.Certificate) *tls.Config {
-	c := n.roots.tlsConfig(n.o.Address, n.o.ServerName)
+	c := n.roots.tlsConfig(firstAddress(n.o.Address), n.o.ServerName)
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
@@ -104,7 +103,7 @@ func (n *NodeConn) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	boot, err := grpc.NewClient(n.o.Address, grpc.WithTransportCredentials(credentials.NewTLS(n.tlsConfig(nil))))
+	boot, err := NewClient(n.o.Address, n.tlsConfig(nil))
 	if err != nil {
 		return err
 	}
@@ -125,7 +124,7 @@ func (n *NodeConn) renew(ctx context.Context) error {
 		return fmt.Errorf("node certificate: %w", err)
 	}
 	cert := &tls.Certificate{Certificate: [][]byte{blk.Bytes}, PrivateKey: key, Leaf: leaf}
-	conn, err := grpc.NewClient(n.o.Address, grpc.WithTransportCredentials(credentials.NewTLS(n.tlsConfig(cert))))
+	conn, err := NewClient(n.o.Address, n.tlsConfig(cert))
 	if err != nil {
 		return err
 	}

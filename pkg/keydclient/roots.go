@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -54,9 +53,7 @@ func (r *roots) get() (*x509.CertPool, error) {
 // each handshake, and its name: serverName, or else the host of address.
 func (r *roots) tlsConfig(address, serverName string) *tls.Config {
 	if serverName == "" {
-		if host, _, err := net.SplitHostPort(address); err == nil {
-			serverName = host
-		}
+		serverName = hostOf(address)
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,

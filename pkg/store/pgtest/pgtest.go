@@ -25,6 +25,7 @@ type Server struct {
 	port     int
 	cred     *syscall.Credential
 	dbs      atomic.Int64
+	running  bool
 }
 
 // binDir finds the PostgreSQL programs: Debian's postgresql package puts
@@ -68,12 +69,32 @@ func Start(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 	}
-	data := filepath.Join(dir, "data")
-	s.run(t, "initdb", "-D", data, "-U", "podkey", "--auth=trust", "-E", "UTF8", "--no-sync")
-	s.run(t, "pg_ctl", "start", "-w", "-D", data, "-l", filepath.Join(dir, "log"),
-		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses='' -c fsync=off", s.port, dir))
-	t.Cleanup(func() { s.run(t, "pg_ctl", "stop", "-m", "immediate", "-D", data) })
+	s.run(t, "initdb", "-D", s.data(), "-U", "podkey", "--auth=trust", "-E", "UTF8", "--no-sync")
+	s.Start(t)
+	t.Cleanup(func() {
+		if s.running {
+			s.Stop(t)
+		}
+	})
 	return s
+}
+
+func (s *Server) data() string { return filepath.Join(s.dir, "data") }
+
+// Start starts the server again after Stop, on the same socket and data.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	s.run(t, "pg_ctl", "start", "-w", "-D", s.data(), "-l", filepath.Join(s.dir, "log"),
+		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses='' -c fsync=off", s.port, s.dir))
+	s.running = true
+}
+
+// Stop stops the server at once, dropping every connection (pg_ctl's
+// immediate mode: as a crash would).
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	s.run(t, "pg_ctl", "stop", "-m", "immediate", "-D", s.data())
+	s.running = false
 }
 
 func (s *Server) run(t testing.TB, prog string, args ...string) {
