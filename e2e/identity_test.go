@@ -316,6 +316,16 @@ func TestNodeCertificateExpiryAndRenewal(t *testing.T) {
 // verifies through keyd, for the pod uid.
 func verifyVolumeKey(t *testing.T, keyd keydv1.KeydClient, target, uid string) {
 	t.Helper()
+	v, err := keyd.Verify(context.Background(), volumeKeyRequest(t, target))
+	if err != nil || v.PodUid != uid {
+		t.Fatalf("the volume's API key does not verify: %v %v", v, err)
+	}
+}
+
+// volumeKeyRequest is a Verify request signed with the API key written in
+// the volume at target.
+func volumeKeyRequest(t *testing.T, target string) *keydv1.VerifyRequest {
+	t.Helper()
 	var ak podfiles.APIKeyFile
 	raw, err := os.ReadFile(filepath.Join(target, "ledger-api.json"))
 	if err != nil {
@@ -326,9 +336,6 @@ func verifyVolumeKey(t *testing.T, keyd keydv1.KeydClient, target, uid string) {
 	}
 	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
 	msg := []byte("GET /ledger")
-	v, err := keyd.Verify(context.Background(), &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Name(ak.Suite), secret, msg)})
-	if err != nil || v.PodUid != uid {
-		t.Fatalf("the volume's API key does not verify: %v %v", v, err)
-	}
+	return &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg,
+		Signature: accesskey.Sign(suite.Name(ak.Suite), secret, msg)}
 }

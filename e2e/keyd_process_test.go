@@ -112,16 +112,22 @@ func newWorld(t testing.TB) *world {
 // development identity mode on a random port; args replace that (for
 // example --kubeconfig and a fixed --listen).
 func (w *world) startKeyd(ctx context.Context, args ...string) *exec.Cmd {
+	if len(args) == 0 {
+		args = []string{"--listen", "127.0.0.1:0", "--insecure-local-identity"}
+	}
+	return w.startKeydAt(ctx, w.sock(), append([]string{"--store", filepath.Join(w.dir, "keyd.db")}, args...)...)
+}
+
+// startKeydAt runs podkey-keyd with its socket at sock and args, and waits
+// until it answers there.
+func (w *world) startKeydAt(ctx context.Context, sock string, args ...string) *exec.Cmd {
 	t := w.t
 	policy := filepath.Join(w.dir, "policy.yaml")
 	if _, err := os.Stat(policy); err != nil {
 		_ = os.WriteFile(policy, []byte("version: v1\nrules:\n- {namespace: payments, serviceAccount: payments, objects: [\"*\"]}\n"), 0o600)
 	}
-	if len(args) == 0 {
-		args = []string{"--listen", "127.0.0.1:0", "--insecure-local-identity"}
-	}
-	argv := append([]string{filepath.Join(w.bin, "podkey-keyd"), "--store", filepath.Join(w.dir, "keyd.db"),
-		"--socket", w.sock(), "--policy-file", policy, "--log-format", "json"}, args...)
+	argv := append([]string{filepath.Join(w.bin, "podkey-keyd"),
+		"--socket", sock, "--policy-file", policy, "--log-format", "json"}, args...)
 	if w.keydCgroup != "" {
 		// The shell joins the cgroup, then becomes keyd: no keyd allocation escapes the limit.
 		argv = append([]string{"/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, w.keydCgroup}, argv...)
@@ -139,7 +145,7 @@ func (w *world) startKeyd(ctx context.Context, args ...string) *exec.Cmd {
 	t.Cleanup(func() { _ = keyd.Process.Kill(); _ = keyd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, code := w.run("", "podkey", "policy", "get"); code == 0 {
+		if _, code := w.run("", "podkey", "--socket", sock, "policy", "get"); code == 0 {
 			return keyd
 		}
 		if time.Now().After(deadline) {
