@@ -31,6 +31,7 @@ import (
 	"github.com/podkey/podkey/pkg/keyd"
 	"github.com/podkey/podkey/pkg/kube"
 	"github.com/podkey/podkey/pkg/secmem"
+	"github.com/podkey/podkey/pkg/store"
 	"github.com/podkey/podkey/pkg/suite"
 	"github.com/podkey/podkey/pkg/trustbundle"
 	"github.com/podkey/podkey/pkg/version"
@@ -106,7 +107,7 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 	if o.HSM, err = f.hsm.Config(); err != nil {
 		return err
 	}
-	if o.Postgres, err = f.postgres(); err != nil {
+	if o.Postgres, err = store.ConnString(f.pgFile); err != nil {
 		return command.Exit(command.ExitUsage, err)
 	}
 	if o.InsecureLocalIdentity {
@@ -221,16 +222,3 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 
 // postgres reads the PostgreSQL connection string from --postgres-file or
 // PODKEY_POSTGRES_URL; "" keeps the bbolt store.
-func (f *flags) postgres() (string, error) {
-	if f.pgFile != "" {
-		b, err := os.ReadFile(f.pgFile)
-		if err != nil {
-			return "", fmt.Errorf("--postgres-file: %w", err)
-		}
-		if s := strings.TrimSpace(string(b)); s != "" {
-			return s, nil
-		}
-		return "", fmt.Errorf("--postgres-file %s is empty", f.pgFile)
-	}
-	return os.Getenv("PODKEY_POSTGRES_URL"), nil
-}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -431,4 +432,25 @@ func pgErr(err error) error {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return err
+}
+
+// PostgresURLEnv is the environment variable that may hold the connection
+// string instead of a file.
+const PostgresURLEnv = "PODKEY_POSTGRES_URL"
+
+// ConnString reads the PostgreSQL connection string from file, or when
+// file is empty from $PODKEY_POSTGRES_URL ("" when neither is set). It is
+// never taken from a flag's value, which process listings show.
+func ConnString(file string) (string, error) {
+	if file == "" {
+		return os.Getenv(PostgresURLEnv), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("PostgreSQL connection file: %w", err)
+	}
+	if s := strings.TrimSpace(string(b)); s != "" {
+		return s, nil
+	}
+	return "", fmt.Errorf("PostgreSQL connection file %s is empty", file)
 }

@@ -2,8 +2,11 @@ package store_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -68,5 +71,87 @@ func TestPostgresSchemaVersions(t *testing.T) {
 	}
 	if _, err := store.OpenPostgres(ctx, "postgres://u:hunter2-Zq81@[bad"); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("a bad connection string: %v", err)
+	}
+}
+
+// TestImportIsAllOrNothing: a bbolt store's state and audit log copy into
+// an empty database; a source whose audit log has a gap, or a database
+// already in use, leaves the destination exactly as it was.
+func TestImportIsAllOrNothing(t *testing.T) {
+	ctx := context.Background()
+	srv := pgtest.Start(t)
+	src, err := store.OpenBolt(t.TempDir() + "/keyd.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	now := time.Now()
+	if err := src.SetPolicy(ctx, []byte("version: v1\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Revoke(ctx, store.Revocation{PodUID: "u1", Revoked: now, Until: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.AddRenewal(ctx, store.Renewal{Namespace: "ns", At: now, Until: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= 2500; i++ {
+		e := store.AuditEntry{Seq: i, Data: []byte(fmt.Sprintf("record %d", i))}
+		if i == 1 {
+			e.Bind = &store.PodBinding{PodUID: "u1", Node: "n1", Until: now.Add(time.Hour)}
+		}
+		if err := src.AppendAudit(ctx, []store.AuditEntry{e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := src.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func() *store.Postgres {
+		p, err := store.OpenPostgres(ctx, srv.NewDatabase(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	scan := func(fn func(store.AuditEntry) error) error { return src.ScanAudit(ctx, 1, fn) }
+
+	gap := open()
+	_, err = gap.Import(ctx, st, func(fn func(store.AuditEntry) error) error {
+		return src.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
+			if e.Seq == 1500 {
+				return nil // a record missing past the first COPY chunk
+			}
+			return fn(e)
+		})
+	})
+	if !errors.Is(err, store.ErrAuditSeq) {
+		t.Fatalf("import of a log with a gap: %v", err)
+	}
+	if last, _ := gap.LastAudit(ctx); last.Seq != 0 {
+		t.Fatalf("a failed import left %d audit records", last.Seq)
+	}
+	if _, err := gap.Policy(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a failed import left a policy: %v", err)
+	}
+
+	dst := open()
+	n, err := dst.Import(ctx, st, scan)
+	if err != nil || n != 2500 {
+		t.Fatalf("import: %d %v", n, err)
+	}
+	if at, _ := dst.RevokedAt(ctx, "ns", "sa", "u1", now); at.IsZero() {
+		t.Fatal("the revocation and the renewal were not copied")
+	}
+	if node, _, _ := dst.PodNode(ctx, "u1", now); node != "n1" {
+		t.Fatalf("the binding: %q", node)
+	}
+	if r, err := dst.AddRenewal(ctx, store.Renewal{Namespace: "ns", At: now, Until: now.Add(time.Hour)}); err != nil || r.Seq != 2 {
+		t.Fatalf("the renewal after the copied one: %d %v", r.Seq, err)
+	}
+	if _, err := dst.Import(ctx, st, scan); !errors.Is(err, store.ErrNotEmpty) {
+		t.Fatalf("a second import: %v", err)
 	}
 }
