@@ -155,3 +155,41 @@ func TestImportIsAllOrNothing(t *testing.T) {
 		t.Fatalf("a second import: %v", err)
 	}
 }
+
+// TestPostgresOverTLS: keyd's store reaches a database that takes only
+// TLS, verifying its certificate and name (sslmode=verify-full with the
+// database's CA); a certificate from another CA, a name the certificate
+// does not hold, or no TLS at all is refused, and no refusal quotes the
+// connection string's password.
+func TestPostgresOverTLS(t *testing.T) {
+	ctx := context.Background()
+	srv := pgtest.StartTLS(t)
+	db := pgtest.DatabaseName(srv.NewDatabase(t))
+	const password = "password=hunter2-not-for-logs"
+	conn := srv.TLSConnString(db) + " " + password
+	p, err := store.OpenPostgres(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetPolicy(ctx, []byte("version: v1\n")); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+
+	other := pgtest.StartTLS(t) // another CA
+	for name, c := range map[string][2]string{
+		"another CA":   {strings.Replace(conn, srv.CAFile, other.CAFile, 1), "unknown authority"},
+		"another name": {strings.Replace(conn, "host=127.0.0.1", "host=127.0.0.2", 1), "not 127.0.0.2"},
+		"without TLS":  {strings.Replace(conn, "sslmode=verify-full", "sslmode=disable", 1), "no encryption"},
+	} {
+		p, err := store.OpenPostgres(ctx, c[0])
+		if err == nil {
+			p.Close()
+			t.Fatalf("%s: connected", name)
+		}
+		if strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), c[1]) {
+			t.Fatalf("%s: want a refusal saying %q, without the password: %v", name, c[1], err)
+		}
+		t.Logf("%s: %v", name, err)
+	}
+}

@@ -26,6 +26,9 @@ type Server struct {
 	cred     *syscall.Credential
 	dbs      atomic.Int64
 	running  bool
+	tls      bool
+	// CAFile verifies a StartTLS server's certificate.
+	CAFile string
 }
 
 // binDir finds the PostgreSQL programs: Debian's postgresql package puts
@@ -47,6 +50,18 @@ func binDir() (string, error) {
 // Start runs a server until the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return start(t, false)
+}
+
+// StartTLS runs a server that takes TCP connections on 127.0.0.1 only
+// over TLS, with a certificate for 127.0.0.1 and localhost from a CA of
+// its own (CAFile), as a managed database would; TLSConnString reaches it.
+func StartTLS(t testing.TB) *Server {
+	t.Helper()
+	return start(t, true)
+}
+
+func start(t testing.TB, withTLS bool) *Server {
 	bin, err := binDir()
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +71,10 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Server{dir: dir, bin: bin, port: 20000 + os.Getpid()%20000}
+	s := &Server{dir: dir, bin: bin, port: 20000 + os.Getpid()%20000, tls: withTLS}
+	if withTLS {
+		s.port = freePort(t)
+	}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -70,6 +88,9 @@ func Start(t testing.TB) *Server {
 		}
 	}
 	s.run(t, "initdb", "-D", s.data(), "-U", "podkey", "--auth=trust", "-E", "UTF8", "--no-sync")
+	if withTLS {
+		s.configureTLS(t)
+	}
 	s.Start(t)
 	t.Cleanup(func() {
 		if s.running {
@@ -84,8 +105,12 @@ func (s *Server) data() string { return filepath.Join(s.dir, "data") }
 // Start starts the server again after Stop, on the same socket and data.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
+	listen := ""
+	if s.tls {
+		listen = "127.0.0.1,127.0.0.2" // the second is not in the certificate
+	}
 	s.run(t, "pg_ctl", "start", "-w", "-D", s.data(), "-l", filepath.Join(s.dir, "log"),
-		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses='' -c fsync=off", s.port, s.dir))
+		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses='%s' -c fsync=off", s.port, s.dir, listen))
 	s.running = true
 }
 
