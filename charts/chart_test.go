@@ -2,6 +2,7 @@ package charts
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,6 +169,52 @@ serviceMonitor: {enabled: true}
 	}
 }
 
+// Replicas: PostgreSQL and a vendor HSM, a rolling update, a headless
+// Service the node agents resolve every replica through, a
+// PodDisruptionBudget and a preference for different nodes.
+func TestKeydReplicas(t *testing.T) {
+	objs := render(t, `
+keyd:
+  replicas: 3
+  store: {type: postgres, postgres: {connectionFile: /etc/podkey/postgres/dsn}}
+  hsm: {type: pkcs11, module: /opt/hsm/libvendor.so, tokenLabel: bank, pinFile: /hsm-pin/pin}
+  extraVolumes: [{name: pg, secret: {secretName: keyd-postgres}}]
+  extraVolumeMounts: [{name: pg, mountPath: /etc/podkey/postgres, readOnly: true}]
+`)
+	dep := objs["Deployment/podkey-keyd"]
+	if n, _, _ := unstructured.NestedFieldNoCopy(dep.Object, "spec", "replicas"); fmt.Sprint(n) != "3" {
+		t.Errorf("replicas: %v", n)
+	}
+	y := toYAML(t, dep.Object)
+	for _, want := range []string{"--postgres-file=/etc/podkey/postgres/dsn", "type: RollingUpdate", "podAntiAffinity", "topologyKey: kubernetes.io/hostname"} {
+		if !strings.Contains(y, want) {
+			t.Errorf("keyd Deployment lacks %q", want)
+		}
+	}
+	if pdb := objs["PodDisruptionBudget/podkey-keyd"]; pdb == nil {
+		t.Error("no PodDisruptionBudget")
+	} else if n, _, _ := unstructured.NestedFieldNoCopy(pdb.Object, "spec", "maxUnavailable"); fmt.Sprint(n) != "1" {
+		t.Errorf("PodDisruptionBudget maxUnavailable %v", n)
+	}
+	if svc := objs["Service/podkey-keyd-replicas"]; svc == nil {
+		t.Error("no headless Service")
+	} else if ip, _, _ := unstructured.NestedString(svc.Object, "spec", "clusterIP"); ip != "None" {
+		t.Errorf("replicas Service clusterIP %q", ip)
+	}
+	ds := toYAML(t, objs["DaemonSet/podkey-csi"].Object)
+	for _, want := range []string{"--keyd-addr=dns:///podkey-keyd-replicas.podkey.svc:7443", "--keyd-server-name=podkey-keyd.podkey.svc"} {
+		if !strings.Contains(ds, want) {
+			t.Errorf("DaemonSet lacks %q", want)
+		}
+	}
+	// One replica on bbolt: none of it.
+	objs = render(t, "")
+	if objs["PodDisruptionBudget/podkey-keyd"] != nil || objs["Service/podkey-keyd-replicas"] != nil ||
+		strings.Contains(toYAML(t, objs["Deployment/podkey-keyd"].Object), "podAntiAffinity") {
+		t.Error("a single keyd got replica objects")
+	}
+}
+
 // Bad values are refused with a message naming the field, and nothing is
 // rendered.
 func TestSchemaRejectsBadValues(t *testing.T) {
@@ -182,6 +229,13 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"keyd: {policy: {rules: [{namespace: a, serviceAccount: b}]}}", "objects"},
 		{"keyd: {hsm: {type: pkcs11}}", "keyd.hsm.pinFile is required"},
 		{"typo: true", "additional properties 'typo' not allowed"},
+		{"keyd: {replicas: 3}", "/keyd/store/type"},
+		{"keyd: {replicas: 3, store: {type: postgres, postgres: {connectionFile: /pg/dsn}}}", "/keyd/hsm/type"},
+		{"keyd: {store: {type: postgres}}", "postgres"},
+		{"keyd: {store: {type: postgres, postgres: {connectionFile: 'host=db password=x'}}}", "/keyd/store/postgres/connectionFile"},
+		{"keyd: {replicas: 0}", "/keyd/replicas"},
+		{"keyd: {replicas: 2, persistence: {enabled: true}, store: {type: postgres, postgres: {connectionFile: /d}}, hsm: {type: pkcs11, pinFile: /p}}", "keyd.persistence"},
+		{"csi: {keydAddress: 'a:1,,b:2'}", "/csi/keydAddress"},
 	} {
 		out, errs, code := helm(t, c.values, "template", "podkey", "charts/podkey", "-f", "-")
 		if code == 0 || out != "" || !strings.Contains(errs, c.want) {

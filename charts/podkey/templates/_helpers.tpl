@@ -44,8 +44,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "podkey.keydAddress" -}}
 {{- if .Values.csi.keydAddress -}}
 {{ .Values.csi.keydAddress }}
+{{- else if gt (int .Values.keyd.replicas) 1 -}}
+dns:///{{ include "podkey.keyd" . }}-replicas.{{ .Release.Namespace }}.svc:{{ .Values.keyd.port }}
 {{- else -}}
 {{ include "podkey.keyd" . }}.{{ .Release.Namespace }}.svc:{{ .Values.keyd.port }}
+{{- end -}}
+{{- end -}}
+
+{{/* The name the node agent checks in keyd's certificate ("" : the address's host). */}}
+{{- define "podkey.keydServerName" -}}
+{{- if .Values.csi.keydServerName -}}
+{{ .Values.csi.keydServerName }}
+{{- else if and (gt (int .Values.keyd.replicas) 1) (not .Values.csi.keydAddress) -}}
+{{ include "podkey.keyd" . }}.{{ .Release.Namespace }}.svc
 {{- end -}}
 {{- end -}}
 
