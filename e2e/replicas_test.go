@@ -38,12 +38,34 @@ type replicaSet struct {
 	cluster string // the kubeconfig keyd reviews tokens with
 }
 
-func startReplicas(t *testing.T, n int) *replicaSet {
+// replicaStore is where a replica set keeps its state.
+type replicaStore int
+
+const (
+	onPostgres        replicaStore = iota // a test server (no fsync)
+	onDurablePostgres                     // a server syncing every commit
+	onBolt                                // one replica's bbolt file
+)
+
+func startReplicas(t testing.TB, n int, where replicaStore) *replicaSet {
 	ctx := context.Background()
 	w := newWorld(t)
-	pg := pgtest.Start(t)
-	dsn := filepath.Join(w.dir, "postgres")
-	_ = os.WriteFile(dsn, []byte(pg.NewDatabase(t)+"\n"), 0o600)
+	var storeArgs []string
+	switch where {
+	case onBolt:
+		if n != 1 {
+			t.Fatal("bbolt has one replica")
+		}
+		storeArgs = []string{"--store", filepath.Join(w.dir, "keyd.db")}
+	default:
+		pg := pgtest.Start
+		if where == onDurablePostgres {
+			pg = pgtest.StartDurable
+		}
+		dsn := filepath.Join(w.dir, "postgres")
+		_ = os.WriteFile(dsn, []byte(pg(t).NewDatabase(t)+"\n"), 0o600)
+		storeArgs = []string{"--postgres-file", dsn}
+	}
 	c := sharedCluster(t)
 	if err := c.Node(ctx, "node-1"); err != nil {
 		t.Fatal(err)
@@ -56,7 +78,7 @@ func startReplicas(t *testing.T, n int) *replicaSet {
 	if err := c.WriteKubeconfig(rs.cluster, keydToken); err != nil {
 		t.Fatal(err)
 	}
-	rs.args = []string{"--postgres-file", dsn, "--kubeconfig", rs.cluster, "--node-service-account", "podkey/podkey-csi"}
+	rs.args = append(storeArgs, "--kubeconfig", rs.cluster, "--node-service-account", "podkey/podkey-csi")
 	for i := 0; i < n; i++ {
 		rs.socks = append(rs.socks, filepath.Join(w.dir, fmt.Sprintf("keyd-%d.sock", i)))
 		rs.addrs = append(rs.addrs, freePort(t))
@@ -81,6 +103,30 @@ func (rs *replicaSet) start(i int) {
 	rs.procs[i] = rs.w.startKeydAt(context.Background(), rs.socks[i], append([]string{"--listen", rs.addrs[i]}, rs.args...)...)
 }
 
+// nodeConn is node-1's podkey-csi connection to every replica, with its
+// node certificate.
+func (rs *replicaSet) nodeConn(t testing.TB) *keydclient.NodeConn {
+	ctx := context.Background()
+	c := sharedCluster(t)
+	csiPod, err := c.Pod(ctx, "podkey", fmt.Sprintf("csi-replicas-%d", podSeq.Add(1)), "podkey-csi", "node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Token(ctx, "podkey", "podkey-csi", "podkey-node", csiPod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(rs.w.dir, csiPod.Name+"-token")
+	_ = os.WriteFile(tokFile, []byte(tok), 0o600)
+	nc, err := keydclient.DialNode(ctx, keydclient.NodeOptions{Address: strings.Join(rs.addrs, ","), CAFile: rs.caFile,
+		ServerName: "localhost", TokenFile: tokFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return nc
+}
+
 // kill ends replica i with SIGKILL: no graceful stop, calls in flight cut.
 func (rs *replicaSet) kill(i int) {
 	_ = rs.procs[i].Process.Kill()
@@ -88,7 +134,7 @@ func (rs *replicaSet) kill(i int) {
 }
 
 // local is a client of replica i's socket.
-func (rs *replicaSet) local(t *testing.T, i int) (keydv1.KeydClient, keydv1.AdminClient) {
+func (rs *replicaSet) local(t testing.TB, i int) (keydv1.KeydClient, keydv1.AdminClient) {
 	conn, err := keydclient.Dial(keydclient.Options{Socket: rs.socks[i]})
 	if err != nil {
 		t.Fatal(err)
@@ -105,25 +151,9 @@ func (rs *replicaSet) local(t *testing.T, i int) (keydv1.KeydClient, keydv1.Admi
 // at every surviving replica, and the shared audit chain verifies.
 func TestKeydReplicaKilledInABurst(t *testing.T) {
 	ctx := context.Background()
-	rs := startReplicas(t, 3)
+	rs := startReplicas(t, 3, onPostgres)
 	c := sharedCluster(t)
-	csiPod, err := c.Pod(ctx, "podkey", fmt.Sprintf("csi-replicas-%d", podSeq.Add(1)), "podkey-csi", "node-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := c.Token(ctx, "podkey", "podkey-csi", "podkey-node", csiPod)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokFile := filepath.Join(rs.w.dir, "node-token")
-	_ = os.WriteFile(tokFile, []byte(tok), 0o600)
-	nc, err := keydclient.DialNode(ctx, keydclient.NodeOptions{Address: strings.Join(rs.addrs, ","), CAFile: rs.caFile,
-		ServerName: "localhost", TokenFile: tokFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	kc := keydv1.NewKeydClient(nc)
+	kc := keydv1.NewKeydClient(rs.nodeConn(t))
 	podsDir := t.TempDir()
 	d, err := csinode.New(csinode.Options{NodeID: "node-1", StateDir: filepath.Join(t.TempDir(), "state"), PodsDir: podsDir,
 		Issuer: kc, Revoker: kc, Classes: spc.Static{"payments/creds": classFor("payments")}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil))})

@@ -42,6 +42,19 @@ export PODKEY_KUBE_BIN_DIR
   echo '```'
 } | tee -a BENCHMARKS.md
 
+# keyd's stores and replicas: issuance on bbolt, PostgreSQL with one and
+# three replicas (ratios to bbolt); failover after SIGKILL of a replica;
+# audit appends per second, PostgreSQL beside bbolt. Every store syncs
+# each commit; the replicas share this machine's cores.
+{
+  echo
+  echo "## Stores and replicas (keyd processes over TLS, tokens reviewed by a real kube-apiserver)"
+  echo
+  echo '```'
+  go test -run '^$' -bench 'Replicas' -benchtime 1x -timeout 20m ./e2e 2>/dev/null | grep -E '^Benchmark'
+  echo '```'
+} | tee -a BENCHMARKS.md
+
 # Bursts (10 simulated nodes x 200 pods, and the upstream secrets-store
 # driver's load-test scale, 250 x 40; one keyd under the chart's memory
 # limit), keyd's admission compared at 250 x 40, and footprint (podkey-csi

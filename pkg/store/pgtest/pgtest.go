@@ -27,6 +27,7 @@ type Server struct {
 	dbs      atomic.Int64
 	running  bool
 	tls      bool
+	durable  bool
 	// CAFile verifies a StartTLS server's certificate.
 	CAFile string
 }
@@ -50,7 +51,15 @@ func binDir() (string, error) {
 // Start runs a server until the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	return start(t, false)
+	return start(t, false, false)
+}
+
+// StartDurable runs a server that syncs every commit to disk, as in
+// production, for measurements beside bbolt (which fsyncs every commit);
+// Start's server skips fsync to keep tests fast.
+func StartDurable(t testing.TB) *Server {
+	t.Helper()
+	return start(t, false, true)
 }
 
 // StartTLS runs a server that takes TCP connections on 127.0.0.1 only
@@ -58,10 +67,10 @@ func Start(t testing.TB) *Server {
 // its own (CAFile), as a managed database would; TLSConnString reaches it.
 func StartTLS(t testing.TB) *Server {
 	t.Helper()
-	return start(t, true)
+	return start(t, true, false)
 }
 
-func start(t testing.TB, withTLS bool) *Server {
+func start(t testing.TB, withTLS, durable bool) *Server {
 	bin, err := binDir()
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +80,7 @@ func start(t testing.TB, withTLS bool) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Server{dir: dir, bin: bin, port: 20000 + os.Getpid()%20000, tls: withTLS}
+	s := &Server{dir: dir, bin: bin, port: 20000 + os.Getpid()%20000, tls: withTLS, durable: durable}
 	if withTLS {
 		s.port = freePort(t)
 	}
@@ -110,7 +119,7 @@ func (s *Server) Start(t testing.TB) {
 		listen = "127.0.0.1,127.0.0.2" // the second is not in the certificate
 	}
 	s.run(t, "pg_ctl", "start", "-w", "-D", s.data(), "-l", filepath.Join(s.dir, "log"),
-		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses='%s' -c fsync=off", s.port, s.dir, listen))
+		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses='%s' -c fsync=%t", s.port, s.dir, listen, s.durable))
 	s.running = true
 }
 
