@@ -155,7 +155,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		lis, err := net.Listen("tcp", s.opts.Listen)
+		lis, err := Listen(s.opts.Listen, s.opts.Postgres != "")
 		if err != nil {
 			return fmt.Errorf("keyd: listen %s: %w", s.opts.Listen, err)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"fmt"
-	"net"
 	"net/http"
 	"time"
 
@@ -89,7 +88,7 @@ func (s *Server) serveJWKS(ctx context.Context, errc chan<- error) error {
 	}
 	tlsConf = tlsConf.Clone()
 	tlsConf.ClientAuth = 0 // anyone may read public keys
-	lis, err := net.Listen("tcp", s.opts.JWKSListen)
+	lis, err := Listen(s.opts.JWKSListen, s.opts.Postgres != "")
 	if err != nil {
 		return fmt.Errorf("keyd: listen %s: %w", s.opts.JWKSListen, err)
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -130,7 +129,7 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 	}
 	defer srv.Close()
 	if f.metricsAddr != "" {
-		if err := serveMetrics(ctx, f.metricsAddr, reg, o.Logger); err != nil {
+		if err := serveMetrics(ctx, f.metricsAddr, o.Postgres != "", reg, o.Logger); err != nil {
 			return command.Exit(command.ExitUsage, err)
 		}
 	}
@@ -197,8 +196,8 @@ func (f *flags) bundlePublisher(kubeCfg *rest.Config, log *slog.Logger) (*trustb
 
 // serveMetrics serves /metrics on addr until ctx ends. Metrics carry
 // method names, result codes and counts only.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
-	lis, err := net.Listen("tcp", addr)
+func serveMetrics(ctx context.Context, addr string, shared bool, reg *prometheus.Registry, log *slog.Logger) error {
+	lis, err := keyd.Listen(addr, shared)
 	if err != nil {
 		return fmt.Errorf("--metrics-addr: %w", err)
 	}
