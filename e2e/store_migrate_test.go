@@ -155,6 +155,10 @@ func TestStoreMigrateToPostgres(t *testing.T) {
 		t.Fatalf("audit after the migration: %v (before: %v) %v", after, before, err)
 	}
 	t.Logf("audit chain: %d records before the migration, %d intact after it", before.Records, after.Records)
+	// The database's chain verifies directly too, keyd running.
+	if out, code := w.run("", "podkey", "audit", "verify", "--postgres-file", pgFile); code != 0 || !strings.Contains(out, "audit chain intact") {
+		t.Fatalf("audit verify --postgres-file: exit %d: %s", code, out)
+	}
 }
 
 func readFile(t *testing.T, path string) string {

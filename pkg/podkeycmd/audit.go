@@ -44,24 +44,25 @@ func newAuditCommand(cf *clientFlags) *cobra.Command {
 		},
 	}
 	var (
-		storePath string
-		hf        hsmflags.Flags
+		storePath, pgFile string
+		hf                hsmflags.Flags
 	)
 	verify := &cobra.Command{
 		Use:   "verify",
-		Short: "Prove the audit chain unbroken (through keyd, or offline with --store)",
+		Short: "Prove the audit chain unbroken (through keyd, or offline with --store or --postgres-file)",
 		Long: `verify recomputes every record's MAC with the HSM audit key and checks the
 links between records. It exits 7 and names the first broken record if the
-chain was altered. With --store it reads a stopped keyd's store file and
-opens the HSM token itself.`,
+chain was altered. With --store it reads a stopped keyd's store file, with
+--postgres-file the database of keyd replicas (running or not), and opens
+the HSM token itself.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var (
 				resp *keydv1.VerifyAuditResponse
 				err  error
 			)
-			if storePath != "" {
-				resp, err = verifyOffline(cmd.Context(), &hf, storePath)
+			if storePath != "" || pgFile != "" {
+				resp, err = verifyOffline(cmd.Context(), &hf, storePath, pgFile)
 			} else {
 				admin, done, derr := cf.admin()
 				if derr != nil {
@@ -82,20 +83,38 @@ opens the HSM token itself.`,
 		},
 	}
 	verify.Flags().StringVar(&storePath, "store", "", "verify this store file directly (keyd must be stopped)")
+	verify.Flags().StringVar(&pgFile, "postgres-file", "", "verify the PostgreSQL database whose connection string this file holds")
 	hf.Register(verify.Flags())
 	cmd.AddCommand(export, verify)
 	return cmd
 }
 
-func verifyOffline(ctx context.Context, hf *hsmflags.Flags, path string) (*keydv1.VerifyAuditResponse, error) {
+func verifyOffline(ctx context.Context, hf *hsmflags.Flags, path, pgFile string) (*keydv1.VerifyAuditResponse, error) {
+	if path != "" && pgFile != "" {
+		return nil, command.UsageError("--store and --postgres-file exclude each other")
+	}
 	tok, err := hf.Open()
 	if err != nil {
 		return nil, err
 	}
 	defer tok.Close()
-	st, err := store.OpenBolt(path)
-	if err != nil {
-		return nil, command.Exit(command.ExitUnavailable, err)
+	var st store.Store
+	if pgFile != "" {
+		conn, err := store.ConnString(pgFile)
+		if err != nil {
+			return nil, command.UsageError("%v", err)
+		}
+		pg, err := store.OpenPostgres(ctx, conn)
+		if err != nil {
+			return nil, command.Exit(command.ExitUnavailable, err)
+		}
+		st = pg
+	} else {
+		b, err := store.OpenBolt(path)
+		if err != nil {
+			return nil, command.Exit(command.ExitUnavailable, err)
+		}
+		st = b
 	}
 	defer st.Close()
 	n, err := audit.Verify(ctx, st, func(ctx context.Context, data []byte) ([]byte, error) {
