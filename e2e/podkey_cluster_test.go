@@ -395,6 +395,10 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	}
 	pc.deletePod(ctx, up)
 
+	// keyd goes from one replica on bbolt to three on PostgreSQL, its
+	// state migrated; a keyd pod deleted under load delays no pod.
+	pc.toReplicas(ctx)
+
 	// helm uninstall leaves no podkey object behind (the SecretProviderClass
 	// CRD is kept on purpose) and the node no longer lists the driver.
 	pc.uninstall(ctx)

@@ -135,12 +135,7 @@ func (rs *replicaSet) kill(i int) {
 
 // local is a client of replica i's socket.
 func (rs *replicaSet) local(t testing.TB, i int) (keydv1.KeydClient, keydv1.AdminClient) {
-	conn, err := keydclient.Dial(keydclient.Options{Socket: rs.socks[i]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return keydv1.NewKeydClient(conn), keydv1.NewAdminClient(conn)
+	return socketClients(t, rs.socks[i])
 }
 
 // TestKeydReplicaKilledInABurst: three keyd replicas on one database and

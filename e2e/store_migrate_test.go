@@ -21,7 +21,7 @@ import (
 )
 
 // socketClients dials a keyd's local socket.
-func socketClients(t *testing.T, sock string) (keydv1.KeydClient, keydv1.AdminClient) {
+func socketClients(t testing.TB, sock string) (keydv1.KeydClient, keydv1.AdminClient) {
 	conn, err := keydclient.Dial(keydclient.Options{Socket: sock})
 	if err != nil {
 		t.Fatal(err)

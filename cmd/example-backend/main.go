@@ -13,19 +13,17 @@ import (
 	"os"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/apikey"
 	"github.com/podkey/podkey/pkg/client"
+	"github.com/podkey/podkey/pkg/keydclient"
 )
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address to serve on")
 	dir := flag.String("volume", "/var/run/podkey", "the backend's own podkey volume")
 	cert := flag.String("cert", "mtls", "its certificate object (suite intl), used as keyd client certificate")
-	keydAddr := flag.String("keyd-addr", "", "keyd's TLS address")
+	keydAddr := flag.String("keyd-addr", "", "keyd's TLS address host:port; several, comma-separated, or dns:///name:port for replicas")
 	serverName := flag.String("keyd-server-name", "", "name in keyd's serving certificate (default: host of --keyd-addr)")
 	flag.Parse()
 	if err := run(*listen, *dir, *cert, *keydAddr, *serverName); err != nil {
@@ -45,7 +43,8 @@ func run(listen, dir, cert, keydAddr, serverName string) error {
 		return err
 	}
 	tlsConf.ServerName = serverName
-	conn, err := grpc.NewClient(keydAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	conn, err := keydclient.NewClient(keydAddr, tlsConf) // one address, several (replicas), or dns:///
+
 	if err != nil {
 		return err
 	}

@@ -33,21 +33,9 @@ func (b *Bolt) State(context.Context) (State, error) {
 			return tx.Bucket(bucket).ForEach(fn)
 		}
 		err := errors.Join(
-			each(bucketSecrets, func(_, v []byte) error {
-				var s Secret
-				st.Secrets = append(st.Secrets, s)
-				return json.Unmarshal(v, &st.Secrets[len(st.Secrets)-1])
-			}),
-			each(bucketRevocations, func(_, v []byte) error {
-				var r Revocation
-				st.Revocations = append(st.Revocations, r)
-				return json.Unmarshal(v, &st.Revocations[len(st.Revocations)-1])
-			}),
-			each(bucketRenewals, func(_, v []byte) error {
-				var r Renewal
-				st.Renewals = append(st.Renewals, r)
-				return json.Unmarshal(v, &st.Renewals[len(st.Renewals)-1])
-			}),
+			each(bucketSecrets, appendJSON(&st.Secrets)),
+			each(bucketRevocations, appendJSON(&st.Revocations)),
+			each(bucketRenewals, appendJSON(&st.Renewals)),
 			each(bucketPods, func(k, v []byte) error {
 				var pb podBinding
 				if err := json.Unmarshal(v, &pb); err != nil {
@@ -71,6 +59,18 @@ func (b *Bolt) State(context.Context) (State, error) {
 		return nil
 	})
 	return st, err
+}
+
+// appendJSON is a bucket walk that decodes each value onto out.
+func appendJSON[T any](out *[]T) func(_, v []byte) error {
+	return func(_, v []byte) error {
+		var x T
+		if err := json.Unmarshal(v, &x); err != nil {
+			return err
+		}
+		*out = append(*out, x)
+		return nil
+	}
 }
 
 // ErrNotEmpty refuses an import into a store that already holds state.
