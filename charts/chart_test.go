@@ -207,6 +207,19 @@ keyd:
 			t.Errorf("DaemonSet lacks %q", want)
 		}
 	}
+	// On the host network replicas may share a node: no host ports, and
+	// probes that ask the replica itself, not whoever answers the port.
+	objs = render(t, `
+keyd:
+  replicas: 3
+  hostNetwork: true
+  store: {type: postgres, postgres: {connectionFile: /etc/podkey/postgres/dsn}}
+  hsm: {type: pkcs11, module: /opt/hsm/libvendor.so, tokenLabel: bank, pinFile: /hsm-pin/pin}
+`)
+	y = toYAML(t, objs["Deployment/podkey-keyd"].Object)
+	if strings.Contains(y, "containerPort") || !strings.Contains(y, "- policy") || strings.Contains(y, "tcpSocket") {
+		t.Errorf("host-network replicas: ports or probes:\n%s", y)
+	}
 	// One replica on bbolt: none of it.
 	objs = render(t, "")
 	if objs["PodDisruptionBudget/podkey-keyd"] != nil || objs["Service/podkey-keyd-replicas"] != nil ||
