@@ -162,7 +162,15 @@ func (pc *podkeyCluster) keydPods(ctx context.Context, after time.Time) []*corev
 }
 
 // replicaSock is a keyd pod's local socket, on its data volume (an
-// emptyDir with replicas) as the node holds it.
+// emptyDir with replicas) as the node holds it, through a short link: the
+// kubelet's path is longer than a socket address may be.
 func (pc *podkeyCluster) replicaSock(p *corev1.Pod) string {
-	return filepath.Join(pc.node.RootDir, "pods", string(p.UID), "volumes", "kubernetes.io~empty-dir", "data", "keyd.sock")
+	dir := filepath.Join(pc.node.RootDir, "pods", string(p.UID), "volumes", "kubernetes.io~empty-dir", "data")
+	link := filepath.Join(os.TempDir(), "pk-"+string(p.UID)[:8])
+	_ = os.Remove(link)
+	if err := os.Symlink(dir, link); err != nil {
+		pc.t.Fatal(err)
+	}
+	pc.t.Cleanup(func() { os.Remove(link) })
+	return filepath.Join(link, "keyd.sock")
 }

@@ -28,7 +28,7 @@ PODKEY_KUBE_BIN_DIR=$(hack/kube-binaries.sh)
 export PODKEY_KUBE_BIN_DIR
 
 echo "== go test"
-go test -count=1 ./...
+go test -count=1 -timeout 30m ./...
 
 # A count, not a duration: Go 1.26's coordinator can race its own timer
 # on a loaded machine (see hack/fuzz.sh); a count never starts that timer.
