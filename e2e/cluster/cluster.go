@@ -67,12 +67,31 @@ func KubeBinDir(repoRoot string) (string, error) {
 
 // FreePort is a free TCP port on loopback.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	handedOut.mu.Lock()
+	defer handedOut.mu.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	// The kernel may offer a port again once it is closed: never hand out
+	// one twice, or two servers of one test would meet on it.
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port, nil
+		}
+	}
+}
+
+// handedOut are the ports FreePort returned in this process.
+var handedOut struct {
+	mu    sync.Mutex
+	ports map[int]bool
 }
 
 // Start brings up etcd and kube-apiserver in a new temporary directory.
