@@ -43,6 +43,7 @@ type csiFlags struct {
 	metricsAddr                   string
 	keyd                          keydclient.Options
 	nodeToken                     string
+	mode, providerSocket          string
 	lf                            command.LogFlags
 }
 
@@ -79,6 +80,8 @@ func NewCommand() *cobra.Command {
 	fl.StringVar(&f.keyd.Address, "keyd-addr", "", "keyd's TLS address host:port; several, comma-separated, or dns:///name:port for replicas")
 	fl.StringVar(&f.keyd.ServerName, "keyd-server-name", "", "name checked in keyd's serving certificate (default: the host of the first --keyd-addr)")
 	fl.StringVar(&f.keyd.CAFile, "keyd-ca-file", "", "CA bundle verifying keyd")
+	fl.StringVar(&f.mode, "mode", "csi", "csi: serve podkey's CSI driver (csi.podkey.io); provider: serve the upstream secrets-store CSI driver's provider API on --provider-socket instead; both")
+	fl.StringVar(&f.providerSocket, "provider-socket", "/var/run/secrets-store-csi-providers/podkey.sock", "provider socket, in the upstream driver's providers directory (--mode provider or both)")
 	fl.StringVar(&f.nodeToken, "node-token-file", "/var/run/secrets/podkey/token", "the node agent's bound service-account token (audience podkey-node), used with --keyd-addr to obtain a node client certificate")
 	f.lf.Register(fl)
 	return cmd
@@ -119,8 +122,15 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	if nodeRun != nil {
 		g.Go(func() error { nodeRun(gctx); return nil })
 	}
-	g.Go(func() error { return d.Serve(gctx, f.endpoint) })
-	if f.regDir != "" {
+	serveCSI := f.mode != "provider"
+	if f.mode != "csi" {
+		p := csinode.NewProvider(d)
+		g.Go(func() error { return p.Serve(gctx, f.providerSocket) })
+	}
+	if serveCSI {
+		g.Go(func() error { return d.Serve(gctx, f.endpoint) })
+	}
+	if serveCSI && f.regDir != "" {
 		ep := f.regEndpoint
 		if ep == "" {
 			ep = f.endpoint
@@ -129,9 +139,13 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 		g.Go(func() error { return rs.Serve(gctx, f.regDir) })
 	}
 	if f.metricsAddr != "" {
-		g.Go(func() error { return serveMetrics(gctx, f.metricsAddr, reg, f.endpoint) })
+		health := f.endpoint
+		if !serveCSI {
+			health = f.providerSocket
+		}
+		g.Go(func() error { return serveMetrics(gctx, f.metricsAddr, reg, health) })
 	}
-	log.Info("podkey-csi started", "version", version.Version, "node", f.o.NodeID, "volumes", d.Volumes())
+	log.Info("podkey-csi started", "version", version.Version, "node", f.o.NodeID, "mode", f.mode, "volumes", d.Volumes())
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 		err = nil
@@ -156,6 +170,9 @@ func (f *csiFlags) check() error {
 		return command.UsageError("--max-volume-bytes %q: want a quantity of at least --tmpfs-size", f.maxVolumeBytes)
 	}
 	f.o.MaxVolumeBytes = max.Value()
+	if f.mode != "csi" && f.mode != "provider" && f.mode != "both" {
+		return command.UsageError("--mode %q: want csi, provider or both", f.mode)
+	}
 	if f.keyd.Socket == "" && f.keyd.Address == "" {
 		return command.UsageError("--keyd-socket or --keyd-addr is required")
 	}
@@ -200,13 +217,13 @@ func (f *csiFlags) classes(ctx context.Context) (spc.Source, error) {
 
 // serveMetrics serves /metrics and /healthz; the health check succeeds
 // while the CSI socket accepts connections.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, csiSocket string) error {
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, healthSocket string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		c, err := net.DialTimeout("unix", csiSocket, time.Second)
+		c, err := net.DialTimeout("unix", healthSocket, time.Second)
 		if err != nil {
-			http.Error(w, "CSI socket not accepting connections", http.StatusServiceUnavailable)
+			http.Error(w, "socket not accepting connections", http.StatusServiceUnavailable)
 			return
 		}
 		c.Close()

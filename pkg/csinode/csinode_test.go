@@ -70,6 +70,14 @@ var classes = spc.Static{
 	"payments/big":      class("payments", "big", "podkey", manySecrets(32)),
 	"payments/longname": class("payments", "longname", "podkey", "- {name: a, kind: certificate, file: "+strings.Repeat("f", 248)+"}"),
 	"shop/payments":     class("shop", "payments", "podkey", objectsYAML),
+	"payments/synced":   syncedClass(),
+}
+
+// syncedClass would copy its objects into a Kubernetes Secret.
+func syncedClass() *sscsi.SecretProviderClass {
+	c := class("payments", "synced", "podkey", objectsYAML)
+	c.Spec.SecretObjects = []*sscsi.SecretObject{{SecretName: "copy", Type: "Opaque"}}
+	return c
 }
 
 type harness struct {

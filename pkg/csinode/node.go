@@ -83,6 +83,13 @@ func resultOf(err error) string {
 // of them can take at its fullest, refusing a class that could outgrow
 // the volume's tmpfs.
 func (d *Driver) objects(ctx context.Context, p *publishRequest) ([]object.Spec, int64, error) {
+	return d.classObjects(ctx, p, true)
+}
+
+// classObjects is objects; the tmpfs bound applies when ownTmpfs (the
+// upstream driver sizes its own), and a class that syncs into Kubernetes
+// Secrets (secretObjects: etcd) is refused either way.
+func (d *Driver) classObjects(ctx context.Context, p *publishRequest, ownTmpfs bool) ([]object.Spec, int64, error) {
 	class, err := d.opts.Classes.Get(ctx, p.pod.Namespace, p.class)
 	switch {
 	case errors.Is(err, spc.ErrNotFound):
@@ -90,12 +97,17 @@ func (d *Driver) objects(ctx context.Context, p *publishRequest) ([]object.Spec,
 	case err != nil:
 		return nil, 0, status.Errorf(codes.Unavailable, "reading SecretProviderClass %s/%s: %v", p.pod.Namespace, p.class, err)
 	}
+	if len(class.Spec.SecretObjects) > 0 {
+		return nil, 0, status.Errorf(codes.FailedPrecondition,
+			"SecretProviderClass %s/%s has secretObjects, which sync into Kubernetes Secrets (etcd); podkey credentials never go there: remove spec.secretObjects",
+			p.pod.Namespace, p.class)
+	}
 	specs, err := spc.Objects(class)
 	if err != nil {
 		return nil, 0, status.Error(codes.InvalidArgument, err.Error())
 	}
 	need := twoGenerations(specs)
-	if need > d.opts.SizeLimit {
+	if ownTmpfs && need > d.opts.SizeLimit {
 		return nil, 0, status.Errorf(codes.ResourceExhausted,
 			"SecretProviderClass %s/%s may need up to %d bytes for the two generations a renewal holds, more than the %d-byte tmpfs of each volume (podkey-csi --tmpfs-size)",
 			p.pod.Namespace, p.class, need, d.opts.SizeLimit)

@@ -124,23 +124,10 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience, podsDir string) (
 			return nil, invalid("unknown volume attribute %q (podkey takes only %q)", k, AttrClass)
 		}
 	}
-	p := &publishRequest{volumeID: req.VolumeId, target: req.TargetPath, class: ctx[AttrClass], gid: -1,
-		pod: pod.Identity{Namespace: ctx[attrPodNamespace], Name: ctx[attrPodName], UID: ctx[attrPodUID], ServiceAccount: ctx[attrServiceAccount]}}
-	if p.class == "" {
-		return nil, invalid("volume attribute %s is required: name the pod's SecretProviderClass", AttrClass)
-	}
-	if !object.ValidName(p.class) {
-		return nil, invalid("volume attribute %s: %q is not a valid name", AttrClass, p.class)
-	}
-	for _, f := range []struct{ attr, v string }{
-		{attrPodNamespace, p.pod.Namespace}, {attrPodName, p.pod.Name}, {attrPodUID, p.pod.UID}, {attrServiceAccount, p.pod.ServiceAccount},
-	} {
-		if f.v == "" {
-			return nil, invalid("volume attribute %s is missing: the CSIDriver object must set podInfoOnMount: true", f.attr)
-		}
-		if len(f.v) > 253 || strings.ContainsAny(f.v, "/\x00\n") {
-			return nil, invalid("volume attribute %s is malformed", f.attr)
-		}
+	p := &publishRequest{volumeID: req.VolumeId, target: req.TargetPath, gid: -1}
+	var err error
+	if p.class, p.pod, err = podAttributes(ctx); err != nil {
+		return nil, err
 	}
 	if g := capability.GetMount().GetVolumeMountGroup(); g != "" {
 		gid, err := strconv.Atoi(g)
@@ -153,23 +140,57 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience, podsDir string) (
 	if err != nil {
 		return nil, err
 	}
+	if p.token, err = tokenFor(tokens, audience, invalid); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// podAttributes reads the class and the pod from the kubelet's volume
+// attributes (podInfoOnMount).
+func podAttributes(attrs map[string]string) (class string, p pod.Identity, err error) {
+	class = attrs[AttrClass]
+	p = pod.Identity{Namespace: attrs[attrPodNamespace], Name: attrs[attrPodName], UID: attrs[attrPodUID], ServiceAccount: attrs[attrServiceAccount]}
+	if class == "" {
+		return "", p, invalid("volume attribute %s is required: name the pod's SecretProviderClass", AttrClass)
+	}
+	if !object.ValidName(class) {
+		return "", p, invalid("volume attribute %s: %q is not a valid name", AttrClass, class)
+	}
+	for _, f := range []struct{ attr, v string }{
+		{attrPodNamespace, p.Namespace}, {attrPodName, p.Name}, {attrPodUID, p.UID}, {attrServiceAccount, p.ServiceAccount},
+	} {
+		if f.v == "" {
+			return "", p, invalid("volume attribute %s is missing: the CSIDriver object must set podInfoOnMount: true", f.attr)
+		}
+		if len(f.v) > 253 || strings.ContainsAny(f.v, "/\x00\n") {
+			return "", p, invalid("volume attribute %s is malformed", f.attr)
+		}
+	}
+	return class, p, nil
+}
+
+// tokenFor picks the token for audience out of the kubelet's tokens
+// attribute (JSON by audience); a missing one is refused through missing,
+// which says what the caller's CSIDriver lacks.
+func tokenFor(tokens, audience string, missing func(format string, a ...any) error) (string, error) {
 	if tokens == "" {
-		return nil, invalid("no service account token: the CSIDriver object must request one for audience %q (tokenRequests)", audience)
+		return "", missing("no service account token: the CSIDriver object must request one for audience %q (tokenRequests)", audience)
 	}
 	var parsed map[string]struct {
 		Token string `json:"token"`
 	}
 	if err := json.Unmarshal([]byte(tokens), &parsed); err != nil {
-		return nil, invalid("volume attribute %s is not valid JSON", attrTokens)
+		return "", invalid("volume attribute %s is not valid JSON", attrTokens)
 	}
-	p.token = parsed[audience].Token
-	if p.token == "" {
-		return nil, invalid("no service account token for audience %q: add it to the CSIDriver's tokenRequests", audience)
+	token := parsed[audience].Token
+	if token == "" {
+		return "", missing("no service account token for audience %q: add it to the CSIDriver's tokenRequests", audience)
 	}
-	if len(p.token) > 16<<10 {
-		return nil, invalid("service account token is larger than 16 KiB")
+	if len(token) > 16<<10 {
+		return "", invalid("service account token is larger than 16 KiB")
 	}
-	return p, nil
+	return token, nil
 }
 
 // podTokens is the kubelet's tokens attribute. Where the CSIDriver has the

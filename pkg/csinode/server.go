@@ -11,6 +11,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 )
 
 // Serve listens on the CSI unix socket (removing a stale one) and serves
@@ -28,6 +29,24 @@ func (d *Driver) Serve(ctx context.Context, path string) error {
 		g.GracefulStop()
 	}()
 	d.opts.Logger.Info("serving CSI", "socket", path, "driver", d.opts.DriverName, "node", d.opts.NodeID)
+	return g.Serve(lis)
+}
+
+// Serve listens on the provider socket, in the upstream secrets-store
+// driver's providers directory, and serves the provider API until ctx
+// ends.
+func (p *Provider) Serve(ctx context.Context, path string) error {
+	lis, err := socket.Listen(path, 0o600)
+	if err != nil {
+		return fmt.Errorf("csinode: provider: %w", err)
+	}
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(p.d.logUnary))
+	v1alpha1.RegisterCSIDriverProviderServer(g, p)
+	go func() {
+		<-ctx.Done()
+		g.GracefulStop()
+	}()
+	p.d.opts.Logger.Info("serving the secrets-store provider API", "socket", path, "node", p.d.opts.NodeID)
 	return g.Serve(lis)
 }
 
