@@ -1,0 +1,211 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/spc"
+)
+
+// secretsStoreDriver builds (once, cached) the upstream secrets-store CSI
+// driver v1.5.4 and returns its binary.
+func secretsStoreDriver(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command("../hack/secrets-store-driver.sh").Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			t.Fatalf("hack/secrets-store-driver.sh: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatal(err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "secrets-store-csi-driver")
+}
+
+// upstreamCRDs installs the upstream driver's two CRDs from its module.
+func upstreamCRDs(t testing.TB) {
+	ctx := context.Background()
+	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/secrets-store-csi-driver").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"secretproviderclasses", "secretproviderclasspodstatuses"} {
+		if err := sharedCluster(t).InstallCRD(ctx, filepath.Join(strings.TrimSpace(string(dir)), "config/crd/bases/secrets-store.csi.x-k8s.io_"+f+".yaml")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestPodkeyProviderUnderTheUpstreamDriver: the real upstream
+// secrets-store driver (v1.5.4, built from the module proxy) and
+// podkey-csi --mode provider as processes, the driver reading classes from
+// the real API server: a publish the kubelet would make mounts the
+// driver's tmpfs holding podkey's files, whose API key verifies through
+// keyd; two pods get different keys; a class with secretObjects and a
+// publish without a podkey token are refused with messages that say what
+// to change.
+func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
+	needRoot(t)
+	driver := secretsStoreDriver(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := sharedCluster(t)
+	upstreamCRDs(t)
+	w := newWorld(t)
+	w.startKeyd(ctx)
+	kubeconfig := filepath.Join(w.dir, "admin.kubeconfig")
+	if err := c.WriteKubeconfig(kubeconfig, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Namespace(ctx, "payments"); err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := c.Dynamic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, extra := range map[string]map[string]any{
+		"provider-creds":  nil,
+		"provider-synced": {"secretObjects": []any{map[string]any{"secretName": "copy", "type": "Opaque", "data": []any{map[string]any{"objectName": "ledger-api", "key": "k"}}}}},
+	} {
+		specMap := map[string]any{"provider": "podkey", "parameters": map[string]any{"objects": "- {name: ledger-api, kind: apiKey, file: ledger-api.json}\n- {name: mtls, kind: certificate}\n"}}
+		for k, v := range extra {
+			specMap[k] = v
+		}
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
+			"metadata": map[string]any{"name": name, "namespace": "payments"}, "spec": specMap}}
+		_ = dyn.Resource(spc.GVR).Namespace("payments").Delete(ctx, name, metav1.DeleteOptions{})
+		if _, err := dyn.Resource(spc.GVR).Namespace("payments").Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	providers := filepath.Join(w.dir, "providers")
+	_ = os.MkdirAll(providers, 0o755)
+	metrics := freePort(t)
+	prov := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-csi"), "--mode", "provider", "--node-name", "node-1",
+		"--provider-socket", filepath.Join(providers, "podkey.sock"), "--state-dir", filepath.Join(w.dir, "provider-state"),
+		"--keyd-socket", w.sock(), "--kubeconfig", kubeconfig, "--registration-dir", "", "--metrics-addr", metrics, "--log-format", "json")
+	provLog := &syncBuffer{}
+	prov.Env, prov.Stderr = w.env, provLog
+	if err := prov.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = prov.Process.Kill(); _ = prov.Wait() })
+	waitHealthy(t, metrics, provLog)
+
+	endpoint := filepath.Join(w.dir, "secrets-store.sock")
+	drv := exec.CommandContext(ctx, driver, "--endpoint", "unix://"+endpoint, "--nodeid", "node-1", "--provider-volume", providers,
+		"--additional-provider-volume-paths", "", "--metrics-addr", freePort(t), "-v", "2")
+	drvLog := &syncBuffer{}
+	drv.Env, drv.Stderr, drv.Stdout = append(os.Environ(), "KUBECONFIG="+kubeconfig), drvLog, drvLog
+	if err := drv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = drv.Process.Kill(); _ = drv.Wait() })
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(endpoint); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the upstream driver did not start:\n%s", drvLog)
+		}
+	}
+	node := csiClient(t, endpoint)
+	keyd := keydv1.NewKeydClient(mustDial(t, w.sock()))
+	publish := func(uid, class string, withToken bool) (string, error) {
+		target := filepath.Join(w.dir, "pods", uid, "volumes", "creds")
+		req := podPublishRequest(target, "payments", "pay-"+uid, uid, "payments", "pod-token-"+uid)
+		req.VolumeContext["secretProviderClass"] = class
+		delete(req.VolumeContext, "csi.storage.k8s.io/ephemeral")
+		if !withToken {
+			// The driver would request a token itself for the audiences its
+			// CSIDriver names; none names podkey's here.
+			tok, _ := json.Marshal(map[string]any{"other-audience": map[string]string{"token": "x", "expirationTimestamp": "2030-01-01T00:00:00Z"}})
+			req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = string(tok)
+		}
+		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+		defer ccancel()
+		_, err := node.NodePublishVolume(cctx, req)
+		// Whatever the test's outcome, nothing stays mounted.
+		t.Cleanup(func() { _ = exec.Command("umount", target).Run() })
+		return target, err
+	}
+	unpublish := func(uid, target string) {
+		t.Helper()
+		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-" + uid, TargetPath: target}); err != nil {
+			t.Fatalf("unpublish through the upstream driver: %v", err)
+		}
+		if mountOptions(t, target) != "" {
+			t.Fatalf("%s is still mounted after unpublish", target)
+		}
+	}
+	a, err := publish("prov-a", "provider-creds", true)
+	if err != nil {
+		t.Fatalf("publish through the upstream driver: %v\n%s\n%s", err, drvLog, provLog)
+	}
+	b, err := publish("prov-b", "provider-creds", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(mountOptions(t, a), "tmpfs") {
+		t.Fatalf("the upstream driver's target is not a tmpfs: %q", mountOptions(t, a))
+	}
+	for _, f := range []string{"ledger-api.json", "mtls.key", "mtls.crt", "mtls.ca.crt", "podkey-metadata.json"} {
+		if _, err := os.Stat(filepath.Join(a, f)); err != nil {
+			t.Fatalf("the driver wrote no %s: %v", f, err)
+		}
+	}
+	verifyVolumeKey(t, keyd, a, "prov-a")
+	verifyVolumeKey(t, keyd, b, "prov-b")
+	if readFile(t, filepath.Join(a, "ledger-api.json")) == readFile(t, filepath.Join(b, "ledger-api.json")) {
+		t.Fatal("two pods got the same API key")
+	}
+	for name, c := range map[string]struct {
+		class     string
+		withToken bool
+		want      string
+	}{
+		"a class syncing into Secrets": {"provider-synced", true, "secretObjects"},
+		"no podkey token":              {"provider-creds", false, "tokenRequests: [{audience: podkey}]"},
+	} {
+		_, err := publish("prov-"+strings.ReplaceAll(name, " ", "-"), c.class, c.withToken)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want a refusal saying %q", name, err, c.want)
+		}
+	}
+	unpublish("prov-a", a)
+	unpublish("prov-b", b)
+	if strings.Contains(drvLog.String(), "pod-token-prov-a") || strings.Contains(provLog.String(), "pod-token-prov-a") {
+		t.Fatal("a pod token is in a log")
+	}
+}
+
+// waitHealthy waits for a podkey-csi's /healthz.
+func waitHealthy(t *testing.T, metrics string, log fmt.Stringer) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get("http://" + metrics + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("podkey-csi did not become healthy:\n%s", log)
+		}
+	}
+}
