@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -126,6 +128,19 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 	}
 	node := csiClient(t, endpoint)
 	keyd := keydv1.NewKeydClient(mustDial(t, w.sock()))
+	if err := c.Node(ctx, "node-1"); err != nil {
+		t.Fatal(err)
+	}
+	// Pods in the API, on this node, for the provider's pod watch.
+	pods := map[string]string{} // name by UID
+	podUID := func(name string) string {
+		p, err := c.Pod(ctx, "payments", fmt.Sprintf("%s-%d", name, podSeq.Add(1)), "payments", "node-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods[string(p.UID)] = p.Name
+		return string(p.UID)
+	}
 	publish := func(uid, class string, withToken bool) (string, error) {
 		target := filepath.Join(w.dir, "pods", uid, "volumes", "creds")
 		req := podPublishRequest(target, "payments", "pay-"+uid, uid, "payments", "pod-token-"+uid)
@@ -153,11 +168,12 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 			t.Fatalf("%s is still mounted after unpublish", target)
 		}
 	}
-	a, err := publish("prov-a", "provider-creds", true)
+	uidA, uidB := podUID("prov-a"), podUID("prov-b")
+	a, err := publish(uidA, "provider-creds", true)
 	if err != nil {
 		t.Fatalf("publish through the upstream driver: %v\n%s\n%s", err, drvLog, provLog)
 	}
-	b, err := publish("prov-b", "provider-creds", true)
+	b, err := publish(uidB, "provider-creds", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,8 +185,8 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 			t.Fatalf("the driver wrote no %s: %v", f, err)
 		}
 	}
-	verifyVolumeKey(t, keyd, a, "prov-a")
-	verifyVolumeKey(t, keyd, b, "prov-b")
+	verifyVolumeKey(t, keyd, a, uidA)
+	verifyVolumeKey(t, keyd, b, uidB)
 	if readFile(t, filepath.Join(a, "ledger-api.json")) == readFile(t, filepath.Join(b, "ledger-api.json")) {
 		t.Fatal("two pods got the same API key")
 	}
@@ -187,9 +203,28 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 			t.Errorf("%s: %v, want a refusal saying %q", name, err, c.want)
 		}
 	}
-	unpublish("prov-a", a)
-	unpublish("prov-b", b)
-	if strings.Contains(drvLog.String(), "pod-token-prov-a") || strings.Contains(provLog.String(), "pod-token-prov-a") {
+	// The upstream driver never tells a provider that a pod went away; the
+	// provider's pod watch does, and revokes.
+	keyA := volumeKeyRequest(t, a)
+	if err := c.DeletePod(ctx, "payments", pods[uidA]); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	for {
+		_, err := keyd.Verify(ctx, keyA)
+		if status.Code(err) == codes.PermissionDenied {
+			t.Logf("the deleted pod's key was refused %v after the deletion", time.Since(deleted).Round(time.Millisecond))
+			break
+		}
+		if time.Since(deleted) > 30*time.Second {
+			t.Fatalf("a deleted pod's key, 30 s on: %v\n%s", err, provLog)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	verifyVolumeKey(t, keyd, b, uidB)
+	unpublish(uidA, a)
+	unpublish(uidB, b)
+	if strings.Contains(drvLog.String(), "pod-token-"+uidA) || strings.Contains(provLog.String(), "pod-token-"+uidA) {
 		t.Fatal("a pod token is in a log")
 	}
 }

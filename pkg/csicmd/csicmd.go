@@ -19,6 +19,7 @@ import (
 
 	"github.com/podkey/podkey/pkg/command"
 	"github.com/podkey/podkey/pkg/kube"
+	"github.com/podkey/podkey/pkg/podwatch"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -124,8 +125,14 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	}
 	serveCSI := f.mode != "provider"
 	if f.mode != "csi" {
-		p := csinode.NewProvider(d)
+		p, err := csinode.NewProvider(d)
+		if err != nil {
+			return err
+		}
 		g.Go(func() error { return p.Serve(gctx, f.providerSocket) })
+		if err := f.watchPods(gctx, g, p, log); err != nil {
+			return err
+		}
 	}
 	if serveCSI {
 		g.Go(func() error { return d.Serve(gctx, f.endpoint) })
@@ -196,6 +203,37 @@ func (f *csiFlags) dialKeyd(ctx context.Context, log *slog.Logger) (conn grpc.Cl
 		return nil, nil, nil, command.UsageError("%v", err)
 	}
 	return c, nil, func() { c.Close() }, nil
+}
+
+// watchPods revokes what the provider obtained for each pod of this node
+// that is deleted (the upstream driver tells providers nothing then), and
+// at start for those deleted while podkey-csi was down. Without the
+// Kubernetes API (classes from a directory) there is nothing to watch.
+func (f *csiFlags) watchPods(ctx context.Context, g *errgroup.Group, p *csinode.Provider, log *slog.Logger) error {
+	if f.classDir != "" {
+		log.Warn("no pod watch without the Kubernetes API: credentials of deleted pods expire but are not revoked")
+		return nil
+	}
+	cfg, err := kube.Config(f.kubeconfig)
+	if err != nil {
+		return err
+	}
+	listedAt := time.Now()
+	g.Go(func() error {
+		return podwatch.Run(ctx, cfg, f.o.NodeID, 10*time.Minute, time.Minute, podwatch.Handlers{
+			Synced: func(live map[string]bool) {
+				if err := p.Reconcile(ctx, live, listedAt); err != nil {
+					log.Error("revoking pods deleted while podkey-csi was down", "error", err)
+				}
+			},
+			Deleted: func(uid string) {
+				if err := p.PodGone(ctx, uid); err != nil {
+					log.Error("revoking a deleted pod", "podUID", uid, "error", err)
+				}
+			},
+		})
+	})
+	return nil
 }
 
 // classes is the SecretProviderClass source: a directory when one is

@@ -157,6 +157,25 @@ func keydError(err error) error {
 	return status.Errorf(codes.Internal, "podkey-keyd failed: %s", st.Message())
 }
 
+// revokeGone revokes everything the volume's pod obtained (the pod is
+// gone), or queues the revocation when keyd cannot take it now.
+func (d *Driver) revokeGone(ctx context.Context, v *volumeState) error {
+	pod := d.onNode(v.Pod)
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	err := d.deliverRevocation(rctx, pod, time.Time{})
+	cancel()
+	switch {
+	case errors.Is(err, revocation.ErrRefused):
+		d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", err)
+	case err != nil:
+		if qerr := d.queue.Enqueue(pod, time.Time{}, err); qerr != nil {
+			return status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)
+		}
+		d.opts.Logger.Warn("revocation queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", status.Convert(err).Message())
+	}
+	return nil
+}
+
 // publish performs a first publish. Nothing is mounted until keyd has
 // answered; any later failure unmounts and removes the target, so the
 // kubelet's retry starts clean.
@@ -291,19 +310,9 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		d.metrics.observeUnpublish("error", start)
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
-	pod := d.onNode(v.Pod)
-	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	err = d.deliverRevocation(rctx, pod, time.Time{}) // the pod is gone: all it obtained
-	cancel()
-	switch {
-	case errors.Is(err, revocation.ErrRefused):
-		d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", err)
-	case err != nil:
-		if qerr := d.queue.Enqueue(pod, time.Time{}, err); qerr != nil {
-			d.metrics.observeUnpublish("error", start)
-			return nil, status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)
-		}
-		d.opts.Logger.Warn("revocation queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", status.Convert(err).Message())
+	if err := d.revokeGone(ctx, v); err != nil {
+		d.metrics.observeUnpublish("error", start)
+		return nil, err
 	}
 	if err := d.state.remove(v.VolumeID); err != nil {
 		d.metrics.observeUnpublish("error", start)

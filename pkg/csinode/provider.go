@@ -3,10 +3,13 @@ package csinode
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,10 +33,10 @@ import (
 // What the upstream path cannot do, against podkey-csi: it has no Unmount
 // call to providers (revocation on deletion needs a pod watch), the files
 // travel through the driver's memory and writer (podkey cannot zero them
-// or set their group), and this state is in memory only (after a restart
-// the next rotation mints again).
+// or set their group), and it gives no file to zero before unmount.
 type Provider struct {
-	d *Driver
+	d     *Driver
+	state stateStore // <state dir>/provider: what was obtained for which pod, no secret
 
 	mu     sync.Mutex
 	mounts map[string]*volumeState // by target path
@@ -41,8 +44,72 @@ type Provider struct {
 
 var _ v1alpha1.CSIDriverProviderServer = (*Provider)(nil)
 
-// NewProvider serves the provider API on d.
-func NewProvider(d *Driver) *Provider { return &Provider{d: d, mounts: map[string]*volumeState{}} }
+// NewProvider serves the provider API on d, with what it obtained before
+// a restart read back from d's state directory.
+func NewProvider(d *Driver) (*Provider, error) {
+	p := &Provider{d: d, state: stateStore{dir: filepath.Join(d.opts.StateDir, "provider")}, mounts: map[string]*volumeState{}}
+	if err := os.MkdirAll(p.state.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("csinode: provider state: %w", err)
+	}
+	vs, err := p.state.loadAll()
+	if err != nil {
+		return nil, fmt.Errorf("csinode: provider state: %w", err)
+	}
+	for _, v := range vs {
+		p.mounts[v.TargetPath] = v
+	}
+	return p, nil
+}
+
+// PodGone revokes everything this node obtained through the provider for
+// a deleted pod (the upstream driver tells providers nothing when a pod
+// goes away: a pod watch calls this) and forgets its mounts.
+func (p *Provider) PodGone(ctx context.Context, uid string) error {
+	p.mu.Lock()
+	var gone []*volumeState
+	for target, v := range p.mounts {
+		if v.Pod.UID == uid {
+			gone = append(gone, v)
+			delete(p.mounts, target)
+		}
+	}
+	p.mu.Unlock()
+	if len(gone) == 0 {
+		return nil
+	}
+	// One revocation covers every credential of the pod.
+	if err := p.d.revokeGone(ctx, gone[0]); err != nil {
+		return err
+	}
+	for _, v := range gone {
+		if err := p.state.remove(v.VolumeID); err != nil {
+			p.d.opts.Logger.Warn("provider state not removed", "pod", v.Pod.String(), "error", err)
+		}
+	}
+	p.d.opts.Logger.Info("revoked the credentials of a deleted pod", "pod", gone[0].Pod.String(), "podUID", uid)
+	return nil
+}
+
+// Reconcile revokes for every pod this node obtained credentials for
+// before listedAt that is not among live (the UIDs of the pods on this
+// node as listed from listedAt on): pods deleted while the provider was
+// not watching. A pod served after listedAt may be missing from the list
+// and is left to the watch.
+func (p *Provider) Reconcile(ctx context.Context, live map[string]bool, listedAt time.Time) error {
+	p.mu.Lock()
+	var gone []string
+	for _, v := range p.mounts {
+		if !live[v.Pod.UID] && v.lastIssued().Before(listedAt) {
+			gone = append(gone, v.Pod.UID)
+		}
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, uid := range gone {
+		errs = append(errs, p.PodGone(ctx, uid))
+	}
+	return errors.Join(errs...)
+}
 
 // Version implements v1alpha1.CSIDriverProviderServer.
 func (p *Provider) Version(context.Context, *v1alpha1.VersionRequest) (*v1alpha1.VersionResponse, error) {
@@ -99,6 +166,11 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 	if cur != nil && cur.Pod == id {
 		next.Writes = cur.Writes + 1
 	}
+	// Recorded before the files leave: a pod deleted from now on is revoked.
+	if err := p.state.save(next); err != nil {
+		zeroFiles(files)
+		return nil, status.Errorf(codes.Internal, "saving provider state: %v", err)
+	}
 	p.mu.Lock()
 	p.mounts[target] = next
 	p.mu.Unlock()
@@ -116,8 +188,7 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 	return resp, nil
 }
 
-// Pods are the pods this provider obtained credentials for, with what it
-// last obtained, for revoking them when they are deleted.
+// Pods are the pods this provider obtained credentials for.
 func (p *Provider) Pods() []pod.Identity {
 	p.mu.Lock()
 	defer p.mu.Unlock()

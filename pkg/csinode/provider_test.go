@@ -46,7 +46,10 @@ func files(resp *v1alpha1.MountResponse) map[string]*v1alpha1.File {
 // nothing until renewal is due, then mints afresh.
 func TestProviderMountAndRepublish(t *testing.T) {
 	h := newHarness(t)
-	p := csinode.NewProvider(h.d)
+	p, err := csinode.NewProvider(h.d)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	target := h.target("uid-p")
 	v, err := p.Version(ctx, &v1alpha1.VersionRequest{Version: "v1alpha1"})
@@ -117,7 +120,10 @@ func equalVersions(a, b []*v1alpha1.ObjectVersion) bool {
 // the upstream driver turns into the pod's event, before keyd is asked.
 func TestProviderRefusals(t *testing.T) {
 	h := newHarness(t)
-	p := csinode.NewProvider(h.d)
+	p, err := csinode.NewProvider(h.d)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	audits := h.auditRecords()
 	for name, c := range map[string]struct {
@@ -150,4 +156,73 @@ func TestSecretObjectsRefusedOnPublish(t *testing.T) {
 		t.Fatalf("publish of a class with secretObjects: %v", err)
 	}
 	h.assertClean(h.target("u6"))
+}
+
+// apiKeyOf reads the API key a Mount returned.
+func apiKeyOf(t *testing.T, resp *v1alpha1.MountResponse) (string, []byte) {
+	t.Helper()
+	var ak podfiles.APIKeyFile
+	if err := json.Unmarshal(files(resp)["ledger-api.json"].Contents, &ak); err != nil {
+		t.Fatal(err)
+	}
+	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
+	return ak.AccessKeyID, secret
+}
+
+// TestProviderRevokesDeletedPods: a deleted pod's credentials are revoked
+// when the watch reports it, the other pod's are not; a provider started
+// again remembers what it obtained and revokes, for pods gone meanwhile,
+// only what it obtained before the list it is given.
+func TestProviderRevokesDeletedPods(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	p, err := csinode.NewProvider(h.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string][2]any{}
+	for _, uid := range []string{"uid-a", "uid-b", "uid-c"} {
+		resp, err := p.Mount(ctx, mountReq(t, h.target(uid), uid, "payments", true, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, secret := apiKeyOf(t, resp)
+		keys[uid] = [2]any{id, secret}
+	}
+	verify := func(uid string) error { return h.verifyKey(keys[uid][0].(string), keys[uid][1].([]byte)) }
+	if err := p.PodGone(ctx, "uid-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify("uid-a"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a deleted pod's key: %v", err)
+	}
+	if err := verify("uid-b"); err != nil {
+		t.Fatalf("another pod's key: %v", err)
+	}
+	// A restart: the state directory says what was obtained for b and c.
+	again, err := csinode.NewProvider(h.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(again.Pods()); n != 2 {
+		t.Fatalf("%d pods remembered after a restart, want 2", n)
+	}
+	// b was deleted while nobody watched; c is alive.
+	h.advance(time.Second)
+	if err := again.Reconcile(ctx, map[string]bool{"uid-c": true}, h.now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify("uid-b"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a pod deleted while the provider was down: %v", err)
+	}
+	if err := verify("uid-c"); err != nil {
+		t.Fatalf("a live pod's key after reconcile: %v", err)
+	}
+	// Served after the list began: not taken for deleted.
+	if err := again.Reconcile(ctx, map[string]bool{}, h.now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := verify("uid-c"); err != nil {
+		t.Fatalf("a pod served after the list was revoked: %v", err)
+	}
 }
