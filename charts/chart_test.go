@@ -228,6 +228,35 @@ keyd:
 	}
 }
 
+// Provider mode: podkey-csi serves the upstream driver's provider API in
+// its providers directory, watches its node's pods, and podkey's own
+// CSIDriver and kubelet registration are not installed.
+func TestProviderMode(t *testing.T) {
+	objs := render(t, "csi: {mode: provider}")
+	ds := toYAML(t, objs["DaemonSet/podkey-csi"].Object)
+	for _, want := range []string{"--mode=provider", "--provider-socket=/providers/podkey.sock", "path: /var/run/secrets-store-csi-providers", "--registration-dir=\n"} {
+		if !strings.Contains(ds, want) {
+			t.Errorf("DaemonSet lacks %q", want)
+		}
+	}
+	if strings.Contains(ds, "node-driver-registrar") {
+		t.Error("provider mode registers podkey's own driver")
+	}
+	if objs["CSIDriver/csi.podkey.io"] != nil {
+		t.Error("provider mode installs podkey's CSIDriver")
+	}
+	if !strings.Contains(toYAML(t, objs["ClusterRole/podkey-csi"].Object), "- pods") {
+		t.Error("provider mode cannot watch its node's pods")
+	}
+	both := render(t, "csi: {mode: both}")
+	if both["CSIDriver/csi.podkey.io"] == nil || !strings.Contains(toYAML(t, both["DaemonSet/podkey-csi"].Object), "--provider-socket") {
+		t.Error("both modes: the CSIDriver or the provider socket is missing")
+	}
+	if strings.Contains(toYAML(t, render(t, "")["ClusterRole/podkey-csi"].Object), "pods") {
+		t.Error("csi mode may read pods")
+	}
+}
+
 // Bad values are refused with a message naming the field, and nothing is
 // rendered.
 func TestSchemaRejectsBadValues(t *testing.T) {
@@ -247,6 +276,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"keyd: {store: {type: postgres}}", "postgres"},
 		{"keyd: {store: {type: postgres, postgres: {connectionFile: 'host=db password=x'}}}", "/keyd/store/postgres/connectionFile"},
 		{"keyd: {replicas: 0}", "/keyd/replicas"},
+		{"csi: {mode: sidecar}", "/csi/mode"},
 		{"keyd: {replicas: 2, persistence: {enabled: true}, store: {type: postgres, postgres: {connectionFile: /d}}, hsm: {type: pkcs11, pinFile: /p}}", "keyd.persistence"},
 		{"csi: {keydAddress: 'a:1,,b:2'}", "/csi/keydAddress"},
 	} {
