@@ -24,7 +24,8 @@ import (
 // connection, class source and renewal orders, so that a
 // SecretProviderClass with provider: podkey works under the upstream
 // driver too. That driver mounts the tmpfs and writes the files Mount
-// returns; it calls Mount again on its rotation schedule, and Provider
+// returns; with its rotation on it calls Mount again every poll interval
+// with the current object versions, and Provider
 // mints again only when renewal is due (or ordered): otherwise it answers
 // with the current object versions and no files, and the driver leaves the
 // files as they are. Object versions name the issue time and the write
