@@ -15,7 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
@@ -74,19 +73,8 @@ func (w *world) startPlugin(ctx context.Context, regDir string) *plugin {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if resp, err := http.Get("http://" + p.metrics + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("podkey-csi did not become healthy:\n%s", p.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitHealthy(t, p.metrics, p.stderr)
+	return p
 }
 
 func needRoot(t testing.TB) {

@@ -230,7 +230,7 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 }
 
 // waitHealthy waits for a podkey-csi's /healthz.
-func waitHealthy(t *testing.T, metrics string, log fmt.Stringer) {
+func waitHealthy(t testing.TB, metrics string, log fmt.Stringer) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if resp, err := http.Get("http://" + metrics + "/healthz"); err == nil {
