@@ -15,8 +15,10 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/ptr"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/spc"
@@ -100,7 +102,7 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 	metrics := freePort(t)
 	prov := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-csi"), "--mode", "provider", "--node-name", "node-1",
 		"--provider-socket", filepath.Join(providers, "podkey.sock"), "--state-dir", filepath.Join(w.dir, "provider-state"),
-		"--keyd-socket", w.sock(), "--kubeconfig", kubeconfig, "--registration-dir", "", "--metrics-addr", metrics, "--log-format", "json")
+		"--keyd-socket", w.sock(), "--kubeconfig", kubeconfig, "--registration-dir", "", "--metrics-addr", metrics, "--log-format", "json", "--log-level", "debug")
 	provLog := &syncBuffer{}
 	prov.Env, prov.Stderr = w.env, provLog
 	if err := prov.Start(); err != nil {
@@ -111,7 +113,8 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 
 	endpoint := filepath.Join(w.dir, "secrets-store.sock")
 	drv := exec.CommandContext(ctx, driver, "--endpoint", "unix://"+endpoint, "--nodeid", "node-1", "--provider-volume", providers,
-		"--additional-provider-volume-paths", "", "--metrics-addr", freePort(t), "-v", "2")
+		"--additional-provider-volume-paths", "", "--metrics-addr", freePort(t), "-v", "2",
+		"--enable-secret-rotation", "--rotation-poll-interval", "1s")
 	drvLog := &syncBuffer{}
 	drv.Env, drv.Stderr, drv.Stdout = append(os.Environ(), "KUBECONFIG="+kubeconfig), drvLog, drvLog
 	if err := drv.Start(); err != nil {
@@ -133,8 +136,21 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 	}
 	// Pods in the API, on this node, for the provider's pod watch.
 	pods := map[string]string{} // name by UID
+	if err := c.ServiceAccount(ctx, "payments", "payments"); err != nil {
+		t.Fatal(err)
+	}
 	podUID := func(name string) string {
-		p, err := c.Pod(ctx, "payments", fmt.Sprintf("%s-%d", name, podSeq.Add(1)), "payments", "node-1")
+		// Declaring the volume as a pod does lets the driver's rotation
+		// reconciler find it.
+		p, err := c.Admin.CoreV1().Pods("payments").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", name, podSeq.Add(1))},
+			Spec: corev1.PodSpec{ServiceAccountName: "payments", NodeName: "node-1", AutomountServiceAccountToken: ptr.To(false),
+				Containers: []corev1.Container{{Name: "app", Image: "pause", ImagePullPolicy: corev1.PullNever,
+					VolumeMounts: []corev1.VolumeMount{{Name: "creds", MountPath: "/var/run/secrets", ReadOnly: true}}}},
+				Volumes: []corev1.Volume{{Name: "creds", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+					Driver: "secrets-store.csi.k8s.io", ReadOnly: ptr.To(true), VolumeAttributes: map[string]string{"secretProviderClass": "provider-creds"}}}}},
+			},
+		}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,8 +158,12 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 		return string(p.UID)
 	}
 	publish := func(uid, class string, withToken bool) (string, error) {
-		target := filepath.Join(w.dir, "pods", uid, "volumes", "creds")
-		req := podPublishRequest(target, "payments", "pay-"+uid, uid, "payments", "pod-token-"+uid)
+		target := filepath.Join(w.dir, "pods", uid, "volumes", "kubernetes.io~csi", "creds", "mount") // the kubelet's layout
+		name := pods[uid]
+		if name == "" {
+			name = "pay-" + uid
+		}
+		req := podPublishRequest(target, "payments", name, uid, "payments", "pod-token-"+uid)
 		req.VolumeContext["secretProviderClass"] = class
 		delete(req.VolumeContext, "csi.storage.k8s.io/ephemeral")
 		if !withToken {
@@ -187,6 +207,30 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 	}
 	verifyVolumeKey(t, keyd, a, uidA)
 	verifyVolumeKey(t, keyd, b, uidB)
+	// The driver's rotation polls the provider every second with the
+	// current object versions; nothing is due, so no poll reaches keyd and
+	// the files stay as they are.
+	admin := keydv1.NewAdminClient(mustDial(t, w.sock()))
+	before, err := admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyBefore := readFile(t, filepath.Join(a, "ledger-api.json"))
+	polls := func() int { return strings.Count(provLog.String(), "/v1alpha1.CSIDriverProvider/Mount") }
+	polled := polls()
+	for deadline := time.Now().Add(20 * time.Second); polls() < polled+4; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the driver's rotation did not poll the provider: %d calls\n%s", polls(), drvLog)
+		}
+	}
+	after, err := admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Records != before.Records || readFile(t, filepath.Join(a, "ledger-api.json")) != keyBefore {
+		t.Fatalf("rotation polls not due reached keyd (%d -> %d audit records) or changed the files", before.Records, after.Records)
+	}
+	t.Logf("%d rotation polls answered without keyd", polls()-polled)
 	if readFile(t, filepath.Join(a, "ledger-api.json")) == readFile(t, filepath.Join(b, "ledger-api.json")) {
 		t.Fatal("two pods got the same API key")
 	}
