@@ -44,7 +44,7 @@ func Dial(o Options) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewClient(o.Address, r.tlsConfig(firstAddress(o.Address), o.ServerName))
+	return NewClient(o.Address, r.tlsConfig(o.Address, o.ServerName))
 }
 
 // loadRoots reads a PEM CA bundle that must hold at least one certificate.

@@ -81,7 +81,7 @@ func DialNode(ctx context.Context, o NodeOptions) (*NodeConn, error) {
 }
 
 func (n *NodeConn) tlsConfig(cert *tls.Certificate) *tls.Config {
-	c := n.roots.tlsConfig(firstAddress(n.o.Address), n.o.ServerName)
+	c := n.roots.tlsConfig(n.o.Address, n.o.ServerName)
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}

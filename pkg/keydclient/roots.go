@@ -50,10 +50,11 @@ func (r *roots) get() (*x509.CertPool, error) {
 }
 
 // tlsConfig verifies keyd's certificate against the bundle as it is at
-// each handshake, and its name: serverName, or else the host of address.
+// each handshake, and its name: serverName, or else the host of address
+// (of its first entry, for a list).
 func (r *roots) tlsConfig(address, serverName string) *tls.Config {
 	if serverName == "" {
-		serverName = hostOf(address)
+		serverName = hostOf(firstAddress(address))
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
