@@ -52,8 +52,8 @@ var ErrInvalid = errors.New("invalid request")
 var ErrNotEnrolled = errors.New("secret not enrolled")
 
 // RenewFraction is the part of a credential's life after which it should
-// be renewed.
-const RenewFraction = 2.0 / 3.0
+// be renewed (object.RenewFraction).
+const RenewFraction = object.RenewFraction
 
 // Options configure an Issuer. Every field says its default.
 type Options struct {

@@ -45,6 +45,7 @@ type csiFlags struct {
 	keyd                          keydclient.Options
 	nodeToken                     string
 	mode, providerSocket          string
+	rotationPoll                  time.Duration
 	lf                            command.LogFlags
 }
 
@@ -83,6 +84,7 @@ func NewCommand() *cobra.Command {
 	fl.StringVar(&f.keyd.CAFile, "keyd-ca-file", "", "CA bundle verifying keyd")
 	fl.StringVar(&f.mode, "mode", "csi", "csi: serve podkey's CSI driver (csi.podkey.io); provider: serve the upstream secrets-store CSI driver's provider API on --provider-socket instead; both")
 	fl.StringVar(&f.providerSocket, "provider-socket", "/var/run/secrets-store-csi-providers/podkey.sock", "provider socket, in the upstream driver's providers directory (--mode provider or both)")
+	fl.DurationVar(&f.rotationPoll, "secrets-store-rotation-poll-interval", 0, "the upstream secrets-store driver's rotation poll interval as configured on it (--enable-secret-rotation, --rotation-poll-interval); 0: its rotation is off, and classes whose credentials would expire in the pod are refused (--mode provider or both)")
 	fl.StringVar(&f.nodeToken, "node-token-file", "/var/run/secrets/podkey/token", "the node agent's bound service-account token (audience podkey-node), used with --keyd-addr to obtain a node client certificate")
 	f.lf.Register(fl)
 	return cmd
@@ -125,7 +127,7 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	}
 	serveCSI := f.mode != "provider"
 	if f.mode != "csi" {
-		p, err := csinode.NewProvider(d)
+		p, err := csinode.NewProvider(d, f.rotationPoll)
 		if err != nil {
 			return err
 		}
@@ -179,6 +181,9 @@ func (f *csiFlags) check() error {
 	f.o.MaxVolumeBytes = max.Value()
 	if f.mode != "csi" && f.mode != "provider" && f.mode != "both" {
 		return command.UsageError("--mode %q: want csi, provider or both", f.mode)
+	}
+	if f.rotationPoll < 0 {
+		return command.UsageError("--secrets-store-rotation-poll-interval %s: want 0 (rotation off) or more", f.rotationPoll)
 	}
 	if f.keyd.Socket == "" && f.keyd.Address == "" {
 		return command.UsageError("--keyd-socket or --keyd-addr is required")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 
+	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/version"
 )
@@ -38,6 +39,9 @@ import (
 type Provider struct {
 	d     *Driver
 	state stateStore // <state dir>/provider: what was obtained for which pod, no secret
+	// rotationPoll is how often the upstream driver's rotation calls Mount
+	// again (its --rotation-poll-interval); 0: its rotation is off.
+	rotationPoll time.Duration
 
 	mu     sync.Mutex
 	mounts map[string]*volumeState // by target path
@@ -46,9 +50,13 @@ type Provider struct {
 var _ v1alpha1.CSIDriverProviderServer = (*Provider)(nil)
 
 // NewProvider serves the provider API on d, with what it obtained before
-// a restart read back from d's state directory.
-func NewProvider(d *Driver) (*Provider, error) {
-	p := &Provider{d: d, state: stateStore{dir: filepath.Join(d.opts.StateDir, "provider")}, mounts: map[string]*volumeState{}}
+// a restart read back from d's state directory. rotationPoll is the
+// upstream driver's rotation poll interval as its operator configured it
+// (0 when its rotation is off, the upstream chart's default): the only
+// occasion the driver gives a provider to renew, which the driver does not
+// announce to providers.
+func NewProvider(d *Driver, rotationPoll time.Duration) (*Provider, error) {
+	p := &Provider{d: d, state: stateStore{dir: filepath.Join(d.opts.StateDir, "provider")}, mounts: map[string]*volumeState{}, rotationPoll: rotationPoll}
 	if err := os.MkdirAll(p.state.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("csinode: provider state: %w", err)
 	}
@@ -151,6 +159,9 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 	if err != nil {
 		return nil, err
 	}
+	if err := p.checkRotation(id.Namespace, class, specs); err != nil {
+		return nil, err
+	}
 	p.mu.Lock()
 	cur := p.mounts[target]
 	p.mu.Unlock()
@@ -187,6 +198,34 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 	d.metrics.observePublish("ok", start)
 	d.opts.Logger.Info("provider mount served", "pod", id.String(), "objects", len(issued), "generation", next.Writes, "renewAt", next.renewAt())
 	return resp, nil
+}
+
+// checkRotation refuses a class whose credentials would expire in the pod
+// before the upstream driver asks again: a credential is renewed in the
+// last third of its life (object.RenewalWindow), and the driver's rotation
+// is the only renewal this path has.
+func (p *Provider) checkRotation(ns, class string, specs []object.Spec) error {
+	for _, s := range specs {
+		w := s.RenewalWindow()
+		switch {
+		case p.rotationPoll <= 0:
+			return status.Errorf(codes.FailedPrecondition,
+				"SecretProviderClass %s/%s: object %q expires %s after issue, but the secrets-store driver's rotation is off, so it would expire in the pod: enable the driver's rotation (--enable-secret-rotation, --rotation-poll-interval under %s) and give podkey-csi the same interval (--secrets-store-rotation-poll-interval; chart csi.secretsStoreRotationPollInterval), or mount the class with podkey's own driver, csi.podkey.io",
+				ns, class, s.Name, s.TTL, w)
+		case p.rotationPoll >= w:
+			return status.Errorf(codes.FailedPrecondition,
+				"SecretProviderClass %s/%s: object %q expires %s after issue and must be renewed within its last %s, but the secrets-store driver's rotation polls every %s: give it a ttl of at least %s, or poll more often (--rotation-poll-interval; tell podkey-csi with --secrets-store-rotation-poll-interval)",
+				ns, class, s.Name, s.TTL, w, p.rotationPoll, minTTLFor(p.rotationPoll))
+		}
+	}
+	return nil
+}
+
+// minTTLFor is the shortest ttl, to the minute, whose renewal window is
+// longer than a poll interval.
+func minTTLFor(poll time.Duration) time.Duration {
+	ttl := time.Duration(float64(poll) / (1 - object.RenewFraction))
+	return ttl.Truncate(time.Minute) + time.Minute
 }
 
 // Pods are the pods this provider obtained credentials for.

@@ -46,7 +46,7 @@ func files(resp *v1alpha1.MountResponse) map[string]*v1alpha1.File {
 // nothing until renewal is due, then mints afresh.
 func TestProviderMountAndRepublish(t *testing.T) {
 	h := newHarness(t)
-	p, err := csinode.NewProvider(h.d)
+	p, err := csinode.NewProvider(h.d, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func equalVersions(a, b []*v1alpha1.ObjectVersion) bool {
 // the upstream driver turns into the pod's event, before keyd is asked.
 func TestProviderRefusals(t *testing.T) {
 	h := newHarness(t)
-	p, err := csinode.NewProvider(h.d)
+	p, err := csinode.NewProvider(h.d, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,10 +142,30 @@ func TestProviderRefusals(t *testing.T) {
 			t.Errorf("%s: %v, want %s saying %q", name, err, c.code, c.want)
 		}
 	}
+	// The driver's rotation off, or polling less often than the one-minute
+	// API key's 20 s renewal window: the key would expire in the pod.
+	for poll, want := range map[time.Duration]string{
+		0:                "the secrets-store driver's rotation is off",
+		30 * time.Second: "must be renewed within its last 20s, but the secrets-store driver's rotation polls every 30s: give it a ttl of at least 2m0s",
+	} {
+		slow, err := csinode.NewProvider(h.d, poll)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = slow.Mount(ctx, mountReq(t, h.target("u7"), "u7", "payments", true, nil))
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `object "ledger-api"`) {
+			t.Errorf("rotation every %s: %v, want a refusal saying %q", poll, err, want)
+		}
+	}
 	if h.auditRecords() != audits {
 		t.Fatal("a refused mount reached keyd")
 	}
 }
+
+// rotationPoll is the upstream driver's rotation interval the tests'
+// providers are told: well inside the 20 s renewal window of objectsYAML's
+// one-minute API key.
+const rotationPoll = 5 * time.Second
 
 // A class that syncs into Kubernetes Secrets is refused by podkey-csi too:
 // it would copy credentials into etcd under another driver.
@@ -176,7 +196,7 @@ func apiKeyOf(t *testing.T, resp *v1alpha1.MountResponse) (string, []byte) {
 func TestProviderRevokesDeletedPods(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	p, err := csinode.NewProvider(h.d)
+	p, err := csinode.NewProvider(h.d, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +220,7 @@ func TestProviderRevokesDeletedPods(t *testing.T) {
 		t.Fatalf("another pod's key: %v", err)
 	}
 	// A restart: the state directory says what was obtained for b and c.
-	again, err := csinode.NewProvider(h.d)
+	again, err := csinode.NewProvider(h.d, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}

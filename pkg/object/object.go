@@ -56,6 +56,15 @@ const (
 	MaxSecretSize = 64 << 10
 )
 
+// RenewFraction is the part of a credential's life after which it is
+// renewed; what remains is the window in which a renewal must happen.
+const RenewFraction = 2.0 / 3.0
+
+// RenewalWindow is the time between an object's renewal and its expiry.
+func (s *Spec) RenewalWindow() time.Duration {
+	return s.TTL - time.Duration(float64(s.TTL)*RenewFraction)
+}
+
 // Spec is one requested object.
 type Spec struct {
 	Name      string        `json:"name"`
