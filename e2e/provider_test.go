@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
@@ -97,6 +98,17 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 		}
 	}
 
+	// The driver's CSIDriver as podkey's README asks for it: its rotation
+	// requests the pods' tokens for the audiences it names.
+	if _, err := c.Admin.StorageV1().CSIDrivers().Create(ctx, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: upstreamDriver},
+		Spec: storagev1.CSIDriverSpec{PodInfoOnMount: ptr.To(true), AttachRequired: ptr.To(false),
+			VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral},
+			TokenRequests:        []storagev1.TokenRequest{{Audience: "podkey"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.Admin.StorageV1().CSIDrivers().Delete(context.Background(), upstreamDriver, metav1.DeleteOptions{})
+	})
 	providers := filepath.Join(w.dir, "providers")
 	_ = os.MkdirAll(providers, 0o755)
 	metrics := freePort(t)
@@ -216,11 +228,30 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyBefore := readFile(t, filepath.Join(a, "ledger-api.json"))
-	polls := func() int { return strings.Count(provLog.String(), "/v1alpha1.CSIDriverProvider/Mount") }
-	polled := polls()
-	for deadline := time.Now().Add(20 * time.Second); polls() < polled+4; time.Sleep(100 * time.Millisecond) {
+	// Mount calls answered OK, and those that were not.
+	polls := func() (ok, failed int) {
+		for _, l := range strings.Split(provLog.String(), "\n") {
+			if strings.Contains(l, "/v1alpha1.CSIDriverProvider/Mount") {
+				if strings.Contains(l, `"code":"OK"`) {
+					ok++
+				} else {
+					failed++
+				}
+			}
+		}
+		return ok, failed
+	}
+	polled, failedBefore := polls()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		ok, failed := polls()
+		if failed > failedBefore {
+			t.Fatalf("a rotation poll failed:\n%s", tail(provLog.String()))
+		}
+		if ok >= polled+4 {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the driver's rotation did not poll the provider: %d calls\n%s", polls(), drvLog)
+			t.Fatalf("the driver's rotation did not poll the provider: %d calls\n%s", ok, drvLog)
 		}
 	}
 	after, err := admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
@@ -230,7 +261,8 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 	if after.Records != before.Records || readFile(t, filepath.Join(a, "ledger-api.json")) != keyBefore {
 		t.Fatalf("rotation polls not due reached keyd (%d -> %d audit records) or changed the files", before.Records, after.Records)
 	}
-	t.Logf("%d rotation polls answered without keyd", polls()-polled)
+	ok, _ := polls()
+	t.Logf("%d rotation polls answered without keyd", ok-polled)
 	if readFile(t, filepath.Join(a, "ledger-api.json")) == readFile(t, filepath.Join(b, "ledger-api.json")) {
 		t.Fatal("two pods got the same API key")
 	}

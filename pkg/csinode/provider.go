@@ -137,6 +137,16 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 	if target == "" || !filepath.IsAbs(target) || filepath.Clean(target) != target {
 		return nil, invalid("target path %q is not a clean absolute path", target)
 	}
+	if attrs[AttrClass] == "" {
+		// The driver's rotation (v1.5.4) sends the class's parameters and
+		// the pod's fields, not the volume's attributes: the class is the
+		// one this target was mounted with, for the same pod.
+		p.mu.Lock()
+		if cur := p.mounts[target]; cur != nil && cur.Pod.UID == attrs[attrPodUID] {
+			attrs[AttrClass] = cur.Class
+		}
+		p.mu.Unlock()
+	}
 	class, id, err := podAttributes(attrs)
 	if err != nil {
 		return nil, err

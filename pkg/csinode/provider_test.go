@@ -32,6 +32,20 @@ func mountReq(t *testing.T, target, uid, class string, withToken bool, current [
 	return &v1alpha1.MountRequest{Attributes: string(a), Secrets: "{}", TargetPath: target, Permission: "420", CurrentObjectVersion: current}
 }
 
+// rotationReq is req as the driver's rotation reconciler makes it: without
+// the volume's secretProviderClass attribute.
+func rotationReq(t *testing.T, req *v1alpha1.MountRequest) *v1alpha1.MountRequest {
+	t.Helper()
+	var attrs map[string]string
+	if err := json.Unmarshal([]byte(req.Attributes), &attrs); err != nil {
+		t.Fatal(err)
+	}
+	delete(attrs, "secretProviderClass")
+	a, _ := json.Marshal(attrs)
+	req.Attributes = string(a)
+	return req
+}
+
 func files(resp *v1alpha1.MountResponse) map[string]*v1alpha1.File {
 	m := map[string]*v1alpha1.File{}
 	for _, f := range resp.Files {
@@ -94,8 +108,10 @@ func TestProviderMountAndRepublish(t *testing.T) {
 		t.Fatal("a republish not due reached keyd")
 	}
 	// Due (the API key's one-minute life two-thirds gone): new credentials.
+	// The driver's rotation names no class (it sends the class's
+	// parameters and the pod's fields): the target's own is used.
 	h.advance(45 * time.Second)
-	due, err := p.Mount(ctx, mountReq(t, target, "uid-p", "payments", true, first.ObjectVersion))
+	due, err := p.Mount(ctx, rotationReq(t, mountReq(t, target, "uid-p", "payments", true, first.ObjectVersion)))
 	if err != nil || len(due.Files) == 0 || equalVersions(due.ObjectVersion, first.ObjectVersion) {
 		t.Fatalf("a republish due: %d files, %v", len(due.Files), err)
 	}
@@ -131,11 +147,12 @@ func TestProviderRefusals(t *testing.T) {
 		code codes.Code
 		want string
 	}{
-		"no podkey token":    {mountReq(t, h.target("u1"), "u1", "payments", false, nil), codes.FailedPrecondition, "tokenRequests: [{audience: podkey}]"},
-		"not JSON":           {&v1alpha1.MountRequest{Attributes: "{", TargetPath: h.target("u2")}, codes.InvalidArgument, "JSON"},
-		"relative target":    {mountReq(t, "pods/u3", "u3", "payments", true, nil), codes.InvalidArgument, "absolute"},
-		"another provider":   {mountReq(t, h.target("u4"), "u4", "vault", true, nil), codes.InvalidArgument, `provider "vault"`},
-		"class with secrets": {mountReq(t, h.target("u5"), "u5", "synced", true, nil), codes.FailedPrecondition, "secretObjects"},
+		"no podkey token":          {mountReq(t, h.target("u1"), "u1", "payments", false, nil), codes.FailedPrecondition, "tokenRequests: [{audience: podkey}]"},
+		"not JSON":                 {&v1alpha1.MountRequest{Attributes: "{", TargetPath: h.target("u2")}, codes.InvalidArgument, "JSON"},
+		"relative target":          {mountReq(t, "pods/u3", "u3", "payments", true, nil), codes.InvalidArgument, "absolute"},
+		"another provider":         {mountReq(t, h.target("u4"), "u4", "vault", true, nil), codes.InvalidArgument, `provider "vault"`},
+		"class with secrets":       {mountReq(t, h.target("u5"), "u5", "synced", true, nil), codes.FailedPrecondition, "secretObjects"},
+		"no class, unknown target": {rotationReq(t, mountReq(t, h.target("u8"), "u8", "payments", true, nil)), codes.InvalidArgument, "secretProviderClass is required"},
 	} {
 		_, err := p.Mount(ctx, c.req)
 		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.want) {
