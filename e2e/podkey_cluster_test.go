@@ -174,6 +174,11 @@ func (pc *podkeyCluster) containerLog(p *corev1.Pod) string {
 }
 
 func (pc *podkeyCluster) waitLog(p *corev1.Pod, marker string, timeout time.Duration) string {
+	return pc.waitLogOr(p, marker, timeout, func() string { return "" })
+}
+
+// waitLogOr is waitLog that adds why() to the failure.
+func (pc *podkeyCluster) waitLogOr(p *corev1.Pod, marker string, timeout time.Duration, why func() string) string {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if l := pc.containerLog(p); strings.Contains(l, marker) {
@@ -181,7 +186,7 @@ func (pc *podkeyCluster) waitLog(p *corev1.Pod, marker string, timeout time.Dura
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	pc.t.Fatalf("pod %s/%s did not log %q in %s", p.Namespace, p.Name, marker, timeout)
+	pc.t.Fatalf("pod %s/%s did not log %q in %s\n%s\n%s", p.Namespace, p.Name, marker, timeout, pc.containerLog(p), why())
 	return ""
 }
 
@@ -365,6 +370,10 @@ func TestPodkeyOnARealNode(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 	pc.deletePod(ctx, waiting)
+
+	// podkey as a provider of the real upstream secrets-store driver,
+	// installed on the node from its published manifests.
+	secrets = append(secrets, pc.underUpstreamDriver(ctx, keyd)...)
 
 	// 7. Scan etcd's data, the kubelet's and containerd's state and every
 	// podkey log for the secrets the pods received.
@@ -615,6 +624,12 @@ while true; do
 done`
 
 func (pc *podkeyCluster) podWithScript(ctx context.Context, ns, name, sa, class, script string) *corev1.Pod {
+	return pc.podWithDriver(ctx, "csi.podkey.io", ns, name, sa, class, script)
+}
+
+// podWithDriver runs script in a pod whose volume "creds", mounted at
+// /var/run/podkey, is class through the CSI driver named.
+func (pc *podkeyCluster) podWithDriver(ctx context.Context, driver, ns, name, sa, class, script string) *corev1.Pod {
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{
 		NodeName: nodeName, ServiceAccountName: sa, TerminationGracePeriodSeconds: ptr.To[int64](1),
 		SecurityContext: &corev1.PodSecurityContext{FSGroup: ptr.To[int64](2000)},
@@ -622,7 +637,7 @@ func (pc *podkeyCluster) podWithScript(ctx context.Context, ns, name, sa, class,
 			Command:      []string{"/bin/sh", "-c", script},
 			VolumeMounts: []corev1.VolumeMount{{Name: "creds", MountPath: "/var/run/podkey", ReadOnly: true}}}},
 		Volumes: []corev1.Volume{{Name: "creds", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
-			Driver: "csi.podkey.io", ReadOnly: ptr.To(true), VolumeAttributes: map[string]string{"secretProviderClass": class}}}}},
+			Driver: driver, ReadOnly: ptr.To(true), VolumeAttributes: map[string]string{"secretProviderClass": class}}}}},
 	}}
 	p, err := pc.c.Admin.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 	if err != nil {

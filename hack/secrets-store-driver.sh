@@ -11,11 +11,12 @@ version=$(awk '$1=="require" && $2=="sigs.k8s.io/secrets-store-csi-driver" {prin
 cache=${PODKEY_SECRETS_STORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/podkey/secrets-store}/$version
 mkdir -p "$cache"
 stamp="$cache/.built-from"
-want=$(cat go.mod go.sum mlog/*.go fakeprovider/*.go | sha256sum | cut -d' ' -f1)
+want=$(cat go.mod go.sum mlog/*.go fakeprovider/*.go ../../secrets-store-driver.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$cache/secrets-store-csi-driver" ] || [ ! -x "$cache/fakeprovider" ]; then
   echo "building the secrets-store CSI driver $version and its fake provider (cached in $cache)" >&2
-  go build -trimpath -o "$cache/secrets-store-csi-driver.tmp" sigs.k8s.io/secrets-store-csi-driver/cmd/secrets-store-csi-driver
-  go build -trimpath -o "$cache/fakeprovider.tmp" ./fakeprovider
+  # Static, so that the driver also runs in a test node image of its own.
+  CGO_ENABLED=0 go build -trimpath -o "$cache/secrets-store-csi-driver.tmp" sigs.k8s.io/secrets-store-csi-driver/cmd/secrets-store-csi-driver
+  CGO_ENABLED=0 go build -trimpath -o "$cache/fakeprovider.tmp" ./fakeprovider
   mv "$cache/secrets-store-csi-driver.tmp" "$cache/secrets-store-csi-driver"
   mv "$cache/fakeprovider.tmp" "$cache/fakeprovider"
   echo "$want" > "$stamp"
