@@ -195,7 +195,7 @@ func (pc *podkeyCluster) volumeDir(p *corev1.Pod) string {
 }
 
 func (pc *podkeyCluster) deletePod(ctx context.Context, p *corev1.Pod) {
-	if err := pc.c.Admin.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+	if err := pc.c.Admin.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		pc.t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -572,34 +572,6 @@ func (pc *podkeyCluster) rotateCA(ctx context.Context) {
 		t.Fatalf("podkey-csi was restarted: %v %+v", err, after.Status.ContainerStatuses)
 	}
 	pc.deletePod(ctx, p)
-}
-
-// BenchmarkPodStart measures the time from creating a pod to its Running
-// phase, with and without a podkey volume, alternating, on the real node
-// with podkey installed by helm (medians of five each).
-//
-//	go test -run '^$' -bench PodStart -benchtime 1x ./e2e
-func BenchmarkPodStart(b *testing.B) {
-	pc := startPodkeyCluster(b)
-	ctx := context.Background()
-	var with, without []time.Duration
-	for i := 0; i < 5; i++ {
-		for _, vol := range []bool{false, true} {
-			start := time.Now()
-			p := pc.pod(ctx, "payments", fmt.Sprintf("start-%v-%d", vol, i), "payments", "payments", vol)
-			if _, err := waitPodPhase(ctx, pc.c, "payments", p.Name, corev1.PodRunning, 2*time.Minute); err != nil {
-				b.Fatal(err)
-			}
-			if vol {
-				with = append(with, time.Since(start))
-			} else {
-				without = append(without, time.Since(start))
-			}
-			pc.deletePod(ctx, p)
-		}
-	}
-	b.ReportMetric(float64(median(without).Milliseconds()), "start-without-ms")
-	b.ReportMetric(float64(median(with).Milliseconds()), "start-with-podkey-ms")
 }
 
 func median(d []time.Duration) time.Duration {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -54,10 +55,6 @@ func upstreamModule(t interface{ Fatal(...any) }) string {
 // driver at the end and returns the secrets it saw, for the scan.
 func (pc *podkeyCluster) underUpstreamDriver(ctx context.Context, keyd keydv1.KeydClient) [][]byte {
 	t := pc.t
-	driverBin := filepath.Dir(secretsStoreDriver(t))
-	if err := pc.node.ImportSecretsStore(ctx, "..", driverBin); err != nil {
-		t.Fatal(err)
-	}
 	providers := filepath.Join(pc.node.Dir, "secrets-store-providers")
 	csiValues := map[string]any{"mode": "both", "providersDir": providers}
 	before := time.Now().Add(-time.Second)
@@ -191,6 +188,9 @@ func (pc *podkeyCluster) waitRevoked(ctx context.Context, keyd keydv1.KeydClient
 // requiresRepublish).
 func (pc *podkeyCluster) installUpstream(ctx context.Context, providers string) {
 	t := pc.t
+	if err := pc.node.ImportSecretsStore(ctx, "..", filepath.Dir(secretsStoreDriver(t))); err != nil {
+		t.Fatal(err)
+	}
 	mod := upstreamModule(t)
 	upstreamCRDs(t)
 	for _, f := range []string{"rbac-secretproviderclass.yaml", "rbac-secretproviderrotation.yaml", "rbac-secretprovidertokenrequest.yaml"} {
@@ -268,7 +268,7 @@ func (pc *podkeyCluster) installUpstream(ctx context.Context, providers string) 
 			pods, _ := pc.c.Admin.CoreV1().Pods(upstreamNS).List(ctx, metav1.ListOptions{LabelSelector: "app=" + upstreamDS})
 			var st []string
 			for _, p := range pods.Items {
-				st = append(st, p.Name+": "+string(p.Status.Phase)+"\n"+pc.events(ctx, &p))
+				st = append(st, fmt.Sprintf("%s on %q: %s %+v %+v\n%s", p.Name, p.Spec.NodeName, p.Status.Phase, p.Status.Conditions, p.Status.ContainerStatuses, pc.events(ctx, &p)))
 			}
 			t.Fatalf("the upstream driver did not register on %s: %v", nodeName, st)
 		}

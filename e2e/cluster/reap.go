@@ -12,20 +12,38 @@ import (
 
 // reap removes what a node leaves behind once its kubelet and containerd
 // are gone: container shims and processes started under the cluster's
-// directory, and mounts (pod volumes, tmpfs, overlays, network namespaces)
-// below it.
+// directory, the containers' processes (children of those shims, which
+// would outlive them), and mounts (pod volumes, tmpfs, overlays, network
+// namespaces) below it.
 func (c *Cluster) reap() {
 	self := os.Getpid()
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	ours := map[int]bool{}
+	parents := map[int]int{}
+	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
-		pid, err := strconv.Atoi(strings.Split(p, "/")[2])
+		pid, err := strconv.Atoi(filepath.Base(p))
 		if err != nil || pid == self {
 			continue
 		}
-		b, err := os.ReadFile(p)
-		if err == nil && strings.Contains(string(b), c.Dir) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		if b, err := os.ReadFile(filepath.Join(p, "cmdline")); err == nil && strings.Contains(string(b), c.Dir) {
+			ours[pid] = true
 		}
+		if st, err := os.ReadFile(filepath.Join(p, "stat")); err == nil {
+			// pid (comm) state ppid ...: comm may hold spaces, so after ')'.
+			if i := strings.LastIndexByte(string(st), ')'); i > 0 {
+				if f := strings.Fields(string(st[i+1:])); len(f) > 1 {
+					parents[pid], _ = strconv.Atoi(f[1])
+				}
+			}
+		}
+	}
+	for pid, ppid := range parents {
+		if ours[ppid] && !ours[pid] {
+			_ = syscall.Kill(pid, syscall.SIGKILL) // a container's first process
+		}
+	}
+	for pid := range ours {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	unmountBelow(c.Dir)
 }
