@@ -56,8 +56,9 @@ type Result struct {
 	HSMOps      int     // HSM operations per credential (the audit log's one a second not counted)
 }
 
-// measure runs op from n goroutines for d and reports the rate and latency.
-func measure(ctx context.Context, n int, d time.Duration, op func(ctx context.Context) error) (float64, time.Duration, time.Duration, int64) {
+// Measure runs op from n goroutines for d and reports the rate, the
+// median and 99th-percentile latency of successful calls, and the errors.
+func Measure(ctx context.Context, n int, d time.Duration, op func(ctx context.Context) error) (float64, time.Duration, time.Duration, int64) {
 	var (
 		count, errs atomic.Int64
 		mu          sync.Mutex
@@ -153,12 +154,12 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	for _, n := range o.Concurrency {
 		rates := map[string]float64{}
 		for _, r := range raw {
-			rate, p50, p99, errs := measure(ctx, n, o.Duration, r.op)
+			rate, p50, p99, errs := Measure(ctx, n, o.Duration, r.op)
 			rates[r.name] = rate
 			results = append(results, Result{Name: "raw " + r.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99, Errors: errs})
 		}
 		for _, k := range kinds {
-			rate, p50, p99, errs := measure(ctx, n, o.Duration, func(ctx context.Context) error {
+			rate, p50, p99, errs := Measure(ctx, n, o.Duration, func(ctx context.Context) error {
 				p := benchPod
 				p.UID = fmt.Sprintf("bench-%d", uid.Add(1))
 				_, err := client.Issue(ctx, &keydv1.IssueRequest{Pod: keydv1.NewPodIdentity(p), Objects: []*keydv1.ObjectRequest{k.object}})
@@ -168,7 +169,7 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 				Errors: errs, Limit: k.limit, LimitRate: rates[k.limit], HSMOps: k.hsmOps})
 		}
 		for _, v := range verifies {
-			rate, p50, p99, errs := measure(ctx, n, o.Duration, v.op)
+			rate, p50, p99, errs := Measure(ctx, n, o.Duration, v.op)
 			rates[v.name] = rate
 			results = append(results, Result{Name: v.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99,
 				Errors: errs, Limit: v.limit, LimitRate: rates[v.limit], HSMOps: 1})

@@ -51,6 +51,7 @@ type flags struct {
 	caConfigMap string
 	metricsAddr string
 	pgFile      string
+	cpuProfile  string
 }
 
 // NewCommand builds the podkey-keyd command.
@@ -89,6 +90,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.metricsAddr, "metrics-addr", os.Getenv("PODKEY_METRICS_ADDR"), "HTTP address serving Prometheus metrics at /metrics, e.g. :9810; empty disables")
 	fs.IntVar(&o.MaxInflight, "max-inflight", 0, "Issue and Verify calls run at once (0: derived from the memory limit and CPUs)")
 	fs.IntVar(&o.MaxQueued, "max-queued", 0, "Issue and Verify calls waiting beyond those; more are refused with ResourceExhausted and a retry hint (0: derived from the memory limit; -1: no queue)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of keyd's whole run, from start to stop, to this file (for profiling under load)")
 	f.log.Register(fs)
 }
 
@@ -103,6 +105,13 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 		o.Logger.Warn("could not disable core dumps", "error", err)
 	}
 	keyd.TuneRuntime(o.Logger)
+	if f.cpuProfile != "" {
+		stop, err := command.StartCPUProfile(f.cpuProfile)
+		if err != nil {
+			return command.Exit(command.ExitUsage, err)
+		}
+		defer stop()
+	}
 	if o.HSM, err = f.hsm.Config(); err != nil {
 		return err
 	}

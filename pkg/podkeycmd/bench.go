@@ -6,13 +6,13 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/podkey/podkey/pkg/bench"
+	"github.com/podkey/podkey/pkg/command"
 	"github.com/podkey/podkey/pkg/hsm/hsmflags"
 	"github.com/podkey/podkey/pkg/keyd"
 )
@@ -47,15 +47,11 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 			fmt.Fprintf(&sb, "# podkey bench\n\nmachine: %s/%s, %d CPUs, %s, GOGC %d as keyd sets it; token %q (%s); %s per measurement\n\n",
 				runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), gogc, cfg.TokenLabel, cfg.ModulePath, duration)
 			if profile != "" {
-				f, err := os.Create(profile)
+				stop, err := command.StartCPUProfile(profile)
 				if err != nil {
 					return err
 				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+				defer stop()
 			}
 			if _, err := bench.Run(cmd.Context(), bench.Options{HSM: cfg, Duration: duration, Concurrency: conc}, &sb); err != nil {
 				return err
