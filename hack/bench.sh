@@ -99,3 +99,26 @@ export PODKEY_KUBE_BIN_DIR
   go test -run '^$' -bench 'PodStartDrivers' -benchtime 1x -timeout 30m ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
 } | tee -a BENCHMARKS.md
+
+# Certificate issuance beside SPIRE's server v1.13.3 (the closest peer;
+# built from the Go module proxy by hack/spire-server.sh, cached: a cold
+# build takes about 15 minutes here), both as their own processes and
+# driven by the same load from the test process, interleaved, three
+# rounds of 5 s: rates, latency, the server's CPU per certificate and
+# resident memory, and keyd's ratios to SPIRE (per-core/spire: SPIRE's CPU
+# per certificate over keyd's).
+{
+  echo
+  echo "## Certificate issuance beside SPIRE (separate processes, same load generator)"
+  echo
+  echo "keyd: suite intl on SoftHSM2, suite gm in software, development identity"
+  echo "over its local socket, every certificate's audit record and node binding"
+  echo "fsynced before the reply. SPIRE: memory key manager, sqlite datastore,"
+  echo "MintX509SVID over its local admin socket (it writes nothing per call)."
+  echo "Medians of three interleaved rounds; both share this machine's cores with"
+  echo "the callers."
+  echo
+  echo '```'
+  go test -run '^$' -bench 'IssuanceBesideSPIRE' -benchtime 1x -timeout 40m ./e2e 2>/dev/null | grep -E '^Benchmark'
+  echo '```'
+} | tee -a BENCHMARKS.md
