@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -118,7 +119,25 @@ func (c *CA) Issue(pub crypto.PublicKey, l Leaf) ([]byte, *x509.Certificate, err
 	if !c.Suite.MatchesKey(pub) {
 		return nil, nil, fmt.Errorf("ca: key does not belong to suite %s", c.Suite)
 	}
-	now := time.Now()
+	tmpl := c.leafTemplate(l, time.Now(), serial())
+	subject, err := asn1.Marshal(tmpl.Subject.ToRDNSequence())
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: subject: %w", err)
+	}
+	tbs, err := c.leafTBS(tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter, subject, pub, l)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: encode certificate: %w", err)
+	}
+	der, err := c.signLeaf(tbs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return der, tmpl, nil
+}
+
+// leafTemplate is what a leaf issued now asserts, as an x509 template
+// (what smx509.CreateCertificate would encode; leafTBS encodes it).
+func (c *CA) leafTemplate(l Leaf, now time.Time, serial *big.Int) *x509.Certificate {
 	notAfter := now.Add(l.TTL)
 	if notAfter.After(c.Cert.NotAfter) {
 		notAfter = c.Cert.NotAfter
@@ -127,8 +146,8 @@ func (c *CA) Issue(pub crypto.PublicKey, l Leaf) ([]byte, *x509.Certificate, err
 	if l.Server {
 		eku = append(eku, x509.ExtKeyUsageServerAuth)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
+	return &x509.Certificate{
+		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: l.CommonName, Organization: []string{"podkey"}},
 		NotBefore:             now.Add(-time.Minute),
 		NotAfter:              notAfter,
@@ -140,11 +159,6 @@ func (c *CA) Issue(pub crypto.PublicKey, l Leaf) ([]byte, *x509.Certificate, err
 		IPAddresses:           l.IPs,
 		SignatureAlgorithm:    c.Suite.SignatureAlgorithm(),
 	}
-	der, err := smx509.CreateCertificate(rand.Reader, tmpl, c.Cert, pub, c.signer)
-	if err != nil {
-		return nil, nil, fmt.Errorf("ca: sign certificate: %w", err)
-	}
-	return der, tmpl, nil
 }
 
 func serial() *big.Int {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/podfiles"
 
@@ -67,6 +68,10 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 			key, ok := keys[sp.Name]
 			if !ok {
 				return nil, nil, fmt.Errorf("no private key for certificate %s", sp.Name)
+			}
+			if cerr := keydclient.CheckCertificate(p.Certificate.CertPem, p.Certificate.CaBundlePem, key); cerr != nil {
+				zeroFiles(files)
+				return nil, nil, fmt.Errorf("object %s: %w", sp.Name, cerr)
 			}
 			der, kerr := smx509.MarshalPKCS8PrivateKey(key)
 			if kerr != nil {

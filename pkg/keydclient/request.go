@@ -4,6 +4,8 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"fmt"
 
 	"github.com/emmansun/gmsm/smx509"
@@ -52,4 +54,40 @@ func newCSR(sp object.Spec) (crypto.Signer, []byte, error) {
 		return nil, nil, fmt.Errorf("certificate request for %s: %w", sp.Name, err)
 	}
 	return key, csr, nil
+}
+
+// CheckCertificate checks a certificate keyd issued for key before it is
+// used: it is for key's public key, and its signature verifies under one
+// of the CA bundle's certificates. keyd signs each certificate once and
+// leaves this check of its signer's output to the receiver.
+func CheckCertificate(certPEM, caBundlePEM []byte, key crypto.Signer) error {
+	b, _ := pem.Decode(certPEM)
+	if b == nil || b.Type != "CERTIFICATE" {
+		return errors.New("keyd returned no PEM certificate")
+	}
+	cert, err := smx509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return fmt.Errorf("keyd returned a certificate that does not parse: %w", err)
+	}
+	if pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+		return errors.New("keyd returned a certificate for another key than the one requested")
+	}
+	var errs []error
+	for rest := caBundlePEM; ; {
+		var ca *pem.Block
+		if ca, rest = pem.Decode(rest); ca == nil {
+			break
+		}
+		root, err := smx509.ParseCertificate(ca.Bytes)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := cert.CheckSignatureFrom(root); err == nil {
+			return nil
+		} else {
+			errs = append(errs, err)
+		}
+	}
+	return fmt.Errorf("keyd returned a certificate that no CA of its bundle signed: %w", errors.Join(errs...))
 }
