@@ -129,7 +129,7 @@ func BenchmarkIssuanceBesideSPIRE(b *testing.B) {
 		w.bin = dir
 		sock := filepath.Join(w.dir, "base.sock")
 		baseProc = w.startKeydAt(ctx, sock, "--store", filepath.Join(w.dir, "base.db"), "--insecure-local-identity")
-		w.bin = own
+		w.bin, w.keyd = own, keydProc // stopKeyd stops (and profiles) the keyd under test
 		base = keydv1.NewKeydClient(mustDial(b, sock))
 	}
 
