@@ -28,15 +28,21 @@ import (
 // secretsStoreDriver builds (once, cached) the upstream secrets-store CSI
 // driver v1.5.4 and returns its binary.
 func secretsStoreDriver(t testing.TB) string {
+	return filepath.Join(hackOutput(t, "secrets-store-driver.sh"), "secrets-store-csi-driver")
+}
+
+// hackOutput runs a hack/ script that builds a pinned tool (once, cached)
+// and returns what it prints: where the tool is.
+func hackOutput(t testing.TB, script string) string {
 	t.Helper()
-	out, err := exec.Command("../hack/secrets-store-driver.sh").Output()
+	out, err := exec.Command("../hack/" + script).Output()
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok {
-			t.Fatalf("hack/secrets-store-driver.sh: %v\n%s", err, ee.Stderr)
+			t.Fatalf("hack/%s: %v\n%s", script, err, ee.Stderr)
 		}
 		t.Fatal(err)
 	}
-	return filepath.Join(strings.TrimSpace(string(out)), "secrets-store-csi-driver")
+	return strings.TrimSpace(string(out))
 }
 
 // upstreamCRDs installs the upstream driver's two CRDs from its module.

@@ -32,17 +32,7 @@ import (
 
 // spireServer builds (once, cached) SPIRE's server v1.13.3 and returns
 // its binary.
-func spireServer(t testing.TB) string {
-	t.Helper()
-	out, err := exec.Command("../hack/spire-server.sh").Output()
-	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
-			t.Fatalf("hack/spire-server.sh: %v\n%s", err, ee.Stderr)
-		}
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(out))
-}
+func spireServer(t testing.TB) string { return hackOutput(t, "spire-server.sh") }
 
 // spireConf is SPIRE's server configuration for the comparison: memory
 // key manager, sqlite datastore, P-256 keys, its admin API on a local
