@@ -23,7 +23,9 @@ import (
 // for an HSM-held key is the one check of the token's output keyd would
 // otherwise pay for on every certificate. keyd's node agents check each
 // certificate they receive against the CA bundle before writing it
-// (podfiles), so a faulty signer is still caught, on the nodes' cores.
+// (keydclient.CheckCertificate), so a faulty signer is still caught, on
+// the nodes' cores; TLS peers check keyd's own serving and node
+// certificates in every handshake.
 
 var (
 	oidSignatureECDSAWithSHA256 = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
