@@ -141,11 +141,9 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 		// The driver's rotation (v1.5.4) sends the class's parameters and
 		// the pod's fields, not the volume's attributes: the class is the
 		// one this target was mounted with, for the same pod.
-		p.mu.Lock()
-		if cur := p.mounts[target]; cur != nil && cur.Pod.UID == attrs[attrPodUID] {
+		if cur := p.mounted(target); cur != nil && cur.Pod.UID == attrs[attrPodUID] {
 			attrs[AttrClass] = cur.Class
 		}
-		p.mu.Unlock()
 	}
 	class, id, err := podAttributes(attrs)
 	if err != nil {
@@ -172,9 +170,7 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 	if err := p.checkRotation(id.Namespace, class, specs); err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
-	cur := p.mounts[target]
-	p.mu.Unlock()
+	cur := p.mounted(target)
 	if cur != nil && cur.Pod == id && sameVersions(req.GetCurrentObjectVersion(), objectVersions(cur)) &&
 		d.opts.Now().Before(cur.renewAt()) && !d.renewalOrdered(cur) {
 		return &v1alpha1.MountResponse{ObjectVersion: objectVersions(cur)}, nil
@@ -236,6 +232,13 @@ func (p *Provider) checkRotation(ns, class string, specs []object.Spec) error {
 func minTTLFor(poll time.Duration) time.Duration {
 	ttl := time.Duration(float64(poll) / (1 - object.RenewFraction))
 	return ttl.Truncate(time.Minute) + time.Minute
+}
+
+// mounted is what this provider last served for target, or nil.
+func (p *Provider) mounted(target string) *volumeState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mounts[target]
 }
 
 // Pods are the pods this provider obtained credentials for.

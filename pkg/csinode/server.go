@@ -17,36 +17,35 @@ import (
 // Serve listens on the CSI unix socket (removing a stale one) and serves
 // until ctx ends.
 func (d *Driver) Serve(ctx context.Context, path string) error {
-	lis, err := socket.Listen(path, 0o600)
-	if err != nil {
-		return fmt.Errorf("csinode: %w", err)
-	}
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(d.logUnary))
-	csi.RegisterIdentityServer(g, d)
-	csi.RegisterNodeServer(g, d)
-	go func() {
-		<-ctx.Done()
-		g.GracefulStop()
-	}()
-	d.opts.Logger.Info("serving CSI", "socket", path, "driver", d.opts.DriverName, "node", d.opts.NodeID)
-	return g.Serve(lis)
+	return d.serve(ctx, path, "CSI", func(g *grpc.Server) {
+		csi.RegisterIdentityServer(g, d)
+		csi.RegisterNodeServer(g, d)
+	})
 }
 
 // Serve listens on the provider socket, in the upstream secrets-store
 // driver's providers directory, and serves the provider API until ctx
 // ends.
 func (p *Provider) Serve(ctx context.Context, path string) error {
+	return p.d.serve(ctx, path, "the secrets-store provider API", func(g *grpc.Server) {
+		v1alpha1.RegisterCSIDriverProviderServer(g, p)
+	})
+}
+
+// serve listens on the unix socket path (removing a stale one) and serves
+// what register adds, each call logged, until ctx ends.
+func (d *Driver) serve(ctx context.Context, path, what string, register func(*grpc.Server)) error {
 	lis, err := socket.Listen(path, 0o600)
 	if err != nil {
-		return fmt.Errorf("csinode: provider: %w", err)
+		return fmt.Errorf("csinode: %s: %w", what, err)
 	}
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(p.d.logUnary))
-	v1alpha1.RegisterCSIDriverProviderServer(g, p)
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(d.logUnary))
+	register(g)
 	go func() {
 		<-ctx.Done()
 		g.GracefulStop()
 	}()
-	p.d.opts.Logger.Info("serving the secrets-store provider API", "socket", path, "node", p.d.opts.NodeID)
+	d.opts.Logger.Info("serving "+what, "socket", path, "driver", d.opts.DriverName, "node", d.opts.NodeID)
 	return g.Serve(lis)
 }
 
