@@ -142,15 +142,8 @@ func (pc *podkeyCluster) install(ctx context.Context, valuesFile string) {
 func (pc *podkeyCluster) waitRegistered(ctx context.Context, after time.Time) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		if pc.csiReady(ctx, after) {
-			cn, err := pc.c.Admin.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
-			if err == nil {
-				for _, d := range cn.Spec.Drivers {
-					if d.Name == "csi.podkey.io" {
-						return
-					}
-				}
-			}
+		if pc.csiReady(ctx, after) && pc.registered(ctx, "csi.podkey.io") {
+			return
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

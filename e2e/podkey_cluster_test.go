@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -10,7 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 
 	"github.com/podkey/podkey/e2e/cluster"
@@ -99,17 +99,9 @@ func startPodkeyCluster(t testing.TB) *podkeyCluster {
 }
 
 func (pc *podkeyCluster) class(ctx context.Context, ns, name, objects string) {
-	dyn, err := pc.c.Dynamic()
-	if err != nil {
-		pc.t.Fatal(err)
-	}
 	_ = pc.c.Namespace(ctx, ns)
-	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
-		"metadata": map[string]any{"name": name, "namespace": ns},
-		"spec":     map[string]any{"provider": "podkey", "parameters": map[string]any{"objects": objects}},
-	}}
-	if _, err := dyn.Resource(spc.GVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	err := pc.c.SecretProviderClass(ctx, ns, name, map[string]any{"provider": "podkey", "parameters": map[string]any{"objects": objects}})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		pc.t.Fatal(err)
 	}
 }
@@ -127,7 +119,13 @@ func (pc *podkeyCluster) sock() string { return filepath.Join(pc.dataDir, "keyd.
 // podkeyLogs is what keyd and podkey-csi logged, from the node's log
 // directory.
 func (pc *podkeyCluster) podkeyLogs() string {
-	matches, _ := filepath.Glob(filepath.Join(pc.node.LogsDir, podkeyNS+"_*", "*", "*.log"))
+	return catFiles(filepath.Join(pc.node.LogsDir, podkeyNS+"_*", "*", "*.log"))
+}
+
+// catFiles is the content of the files matching a glob pattern, one after
+// the other.
+func catFiles(pattern string) string {
+	matches, _ := filepath.Glob(pattern)
 	var out strings.Builder
 	for _, m := range matches {
 		b, _ := os.ReadFile(m)
@@ -164,13 +162,7 @@ func (pc *podkeyCluster) pod(ctx context.Context, ns, name, sa, class string, wi
 
 // containerLog reads a container's log from the node's log directory.
 func (pc *podkeyCluster) containerLog(p *corev1.Pod) string {
-	matches, _ := filepath.Glob(filepath.Join(pc.node.LogsDir, fmt.Sprintf("%s_%s_%s", p.Namespace, p.Name, p.UID), "app", "*.log"))
-	var out strings.Builder
-	for _, m := range matches {
-		b, _ := os.ReadFile(m)
-		out.Write(b)
-	}
-	return out.String()
+	return catFiles(filepath.Join(pc.node.LogsDir, fmt.Sprintf("%s_%s_%s", p.Namespace, p.Name, p.UID), "app", "*.log"))
 }
 
 func (pc *podkeyCluster) waitLog(p *corev1.Pod, marker string, timeout time.Duration) string {
@@ -293,13 +285,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	}
 	pc.class(ctx, "shop", "web", "- {name: web-api, kind: apiKey}\n")
 	w := pc.pod(ctx, "shop", "web-1", "web", "web", true)
-	deadline := time.Now().Add(90 * time.Second)
-	for !strings.Contains(pc.events(ctx, w), "policy does not allow service account shop/web") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no event names the policy refusal:\n%s", pc.events(ctx, w))
-		}
-		time.Sleep(time.Second)
-	}
+	pc.waitEvent(ctx, w, "policy does not allow service account shop/web", 90*time.Second)
 	if out, code := pc.admin("", "policy", "add", "--namespace=shop", "--service-account=web", "--object=web-api"); code != 0 {
 		t.Fatal(out)
 	}
@@ -345,30 +331,14 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	secrets = append(secrets, rsecret)
 	pc.stopKeyd(ctx)
 	waiting := pc.pod(ctx, "payments", "payments-c", "payments", "payments", true)
-	deadline = time.Now().Add(90 * time.Second)
-	for !strings.Contains(pc.events(ctx, waiting), "podkey-keyd is unreachable") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no event says keyd is unreachable:\n%s", pc.events(ctx, waiting))
-		}
-		time.Sleep(time.Second)
-	}
+	pc.waitEvent(ctx, waiting, "podkey-keyd is unreachable", 90*time.Second)
 	if _, err := os.ReadFile(filepath.Join(pc.volumeDir(b), "db-password")); err != nil {
 		t.Fatalf("a running pod lost its files while keyd is down: %v", err)
 	}
 	pc.deletePod(ctx, r) // revocation is queued on the node
 	pc.startKeyd(ctx)
 	pc.waitLog(waiting, "READY", 3*time.Minute)
-	deadline = time.Now().Add(2 * time.Minute)
-	for {
-		err := verifyAPIKey(ctx, keyd, rk, rsecret)
-		if err != nil && strings.Contains(err.Error(), "revoked") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the pod deleted while keyd was down was not revoked: %v", err)
-		}
-		time.Sleep(time.Second)
-	}
+	pc.waitRevoked(ctx, keyd, rk, rsecret, time.Now(), "the pod deleted while keyd was down")
 	pc.deletePod(ctx, waiting)
 
 	// podkey as a provider of the real upstream secrets-store driver,
@@ -411,7 +381,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	// helm uninstall leaves no podkey object behind (the SecretProviderClass
 	// CRD is kept on purpose) and the node no longer lists the driver.
 	pc.uninstall(ctx)
-	deadline = time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(2 * time.Minute)
 	for left := pc.leftovers(ctx); len(left) > 0; left = pc.leftovers(ctx) {
 		if time.Now().After(deadline) {
 			t.Fatalf("after helm uninstall: %v", left)
@@ -487,17 +457,7 @@ func (pc *podkeyCluster) rebootNode(ctx context.Context, keyd keydv1.KeydClient,
 	if err := verify(fresh, freshSecret); err != nil {
 		t.Fatalf("after the reboot the pod's fresh key does not verify: %v", err)
 	}
-	deadline = time.Now().Add(2 * time.Minute)
-	for {
-		err := verify(old, oldSecret)
-		if err != nil && strings.Contains(err.Error(), "revoked") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the key held before the reboot still verifies: %v\n%s", err, pc.podkeyLogs())
-		}
-		time.Sleep(time.Second)
-	}
+	pc.waitRevoked(ctx, keyd, old, oldSecret, time.Now(), "the pod before the reboot")
 	pc.waitRegistered(ctx, time.Time{})
 	t.Logf("reboot: pod %s came back with a fresh key; the old one is revoked", p.Name)
 	return [][]byte{oldSecret, freshSecret, []byte(old.SecretKey), []byte(fresh.SecretKey)}
@@ -574,10 +534,11 @@ func (pc *podkeyCluster) rotateCA(ctx context.Context) {
 	pc.deletePod(ctx, p)
 }
 
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2].Round(time.Millisecond)
+// median is the middle value of v (the upper one of an even count).
+func median[T cmp.Ordered](v []T) T {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // rotationReader resolves ..data once per read, reads both keys from that

@@ -18,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -48,12 +47,8 @@ func hackOutput(t testing.TB, script string) string {
 // upstreamCRDs installs the upstream driver's two CRDs from its module.
 func upstreamCRDs(t testing.TB) {
 	ctx := context.Background()
-	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/secrets-store-csi-driver").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, f := range []string{"secretproviderclasses", "secretproviderclasspodstatuses"} {
-		if err := sharedCluster(t).InstallCRD(ctx, filepath.Join(strings.TrimSpace(string(dir)), "config/crd/bases/secrets-store.csi.x-k8s.io_"+f+".yaml")); err != nil {
+		if err := sharedCluster(t).InstallCRD(ctx, filepath.Join(upstreamModule(t), "config/crd/bases/secrets-store.csi.x-k8s.io_"+f+".yaml")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -95,11 +90,8 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 		for k, v := range extra {
 			specMap[k] = v
 		}
-		obj := &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
-			"metadata": map[string]any{"name": name, "namespace": "payments"}, "spec": specMap}}
 		_ = dyn.Resource(spc.GVR).Namespace("payments").Delete(ctx, name, metav1.DeleteOptions{})
-		if _, err := dyn.Resource(spc.GVR).Namespace("payments").Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+		if err := c.SecretProviderClass(ctx, "payments", name, specMap); err != nil {
 			t.Fatal(err)
 		}
 	}

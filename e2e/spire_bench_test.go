@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -211,15 +210,15 @@ func BenchmarkIssuanceBesideSPIRE(b *testing.B) {
 			key := fmt.Sprintf("callers=%d/%s", n, is.name)
 			row := rows[key]
 			b.Run(key, func(b *testing.B) {
-				b.ReportMetric(medianF(row.rate), "certs/s")
-				b.ReportMetric(medianF(row.p50), "p50-ms")
-				b.ReportMetric(medianF(row.p99), "p99-ms")
-				b.ReportMetric(medianF(row.cpuPerCert)*1000, "server-cpu-ms/cert")
-				b.ReportMetric(float64(medianInt(row.rssKiB))/1024, "server-rss-MiB")
+				b.ReportMetric(median(row.rate), "certs/s")
+				b.ReportMetric(median(row.p50), "p50-ms")
+				b.ReportMetric(median(row.p99), "p99-ms")
+				b.ReportMetric(median(row.cpuPerCert)*1000, "server-cpu-ms/cert")
+				b.ReportMetric(float64(median(row.rssKiB))/1024, "server-rss-MiB")
 				b.ReportMetric(float64(row.errs), "errors")
 				if is.name != "spire" {
-					b.ReportMetric(medianF(row.rate)/medianF(spireRow.rate), "rate/spire")
-					b.ReportMetric(medianF(spireRow.cpuPerCert)/medianF(row.cpuPerCert), "per-core/spire")
+					b.ReportMetric(median(row.rate)/median(spireRow.rate), "rate/spire")
+					b.ReportMetric(median(spireRow.cpuPerCert)/median(row.cpuPerCert), "per-core/spire")
 				}
 			})
 		}
@@ -296,19 +295,7 @@ func envInt(name string, def int) int {
 	return def
 }
 
-func medianF(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func medianInt(v []int) int {
-	s := append([]int(nil), v...)
-	sort.Ints(s)
-	return s[len(s)/2]
-}
 
 // envInts is a comma-separated list of positive integers from the
 // environment, or def.

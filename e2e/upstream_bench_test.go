@@ -13,11 +13,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 
 	"github.com/podkey/podkey/e2e/cluster"
-	"github.com/podkey/podkey/pkg/spc"
 )
 
 // driverSetup is one way of giving a pod its credentials, for the
@@ -134,16 +132,8 @@ func (pc *podkeyCluster) fakeProvider(ctx context.Context, providers string) {
 	if _, err := waitPodPhase(ctx, pc.c, upstreamNS, p.Name, corev1.PodRunning, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	dyn, err := pc.c.Dynamic()
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
-		"metadata": map[string]any{"name": "fake", "namespace": "payments"},
-		"spec":     map[string]any{"provider": "fake", "parameters": map[string]any{"note": "the fake provider returns one fixed file"}}, // the driver refuses a class without parameters
-	}}
-	if _, err := dyn.Resource(spc.GVR).Namespace("payments").Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+	// The driver refuses a class without parameters.
+	if err := pc.c.SecretProviderClass(ctx, "payments", "fake", map[string]any{"provider": "fake", "parameters": map[string]any{"note": "the fake provider returns one fixed file"}}); err != nil {
 		t.Fatal(err)
 	}
 }

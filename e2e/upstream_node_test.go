@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -33,7 +34,7 @@ const (
 
 // upstreamModule is the upstream driver's module directory, whose deploy/
 // manifests are installed as they are published.
-func upstreamModule(t interface{ Fatal(...any) }) string {
+func upstreamModule(t testing.TB) string {
 	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/secrets-store-csi-driver").Output()
 	if err != nil {
 		t.Fatal(err)
@@ -144,13 +145,7 @@ func (pc *podkeyCluster) underUpstreamDriver(ctx context.Context, keyd keydv1.Ke
 
 // upstreamLogs is what the upstream driver's containers logged.
 func (pc *podkeyCluster) upstreamLogs() string {
-	matches, _ := filepath.Glob(filepath.Join(pc.node.LogsDir, upstreamNS+"_"+upstreamDS+"-*", "*", "*.log"))
-	var out strings.Builder
-	for _, m := range matches {
-		b, _ := os.ReadFile(m)
-		out.Write(b)
-	}
-	return out.String()
+	return catFiles(filepath.Join(pc.node.LogsDir, upstreamNS+"_"+upstreamDS+"-*", "*", "*.log"))
 }
 
 // waitEvent waits for an event of p that contains msg.

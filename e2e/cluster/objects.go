@@ -6,11 +6,13 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/podkey/podkey/pkg/spc"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 )
 
@@ -109,4 +111,18 @@ func (c *Cluster) KeydIdentity(ctx context.Context, ns, name string) (string, er
 		return "", err
 	}
 	return c.Token(ctx, ns, name, "https://kubernetes.default.svc.cluster.local", nil)
+}
+
+// SecretProviderClass creates a SecretProviderClass with spec.
+func (c *Cluster) SecretProviderClass(ctx context.Context, ns, name string, spec map[string]any) error {
+	dyn, err := c.Dynamic()
+	if err != nil {
+		return err
+	}
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass",
+		"metadata": map[string]any{"name": name, "namespace": ns}, "spec": spec,
+	}}
+	_, err = dyn.Resource(spc.GVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{})
+	return err
 }
