@@ -3,8 +3,10 @@ package hsm_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -274,5 +276,46 @@ func TestReloginAfterLogout(t *testing.T) {
 	must(t, hsm.LogoutForTest(tok))
 	if _, err := tok.HMACSHA256(ctx, "mac2", []byte("x")); err != nil {
 		t.Fatalf("after logout (uncached): %v", err)
+	}
+}
+
+func TestECDHMatchesSoftware(t *testing.T) {
+	tok := hsmtest.Open(t)
+	ctx := context.Background()
+	if err := tok.GenerateECDHKeyPair(ctx, "test/ecdh"); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tok.ECPublicKey(ctx, "test/ecdh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eph, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := tok.ECDH(ctx, "test/ecdh", eph.PublicKey().Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubECDH, err := pub.ECDH()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := eph.ECDH(pubECDH)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("token's shared secret differs from software's")
+	}
+	if _, err := tok.ECDH(ctx, "test/ecdh", []byte{4, 1, 2, 3}); err == nil {
+		t.Fatal("a point off the curve was accepted")
+	}
+	// A signing key pair may not be used for key agreement.
+	if err := tok.GenerateECKeyPair(ctx, "test/sign"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.ECDH(ctx, "test/sign", eph.PublicKey().Bytes()); err == nil {
+		t.Fatal("a signing key derived a secret")
 	}
 }

@@ -242,12 +242,25 @@ var oidP256 = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
 // GenerateECKeyPair creates an ECDSA P-256 key pair; the private half is a
 // sensitive, non-extractable token object. Both halves carry the label.
 func (t *Token) GenerateECKeyPair(ctx context.Context, label string) error {
+	return t.generateEC(ctx, label, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY)
+}
+
+// GenerateECDHKeyPair creates a P-256 key pair for key agreement
+// (CKM_ECDH1_DERIVE) only; the private half is a sensitive,
+// non-extractable token object.
+func (t *Token) GenerateECDHKeyPair(ctx context.Context, label string) error {
+	return t.generateEC(ctx, label, pkcs11.CKA_DERIVE, pkcs11.CKA_DERIVE)
+}
+
+// generateEC creates a P-256 key pair whose private half may do privUse and
+// whose public half may do pubUse.
+func (t *Token) generateEC(ctx context.Context, label string, privUse, pubUse uint) error {
 	return t.create(ctx, PrivateKey, label, func(sh pkcs11.SessionHandle) error {
 		pub := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+			pkcs11.NewAttribute(pubUse, true),
 			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, oidP256),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
@@ -255,7 +268,7 @@ func (t *Token) GenerateECKeyPair(ctx context.Context, label string) error {
 		priv := append(protectedKey(label),
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+			pkcs11.NewAttribute(privUse, true),
 		)
 		_, _, err := t.p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv)
 		return err

@@ -144,6 +144,44 @@ func (t *Token) ECPublicKey(ctx context.Context, label string) (*ecdsa.PublicKey
 	return pk, nil
 }
 
+// ECDH computes the P-256 shared secret (the x coordinate, 32 bytes) of
+// the token's key pair with the label and a peer's uncompressed point
+// (CKM_ECDH1_DERIVE, no KDF). The private key never leaves the token; the
+// secret exists on it only as a session object, destroyed before return.
+func (t *Token) ECDH(ctx context.Context, label string, peer []byte) ([]byte, error) {
+	var out []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, PrivateKey, label)
+		if err != nil {
+			return err
+		}
+		params := pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer)
+		secret, err := t.p.DeriveKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE, params)}, h,
+			[]*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+				pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
+				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+			})
+		if err != nil {
+			return err
+		}
+		defer t.p.DestroyObject(sh, secret)
+		attrs, err := t.p.GetAttributeValue(sh, secret, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+		if err != nil {
+			return err
+		}
+		out = attrs[0].Value
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: key agreement with %q: %w", label, err)
+	}
+	return out, nil
+}
+
 // ECDSASigner is a crypto.Signer whose private key never leaves the token.
 type ECDSASigner struct {
 	t     *Token
