@@ -41,6 +41,8 @@ const (
 	ActionKeyRotate       = "key.rotate"
 	ActionNodeCertificate = "node.certificate"
 	ActionRenew           = "renew"
+	ActionImageUnwrap     = "image.unwrap"
+	ActionImageKeyCreate  = "image.key.create"
 )
 
 // Results.

@@ -34,10 +34,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 
 	"golang.org/x/crypto/cryptobyte"
 
+	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -59,11 +59,9 @@ const (
 // ErrMalformed is wrapped by every parse failure.
 var ErrMalformed = errors.New("malformed podkey image key blob")
 
-var kidRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
-
-// ValidKeyID reports whether s can name an image key: a DNS label-like name
-// of at most 63 characters.
-func ValidKeyID(s string) bool { return kidRE.MatchString(s) }
+// ValidKeyID reports whether s can name an image key: the rule of object
+// names (a DNS label-like name of at most 63 characters).
+func ValidKeyID(s string) bool { return object.ValidName(s) }
 
 // Entry is one recipient: an image key id and the CEK wrapped for it.
 type Entry struct {

@@ -100,8 +100,11 @@ var ErrNoGeneration = errors.New("key generation not found")
 type Keyring struct {
 	tok *hsm.Token
 
-	mu   sync.RWMutex
-	keys map[slot]map[int]*key
+	mu     sync.RWMutex
+	keys   map[slot]map[int]*key
+	images map[string]*imageKey
+	// imageMisses are image key ids found missing on the token, and when.
+	imageMisses map[string]time.Time
 }
 
 // Init creates whatever root keys are missing (generation 1 of each purpose
@@ -181,7 +184,7 @@ func Open(ctx context.Context, tok *hsm.Token) (*Keyring, error) {
 			return nil, fmt.Errorf("keyring: root key %q missing on token %q: run 'podkey hsm init'", l, tok.Label())
 		}
 	}
-	kr := &Keyring{tok: tok, keys: map[slot]map[int]*key{}}
+	kr := &Keyring{tok: tok, keys: map[slot]map[int]*key{}, images: map[string]*imageKey{}, imageMisses: map[string]time.Time{}}
 	gens, err := generations(ctx, tok)
 	if err != nil {
 		return nil, err
@@ -280,6 +283,10 @@ func (kr *Keyring) Close() {
 		}
 	}
 	kr.keys = map[slot]map[int]*key{}
+	for _, k := range kr.images {
+		zeroSM2(k.gm)
+	}
+	kr.images = map[string]*imageKey{}
 }
 
 // Token is the HSM token the keyring lives on.

@@ -8,10 +8,14 @@
 //	  serviceAccount: payments     # exact name or "*"
 //	  objects: [ledger-api, mtls]  # object names or "*"
 //	  kinds: [apiKey, certificate] # optional; empty means every kind
+//	imageRules:                    # which nodes may decrypt which images
+//	- nodes: ["pool-a-*"]          # node names, shell patterns ("*" for all)
+//	  imageKeys: [cluster-a]       # image key ids or "*"
 package policy
 
 import (
 	"fmt"
+	"path"
 	"slices"
 
 	"sigs.k8s.io/yaml"
@@ -33,10 +37,17 @@ type Rule struct {
 	Kinds          []object.Kind `json:"kinds,omitempty"`
 }
 
+// ImageRule lets nodes unwrap images encrypted for some image keys.
+type ImageRule struct {
+	Nodes     []string `json:"nodes"`
+	ImageKeys []string `json:"imageKeys"`
+}
+
 // Policy is an ordered set of rules.
 type Policy struct {
-	Version string `json:"version"`
-	Rules   []Rule `json:"rules"`
+	Version    string      `json:"version"`
+	Rules      []Rule      `json:"rules"`
+	ImageRules []ImageRule `json:"imageRules,omitempty"`
 }
 
 // Parse reads and validates a policy document (YAML or JSON).
@@ -98,6 +109,24 @@ func (p *Policy) Validate() error {
 			}
 		}
 	}
+	if len(p.ImageRules) > MaxRules {
+		return fmt.Errorf("policy: %d image rules, at most %d", len(p.ImageRules), MaxRules)
+	}
+	for i, r := range p.ImageRules {
+		if len(r.Nodes) == 0 || len(r.ImageKeys) == 0 {
+			return fmt.Errorf("policy: imageRules[%d]: nodes and imageKeys must both be given (use [\"*\"] for all)", i)
+		}
+		for _, n := range r.Nodes {
+			if _, err := path.Match(n, ""); err != nil || len(n) == 0 || len(n) > 253 {
+				return fmt.Errorf("policy: imageRules[%d]: node pattern %q is invalid", i, n)
+			}
+		}
+		for _, k := range r.ImageKeys {
+			if k != "*" && !object.ValidName(k) {
+				return fmt.Errorf("policy: imageRules[%d]: image key %q is invalid", i, k)
+			}
+		}
+	}
 	return nil
 }
 
@@ -118,6 +147,22 @@ func (p *Policy) Allowed(namespace, serviceAccount, objectName string, kind obje
 		}
 		if slices.Contains(r.Objects, "*") || slices.Contains(r.Objects, objectName) {
 			return true
+		}
+	}
+	return false
+}
+
+// AllowedImageKey reports whether some image rule lets the node unwrap
+// images encrypted for the image key.
+func (p *Policy) AllowedImageKey(node, keyID string) bool {
+	for _, r := range p.ImageRules {
+		if !slices.Contains(r.ImageKeys, "*") && !slices.Contains(r.ImageKeys, keyID) {
+			continue
+		}
+		for _, n := range r.Nodes {
+			if ok, _ := path.Match(n, node); ok {
+				return true
+			}
 		}
 	}
 	return false

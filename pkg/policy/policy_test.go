@@ -70,10 +70,41 @@ func TestParseRejects(t *testing.T) {
 		"version: v1\nrules: [{namespace: a, serviceAccount: b, objects: [x], kinds: [nope]}]\n",
 		"version: v1\nrules: [{namespace: 'a/b', serviceAccount: b, objects: [x]}]\n",
 		"version: v1\nextra: true\n",
+		"version: v1\nrules: []\nimageRules: [{nodes: [a]}]\n",
+		"version: v1\nrules: []\nimageRules: [{nodes: ['[a'], imageKeys: [k]}]\n",
+		"version: v1\nrules: []\nimageRules: [{nodes: ['*'], imageKeys: [Bad_Key]}]\n",
 	} {
 		if _, err := Parse([]byte(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
 		}
+	}
+}
+
+func TestImageRules(t *testing.T) {
+	p, err := Parse([]byte(`version: v1
+rules: []
+imageRules:
+- nodes: ["pool-a-*", edge-1]
+  imageKeys: [cluster-a]
+- nodes: ["*"]
+  imageKeys: [public-base]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		node, key string
+		want      bool
+	}{
+		{"pool-a-3", "cluster-a", true}, {"edge-1", "cluster-a", true}, {"pool-b-1", "cluster-a", false},
+		{"pool-b-1", "public-base", true}, {"pool-a-3", "other", false},
+	} {
+		if got := p.AllowedImageKey(c.node, c.key); got != c.want {
+			t.Errorf("%s may unwrap %s: %v, want %v", c.node, c.key, got, c.want)
+		}
+	}
+	if Empty().AllowedImageKey("n", "k") {
+		t.Fatal("the empty policy allows an image key")
 	}
 }
 
@@ -93,7 +124,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("round trip of an accepted policy fails: %v\n%s", err, out)
 		}
-		if len(q.Rules) != len(p.Rules) {
+		if len(q.Rules) != len(p.Rules) || len(q.ImageRules) != len(p.ImageRules) {
 			t.Fatal("round trip changed the rules")
 		}
 	})

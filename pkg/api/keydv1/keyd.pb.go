@@ -2484,6 +2484,375 @@ func (x *KeyGenerations) GetGenerations() []int64 {
 	return nil
 }
 
+// ImageKeyEntry is one recipient of an encrypted image: an image key id and
+// the content key wrapped for it.
+type ImageKeyEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Wrapped       []byte                 `protobuf:"bytes,2,opt,name=wrapped,proto3" json:"wrapped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageKeyEntry) Reset() {
+	*x = ImageKeyEntry{}
+	mi := &file_keyd_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageKeyEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageKeyEntry) ProtoMessage() {}
+
+func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageKeyEntry.ProtoReflect.Descriptor instead.
+func (*ImageKeyEntry) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ImageKeyEntry) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ImageKeyEntry) GetWrapped() []byte {
+	if x != nil {
+		return x.Wrapped
+	}
+	return nil
+}
+
+type UnwrapImageKeyRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Suite   string                 `protobuf:"bytes,1,opt,name=suite,proto3" json:"suite,omitempty"` // gm or intl, as the blob says
+	Entries []*ImageKeyEntry       `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
+	// node_name is trusted only on the local socket in insecure local
+	// identity mode; otherwise the node is the caller's certificate's.
+	NodeName      string `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnwrapImageKeyRequest) Reset() {
+	*x = UnwrapImageKeyRequest{}
+	mi := &file_keyd_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnwrapImageKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnwrapImageKeyRequest) ProtoMessage() {}
+
+func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnwrapImageKeyRequest.ProtoReflect.Descriptor instead.
+func (*UnwrapImageKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *UnwrapImageKeyRequest) GetSuite() string {
+	if x != nil {
+		return x.Suite
+	}
+	return ""
+}
+
+func (x *UnwrapImageKeyRequest) GetEntries() []*ImageKeyEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *UnwrapImageKeyRequest) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+type UnwrapImageKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cek           []byte                 `protobuf:"bytes,1,opt,name=cek,proto3" json:"cek,omitempty"`
+	KeyId         string                 `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`    // the entry keyd unwrapped
+	KeySet        string                 `protobuf:"bytes,3,opt,name=key_set,json=keySet,proto3" json:"key_set,omitempty"` // imagecrypt.KeySet of the entries
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnwrapImageKeyResponse) Reset() {
+	*x = UnwrapImageKeyResponse{}
+	mi := &file_keyd_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnwrapImageKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnwrapImageKeyResponse) ProtoMessage() {}
+
+func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnwrapImageKeyResponse.ProtoReflect.Descriptor instead.
+func (*UnwrapImageKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UnwrapImageKeyResponse) GetCek() []byte {
+	if x != nil {
+		return x.Cek
+	}
+	return nil
+}
+
+func (x *UnwrapImageKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *UnwrapImageKeyResponse) GetKeySet() string {
+	if x != nil {
+		return x.KeySet
+	}
+	return ""
+}
+
+type ImageKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageKeysRequest) Reset() {
+	*x = ImageKeysRequest{}
+	mi := &file_keyd_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageKeysRequest) ProtoMessage() {}
+
+func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageKeysRequest.ProtoReflect.Descriptor instead.
+func (*ImageKeysRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{46}
+}
+
+// ImageKey is an image key's public half.
+type ImageKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	RecipientPem  []byte                 `protobuf:"bytes,3,opt,name=recipient_pem,json=recipientPem,proto3" json:"recipient_pem,omitempty"` // what 'podkey image encrypt --recipient' reads
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageKey) Reset() {
+	*x = ImageKey{}
+	mi := &file_keyd_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageKey) ProtoMessage() {}
+
+func (x *ImageKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageKey.ProtoReflect.Descriptor instead.
+func (*ImageKey) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ImageKey) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ImageKey) GetSuite() string {
+	if x != nil {
+		return x.Suite
+	}
+	return ""
+}
+
+func (x *ImageKey) GetRecipientPem() []byte {
+	if x != nil {
+		return x.RecipientPem
+	}
+	return nil
+}
+
+type ImageKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*ImageKey            `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageKeysResponse) Reset() {
+	*x = ImageKeysResponse{}
+	mi := &file_keyd_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageKeysResponse) ProtoMessage() {}
+
+func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageKeysResponse.ProtoReflect.Descriptor instead.
+func (*ImageKeysResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ImageKeysResponse) GetKeys() []*ImageKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type CreateImageKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateImageKeyRequest) Reset() {
+	*x = CreateImageKeyRequest{}
+	mi := &file_keyd_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateImageKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateImageKeyRequest) ProtoMessage() {}
+
+func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateImageKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateImageKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *CreateImageKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *CreateImageKeyRequest) GetSuite() string {
+	if x != nil {
+		return x.Suite
+	}
+	return ""
+}
+
 var File_keyd_proto protoreflect.FileDescriptor
 
 const file_keyd_proto_rawDesc = "" +
@@ -2654,7 +3023,28 @@ const file_keyd_proto_rawDesc = "" +
 	"\x0eKeyGenerations\x12\x18\n" +
 	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12 \n" +
-	"\vgenerations\x18\x03 \x03(\x03R\vgenerations2\xb2\x04\n" +
+	"\vgenerations\x18\x03 \x03(\x03R\vgenerations\"@\n" +
+	"\rImageKeyEntry\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
+	"\awrapped\x18\x02 \x01(\fR\awrapped\"\x83\x01\n" +
+	"\x15UnwrapImageKeyRequest\x12\x14\n" +
+	"\x05suite\x18\x01 \x01(\tR\x05suite\x127\n" +
+	"\aentries\x18\x02 \x03(\v2\x1d.podkey.keyd.v1.ImageKeyEntryR\aentries\x12\x1b\n" +
+	"\tnode_name\x18\x03 \x01(\tR\bnodeName\"Z\n" +
+	"\x16UnwrapImageKeyResponse\x12\x10\n" +
+	"\x03cek\x18\x01 \x01(\fR\x03cek\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x17\n" +
+	"\akey_set\x18\x03 \x01(\tR\x06keySet\"\x12\n" +
+	"\x10ImageKeysRequest\"\\\n" +
+	"\bImageKey\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05suite\x18\x02 \x01(\tR\x05suite\x12#\n" +
+	"\rrecipient_pem\x18\x03 \x01(\fR\frecipientPem\"A\n" +
+	"\x11ImageKeysResponse\x12,\n" +
+	"\x04keys\x18\x01 \x03(\v2\x18.podkey.keyd.v1.ImageKeyR\x04keys\"D\n" +
+	"\x15CreateImageKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05suite\x18\x02 \x01(\tR\x05suite2\xe5\x05\n" +
 	"\x04Keyd\x12D\n" +
 	"\x05Issue\x12\x1c.podkey.keyd.v1.IssueRequest\x1a\x1d.podkey.keyd.v1.IssueResponse\x12G\n" +
 	"\x06Verify\x12\x1d.podkey.keyd.v1.VerifyRequest\x1a\x1e.podkey.keyd.v1.VerifyResponse\x12G\n" +
@@ -2662,7 +3052,9 @@ const file_keyd_proto_rawDesc = "" +
 	"\bCABundle\x12\x1f.podkey.keyd.v1.CABundleRequest\x1a .podkey.keyd.v1.CABundleResponse\x12P\n" +
 	"\tTokenKeys\x12 .podkey.keyd.v1.TokenKeysRequest\x1a!.podkey.keyd.v1.TokenKeysResponse\x12M\n" +
 	"\bRenewals\x12\x1f.podkey.keyd.v1.RenewalsRequest\x1a .podkey.keyd.v1.RenewalsResponse\x12b\n" +
-	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse2\xd9\a\n" +
+	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse\x12_\n" +
+	"\x0eUnwrapImageKey\x12%.podkey.keyd.v1.UnwrapImageKeyRequest\x1a&.podkey.keyd.v1.UnwrapImageKeyResponse\x12P\n" +
+	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xac\b\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -2675,7 +3067,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\vVerifyAudit\x12\".podkey.keyd.v1.VerifyAuditRequest\x1a#.podkey.keyd.v1.VerifyAuditResponse\x12P\n" +
 	"\tRotateKey\x12 .podkey.keyd.v1.RotateKeyRequest\x1a!.podkey.keyd.v1.RotateKeyResponse\x12L\n" +
 	"\fForceRenewal\x12#.podkey.keyd.v1.ForceRenewalRequest\x1a\x17.podkey.keyd.v1.Renewal\x12G\n" +
-	"\x06Status\x12\x1d.podkey.keyd.v1.StatusRequest\x1a\x1e.podkey.keyd.v1.StatusResponseB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
+	"\x06Status\x12\x1d.podkey.keyd.v1.StatusRequest\x1a\x1e.podkey.keyd.v1.StatusResponse\x12Q\n" +
+	"\x0eCreateImageKey\x12%.podkey.keyd.v1.CreateImageKeyRequest\x1a\x18.podkey.keyd.v1.ImageKeyB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
 
 var (
 	file_keyd_proto_rawDescOnce sync.Once
@@ -2689,7 +3082,7 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_keyd_proto_goTypes = []any{
 	(*PodIdentity)(nil),             // 0: podkey.keyd.v1.PodIdentity
 	(*ObjectRequest)(nil),           // 1: podkey.keyd.v1.ObjectRequest
@@ -2734,74 +3127,89 @@ var file_keyd_proto_goTypes = []any{
 	(*StatusRequest)(nil),           // 40: podkey.keyd.v1.StatusRequest
 	(*StatusResponse)(nil),          // 41: podkey.keyd.v1.StatusResponse
 	(*KeyGenerations)(nil),          // 42: podkey.keyd.v1.KeyGenerations
-	(*timestamppb.Timestamp)(nil),   // 43: google.protobuf.Timestamp
+	(*ImageKeyEntry)(nil),           // 43: podkey.keyd.v1.ImageKeyEntry
+	(*UnwrapImageKeyRequest)(nil),   // 44: podkey.keyd.v1.UnwrapImageKeyRequest
+	(*UnwrapImageKeyResponse)(nil),  // 45: podkey.keyd.v1.UnwrapImageKeyResponse
+	(*ImageKeysRequest)(nil),        // 46: podkey.keyd.v1.ImageKeysRequest
+	(*ImageKey)(nil),                // 47: podkey.keyd.v1.ImageKey
+	(*ImageKeysResponse)(nil),       // 48: podkey.keyd.v1.ImageKeysResponse
+	(*CreateImageKeyRequest)(nil),   // 49: podkey.keyd.v1.CreateImageKeyRequest
+	(*timestamppb.Timestamp)(nil),   // 50: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
 	0,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
 	1,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	43, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	43, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	43, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	50, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	50, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	50, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
 	4,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
 	5,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
 	6,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
 	7,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
 	8,  // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
 	3,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	43, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	50, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
 	0,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	43, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
-	43, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	43, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	50, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
+	50, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	50, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
 	20, // 16: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
-	43, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
-	43, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
-	43, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	50, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
+	50, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
+	50, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
 	25, // 20: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
 	42, // 21: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	2,  // 22: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
-	10, // 23: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
-	12, // 24: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
-	14, // 25: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
-	22, // 26: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
-	18, // 27: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
-	15, // 28: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
-	24, // 29: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
-	26, // 30: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
-	28, // 31: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
-	30, // 32: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
-	31, // 33: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	32, // 34: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	32, // 35: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	34, // 36: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	36, // 37: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	38, // 38: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	21, // 39: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
-	40, // 40: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	9,  // 41: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	11, // 42: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	13, // 43: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	17, // 44: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	23, // 45: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
-	19, // 46: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
-	16, // 47: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	25, // 48: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	27, // 49: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	29, // 50: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	31, // 51: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	31, // 52: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	33, // 53: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	33, // 54: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	35, // 55: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	37, // 56: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	39, // 57: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	20, // 58: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
-	41, // 59: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	41, // [41:60] is the sub-list for method output_type
-	22, // [22:41] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	43, // 22: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
+	47, // 23: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
+	2,  // 24: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
+	10, // 25: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
+	12, // 26: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
+	14, // 27: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
+	22, // 28: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
+	18, // 29: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
+	15, // 30: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
+	44, // 31: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
+	46, // 32: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
+	24, // 33: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
+	26, // 34: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
+	28, // 35: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
+	30, // 36: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
+	31, // 37: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
+	32, // 38: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	32, // 39: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	34, // 40: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	36, // 41: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	38, // 42: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	21, // 43: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
+	40, // 44: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	49, // 45: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
+	9,  // 46: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	11, // 47: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	13, // 48: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	17, // 49: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	23, // 50: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
+	19, // 51: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
+	16, // 52: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	45, // 53: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
+	48, // 54: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
+	25, // 55: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	27, // 56: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	29, // 57: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	31, // 58: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	31, // 59: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	33, // 60: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	33, // 61: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	35, // 62: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	37, // 63: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	39, // 64: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	20, // 65: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
+	41, // 66: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	47, // 67: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
+	46, // [46:68] is the sub-list for method output_type
+	24, // [24:46] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_keyd_proto_init() }
@@ -2822,7 +3230,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -32,6 +32,8 @@ const (
 	Keyd_TokenKeys_FullMethodName       = "/podkey.keyd.v1.Keyd/TokenKeys"
 	Keyd_Renewals_FullMethodName        = "/podkey.keyd.v1.Keyd/Renewals"
 	Keyd_NodeCertificate_FullMethodName = "/podkey.keyd.v1.Keyd/NodeCertificate"
+	Keyd_UnwrapImageKey_FullMethodName  = "/podkey.keyd.v1.Keyd/UnwrapImageKey"
+	Keyd_ImageKeys_FullMethodName       = "/podkey.keyd.v1.Keyd/ImageKeys"
 )
 
 // KeydClient is the client API for Keyd service.
@@ -58,6 +60,14 @@ type KeydClient interface {
 	// (audience podkey-node) and a CSR for a short-lived client certificate
 	// naming its node; the agent then calls Issue and Revoke over mTLS.
 	NodeCertificate(ctx context.Context, in *NodeCertificateRequest, opts ...grpc.CallOption) (*NodeCertificateResponse, error)
+	// UnwrapImageKey unwraps, for the calling node (node certificate), the
+	// content key of an encrypted image's podkey recipient list: keyd takes
+	// the first entry whose image key its policy lets the node use, one
+	// private-key operation whatever the number of recipients, audited.
+	UnwrapImageKey(ctx context.Context, in *UnwrapImageKeyRequest, opts ...grpc.CallOption) (*UnwrapImageKeyResponse, error)
+	// ImageKeys lists the image keys' public halves (recipient files), for
+	// encrypting images; public.
+	ImageKeys(ctx context.Context, in *ImageKeysRequest, opts ...grpc.CallOption) (*ImageKeysResponse, error)
 }
 
 type keydClient struct {
@@ -138,6 +148,26 @@ func (c *keydClient) NodeCertificate(ctx context.Context, in *NodeCertificateReq
 	return out, nil
 }
 
+func (c *keydClient) UnwrapImageKey(ctx context.Context, in *UnwrapImageKeyRequest, opts ...grpc.CallOption) (*UnwrapImageKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnwrapImageKeyResponse)
+	err := c.cc.Invoke(ctx, Keyd_UnwrapImageKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keydClient) ImageKeys(ctx context.Context, in *ImageKeysRequest, opts ...grpc.CallOption) (*ImageKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImageKeysResponse)
+	err := c.cc.Invoke(ctx, Keyd_ImageKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeydServer is the server API for Keyd service.
 // All implementations must embed UnimplementedKeydServer
 // for forward compatibility.
@@ -162,6 +192,14 @@ type KeydServer interface {
 	// (audience podkey-node) and a CSR for a short-lived client certificate
 	// naming its node; the agent then calls Issue and Revoke over mTLS.
 	NodeCertificate(context.Context, *NodeCertificateRequest) (*NodeCertificateResponse, error)
+	// UnwrapImageKey unwraps, for the calling node (node certificate), the
+	// content key of an encrypted image's podkey recipient list: keyd takes
+	// the first entry whose image key its policy lets the node use, one
+	// private-key operation whatever the number of recipients, audited.
+	UnwrapImageKey(context.Context, *UnwrapImageKeyRequest) (*UnwrapImageKeyResponse, error)
+	// ImageKeys lists the image keys' public halves (recipient files), for
+	// encrypting images; public.
+	ImageKeys(context.Context, *ImageKeysRequest) (*ImageKeysResponse, error)
 	mustEmbedUnimplementedKeydServer()
 }
 
@@ -192,6 +230,12 @@ func (UnimplementedKeydServer) Renewals(context.Context, *RenewalsRequest) (*Ren
 }
 func (UnimplementedKeydServer) NodeCertificate(context.Context, *NodeCertificateRequest) (*NodeCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NodeCertificate not implemented")
+}
+func (UnimplementedKeydServer) UnwrapImageKey(context.Context, *UnwrapImageKeyRequest) (*UnwrapImageKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnwrapImageKey not implemented")
+}
+func (UnimplementedKeydServer) ImageKeys(context.Context, *ImageKeysRequest) (*ImageKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImageKeys not implemented")
 }
 func (UnimplementedKeydServer) mustEmbedUnimplementedKeydServer() {}
 func (UnimplementedKeydServer) testEmbeddedByValue()              {}
@@ -340,6 +384,42 @@ func _Keyd_NodeCertificate_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Keyd_UnwrapImageKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnwrapImageKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeydServer).UnwrapImageKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyd_UnwrapImageKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeydServer).UnwrapImageKey(ctx, req.(*UnwrapImageKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Keyd_ImageKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImageKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeydServer).ImageKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keyd_ImageKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeydServer).ImageKeys(ctx, req.(*ImageKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Keyd_ServiceDesc is the grpc.ServiceDesc for Keyd service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -375,6 +455,14 @@ var Keyd_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "NodeCertificate",
 			Handler:    _Keyd_NodeCertificate_Handler,
 		},
+		{
+			MethodName: "UnwrapImageKey",
+			Handler:    _Keyd_UnwrapImageKey_Handler,
+		},
+		{
+			MethodName: "ImageKeys",
+			Handler:    _Keyd_ImageKeys_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "keyd.proto",
@@ -393,6 +481,7 @@ const (
 	Admin_RotateKey_FullMethodName        = "/podkey.keyd.v1.Admin/RotateKey"
 	Admin_ForceRenewal_FullMethodName     = "/podkey.keyd.v1.Admin/ForceRenewal"
 	Admin_Status_FullMethodName           = "/podkey.keyd.v1.Admin/Status"
+	Admin_CreateImageKey_FullMethodName   = "/podkey.keyd.v1.Admin/CreateImageKey"
 )
 
 // AdminClient is the client API for Admin service.
@@ -418,6 +507,9 @@ type AdminClient interface {
 	// node agents renew their volumes at the next republish.
 	ForceRenewal(ctx context.Context, in *ForceRenewalRequest, opts ...grpc.CallOption) (*Renewal, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// CreateImageKey makes a new image key (an encrypted image's recipient)
+	// on the HSM; an existing id is refused.
+	CreateImageKey(ctx context.Context, in *CreateImageKeyRequest, opts ...grpc.CallOption) (*ImageKey, error)
 }
 
 type adminClient struct {
@@ -557,6 +649,16 @@ func (c *adminClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) CreateImageKey(ctx context.Context, in *CreateImageKeyRequest, opts ...grpc.CallOption) (*ImageKey, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImageKey)
+	err := c.cc.Invoke(ctx, Admin_CreateImageKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -580,6 +682,9 @@ type AdminServer interface {
 	// node agents renew their volumes at the next republish.
 	ForceRenewal(context.Context, *ForceRenewalRequest) (*Renewal, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// CreateImageKey makes a new image key (an encrypted image's recipient)
+	// on the HSM; an existing id is refused.
+	CreateImageKey(context.Context, *CreateImageKeyRequest) (*ImageKey, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -625,6 +730,9 @@ func (UnimplementedAdminServer) ForceRenewal(context.Context, *ForceRenewalReque
 }
 func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAdminServer) CreateImageKey(context.Context, *CreateImageKeyRequest) (*ImageKey, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateImageKey not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -856,6 +964,24 @@ func _Admin_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreateImageKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateImageKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateImageKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateImageKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateImageKey(ctx, req.(*CreateImageKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -906,6 +1032,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Admin_Status_Handler,
+		},
+		{
+			MethodName: "CreateImageKey",
+			Handler:    _Admin_CreateImageKey_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
