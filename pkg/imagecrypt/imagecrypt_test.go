@@ -2,65 +2,27 @@ package imagecrypt_test
 
 import (
 	"bytes"
-	"crypto/ecdh"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"testing"
 
-	"github.com/emmansun/gmsm/sm2"
-
 	"github.com/podkey/podkey/pkg/imagecrypt"
+	"github.com/podkey/podkey/pkg/imagecrypt/imagecrypttest"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
 // holder is a recipient's private half in software, standing in for keyd.
 type holder struct {
-	r    imagecrypt.Recipient
-	intl *ecdsa.PrivateKey
-	gm   *sm2.PrivateKey
+	r imagecrypt.Recipient
+	k *imagecrypttest.Key
 }
 
 func newHolder(t testing.TB, kid string, st suite.Name) holder {
-	t.Helper()
-	if st == suite.GM {
-		k, err := sm2.GenerateKey(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return holder{r: imagecrypt.Recipient{KeyID: kid, Suite: st, Public: &k.PublicKey}, gm: k}
-	}
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return holder{r: imagecrypt.Recipient{KeyID: kid, Suite: st, Public: &k.PublicKey}, intl: k}
+	k := imagecrypttest.NewKey(t, kid, st)
+	return holder{r: k.Recipient, k: k}
 }
 
-func (h holder) unwrap(wrapped []byte) ([]byte, error) {
-	if h.gm != nil {
-		return imagecrypt.UnwrapGM(h.gm, wrapped)
-	}
-	point, err := imagecrypt.IntlPoint(wrapped)
-	if err != nil {
-		return nil, err
-	}
-	priv, err := h.intl.ECDH()
-	if err != nil {
-		return nil, err
-	}
-	peer, err := ecdh.P256().NewPublicKey(point)
-	if err != nil {
-		return nil, err
-	}
-	z, err := priv.ECDH(peer)
-	if err != nil {
-		return nil, err
-	}
-	return imagecrypt.UnwrapIntl(h.r.KeyID, wrapped, z)
-}
+func (h holder) unwrap(wrapped []byte) ([]byte, error) { return h.k.Unwrap(wrapped) }
 
 func holders(t testing.TB, st suite.Name, n int) ([]holder, []imagecrypt.Recipient) {
 	var hs []holder
