@@ -30,6 +30,7 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/csinode"
+	"github.com/podkey/podkey/pkg/imageprovider"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/registration"
 	"github.com/podkey/podkey/pkg/spc"
@@ -46,6 +47,8 @@ type csiFlags struct {
 	nodeToken                     string
 	mode, providerSocket          string
 	rotationPoll                  time.Duration
+	keyproviderSocket             string
+	imageKeyCacheTTL              time.Duration
 	lf                            command.LogFlags
 }
 
@@ -85,6 +88,8 @@ func NewCommand() *cobra.Command {
 	fl.StringVar(&f.mode, "mode", "csi", "csi: serve podkey's CSI driver (csi.podkey.io); provider: serve the upstream secrets-store CSI driver's provider API on --provider-socket instead; both")
 	fl.StringVar(&f.providerSocket, "provider-socket", "/var/run/secrets-store-csi-providers/podkey.sock", "provider socket, in the upstream driver's providers directory (--mode provider or both)")
 	fl.DurationVar(&f.rotationPoll, "secrets-store-rotation-poll-interval", 0, "the upstream secrets-store driver's rotation poll interval as configured on it (--enable-secret-rotation, --rotation-poll-interval); 0: its rotation is off, and classes whose credentials would expire in the pod are refused (--mode provider or both)")
+	fl.StringVar(&f.keyproviderSocket, "keyprovider-socket", "", "serve ocicrypt's keyprovider protocol here for containerd's image decoder (podkey-encrypted images); empty: off")
+	fl.DurationVar(&f.imageKeyCacheTTL, "image-key-cache-ttl", imageprovider.DefaultCacheTTL, "how long an image's unwrapped content key serves its other layers (locked memory, zeroed after); 0: ask keyd for every layer")
 	fl.StringVar(&f.nodeToken, "node-token-file", "/var/run/secrets/podkey/token", "the node agent's bound service-account token (audience podkey-node), used with --keyd-addr to obtain a node client certificate")
 	f.lf.Register(fl)
 	return cmd
@@ -139,6 +144,10 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	if serveCSI {
 		g.Go(func() error { return d.Serve(gctx, f.endpoint) })
 	}
+	if f.keyproviderSocket != "" {
+		kp := imageprovider.New(imageprovider.Options{Keyd: keyd, NodeName: f.o.NodeID, CacheTTL: f.imageKeyCacheTTL, Logger: log})
+		g.Go(func() error { return kp.Serve(gctx, f.keyproviderSocket) })
+	}
 	if serveCSI && f.regDir != "" {
 		ep := f.regEndpoint
 		if ep == "" {
@@ -184,6 +193,9 @@ func (f *csiFlags) check() error {
 	}
 	if f.rotationPoll < 0 {
 		return command.UsageError("--secrets-store-rotation-poll-interval %s: want 0 (rotation off) or more", f.rotationPoll)
+	}
+	if f.imageKeyCacheTTL < 0 {
+		return command.UsageError("--image-key-cache-ttl %s: want 0 or more", f.imageKeyCacheTTL)
 	}
 	if f.keyd.Socket == "" && f.keyd.Address == "" {
 		return command.UsageError("--keyd-socket or --keyd-addr is required")
