@@ -23,13 +23,18 @@ import (
 	keyproviderconfig "github.com/containers/ocicrypt/config/keyprovider-config"
 	p11 "github.com/containers/ocicrypt/crypto/pkcs11"
 	"github.com/containers/ocicrypt/keywrap/keyprovider"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	godigest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/hsm"
 	"github.com/podkey/podkey/pkg/imagecrypt"
+	"github.com/podkey/podkey/pkg/imagedecoder"
 	"github.com/podkey/podkey/pkg/imageenc"
 	"github.com/podkey/podkey/pkg/imageprovider"
 	"github.com/podkey/podkey/pkg/keydclient"
@@ -217,7 +222,6 @@ func BenchmarkImageUnwrap(b *testing.B) {
 					return time.Since(start)
 				}
 				var podkey, image5, jwe, pkcs11 []float64
-				ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 				for range b.N * rounds {
 					useProvider(u.perLayer)
 					podkey = append(podkey, ms(unwrap(none, podDescs[0])))
@@ -241,5 +245,135 @@ func BenchmarkImageUnwrap(b *testing.B) {
 				b.ReportMetric(j/i5, "jwe/podkey-image5")
 			})
 		}
+	}
+}
+
+// layeredImage is an image of incompressible layers of the given sizes.
+func layeredImage(b testing.TB, sizes ...int) v1.Image {
+	var ls []v1.Layer
+	for _, n := range sizes {
+		l, err := random.Layer(int64(n), types.OCILayer)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ls = append(ls, l)
+	}
+	img, err := mutate.AppendLayers(empty.Image, ls...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return img
+}
+
+// decoderRun is one layer as containerd hands it to a stream processor.
+type decoderRun struct {
+	payload, blob []byte
+}
+
+func decoderRuns(b testing.TB, enc v1.Image) []decoderRun {
+	m, err := enc.Manifest()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var runs []decoderRun
+	for _, d := range m.Layers {
+		desc := ocispec.Descriptor{MediaType: string(d.MediaType), Digest: godigest.Digest(d.Digest.String()), Size: d.Size, Annotations: d.Annotations}
+		p, err := imagedecoder.MarshalPayload(imagedecoder.Payload{Descriptor: desc})
+		if err != nil {
+			b.Fatal(err)
+		}
+		l, _ := enc.LayerByDigest(d.Digest)
+		rc, _ := l.Compressed()
+		blob, _ := io.ReadAll(rc)
+		runs = append(runs, decoderRun{p, blob})
+	}
+	return runs
+}
+
+// decode runs a decoder process per layer, one after another as
+// containerd unpacks, and returns the time for the whole image.
+func decode(b testing.TB, bin string, env []string, keysDir string, runs []decoderRun) time.Duration {
+	start := time.Now()
+	for _, r := range runs {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() { _, _ = pw.Write(r.payload); pw.Close() }()
+		cmd := exec.Command(bin, "--decryption-keys-path", keysDir)
+		cmd.ExtraFiles = []*os.File{pr}
+		cmd.Stdin, cmd.Stdout, cmd.Env = bytes.NewReader(r.blob), io.Discard, env
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err = cmd.Run()
+		pr.Close()
+		if err != nil {
+			b.Fatalf("%s: %v\n%s", filepath.Base(bin), err, stderr.String())
+		}
+	}
+	return time.Since(start)
+}
+
+// BenchmarkImageDecoder decrypts a five-layer image (1, 2, 4, 8 and
+// 16 MiB) through containerd's decoder protocol, one process per layer,
+// with R recipients and the node's key last: podkey's scheme beside JWE
+// (RSA-2048, the node's key in the decoder's keys directory), each with
+// imgcrypt's ctd-decoder and with podkey-image-decoder. The keyprovider
+// caches the image's content key (a fresh image each round: one keyd
+// call per image).
+func BenchmarkImageDecoder(b *testing.B) {
+	u := newUnwrapBench(b)
+	ctd := ctdDecoder(b)
+	own := filepath.Join(binaries(b), "podkey-image-decoder")
+	conf := filepath.Join(u.w.dir, "keyprovider.conf")
+	_ = os.WriteFile(conf, fmt.Appendf(nil, `{"key-providers": {"podkey": {"grpc": "unix://%s"}}}`, u.cached), 0o644)
+	env := append(os.Environ(), "OCICRYPT_KEYPROVIDER_CONFIG="+conf)
+	emptyKeys, jweKeys := filepath.Join(u.w.dir, "no-keys"), filepath.Join(u.w.dir, "jwe-keys")
+	_ = os.MkdirAll(emptyKeys, 0o700)
+	_ = os.MkdirAll(jweKeys, 0o700)
+	plain := layeredImage(b, 1<<20, 2<<20, 4<<20, 8<<20, 16<<20)
+	rounds := envInt("PODKEY_IMAGE_BENCH_ROUNDS", 15) / 3
+	for _, r := range []int{1, 8, 20} {
+		b.Run(fmt.Sprintf("R=%d/last", r), func(b *testing.B) {
+			recs := []imagecrypt.Recipient{}
+			var jwePubs [][]byte
+			var jwePriv []byte
+			for i := 0; i < r-1; i++ {
+				ek, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+				recs = append(recs, imagecrypt.Recipient{KeyID: fmt.Sprintf("site-%02d", i), Suite: suite.Intl, Public: &ek.PublicKey})
+				rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+				jwePubs = append(jwePubs, pubPEM(b, &rk.PublicKey))
+			}
+			recs = append(recs, u.nodeRec)
+			jk, _ := rsa.GenerateKey(rand.Reader, 2048)
+			jwePubs = append(jwePubs, pubPEM(b, &jk.PublicKey))
+			der, _ := x509.MarshalPKCS8PrivateKey(jk)
+			jwePriv = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+			_ = os.WriteFile(filepath.Join(jweKeys, "node.pem"), jwePriv, 0o600)
+			podImg, _, err := imageenc.Encrypt(plain, recs)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cc, _ := config.EncryptWithJwe(jwePubs)
+			jweImg, _, err := imageenc.EncryptWith(plain, jweWrapper{cc.EncryptConfig})
+			if err != nil {
+				b.Fatal(err)
+			}
+			podRuns, jweRuns := decoderRuns(b, podImg), decoderRuns(b, jweImg)
+			res := map[string][]float64{}
+			for range b.N * rounds {
+				for _, dec := range []struct{ name, bin string }{{"ctd", ctd}, {"own", own}} {
+					u.cache.Close()
+					res[dec.name+"-podkey"] = append(res[dec.name+"-podkey"], ms(decode(b, dec.bin, env, emptyKeys, podRuns)))
+					res[dec.name+"-jwe"] = append(res[dec.name+"-jwe"], ms(decode(b, dec.bin, env, jweKeys, jweRuns)))
+				}
+			}
+			for _, k := range []string{"ctd-podkey", "ctd-jwe", "own-podkey", "own-jwe"} {
+				b.ReportMetric(median(res[k]), k+"-ms")
+			}
+			b.ReportMetric(median(res["ctd-jwe"])/median(res["ctd-podkey"]), "jwe/podkey(ctd)")
+			b.ReportMetric(median(res["own-jwe"])/median(res["own-podkey"]), "jwe/podkey(own)")
+			b.ReportMetric(median(res["ctd-podkey"])/median(res["own-podkey"]), "ctd/own(podkey)")
+		})
 	}
 }

@@ -26,7 +26,8 @@ var (
 	buildErr  error
 )
 
-// binaries builds podkey, podkey-keyd and podkey-csi once per test run.
+// binaries builds podkey, podkey-keyd, podkey-csi and podkey-image-decoder
+// once per test run.
 func binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -34,7 +35,7 @@ func binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir+"/", "../cmd/podkey", "../cmd/podkey-keyd", "../cmd/podkey-csi").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binDir+"/", "../cmd/podkey", "../cmd/podkey-keyd", "../cmd/podkey-csi", "../cmd/podkey-image-decoder").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("build: %v\n%s", err, out)
 		}

@@ -134,22 +134,43 @@ func encryptedType(mt types.MediaType) (types.MediaType, error) {
 // Result says what Encrypt did.
 type Result struct {
 	Layers int
-	KeySet string
+	KeySet string // podkey's scheme only
 	Digest v1.Hash
 }
 
-// Encrypt encrypts every layer of img for the recipients, all layers under
-// one content key (one recipient section, so a node unwraps once per
-// image). The image config is unchanged: its diff_ids still name the
-// plain layers, as containerd checks after decrypting.
+// Wrapper wraps each layer's private options for an image's recipients,
+// under its annotation.
+type Wrapper interface {
+	AnnotationID() string
+	Wrap(opts []byte) ([]byte, error)
+}
+
+// podkeyWrapper is podkey's scheme: one content key for the whole image.
+type podkeyWrapper struct{ *imagecrypt.Sealer }
+
+func (podkeyWrapper) AnnotationID() string               { return imagecrypt.AnnotationID }
+func (w podkeyWrapper) Wrap(opts []byte) ([]byte, error) { return w.Seal(opts) }
+
+// Encrypt encrypts every layer of img for the recipients with podkey's
+// scheme, all layers under one content key (one recipient section, so a
+// node unwraps once per image).
 func Encrypt(img v1.Image, rs []imagecrypt.Recipient) (v1.Image, Result, error) {
-	var res Result
 	sealer, err := imagecrypt.NewSealer(rs)
 	if err != nil {
-		return nil, res, err
+		return nil, Result{}, err
 	}
 	defer sealer.Close()
+	enc, res, err := EncryptWith(img, podkeyWrapper{sealer})
 	res.KeySet = sealer.KeySet()
+	return enc, res, err
+}
+
+// EncryptWith encrypts every layer of img as ocicrypt does, its options
+// wrapped by w (another scheme, for comparisons and interoperability
+// tests). The image config is unchanged: its diff_ids still name the plain
+// layers, as containerd checks after decrypting.
+func EncryptWith(img v1.Image, w Wrapper) (v1.Image, Result, error) {
+	var res Result
 	src, err := img.Manifest()
 	if err != nil {
 		return nil, res, err
@@ -166,7 +187,7 @@ func Encrypt(img v1.Image, rs []imagecrypt.Recipient) (v1.Image, Result, error) 
 		return nil, res, err
 	}
 	for i, l := range layers {
-		d, err := encryptLayer(l, sealer)
+		d, err := encryptLayer(l, w)
 		if err != nil {
 			return nil, res, fmt.Errorf("layer %d: %w", i+1, err)
 		}
@@ -185,7 +206,7 @@ func Encrypt(img v1.Image, rs []imagecrypt.Recipient) (v1.Image, Result, error) 
 	return enc, res, err
 }
 
-func encryptLayer(l v1.Layer, sealer *imagecrypt.Sealer) (blob, error) {
+func encryptLayer(l v1.Layer, w Wrapper) (blob, error) {
 	mt, err := l.MediaType()
 	if err != nil {
 		return blob{}, err
@@ -230,7 +251,7 @@ func encryptLayer(l v1.Layer, sealer *imagecrypt.Sealer) (blob, error) {
 	if err != nil {
 		return blob{}, err
 	}
-	wrapped, err := sealer.Seal(priv)
+	wrapped, err := w.Wrap(priv)
 	if err != nil {
 		return blob{}, err
 	}
@@ -239,8 +260,8 @@ func encryptLayer(l v1.Layer, sealer *imagecrypt.Sealer) (blob, error) {
 		return blob{}, err
 	}
 	return blob{data: data, desc: v1.Descriptor{MediaType: encType, Size: size, Digest: sum, Annotations: map[string]string{
-		imagecrypt.AnnotationID: base64.StdEncoding.EncodeToString(wrapped),
-		annotationPubOpts:       base64.StdEncoding.EncodeToString(pub),
+		w.AnnotationID():  base64.StdEncoding.EncodeToString(wrapped),
+		annotationPubOpts: base64.StdEncoding.EncodeToString(pub),
 	}}}, nil
 }
 
