@@ -244,7 +244,7 @@ func TestEncryptedImageThroughTheNodeKeyprovider(t *testing.T) {
 
 // layerKeysOf unwraps each layer's options through the node and returns
 // the layer keys.
-func layerKeysOf(t *testing.T, n imageNode, enc v1.Image) [][]byte {
+func layerKeysOf(t testing.TB, n imageNode, enc v1.Image) [][]byte {
 	m, _ := enc.Manifest()
 	kw := keyprovider.NewKeyWrapper(imagecrypt.Scheme, keyproviderconfig.KeyProviderAttrs{Grpc: "unix://" + n.sock})
 	var keys [][]byte

@@ -341,6 +341,10 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	pc.waitRevoked(ctx, keyd, rk, rsecret, time.Now(), "the pod deleted while keyd was down")
 	pc.deletePod(ctx, waiting)
 
+	// Encrypted images pulled by the kubelet through containerd's decoder
+	// and podkey-csi's keyprovider.
+	secrets = append(secrets, pc.encryptedImages(ctx)...)
+
 	// podkey as a provider of the real upstream secrets-store driver,
 	// installed on the node from its published manifests.
 	secrets = append(secrets, pc.underUpstreamDriver(ctx, keyd)...)

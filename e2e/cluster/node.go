@@ -25,6 +25,10 @@ type Node struct {
 	// LogsDir holds containers' logs (<ns>_<pod>_<uid>/<container>/0.log):
 	// tests read them here, as the API server cannot reach the kubelet.
 	LogsDir string
+	// OcicryptDir holds what containerd's image decoder uses: the decoder
+	// (ctd-decoder), the keyprovider configuration, and its keys directory
+	// (keys/, empty unless a test puts a JWE key there).
+	OcicryptDir string
 
 	c       *Cluster
 	kubelet []string // the kubelet's binary and arguments, for Reboot
@@ -33,7 +37,9 @@ type Node struct {
 
 // containerdConfig follows shared/LOCAL-CLUSTER.md: the sandbox image is
 // imported locally, and restrict_oom_score_adj because these machines lack
-// CAP_SYS_RESOURCE.
+// CAP_SYS_RESOURCE. Encrypted layers go through containerd's own decoder
+// stream processors (their ids must stay exactly these), run from the
+// node's ocicrypt directory (see EnableImageDecryption).
 const containerdConfig = `version = 2
 root = %q
 state = %q
@@ -53,6 +59,21 @@ state = %q
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".image_decryption]
+    key_model = "node"
+[stream_processors]
+  [stream_processors."io.containerd.ocicrypt.decoder.v1.tar.gzip"]
+    accepts = ["application/vnd.oci.image.layer.v1.tar+gzip+encrypted"]
+    returns = "application/vnd.oci.image.layer.v1.tar+gzip"
+    path = "%[6]s/ctd-decoder"
+    args = ["--decryption-keys-path", "%[6]s/keys"]
+    env = ["OCICRYPT_KEYPROVIDER_CONFIG=%[6]s/keyprovider.conf"]
+  [stream_processors."io.containerd.ocicrypt.decoder.v1.tar"]
+    accepts = ["application/vnd.oci.image.layer.v1.tar+encrypted"]
+    returns = "application/vnd.oci.image.layer.v1.tar"
+    path = "%[6]s/ctd-decoder"
+    args = ["--decryption-keys-path", "%[6]s/keys"]
+    env = ["OCICRYPT_KEYPROVIDER_CONFIG=%[6]s/keyprovider.conf"]
 `
 
 // The pods of a test node need no network beyond their own namespace; the
@@ -116,8 +137,12 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 			return nil, err
 		}
 	}
+	n.OcicryptDir = filepath.Join(n.Dir, "ocicrypt")
+	if err := os.MkdirAll(filepath.Join(n.OcicryptDir, "keys"), 0o700); err != nil {
+		return nil, err
+	}
 	cfg := fmt.Sprintf(containerdConfig, filepath.Join(n.Dir, "containerd", "root"), filepath.Join(n.Dir, "containerd", "state"),
-		n.ContainerdSock, PauseImage, cniDir)
+		n.ContainerdSock, PauseImage, cniDir, n.OcicryptDir)
 	if err := os.WriteFile(filepath.Join(n.Dir, "containerd.toml"), []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
@@ -296,4 +321,17 @@ func waitFile(path string, timeout time.Duration, exited func() error) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s did not appear within %s", path, timeout)
+}
+
+// EnableImageDecryption installs containerd's image decoder on the node
+// and points its keyprovider configuration at podkey's keyprovider socket
+// (podkey-csi --keyprovider-socket), as the README tells an operator to.
+func (n *Node) EnableImageDecryption(decoder, keyproviderSocket string) error {
+	dst := filepath.Join(n.OcicryptDir, "ctd-decoder")
+	_ = os.Remove(dst)
+	if err := os.Symlink(decoder, dst); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`{"key-providers": {"podkey": {"grpc": "unix://%s"}}}`+"\n", keyproviderSocket)
+	return os.WriteFile(filepath.Join(n.OcicryptDir, "keyprovider.conf"), []byte(conf), 0o644)
 }
