@@ -112,62 +112,40 @@ func (pc *podkeyCluster) waitRunning(ctx context.Context, p *corev1.Pod, timeout
 	}
 }
 
-// encryptedImages: the kubelet pulls images from a registry on 127.0.0.1
-// through containerd's CRI and its ocicrypt stream processors, the layers
-// decrypted by containerd's decoder through podkey-csi's keyprovider: an
-// image encrypted by `podkey image encrypt` for 20 image keys (this
-// node's last) runs; one encrypted for a key the policy does not give
-// this node fails with podkey's reason in the pod's events; a JWE image
-// still pulls beside them. keyd's audit shows the unwraps. It returns the
-// layer keys, for the scan of the node's state and logs.
-func (pc *podkeyCluster) encryptedImages(ctx context.Context) [][]byte {
+// imageLab is what the node's encrypted-image steps share: a registry on
+// 127.0.0.1 (in this process), the decoder and keyprovider configuration
+// on the node, image keys (this node's, 19 of other sites, one no rule
+// gives this node), the policy's image rule, and a JWE key in the
+// decoder's keys directory.
+type imageLab struct {
+	pc         *podkeyCluster
+	host       string
+	socket     string
+	recipients []string // -r FILE ... for the CLI: 20 keys, this node's last
+	other      string   // recipient file of a key this node may not use
+	jwe        *config.EncryptConfig
+}
+
+func (pc *podkeyCluster) newImageLab() *imageLab {
 	t := pc.t
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(reg.Close)
-	host := strings.TrimPrefix(reg.URL, "http://")
-	ref := func(tag string) string { return host + "/podkey-e2e/app:" + tag }
-	socket := filepath.Join(pc.node.Dir, "run-podkey", "keyprovider.sock")
-	if err := pc.node.EnableImageDecryption(filepath.Join(pc.bin, "podkey-image-decoder"), socket); err != nil {
-		t.Fatal(err)
-	}
-	// One image per variant, of the same sizes but their own data: the
-	// runtime reuses layers it unpacked before, whatever image names them
-	// (see the README on key_model "node"), so no variant may share a
-	// layer with another.
-	plain := map[string]v1.Image{}
-	for _, tag := range []string{"plain", "jwe", "podkey", "podkey-ctd", "other"} {
-		img, err := serviceImage(pc.node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		plain[tag] = img
-		r, _ := name.ParseReference(ref("src-" + tag))
-		if err := remote.Write(r, img); err != nil {
-			t.Fatal(err)
-		}
-	}
-	plainRef, _ := name.ParseReference(ref("plain"))
-	if err := remote.Write(plainRef, plain["plain"]); err != nil {
-		t.Fatal(err)
-	}
-
-	// Image keys: this node's, 19 of other sites, and one no rule gives
-	// this node. Recipient files are all encryption needs.
+	lab := &imageLab{pc: pc, host: strings.TrimPrefix(reg.URL, "http://"), socket: filepath.Join(pc.node.Dir, "run-podkey", "keyprovider.sock")}
+	lab.useDecoder(filepath.Join(pc.bin, "podkey-image-decoder"))
 	keys := filepath.Join(pc.dir, "image-keys")
 	_ = os.MkdirAll(keys, 0o700)
-	var recipients []string
-	create := func(id, suite string) string {
+	create := func(id string) string {
 		f := filepath.Join(keys, id+".pem")
-		if out, code := pc.admin("", "image", "keys", "create", id, "--suite", suite, "-o", f); code != 0 {
+		if out, code := pc.admin("", "image", "keys", "create", id, "--suite", "intl", "-o", f); code != 0 {
 			t.Fatalf("image keys create %s: %s", id, out)
 		}
 		return f
 	}
 	for i := range 19 {
-		recipients = append(recipients, "-r", create(fmt.Sprintf("site-%02d", i), "intl"))
+		lab.recipients = append(lab.recipients, "-r", create(fmt.Sprintf("site-%02d", i)))
 	}
-	recipients = append(recipients, "-r", create("kube-nodes", "intl"))
-	other := create("other-cluster", "intl")
+	lab.recipients = append(lab.recipients, "-r", create("kube-nodes"))
+	lab.other = create("other-cluster")
 	policy, code := pc.admin("", "policy", "get")
 	if code != 0 {
 		t.Fatal(policy)
@@ -178,48 +156,99 @@ func (pc *podkeyCluster) encryptedImages(ctx context.Context) [][]byte {
 	if out, code := pc.admin("", "policy", "set", polFile); code != 0 {
 		t.Fatalf("policy set: %s", out)
 	}
-	encrypt := func(tag string, rs ...string) {
-		args := append(append([]string{"image", "encrypt"}, rs...), ref("src-"+tag), ref(tag))
-		if out, code := pc.admin("", args...); code != 0 {
-			t.Fatalf("image encrypt: %s", out)
-		} else {
-			t.Logf("podkey image encrypt: %s", out)
-		}
-	}
-	encrypt("podkey", recipients...)
-	encrypt("podkey-ctd", recipients...)
-	encrypt("other", "-r", other)
-	if out, code := pc.admin("", "image", "inspect", ref("podkey")); code != 0 || strings.Count(out, "provider.podkey") != 5 {
-		t.Fatalf("inspect: %s", out)
-	} else {
-		t.Logf("podkey image inspect:\n%s", out)
-	}
-	// A JWE image, its RSA key in the decoder's keys directory.
+	// A JWE key pair, the private half in the decoder's keys directory.
 	jk, _ := rsa.GenerateKey(rand.Reader, 2048)
 	der, _ := x509.MarshalPKIXPublicKey(&jk.PublicKey)
 	jweCfg, err := config.EncryptWithJwe([][]byte{pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	jweImg, _, err := imageenc.EncryptWith(plain["jwe"], jweWrapper{jweCfg.EncryptConfig})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := imageenc.Write(ctx, imageenc.Ref(ref("jwe")), jweImg); err != nil {
-		t.Fatal(err)
-	}
+	lab.jwe = jweCfg.EncryptConfig
 	privDER, _ := x509.MarshalPKCS8PrivateKey(jk)
 	jweKey := filepath.Join(pc.node.OcicryptDir, "keys", "jwe.pem")
 	_ = os.WriteFile(jweKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}), 0o600)
-	defer os.Remove(jweKey)
+	t.Cleanup(func() { os.Remove(jweKey) })
+	return lab
+}
 
+func (lab *imageLab) ref(tag string) string { return lab.host + "/podkey-e2e/app:" + tag }
+
+// useDecoder makes containerd run decoder for encrypted layers.
+func (lab *imageLab) useDecoder(decoder string) {
+	if err := lab.pc.node.EnableImageDecryption(decoder, lab.socket); err != nil {
+		lab.pc.t.Fatal(err)
+	}
+}
+
+// push stores a new service image under tag: plain, encrypted by the CLI
+// for the recipients (podkey), or with JWE. Every image has its own layer
+// data: the runtime reuses layers it unpacked before, whatever image names
+// them (see the README on key_model "node"), so no two may share one.
+func (lab *imageLab) push(ctx context.Context, tag, kind string, recipients ...string) string {
+	t := lab.pc.t
+	img, err := serviceImage(lab.pc.node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch kind {
+	case "podkey":
+		r, _ := name.ParseReference(lab.ref("src-" + tag))
+		if err := remote.Write(r, img); err != nil {
+			t.Fatal(err)
+		}
+		args := append(append([]string{"image", "encrypt"}, recipients...), lab.ref("src-"+tag), lab.ref(tag))
+		if out, code := lab.pc.admin("", args...); code != 0 {
+			t.Fatalf("image encrypt: %s", out)
+		}
+	case "jwe":
+		if img, _, err = imageenc.EncryptWith(img, jweWrapper{lab.jwe}); err != nil {
+			t.Fatal(err)
+		}
+		fallthrough
+	default:
+		if err := imageenc.Write(ctx, imageenc.Ref(lab.ref(tag)), img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return lab.ref(tag)
+}
+
+// pullToRunning runs a pod of the image and returns the time from its
+// creation until its container runs.
+func (lab *imageLab) pullToRunning(ctx context.Context, podName, image string) time.Duration {
+	start := time.Now()
+	p := lab.pc.imagePod(ctx, podName, image)
+	lab.pc.waitRunning(ctx, p, 3*time.Minute)
+	d := time.Since(start)
+	lab.pc.deletePod(ctx, p)
+	return d
+}
+
+// encryptedImages: the kubelet pulls images from a registry on 127.0.0.1
+// through containerd's CRI and its ocicrypt stream processors, the layers
+// decrypted by podkey-image-decoder through podkey-csi's keyprovider: an
+// image encrypted by `podkey image encrypt` for 20 image keys (this
+// node's last) runs, and so does one through imgcrypt's ctd-decoder; one
+// encrypted for a key the policy does not give this node fails with
+// podkey's reason in the pod's events; a JWE image still pulls beside
+// them. keyd's audit shows one unwrap per image. It returns the layer
+// keys, for the scan of the node's state and logs.
+func (pc *podkeyCluster) encryptedImages(ctx context.Context) [][]byte {
+	t := pc.t
+	lab := pc.newImageLab()
+	images := map[string]string{}
+	for _, v := range []struct{ tag, kind string }{{"plain", "plain"}, {"jwe", "jwe"}, {"podkey", "podkey"}, {"podkey-ctd", "podkey"}} {
+		images[v.tag] = lab.push(ctx, v.tag, v.kind, lab.recipients...)
+	}
+	images["other"] = lab.push(ctx, "other", "podkey", "-r", lab.other)
+	if out, code := pc.admin("", "image", "inspect", images["podkey"]); code != 0 || strings.Count(out, "provider.podkey") != 5 {
+		t.Fatalf("inspect: %s", out)
+	} else {
+		t.Logf("podkey image inspect:\n%s", out)
+	}
 	times := map[string]time.Duration{}
 	for _, tag := range []string{"plain", "jwe", "podkey"} {
-		start := time.Now()
-		p := pc.imagePod(ctx, "image-"+tag, ref(tag))
-		pc.waitRunning(ctx, p, 3*time.Minute)
-		times[tag] = time.Since(start)
-		pc.deletePod(ctx, p)
+		times[tag] = lab.pullToRunning(ctx, "image-"+tag, images[tag])
 	}
 	t.Logf("pull to running (five layers, 30 MiB): plain %s, JWE %s, podkey %s (%.2f× plain)",
 		times["plain"].Round(time.Millisecond), times["jwe"].Round(time.Millisecond), times["podkey"].Round(time.Millisecond),
@@ -227,19 +256,11 @@ func (pc *podkeyCluster) encryptedImages(ctx context.Context) [][]byte {
 
 	// The same kind of image through imgcrypt's ctd-decoder: the protocol
 	// is ocicrypt's, whichever decoder containerd runs.
-	if err := pc.node.EnableImageDecryption(ctdDecoder(t), socket); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	viaCtd := pc.imagePod(ctx, "image-podkey-ctd", ref("podkey-ctd"))
-	pc.waitRunning(ctx, viaCtd, 3*time.Minute)
-	t.Logf("pull to running through ctd-decoder: %s", time.Since(start).Round(time.Millisecond))
-	pc.deletePod(ctx, viaCtd)
-	if err := pc.node.EnableImageDecryption(filepath.Join(pc.bin, "podkey-image-decoder"), socket); err != nil {
-		t.Fatal(err)
-	}
+	lab.useDecoder(ctdDecoder(t))
+	t.Logf("pull to running through ctd-decoder: %s", lab.pullToRunning(ctx, "image-podkey-ctd", images["podkey-ctd"]).Round(time.Millisecond))
+	lab.useDecoder(filepath.Join(pc.bin, "podkey-image-decoder"))
 
-	refusedPod := pc.imagePod(ctx, "image-other", ref("other"))
+	refusedPod := pc.imagePod(ctx, "image-other", images["other"])
 	pc.waitEvent(ctx, refusedPod, `policy does not allow node "kube-node-1"`, 2*time.Minute)
 	t.Logf("refused pull, as the pod's events show it:\n%s", pc.events(ctx, refusedPod))
 	pc.deletePod(ctx, refusedPod)
@@ -257,20 +278,49 @@ func (pc *podkeyCluster) encryptedImages(ctx context.Context) [][]byte {
 			refusals++
 		}
 	}
-	if unwraps == 0 || refusals == 0 {
-		t.Fatalf("audit: %d unwraps, %d refusals", unwraps, refusals)
+	if unwraps != 2 || refusals == 0 {
+		t.Fatalf("audit: %d unwraps (want one per image of five layers: 2), %d refusals", unwraps, refusals)
 	}
-	t.Logf("keyd's audit: %d unwraps for kube-node-1 (five layers), %d refusals", unwraps, refusals)
+	t.Logf("keyd's audit: %d unwraps for kube-node-1 (two images of five layers), %d refusals", unwraps, refusals)
 
 	// The layer keys, unwrapped once more through the node's socket, must
 	// appear nowhere on the node.
-	enc, err := imageenc.Read(ctx, imageenc.Ref(ref("podkey")))
+	enc, err := imageenc.Read(ctx, imageenc.Ref(images["podkey"]))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var secrets [][]byte
-	for _, k := range layerKeysOf(t, imageNode{sock: socket}, enc) {
+	for _, k := range layerKeysOf(t, imageNode{sock: lab.socket}, enc) {
 		secrets = append(secrets, k, []byte(base64.StdEncoding.EncodeToString(k)))
 	}
 	return secrets
+}
+
+// BenchmarkImagePull measures, on the real node, from a pod's creation
+// until its container runs, for a five-layer service image (30 MiB) pulled
+// through containerd's CRI from a registry on 127.0.0.1: plain, JWE-
+// encrypted, and podkey-encrypted for 20 image keys (the node's last),
+// the encrypted layers decrypted by podkey-image-decoder. A new image per
+// pull (interleaved, medians of PODKEY_IMAGE_PULL_ROUNDS, default 5).
+// Run it in its own go test process (the node is installed once per
+// process).
+func BenchmarkImagePull(b *testing.B) {
+	pc := startPodkeyCluster(b)
+	ctx := context.Background()
+	lab := pc.newImageLab()
+	res := map[string][]float64{}
+	kinds := []string{"plain", "jwe", "podkey"}
+	for round := range b.N * envInt("PODKEY_IMAGE_PULL_ROUNDS", 5) {
+		for i := range kinds {
+			kind := kinds[(i+round)%len(kinds)]
+			tag := fmt.Sprintf("%s-%d", kind, round)
+			img := lab.push(ctx, tag, kind, lab.recipients...)
+			res[kind] = append(res[kind], ms(lab.pullToRunning(ctx, "pull-"+tag, img)))
+		}
+	}
+	for _, k := range kinds {
+		b.ReportMetric(median(res[k]), k+"-ms")
+	}
+	b.ReportMetric(median(res["podkey"])/median(res["plain"]), "podkey/plain")
+	b.ReportMetric(median(res["jwe"])/median(res["plain"]), "jwe/plain")
 }
