@@ -316,3 +316,22 @@ func toYAML(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+func TestImageKeyprovider(t *testing.T) {
+	off := toYAML(t, render(t, "")["DaemonSet/podkey-csi"].Object)
+	if strings.Contains(off, "keyprovider") {
+		t.Error("the keyprovider is on by default")
+	}
+	ds := toYAML(t, render(t, "csi: {imageKeyprovider: {enabled: true, hostDir: /var/run/podkey-images, cacheTTL: 30s}}\n")["DaemonSet/podkey-csi"].Object)
+	for _, want := range []string{"--keyprovider-socket=/var/run/podkey-images/keyprovider.sock", "--image-key-cache-ttl=30s",
+		"mountPath: /var/run/podkey-images", "path: /var/run/podkey-images"} {
+		if !strings.Contains(ds, want) {
+			t.Errorf("DaemonSet lacks %q", want)
+		}
+	}
+	for _, bad := range []string{"csi: {imageKeyprovider: {hostDir: relative}}\n", "csi: {imageKeyprovider: {cacheTTL: soon}}\n", "csi: {imageKeyprovider: {socket: x}}\n"} {
+		if _, _, code := helm(t, bad, "template", "podkey", "charts/podkey", "-f", "-"); code == 0 {
+			t.Errorf("values %q accepted", bad)
+		}
+	}
+}

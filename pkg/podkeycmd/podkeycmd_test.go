@@ -220,3 +220,43 @@ func TestConcurrentPolicyEditsAreNotLost(t *testing.T) {
 		t.Fatalf("remove again: %+v", r)
 	}
 }
+
+func TestImageCommands(t *testing.T) {
+	e := keydtest.Start(t, nil)
+	sock := "--socket=" + e.Opts.Socket
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.pem")
+	if r := podkey(t, "", "image", "keys", "create", "cluster-a", "--suite", "gm", "-o", a, sock); r.code != 0 || !strings.Contains(r.stderr, "image key cluster-a (gm)") {
+		t.Fatalf("create: %+v", r)
+	}
+	if r := podkey(t, "", "image", "keys", "create", "cluster-a", sock); r.code == 0 || !strings.Contains(r.stderr, "already exists") {
+		t.Fatalf("create twice: %+v", r)
+	}
+	if r := podkey(t, "", "image", "keys", "create", "Bad_Id", sock); r.code != command.ExitInvalid {
+		t.Fatalf("bad id: %+v", r)
+	}
+	if r := podkey(t, "", "image", "keys", "export", "cluster-a", sock); r.code != 0 || !strings.Contains(r.stdout, "Podkey-Image-Key: cluster-a") {
+		t.Fatalf("export: %+v", r)
+	}
+	if r := podkey(t, "", "image", "keys", "export", "nobody", sock); r.code != command.ExitNotFound {
+		t.Fatalf("export of an unknown key: %+v", r)
+	}
+	if r := podkey(t, "", "image", "keys", "list", sock); r.code != 0 || !strings.Contains(r.stdout, "cluster-a  gm") {
+		t.Fatalf("list: %+v", r)
+	}
+	// Encrypt needs recipients, reads them before the image, and refuses
+	// what is not one.
+	if r := podkey(t, "", "image", "encrypt", "oci:"+dir+"/in", "oci:"+dir+"/out"); r.code != command.ExitUsage {
+		t.Fatalf("no recipient: %+v", r)
+	}
+	_ = os.WriteFile(filepath.Join(dir, "bad.pem"), []byte("not a key"), 0o600)
+	if r := podkey(t, "", "image", "encrypt", "-r", filepath.Join(dir, "bad.pem"), "oci:"+dir+"/in", "oci:"+dir+"/out"); r.code != command.ExitInvalid {
+		t.Fatalf("bad recipient: %+v", r)
+	}
+	if r := podkey(t, "", "image", "encrypt", "-r", a, "oci:"+dir+"/missing", "oci:"+dir+"/out"); r.code != command.ExitNotFound {
+		t.Fatalf("missing source: %+v", r)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "out")); err == nil {
+		t.Fatal("a failed encryption wrote its destination")
+	}
+}
