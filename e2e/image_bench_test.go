@@ -355,7 +355,7 @@ func BenchmarkImageDecoder(b *testing.B) {
 				b.Fatal(err)
 			}
 			cc, _ := config.EncryptWithJwe(jwePubs)
-			jweImg, _, err := imageenc.EncryptWith(plain, jweWrapper{cc.EncryptConfig})
+			jweImg, _, err := imageenc.EncryptWith(plain, imageenc.JWE(cc.EncryptConfig))
 			if err != nil {
 				b.Fatal(err)
 			}

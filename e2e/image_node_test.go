@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/containers/ocicrypt/config"
-	"github.com/containers/ocicrypt/keywrap/jwe"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -38,15 +37,6 @@ import (
 // ctdDecoder builds (once, cached) containerd's image decoder from
 // imgcrypt v1.1.8 and returns its binary.
 func ctdDecoder(t testing.TB) string { return hackOutput(t, "ctd-decoder.sh") }
-
-// jweWrapper is ocicrypt's JWE scheme, for images that podkey nodes must
-// still pull.
-type jweWrapper struct{ ec *config.EncryptConfig }
-
-func (jweWrapper) AnnotationID() string { return "org.opencontainers.image.enc.keys.jwe" }
-func (w jweWrapper) Wrap(opts []byte) ([]byte, error) {
-	return jwe.NewKeyWrapper().WrapKeys(w.ec, opts)
-}
 
 // serviceImage is the pause image's layer plus four layers of sizes a
 // service image has (2, 4, 8 and 16 MiB of incompressible data): five
@@ -201,7 +191,7 @@ func (lab *imageLab) push(ctx context.Context, tag, kind string, recipients ...s
 			t.Fatalf("image encrypt: %s", out)
 		}
 	case "jwe":
-		if img, _, err = imageenc.EncryptWith(img, jweWrapper{lab.jwe}); err != nil {
+		if img, _, err = imageenc.EncryptWith(img, imageenc.JWE(lab.jwe)); err != nil {
 			t.Fatal(err)
 		}
 		fallthrough

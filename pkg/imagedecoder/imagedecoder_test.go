@@ -19,7 +19,6 @@ import (
 	"github.com/containers/ocicrypt"
 	"github.com/containers/ocicrypt/config"
 	keyproviderconfig "github.com/containers/ocicrypt/config/keyprovider-config"
-	"github.com/containers/ocicrypt/keywrap/jwe"
 	"github.com/containers/ocicrypt/keywrap/keyprovider"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -35,13 +34,6 @@ import (
 	"github.com/podkey/podkey/pkg/imageprovider"
 	"github.com/podkey/podkey/pkg/suite"
 )
-
-type jweWrapper struct{ ec *config.EncryptConfig }
-
-func (jweWrapper) AnnotationID() string { return "org.opencontainers.image.enc.keys.jwe" }
-func (w jweWrapper) Wrap(opts []byte) ([]byte, error) {
-	return jwe.NewKeyWrapper().WrapKeys(w.ec, opts)
-}
 
 // layers returns each layer's payload (as containerd builds it) and its
 // encrypted bytes, with the plain digest it must decrypt to.
@@ -99,7 +91,7 @@ func TestDecodesPodkeyAndJWELayers(t *testing.T) {
 	jk, _ := rsa.GenerateKey(rand.Reader, 2048)
 	der, _ := x509.MarshalPKIXPublicKey(&jk.PublicKey)
 	cc, _ := config.EncryptWithJwe([][]byte{pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})})
-	jweImg, _, err := imageenc.EncryptWith(plain, jweWrapper{cc.EncryptConfig})
+	jweImg, _, err := imageenc.EncryptWith(plain, imageenc.JWE(cc.EncryptConfig))
 	if err != nil {
 		t.Fatal(err)
 	}

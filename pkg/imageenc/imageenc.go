@@ -24,6 +24,8 @@ import (
 	"strings"
 
 	"github.com/containers/ocicrypt/blockcipher"
+	"github.com/containers/ocicrypt/config"
+	"github.com/containers/ocicrypt/keywrap/jwe"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -150,6 +152,19 @@ type podkeyWrapper struct{ *imagecrypt.Sealer }
 
 func (podkeyWrapper) AnnotationID() string               { return imagecrypt.AnnotationID }
 func (w podkeyWrapper) Wrap(opts []byte) ([]byte, error) { return w.Seal(opts) }
+
+// jweWrapper is ocicrypt's JWE scheme.
+type jweWrapper struct{ ec *config.EncryptConfig }
+
+func (jweWrapper) AnnotationID() string { return annotationKeys + "jwe" }
+func (w jweWrapper) Wrap(opts []byte) ([]byte, error) {
+	return jwe.NewKeyWrapper().WrapKeys(w.ec, opts)
+}
+
+// JWE wraps with ocicrypt's JWE scheme for the recipients of ec
+// (config.EncryptWithJwe): images of another scheme, for comparisons and
+// for showing that they still pull beside podkey's.
+func JWE(ec *config.EncryptConfig) Wrapper { return jweWrapper{ec} }
 
 // Encrypt encrypts every layer of img for the recipients with podkey's
 // scheme, all layers under one content key (one recipient section, so a
