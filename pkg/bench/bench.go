@@ -17,6 +17,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -54,6 +55,36 @@ type Result struct {
 	Limit       string  // the raw operation compared against
 	LimitRate   float64 // its rate at the same concurrency
 	HSMOps      int     // HSM operations per credential (the audit log's one a second not counted)
+	// CPU is the process's CPU time (user and system, every thread: keyd,
+	// its callers and the in-process PKCS#11 module) per successful call.
+	CPU time.Duration
+	// LimitCPU is the raw operation's CPU per call at the same callers.
+	LimitCPU time.Duration
+}
+
+// processCPU is this process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measure fills the rate, latencies, errors and CPU per call of a row.
+func (r *Result) measure(ctx context.Context, n int, d time.Duration, op func(ctx context.Context) error) {
+	var ok atomic.Int64
+	cpu0 := processCPU()
+	r.PerSecond, r.P50, r.P99, r.Errors = Measure(ctx, n, d, func(ctx context.Context) error {
+		err := op(ctx)
+		if err == nil {
+			ok.Add(1)
+		}
+		return err
+	})
+	if c := ok.Load(); c > 0 {
+		r.CPU = (processCPU() - cpu0) / time.Duration(c)
+	}
 }
 
 // Measure runs op from n goroutines for d and reports the rate, the
@@ -152,27 +183,33 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	var uid atomic.Int64
 	var results []Result
 	for _, n := range o.Concurrency {
-		rates := map[string]float64{}
+		done := map[string]Result{}
+		against := func(r Result, limit string) Result {
+			r.Limit, r.LimitRate, r.LimitCPU = limit, done[limit].PerSecond, done[limit].CPU
+			return r
+		}
 		for _, r := range raw {
-			rate, p50, p99, errs := Measure(ctx, n, o.Duration, r.op)
-			rates[r.name] = rate
-			results = append(results, Result{Name: "raw " + r.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99, Errors: errs})
+			res := Result{Name: "raw " + r.name, Concurrency: n}
+			res.measure(ctx, n, o.Duration, r.op)
+			done[r.name] = res
+			results = append(results, res)
 		}
 		for _, k := range kinds {
-			rate, p50, p99, errs := Measure(ctx, n, o.Duration, func(ctx context.Context) error {
+			res := Result{Name: "issue " + k.name, Concurrency: n, HSMOps: k.hsmOps}
+			res.measure(ctx, n, o.Duration, func(ctx context.Context) error {
 				p := benchPod
 				p.UID = fmt.Sprintf("bench-%d", uid.Add(1))
 				_, err := client.Issue(ctx, &keydv1.IssueRequest{Pod: keydv1.NewPodIdentity(p), Objects: []*keydv1.ObjectRequest{k.object}})
 				return err
 			})
-			results = append(results, Result{Name: "issue " + k.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99,
-				Errors: errs, Limit: k.limit, LimitRate: rates[k.limit], HSMOps: k.hsmOps})
+			results = append(results, against(res, k.limit))
 		}
 		for _, v := range verifies {
-			rate, p50, p99, errs := Measure(ctx, n, o.Duration, v.op)
-			rates[v.name] = rate
-			results = append(results, Result{Name: v.name, Concurrency: n, PerSecond: rate, P50: p50, P99: p99,
-				Errors: errs, Limit: v.limit, LimitRate: rates[v.limit], HSMOps: 1})
+			res := Result{Name: v.name, Concurrency: n, HSMOps: 1}
+			res.measure(ctx, n, o.Duration, v.op)
+			res = against(res, v.limit)
+			done[v.name] = res
+			results = append(results, res)
 		}
 	}
 	return results, Print(w, results)
@@ -349,19 +386,20 @@ func kindCases() ([]kindCase, error) {
 // Print renders results as a Markdown table.
 func Print(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "| operation\t callers\t per second\t p50\t p99\t errors\t compared with (same callers)\t its rate\t ratio\t HSM ops per credential (+1 a second for the audit log)\t")
-	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t")
+	fmt.Fprintln(tw, "| operation\t callers\t per second\t p50\t p99\t errors\t CPU per call\t compared with (same callers)\t its rate\t ratio\t its CPU\t CPU beyond it\t HSM ops per credential (+1 a second for the audit log)\t")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t---\t")
+	us := func(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
 	for _, r := range results {
-		ratio, limit, limitRate, ops := "", "", "", ""
+		ratio, limit, limitRate, limitCPU, beyond, ops := "", "", "", "", "", ""
 		if r.Limit != "" {
-			limit, limitRate = r.Limit, fmt.Sprintf("%.0f", r.LimitRate)
+			limit, limitRate, limitCPU, beyond = r.Limit, fmt.Sprintf("%.0f", r.LimitRate), us(r.LimitCPU), us(r.CPU-r.LimitCPU)
 			if r.LimitRate > 0 {
 				ratio = fmt.Sprintf("%.2f", r.PerSecond/r.LimitRate)
 			}
 			ops = fmt.Sprint(r.HSMOps)
 		}
-		fmt.Fprintf(tw, "| %s\t %d\t %.0f\t %s\t %s\t %d\t %s\t %s\t %s\t %s\t\n", r.Name, r.Concurrency, r.PerSecond,
-			r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Errors, limit, limitRate, ratio, ops)
+		fmt.Fprintf(tw, "| %s\t %d\t %.0f\t %s\t %s\t %d\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", r.Name, r.Concurrency, r.PerSecond,
+			r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Errors, us(r.CPU), limit, limitRate, ratio, limitCPU, beyond, ops)
 	}
 	return tw.Flush()
 }

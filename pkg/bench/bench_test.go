@@ -25,11 +25,15 @@ func TestRunProducesEveryRow(t *testing.T) {
 		t.Fatalf("%d rows", len(res))
 	}
 	for _, r := range res {
-		if r.Errors != 0 || r.PerSecond <= 0 {
-			t.Errorf("%s: %d errors, %.0f/s", r.Name, r.Errors, r.PerSecond)
+		if r.Errors != 0 || r.PerSecond <= 0 || r.CPU <= 0 {
+			t.Errorf("%s: %d errors, %.0f/s, %s CPU per call", r.Name, r.Errors, r.PerSecond, r.CPU)
+		}
+		if r.Limit != "" && r.LimitCPU <= 0 {
+			t.Errorf("%s: no CPU for %s", r.Name, r.Limit)
 		}
 	}
-	if !strings.Contains(out.String(), "issue certificate gm") || !strings.Contains(out.String(), "verify signed request (durable nonce)") {
+	if !strings.Contains(out.String(), "issue certificate gm") || !strings.Contains(out.String(), "verify signed request (durable nonce)") ||
+		!strings.Contains(out.String(), "CPU beyond it") {
 		t.Fatalf("table:\n%s", out.String())
 	}
 }

@@ -46,6 +46,10 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 			var sb strings.Builder
 			fmt.Fprintf(&sb, "# podkey bench\n\nmachine: %s/%s, %d CPUs, %s, GOGC %d as keyd sets it; token %q (%s); %s per measurement\n\n",
 				runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), gogc, cfg.TokenLabel, cfg.ModulePath, duration)
+			sb.WriteString("keyd, its callers and the PKCS#11 module share this process: \"CPU per call\" is the process's user and\n" +
+				"system time per successful call, \"its CPU\" the same for the raw operation a row is compared with, and\n" +
+				"\"CPU beyond it\" the difference: keyd's own cost per credential (gRPC, policy, audit, store), read\n" +
+				"apart from an HSM that shares the machine's cores.\n\n")
 			if profile != "" {
 				stop, err := command.StartCPUProfile(profile)
 				if err != nil {
