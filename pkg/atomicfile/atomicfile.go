@@ -3,6 +3,7 @@
 package atomicfile
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -16,13 +17,24 @@ func Write(path string, data []byte) error { return write(path, data, true) }
 // process crash keeps them; a power loss may not).
 func WriteVolatile(path string, data []byte) error { return write(path, data, false) }
 
+// WriteFrom replaces path, durably as Write does, with what fill writes
+// (large files: store backups); an error from fill leaves path as it was.
+func WriteFrom(path string, fill func(w io.Writer) error) error { return writeFrom(path, fill, true) }
+
 func write(path string, data []byte, durable bool) error {
+	return writeFrom(path, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}, durable)
+}
+
+func writeFrom(path string, fill func(w io.Writer) error, durable bool) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
+	if err := fill(tmp); err != nil {
 		tmp.Close()
 		return err
 	}

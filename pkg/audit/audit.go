@@ -43,6 +43,7 @@ const (
 	ActionRenew           = "renew"
 	ActionImageUnwrap     = "image.unwrap"
 	ActionImageKeyCreate  = "image.key.create"
+	ActionStoreBackup     = "store.backup"
 )
 
 // Results.

@@ -3,6 +3,8 @@ package keyd
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -152,4 +154,57 @@ func (a *adminService) Status(ctx context.Context, _ *keydv1.StatusRequest) (*ke
 		}
 	}
 	return out, nil
+}
+
+// backuper is a store that can copy itself while keyd serves (bbolt).
+type backuper interface {
+	Backup(w io.Writer) (size int64, lastAudit uint64, err error)
+}
+
+func (a *adminService) BackupStore(_ *keydv1.BackupStoreRequest, stream grpc.ServerStreamingServer[keydv1.BackupChunk]) error {
+	b, ok := a.s.st.(backuper)
+	if !ok {
+		return status.Error(codes.FailedPrecondition, "this keyd's store is PostgreSQL: back it up with the database's own tools (pg_dump, base backups), together with the HSM's keys")
+	}
+	ctx := stream.Context()
+	pr, pw := io.Pipe()
+	type result struct {
+		size, last uint64
+		err        error
+	}
+	done := make(chan result, 1)
+	go func() {
+		size, last, err := b.Backup(pw)
+		pw.CloseWithError(err)
+		done <- result{uint64(size), last, err}
+	}()
+	// The last audit record's number is known only once the copy's
+	// transaction is open; it travels in the final, empty chunk.
+	buf := make([]byte, 1<<20)
+	for {
+		n, err := io.ReadFull(pr, buf)
+		if n > 0 {
+			if serr := stream.Send(&keydv1.BackupChunk{Data: buf[:n]}); serr != nil {
+				pr.CloseWithError(serr)
+				<-done
+				return serr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			<-done
+			return toStatus(err)
+		}
+	}
+	r := <-done
+	if r.err != nil {
+		return toStatus(r.err)
+	}
+	if err := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionStoreBackup, Result: audit.ResultOK,
+		Reason: fmt.Sprintf("%d bytes, audit records up to %d", r.size, r.last)}); err != nil {
+		return status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+	}
+	return stream.Send(&keydv1.BackupChunk{LastAuditSeq: r.last})
 }

@@ -549,6 +549,12 @@ func TestTwoKeydsOnOnePostgres(t *testing.T) {
 	b.Run()
 	t.Cleanup(b.Stop)
 	ctx := context.Background()
+	// Replicas' state is the database's: keyd does not copy it.
+	if stream, err := a.Admin.BackupStore(ctx, &keydv1.BackupStoreRequest{}); err == nil {
+		if _, err := stream.Recv(); code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "pg_dump") {
+			t.Fatalf("backup of a PostgreSQL keyd: %v", err)
+		}
+	}
 	issue := func(e *keydtest.Env, uid string) *keydv1.APIKey {
 		p := &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "p-" + uid, PodUid: uid, NodeName: "node-1"}
 		r, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: p, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}})

@@ -13,8 +13,8 @@ import (
 	"github.com/podkey/podkey/pkg/store"
 )
 
-func newStoreCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "store", Short: "Move keyd's state between stores"}
+func newStoreCommand(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "store", Short: "Back up, restore and move keyd's state"}
 	var (
 		from, pgFile string
 		hf           hsmflags.Flags
@@ -50,7 +50,7 @@ never from a flag's value.`,
 	migrate.Flags().StringVar(&from, "from", "", "the bbolt store file of a stopped keyd")
 	migrate.Flags().StringVar(&pgFile, "postgres-file", "", "file holding the destination's PostgreSQL connection string (or $"+store.PostgresURLEnv+")")
 	hf.Register(migrate.Flags())
-	cmd.AddCommand(migrate)
+	cmd.AddCommand(migrate, newStoreBackupCommand(cf), newStoreRestoreCommand())
 	return cmd
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -419,4 +420,18 @@ func (b *Bolt) ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) e
 		}
 		return nil
 	})
+}
+
+// Backup writes a consistent copy of the whole store to w from one read
+// transaction, while writers go on, and returns its size and the sequence
+// number of its last audit record (0 when the log is empty).
+func (b *Bolt) Backup(w io.Writer) (size int64, lastAudit uint64, err error) {
+	err = b.db.View(func(tx *bolt.Tx) error {
+		if k, _ := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
+			lastAudit = binary.BigEndian.Uint64(k)
+		}
+		size, err = tx.WriteTo(w)
+		return err
+	})
+	return size, lastAudit, err
 }

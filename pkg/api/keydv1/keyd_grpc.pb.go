@@ -482,6 +482,7 @@ const (
 	Admin_ForceRenewal_FullMethodName     = "/podkey.keyd.v1.Admin/ForceRenewal"
 	Admin_Status_FullMethodName           = "/podkey.keyd.v1.Admin/Status"
 	Admin_CreateImageKey_FullMethodName   = "/podkey.keyd.v1.Admin/CreateImageKey"
+	Admin_BackupStore_FullMethodName      = "/podkey.keyd.v1.Admin/BackupStore"
 )
 
 // AdminClient is the client API for Admin service.
@@ -510,6 +511,11 @@ type AdminClient interface {
 	// CreateImageKey makes a new image key (an encrypted image's recipient)
 	// on the HSM; an existing id is refused.
 	CreateImageKey(ctx context.Context, in *CreateImageKeyRequest, opts ...grpc.CallOption) (*ImageKey, error)
+	// BackupStore streams a consistent copy of keyd's bbolt store, taken in
+	// one read transaction while keyd serves (PostgreSQL: FailedPrecondition,
+	// back up with the database's own tools). The copy holds what the store
+	// holds: wrapped secrets, never a key in clear.
+	BackupStore(ctx context.Context, in *BackupStoreRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 }
 
 type adminClient struct {
@@ -659,6 +665,25 @@ func (c *adminClient) CreateImageKey(ctx context.Context, in *CreateImageKeyRequ
 	return out, nil
 }
 
+func (c *adminClient) BackupStore(ctx context.Context, in *BackupStoreRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Admin_ServiceDesc.Streams[1], Admin_BackupStore_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupStoreRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_BackupStoreClient = grpc.ServerStreamingClient[BackupChunk]
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -685,6 +710,11 @@ type AdminServer interface {
 	// CreateImageKey makes a new image key (an encrypted image's recipient)
 	// on the HSM; an existing id is refused.
 	CreateImageKey(context.Context, *CreateImageKeyRequest) (*ImageKey, error)
+	// BackupStore streams a consistent copy of keyd's bbolt store, taken in
+	// one read transaction while keyd serves (PostgreSQL: FailedPrecondition,
+	// back up with the database's own tools). The copy holds what the store
+	// holds: wrapped secrets, never a key in clear.
+	BackupStore(*BackupStoreRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -733,6 +763,9 @@ func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*Status
 }
 func (UnimplementedAdminServer) CreateImageKey(context.Context, *CreateImageKeyRequest) (*ImageKey, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateImageKey not implemented")
+}
+func (UnimplementedAdminServer) BackupStore(*BackupStoreRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Error(codes.Unimplemented, "method BackupStore not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -982,6 +1015,17 @@ func _Admin_CreateImageKey_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_BackupStore_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupStoreRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServer).BackupStore(m, &grpc.GenericServerStream[BackupStoreRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_BackupStoreServer = grpc.ServerStreamingServer[BackupChunk]
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1042,6 +1086,11 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ExportAudit",
 			Handler:       _Admin_ExportAudit_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "BackupStore",
+			Handler:       _Admin_BackupStore_Handler,
 			ServerStreams: true,
 		},
 	},
