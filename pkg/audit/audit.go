@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/podkey/podkey/pkg/store"
@@ -133,6 +134,8 @@ type Log struct {
 	keyBorn     time.Time
 	keyLifetime time.Duration
 
+	failures atomic.Uint64 // appends the store did not take (see Failures)
+
 	reqs   chan *pending
 	done   chan struct{} // closed by Close
 	exited chan struct{} // closed when the writer has stopped
@@ -164,6 +167,10 @@ func open(st store.Store, mac MACFunc, keyLifetime time.Duration) *Log {
 	go l.run()
 	return l
 }
+
+// Failures counts appends the store refused or failed (a request given up
+// by its caller, or made after Close, is not counted).
+func (l *Log) Failures() uint64 { return l.failures.Load() }
 
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("audit log closed")
@@ -202,6 +209,9 @@ func (l *Log) append(ctx context.Context, p *pending) error {
 	}
 	select {
 	case err := <-p.err:
+		if err != nil {
+			l.failures.Add(1)
+		}
 		return err
 	case <-l.exited:
 		// Closed while queued: the writer answered it or never saw it.

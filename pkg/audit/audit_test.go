@@ -144,3 +144,23 @@ func TestAppendRacingCloseNeverHangs(t *testing.T) {
 		st.Close()
 	}
 }
+
+func TestFailuresAreCounted(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	l := audit.Open(st, softMAC)
+	defer l.Close()
+	if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+		t.Fatal(err)
+	}
+	if l.Failures() != 0 {
+		t.Fatalf("%d failures after a good append", l.Failures())
+	}
+	st.Close() // the store goes away under the log
+	if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err == nil {
+		t.Fatal("an append to a closed store succeeded")
+	}
+	if l.Failures() != 1 {
+		t.Fatalf("%d failures, want 1", l.Failures())
+	}
+}

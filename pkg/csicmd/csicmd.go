@@ -108,7 +108,9 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	conn, nodeRun, closeConn, err := f.dialKeyd(ctx, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	conn, nodeRun, closeConn, err := f.dialKeyd(ctx, log, reg)
 	if err != nil {
 		return err
 	}
@@ -116,8 +118,6 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	if f.o.Classes, err = f.classes(ctx); err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	keyd := keydv1.NewKeydClient(conn)
 	f.o.Issuer, f.o.Revoker, f.o.Renewals = keyd, keyd, keyd
 	f.o.Logger, f.o.Registerer, f.o.Version = log, reg, version.Version
@@ -206,13 +206,14 @@ func (f *csiFlags) check() error {
 // dialKeyd connects to keyd: over TCP with mTLS and a node certificate
 // obtained with the node token (nodeRun renews it), or over the local
 // socket.
-func (f *csiFlags) dialKeyd(ctx context.Context, log *slog.Logger) (conn grpc.ClientConnInterface, nodeRun func(context.Context), closeConn func(), err error) {
+func (f *csiFlags) dialKeyd(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) (conn grpc.ClientConnInterface, nodeRun func(context.Context), closeConn func(), err error) {
 	if f.keyd.Address != "" {
 		nc, err := keydclient.DialNode(ctx, keydclient.NodeOptions{Address: f.keyd.Address, CAFile: f.keyd.CAFile,
 			ServerName: f.keyd.ServerName, TokenFile: f.nodeToken, Logger: log})
 		if err != nil {
 			return nil, nil, nil, command.Exit(command.ExitUnavailable, err)
 		}
+		reg.MustRegister(keydclient.NodeCertificateExpiry(nc.Expiry))
 		return nc, nc.Run, func() { nc.Close() }, nil
 	}
 	c, err := keydclient.Dial(f.keyd)

@@ -111,6 +111,13 @@ func (d *Driver) Volumes() int {
 	return len(d.volumes)
 }
 
+// ReservedBytes is what the live volumes may hold at their fullest.
+func (d *Driver) ReservedBytes() int64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.reserved
+}
+
 // QueuedRevocations is the number of undelivered revocations.
 func (d *Driver) QueuedRevocations() int { return d.queue.Len() }
 

@@ -35,7 +35,13 @@ func newMetrics(reg prometheus.Registerer, d *Driver) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_csi_volumes", Help: "Live podkey volumes on this node."},
 			func() float64 { return float64(d.Volumes()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_csi_revocation_queue_depth", Help: "Revocations waiting for keyd."},
-			func() float64 { return float64(d.QueuedRevocations()) }))
+			func() float64 { return float64(d.QueuedRevocations()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_csi_tmpfs_reserved_bytes",
+			Help: "tmpfs bytes this node's podkey volumes may hold at their fullest, counted against --max-volume-bytes."},
+			func() float64 { return float64(d.ReservedBytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_csi_tmpfs_reserved_limit_bytes",
+			Help: "The node's bound on reserved tmpfs bytes (--max-volume-bytes); publishes beyond it are refused."},
+			func() float64 { return float64(d.opts.MaxVolumeBytes) }))
 	return m
 }
 

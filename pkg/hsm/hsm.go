@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
 )
@@ -123,6 +124,8 @@ type Token struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	errors, relogins atomic.Uint64 // see Stats
 }
 
 // Open loads the module (once per process), finds the token by label and

@@ -277,6 +277,9 @@ func TestReloginAfterLogout(t *testing.T) {
 	if _, err := tok.HMACSHA256(ctx, "mac2", []byte("x")); err != nil {
 		t.Fatalf("after logout (uncached): %v", err)
 	}
+	if s := tok.Stats(); s.Relogins != 3 || s.Errors != 0 {
+		t.Fatalf("stats after three recovered logouts: %+v", s)
+	}
 }
 
 func TestECDHMatchesSoftware(t *testing.T) {
@@ -308,8 +311,12 @@ func TestECDHMatchesSoftware(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("token's shared secret differs from software's")
 	}
+	before := tok.Stats().Errors
 	if _, err := tok.ECDH(ctx, "test/ecdh", []byte{4, 1, 2, 3}); err == nil {
 		t.Fatal("a point off the curve was accepted")
+	}
+	if tok.Stats().Errors != before+1 {
+		t.Fatalf("a failed operation was not counted: %+v", tok.Stats())
 	}
 	// A signing key pair may not be used for key agreement.
 	if err := tok.GenerateECKeyPair(ctx, "test/sign"); err != nil {

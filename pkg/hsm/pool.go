@@ -76,10 +76,30 @@ func classify(err error) failure {
 	return fatal
 }
 
+// Stats are a token's failure counts since Open, for metrics.
+type Stats struct {
+	// Errors are operations that failed after recovery was tried (a
+	// refused input, such as a wrapped value that fails authentication,
+	// counts too; a cancelled wait for a session does not).
+	Errors uint64
+	// Relogins are logins after the first: the token had lost the login
+	// or the device.
+	Relogins uint64
+}
+
+// Stats returns the token's failure counts.
+func (t *Token) Stats() Stats {
+	return Stats{Errors: t.errors.Load(), Relogins: t.relogins.Load()}
+}
+
 // do runs fn on a pooled session, recovering once from a broken session, a
 // lost login or stale object handles. fn must be safe to run twice.
-func (t *Token) do(ctx context.Context, fn func(sh pkcs11.SessionHandle) error) error {
-	var err error
+func (t *Token) do(ctx context.Context, fn func(sh pkcs11.SessionHandle) error) (err error) {
+	defer func() {
+		if err != nil && ctx.Err() == nil {
+			t.errors.Add(1)
+		}
+	}()
 	for attempt := 0; attempt < 3; attempt++ {
 		var sh pkcs11.SessionHandle
 		sh, err = t.acquire(ctx)
@@ -96,12 +116,14 @@ func (t *Token) do(ctx context.Context, fn func(sh pkcs11.SessionHandle) error) 
 			t.discard(sh)
 			t.flushHandles()
 			if isCode(err, pkcs11.CKR_DEVICE_REMOVED) || isCode(err, pkcs11.CKR_TOKEN_NOT_PRESENT) {
+				t.relogins.Add(1)
 				if lerr := t.login(); lerr != nil {
 					return fmt.Errorf("%w (re-login failed: %v)", err, lerr)
 				}
 			}
 		case loggedOut:
 			t.release(sh)
+			t.relogins.Add(1)
 			if lerr := t.login(); lerr != nil {
 				return fmt.Errorf("%w (re-login failed: %v)", err, lerr)
 			}

@@ -6,6 +6,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
+
+	"github.com/podkey/podkey/pkg/audit"
+	"github.com/podkey/podkey/pkg/hsm"
 )
 
 // metrics are keyd's Prometheus metrics. Labels carry method names and
@@ -43,4 +46,20 @@ func (m *metrics) observe(method string, code codes.Code, start time.Time) {
 	name := path.Base(method) // "/podkey.keyd.v1.Keyd/Issue" -> "Issue": a fixed, server-defined set
 	m.calls.WithLabelValues(name, code.String()).Inc()
 	m.duration.WithLabelValues(name).Observe(time.Since(start).Seconds())
+}
+
+// registerStateMetrics adds the counters of the HSM token and the audit
+// log, once keyd has opened them: failures there come before pods fail.
+func registerStateMetrics(reg prometheus.Registerer, tok *hsm.Token, log *audit.Log) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "podkey_keyd_hsm_errors_total",
+			Help: "HSM operations that failed after keyd's recovery (new session, re-login, fresh handles) was tried."},
+			func() float64 { return float64(tok.Stats().Errors) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "podkey_keyd_hsm_relogins_total",
+			Help: "Logins to the HSM after the first: the token lost keyd's login or the device."},
+			func() float64 { return float64(tok.Stats().Relogins) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "podkey_keyd_audit_append_failures_total",
+			Help: "Audit records the store did not take; the calls they belonged to failed with Unavailable."},
+			func() float64 { return float64(log.Failures()) }),
+	)
 }

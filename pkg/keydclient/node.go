@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"google.golang.org/grpc"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -192,4 +194,13 @@ func (n *NodeConn) Close() error {
 		return c.Close()
 	}
 	return nil
+}
+
+// NodeCertificateExpiry is the metric of when the node's client
+// certificate expires (NodeConn.Expiry); it renews well before, so an
+// expiry drawing near means renewal is failing.
+func NodeCertificateExpiry(expiry func() time.Time) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_csi_node_certificate_expiry_timestamp_seconds",
+		Help: "When the node agent's keyd client certificate expires (Unix seconds); renewed after two thirds of its life."},
+		func() float64 { return float64(expiry().Unix()) })
 }
