@@ -95,11 +95,6 @@ func (is *Issuer) derivedKey(ctx context.Context, id pod.Identity, spec object.S
 	return nil
 }
 
-// SecretAAD binds a wrapped secret to its namespace and name.
-func SecretAAD(namespace, name string) []byte {
-	return []byte("podkey-secret-v1\x00" + namespace + "\x00" + name)
-}
-
 func (is *Issuer) secret(ctx context.Context, id pod.Identity, spec object.Spec, c *Issued) error {
 	rec, err := is.st.Secret(ctx, id.Namespace, spec.Name)
 	if errors.Is(err, store.ErrNotFound) {
@@ -108,7 +103,7 @@ func (is *Issuer) secret(ctx context.Context, id pod.Identity, spec object.Spec,
 	if err != nil {
 		return err
 	}
-	v, err := is.kr.Unwrap(ctx, rec.Wrapped, SecretAAD(id.Namespace, spec.Name))
+	v, err := is.kr.Unwrap(ctx, rec.Wrapped, keyring.SecretAAD(id.Namespace, spec.Name))
 	if err != nil {
 		return err
 	}

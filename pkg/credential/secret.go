@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/podkey/podkey/pkg/keyring"
 	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/store"
 )
@@ -30,7 +31,7 @@ func (is *Issuer) Enroll(ctx context.Context, namespace, name string, value []by
 	if old, err := is.st.Secret(ctx, namespace, name); err == nil {
 		version = old.Version + 1
 	}
-	wrapped, err := is.kr.Wrap(ctx, value, SecretAAD(namespace, name))
+	wrapped, err := is.kr.Wrap(ctx, value, keyring.SecretAAD(namespace, name))
 	if err != nil {
 		return store.Secret{}, err
 	}

@@ -699,3 +699,50 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		t.Fatalf("the audit chain after the restart: %v %v", v, err)
 	}
 }
+
+func TestKEKRotationThroughTheAdminAPI(t *testing.T) {
+	ctx := context.Background()
+	e := keydtest.Start(t, nil)
+	value := []byte("legacy-password-before-rotation")
+	if _, err := e.Admin.PutSecret(ctx, &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: bytes.Clone(value)}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := e.Admin.RotateKey(ctx, &keydv1.RotateKeyRequest{Purpose: "kek"})
+	if err != nil || r.Generation != 2 {
+		t.Fatalf("rotate kek: %v %v", r, err)
+	}
+	objs := []*keydv1.ObjectRequest{{Name: "legacy-db", Kind: "secret"}, {Name: "mtls", Kind: "certificate", Algorithm: "sm2", Csr: csrPEM(t, suite.GM)}}
+	resp, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: objs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(resp.Credentials[0].GetSecret().Value, value) {
+		t.Fatal("the secret changed across the rotation")
+	}
+	// After a restart (keys loaded from their new copies) too.
+	e.Stop()
+	e.Run()
+	if resp, err = e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: objs}); err != nil || !bytes.Equal(resp.Credentials[0].GetSecret().Value, value) {
+		t.Fatalf("after restart: %v", err)
+	}
+	if v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{}); err != nil || !v.Intact {
+		t.Fatalf("audit: %v %v", v, err)
+	}
+	stream, err := e.Admin.ExportAudit(ctx, &keydv1.ExportAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rotation string
+	for {
+		rec, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		if strings.Contains(string(rec.Json), `"kek/g2"`) {
+			rotation = string(rec.Json)
+		}
+	}
+	if !strings.Contains(rotation, `"action":"key.rotate"`) || !strings.Contains(rotation, "1 secrets") {
+		t.Fatalf("the rotation's audit record: %q", rotation)
+	}
+}

@@ -21,7 +21,7 @@ import (
 func nativeSM3(tok *hsm.Token) bool { return tok.Mechanisms().SM3HMAC != 0 }
 
 // createGeneration makes one generation of a root key on the token.
-func createGeneration(ctx context.Context, tok *hsm.Token, p Purpose, s suite.Name, gen int) error {
+func createGeneration(ctx context.Context, tok *hsm.Token, kek int, p Purpose, s suite.Name, gen int) error {
 	label := Label(p, s, gen)
 	switch {
 	case (p == MAC || p == Derive) && (s == suite.Intl || nativeSM3(tok)):
@@ -32,7 +32,7 @@ func createGeneration(ctx context.Context, tok *hsm.Token, p Purpose, s suite.Na
 			return err
 		}
 		defer secmem.Zero(k)
-		return putWrapped(ctx, tok, label, k)
+		return putWrapped(ctx, tok, kek, label, k)
 	case s == suite.Intl: // ca, jwt
 		if err := tok.GenerateECKeyPair(ctx, label); err != nil {
 			return err
@@ -56,7 +56,7 @@ func createGeneration(ctx context.Context, tok *hsm.Token, p Purpose, s suite.Na
 			return err
 		}
 		defer secmem.Zero(der)
-		if err := putWrapped(ctx, tok, label, der); err != nil {
+		if err := putWrapped(ctx, tok, kek, label, der); err != nil {
 			return err
 		}
 		if p == CA {
@@ -64,14 +64,6 @@ func createGeneration(ctx context.Context, tok *hsm.Token, p Purpose, s suite.Na
 		}
 		return nil
 	}
-}
-
-func putWrapped(ctx context.Context, tok *hsm.Token, label string, plaintext []byte) error {
-	blob, err := tok.EncryptGCM(ctx, KEKLabel, plaintext, []byte(label))
-	if err != nil {
-		return err
-	}
-	return tok.PutData(ctx, label, blob, true)
 }
 
 // putRoot self-signs the CA certificate of a new generation and stores it
@@ -142,15 +134,7 @@ func (kr *Keyring) load(ctx context.Context, p Purpose, s suite.Name, gen int) e
 }
 
 func (kr *Keyring) unwrap(ctx context.Context, label string) ([]byte, error) {
-	blob, err := kr.tok.GetData(ctx, label)
-	if err != nil {
-		return nil, err
-	}
-	pt, err := kr.tok.DecryptGCM(ctx, KEKLabel, blob, []byte(label))
-	if err != nil {
-		return nil, fmt.Errorf("keyring: unwrap %s: %w", label, err)
-	}
-	return pt, nil
+	return readWrapped(ctx, kr.tok, label)
 }
 
 func (k *key) destroy() {

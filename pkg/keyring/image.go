@@ -77,7 +77,7 @@ func (kr *Keyring) CreateImageKey(ctx context.Context, kid string, s suite.Name)
 			return rec, err
 		}
 		defer secmem.Zero(der)
-		if err := putWrapped(ctx, kr.tok, label, der); err != nil {
+		if err := putWrapped(ctx, kr.tok, kr.currentKEK(), label, der); err != nil {
 			return rec, err
 		}
 		pub := k.PublicKey

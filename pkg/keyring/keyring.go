@@ -101,6 +101,7 @@ type Keyring struct {
 	tok *hsm.Token
 
 	mu     sync.RWMutex
+	kek    int // KEK generation new values are wrapped under
 	keys   map[slot]map[int]*key
 	images map[string]*imageKey
 	// imageMisses are image key ids found missing on the token, and when.
@@ -121,7 +122,14 @@ func Init(ctx context.Context, tok *hsm.Token) ([]string, error) {
 		}
 		return err
 	}
-	if err := add(KEKLabel, tok.GenerateAESKey(ctx, KEKLabel)); err != nil {
+	keks, err := kekGenerations(ctx, tok)
+	if err != nil {
+		return created, err
+	}
+	kek := 1
+	if len(keks) > 0 { // possibly rotated: generation 1 is gone then
+		kek = keks[len(keks)-1]
+	} else if err := add(KEKLabel, tok.GenerateAESKey(ctx, KEKLabel)); err != nil {
 		return created, err
 	}
 	if err := add(AuditLabel, tok.GenerateHMACKey(ctx, AuditLabel)); err != nil {
@@ -136,7 +144,7 @@ func Init(ctx context.Context, tok *hsm.Token) ([]string, error) {
 			if len(existing[slot{p, s}]) > 0 {
 				continue
 			}
-			if err := createGeneration(ctx, tok, p, s, 1); err != nil {
+			if err := createGeneration(ctx, tok, kek, p, s, 1); err != nil {
 				return created, err
 			}
 			created = append(created, Label(p, s, 1))
@@ -153,7 +161,7 @@ func generations(ctx context.Context, tok *hsm.Token) (map[slot][]int, error) {
 	}
 	seen := map[slot]map[int]bool{}
 	for _, o := range objs {
-		p, s, gen, ok := parseLabel(o.Label)
+		p, s, gen, ok := parseLabel(baseLabel(o.Label))
 		if !ok || o.Class == hsm.PublicKey {
 			continue
 		}
@@ -175,16 +183,18 @@ func generations(ctx context.Context, tok *hsm.Token) (map[slot][]int, error) {
 // Open loads every generation of every root key. The token must have been
 // initialised with Init.
 func Open(ctx context.Context, tok *hsm.Token) (*Keyring, error) {
-	for _, l := range []string{KEKLabel, AuditLabel} {
-		ok, err := tok.Exists(ctx, hsm.SecretKey, l)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			return nil, fmt.Errorf("keyring: root key %q missing on token %q: run 'podkey hsm init'", l, tok.Label())
-		}
+	ok, err := tok.Exists(ctx, hsm.SecretKey, AuditLabel)
+	if err != nil {
+		return nil, err
 	}
-	kr := &Keyring{tok: tok, keys: map[slot]map[int]*key{}, images: map[string]*imageKey{}, imageMisses: map[string]time.Time{}}
+	keks, kerr := kekGenerations(ctx, tok)
+	if kerr != nil {
+		return nil, kerr
+	}
+	if !ok || len(keks) == 0 {
+		return nil, fmt.Errorf("keyring: root keys (audit key, key-encryption key) missing on token %q: run 'podkey hsm init'", tok.Label())
+	}
+	kr := &Keyring{tok: tok, kek: keks[len(keks)-1], keys: map[slot]map[int]*key{}, images: map[string]*imageKey{}, imageMisses: map[string]time.Time{}}
 	gens, err := generations(ctx, tok)
 	if err != nil {
 		return nil, err
@@ -244,7 +254,7 @@ func (kr *Keyring) get(p Purpose, s suite.Name, gen int) (*key, error) {
 // they expire.
 func (kr *Keyring) Rotate(ctx context.Context, p Purpose, s suite.Name) (int, error) {
 	gen := kr.Current(p, s) + 1
-	if err := createGeneration(ctx, kr.tok, p, s, gen); err != nil {
+	if err := createGeneration(ctx, kr.tok, kr.currentKEK(), p, s, gen); err != nil {
 		return 0, err
 	}
 	if err := kr.load(ctx, p, s, gen); err != nil {

@@ -71,14 +71,16 @@ func (kr *Keyring) TokenSigner(s suite.Name, gen int) (crypto.Signer, error) {
 	return k.signer, nil
 }
 
-// Wrap encrypts a value under the HSM key-encryption key, bound to aad.
+// Wrap encrypts a value under the HSM key-encryption key's current
+// generation, bound to aad.
 func (kr *Keyring) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
-	return kr.tok.EncryptGCM(ctx, KEKLabel, plaintext, aad)
+	return kr.wrap(ctx, plaintext, aad)
 }
 
-// Unwrap reverses Wrap; a blob moved to another aad fails.
+// Unwrap reverses Wrap, under whichever generation wrapped the value; a
+// blob moved to another aad fails.
 func (kr *Keyring) Unwrap(ctx context.Context, blob, aad []byte) ([]byte, error) {
-	pt, err := kr.tok.DecryptGCM(ctx, KEKLabel, blob, aad)
+	pt, err := unwrapAny(ctx, kr.tok, blob, aad)
 	if err != nil {
 		return nil, fmt.Errorf("keyring: unwrap: %w", err)
 	}

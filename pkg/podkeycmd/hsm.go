@@ -124,7 +124,16 @@ func newHSMStatusCommand(hf *hsmflags.Flags) *cobra.Command {
 func newHSMRotateCommand(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rotate PURPOSE",
-		Short: "Add a generation of a root key through keyd (mac, derive, ca, jwt); old generations keep verifying",
+		Short: "Add a generation of a root key through keyd (mac, derive, ca, jwt; old generations keep verifying) or move everything to a new key-encryption key (kek)",
+		Long: `rotate mac|derive|ca|jwt --suite S adds a generation of that root key; what
+the older generations issued keeps verifying until it expires.
+
+rotate kek creates a new key-encryption key generation, re-wraps under it
+everything wrapped under the old one (SM root keys and SM image keys on the
+token, enrolled secrets in keyd's store), checks that all of it opens under
+the new generation, and only then destroys the old copies and the old
+generation. It is safe to interrupt: running it again finishes the
+rotation. --suite does not apply.`,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, _ := cmd.Flags().GetString("suite")
@@ -136,6 +145,10 @@ func newHSMRotateCommand(cf *clientFlags) *cobra.Command {
 			resp, err := admin.RotateKey(cmd.Context(), &keydv1.RotateKeyRequest{Purpose: args[0], Suite: s})
 			if err != nil {
 				return err
+			}
+			if args[0] == "kek" {
+				fmt.Fprintf(cmd.OutOrStdout(), "kek: everything wrapped under generation %d; older generations destroyed\n", resp.Generation)
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s/%s: now generation %d\n", args[0], s, resp.Generation)
 			return nil

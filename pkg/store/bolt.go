@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -110,6 +111,23 @@ func (b *Bolt) PutSecret(_ context.Context, s Secret) error {
 	}
 	return b.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSecrets).Put(secretKey(s.Namespace, s.Name), v)
+	})
+}
+
+func (b *Bolt) RewrapSecret(_ context.Context, namespace, name string, oldWrapped, newWrapped []byte) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketSecrets)
+		v := bk.Get(secretKey(namespace, name))
+		var s Secret
+		if v == nil || json.Unmarshal(v, &s) != nil || !bytes.Equal(s.Wrapped, oldWrapped) {
+			return fmt.Errorf("secret %s/%s: %w", namespace, name, ErrChanged)
+		}
+		s.Wrapped = newWrapped
+		nv, err := json.Marshal(s)
+		if err != nil {
+			return err
+		}
+		return bk.Put(secretKey(namespace, name), nv)
 	})
 }
 

@@ -182,6 +182,18 @@ func (p *Postgres) PutSecret(ctx context.Context, s Secret) error {
 	return pgErr(err)
 }
 
+func (p *Postgres) RewrapSecret(ctx context.Context, namespace, name string, oldWrapped, newWrapped []byte) error {
+	tag, err := p.pool.Exec(ctx, `UPDATE secrets SET wrapped = $4 WHERE namespace = $1 AND name = $2 AND wrapped = $3`,
+		namespace, name, oldWrapped, newWrapped)
+	if err != nil {
+		return pgErr(err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("secret %s/%s: %w", namespace, name, ErrChanged)
+	}
+	return nil
+}
+
 func (p *Postgres) Secret(ctx context.Context, namespace, name string) (Secret, error) {
 	s := Secret{Namespace: namespace, Name: name}
 	var created int64

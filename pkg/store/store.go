@@ -17,7 +17,9 @@ import (
 var (
 	ErrNotFound = errors.New("not found")
 	ErrAuditSeq = errors.New("audit sequence conflict")
-	ErrClosed   = errors.New("store closed")
+	// ErrChanged: a compare-and-swap found another value.
+	ErrChanged = errors.New("changed meanwhile")
+	ErrClosed  = errors.New("store closed")
 )
 
 // Secret is an enrolled static value as stored: the value is wrapped under
@@ -102,6 +104,11 @@ type Store interface {
 	Secret(ctx context.Context, namespace, name string) (Secret, error)
 	Secrets(ctx context.Context, namespace string) ([]Secret, error) // "" lists all
 	DeleteSecret(ctx context.Context, namespace, name string) error
+	// RewrapSecret replaces a secret's wrapped value by newWrapped only
+	// while it is still oldWrapped (the key-encryption key's rotation),
+	// keeping its version and dates; ErrChanged when it was changed or
+	// deleted meanwhile.
+	RewrapSecret(ctx context.Context, namespace, name string, oldWrapped, newWrapped []byte) error
 
 	Revoke(ctx context.Context, r Revocation) error
 	// RevokedAt is the latest time up to which the pod's credentials are

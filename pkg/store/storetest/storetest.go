@@ -3,6 +3,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -58,6 +59,19 @@ func secretsRoundTripAndListingsCarryNoValue(t *testing.T, o Opener) {
 	}
 	if all, _ := s.Secrets(ctx, ""); len(all) != 2 {
 		t.Fatalf("all %+v", all)
+	}
+	// A rewrap applies only to the value it was computed from.
+	if err := s.RewrapSecret(ctx, "a", "db", []byte{9}, []byte{7}); !errors.Is(err, store.ErrChanged) {
+		t.Fatalf("rewrap of another value: %v", err)
+	}
+	if err := s.RewrapSecret(ctx, "a", "db", []byte{1, 2}, []byte{5, 6, 7}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Secret(ctx, "a", "db"); !bytes.Equal(got.Wrapped, []byte{5, 6, 7}) || got.Size != 2 {
+		t.Fatalf("after rewrap: %+v", got)
+	}
+	if err := s.RewrapSecret(ctx, "a", "nope", nil, []byte{1}); !errors.Is(err, store.ErrChanged) {
+		t.Fatalf("rewrap of a missing secret: %v", err)
 	}
 	if err := s.DeleteSecret(ctx, "a", "db"); err != nil {
 		t.Fatal(err)
