@@ -134,7 +134,7 @@ token, enrolled secrets in keyd's store), checks that all of it opens under
 the new generation, and only then destroys the old copies and the old
 generation. It is safe to interrupt: running it again finishes the
 rotation. --suite does not apply.`,
-		Args:  cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, _ := cmd.Flags().GetString("suite")
 			admin, done, err := cf.admin()
