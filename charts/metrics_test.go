@@ -2,74 +2,13 @@ package charts
 
 import (
 	"encoding/json"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/podkey/podkey/pkg/metricstest"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/mount-utils"
-
-	"github.com/podkey/podkey/pkg/csinode"
-	"github.com/podkey/podkey/pkg/keyd"
-	"github.com/podkey/podkey/pkg/keyd/keydtest"
-	"github.com/podkey/podkey/pkg/keydclient"
-	"github.com/podkey/podkey/pkg/spc"
-	"github.com/podkey/podkey/pkg/volume"
 )
-
-// recorder is a Registerer that keeps the descriptions of what is
-// registered: metric names and label names, without values.
-type recorder struct{ metrics map[string]map[string]bool }
-
-var descRE = regexp.MustCompile(`fqName: "([^"]+)".*variableLabels: \{([^}]*)\}`)
-
-func (r *recorder) Register(c prometheus.Collector) error {
-	ch := make(chan *prometheus.Desc, 16)
-	go func() { c.Describe(ch); close(ch) }()
-	for d := range ch {
-		m := descRE.FindStringSubmatch(d.String())
-		if m == nil {
-			continue
-		}
-		labels := map[string]bool{}
-		for _, l := range strings.Split(m[2], ",") {
-			if l = strings.TrimSpace(l); l != "" {
-				labels[l] = true
-			}
-		}
-		r.metrics[m[1]] = labels
-	}
-	return nil
-}
-
-func (r *recorder) MustRegister(cs ...prometheus.Collector) {
-	for _, c := range cs {
-		_ = r.Register(c)
-	}
-}
-
-func (r *recorder) Unregister(prometheus.Collector) bool { return true }
-
-// exported are the metrics podkey-keyd and podkey-csi register, from the
-// real constructors: keyd started on a SoftHSM2 token, a CSI driver, the
-// node certificate's gauge.
-func exported(t *testing.T) map[string]map[string]bool {
-	r := &recorder{metrics: map[string]map[string]bool{}}
-	e := keydtest.Start(t, func(o *keyd.Options) { o.Registerer = r })
-	dir := t.TempDir()
-	if _, err := csinode.New(csinode.Options{NodeID: "n", StateDir: filepath.Join(dir, "state"), PodsDir: filepath.Join(dir, "pods"),
-		Issuer: e.Keyd, Revoker: e.Keyd, Classes: spc.Static{}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil)),
-		Registerer: r, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}); err != nil {
-		t.Fatal(err)
-	}
-	r.MustRegister(keydclient.NodeCertificateExpiry(time.Now))
-	return r.metrics
-}
 
 var (
 	metricRE   = regexp.MustCompile(`\b(podkey_[a-z0-9_]+)(\{([^}]*)\})?`)
@@ -87,16 +26,7 @@ func checkExpr(t *testing.T, where, expr string, have map[string]map[string]bool
 	found := 0
 	for _, m := range metricRE.FindAllStringSubmatch(expr, -1) {
 		name := m[1]
-		labels, ok := have[name]
-		if !ok {
-			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
-			if labels, ok = have[base]; ok && strings.HasSuffix(name, "_bucket") {
-				labels = map[string]bool{"le": true}
-				for l := range have[base] {
-					labels[l] = true
-				}
-			}
-		}
+		labels, ok := metricstest.Lookup(have, name)
 		if !ok {
 			t.Errorf("%s: %s is not a metric podkey exports", where, name)
 			continue
@@ -127,7 +57,7 @@ func checkExpr(t *testing.T, where, expr string, have map[string]map[string]bool
 }
 
 func TestAlertsAndDashboardUseExportedMetrics(t *testing.T) {
-	have := exported(t)
+	have := metricstest.Exported(t)
 	for _, want := range []string{"podkey_keyd_hsm_errors_total", "podkey_keyd_audit_append_failures_total", "podkey_csi_tmpfs_reserved_bytes", "podkey_csi_node_certificate_expiry_timestamp_seconds"} {
 		if _, ok := have[want]; !ok {
 			t.Fatalf("the recorder missed %s: %v", want, have)

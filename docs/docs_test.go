@@ -1,0 +1,163 @@
+// Package docs holds the operator's documentation; this test keeps it
+// true to the code.
+package docs
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/podkey/podkey/pkg/csicmd"
+	"github.com/podkey/podkey/pkg/keydcmd"
+	"github.com/podkey/podkey/pkg/metricstest"
+	"github.com/podkey/podkey/pkg/podkeycmd"
+	"github.com/podkey/podkey/pkg/policy"
+	"github.com/podkey/podkey/pkg/spc"
+)
+
+type block struct {
+	file, lang, text string
+}
+
+var fenceRE = regexp.MustCompile("(?s)```([a-z]*)\n(.*?)```")
+
+func blocks(t *testing.T) ([]block, map[string]string) {
+	files, err := filepath.Glob("*.md")
+	if err != nil || len(files) < 3 {
+		t.Fatalf("docs: %v %v", files, err)
+	}
+	files = append(files, "../README.md")
+	var out []block
+	texts := map[string]string{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		texts[f] = string(b)
+		for _, m := range fenceRE.FindAllStringSubmatch(string(b), -1) {
+			out = append(out, block{f, m[1], m[2]})
+		}
+	}
+	return out, texts
+}
+
+// Every YAML example parses with the parser podkey uses for it.
+func TestYAMLExamples(t *testing.T) {
+	all, _ := blocks(t)
+	n := 0
+	for _, b := range all {
+		if b.lang != "yaml" {
+			continue
+		}
+		n++
+		switch {
+		case strings.Contains(b.text, "kind: SecretProviderClass"):
+			var c sscsi.SecretProviderClass
+			if err := yaml.UnmarshalStrict([]byte(b.text), &c); err != nil {
+				t.Errorf("%s: %v", b.file, err)
+				continue
+			}
+			if _, err := spc.Objects(&c); err != nil {
+				t.Errorf("%s: podkey refuses the class: %v", b.file, err)
+			}
+		case strings.Contains(b.text, "rules:") || strings.Contains(b.text, "imageRules:"):
+			doc := b.text
+			if !strings.Contains(doc, "version:") {
+				doc = "version: v1\n" + doc
+			}
+			if _, err := policy.Parse([]byte(doc)); err != nil {
+				t.Errorf("%s: policy example: %v", b.file, err)
+			}
+		default:
+			var v any
+			if err := yaml.Unmarshal([]byte(b.text), &v); err != nil {
+				t.Errorf("%s: %v", b.file, err)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no YAML example found")
+	}
+}
+
+// Every command example names a real command and flags it takes.
+func TestCommandExamples(t *testing.T) {
+	roots := map[string]func() *cobra.Command{"podkey": podkeycmd.NewCommand, "podkey-keyd": keydcmd.NewCommand, "podkey-csi": csicmd.NewCommand}
+	all, _ := blocks(t)
+	n := 0
+	for _, b := range all {
+		if b.lang != "sh" {
+			continue
+		}
+		// A command may go on over lines ending in a backslash.
+		for _, line := range strings.Split(strings.ReplaceAll(b.text, "\\\n", " "), "\n") {
+			fields := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "$ "))
+			if len(fields) == 0 || roots[fields[0]] == nil {
+				continue
+			}
+			n++
+			root := roots[fields[0]]()
+			cmd, rest, err := root.Find(fields[1:])
+			if err != nil || cmd == root && root.HasSubCommands() && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+				t.Errorf("%s: %q names no command: %v", b.file, line, err)
+				continue
+			}
+			if err := cmd.ParseFlags(rest); err != nil {
+				t.Errorf("%s: %q: %v", b.file, line, err)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no command example found")
+	}
+}
+
+var (
+	metricNameRE = regexp.MustCompile("`(podkey_[a-z0-9_]+)")
+	messageRE    = regexp.MustCompile("^\\| `([^`]+)` \\| ([^|]+)\\|")
+)
+
+// Every metric the docs name exists, and every message in the
+// troubleshooting table is one podkey writes (those marked as another
+// program's aside).
+func TestMetricsAndMessagesExist(t *testing.T) {
+	_, texts := blocks(t)
+	have := metricstest.Exported(t)
+	for f, text := range texts {
+		for _, m := range metricNameRE.FindAllStringSubmatch(text, -1) {
+			if _, ok := metricstest.Lookup(have, m[1]); !ok {
+				t.Errorf("%s names %s, which podkey does not export", f, m[1])
+			}
+		}
+	}
+	var src strings.Builder
+	_ = filepath.WalkDir("../pkg", func(path string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") {
+			b, _ := os.ReadFile(path)
+			src.Write(b)
+		}
+		return nil
+	})
+	messages := 0
+	for _, line := range strings.Split(texts["operations.md"], "\n") {
+		m := messageRE.FindStringSubmatch(line)
+		if m == nil || m[1] == "message (part)" || strings.Contains(m[2], "(containerd)") {
+			continue
+		}
+		messages++
+		if !strings.Contains(src.String(), m[1]) {
+			t.Errorf("operations.md: podkey never writes %q", m[1])
+		}
+	}
+	if messages < 10 {
+		t.Fatalf("%d troubleshooting messages checked", messages)
+	}
+}
