@@ -5,6 +5,7 @@ package docs
 import (
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -59,6 +60,13 @@ func TestYAMLExamples(t *testing.T) {
 		}
 		n++
 		switch {
+		case strings.HasPrefix(b.text, "# values.yaml"):
+			// Chart values: rendered by the chart, against its schema.
+			cmd := exec.Command("go", "tool", "helm", "template", "podkey", "charts/podkey", "-f", "-")
+			cmd.Dir, cmd.Stdin = "..", strings.NewReader(b.text)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("%s: the chart refuses the values: %v\n%s", b.file, err, out)
+			}
 		case strings.Contains(b.text, "kind: SecretProviderClass"):
 			var c sscsi.SecretProviderClass
 			if err := yaml.UnmarshalStrict([]byte(b.text), &c); err != nil {
