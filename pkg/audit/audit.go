@@ -71,12 +71,33 @@ type Record struct {
 	Objects        []string  `json:"objects,omitempty"` // name/kind/suite/g<generation>
 	KeyID          string    `json:"keyID,omitempty"`   // access key ids are public identifiers
 	Batch          uint64    `json:"batch,omitempty"`   // version 2: position of the first record under its key
+	KeyGen         int       `json:"keyGen,omitempty"`  // version 2: the HSM audit key's generation the batch key is from (absent: 1)
 	Prev           []byte    `json:"prev"`
 	MAC            []byte    `json:"mac,omitempty"`
 }
 
 // MACFunc computes the chain MAC (HMAC-SHA256 under the HSM audit key).
 type MACFunc func(ctx context.Context, data []byte) ([]byte, error)
+
+// Keys are the generations of the HSM audit key.
+type Keys interface {
+	// MAC computes HMAC-SHA256 under generation gen (1: the first).
+	MAC(ctx context.Context, gen int, data []byte) ([]byte, error)
+	// Current is the generation new batch keys come from. A writer never
+	// goes back to an older generation than the chain's tail has.
+	Current() int
+}
+
+// MAC makes a MACFunc the Keys of an audit key never rotated.
+func (f MACFunc) MAC(ctx context.Context, gen int, data []byte) ([]byte, error) {
+	if gen != 1 {
+		return nil, fmt.Errorf("audit: key generation %d does not exist", gen)
+	}
+	return f(ctx, data)
+}
+
+// Current implements Keys: a single generation.
+func (MACFunc) Current() int { return 1 }
 
 const (
 	domain      = "podkey-audit-v1\n"
@@ -95,19 +116,22 @@ func (r Record) authenticated() ([]byte, error) {
 
 // batchKey is the key of the records from position first on: the HSM's
 // MAC over it, which nobody without the HSM key can compute.
-func batchKey(ctx context.Context, mac MACFunc, first uint64) ([]byte, error) {
-	return mac(ctx, binary.BigEndian.AppendUint64([]byte(batchDomain), first))
+func batchKey(ctx context.Context, keys Keys, gen int, first uint64) ([]byte, error) {
+	return keys.MAC(ctx, gen, binary.BigEndian.AppendUint64([]byte(batchDomain), first))
 }
+
+// keyGen is a record's audit key generation.
+func (r *Record) keyGen() int { return max(1, r.KeyGen) }
 
 // recordMAC is a record's MAC: under the HSM for version 1, under its
 // batch key for version 2.
-func recordMAC(ctx context.Context, mac MACFunc, key []byte, r *Record) ([]byte, error) {
+func recordMAC(ctx context.Context, keys Keys, key []byte, r *Record) ([]byte, error) {
 	data, err := r.authenticated()
 	if err != nil {
 		return nil, err
 	}
 	if r.Version == 1 {
-		return mac(ctx, data)
+		return keys.MAC(ctx, 1, data)
 	}
 	h := hmac.New(sha256.New, key)
 	h.Write(data)
@@ -118,18 +142,20 @@ func recordMAC(ctx context.Context, mac MACFunc, key []byte, r *Record) ([]byte,
 // arrival order and written in one durable transaction. Append returns only
 // when its record is on disk.
 type Log struct {
-	st  store.Store
-	mac MACFunc
+	st   store.Store
+	keys Keys
 
 	// The chain's tail as this log last wrote it (writer goroutine only);
 	// re-read from the store when unknown or when another writer moved it.
 	tailSeq   uint64
 	tailMAC   []byte
+	tailGen   int // audit key generation of the tail record
 	tailKnown bool
 
 	// The batch key in use (writer goroutine only), for records from
 	// keyFirst on, until keyBorn+keyLifetime.
 	key         []byte
+	keyGen      int
 	keyFirst    uint64
 	keyBorn     time.Time
 	keyLifetime time.Duration
@@ -158,10 +184,10 @@ const maxBatch = 512
 const KeyLifetime = time.Second
 
 // Open starts a log that continues the chain stored in st.
-func Open(st store.Store, mac MACFunc) *Log { return open(st, mac, KeyLifetime) }
+func Open(st store.Store, keys Keys) *Log { return open(st, keys, KeyLifetime) }
 
-func open(st store.Store, mac MACFunc, keyLifetime time.Duration) *Log {
-	l := &Log{st: st, mac: mac, keyLifetime: keyLifetime,
+func open(st store.Store, keys Keys, keyLifetime time.Duration) *Log {
+	l := &Log{st: st, keys: keys, keyLifetime: keyLifetime,
 		reqs: make(chan *pending, maxBatch), done: make(chan struct{}), exited: make(chan struct{})}
 	l.wg.Add(1)
 	go l.run()
@@ -295,7 +321,7 @@ func (l *Log) commit(batch []*pending) error {
 		l.tailKnown = false // the transaction may or may not have landed
 		return err
 	}
-	l.tailSeq, l.tailMAC = l.tailSeq+uint64(len(batch)), tail
+	l.tailSeq, l.tailMAC, l.tailGen = l.tailSeq+uint64(len(batch)), tail, l.keyGen
 	return nil
 }
 
@@ -303,16 +329,17 @@ func (l *Log) commit(batch []*pending) error {
 // there is none, it is older than its lifetime, or the tail moved behind it.
 func (l *Log) renewKey(ctx context.Context) error {
 	next := l.tailSeq + 1
-	if l.key != nil && l.keyFirst <= next && time.Since(l.keyBorn) < l.keyLifetime {
+	gen := max(l.keys.Current(), l.tailGen, 1) // never back to an older key than the tail's
+	if l.key != nil && l.keyFirst <= next && l.keyGen == gen && time.Since(l.keyBorn) < l.keyLifetime {
 		return nil
 	}
 	clear(l.key)
 	l.key = nil
-	key, err := batchKey(ctx, l.mac, next)
+	key, err := batchKey(ctx, l.keys, gen, next)
 	if err != nil {
 		return fmt.Errorf("audit: MAC: %w", err)
 	}
-	l.key, l.keyFirst, l.keyBorn = key, next, time.Now()
+	l.key, l.keyGen, l.keyFirst, l.keyBorn = key, gen, next, time.Now()
 	return nil
 }
 
@@ -325,7 +352,10 @@ func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []b
 	for i, p := range batch {
 		r := p.rec
 		r.Version, r.Seq, r.Batch, r.Prev = version, first+uint64(i), l.keyFirst, prev
-		if r.MAC, err = recordMAC(ctx, l.mac, l.key, &r); err != nil {
+		if r.KeyGen = 0; l.keyGen > 1 {
+			r.KeyGen = l.keyGen
+		}
+		if r.MAC, err = recordMAC(ctx, l.keys, l.key, &r); err != nil {
 			return nil, nil, err
 		}
 		data, err := json.Marshal(r)
@@ -340,13 +370,13 @@ func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []b
 
 // setTail takes the chain's tail from its newest stored entry.
 func (l *Log) setTail(last store.AuditEntry) error {
-	l.tailSeq, l.tailMAC = last.Seq, []byte{}
+	l.tailSeq, l.tailMAC, l.tailGen = last.Seq, []byte{}, 1
 	if last.Seq > 0 {
 		var r Record
 		if err := json.Unmarshal(last.Data, &r); err != nil {
 			return fmt.Errorf("audit: tail record %d unreadable: %w", last.Seq, err)
 		}
-		l.tailMAC = r.MAC
+		l.tailMAC, l.tailGen = r.MAC, r.keyGen()
 	}
 	l.tailKnown = true
 	return nil
@@ -364,12 +394,14 @@ func (e *TamperError) Error() string {
 
 // Verify walks the whole log and checks positions, links and MACs. It
 // returns the number of records proven, or a *TamperError.
-func Verify(ctx context.Context, st store.Store, mac MACFunc) (uint64, error) {
+func Verify(ctx context.Context, st store.Store, keys Keys) (uint64, error) {
 	var (
 		n        uint64
 		prev     = []byte{}
-		key      []byte // of batch keyBatch
+		prevGen  = 1
+		key      []byte // of batch keyBatch, generation keyGen
 		keyBatch uint64
+		keyGen   int
 	)
 	defer func() { clear(key) }()
 	err := st.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
@@ -389,23 +421,25 @@ func Verify(ctx context.Context, st store.Store, mac MACFunc) (uint64, error) {
 			return &TamperError{Seq: e.Seq, Reason: fmt.Sprintf("unknown record version %d", r.Version)}
 		case r.Version == version && (r.Batch == 0 || r.Batch > r.Seq):
 			return &TamperError{Seq: e.Seq, Reason: fmt.Sprintf("batch position %d is not at or before the record", r.Batch)}
+		case r.KeyGen < 0 || r.keyGen() < prevGen:
+			return &TamperError{Seq: e.Seq, Reason: fmt.Sprintf("audit key generation %d comes after generation %d", r.keyGen(), prevGen)}
 		}
-		if r.Version == version && (key == nil || keyBatch != r.Batch) {
+		if r.Version == version && (key == nil || keyBatch != r.Batch || keyGen != r.keyGen()) {
 			clear(key)
 			var err error
-			if key, err = batchKey(ctx, mac, r.Batch); err != nil {
+			if key, err = batchKey(ctx, keys, r.keyGen(), r.Batch); err != nil {
 				return err
 			}
-			keyBatch = r.Batch
+			keyBatch, keyGen = r.Batch, r.keyGen()
 		}
-		m, err := recordMAC(ctx, mac, key, &r)
+		m, err := recordMAC(ctx, keys, key, &r)
 		if err != nil {
 			return err
 		}
 		if !bytes.Equal(m, r.MAC) {
 			return &TamperError{Seq: e.Seq, Reason: "MAC does not match the record's contents"}
 		}
-		prev = r.MAC
+		prev, prevGen = r.MAC, r.keyGen()
 		n++
 		return nil
 	})

@@ -60,23 +60,23 @@ func appendConcurrently(t *testing.T, l *audit.Log, n int) {
 func TestConcurrentAppendsFormOneChain(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t)
-	l := audit.Open(st, softMAC)
+	l := audit.Open(st, audit.MACFunc(softMAC))
 	appendConcurrently(t, l, 200)
 	l.Close()
 	if err := l.Append(ctx, audit.Record{}); !errors.Is(err, audit.ErrClosed) {
 		t.Fatalf("append after close: %v", err)
 	}
-	n, err := audit.Verify(ctx, st, softMAC)
+	n, err := audit.Verify(ctx, st, audit.MACFunc(softMAC))
 	if err != nil || n != 200 {
 		t.Fatalf("verify: %d %v", n, err)
 	}
 	// A reopened log continues the chain.
-	l2 := audit.Open(st, softMAC)
+	l2 := audit.Open(st, audit.MACFunc(softMAC))
 	if err := l2.Append(ctx, audit.Record{Action: audit.ActionRevoke, Result: audit.ResultOK}); err != nil {
 		t.Fatal(err)
 	}
 	l2.Close()
-	if n, err := audit.Verify(ctx, st, softMAC); err != nil || n != 201 {
+	if n, err := audit.Verify(ctx, st, audit.MACFunc(softMAC)); err != nil || n != 201 {
 		t.Fatalf("verify after reopen: %d %v", n, err)
 	}
 }
@@ -94,7 +94,7 @@ func TestTamperingIsLocated(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "a.db")
 			st, _ := store.OpenBolt(path)
-			l := audit.Open(st, softMAC)
+			l := audit.Open(st, audit.MACFunc(softMAC))
 			for i := 0; i < 5; i++ {
 				_ = l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultDenied, Namespace: "ns"})
 			}
@@ -110,7 +110,7 @@ func TestTamperingIsLocated(t *testing.T) {
 			rewriteAudit(t, path, entries)
 			st, _ = store.OpenBolt(path)
 			defer st.Close()
-			_, err := audit.Verify(ctx, st, softMAC)
+			_, err := audit.Verify(ctx, st, audit.MACFunc(softMAC))
 			var te *audit.TamperError
 			if !errors.As(err, &te) || te.Seq != 3 {
 				t.Fatalf("want tamper at 3, got %v", err)
@@ -128,7 +128,7 @@ func TestAppendRacingCloseNeverHangs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l := audit.Open(st, softMAC)
+		l := audit.Open(st, audit.MACFunc(softMAC))
 		var wg sync.WaitGroup
 		for i := 0; i < 50; i++ {
 			wg.Add(1)
@@ -148,7 +148,7 @@ func TestAppendRacingCloseNeverHangs(t *testing.T) {
 func TestFailuresAreCounted(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t)
-	l := audit.Open(st, softMAC)
+	l := audit.Open(st, audit.MACFunc(softMAC))
 	defer l.Close()
 	if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
 		t.Fatal(err)
@@ -162,5 +162,73 @@ func TestFailuresAreCounted(t *testing.T) {
 	}
 	if l.Failures() != 1 {
 		t.Fatalf("%d failures, want 1", l.Failures())
+	}
+}
+
+// twoKeys is an audit key with two generations, the current one set by
+// the test.
+type twoKeys struct {
+	cur  atomic.Int64
+	keys map[int][]byte
+}
+
+func (k *twoKeys) MAC(_ context.Context, gen int, data []byte) ([]byte, error) {
+	key, ok := k.keys[gen]
+	if !ok {
+		return nil, fmt.Errorf("no generation %d", gen)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write(data)
+	return m.Sum(nil), nil
+}
+
+func (k *twoKeys) Current() int { return int(k.cur.Load()) }
+
+func TestAuditKeyRotationKeepsOneChain(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	keys := &twoKeys{keys: map[int][]byte{1: []byte("generation-one-key"), 2: []byte("generation-two-key")}}
+	keys.cur.Store(1)
+	l := audit.Open(st, keys)
+	for range 3 {
+		if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys.cur.Store(2)
+	for range 3 {
+		if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	if n, err := audit.Verify(ctx, st, keys); err != nil || n != 6 {
+		t.Fatalf("verify across the rotation: %d, %v", n, err)
+	}
+	var gens []int
+	_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
+		var r audit.Record
+		_ = json.Unmarshal(e.Data, &r)
+		gens = append(gens, r.KeyGen)
+		return nil
+	})
+	if fmt.Sprint(gens) != "[0 0 0 2 2 2]" {
+		t.Fatalf("key generations %v", gens)
+	}
+	// A writer that has not heard of the rotation (another replica) never
+	// goes back: it follows the tail's generation.
+	keys.cur.Store(1)
+	l = audit.Open(st, keys)
+	if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if n, err := audit.Verify(ctx, st, keys); err != nil || n != 7 {
+		t.Fatalf("after a stale writer: %d, %v", n, err)
+	}
+	// Without the new generation the chain cannot be verified past it.
+	delete(keys.keys, 2)
+	if _, err := audit.Verify(ctx, st, keys); err == nil {
+		t.Fatal("records of a missing generation verified")
 	}
 }

@@ -23,7 +23,7 @@ func TestBatchesCostOneHSMOperationAndLocateTampering(t *testing.T) {
 		t.Fatal(err)
 	}
 	counted, calls := countingMAC()
-	l := audit.Open(st, counted)
+	l := audit.Open(st, audit.MACFunc(counted))
 	appendConcurrently(t, l, 300)
 	l.Close()
 	var entries []store.AuditEntry
@@ -57,7 +57,7 @@ func TestBatchesCostOneHSMOperationAndLocateTampering(t *testing.T) {
 	rewriteAudit(t, path, entries[mid:mid+1])
 	st, _ = store.OpenBolt(path)
 	defer st.Close()
-	_, err = audit.Verify(ctx, st, softMAC)
+	_, err = audit.Verify(ctx, st, audit.MACFunc(softMAC))
 	var te *audit.TamperError
 	if !errors.As(err, &te) || te.Seq != r.Seq {
 		t.Fatalf("want tamper at %d (inside batch %d), got %v", r.Seq, r.Batch, err)
@@ -86,14 +86,14 @@ func TestVersion1RecordsStillVerify(t *testing.T) {
 	if err := st.AppendAudit(ctx, v1); err != nil {
 		t.Fatal(err)
 	}
-	l := audit.Open(st, softMAC)
+	l := audit.Open(st, audit.MACFunc(softMAC))
 	for i := 0; i < 3; i++ {
 		if err := l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	l.Close()
-	if n, err := audit.Verify(ctx, st, softMAC); err != nil || n != 5 {
+	if n, err := audit.Verify(ctx, st, audit.MACFunc(softMAC)); err != nil || n != 5 {
 		t.Fatalf("verify: %d %v", n, err)
 	}
 	st.Close()
@@ -106,7 +106,7 @@ func TestVersion1RecordsStillVerify(t *testing.T) {
 	st, _ = store.OpenBolt(path)
 	defer st.Close()
 	var te *audit.TamperError
-	if _, err := audit.Verify(ctx, st, softMAC); !errors.As(err, &te) || te.Seq != 2 {
+	if _, err := audit.Verify(ctx, st, audit.MACFunc(softMAC)); !errors.As(err, &te) || te.Seq != 2 {
 		t.Fatalf("want tamper at 2, got %v", err)
 	}
 }
@@ -116,7 +116,7 @@ func TestVersion1RecordsStillVerify(t *testing.T) {
 func TestTwoWritersKeepOneChain(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t)
-	a, b := audit.Open(st, softMAC), audit.Open(st, softMAC)
+	a, b := audit.Open(st, audit.MACFunc(softMAC)), audit.Open(st, audit.MACFunc(softMAC))
 	for i := 0; i < 20; i++ {
 		l := a
 		if i%3 == 0 {
@@ -128,7 +128,7 @@ func TestTwoWritersKeepOneChain(t *testing.T) {
 	}
 	a.Close()
 	b.Close()
-	if n, err := audit.Verify(ctx, st, softMAC); err != nil || n != 20 {
+	if n, err := audit.Verify(ctx, st, audit.MACFunc(softMAC)); err != nil || n != 20 {
 		t.Fatalf("verify: %d %v", n, err)
 	}
 }
@@ -145,7 +145,7 @@ func TestBatchKeyIsKeptForItsLifetime(t *testing.T) {
 			ctx := context.Background()
 			st := newStore(t)
 			counted, calls := countingMAC()
-			l := audit.OpenWithKeyLifetime(st, counted, c.lifetime)
+			l := audit.OpenWithKeyLifetime(st, audit.MACFunc(counted), c.lifetime)
 			const n = 20 // one after another: each Append is its own commit
 			for i := 0; i < n; i++ {
 				if err := l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
@@ -167,7 +167,7 @@ func TestBatchKeyIsKeptForItsLifetime(t *testing.T) {
 			if int(calls.Load()) != want || len(firsts) != want {
 				t.Fatalf("%d HSM operations and %d batch keys for %d commits; want %d", calls.Load(), len(firsts), n, want)
 			}
-			if got, err := audit.Verify(ctx, st, softMAC); err != nil || got != n {
+			if got, err := audit.Verify(ctx, st, audit.MACFunc(softMAC)); err != nil || got != n {
 				t.Fatalf("verify: %d %v", got, err)
 			}
 		})

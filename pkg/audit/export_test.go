@@ -7,4 +7,4 @@ import (
 )
 
 // OpenWithKeyLifetime is Open with another batch key lifetime (tests).
-func OpenWithKeyLifetime(st store.Store, mac MACFunc, d time.Duration) *Log { return open(st, mac, d) }
+func OpenWithKeyLifetime(st store.Store, keys Keys, d time.Duration) *Log { return open(st, keys, d) }

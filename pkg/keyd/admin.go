@@ -101,7 +101,7 @@ func (a *adminService) ExportAudit(_ *keydv1.ExportAuditRequest, stream grpc.Ser
 }
 
 func (a *adminService) VerifyAudit(ctx context.Context, _ *keydv1.VerifyAuditRequest) (*keydv1.VerifyAuditResponse, error) {
-	n, err := audit.Verify(ctx, a.s.st, a.s.kr.AuditMAC)
+	n, err := audit.Verify(ctx, a.s.st, a.s.kr.AuditKeys())
 	var te *audit.TamperError
 	switch {
 	case errors.As(err, &te):
@@ -113,8 +113,11 @@ func (a *adminService) VerifyAudit(ctx context.Context, _ *keydv1.VerifyAuditReq
 }
 
 func (a *adminService) RotateKey(ctx context.Context, req *keydv1.RotateKeyRequest) (*keydv1.RotateKeyResponse, error) {
-	if req.Purpose == "kek" {
+	switch req.Purpose {
+	case "kek":
 		return a.rotateKEK(ctx)
+	case "audit":
+		return a.rotateAudit(ctx)
 	}
 	p := keyring.Purpose(req.Purpose)
 	valid := false
@@ -122,7 +125,7 @@ func (a *adminService) RotateKey(ctx context.Context, req *keydv1.RotateKeyReque
 		valid = valid || p == q
 	}
 	if !valid {
-		return nil, status.Errorf(codes.InvalidArgument, "unknown key purpose %q (want mac, derive, ca, jwt or kek)", req.Purpose)
+		return nil, status.Errorf(codes.InvalidArgument, "unknown key purpose %q (want mac, derive, ca, jwt, kek or audit)", req.Purpose)
 	}
 	st, err := suite.Parse(req.Suite)
 	if err != nil {
@@ -229,4 +232,18 @@ func (a *adminService) rotateKEK(ctx context.Context) (*keydv1.RotateKeyResponse
 		return nil, toStatus(err)
 	}
 	return &keydv1.RotateKeyResponse{Generation: int64(r.Generation)}, nil
+}
+
+// rotateAudit creates the audit key's next generation; the record of the
+// rotation is the first the new generation authenticates.
+func (a *adminService) rotateAudit(ctx context.Context) (*keydv1.RotateKeyResponse, error) {
+	gen, err := a.s.kr.RotateAudit(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionKeyRotate, Result: audit.ResultOK,
+		Objects: []string{fmt.Sprintf("audit/g%d", gen)}}); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+	}
+	return &keydv1.RotateKeyResponse{Generation: int64(gen)}, nil
 }

@@ -746,3 +746,43 @@ func TestKEKRotationThroughTheAdminAPI(t *testing.T) {
 		t.Fatalf("the rotation's audit record: %q", rotation)
 	}
 }
+
+func TestAuditKeyRotationThroughTheAdminAPI(t *testing.T) {
+	ctx := context.Background()
+	e := keydtest.Start(t, nil)
+	issue := func() {
+		if _, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issue()
+	r, err := e.Admin.RotateKey(ctx, &keydv1.RotateKeyRequest{Purpose: "audit"})
+	if err != nil || r.Generation != 2 {
+		t.Fatalf("rotate audit: %v %v", r, err)
+	}
+	issue()
+	e.Stop()
+	e.Run() // a restarted keyd writes under generation 2 too
+	issue()
+	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+	if err != nil || !v.Intact || v.Records < 4 {
+		t.Fatalf("verify after the rotation: %v %v", v, err)
+	}
+	stream, err := e.Admin.ExportAudit(ctx, &keydv1.ExportAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gens []string
+	for {
+		rec, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		gens = append(gens, fmt.Sprint(strings.Contains(string(rec.Json), `"keyGen":2`)))
+	}
+	// Records before the rotation under generation 1, every one from the
+	// rotation's own record on under generation 2.
+	if got := strings.Join(gens, " "); !strings.HasPrefix(got, "false") || !strings.HasSuffix(got, "true true true") || strings.Contains(got, "true false") {
+		t.Fatalf("generations along the chain: %s", got)
+	}
+}

@@ -85,7 +85,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		}
 		s.st = st
 	}
-	s.audit = audit.Open(s.st, s.kr.AuditMAC)
+	s.audit = audit.Open(s.st, s.kr.AuditKeys())
 	registerStateMetrics(opts.Registerer, s.tok, s.audit)
 	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
 	if err := s.loadPolicy(ctx); err != nil {

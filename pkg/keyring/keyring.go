@@ -102,6 +102,7 @@ type Keyring struct {
 
 	mu     sync.RWMutex
 	kek    int // KEK generation new values are wrapped under
+	audit  int // audit key generation new batch keys come from
 	keys   map[slot]map[int]*key
 	images map[string]*imageKey
 	// imageMisses are image key ids found missing on the token, and when.
@@ -194,7 +195,11 @@ func Open(ctx context.Context, tok *hsm.Token) (*Keyring, error) {
 	if !ok || len(keks) == 0 {
 		return nil, fmt.Errorf("keyring: root keys (audit key, key-encryption key) missing on token %q: run 'podkey hsm init'", tok.Label())
 	}
-	kr := &Keyring{tok: tok, kek: keks[len(keks)-1], keys: map[slot]map[int]*key{}, images: map[string]*imageKey{}, imageMisses: map[string]time.Time{}}
+	auditGen, err := auditGeneration(ctx, tok)
+	if err != nil {
+		return nil, err
+	}
+	kr := &Keyring{tok: tok, kek: keks[len(keks)-1], audit: max(auditGen, 1), keys: map[slot]map[int]*key{}, images: map[string]*imageKey{}, imageMisses: map[string]time.Time{}}
 	gens, err := generations(ctx, tok)
 	if err != nil {
 		return nil, err

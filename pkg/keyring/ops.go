@@ -2,9 +2,12 @@ package keyring
 
 import (
 	"context"
+	"regexp"
+	"strconv"
 	"crypto"
 	"fmt"
 
+	"github.com/podkey/podkey/pkg/audit"
 	"github.com/podkey/podkey/pkg/ca"
 	"github.com/podkey/podkey/pkg/hsm"
 	"github.com/podkey/podkey/pkg/suite"
@@ -87,13 +90,88 @@ func (kr *Keyring) Unwrap(ctx context.Context, blob, aad []byte) ([]byte, error)
 	return pt, nil
 }
 
-// AuditMAC computes HMAC-SHA256 under the audit chain key in the HSM.
-func (kr *Keyring) AuditMAC(ctx context.Context, data []byte) ([]byte, error) {
-	return kr.tok.HMACSHA256(ctx, AuditLabel, data)
+// The audit key has generations too: podkey/audit is generation 1,
+// podkey/audit/g<N> generation N. Every generation stays on the token: the
+// records it authenticated are verified with it for the log's life.
+func auditLabel(gen int) string {
+	if gen <= 1 {
+		return AuditLabel
+	}
+	return fmt.Sprintf("%s/g%d", AuditLabel, gen)
 }
 
-// TokenAuditMAC is AuditMAC on a token opened without a keyring, for
-// checking an audit chain offline.
-func TokenAuditMAC(tok *hsm.Token) func(ctx context.Context, data []byte) ([]byte, error) {
-	return func(ctx context.Context, data []byte) ([]byte, error) { return tok.HMACSHA256(ctx, AuditLabel, data) }
+var auditGenRE = regexp.MustCompile(`^podkey/audit/g([0-9]+)$`)
+
+// auditGenerations is the newest audit key generation on the token.
+func auditGeneration(ctx context.Context, tok *hsm.Token) (int, error) {
+	objs, err := tok.List(ctx, AuditLabel)
+	if err != nil {
+		return 0, err
+	}
+	gen := 0
+	for _, o := range objs {
+		if o.Class != hsm.SecretKey {
+			continue
+		}
+		if o.Label == AuditLabel {
+			gen = max(gen, 1)
+		} else if m := auditGenRE.FindStringSubmatch(o.Label); m != nil {
+			if g, err := strconv.Atoi(m[1]); err == nil {
+				gen = max(gen, g)
+			}
+		}
+	}
+	return gen, nil
+}
+
+// auditKeys are the token's audit key generations (audit.Keys).
+type auditKeys struct {
+	tok     *hsm.Token
+	current func() int
+}
+
+func (k auditKeys) MAC(ctx context.Context, gen int, data []byte) ([]byte, error) {
+	return k.tok.HMACSHA256(ctx, auditLabel(gen), data)
+}
+
+func (k auditKeys) Current() int { return k.current() }
+
+// AuditKeys are the audit key's generations for keyd's log: new batch
+// keys come from the newest this keyring created or loaded.
+func (kr *Keyring) AuditKeys() audit.Keys {
+	return auditKeys{tok: kr.tok, current: func() int {
+		kr.mu.RLock()
+		defer kr.mu.RUnlock()
+		return kr.audit
+	}}
+}
+
+// RotateAudit creates the next generation of the audit key; the log's next
+// batch key comes from it. Older generations stay, to verify what they
+// authenticated.
+func (kr *Keyring) RotateAudit(ctx context.Context) (int, error) {
+	gen, err := auditGeneration(ctx, kr.tok)
+	if err != nil {
+		return 0, err
+	}
+	gen++
+	if err := kr.tok.GenerateHMACKey(ctx, auditLabel(gen)); err != nil {
+		return 0, err
+	}
+	kr.mu.Lock()
+	kr.audit = gen
+	kr.mu.Unlock()
+	return gen, nil
+}
+
+// TokenAuditKeys are the audit key's generations on a token opened without
+// a keyring, for checking an audit chain offline.
+func TokenAuditKeys(tok *hsm.Token) audit.Keys {
+	return auditKeys{tok: tok, current: func() int {
+		g, err := auditGeneration(context.Background(), tok)
+		if err != nil || g == 0 {
+			return 1
+		}
+		return g
+	}}
 }

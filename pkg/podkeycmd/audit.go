@@ -117,7 +117,7 @@ func verifyOffline(ctx context.Context, hf *hsmflags.Flags, path, pgFile string)
 		st = b
 	}
 	defer st.Close()
-	n, err := audit.Verify(ctx, st, keyring.TokenAuditMAC(tok))
+	n, err := audit.Verify(ctx, st, keyring.TokenAuditKeys(tok))
 	var te *audit.TamperError
 	if errors.As(err, &te) {
 		return &keydv1.VerifyAuditResponse{Records: n, BrokenAt: te.Seq, Reason: te.Reason}, nil

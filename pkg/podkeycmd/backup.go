@@ -153,7 +153,7 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 	if err != nil {
 		return command.Exit(command.ExitInvalid, fmt.Errorf("%s is not a keyd store: %w", from, err))
 	}
-	n, err := audit.Verify(ctx, st, keyring.TokenAuditMAC(tok))
+	n, err := audit.Verify(ctx, st, keyring.TokenAuditKeys(tok))
 	st.Close()
 	if err != nil {
 		return command.Exit(command.ExitTampered, fmt.Errorf("the backup's audit chain does not verify with this HSM, nothing was restored: %w", err))

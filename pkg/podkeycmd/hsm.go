@@ -124,7 +124,7 @@ func newHSMStatusCommand(hf *hsmflags.Flags) *cobra.Command {
 func newHSMRotateCommand(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rotate PURPOSE",
-		Short: "Add a generation of a root key through keyd (mac, derive, ca, jwt; old generations keep verifying) or move everything to a new key-encryption key (kek)",
+		Short: "Add a generation of a root key through keyd (mac, derive, ca, jwt, audit; old generations keep verifying) or move everything to a new key-encryption key (kek)",
 		Long: `rotate mac|derive|ca|jwt --suite S adds a generation of that root key; what
 the older generations issued keeps verifying until it expires.
 
@@ -133,7 +133,11 @@ everything wrapped under the old one (SM root keys and SM image keys on the
 token, enrolled secrets in keyd's store), checks that all of it opens under
 the new generation, and only then destroys the old copies and the old
 generation. It is safe to interrupt: running it again finishes the
-rotation. --suite does not apply.`,
+rotation. --suite does not apply.
+
+rotate audit creates the audit key's next generation: the audit log's
+following records are authenticated under it; the older generations stay
+to verify what they authenticated.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, _ := cmd.Flags().GetString("suite")

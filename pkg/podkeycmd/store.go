@@ -66,7 +66,7 @@ func migrateStore(cmd *cobra.Command, hf *hsmflags.Flags, from, conn string) err
 		return command.Exit(command.ExitUnavailable, fmt.Errorf("%w (is keyd still running on it?)", err))
 	}
 	defer src.Close()
-	mac := keyring.TokenAuditMAC(tok)
+	mac := keyring.TokenAuditKeys(tok)
 	// A broken chain is not carried over as if it were sound.
 	if _, err := audit.Verify(ctx, src, mac); err != nil {
 		return command.Exit(command.ExitTampered, fmt.Errorf("the source's audit chain does not verify, nothing was copied: %w", err))
