@@ -2,10 +2,10 @@ package keyring
 
 import (
 	"context"
-	"regexp"
-	"strconv"
 	"crypto"
 	"fmt"
+	"regexp"
+	"strconv"
 
 	"github.com/podkey/podkey/pkg/audit"
 	"github.com/podkey/podkey/pkg/ca"
@@ -102,7 +102,7 @@ func auditLabel(gen int) string {
 
 var auditGenRE = regexp.MustCompile(`^podkey/audit/g([0-9]+)$`)
 
-// auditGenerations is the newest audit key generation on the token.
+// auditGeneration is the newest audit key generation on the token.
 func auditGeneration(ctx context.Context, tok *hsm.Token) (int, error) {
 	objs, err := tok.List(ctx, AuditLabel)
 	if err != nil {
