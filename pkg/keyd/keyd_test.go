@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -785,4 +786,122 @@ func TestAuditKeyRotationThroughTheAdminAPI(t *testing.T) {
 	if got := strings.Join(gens, " "); !strings.HasPrefix(got, "false") || !strings.HasSuffix(got, "true true true") || strings.Contains(got, "true false") {
 		t.Fatalf("generations along the chain: %s", got)
 	}
+}
+
+// TestRotationRunbook follows docs/operations.md for mac, derive, ca and
+// jwt in both suites: what was issued before a rotation keeps working, new
+// credentials come from the new generation, and pods of one service
+// account disagree on a serviceAccount-scoped derived key until each
+// renews.
+func TestRotationRunbook(t *testing.T) {
+	ctx := context.Background()
+	e := keydtest.Start(t, nil)
+	pod := func(uid string) *keydv1.PodIdentity {
+		return &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "p-" + uid, PodUid: uid, NodeName: "node-1"}
+	}
+	issue := func(p *keydv1.PodIdentity, o *keydv1.ObjectRequest) *keydv1.Credential {
+		t.Helper()
+		r, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: p, Objects: []*keydv1.ObjectRequest{o}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Credentials[0]
+	}
+	rotate := func(purpose, s string) {
+		t.Helper()
+		if _, err := e.Admin.RotateKey(ctx, &keydv1.RotateKeyRequest{Purpose: purpose, Suite: s}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []string{"intl", "gm"} {
+		st, _ := suite.Parse(s)
+		// mac: an API key of generation 1 still verifies after the rotation.
+		old := issue(pod("mac-"+s), &keydv1.ObjectRequest{Name: "ledger-api", Kind: "apiKey", Suite: s})
+		rotate("mac", s)
+		msg := []byte("GET /ledger")
+		if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: old.GetApiKey().AccessKeyId, StringToSign: msg,
+			Signature: accesskey.Sign(st, old.GetApiKey().SecretKey, msg)}); err != nil {
+			t.Fatalf("%s: an API key from before the mac rotation: %v", s, err)
+		}
+		if c := issue(pod("mac2-"+s), &keydv1.ObjectRequest{Name: "ledger-api", Kind: "apiKey", Suite: s}); c.Generation != 2 {
+			t.Fatalf("%s: new API key of generation %d", s, c.Generation)
+		}
+
+		// derive, scope serviceAccount: pods disagree until each renews.
+		dk := &keydv1.ObjectRequest{Name: "card-key", Kind: "derivedKey", Scope: "serviceAccount", Suite: s}
+		a := issue(pod("a-"+s), dk).GetDerivedKey().Key
+		rotate("derive", s)
+		b := issue(pod("b-"+s), dk).GetDerivedKey().Key
+		if bytes.Equal(a, b) {
+			t.Fatalf("%s: the derived key did not change with the derive rotation", s)
+		}
+		if a2 := issue(pod("a-"+s), dk).GetDerivedKey().Key; !bytes.Equal(a2, b) {
+			t.Fatalf("%s: after renewing, pod a's key differs from pod b's", s)
+		}
+
+		// ca: an old certificate still chains to the bundle pods receive.
+		alg := map[string]string{"intl": "ecdsa-p256", "gm": "sm2"}[s]
+		certReq := func() *keydv1.ObjectRequest {
+			return &keydv1.ObjectRequest{Name: "mtls", Kind: "certificate", Algorithm: alg, Csr: csrPEM(t, st)}
+		}
+		oldCert := issue(pod("ca-"+s), certReq()).GetCertificate()
+		rotate("ca", s)
+		newCert := issue(pod("ca2-"+s), certReq()).GetCertificate()
+		if strings.Count(string(newCert.CaBundlePem), "BEGIN CERTIFICATE") != 2 {
+			t.Fatalf("%s: the bundle after the CA rotation holds %d CAs", s, strings.Count(string(newCert.CaBundlePem), "BEGIN CERTIFICATE"))
+		}
+		for name, c := range map[string][]byte{"old": oldCert.CertPem, "new": newCert.CertPem} {
+			if err := chains(c, newCert.CaBundlePem); err != nil {
+				t.Fatalf("%s: the %s certificate against the new bundle: %v", s, name, err)
+			}
+		}
+
+		// jwt: the JWK Set names the old token's key and the new one's.
+		oldTok := issue(pod("jwt-"+s), &keydv1.ObjectRequest{Name: "svc-token", Kind: "token", Suite: s}).GetToken().Jwt
+		rotate("jwt", s)
+		newTok := issue(pod("jwt2-"+s), &keydv1.ObjectRequest{Name: "svc-token", Kind: "token", Suite: s}).GetToken().Jwt
+		set, err := e.Keyd.TokenKeys(ctx, &keydv1.TokenKeysRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, jwt := range map[string]string{"old": oldTok, "new": newTok} {
+			if kid := tokenKid(t, jwt); !strings.Contains(string(set.Jwks), `"`+kid+`"`) {
+				t.Fatalf("%s: the JWK Set lacks the %s token's key %q", s, name, kid)
+			}
+		}
+		if tokenKid(t, oldTok) == tokenKid(t, newTok) {
+			t.Fatalf("%s: the jwt rotation kept the signing key", s)
+		}
+	}
+}
+
+func tokenKid(t *testing.T, jwt string) string {
+	t.Helper()
+	h, err := base64.RawURLEncoding.DecodeString(strings.Split(jwt, ".")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr struct{ Kid string }
+	if err := json.Unmarshal(h, &hdr); err != nil || hdr.Kid == "" {
+		t.Fatalf("token header %s: %v", h, err)
+	}
+	return hdr.Kid
+}
+
+// chains verifies a PEM certificate against a PEM bundle of roots.
+func chains(certPEM, bundle []byte) error {
+	pool := smx509.NewCertPool()
+	if !pool.AppendCertsFromPEM(bundle) {
+		return fmt.Errorf("no CA in the bundle")
+	}
+	blk, _ := pem.Decode(certPEM)
+	if blk == nil {
+		return fmt.Errorf("not PEM")
+	}
+	c, err := smx509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	_, err = c.Verify(smx509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err
 }
