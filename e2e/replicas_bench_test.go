@@ -230,7 +230,7 @@ func benchAuditAppend(b *testing.B) {
 		name string
 		s    store.Store
 	}{{"bbolt", bolt}, {"postgres", pg}} {
-		log := audit.Open(st.s, mac)
+		log := audit.Open(st.s, audit.MACFunc(mac))
 		for _, writers := range []int{1, 64} {
 			var n atomic.Int64
 			stop := time.Now().Add(2 * time.Second)
