@@ -345,17 +345,8 @@ func (kr *Keyring) RotateKEK(ctx context.Context, st SecretStore) (KEKRotation, 
 		}
 		secmem.Zero(pt)
 	}
-	if secrets, err = st.Secrets(ctx, ""); err != nil {
+	if err := secretsUnder(ctx, st, gen); err != nil {
 		return r, err
-	}
-	for _, s := range secrets {
-		cur, err := st.Secret(ctx, s.Namespace, s.Name)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return r, err
-		}
-		if g, _ := wrappedGeneration(cur.Wrapped); err == nil && g != gen {
-			return r, fmt.Errorf("keyring: secret %s/%s is still wrapped under KEK generation %d", s.Namespace, s.Name, g)
-		}
 	}
 	if err := step("verified"); err != nil {
 		return r, err
@@ -374,6 +365,12 @@ func (kr *Keyring) RotateKEK(ctx context.Context, st SecretStore) (KEKRotation, 
 	if err := step("copies destroyed"); err != nil {
 		return r, err
 	}
+	// Once more right before the old generations go: a keyd replica that
+	// had not yet seen the new generation may have enrolled a secret under
+	// an old one meanwhile (running the rotation again re-wraps it).
+	if err := secretsUnder(ctx, st, gen); err != nil {
+		return r, err
+	}
 	for _, g := range gens {
 		if g == gen {
 			continue
@@ -384,4 +381,25 @@ func (kr *Keyring) RotateKEK(ctx context.Context, st SecretStore) (KEKRotation, 
 		r.DestroyedKEKs = append(r.DestroyedKEKs, g)
 	}
 	return r, nil
+}
+
+// secretsUnder fails unless every enrolled secret is wrapped under gen.
+func secretsUnder(ctx context.Context, st SecretStore, gen int) error {
+	secrets, err := st.Secrets(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, s := range secrets {
+		cur, err := st.Secret(ctx, s.Namespace, s.Name)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if g, _ := wrappedGeneration(cur.Wrapped); g != gen {
+			return fmt.Errorf("keyring: secret %s/%s is still wrapped under KEK generation %d (run the rotation again)", s.Namespace, s.Name, g)
+		}
+	}
+	return nil
 }

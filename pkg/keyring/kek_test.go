@@ -184,3 +184,40 @@ func TestKEKRotationInterruptedAtEveryStepLosesNothing(t *testing.T) {
 		})
 	}
 }
+
+func TestKEKRotationWaitsForASecretEnrolledThroughAStaleReplica(t *testing.T) {
+	ctx := context.Background()
+	w := newKEKWorld(t)
+	stale, err := keyring.Open(ctx, w.kr.Token()) // has not heard of the rotation
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stale.Close()
+	late := []byte("enrolled-during-the-rotation")
+	keyring.SetRotateKEKStep(func(step string) error {
+		if step == "copies destroyed" {
+			wrapped, err := stale.Wrap(ctx, late, keyring.SecretAAD("payments", "late"))
+			if err != nil {
+				return err
+			}
+			return w.st.PutSecret(ctx, store.Secret{Namespace: "payments", Name: "late", Wrapped: wrapped, Size: len(late), Version: 1})
+		}
+		return nil
+	})
+	_, err = w.kr.RotateKEK(ctx, w.st)
+	keyring.SetRotateKEKStep(nil)
+	if err == nil || !strings.Contains(err.Error(), "payments/late is still wrapped under KEK generation 1") {
+		t.Fatalf("the rotation went on past a secret under the old generation: %v", err)
+	}
+	if got := keks(t, w.kr.Token()); len(got) != 2 {
+		t.Fatalf("an old generation was destroyed while a secret needed it: %v", got)
+	}
+	if _, err := w.kr.RotateKEK(ctx, w.st); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := w.st.Secret(ctx, "payments", "late")
+	if got, err := w.kr.Unwrap(ctx, rec.Wrapped, keyring.SecretAAD("payments", "late")); err != nil || !bytes.Equal(got, late) {
+		t.Fatalf("the late secret after the second run: %q %v", got, err)
+	}
+	w.check("after the second run")
+}
