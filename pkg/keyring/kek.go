@@ -32,18 +32,21 @@ import (
 
 const wrapMagic = "PKW2"
 
-var kekGenRE = regexp.MustCompile(`^podkey/kek/g([0-9]+)$`)
-
-func kekLabel(gen int) string {
+// genLabel is the label of generation gen of a single-key root key: the
+// base label for generation 1, base/g<N> after (the KEK, the audit key).
+func genLabel(base string, gen int) string {
 	if gen <= 1 {
-		return KEKLabel
+		return base
 	}
-	return fmt.Sprintf("%s/g%d", KEKLabel, gen)
+	return fmt.Sprintf("%s/g%d", base, gen)
 }
 
-// kekGenerations lists the KEK generations on the token, oldest first.
-func kekGenerations(ctx context.Context, tok *hsm.Token) ([]int, error) {
-	objs, err := tok.List(ctx, KEKLabel)
+func kekLabel(gen int) string { return genLabel(KEKLabel, gen) }
+
+// labelGenerations lists the generations of a single-key root key on the
+// token (secret keys labelled as genLabel makes them), oldest first.
+func labelGenerations(ctx context.Context, tok *hsm.Token, base string) ([]int, error) {
+	objs, err := tok.List(ctx, base)
 	if err != nil {
 		return nil, err
 	}
@@ -52,16 +55,21 @@ func kekGenerations(ctx context.Context, tok *hsm.Token) ([]int, error) {
 		if o.Class != hsm.SecretKey {
 			continue
 		}
-		if o.Label == KEKLabel {
+		if o.Label == base {
 			gens = append(gens, 1)
-		} else if m := kekGenRE.FindStringSubmatch(o.Label); m != nil {
-			if g, err := strconv.Atoi(m[1]); err == nil && g >= 2 {
+		} else if rest, ok := strings.CutPrefix(o.Label, base+"/g"); ok {
+			if g, err := strconv.Atoi(rest); err == nil && g >= 2 && genLabel(base, g) == o.Label {
 				gens = append(gens, g)
 			}
 		}
 	}
 	sort.Ints(gens)
 	return gens, nil
+}
+
+// kekGenerations lists the KEK generations on the token, oldest first.
+func kekGenerations(ctx context.Context, tok *hsm.Token) ([]int, error) {
+	return labelGenerations(ctx, tok, KEKLabel)
 }
 
 // wrapUnder encrypts under KEK generation gen.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto"
 	"fmt"
-	"regexp"
-	"strconv"
 
 	"github.com/podkey/podkey/pkg/audit"
 	"github.com/podkey/podkey/pkg/ca"
@@ -93,35 +91,15 @@ func (kr *Keyring) Unwrap(ctx context.Context, blob, aad []byte) ([]byte, error)
 // The audit key has generations too: podkey/audit is generation 1,
 // podkey/audit/g<N> generation N. Every generation stays on the token: the
 // records it authenticated are verified with it for the log's life.
-func auditLabel(gen int) string {
-	if gen <= 1 {
-		return AuditLabel
-	}
-	return fmt.Sprintf("%s/g%d", AuditLabel, gen)
-}
+func auditLabel(gen int) string { return genLabel(AuditLabel, gen) }
 
-var auditGenRE = regexp.MustCompile(`^podkey/audit/g([0-9]+)$`)
-
-// auditGeneration is the newest audit key generation on the token.
+// auditGeneration is the newest audit key generation on the token (0: none).
 func auditGeneration(ctx context.Context, tok *hsm.Token) (int, error) {
-	objs, err := tok.List(ctx, AuditLabel)
-	if err != nil {
+	gens, err := labelGenerations(ctx, tok, AuditLabel)
+	if err != nil || len(gens) == 0 {
 		return 0, err
 	}
-	gen := 0
-	for _, o := range objs {
-		if o.Class != hsm.SecretKey {
-			continue
-		}
-		if o.Label == AuditLabel {
-			gen = max(gen, 1)
-		} else if m := auditGenRE.FindStringSubmatch(o.Label); m != nil {
-			if g, err := strconv.Atoi(m[1]); err == nil {
-				gen = max(gen, g)
-			}
-		}
-	}
-	return gen, nil
+	return gens[len(gens)-1], nil
 }
 
 // auditKeys are the token's audit key generations (audit.Keys).
