@@ -211,7 +211,7 @@ func BenchmarkImageUnwrap(b *testing.B) {
 				m, _ := enc.Manifest()
 				var podDescs []ocispec.Descriptor
 				for _, l := range m.Layers {
-					podDescs = append(podDescs, ocispec.Descriptor{MediaType: string(l.MediaType), Digest: godigest.Digest(l.Digest.String()), Size: l.Size, Annotations: l.Annotations})
+					podDescs = append(podDescs, imageenc.OCIDescriptor(l))
 				}
 				none := &config.DecryptConfig{}
 				unwrap := func(dc *config.DecryptConfig, d ocispec.Descriptor) time.Duration {
@@ -277,7 +277,7 @@ func decoderRuns(b testing.TB, enc v1.Image) []decoderRun {
 	}
 	var runs []decoderRun
 	for _, d := range m.Layers {
-		desc := ocispec.Descriptor{MediaType: string(d.MediaType), Digest: godigest.Digest(d.Digest.String()), Size: d.Size, Annotations: d.Annotations}
+		desc := imageenc.OCIDescriptor(d)
 		p, err := imagedecoder.MarshalPayload(imagedecoder.Payload{Descriptor: desc})
 		if err != nil {
 			b.Fatal(err)

@@ -20,7 +20,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	godigest "github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/podkey/podkey/pkg/audit"
 	"github.com/podkey/podkey/pkg/imagecrypt"
@@ -89,7 +88,7 @@ func decryptLayers(t *testing.T, n imageNode, enc, plain v1.Image) error {
 		t.Fatal(err)
 	}
 	for i, d := range m.Layers {
-		desc := ocispec.Descriptor{MediaType: string(d.MediaType), Digest: godigest.Digest(d.Digest.String()), Size: d.Size, Annotations: d.Annotations}
+		desc := imageenc.OCIDescriptor(d)
 		l, err := enc.LayerByDigest(d.Digest)
 		if err != nil {
 			t.Fatal(err)

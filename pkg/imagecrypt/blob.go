@@ -212,10 +212,10 @@ func KeySet(s suite.Name, entries []Entry) (string, error) {
 	return hex.EncodeToString(sum[:8]), nil
 }
 
-// KeyIDs lists the blob's recipients in order.
-func (bl *Blob) KeyIDs() []string {
-	out := make([]string, len(bl.Entries))
-	for i, e := range bl.Entries {
+// KeyIDs lists the recipients of entries in order.
+func KeyIDs(entries []Entry) []string {
+	out := make([]string, len(entries))
+	for i, e := range entries {
 		out[i] = e.KeyID
 	}
 	return out

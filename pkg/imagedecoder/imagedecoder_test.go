@@ -41,7 +41,7 @@ func layers(t *testing.T, enc, plain v1.Image) (payloads, blobs [][]byte, digest
 	m, _ := enc.Manifest()
 	pl, _ := plain.Layers()
 	for i, d := range m.Layers {
-		desc := ocispec.Descriptor{MediaType: string(d.MediaType), Digest: godigest.Digest(d.Digest.String()), Size: d.Size, Annotations: d.Annotations}
+		desc := imageenc.OCIDescriptor(d)
 		p, err := imagedecoder.MarshalPayload(imagedecoder.Payload{Descriptor: desc})
 		if err != nil {
 			t.Fatal(err)

@@ -34,6 +34,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/podkey/podkey/pkg/imagecrypt"
 )
@@ -310,6 +311,12 @@ func (e *encrypted) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 	return nil, fmt.Errorf("no layer %s", h)
 }
 
+// OCIDescriptor is a go-containerregistry descriptor as ocicrypt and
+// containerd's decoder payload take it.
+func OCIDescriptor(d v1.Descriptor) ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: string(d.MediaType), Digest: digest.Digest(d.Digest.String()), Size: d.Size, Annotations: d.Annotations}
+}
+
 // LayerInfo describes one layer for 'podkey image inspect': never a key.
 type LayerInfo struct {
 	Digest    string   `json:"digest"`
@@ -343,7 +350,7 @@ func Inspect(img v1.Image) ([]LayerInfo, error) {
 			if err != nil {
 				return nil, fmt.Errorf("layer %s: %w", d.Digest, err)
 			}
-			li.Suite, li.ImageKeys = string(bl.Suite), bl.KeyIDs()
+			li.Suite, li.ImageKeys = string(bl.Suite), imagecrypt.KeyIDs(bl.Entries)
 			li.KeySet, _ = imagecrypt.KeySet(bl.Suite, bl.Entries)
 		}
 		out = append(out, li)

@@ -3,15 +3,7 @@ package imageprovider_test
 import (
 	"encoding/base64"
 	"testing"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	godigest "github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
-
-func ocispecDescriptor(d v1.Descriptor) ocispec.Descriptor {
-	return ocispec.Descriptor{MediaType: string(d.MediaType), Digest: godigest.Digest(d.Digest.String()), Size: d.Size, Annotations: d.Annotations}
-}
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 

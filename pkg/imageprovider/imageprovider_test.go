@@ -64,7 +64,7 @@ func decrypt(t *testing.T, enc, plain v1.Image) error {
 			t.Fatal(err)
 		}
 		rc, _ := l.Compressed()
-		r, _, err := ocicrypt.DecryptLayer(&config.DecryptConfig{}, rc, ocispecDescriptor(desc), false)
+		r, _, err := ocicrypt.DecryptLayer(&config.DecryptConfig{}, rc, imageenc.OCIDescriptor(desc), false)
 		if err != nil {
 			return err
 		}
@@ -185,7 +185,7 @@ func TestRefusalsReachTheDecoder(t *testing.T) {
 	desc.Annotations[imagecrypt.AnnotationID] = b64(raw)
 	l, _ := enc.LayerByDigest(desc.Digest)
 	rc, _ := l.Compressed()
-	if _, _, err := ocicrypt.DecryptLayer(&config.DecryptConfig{}, rc, ocispecDescriptor(desc), false); err == nil {
+	if _, _, err := ocicrypt.DecryptLayer(&config.DecryptConfig{}, rc, imageenc.OCIDescriptor(desc), false); err == nil {
 		t.Fatal("altered options opened")
 	}
 }

@@ -68,7 +68,7 @@ func (k *keydService) UnwrapImageKey(ctx context.Context, req *keydv1.UnwrapImag
 	}
 	if chosen == nil {
 		code, msg := codes.PermissionDenied, fmt.Sprintf("policy does not allow node %q to unwrap images encrypted for image keys %s (key set %s)",
-			node, strings.Join(imageKeyIDs(entries), ", "), keySet)
+			node, strings.Join(imagecrypt.KeyIDs(entries), ", "), keySet)
 		if len(allowed) > 0 {
 			code, msg = codes.NotFound, fmt.Sprintf("node %q may unwrap image keys %s, but keyd holds none of them (key set %s)",
 				node, strings.Join(allowed, ", "), keySet)
@@ -87,14 +87,6 @@ func (k *keydService) UnwrapImageKey(ctx context.Context, req *keydv1.UnwrapImag
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 	}
 	return &keydv1.UnwrapImageKeyResponse{Cek: cek, KeyId: chosen.KeyID, KeySet: keySet}, nil
-}
-
-func imageKeyIDs(es []imagecrypt.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = e.KeyID
-	}
-	return out
 }
 
 // imageStatus maps an unwrap failure: a blob that fails authentication or
