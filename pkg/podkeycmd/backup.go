@@ -158,12 +158,24 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 	if err != nil {
 		return command.Exit(command.ExitTampered, fmt.Errorf("the backup's audit chain does not verify with this HSM, nothing was restored: %w", err))
 	}
+	stamp := time.Now().UTC().Format("20060102T150405Z")
 	if exists {
-		aside := fmt.Sprintf("%s.replaced-%s", to, time.Now().UTC().Format("20060102T150405Z"))
+		aside := fmt.Sprintf("%s.replaced-%s", to, stamp)
 		if err := os.Rename(to, aside); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "kept the replaced store as %s\n", aside)
+	}
+	// A journal left beside a store that is gone (keyd killed, the file
+	// lost) belongs to what is replaced, not to the backup: kept aside,
+	// never applied to it.
+	j := store.JournalPath(to)
+	if _, err := os.Stat(j); err == nil {
+		aside := fmt.Sprintf("%s.replaced-%s", j, stamp)
+		if err := os.Rename(j, aside); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "kept the replaced store's journal as %s\n", aside)
 	}
 	if err := os.Rename(staged, to); err != nil {
 		return err

@@ -3,12 +3,15 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -28,15 +31,43 @@ var (
 
 const schemaVersion = "1"
 
-// Bolt is the embedded store: one bbolt file, fsynced on every commit.
+var keyJournal = []byte("journal") // in bucketMeta: the id the journal must carry
+
+// Applying the journal to the bbolt file: when this many entries wait, when
+// the journal is this full, and at least this often while any wait.
+// applyEvery is a variable for tests that hold entries in the journal.
+const (
+	applyEntries = 2048
+	applyBytes   = journalSize / 4
+)
+
+var applyEvery = 250 * time.Millisecond
+
+// Bolt is the embedded store: one bbolt file, fsynced on every commit, and
+// beside it the journal (FILE.journal) that makes an audit append durable
+// with one small sync before bbolt has it. Reads see journalled entries.
 type Bolt struct {
 	db *bolt.DB
+
+	mu      sync.Mutex
+	j       *journal
+	jpath   string
+	tail    AuditEntry   // the newest audit entry, journalled or applied
+	pending []AuditEntry // journalled, not yet in the bbolt file; never changed in place
+	binds   map[string][]PodBinding
+	nonces  map[[32]byte]time.Time
+	closed  bool
+
+	kick chan struct{}
+	done chan struct{}
+	wg   sync.WaitGroup
 }
 
 var _ Store = (*Bolt)(nil)
 
-// OpenBolt opens or creates the store file (mode 0600). It fails fast when
-// another process holds the file.
+// OpenBolt opens or creates the store file (mode 0600) and applies what a
+// crash left in its journal. It fails fast when another process holds the
+// file.
 func OpenBolt(path string) (*Bolt, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -45,6 +76,7 @@ func OpenBolt(path string) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
+	var id []byte
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods, bucketNonces, bucketRenewals} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -54,9 +86,18 @@ func OpenBolt(path string) (*Bolt, error) {
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
 		case v == nil:
-			return meta.Put(keySchema, []byte(schemaVersion))
+			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
+				return err
+			}
 		case string(v) != schemaVersion:
 			return fmt.Errorf("schema version %s, this keyd reads %s", v, schemaVersion)
+		}
+		if id = bytes.Clone(meta.Get(keyJournal)); len(id) != journalIDSize {
+			id = make([]byte, journalIDSize)
+			if _, err := rand.Read(id); err != nil {
+				return err
+			}
+			return meta.Put(keyJournal, id)
 		}
 		return nil
 	})
@@ -64,11 +105,108 @@ func OpenBolt(path string) (*Bolt, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
-	return &Bolt{db: db}, nil
+	b := &Bolt{db: db, jpath: JournalPath(path), kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := b.recover(id); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	b.wg.Add(1)
+	go b.applier()
+	return b, nil
 }
 
-// Close closes the file.
-func (b *Bolt) Close() error { return b.db.Close() }
+// recover applies the journal's unapplied frames to the file, then starts
+// a fresh journal.
+func (b *Bolt) recover(id []byte) error {
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		if k, v := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
+			b.tail = AuditEntry{Seq: binary.BigEndian.Uint64(k), Data: bytes.Clone(v)}
+		}
+		entries, err := replayJournal(b.jpath, id, b.tail.Seq)
+		if err != nil || len(entries) == 0 {
+			return err
+		}
+		if err := appendEntries(tx, b.tail.Seq, entries); err != nil {
+			return fmt.Errorf("apply journal: %w", err)
+		}
+		b.tail = entries[len(entries)-1]
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.j, err = createJournal(b.jpath, id)
+	return err
+}
+
+// applier applies the journal to the file in the background.
+func (b *Bolt) applier() {
+	defer b.wg.Done()
+	t := time.NewTicker(applyEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-b.kick:
+		case <-t.C:
+		}
+		b.mu.Lock()
+		if !b.closed && len(b.pending) > 0 {
+			// A failure leaves the entries journalled; the next round, or
+			// an appender that needs the room, tries again.
+			_ = b.applyLocked()
+		}
+		b.mu.Unlock()
+	}
+}
+
+// applyLocked writes the journalled entries into the bbolt file in one
+// synced transaction and rewinds the journal.
+func (b *Bolt) applyLocked() error {
+	if len(b.pending) > 0 {
+		err := b.db.Update(func(tx *bolt.Tx) error { return appendEntries(tx, b.pending[0].Seq-1, b.pending) })
+		if err != nil {
+			return fmt.Errorf("store: apply journal: %w", err)
+		}
+	}
+	b.pending, b.binds, b.nonces = nil, nil, nil
+	b.j.rewind()
+	return nil
+}
+
+// flush applies the journal: what reads the bbolt file as a whole (a
+// backup, a migration) sees every entry.
+func (b *Bolt) flush() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	return b.applyLocked()
+}
+
+// Close applies the journal, removes it and closes the file. When the
+// journal cannot be applied it stays, and the next open applies it.
+func (b *Bolt) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	close(b.done)
+	b.wg.Wait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	applyErr := b.applyLocked()
+	err := errors.Join(applyErr, b.j.close())
+	if applyErr == nil {
+		err = errors.Join(err, os.Remove(b.jpath))
+	}
+	return errors.Join(err, b.db.Close())
+}
 
 func (b *Bolt) Policy(_ context.Context) ([]byte, error) {
 	var out []byte
@@ -296,13 +434,18 @@ type podBinding struct {
 	Until time.Time `json:"until"`
 }
 
-// putBinding writes a binding unless the stored one is for the same node
-// and lasts at least as long.
+// keepsBinding is the binding rule: a stored binding stays when it is for
+// the same node and lasts at least as long as the new one.
+func keepsBinding(old podBinding, pb PodBinding) bool {
+	return old.Node == pb.Node && !old.Until.Before(pb.Until)
+}
+
+// putBinding writes a binding unless keepsBinding says the stored one stays.
 func putBinding(tx *bolt.Tx, pb PodBinding) error {
 	bk := tx.Bucket(bucketPods)
 	if v := bk.Get([]byte(pb.PodUID)); v != nil {
 		var old podBinding
-		if json.Unmarshal(v, &old) == nil && old.Node == pb.Node && !old.Until.Before(pb.Until) {
+		if json.Unmarshal(v, &old) == nil && keepsBinding(old, pb) {
 			return nil
 		}
 	}
@@ -314,25 +457,30 @@ func putBinding(tx *bolt.Tx, pb PodBinding) error {
 }
 
 func (b *Bolt) PodNode(_ context.Context, podUID string, now time.Time) (string, time.Time, error) {
-	var (
-		node  string
-		until time.Time
-	)
+	// Journalled bindings first, then the file (see ScanAudit): the rule
+	// applied again to bindings the file already has changes nothing.
+	b.mu.Lock()
+	journalled := b.binds[podUID]
+	b.mu.Unlock()
+	var pb podBinding
 	err := b.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketPods).Get([]byte(podUID))
-		if v == nil {
-			return nil
-		}
-		var pb podBinding
-		if err := json.Unmarshal(v, &pb); err != nil {
-			return err
-		}
-		if now.Before(pb.Until) {
-			node, until = pb.Node, pb.Until
+		if v := tx.Bucket(bucketPods).Get([]byte(podUID)); v != nil {
+			return json.Unmarshal(v, &pb)
 		}
 		return nil
 	})
-	return node, until, err
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	for _, j := range journalled {
+		if !keepsBinding(pb, j) {
+			pb = podBinding{Node: j.Node, Until: j.Until}
+		}
+	}
+	if !now.Before(pb.Until) {
+		return "", time.Time{}, nil
+	}
+	return pb.Node, pb.Until, nil
 }
 
 func seqKey(seq uint64) []byte {
@@ -349,17 +497,81 @@ func (b *Bolt) AppendAudit(ctx context.Context, entries []AuditEntry) error {
 }
 
 func (b *Bolt) AppendAuditAfter(_ context.Context, seal func(last AuditEntry) ([]AuditEntry, error)) error {
-	return b.db.Update(func(tx *bolt.Tx) error {
-		var last AuditEntry
-		if k, v := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
-			last = AuditEntry{Seq: binary.BigEndian.Uint64(k), Data: append([]byte(nil), v...)}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if b.j.err != nil {
+		return b.j.err
+	}
+	entries, err := seal(AuditEntry{Seq: b.tail.Seq, Data: bytes.Clone(b.tail.Data)})
+	if err != nil || len(entries) == 0 {
+		return err
+	}
+	for i, e := range entries {
+		if e.Seq != b.tail.Seq+1+uint64(i) {
+			return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, b.tail.Seq+1+uint64(i), e.Seq)
 		}
-		entries, err := seal(last)
-		if err != nil {
+	}
+	// The store keeps its own copy: the caller's slices are theirs again
+	// when this returns.
+	own := make([]AuditEntry, len(entries))
+	for i, e := range entries {
+		own[i] = AuditEntry{Seq: e.Seq, Data: bytes.Clone(e.Data)}
+		if e.Bind != nil {
+			bind := *e.Bind
+			own[i].Bind = &bind
+		}
+		if e.Nonce != nil {
+			n := *e.Nonce
+			own[i].Nonce = &n
+		}
+	}
+	frame := appendFrame(nil, own)
+	if len(frame) > maxFrame || !frameFits(own) {
+		// Larger than the journal: straight into the file, after what the
+		// journal holds.
+		if err := b.applyLocked(); err != nil {
 			return err
 		}
-		return appendEntries(tx, last.Seq, entries)
-	})
+		if err := b.db.Update(func(tx *bolt.Tx) error { return appendEntries(tx, b.tail.Seq, own) }); err != nil {
+			return err
+		}
+		b.tail = own[len(own)-1]
+		return nil
+	}
+	if !b.j.fits(len(frame)) {
+		if err := b.applyLocked(); err != nil {
+			return err
+		}
+	}
+	if err := b.j.write(frame); err != nil {
+		return err
+	}
+	b.pending = append(b.pending, own...)
+	for _, e := range own {
+		if e.Bind != nil {
+			if b.binds == nil {
+				b.binds = map[string][]PodBinding{}
+			}
+			b.binds[e.Bind.PodUID] = append(b.binds[e.Bind.PodUID], *e.Bind)
+		}
+		if e.Nonce != nil {
+			if b.nonces == nil {
+				b.nonces = map[[32]byte]time.Time{}
+			}
+			b.nonces[e.Nonce.Key] = e.Nonce.Until
+		}
+	}
+	b.tail = own[len(own)-1]
+	if len(b.pending) >= applyEntries || b.j.used() >= applyBytes {
+		select {
+		case b.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 // appendEntries writes entries that must follow position last, with their
@@ -399,6 +611,12 @@ func fromUnixNano(v []byte) time.Time {
 }
 
 func (b *Bolt) NonceSeen(_ context.Context, key [32]byte, now time.Time) (bool, error) {
+	b.mu.Lock()
+	until, journalled := b.nonces[key]
+	b.mu.Unlock()
+	if journalled && !now.After(until) {
+		return true, nil
+	}
 	seen := false
 	err := b.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketNonces).Get(key[:]); v != nil {
@@ -414,42 +632,77 @@ func (b *Bolt) PruneNonces(_ context.Context, now time.Time) (int, error) {
 }
 
 func (b *Bolt) LastAudit(_ context.Context) (AuditEntry, error) {
-	var e AuditEntry
-	err := b.db.View(func(tx *bolt.Tx) error {
-		k, v := tx.Bucket(bucketAudit).Cursor().Last()
-		if k != nil {
-			e = AuditEntry{Seq: binary.BigEndian.Uint64(k), Data: append([]byte(nil), v...)}
-		}
-		return nil
-	})
-	return e, err
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return AuditEntry{}, ErrClosed
+	}
+	return AuditEntry{Seq: b.tail.Seq, Data: bytes.Clone(b.tail.Data)}, nil
 }
 
 func (b *Bolt) ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) error) error {
-	return b.db.View(func(tx *bolt.Tx) error {
+	// The journalled entries first, then the file: an entry applied in
+	// between is in the file, and what the file ends before is in the
+	// snapshot (the applier never drops entries the file does not hold).
+	b.mu.Lock()
+	pending := b.pending
+	b.mu.Unlock()
+	seen := uint64(0)
+	if from > 0 {
+		seen = from - 1
+	}
+	err := b.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAudit).Cursor()
 		for k, v := c.Seek(seqKey(from)); k != nil; k, v = c.Next() {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if err := fn(AuditEntry{Seq: binary.BigEndian.Uint64(k), Data: append([]byte(nil), v...)}); err != nil {
+			seen = binary.BigEndian.Uint64(k)
+			if err := fn(AuditEntry{Seq: seen, Data: append([]byte(nil), v...)}); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	for _, e := range pending {
+		if e.Seq <= seen {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(AuditEntry{Seq: e.Seq, Data: bytes.Clone(e.Data)}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Backup writes a consistent copy of the whole store to w from one read
 // transaction, while writers go on, and returns its size and the sequence
 // number of its last audit record (0 when the log is empty).
 func (b *Bolt) Backup(w io.Writer) (size int64, lastAudit uint64, err error) {
-	err = b.db.View(func(tx *bolt.Tx) error {
-		if k, _ := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
-			lastAudit = binary.BigEndian.Uint64(k)
-		}
-		size, err = tx.WriteTo(w)
-		return err
-	})
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return 0, 0, ErrClosed
+	}
+	if err := b.applyLocked(); err != nil {
+		b.mu.Unlock()
+		return 0, 0, err
+	}
+	tx, err := b.db.Begin(false)
+	b.mu.Unlock()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.Rollback()
+	if k, _ := tx.Bucket(bucketAudit).Cursor().Last(); k != nil {
+		lastAudit = binary.BigEndian.Uint64(k)
+	}
+	size, err = tx.WriteTo(w)
 	return size, lastAudit, err
 }

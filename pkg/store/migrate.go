@@ -25,6 +25,9 @@ type State struct {
 // expired entries included (the destination prunes them as keyd does).
 func (b *Bolt) State(context.Context) (State, error) {
 	var st State
+	if err := b.flush(); err != nil {
+		return st, err
+	}
 	err := b.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get(keyPolicy); v != nil {
 			st.Policy = append([]byte(nil), v...)
