@@ -117,6 +117,10 @@ export PODKEY_KUBE_BIN_DIR
   echo "MintX509SVID over its local admin socket (it writes nothing per call)."
   echo "Medians of three interleaved rounds; both share this machine's cores with"
   echo "the callers."
+  if [ -n "${PODKEY_BASELINE_BIN:-}" ]; then
+    echo "The baseline-keyd rows are keyd built from ${PODKEY_BASELINE_REV:-another revision}"
+    echo "(PODKEY_BASELINE_BIN), measured interleaved in the same run."
+  fi
   echo
   echo '```'
   go test -run '^$' -bench 'IssuanceBesideSPIRE' -benchtime 1x -timeout 40m ./e2e 2>/dev/null | grep -E '^Benchmark'
