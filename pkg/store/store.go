@@ -1,8 +1,8 @@
 // Package store is keyd's durable state: the policy document, enrolled
 // secrets (only ever HSM-wrapped), pod revocations and the audit log. The
-// Store interface is what keyd needs; Bolt is the embedded single-file
-// implementation, and a shared database serves several keyd replicas
-// through the same interface.
+// Store interface is what keyd needs; Bolt is the embedded implementation
+// (a bbolt file and the journal beside it), and a shared database serves
+// several keyd replicas through the same interface.
 package store
 
 import (
