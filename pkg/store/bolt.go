@@ -176,14 +176,21 @@ func (b *Bolt) applyLocked() error {
 }
 
 // flush applies the journal: what reads the bbolt file as a whole (a
-// backup, a migration) sees every entry.
-func (b *Bolt) flush() error {
+// backup, a migration) sees every entry. then, when not nil, runs before
+// any append follows (a backup begins its read transaction there).
+func (b *Bolt) flush(then func() error) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return ErrClosed
 	}
-	return b.applyLocked()
+	if err := b.applyLocked(); err != nil {
+		return err
+	}
+	if then == nil {
+		return nil
+	}
+	return then()
 }
 
 // Close applies the journal, removes it and closes the file. When the
@@ -509,10 +516,8 @@ func (b *Bolt) AppendAuditAfter(_ context.Context, seal func(last AuditEntry) ([
 	if err != nil || len(entries) == 0 {
 		return err
 	}
-	for i, e := range entries {
-		if e.Seq != b.tail.Seq+1+uint64(i) {
-			return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, b.tail.Seq+1+uint64(i), e.Seq)
-		}
+	if err := checkSeqs(b.tail.Seq, entries); err != nil {
+		return err
 	}
 	// The store keeps its own copy: the caller's slices are theirs again
 	// when this returns.
@@ -574,16 +579,26 @@ func (b *Bolt) AppendAuditAfter(_ context.Context, seal func(last AuditEntry) ([
 	return nil
 }
 
-// appendEntries writes entries that must follow position last, with their
-// bindings and nonces.
-func appendEntries(tx *bolt.Tx, last uint64, entries []AuditEntry) error {
-	bk := tx.Bucket(bucketAudit)
-	// Keys only ever grow: pack pages full instead of splitting at half.
-	bk.FillPercent = 1.0
+// checkSeqs is ErrAuditSeq unless entries follow position last, gapless.
+func checkSeqs(last uint64, entries []AuditEntry) error {
 	for i, e := range entries {
 		if e.Seq != last+1+uint64(i) {
 			return fmt.Errorf("%w: next is %d, got %d", ErrAuditSeq, last+1+uint64(i), e.Seq)
 		}
+	}
+	return nil
+}
+
+// appendEntries writes entries that must follow position last, with their
+// bindings and nonces.
+func appendEntries(tx *bolt.Tx, last uint64, entries []AuditEntry) error {
+	if err := checkSeqs(last, entries); err != nil {
+		return err
+	}
+	bk := tx.Bucket(bucketAudit)
+	// Keys only ever grow: pack pages full instead of splitting at half.
+	bk.FillPercent = 1.0
+	for _, e := range entries {
 		if err := bk.Put(seqKey(e.Seq), e.Data); err != nil {
 			return err
 		}
@@ -685,18 +700,8 @@ func (b *Bolt) ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) e
 // transaction, while writers go on, and returns its size and the sequence
 // number of its last audit record (0 when the log is empty).
 func (b *Bolt) Backup(w io.Writer) (size int64, lastAudit uint64, err error) {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return 0, 0, ErrClosed
-	}
-	if err := b.applyLocked(); err != nil {
-		b.mu.Unlock()
-		return 0, 0, err
-	}
-	tx, err := b.db.Begin(false)
-	b.mu.Unlock()
-	if err != nil {
+	var tx *bolt.Tx
+	if err := b.flush(func() (err error) { tx, err = b.db.Begin(false); return err }); err != nil {
 		return 0, 0, err
 	}
 	defer tx.Rollback()

@@ -23,7 +23,7 @@ func (b *Bolt) Crash() {
 }
 
 // Flush applies the journal to the bbolt file now.
-func (b *Bolt) Flush() error { return b.flush() }
+func (b *Bolt) Flush() error { return b.flush(nil) }
 
 // ParseFrame and AppendFrame expose the journal's frame format to the fuzzer.
 var (

@@ -25,7 +25,7 @@ type State struct {
 // expired entries included (the destination prunes them as keyd does).
 func (b *Bolt) State(context.Context) (State, error) {
 	var st State
-	if err := b.flush(); err != nil {
+	if err := b.flush(nil); err != nil {
 		return st, err
 	}
 	err := b.db.View(func(tx *bolt.Tx) error {
