@@ -123,8 +123,7 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 		return command.Exit(command.ExitNotFound, err)
 	}
 	defer src.Close()
-	_, statErr := os.Stat(to)
-	exists := statErr == nil
+	exists := fileExists(to)
 	if exists && !replace {
 		return command.UsageError("%s exists: pass --replace to put the backup in its place (the old file is kept beside it)", to)
 	}
@@ -159,27 +158,35 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 		return command.Exit(command.ExitTampered, fmt.Errorf("the backup's audit chain does not verify with this HSM, nothing was restored: %w", err))
 	}
 	stamp := time.Now().UTC().Format("20060102T150405Z")
-	if exists {
-		aside := fmt.Sprintf("%s.replaced-%s", to, stamp)
-		if err := os.Rename(to, aside); err != nil {
+	putAside := func(path, what string) error {
+		aside := fmt.Sprintf("%s.replaced-%s", path, stamp)
+		if err := os.Rename(path, aside); err != nil {
 			return err
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "kept the replaced store as %s\n", aside)
+		fmt.Fprintf(cmd.OutOrStdout(), "kept the replaced %s as %s\n", what, aside)
+		return nil
+	}
+	if exists {
+		if err := putAside(to, "store"); err != nil {
+			return err
+		}
 	}
 	// A journal left beside a store that is gone (keyd killed, the file
 	// lost) belongs to what is replaced, not to the backup: kept aside,
 	// never applied to it.
-	j := store.JournalPath(to)
-	if _, err := os.Stat(j); err == nil {
-		aside := fmt.Sprintf("%s.replaced-%s", j, stamp)
-		if err := os.Rename(j, aside); err != nil {
+	if j := store.JournalPath(to); fileExists(j) {
+		if err := putAside(j, "store's journal"); err != nil {
 			return err
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "kept the replaced store's journal as %s\n", aside)
 	}
 	if err := os.Rename(staged, to); err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "restored %s from %s: audit chain verified, %d records; everything after record %d is not in it\n", to, from, n, n)
 	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
