@@ -16,10 +16,10 @@ RUN go mod download
 COPY . .
 ARG VERSION=dev
 RUN CGO_ENABLED=1 go build -trimpath \
-      -ldflags "-s -w -X github.com/podkey/podkey/pkg/version.Version=${VERSION}" \
+      -ldflags "-s -w -X github.com/podkey/podkey/internal/version.Version=${VERSION}" \
       -o /out/ ./cmd/podkey-keyd ./cmd/podkey \
  && CGO_ENABLED=0 go build -trimpath \
-      -ldflags "-s -w -X github.com/podkey/podkey/pkg/version.Version=${VERSION}" \
+      -ldflags "-s -w -X github.com/podkey/podkey/internal/version.Version=${VERSION}" \
       -o /out/ ./cmd/podkey-csi
 
 FROM debian:bookworm-slim AS keyd

@@ -4,7 +4,7 @@
 GO ?= go
 BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/podkey/podkey/pkg/version.Version=$(VERSION)
+LDFLAGS := -X github.com/podkey/podkey/internal/version.Version=$(VERSION)
 
 .PHONY: all build test e2e cluster demo proto fuzz bench deps vet clean manifests images
 

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podkey/podkey/pkg/metricstest"
+	"github.com/podkey/podkey/internal/testenv/metricstest"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 

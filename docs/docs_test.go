@@ -15,12 +15,12 @@ import (
 	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/podkey/podkey/pkg/csicmd"
-	"github.com/podkey/podkey/pkg/keydcmd"
-	"github.com/podkey/podkey/pkg/metricstest"
-	"github.com/podkey/podkey/pkg/podkeycmd"
-	"github.com/podkey/podkey/pkg/policy"
-	"github.com/podkey/podkey/pkg/spc"
+	"github.com/podkey/podkey/internal/cmd/csicmd"
+	"github.com/podkey/podkey/internal/cmd/keydcmd"
+	"github.com/podkey/podkey/internal/cmd/podkeycmd"
+	"github.com/podkey/podkey/internal/keyd/policy"
+	"github.com/podkey/podkey/internal/node/spc"
+	"github.com/podkey/podkey/internal/testenv/metricstest"
 )
 
 type block struct {

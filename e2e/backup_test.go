@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/podkey/podkey/internal/keyd/audit"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/audit"
 	"github.com/podkey/podkey/pkg/keydclient"
 )
 

@@ -5,11 +5,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podkey/podkey/internal/keyd/identity"
+	"github.com/podkey/podkey/internal/keyd/identity/tokenreview"
+	"github.com/podkey/podkey/internal/keyd/keydtest"
+	"github.com/podkey/podkey/internal/keyd/service"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/identity"
-	"github.com/podkey/podkey/pkg/identity/tokenreview"
-	"github.com/podkey/podkey/pkg/keyd"
-	"github.com/podkey/podkey/pkg/keyd/keydtest"
 )
 
 // BenchmarkIssueIdentity compares apiKey issuance through keyd's local
@@ -51,7 +51,7 @@ func BenchmarkIssueIdentity(b *testing.B) {
 		{"tokenreview-cache-hit", identity.NewVerifier(rev, identity.Options{CacheTTL: time.Hour})},
 	} {
 		b.Run(mode.name, func(b *testing.B) {
-			e := keydtest.Start(b, func(o *keyd.Options) {
+			e := keydtest.Start(b, func(o *service.Options) {
 				o.Identity, o.InsecureLocalIdentity = mode.verifier, mode.verifier == nil
 			})
 			if _, err := e.Keyd.Issue(ctx, req); err != nil {

@@ -19,18 +19,18 @@ import (
 	mount "k8s.io/mount-utils"
 	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
-	"github.com/podkey/podkey/pkg/accesskey"
+	"github.com/podkey/podkey/internal/keyd/identity"
+	"github.com/podkey/podkey/internal/keyd/identity/tokenreview"
+	"github.com/podkey/podkey/internal/keyd/keydtest"
+	"github.com/podkey/podkey/internal/keyd/service"
+	"github.com/podkey/podkey/internal/node/csidriver"
+	"github.com/podkey/podkey/internal/node/spc"
+	"github.com/podkey/podkey/internal/node/volume"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/csinode"
-	"github.com/podkey/podkey/pkg/identity"
-	"github.com/podkey/podkey/pkg/identity/tokenreview"
-	"github.com/podkey/podkey/pkg/keyd"
-	"github.com/podkey/podkey/pkg/keyd/keydtest"
+	"github.com/podkey/podkey/pkg/apikey/accesskey"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/podfiles"
-	"github.com/podkey/podkey/pkg/spc"
 	"github.com/podkey/podkey/pkg/suite"
-	"github.com/podkey/podkey/pkg/volume"
 )
 
 // trust is keyd verifying identities against the real API server, and one
@@ -40,7 +40,7 @@ type trust struct {
 	t      *testing.T
 	keyd   *keydtest.Env
 	caFile string
-	nodes  map[string]*csinode.Driver
+	nodes  map[string]*csidriver.Driver
 	conns  map[string]*keydclient.NodeConn
 	// podsDir stands for the kubelet's pods directory: targets go below it.
 	podsDir string
@@ -70,8 +70,8 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 		t.Fatal(err)
 	}
 	v := identity.NewVerifier(rev, identity.Options{NodeServiceAccount: "podkey/podkey-csi", CacheTTL: cacheTTL})
-	tr := &trust{t: t, nodes: map[string]*csinode.Driver{}, conns: map[string]*keydclient.NodeConn{}, podsDir: t.TempDir()}
-	tr.keyd = keydtest.Start(t, func(o *keyd.Options) {
+	tr := &trust{t: t, nodes: map[string]*csidriver.Driver{}, conns: map[string]*keydclient.NodeConn{}, podsDir: t.TempDir()}
+	tr.keyd = keydtest.Start(t, func(o *service.Options) {
 		o.Identity, o.InsecureLocalIdentity, o.NodeCertTTL = v, false, nodeCertTTL
 	})
 	ca, err := tr.keyd.Keyd.CABundle(ctx, &keydv1.CABundleRequest{Suite: "intl"})
@@ -87,7 +87,7 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 		t.Cleanup(cancel)
 		go nc.Run(rctx)
 		kc := keydv1.NewKeydClient(nc)
-		d, err := csinode.New(csinode.Options{NodeID: n, StateDir: filepath.Join(t.TempDir(), n), PodsDir: tr.podsDir, Issuer: kc, Revoker: kc,
+		d, err := csidriver.New(csidriver.Options{NodeID: n, StateDir: filepath.Join(t.TempDir(), n), PodsDir: tr.podsDir, Issuer: kc, Revoker: kc,
 			Classes: classes, Volumes: volume.NewMounter(mount.NewFakeMounter(nil))})
 		if err != nil {
 			t.Fatal(err)

@@ -31,12 +31,12 @@ import (
 	godigest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/podkey/podkey/internal/cmd/decodercmd"
+	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/internal/node/imagekeys"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/hsm"
-	"github.com/podkey/podkey/pkg/imagecrypt"
-	"github.com/podkey/podkey/pkg/imagedecoder"
-	"github.com/podkey/podkey/pkg/imageenc"
-	"github.com/podkey/podkey/pkg/imageprovider"
+	"github.com/podkey/podkey/pkg/image/imagecrypt"
+	"github.com/podkey/podkey/pkg/image/imageenc"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/suite"
 )
@@ -54,7 +54,7 @@ type unwrapBench struct {
 	p11yaml  []byte
 	perLayer string // keyprovider socket, no cache
 	cached   string // keyprovider socket, content keys cached
-	cache    *imageprovider.Provider
+	cache    *imagekeys.Provider
 }
 
 func newUnwrapBench(b *testing.B) *unwrapBench {
@@ -86,8 +86,8 @@ func newUnwrapBench(b *testing.B) *unwrapBench {
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	u.perLayer, u.cached = filepath.Join(dir, "per-layer.sock"), filepath.Join(dir, "cached.sock")
-	perLayer := imageprovider.New(imageprovider.Options{Keyd: u.keyd, NodeName: "bench-node"})
-	u.cache = imageprovider.New(imageprovider.Options{Keyd: u.keyd, NodeName: "bench-node", CacheTTL: time.Minute})
+	perLayer := imagekeys.New(imagekeys.Options{Keyd: u.keyd, NodeName: "bench-node"})
+	u.cache = imagekeys.New(imagekeys.Options{Keyd: u.keyd, NodeName: "bench-node", CacheTTL: time.Minute})
 	go func() { _ = perLayer.Serve(ctx, u.perLayer) }()
 	go func() { _ = u.cache.Serve(ctx, u.cached) }()
 
@@ -278,7 +278,7 @@ func decoderRuns(b testing.TB, enc v1.Image) []decoderRun {
 	var runs []decoderRun
 	for _, d := range m.Layers {
 		desc := imageenc.OCIDescriptor(d)
-		p, err := imagedecoder.MarshalPayload(imagedecoder.Payload{Descriptor: desc})
+		p, err := decodercmd.MarshalPayload(decodercmd.Payload{Descriptor: desc})
 		if err != nil {
 			b.Fatal(err)
 		}

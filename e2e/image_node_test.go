@@ -31,7 +31,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/podkey/podkey/e2e/cluster"
-	"github.com/podkey/podkey/pkg/imageenc"
+	"github.com/podkey/podkey/pkg/image/imageenc"
 )
 
 // ctdDecoder builds (once, cached) containerd's image decoder from

@@ -21,9 +21,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	godigest "github.com/opencontainers/go-digest"
 
-	"github.com/podkey/podkey/pkg/audit"
-	"github.com/podkey/podkey/pkg/imagecrypt"
-	"github.com/podkey/podkey/pkg/imageenc"
+	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/pkg/image/imagecrypt"
+	"github.com/podkey/podkey/pkg/image/imageenc"
 )
 
 // imageNode is a podkey-csi process serving the image keyprovider for a

@@ -24,11 +24,11 @@ import (
 	mount "k8s.io/mount-utils"
 	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
+	"github.com/podkey/podkey/internal/node/csidriver"
+	"github.com/podkey/podkey/internal/node/spc"
+	"github.com/podkey/podkey/internal/node/volume"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/csinode"
 	"github.com/podkey/podkey/pkg/keydclient"
-	"github.com/podkey/podkey/pkg/spc"
-	"github.com/podkey/podkey/pkg/volume"
 )
 
 // rssKiB reads a process's resident set size.
@@ -128,7 +128,7 @@ type burstResult struct {
 const keydChartMemoryLimit = 256 << 20
 
 // runBurst runs one burst against one keyd process: the shape's nodes are
-// real podkey-csi drivers (csinode, each with its own state, metrics and
+// real podkey-csi drivers (csidriver, each with its own state, metrics and
 // connection to keyd, as on separate machines) in this process, with a
 // fake mounter whose volumes and state are written into one real tmpfs
 // (as root; a disk directory otherwise): this measures keyd and the
@@ -155,7 +155,7 @@ func runBurst(t testing.TB, shape burstShape, memLimit int64, keydArgs ...string
 		}
 		t.Cleanup(func() { _ = exec.Command("umount", root).Run() })
 	}
-	drivers := make([]*csinode.Driver, shape.nodes)
+	drivers := make([]*csidriver.Driver, shape.nodes)
 	regs := make([]*prometheus.Registry, shape.nodes)
 	for i := range drivers {
 		conn, err := keydclient.Dial(keydclient.Options{Socket: w.sock()})
@@ -165,7 +165,7 @@ func runBurst(t testing.TB, shape burstShape, memLimit int64, keydArgs ...string
 		t.Cleanup(func() { conn.Close() })
 		kc := keydv1.NewKeydClient(conn)
 		regs[i] = prometheus.NewRegistry()
-		drivers[i], err = csinode.New(csinode.Options{NodeID: fmt.Sprintf("node-%d", i), StateDir: filepath.Join(root, "state", strconv.Itoa(i)), PodsDir: root, Issuer: kc, Revoker: kc,
+		drivers[i], err = csidriver.New(csidriver.Options{NodeID: fmt.Sprintf("node-%d", i), StateDir: filepath.Join(root, "state", strconv.Itoa(i)), PodsDir: root, Issuer: kc, Revoker: kc,
 			Classes: spc.Static{"payments/payments": loadClass()}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil)),
 			Registerer: regs[i], Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {

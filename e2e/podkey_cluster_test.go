@@ -23,13 +23,13 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/podkey/podkey/e2e/cluster"
-	"github.com/podkey/podkey/pkg/accesskey"
+	"github.com/podkey/podkey/internal/node/spc"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/apikey"
+	"github.com/podkey/podkey/pkg/apikey/accesskey"
+	"github.com/podkey/podkey/pkg/apikey/reqsign"
 	"github.com/podkey/podkey/pkg/client"
 	"github.com/podkey/podkey/pkg/keydclient"
-	"github.com/podkey/podkey/pkg/reqsign"
-	"github.com/podkey/podkey/pkg/spc"
 	"github.com/podkey/podkey/pkg/suite"
 )
 

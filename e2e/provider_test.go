@@ -20,8 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/podkey/podkey/internal/node/spc"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/spc"
 )
 
 // secretsStoreDriver builds (once, cached) the upstream secrets-store CSI

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/store"
+	"github.com/podkey/podkey/internal/keyd/store/pgtest"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/audit"
-	"github.com/podkey/podkey/pkg/store"
-	"github.com/podkey/podkey/pkg/store/pgtest"
 )
 
 // benchPod is a pod on node-1 with its podkey token.

@@ -13,8 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podkey/podkey/internal/keyd/store/pgtest"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/store/pgtest"
 )
 
 // toReplicas moves the installed keyd from one replica on bbolt to three

@@ -17,12 +17,12 @@ import (
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
 
+	"github.com/podkey/podkey/internal/keyd/store/pgtest"
+	"github.com/podkey/podkey/internal/node/csidriver"
+	"github.com/podkey/podkey/internal/node/spc"
+	"github.com/podkey/podkey/internal/node/volume"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/csinode"
 	"github.com/podkey/podkey/pkg/keydclient"
-	"github.com/podkey/podkey/pkg/spc"
-	"github.com/podkey/podkey/pkg/store/pgtest"
-	"github.com/podkey/podkey/pkg/volume"
 )
 
 // replicaSet is several podkey-keyd processes sharing one SoftHSM2 token
@@ -150,7 +150,7 @@ func TestKeydReplicaKilledInABurst(t *testing.T) {
 	c := sharedCluster(t)
 	kc := keydv1.NewKeydClient(rs.nodeConn(t))
 	podsDir := t.TempDir()
-	d, err := csinode.New(csinode.Options{NodeID: "node-1", StateDir: filepath.Join(t.TempDir(), "state"), PodsDir: podsDir,
+	d, err := csidriver.New(csidriver.Options{NodeID: "node-1", StateDir: filepath.Join(t.TempDir(), "state"), PodsDir: podsDir,
 		Issuer: kc, Revoker: kc, Classes: spc.Static{"payments/creds": classFor("payments")}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/podkey/podkey/pkg/spc"
+	"github.com/podkey/podkey/internal/node/spc"
 )
 
 // TestSecretProviderClassInformer reads classes from the real API server,

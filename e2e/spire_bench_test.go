@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/podkey/podkey/internal/keyd/bench"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/bench"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/object"
 	"github.com/podkey/podkey/pkg/pod"

@@ -12,11 +12,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/podkey/podkey/internal/keyd/store"
+	"github.com/podkey/podkey/internal/keyd/store/pgtest"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/apikey/reqsign"
 	"github.com/podkey/podkey/pkg/keydclient"
-	"github.com/podkey/podkey/pkg/reqsign"
-	"github.com/podkey/podkey/pkg/store"
-	"github.com/podkey/podkey/pkg/store/pgtest"
 	"github.com/podkey/podkey/pkg/suite"
 )
 

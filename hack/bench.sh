@@ -21,10 +21,10 @@ if [ "$(id -u)" = 0 ]; then
     echo "## Node path (go test -bench, real tmpfs, real keyd on SoftHSM2)"
     echo
     echo '```'
-    go test -run '^$' -bench 'PublishCold|BareTmpfs' -benchtime "${BENCH_NODE_N:-300}x" ./pkg/csinode | grep -E '^(Benchmark|cpu|goos|goarch)'
+    go test -run '^$' -bench 'PublishCold|BareTmpfs' -benchtime "${BENCH_NODE_N:-300}x" ./internal/node/csidriver | grep -E '^(Benchmark|cpu|goos|goarch)'
     # The no-op republish, with forced renewals of other scopes in force:
     # microseconds, so many more samples for a p99 that means something.
-    go test -run '^$' -bench 'RepublishNoop' -benchtime "${BENCH_NOOP_N:-5000}x" ./pkg/csinode | grep -E '^Benchmark'
+    go test -run '^$' -bench 'RepublishNoop' -benchtime "${BENCH_NOOP_N:-5000}x" ./internal/node/csidriver | grep -E '^Benchmark'
     echo '```'
   } | tee -a BENCHMARKS.md
 fi

@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/podkey/podkey/pkg/csicmd"
+	"github.com/podkey/podkey/internal/cmd/csicmd"
 )
 
 func main() { os.Exit(csicmd.Main(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/podkey/podkey/pkg/keydcmd"
+	"github.com/podkey/podkey/internal/cmd/keydcmd"
 )
 
 func main() { os.Exit(keydcmd.Main(os.Args[1:], os.Stdout, os.Stderr)) }

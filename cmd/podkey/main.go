@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/podkey/podkey/pkg/podkeycmd"
+	"github.com/podkey/podkey/internal/cmd/podkeycmd"
 )
 
 func main() { os.Exit(podkeycmd.Main(os.Args[1:], os.Stdout, os.Stderr)) }

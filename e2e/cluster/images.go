@@ -148,7 +148,7 @@ slots.removable = false
 // CSI plugin static, with a mount(8) (busybox) for mount-utils. It writes
 // docker archives into dir and returns their paths.
 func PodkeyImages(dir, repoRoot, keydRef, csiRef, version string) (keydTar, csiTar string, err error) {
-	ldflags := "-s -w -X github.com/podkey/podkey/pkg/version.Version=" + version
+	ldflags := "-s -w -X github.com/podkey/podkey/internal/version.Version=" + version
 	bin := filepath.Join(dir, "podkey-bin")
 	if err := goBuild(repoRoot, bin, true, ldflags, "./cmd/podkey-keyd", "./cmd/podkey"); err != nil {
 		return "", "", err

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/podkey/podkey/pkg/reqsign"
+	"github.com/podkey/podkey/pkg/apikey/reqsign"
 )
 
 // Verifier is keyd's Verify; keydv1.KeydClient satisfies it.

@@ -24,16 +24,16 @@ import (
 	mount "k8s.io/mount-utils"
 	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
+	"github.com/podkey/podkey/internal/keyd/keydtest"
+	"github.com/podkey/podkey/internal/keyd/service"
+	"github.com/podkey/podkey/internal/node/csidriver"
+	"github.com/podkey/podkey/internal/node/spc"
+	"github.com/podkey/podkey/internal/node/volume"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/apikey"
+	"github.com/podkey/podkey/pkg/apikey/reqsign"
 	"github.com/podkey/podkey/pkg/client"
-	"github.com/podkey/podkey/pkg/csinode"
-	"github.com/podkey/podkey/pkg/keyd"
-	"github.com/podkey/podkey/pkg/keyd/keydtest"
-	"github.com/podkey/podkey/pkg/reqsign"
-	"github.com/podkey/podkey/pkg/spc"
 	"github.com/podkey/podkey/pkg/suite"
-	"github.com/podkey/podkey/pkg/volume"
 )
 
 // world is a real keyd, a node driver that publishes a real (fake-mounted)
@@ -41,7 +41,7 @@ import (
 // backend behind the middleware.
 type world struct {
 	keyd    *keydtest.Env
-	driver  *csinode.Driver
+	driver  *csidriver.Driver
 	target  string
 	req     *csi.NodePublishVolumeRequest
 	vol     *client.Volume
@@ -58,13 +58,13 @@ func (w *world) now() time.Time {
 
 func newWorld(t testing.TB, s suite.Name) *world {
 	w := &world{clock: time.Now()}
-	w.keyd = keydtest.Start(t, func(o *keyd.Options) { o.Now = w.now })
+	w.keyd = keydtest.Start(t, func(o *service.Options) { o.Now = w.now })
 	c := &sscsi.SecretProviderClass{ObjectMeta: metav1.ObjectMeta{Namespace: "payments", Name: "payments"}}
 	c.Spec.Provider = "podkey"
 	c.Spec.Parameters = map[string]string{"objects": fmt.Sprintf("- {name: ledger-api, kind: apiKey, suite: %s, ttl: 1m}\n", s)}
 	var err error
 	w.target = filepath.Join(t.TempDir(), "creds")
-	w.driver, err = csinode.New(csinode.Options{NodeID: "n1", StateDir: t.TempDir(), PodsDir: filepath.Dir(w.target), Issuer: w.keyd.Keyd, Revoker: w.keyd.Keyd,
+	w.driver, err = csidriver.New(csidriver.Options{NodeID: "n1", StateDir: t.TempDir(), PodsDir: filepath.Dir(w.target), Issuer: w.keyd.Keyd, Revoker: w.keyd.Keyd,
 		Classes: spc.Static{"payments/payments": c}, Volumes: volume.NewMounter(mount.NewFakeMounter(nil)), Now: w.now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

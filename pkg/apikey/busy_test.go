@@ -15,7 +15,7 @@ import (
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/apikey"
-	"github.com/podkey/podkey/pkg/reqsign"
+	"github.com/podkey/podkey/pkg/apikey/reqsign"
 	"github.com/podkey/podkey/pkg/suite"
 )
 

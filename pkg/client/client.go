@@ -20,8 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/podkey/podkey/pkg/apikey/reqsign"
 	"github.com/podkey/podkey/pkg/podfiles"
-	"github.com/podkey/podkey/pkg/reqsign"
 	"github.com/podkey/podkey/pkg/suite"
 )
 

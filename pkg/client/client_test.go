@@ -6,8 +6,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/podkey/podkey/internal/node/volume"
 	"github.com/podkey/podkey/pkg/podfiles"
-	"github.com/podkey/podkey/pkg/volume"
 )
 
 // write publishes a generation the way the node plugin does.

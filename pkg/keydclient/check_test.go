@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podkey/podkey/pkg/ca"
+	"github.com/podkey/podkey/internal/keyd/ca"
 	"github.com/podkey/podkey/pkg/suite"
 )
 

@@ -13,7 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/podkey/podkey/pkg/registration"
+	"github.com/podkey/podkey/internal/node/registration"
 )
 
 func main() {

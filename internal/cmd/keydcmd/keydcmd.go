@@ -1,0 +1,232 @@
+// Package keydcmd is the podkey-keyd command: its flags, and the wiring of
+// the key service to the HSM, the store, the Kubernetes API (TokenReview
+// and the published CA bundle) and its listeners.
+package keydcmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+
+	"github.com/podkey/podkey/internal/cmd/command"
+	"github.com/podkey/podkey/internal/cmd/hsmflags"
+	"github.com/podkey/podkey/internal/host/kube"
+	"github.com/podkey/podkey/internal/host/secmem"
+	"github.com/podkey/podkey/internal/keyd/identity"
+	"github.com/podkey/podkey/internal/keyd/identity/tokenreview"
+	"github.com/podkey/podkey/internal/keyd/service"
+	"github.com/podkey/podkey/internal/keyd/store"
+	"github.com/podkey/podkey/internal/keyd/trustbundle"
+	"github.com/podkey/podkey/internal/version"
+	"github.com/podkey/podkey/pkg/suite"
+	"github.com/podkey/podkey/pkg/token/jwks"
+)
+
+// Main runs podkey-keyd and returns its exit status.
+func Main(args []string, stdout, stderr io.Writer) int {
+	return command.Run(NewCommand(), args, stdout, stderr)
+}
+
+type flags struct {
+	hsm         hsmflags.Flags
+	keyd        service.Options
+	log         command.LogFlags
+	kubeconfig  string
+	nodeSA      string
+	identity    identity.Options
+	caConfigMap string
+	metricsAddr string
+	pgFile      string
+	cpuProfile  string
+}
+
+// NewCommand builds the podkey-keyd command.
+func NewCommand() *cobra.Command {
+	var f flags
+	cmd := &cobra.Command{
+		Use:     "podkey-keyd",
+		Short:   "The podkey key service: mints per-pod credentials from an HSM",
+		Version: version.Version,
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return run(cmd.Context(), cmd.ErrOrStderr(), &f) },
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+func (f *flags) register(fs *pflag.FlagSet) {
+	o := &f.keyd
+	f.hsm.Register(fs)
+	fs.StringVar(&o.StorePath, "store", command.EnvOr("PODKEY_STORE", service.DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
+	fs.StringVar(&f.pgFile, "postgres-file", os.Getenv("PODKEY_POSTGRES_FILE"), "file holding a PostgreSQL connection string: keep state there instead of --store (or env PODKEY_POSTGRES_URL; never a flag value)")
+	fs.StringVar(&o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", service.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
+	fs.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
+	fs.StringVar(&o.JWKSListen, "jwks-listen", os.Getenv("PODKEY_JWKS_LISTEN"), "HTTPS address serving the token keys' JWK Set at "+jwks.WellKnownPath+" for token receivers, e.g. :8443; empty disables")
+	fs.StringSliceVar(&o.TLSNames, "tls-name", nil, "DNS name or IP in the serving certificate (repeatable; default localhost,127.0.0.1)")
+	fs.StringVar(&o.PolicyFile, "policy-file", os.Getenv("PODKEY_POLICY_FILE"), "YAML policy loaded at start, replacing the stored one")
+	fs.BoolVar(&o.InsecureLocalIdentity, "insecure-local-identity", false, "DEVELOPMENT ONLY: trust pod identities claimed on the local socket")
+	fs.StringVar(&o.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload certificates")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for TokenReview (default: in-cluster when available)")
+	fs.StringVar(&f.identity.PodAudience, "pod-token-audience", "podkey", "audience of pod tokens")
+	fs.StringVar(&f.identity.NodeAudience, "node-token-audience", "podkey-node", "audience of node agents' tokens")
+	fs.StringVar(&f.nodeSA, "node-service-account", "podkey/podkey-csi", "the node agent's service account, namespace/name")
+	fs.DurationVar(&f.identity.CacheTTL, "token-review-cache-ttl", 10*time.Second, "reuse a successful TokenReview this long (keyed by a hash of the token); negative disables")
+	fs.StringVar(&f.caConfigMap, "ca-configmap", os.Getenv("PODKEY_CA_CONFIGMAP"), "publish the CA certificates in this ConfigMap, namespace/name (keys "+trustbundle.KeyIntl+", "+trustbundle.KeyGM+"), for clients to verify keyd")
+	fs.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", os.Getenv("PODKEY_METRICS_ADDR"), "HTTP address serving Prometheus metrics at /metrics, e.g. :9810; empty disables")
+	fs.IntVar(&o.MaxInflight, "max-inflight", 0, "Issue and Verify calls run at once (0: derived from the memory limit and CPUs)")
+	fs.IntVar(&o.MaxQueued, "max-queued", 0, "Issue and Verify calls waiting beyond those; more are refused with ResourceExhausted and a retry hint (0: derived from the memory limit; -1: no queue)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of keyd's whole run, from start to stop, to this file (for profiling under load)")
+	f.log.Register(fs)
+}
+
+// run prepares the process, wires keyd and serves until ctx ends.
+func run(ctx context.Context, stderr io.Writer, f *flags) error {
+	o := f.keyd
+	var err error
+	if o.Logger, err = f.log.Logger(stderr); err != nil {
+		return err
+	}
+	if err := secmem.HardenProcess(); err != nil {
+		o.Logger.Warn("could not disable core dumps", "error", err)
+	}
+	service.TuneRuntime(o.Logger)
+	if f.cpuProfile != "" {
+		stop, err := command.StartCPUProfile(f.cpuProfile)
+		if err != nil {
+			return command.Exit(command.ExitUsage, err)
+		}
+		defer stop()
+	}
+	if o.HSM, err = f.hsm.Config(); err != nil {
+		return err
+	}
+	if o.Postgres, err = store.ConnString(f.pgFile); err != nil {
+		return command.Exit(command.ExitUsage, err)
+	}
+	if o.InsecureLocalIdentity {
+		o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
+	}
+	kubeCfg, err := f.identityVerifier(&o)
+	if err != nil {
+		return err
+	}
+	pub, err := f.bundlePublisher(kubeCfg, o.Logger)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	o.Registerer = reg
+	srv, err := service.New(ctx, o)
+	if err != nil {
+		return command.Exit(command.ExitUnavailable, err)
+	}
+	defer srv.Close()
+	if f.metricsAddr != "" {
+		if err := serveMetrics(ctx, f.metricsAddr, o.Postgres != "", reg, o.Logger); err != nil {
+			return command.Exit(command.ExitUsage, err)
+		}
+	}
+	if pub != nil {
+		pub.Bundle = func() map[string]string {
+			return map[string]string{trustbundle.KeyIntl: string(srv.CABundle(suite.Intl)), trustbundle.KeyGM: string(srv.CABundle(suite.GM))}
+		}
+		go pub.Run(ctx)
+	}
+	where := o.StorePath
+	if o.Postgres != "" {
+		where = "postgresql" // the connection string may hold a password: never logged
+	}
+	o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.HSM.TokenLabel, "store", where)
+	if err := srv.Serve(ctx); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	o.Logger.Info("podkey-keyd stopped")
+	return nil
+}
+
+// identityVerifier sets o.Identity to a TokenReview verifier when keyd can
+// reach the Kubernetes API (a kubeconfig, or in a cluster), and returns
+// that API's configuration (nil without one).
+func (f *flags) identityVerifier(o *service.Options) (*rest.Config, error) {
+	if f.kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		if !o.InsecureLocalIdentity {
+			o.Logger.Warn("no Kubernetes API access (--kubeconfig or in-cluster): pod identities cannot be verified and Issue will refuse them")
+		}
+		return nil, nil
+	}
+	cfg, err := kube.Config(f.kubeconfig)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	rev, err := tokenreview.New(cfg)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	io := f.identity
+	io.NodeServiceAccount = f.nodeSA
+	o.Identity = identity.NewVerifier(rev, io)
+	o.Logger.Info("pod and node identities are verified with TokenReview", "podAudience", io.PodAudience,
+		"nodeAudience", io.NodeAudience, "nodeServiceAccount", f.nodeSA)
+	return cfg, nil
+}
+
+// bundlePublisher returns the publisher of the CA bundle ConfigMap named
+// by --ca-configmap, or nil when none is named.
+func (f *flags) bundlePublisher(kubeCfg *rest.Config, log *slog.Logger) (*trustbundle.Publisher, error) {
+	if f.caConfigMap == "" {
+		return nil, nil
+	}
+	ns, name, ok := strings.Cut(f.caConfigMap, "/")
+	if !ok || ns == "" || name == "" || kubeCfg == nil {
+		return nil, command.Exit(command.ExitUsage, fmt.Errorf("--ca-configmap %q: want namespace/name, and Kubernetes API access", f.caConfigMap))
+	}
+	client, err := corev1client.NewForConfig(kubeCfg)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	return &trustbundle.Publisher{Client: client, Namespace: ns, Name: name, Logger: log}, nil
+}
+
+// serveMetrics serves /metrics on addr until ctx ends. Metrics carry
+// method names, result codes and counts only.
+func serveMetrics(ctx context.Context, addr string, shared bool, reg *prometheus.Registry, log *slog.Logger) error {
+	lis, err := service.Listen(addr, shared)
+	if err != nil {
+		return fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "error", err)
+		}
+	}()
+	log.Info("serving metrics", "address", lis.Addr().String())
+	return nil
+}
+
+// postgres reads the PostgreSQL connection string from --postgres-file or
+// PODKEY_POSTGRES_URL; "" keeps the bbolt store.

@@ -1,0 +1,192 @@
+package podkeycmd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/podkey/podkey/internal/cmd/command"
+	"github.com/podkey/podkey/internal/cmd/hsmflags"
+	"github.com/podkey/podkey/internal/host/atomicfile"
+	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/keyring"
+	"github.com/podkey/podkey/internal/keyd/store"
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+)
+
+func newStoreBackupCommand(cf *clientFlags) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "backup -o FILE",
+		Short: "Copy a running keyd's bbolt store, consistently, without stopping it",
+		Long: `backup asks keyd (local socket) for a copy of its store taken in one read
+transaction while it serves, and writes it to FILE (mode 0600; written
+aside and renamed, so FILE is never a partial copy). The copy holds
+secrets only wrapped under the HSM's key-encryption key: it is useless
+without the HSM's keys, which the HSM vendor's own backup covers. keyd
+records the backup in its audit log (after the copy's last record).`,
+		Example: `  podkey store backup -o /backup/keyd-$(date +%F).db`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return command.UsageError("-o FILE is required")
+			}
+			admin, done, err := cf.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			stream, err := admin.BackupStore(cmd.Context(), &keydv1.BackupStoreRequest{})
+			if err != nil {
+				return err
+			}
+			var size int64
+			var last uint64
+			complete := false
+			err = atomicfile.WriteFrom(out, func(w io.Writer) error {
+				for {
+					c, err := stream.Recv()
+					if err == io.EOF {
+						if !complete {
+							return errors.New("the backup stream ended early; nothing was written")
+						}
+						return nil
+					}
+					if err != nil {
+						return err
+					}
+					if len(c.Data) == 0 {
+						complete, last = true, c.LastAuditSeq
+						continue
+					}
+					n, err := w.Write(c.Data)
+					size += int64(n)
+					if err != nil {
+						return err
+					}
+				}
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "backed up keyd's store to %s: %d bytes, audit records 1..%d\n", out, size, last)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "the backup file to write")
+	return cmd
+}
+
+func newStoreRestoreCommand() *cobra.Command {
+	var (
+		from, to string
+		replace  bool
+		hf       hsmflags.Flags
+	)
+	cmd := &cobra.Command{
+		Use:   "restore --from BACKUP --store FILE",
+		Short: "Put a backup in place of a stopped keyd's bbolt store, after verifying its audit chain",
+		Long: `restore copies BACKUP beside FILE, opens the copy, verifies its audit chain
+with the HSM's audit key (the token must be reachable: --hsm-* flags or
+their environment variables), and only then renames it over FILE. keyd
+must be stopped: a store a running keyd holds is refused (exit 6). An
+existing FILE is replaced only with --replace, and is kept as
+FILE.replaced-<time>. Everything after the backup's last audit record is
+lost: credentials issued since still verify (they are checked, not
+looked up), but revocations, renewal orders, enrolled secrets and policy
+changes made since are gone; see the README's disaster-recovery runbook.`,
+		Example: `  podkey store restore --from /backup/keyd-2026-11-30.db --store /var/lib/podkey/keyd.db --replace`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" || to == "" {
+				return command.UsageError("--from and --store are required")
+			}
+			return restoreStore(cmd, &hf, from, to, replace)
+		},
+	}
+	cmd.Flags().StringVar(&from, "from", "", "the backup file ('podkey store backup')")
+	cmd.Flags().StringVar(&to, "store", "", "the stopped keyd's store file (podkey-keyd --store)")
+	cmd.Flags().BoolVar(&replace, "replace", false, "replace an existing store (kept as FILE.replaced-<time>)")
+	hf.Register(cmd.Flags())
+	return cmd
+}
+
+func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, replace bool) error {
+	ctx := cmd.Context()
+	src, err := os.Open(from)
+	if err != nil {
+		return command.Exit(command.ExitNotFound, err)
+	}
+	defer src.Close()
+	exists := fileExists(to)
+	if exists && !replace {
+		return command.UsageError("%s exists: pass --replace to put the backup in its place (the old file is kept beside it)", to)
+	}
+	if exists {
+		// A running keyd holds the file's lock: refuse before touching it.
+		held, err := store.OpenBolt(to)
+		if err != nil {
+			return command.Exit(command.ExitUnavailable, fmt.Errorf("%s: %w (stop keyd first)", to, err))
+		}
+		held.Close()
+	}
+	tok, err := hf.Open()
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+	staged := filepath.Join(filepath.Dir(to), "."+filepath.Base(to)+".restoring")
+	defer os.Remove(staged)
+	if err := atomicfile.WriteFrom(staged, func(w io.Writer) error {
+		_, err := io.Copy(w, src)
+		return err
+	}); err != nil {
+		return err
+	}
+	st, err := store.OpenBolt(staged)
+	if err != nil {
+		return command.Exit(command.ExitInvalid, fmt.Errorf("%s is not a keyd store: %w", from, err))
+	}
+	n, err := audit.Verify(ctx, st, keyring.TokenAuditKeys(tok))
+	st.Close()
+	if err != nil {
+		return command.Exit(command.ExitTampered, fmt.Errorf("the backup's audit chain does not verify with this HSM, nothing was restored: %w", err))
+	}
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	putAside := func(path, what string) error {
+		aside := fmt.Sprintf("%s.replaced-%s", path, stamp)
+		if err := os.Rename(path, aside); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "kept the replaced %s as %s\n", what, aside)
+		return nil
+	}
+	if exists {
+		if err := putAside(to, "store"); err != nil {
+			return err
+		}
+	}
+	// A journal left beside a store that is gone (keyd killed, the file
+	// lost) belongs to what is replaced, not to the backup: kept aside,
+	// never applied to it.
+	if j := store.JournalPath(to); fileExists(j) {
+		if err := putAside(j, "store's journal"); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(staged, to); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "restored %s from %s: audit chain verified, %d records; everything after record %d is not in it\n", to, from, n, n)
+	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

@@ -1,0 +1,234 @@
+package audit_test
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/store"
+)
+
+// The HSM-backed MAC is exercised in keyd's integration tests; here a
+// software HMAC stands in so the chain logic is tested alone.
+func softMAC(_ context.Context, data []byte) ([]byte, error) {
+	m := hmac.New(sha256.New, []byte("test-key"))
+	m.Write(data)
+	return m.Sum(nil), nil
+}
+
+// newStore opens a fresh store, closed when the test ends.
+func newStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// countingMAC is softMAC counting its calls (HSM operations).
+func countingMAC() (audit.MACFunc, *atomic.Int64) {
+	var calls atomic.Int64
+	return func(ctx context.Context, data []byte) ([]byte, error) { calls.Add(1); return softMAC(ctx, data) }, &calls
+}
+
+// appendConcurrently appends n issue records from n goroutines at once.
+func appendConcurrently(t *testing.T, l *audit.Log, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if err := l.Append(context.Background(), audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+}
+
+func TestConcurrentAppendsFormOneChain(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	l := audit.Open(st, audit.MACFunc(softMAC))
+	appendConcurrently(t, l, 200)
+	l.Close()
+	if err := l.Append(ctx, audit.Record{}); !errors.Is(err, audit.ErrClosed) {
+		t.Fatalf("append after close: %v", err)
+	}
+	n, err := audit.Verify(ctx, st, audit.MACFunc(softMAC))
+	if err != nil || n != 200 {
+		t.Fatalf("verify: %d %v", n, err)
+	}
+	// A reopened log continues the chain.
+	l2 := audit.Open(st, audit.MACFunc(softMAC))
+	if err := l2.Append(ctx, audit.Record{Action: audit.ActionRevoke, Result: audit.ResultOK}); err != nil {
+		t.Fatal(err)
+	}
+	l2.Close()
+	if n, err := audit.Verify(ctx, st, audit.MACFunc(softMAC)); err != nil || n != 201 {
+		t.Fatalf("verify after reopen: %d %v", n, err)
+	}
+}
+
+func TestTamperingIsLocated(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		mutate func(r *audit.Record)
+	}{
+		{"content", func(r *audit.Record) { r.Namespace = "evil" }},
+		{"result", func(r *audit.Record) { r.Result = audit.ResultOK }},
+		{"link", func(r *audit.Record) { r.Prev = []byte("x") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "a.db")
+			st, _ := store.OpenBolt(path)
+			l := audit.Open(st, audit.MACFunc(softMAC))
+			for i := 0; i < 5; i++ {
+				_ = l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultDenied, Namespace: "ns"})
+			}
+			l.Close()
+			// Rewrite record 3 in place, as someone with file access could.
+			var entries []store.AuditEntry
+			_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error { entries = append(entries, e); return nil })
+			st.Close()
+			var r audit.Record
+			_ = json.Unmarshal(entries[2].Data, &r)
+			tc.mutate(&r)
+			entries[2].Data, _ = json.Marshal(r)
+			rewriteAudit(t, path, entries)
+			st, _ = store.OpenBolt(path)
+			defer st.Close()
+			_, err := audit.Verify(ctx, st, audit.MACFunc(softMAC))
+			var te *audit.TamperError
+			if !errors.As(err, &te) || te.Seq != 3 {
+				t.Fatalf("want tamper at 3, got %v", err)
+			}
+		})
+	}
+}
+
+// TestAppendRacingCloseNeverHangs: every Append returns, with success or
+// ErrClosed, however it interleaves with Close.
+func TestAppendRacingCloseNeverHangs(t *testing.T) {
+	ctx := context.Background()
+	for round := 0; round < 20; round++ {
+		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "a.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := audit.Open(st, audit.MACFunc(softMAC))
+		var wg sync.WaitGroup
+		for i := 0; i < 50; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := l.Append(ctx, audit.Record{Action: audit.ActionVerify}); err != nil && !errors.Is(err, audit.ErrClosed) {
+					t.Error(err)
+				}
+			}()
+		}
+		l.Close()
+		wg.Wait()
+		st.Close()
+	}
+}
+
+func TestFailuresAreCounted(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	l := audit.Open(st, audit.MACFunc(softMAC))
+	defer l.Close()
+	if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+		t.Fatal(err)
+	}
+	if l.Failures() != 0 {
+		t.Fatalf("%d failures after a good append", l.Failures())
+	}
+	st.Close() // the store goes away under the log
+	if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err == nil {
+		t.Fatal("an append to a closed store succeeded")
+	}
+	if l.Failures() != 1 {
+		t.Fatalf("%d failures, want 1", l.Failures())
+	}
+}
+
+// twoKeys is an audit key with two generations, the current one set by
+// the test.
+type twoKeys struct {
+	cur  atomic.Int64
+	keys map[int][]byte
+}
+
+func (k *twoKeys) MAC(_ context.Context, gen int, data []byte) ([]byte, error) {
+	key, ok := k.keys[gen]
+	if !ok {
+		return nil, fmt.Errorf("no generation %d", gen)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write(data)
+	return m.Sum(nil), nil
+}
+
+func (k *twoKeys) Current() int { return int(k.cur.Load()) }
+
+func TestAuditKeyRotationKeepsOneChain(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	keys := &twoKeys{keys: map[int][]byte{1: []byte("generation-one-key"), 2: []byte("generation-two-key")}}
+	keys.cur.Store(1)
+	l := audit.Open(st, keys)
+	for range 3 {
+		if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys.cur.Store(2)
+	for range 3 {
+		if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	if n, err := audit.Verify(ctx, st, keys); err != nil || n != 6 {
+		t.Fatalf("verify across the rotation: %d, %v", n, err)
+	}
+	var gens []int
+	_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
+		var r audit.Record
+		_ = json.Unmarshal(e.Data, &r)
+		gens = append(gens, r.KeyGen)
+		return nil
+	})
+	if fmt.Sprint(gens) != "[0 0 0 2 2 2]" {
+		t.Fatalf("key generations %v", gens)
+	}
+	// A writer that has not heard of the rotation (another replica) never
+	// goes back: it follows the tail's generation.
+	keys.cur.Store(1)
+	l = audit.Open(st, keys)
+	if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if n, err := audit.Verify(ctx, st, keys); err != nil || n != 7 {
+		t.Fatalf("after a stale writer: %d, %v", n, err)
+	}
+	// Without the new generation the chain cannot be verified past it.
+	delete(keys.keys, 2)
+	if _, err := audit.Verify(ctx, st, keys); err == nil {
+		t.Fatal("records of a missing generation verified")
+	}
+}

@@ -1,0 +1,39 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podkey/podkey/internal/keyd/bench"
+	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
+)
+
+// TestRunProducesEveryRow runs the bench briefly against a real token: it
+// checks the table's completeness and that nothing failed, not speed.
+func TestRunProducesEveryRow(t *testing.T) {
+	ctx := context.Background()
+	cfg := keyringtest.Token(t)
+	var out bytes.Buffer
+	res, err := bench.Run(ctx, bench.Options{HSM: cfg, Duration: 50 * time.Millisecond, Concurrency: []int{2}}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 6+9+2 {
+		t.Fatalf("%d rows", len(res))
+	}
+	for _, r := range res {
+		if r.Errors != 0 || r.PerSecond <= 0 || r.CPU <= 0 {
+			t.Errorf("%s: %d errors, %.0f/s, %s CPU per call", r.Name, r.Errors, r.PerSecond, r.CPU)
+		}
+		if r.Limit != "" && r.LimitCPU <= 0 {
+			t.Errorf("%s: no CPU for %s", r.Name, r.Limit)
+		}
+	}
+	if !strings.Contains(out.String(), "issue certificate gm") || !strings.Contains(out.String(), "verify signed request (durable nonce)") ||
+		!strings.Contains(out.String(), "CPU beyond it") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+}

@@ -1,0 +1,154 @@
+package keyring
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"fmt"
+	"io"
+
+	"github.com/emmansun/gmsm/sm2"
+	"github.com/emmansun/gmsm/smx509"
+
+	"github.com/podkey/podkey/internal/host/secmem"
+	"github.com/podkey/podkey/internal/keyd/ca"
+	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+// nativeSM3 reports whether gm HMAC keys can live on the token as native
+// keys, through the vendor HMAC-SM3 mechanism.
+func nativeSM3(tok *hsm.Token) bool { return tok.Mechanisms().SM3HMAC != 0 }
+
+// createGeneration makes one generation of a root key on the token.
+func createGeneration(ctx context.Context, tok *hsm.Token, kek int, p Purpose, s suite.Name, gen int) error {
+	label := Label(p, s, gen)
+	switch {
+	case (p == MAC || p == Derive) && (s == suite.Intl || nativeSM3(tok)):
+		return tok.GenerateHMACKey(ctx, label)
+	case p == MAC || p == Derive:
+		k := make([]byte, 32)
+		if _, err := io.ReadFull(rand.Reader, k); err != nil {
+			return err
+		}
+		defer secmem.Zero(k)
+		return putWrapped(ctx, tok, kek, label, k)
+	case s == suite.Intl: // ca, jwt
+		if err := tok.GenerateECKeyPair(ctx, label); err != nil {
+			return err
+		}
+		if p == CA {
+			signer, err := tok.ECDSASigner(ctx, label)
+			if err != nil {
+				return err
+			}
+			return putRoot(ctx, tok, p, s, gen, signer)
+		}
+		return nil
+	default: // gm ca, jwt: SM2 key wrapped under the KEK
+		k, err := sm2.GenerateKey(rand.Reader)
+		if err != nil {
+			return err
+		}
+		defer zeroSM2(k)
+		der, err := smx509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			return err
+		}
+		defer secmem.Zero(der)
+		if err := putWrapped(ctx, tok, kek, label, der); err != nil {
+			return err
+		}
+		if p == CA {
+			return putRoot(ctx, tok, p, s, gen, k)
+		}
+		return nil
+	}
+}
+
+// putRoot self-signs the CA certificate of a new generation and stores it
+// beside the key as a public data object.
+func putRoot(ctx context.Context, tok *hsm.Token, p Purpose, s suite.Name, gen int, signer crypto.Signer) error {
+	der, err := ca.NewRoot(s, gen, signer, fmt.Sprintf("podkey root CA %s g%d", s, gen), caValidity)
+	if err != nil {
+		return err
+	}
+	return tok.PutData(ctx, certLabel(p, s, gen), der, false)
+}
+
+// load reads one generation from the token into the keyring.
+func (kr *Keyring) load(ctx context.Context, p Purpose, s suite.Name, gen int) error {
+	label := Label(p, s, gen)
+	k := &key{label: label}
+	native, err := kr.tok.Exists(ctx, hsm.SecretKey, label)
+	if err != nil {
+		return err
+	}
+	switch {
+	case native || (s == suite.Intl && (p == MAC || p == Derive)):
+		k.native = true
+	case s == suite.Intl: // ca, jwt
+		signer, err := kr.tok.ECDSASigner(ctx, label)
+		if err != nil {
+			return err
+		}
+		k.signer = signer
+	default:
+		pt, err := kr.unwrap(ctx, label)
+		if err != nil {
+			return err
+		}
+		if p == MAC || p == Derive {
+			if k.sym, err = secmem.New(pt); err != nil {
+				return err
+			}
+			break
+		}
+		parsed, err := smx509.ParsePKCS8PrivateKey(pt)
+		secmem.Zero(pt)
+		if err != nil {
+			return fmt.Errorf("keyring: %s: %w", label, err)
+		}
+		sk, ok := parsed.(*sm2.PrivateKey)
+		if !ok {
+			return fmt.Errorf("keyring: %s: not an SM2 key", label)
+		}
+		k.signer = sk
+	}
+	if p == CA {
+		der, err := kr.tok.GetData(ctx, certLabel(p, s, gen))
+		if err != nil {
+			return err
+		}
+		if k.ca, err = ca.New(s, gen, der, k.signer); err != nil {
+			return err
+		}
+	}
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if kr.keys[slot{p, s}] == nil {
+		kr.keys[slot{p, s}] = map[int]*key{}
+	}
+	kr.keys[slot{p, s}][gen] = k
+	return nil
+}
+
+func (kr *Keyring) unwrap(ctx context.Context, label string) ([]byte, error) {
+	return readWrapped(ctx, kr.tok, label)
+}
+
+func (k *key) destroy() {
+	if k.sym != nil {
+		k.sym.Close()
+	}
+	if sk, ok := k.signer.(*sm2.PrivateKey); ok {
+		zeroSM2(sk)
+	}
+}
+
+// zeroSM2 overwrites the private scalar's words in place.
+func zeroSM2(k *sm2.PrivateKey) {
+	if k != nil && k.D != nil {
+		clear(k.D.Bits())
+	}
+}

@@ -1,0 +1,157 @@
+package keyring_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"testing"
+
+	"github.com/emmansun/gmsm/sm2"
+
+	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
+	"github.com/podkey/podkey/internal/keyd/keyring"
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+func TestInitIsIdempotentAndOpenLoadsAll(t *testing.T) {
+	ctx := context.Background()
+	tok := hsmtest.Open(t)
+	if _, err := keyring.Open(ctx, tok); err == nil {
+		t.Fatal("opened an uninitialised token")
+	}
+	created, err := keyring.Init(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(created) != 2+len(keyring.Purposes)*len(suite.All) {
+		t.Fatalf("created %v", created)
+	}
+	again, err := keyring.Init(ctx, tok)
+	if err != nil || len(again) != 0 {
+		t.Fatalf("second init created %v, %v", again, err)
+	}
+	kr, err := keyring.Open(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kr.Close()
+	for _, s := range suite.All {
+		for _, p := range keyring.Purposes {
+			if kr.Current(p, s) != 1 {
+				t.Fatalf("%s/%s current %d", p, s, kr.Current(p, s))
+			}
+		}
+	}
+	// The gm MAC key is not a token key: it exists only wrapped.
+	if ok, _ := tok.Exists(ctx, hsm.SecretKey, keyring.Label(keyring.MAC, suite.GM, 1)); ok {
+		t.Fatal("gm MAC key stored as a plain token key on SoftHSM2")
+	}
+	for _, l := range []string{keyring.KEKLabel, keyring.AuditLabel, keyring.Label(keyring.MAC, suite.Intl, 1)} {
+		a, err := tok.Attributes(ctx, hsm.SecretKey, l)
+		if err != nil || a.Extractable || !a.Sensitive {
+			t.Fatalf("%s: %+v %v", l, a, err)
+		}
+	}
+}
+
+func TestOperationsPerSuite(t *testing.T) {
+	ctx := context.Background()
+	tok := hsmtest.Open(t)
+	if _, err := keyring.Init(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.Open(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kr.Close()
+	for _, s := range suite.All {
+		m1, err := kr.MAC(ctx, s, 1, []byte("id"))
+		if err != nil || len(m1) != 32 {
+			t.Fatalf("%s MAC: %x %v", s, m1, err)
+		}
+		if _, err := kr.MAC(ctx, s, 9, []byte("id")); !errors.Is(err, keyring.ErrNoGeneration) {
+			t.Fatalf("missing generation: %v", err)
+		}
+		d1, _ := kr.Derive(ctx, s, 1, []byte("ctx-a"), 48)
+		d2, _ := kr.Derive(ctx, s, 1, []byte("ctx-a"), 48)
+		d3, _ := kr.Derive(ctx, s, 1, []byte("ctx-b"), 48)
+		if len(d1) != 48 || !bytes.Equal(d1, d2) || bytes.Equal(d1, d3) {
+			t.Fatalf("%s derive not a function of its context", s)
+		}
+		signer, err := kr.TokenSigner(s, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dg := sha256.Sum256([]byte("m"))
+		sig, err := signer.Sign(rand.Reader, dg[:], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub := signer.Public().(*ecdsa.PublicKey)
+		ok := false
+		if s == suite.GM {
+			ok = sm2.VerifyASN1(pub, dg[:], sig)
+		} else {
+			ok = ecdsa.VerifyASN1(pub, dg[:], sig)
+		}
+		if !ok {
+			t.Fatalf("%s token signature does not verify", s)
+		}
+		c, err := kr.CA(s, 1)
+		if err != nil || !c.Cert.IsCA {
+			t.Fatalf("%s CA: %v", s, err)
+		}
+	}
+	blob, err := kr.Wrap(ctx, []byte("v"), []byte("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kr.Unwrap(ctx, blob, []byte("b")); err == nil {
+		t.Fatal("unwrap under another context succeeded")
+	}
+}
+
+func TestRotationKeepsOldGenerations(t *testing.T) {
+	ctx := context.Background()
+	tok := hsmtest.Open(t)
+	if _, err := keyring.Init(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.Open(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kr.Close()
+	for _, s := range suite.All {
+		old, _ := kr.MAC(ctx, s, 1, []byte("x"))
+		gen, err := kr.Rotate(ctx, keyring.MAC, s)
+		if err != nil || gen != 2 || kr.Current(keyring.MAC, s) != 2 {
+			t.Fatalf("rotate %s: %d %v", s, gen, err)
+		}
+		again, _ := kr.MAC(ctx, s, 1, []byte("x"))
+		newer, _ := kr.MAC(ctx, s, 2, []byte("x"))
+		if !bytes.Equal(old, again) || bytes.Equal(old, newer) {
+			t.Fatalf("%s: old generation changed or new equals old", s)
+		}
+		if _, err := kr.Rotate(ctx, keyring.CA, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A second process opening the token sees both generations.
+	kr2, err := keyring.Open(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kr2.Close()
+	if g := kr2.Generations(keyring.CA, suite.GM); len(g) != 2 {
+		t.Fatalf("generations %v", g)
+	}
+	if n := bytes.Count(kr2.CABundle(suite.Intl), []byte("BEGIN CERTIFICATE")); n != 2 {
+		t.Fatalf("bundle has %d certificates", n)
+	}
+}

@@ -1,0 +1,86 @@
+package service
+
+import (
+	"context"
+	"time"
+
+	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/store"
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/pod"
+)
+
+// revoke refuses the pod's credentials issued before the cutoff (now, or
+// the caller's earlier issuedBefore) for RevocationTTL, which is at least
+// the life of any credential it can hold, and audits it. Credentials
+// issued after the cutoff stay valid: a revocation never poisons what the
+// pod obtains later through its node.
+func (s *Server) revoke(ctx context.Context, id pod.Identity, issuedBefore time.Time) (time.Time, error) {
+	now := s.opts.Now().UTC()
+	cutoff := now
+	if !issuedBefore.IsZero() && issuedBefore.Before(now) {
+		cutoff = issuedBefore.UTC()
+	}
+	until := now.Add(s.opts.RevocationTTL)
+	if err := s.st.Revoke(ctx, store.Revocation{PodUID: id.UID, Until: until, Revoked: cutoff}); err != nil {
+		return time.Time{}, err
+	}
+	return until, s.auditResult(ctx, audit.ActionRevoke, audit.ResultOK, "", id, nil)
+}
+
+// podBinding is the binding an issuance writes with its audit record: the
+// node a pod is served through, for RevocationTTL (longer than any
+// credential), so that only that node may later revoke it without a pod
+// token. A renewal through the same node needs none until half of that
+// time has passed: one durable write per pod, not per issuance. nil when
+// there is nothing to write.
+func (s *Server) podBinding(ctx context.Context, id pod.Identity) (*store.PodBinding, error) {
+	if id.Node == "" {
+		return nil, nil
+	}
+	now := s.opts.Now()
+	node, until, err := s.st.PodNode(ctx, id.UID, now)
+	if err != nil {
+		return nil, err
+	}
+	if node == id.Node && until.Sub(now) > s.opts.RevocationTTL/2 {
+		return nil, nil
+	}
+	return &store.PodBinding{PodUID: id.UID, Node: id.Node, Until: now.Add(s.opts.RevocationTTL)}, nil
+}
+
+func (s *Server) auditResult(ctx context.Context, action, result, reason string, id pod.Identity, objects []string) error {
+	return s.auditBound(ctx, action, result, reason, id, objects, nil)
+}
+
+// auditBound appends a record and, in the same transaction, the binding b.
+func (s *Server) auditBound(ctx context.Context, action, result, reason string, id pod.Identity, objects []string, b *store.PodBinding) error {
+	err := s.audit.AppendBound(ctx, audit.Record{Action: action, Result: result, Reason: reason,
+		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Pod: id.Name, PodUID: id.UID,
+		Node: id.Node, Objects: objects}, b)
+	if err != nil {
+		s.opts.Logger.Error("audit append failed", "action", action, "error", err)
+	}
+	return err
+}
+
+// auditDeny records a refusal. The claimed identity is recorded as claimed.
+func (s *Server) auditDeny(ctx context.Context, action string, p *keydv1.PodIdentity, reason string, id *pod.Identity) {
+	var who pod.Identity
+	switch {
+	case id != nil:
+		who = *id
+	case p != nil:
+		who = pod.Identity{Namespace: clip(p.Namespace), ServiceAccount: clip(p.ServiceAccount),
+			Name: clip(p.PodName), UID: clip(p.PodUid), Node: clip(p.NodeName)}
+	}
+	_ = s.auditResult(ctx, action, audit.ResultDenied, reason, who, nil)
+}
+
+// clip bounds caller-supplied strings recorded from refused requests.
+func clip(s string) string {
+	if len(s) > 253 {
+		return s[:253] + "..."
+	}
+	return s
+}

@@ -1,0 +1,318 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/podkey/podkey/internal/host/socket"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/credential"
+	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/internal/keyd/keyring"
+	"github.com/podkey/podkey/internal/keyd/policy"
+	"github.com/podkey/podkey/internal/keyd/store"
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+// Server is a running key service.
+type Server struct {
+	opts    Options
+	tok     *hsm.Token
+	kr      *keyring.Keyring
+	st      store.Store
+	audit   *audit.Log
+	issuer  *credential.Issuer
+	policy  atomic.Pointer[policy.Policy]
+	replays *replayCache
+	// admission bounds the Issue and Verify calls held in memory.
+	admission *admission
+	metrics   *metrics
+	policyMu  sync.Mutex // serializes read-modify-write of the policy
+
+	health    *health.Server
+	servers   []*grpc.Server
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New opens the HSM token, the keyring and the store, and loads the policy.
+// Nothing listens until Serve.
+func New(ctx context.Context, opts Options) (*Server, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, health: health.NewServer(), replays: newReplayCache()}
+	inflight, queued := admissionBounds(opts.MaxInflight, opts.MaxQueued)
+	s.admission = newAdmission(inflight, queued)
+	s.metrics = newMetrics(opts.Registerer, s.admission)
+	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
+	var err error
+	if s.tok, err = hsm.Open(opts.HSM); err != nil {
+		return nil, err
+	}
+	if s.kr, err = keyring.Open(ctx, s.tok); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if opts.Postgres != "" {
+		st, err := store.OpenPostgres(ctx, opts.Postgres)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.st = st // assigned only when non-nil: a nil pointer in the interface is not nil
+	} else {
+		st, err := store.OpenBolt(opts.StorePath)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.st = st
+	}
+	s.audit = audit.Open(s.st, s.kr.AuditKeys())
+	registerStateMetrics(opts.Registerer, s.tok, s.audit)
+	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
+	if err := s.loadPolicy(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) loadPolicy(ctx context.Context) error {
+	if s.opts.PolicyFile != "" {
+		data, err := os.ReadFile(s.opts.PolicyFile)
+		if err != nil {
+			return fmt.Errorf("keyd: policy file: %w", err)
+		}
+		p, err := policy.Parse(data)
+		if err != nil {
+			return fmt.Errorf("keyd: policy file %s: %w", s.opts.PolicyFile, err)
+		}
+		return s.setPolicy(ctx, p, "file "+filepath.Base(s.opts.PolicyFile))
+	}
+	data, err := s.st.Policy(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		s.policy.Store(policy.Empty())
+		return nil
+	case err != nil:
+		return err
+	}
+	p, err := policy.Parse(data)
+	if err != nil {
+		return fmt.Errorf("keyd: stored policy: %w", err)
+	}
+	s.policy.Store(p)
+	return nil
+}
+
+// setPolicy stores, audits and activates a policy.
+func (s *Server) setPolicy(ctx context.Context, p *policy.Policy, source string) error {
+	doc, err := p.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := s.st.SetPolicy(ctx, doc); err != nil {
+		return err
+	}
+	s.policy.Store(p)
+	return s.audit.Append(ctx, audit.Record{Action: audit.ActionPolicySet, Result: audit.ResultOK,
+		Reason: fmt.Sprintf("%d rules from %s", len(p.Rules), source)})
+}
+
+// Serve listens on the configured socket and TLS address and blocks until
+// ctx ends or a listener fails; it then stops gracefully.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 3)
+	if s.opts.Socket != "" {
+		lis, err := socket.Listen(s.opts.Socket, 0o600)
+		if err != nil {
+			return err
+		}
+		g := s.newGRPC()
+		keydv1.RegisterAdminServer(g, &adminService{s: s})
+		s.start(g, lis, errc)
+		s.opts.Logger.Info("serving", "socket", s.opts.Socket, "admin", true)
+	}
+	if s.opts.Listen != "" {
+		tlsConf, err := s.servingTLS()
+		if err != nil {
+			return err
+		}
+		lis, err := Listen(s.opts.Listen, s.opts.Postgres != "")
+		if err != nil {
+			return fmt.Errorf("keyd: listen %s: %w", s.opts.Listen, err)
+		}
+		s.opts.Logger.Info("serving", "address", lis.Addr().String(), "tls", true)
+		s.start(s.newGRPC(grpc.Creds(credentials.NewTLS(tlsConf))), lis, errc)
+	}
+	if len(s.servers) == 0 {
+		return errors.New("keyd: neither a socket nor a listen address is configured")
+	}
+	// pctx ends when Serve returns, whatever the cause.
+	pctx, stopPrune := context.WithCancel(ctx)
+	defer stopPrune()
+	if s.opts.JWKSListen != "" {
+		if err := s.serveJWKS(pctx, errc); err != nil {
+			stopPrune()
+			for _, g := range s.servers {
+				g.Stop()
+			}
+			s.wg.Wait()
+			return err
+		}
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.pruneLoop(pctx) }()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.followPolicy(pctx) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.health.Shutdown()
+	stopPrune()
+	for _, g := range s.servers {
+		g.GracefulStop()
+	}
+	s.wg.Wait()
+	return err
+}
+
+// policyEvery is how often keyd reads the stored policy, so a change made
+// through another replica sharing the store is in force here within it.
+const policyEvery = 500 * time.Millisecond
+
+// followPolicy activates the stored policy whenever it differs from the
+// one last seen. One small read per tick; with bbolt only this process
+// writes, and the read finds nothing new.
+func (s *Server) followPolicy(ctx context.Context) {
+	t := time.NewTicker(policyEvery)
+	defer t.Stop()
+	var last []byte
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// Held so a change made here is not overwritten by an older read.
+		s.policyMu.Lock()
+		doc, err := s.st.Policy(ctx)
+		if err == nil && !bytes.Equal(doc, last) {
+			var p *policy.Policy
+			if p, err = policy.Parse(doc); err == nil {
+				if last != nil {
+					s.opts.Logger.Info("policy changed in the store", "rules", len(p.Rules))
+				}
+				s.policy.Store(p)
+				last = doc
+			}
+		}
+		s.policyMu.Unlock()
+		switch {
+		case err == nil || errors.Is(err, store.ErrNotFound) || ctx.Err() != nil:
+			failing = false
+		case !failing: // once per outage, not twice a second
+			failing = true
+			s.opts.Logger.Warn("reading the stored policy failed; the last one stays in force", "error", err)
+		}
+	}
+}
+
+// pruneEvery is how often keyd forgets nonces and revocations past their
+// time.
+const pruneEvery = time.Minute
+
+// pruneLoop keeps the store's nonces (five minutes' worth of accepted
+// signed requests) and revocations from growing past their use.
+func (s *Server) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.opts.Now()
+		if _, err := s.st.PruneNonces(ctx, now); err != nil && ctx.Err() == nil {
+			s.opts.Logger.Warn("pruning signed-request nonces failed", "error", err)
+		}
+		if _, err := s.st.PruneRevocations(ctx, now); err != nil && ctx.Err() == nil {
+			s.opts.Logger.Warn("pruning revocations failed", "error", err)
+		}
+	}
+}
+
+func (s *Server) newGRPC(extra ...grpc.ServerOption) *grpc.Server {
+	opts := append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.logUnary, s.admitUnary),
+		grpc.InTapHandle(s.tap),
+		grpc.ChainStreamInterceptor(s.logStream),
+		grpc.MaxRecvMsgSize(1 << 20),
+		// Reuse a pool of goroutines for streams: a fresh goroutine per call
+		// spent a tenth of issuance's CPU growing its stack.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+	}, extra...)
+	g := grpc.NewServer(opts...)
+	keydv1.RegisterKeydServer(g, &keydService{s: s})
+	healthpb.RegisterHealthServer(g, s.health)
+	s.servers = append(s.servers, g)
+	return g
+}
+
+func (s *Server) start(g *grpc.Server, lis net.Listener, errc chan<- error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := g.Serve(lis); err != nil {
+			errc <- err
+		}
+	}()
+}
+
+// Close stops everything and zeroes unwrapped keys. Safe to call twice.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		for _, g := range s.servers {
+			g.Stop()
+		}
+		if s.audit != nil {
+			s.audit.Close()
+		}
+		if s.st != nil {
+			s.st.Close()
+		}
+		if s.kr != nil {
+			s.kr.Close()
+		}
+		if s.tok != nil {
+			s.tok.Close()
+		}
+	})
+}
+
+// CABundle is the PEM bundle of the suite's CA certificates, every
+// generation still trusted.
+func (s *Server) CABundle(st suite.Name) []byte { return s.kr.CABundle(st) }

@@ -1,0 +1,256 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/podkey/podkey/internal/keyd/store"
+	"github.com/podkey/podkey/pkg/apikey/reqsign"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/credential"
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/suite"
+)
+
+type keydService struct {
+	keydv1.UnimplementedKeydServer
+	s *Server
+}
+
+// specFromRequest turns an API object request into a validated spec.
+func specFromRequest(o *keydv1.ObjectRequest) (object.Spec, error) {
+	sp := object.Spec{
+		Name: o.Name, Kind: object.Kind(o.Kind), Suite: suite.Name(o.Suite), Algorithm: o.Algorithm,
+		TTLText: o.Ttl, Scope: o.Scope, Length: int(o.Length), Audience: o.Audience,
+	}
+	if err := sp.Normalize(); err != nil {
+		return sp, err
+	}
+	if (sp.Kind == object.Certificate) != (len(o.Csr) > 0) {
+		if sp.Kind == object.Certificate {
+			return sp, fmt.Errorf("object %q: a certificate needs a CSR", sp.Name)
+		}
+		return sp, fmt.Errorf("object %q: only certificate objects take a CSR", sp.Name)
+	}
+	return sp, nil
+}
+
+func objectLabel(c credential.Issued) string {
+	return fmt.Sprintf("%s/%s/%s/g%d", c.Name, c.Kind, c.Suite, c.Generation)
+}
+
+func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*keydv1.IssueResponse, error) {
+	s := k.s
+	n := len(req.GetObjects())
+	if n == 0 || n > object.MaxObjects {
+		return nil, status.Errorf(codes.InvalidArgument, "request %d objects; between 1 and %d are allowed", n, object.MaxObjects)
+	}
+	specs := make([]object.Spec, n)
+	seen := map[string]bool{}
+	for i, o := range req.Objects {
+		sp, err := specFromRequest(o)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if seen[sp.Name] {
+			return nil, status.Errorf(codes.InvalidArgument, "object %q requested twice", sp.Name)
+		}
+		seen[sp.Name], specs[i] = true, sp
+	}
+	id, err := s.authenticate(ctx, req.Pod, req.PodToken)
+	if err != nil {
+		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), nil)
+		return nil, err
+	}
+	pol := s.policy.Load()
+	var denied []string
+	for _, sp := range specs {
+		if !pol.Allowed(id.Namespace, id.ServiceAccount, sp.Name, sp.Kind) {
+			denied = append(denied, fmt.Sprintf("%s (%s)", sp.Name, sp.Kind))
+		}
+	}
+	if len(denied) > 0 {
+		msg := fmt.Sprintf("policy does not allow service account %s/%s to obtain %s",
+			id.Namespace, id.ServiceAccount, strings.Join(denied, ", "))
+		s.auditDeny(ctx, audit.ActionIssue, req.Pod, msg, &id)
+		return nil, status.Error(codes.PermissionDenied, msg)
+	}
+	issued := make([]credential.Issued, 0, n)
+	zeroAll := func() {
+		for i := range issued {
+			issued[i].Zero()
+		}
+	}
+	for i, sp := range specs {
+		c, err := s.issuer.Issue(ctx, id, sp, req.Objects[i].Csr)
+		if err != nil {
+			zeroAll()
+			s.auditResult(ctx, audit.ActionIssue, audit.ResultError, err.Error(), id, nil)
+			return nil, toStatus(err)
+		}
+		issued = append(issued, c)
+	}
+	labels := make([]string, len(issued))
+	for i, c := range issued {
+		labels[i] = objectLabel(c)
+	}
+	bind, err := s.podBinding(ctx, id)
+	if err != nil {
+		zeroAll()
+		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
+	}
+	// Nothing leaves keyd before its issuance, and the pod's node binding,
+	// are durably recorded (one transaction).
+	if err := s.auditBound(ctx, audit.ActionIssue, audit.ResultOK, "", id, labels, bind); err != nil {
+		zeroAll()
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+	}
+	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
+	for i, c := range issued {
+		resp.Credentials[i] = toProto(c)
+	}
+	return resp, nil
+}
+
+func toProto(c credential.Issued) *keydv1.Credential {
+	out := &keydv1.Credential{
+		Name: c.Name, Kind: string(c.Kind), Suite: string(c.Suite), Generation: int64(c.Generation),
+		IssuedAt: timestamppb.New(c.IssuedAt), Expiry: timestamppb.New(c.Expiry), RenewAt: timestamppb.New(c.RenewAt),
+	}
+	switch c.Kind {
+	case object.APIKey:
+		out.Payload = &keydv1.Credential_ApiKey{ApiKey: &keydv1.APIKey{AccessKeyId: c.AccessKeyID, SecretKey: c.SecretKey}}
+	case object.Certificate:
+		out.Payload = &keydv1.Credential_Certificate{Certificate: &keydv1.Certificate{CertPem: c.CertPEM, CaBundlePem: c.CABundlePEM}}
+	case object.DerivedKey:
+		out.Payload = &keydv1.Credential_DerivedKey{DerivedKey: &keydv1.DerivedKey{Key: c.Key}}
+	case object.Token:
+		out.Payload = &keydv1.Credential_Token{Token: &keydv1.Token{Jwt: c.Token}}
+	case object.Secret:
+		out.Payload = &keydv1.Credential_Secret{Secret: &keydv1.SecretValue{Value: c.Value}}
+	}
+	return out
+}
+
+func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*keydv1.VerifyResponse, error) {
+	s := k.s
+	if req.AccessKeyId == "" || len(req.Signature) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "access key id and signature are required")
+	}
+	if len(req.Signature) > 128 {
+		return nil, status.Error(codes.InvalidArgument, "signature is longer than 128 bytes")
+	}
+	if !fromUnixSocket(ctx) {
+		if _, err := s.callerCert(ctx); err != nil {
+			return nil, err
+		}
+	}
+	id, err := s.issuer.VerifyAPIKey(ctx, req.AccessKeyId, req.StringToSign, req.Signature)
+	var nonce *store.Nonce
+	if err == nil {
+		nonce, err = s.checkFresh(ctx, req.AccessKeyId, req.StringToSign)
+	}
+	rec := audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Namespace: id.Namespace,
+		ServiceAccount: id.ServiceAccount, PodUID: id.PodUID}
+	if id.Object != "" {
+		rec.Objects = []string{fmt.Sprintf("%s/apiKey/%s/g%d", id.Object, id.Suite, id.Generation)}
+	}
+	if err != nil {
+		rec.Result, rec.Reason = audit.ResultDenied, status.Convert(toStatus(err)).Message()
+		if errors.Is(err, credential.ErrInvalid) {
+			rec.Result = audit.ResultError
+		}
+	}
+	// An accepted request's nonce is durable with its audit record before
+	// the answer: a replay is refused after a restart, too.
+	if aerr := s.audit.AppendNonce(ctx, rec, nonce); aerr != nil {
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", aerr)
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &keydv1.VerifyResponse{
+		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, PodUid: id.PodUID, Object: id.Object,
+		Suite: string(id.Suite), Generation: int64(id.Generation), Expiry: timestamppb.New(id.Expiry),
+	}, nil
+}
+
+func (k *keydService) Revoke(ctx context.Context, req *keydv1.RevokeRequest) (*keydv1.RevokeResponse, error) {
+	s := k.s
+	id, err := s.authorizeRevoke(ctx, req.Pod, req.PodToken)
+	if err != nil {
+		s.auditDeny(ctx, audit.ActionRevoke, req.Pod, status.Convert(err).Message(), nil)
+		return nil, err
+	}
+	var before time.Time
+	if req.IssuedBefore != nil {
+		before = req.IssuedBefore.AsTime()
+	}
+	until, err := s.revoke(ctx, id, before)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &keydv1.RevokeResponse{Until: timestamppb.New(until)}, nil
+}
+
+func (k *keydService) CABundle(_ context.Context, req *keydv1.CABundleRequest) (*keydv1.CABundleResponse, error) {
+	st, err := suite.Parse(req.Suite)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &keydv1.CABundleResponse{Pem: k.s.kr.CABundle(st)}, nil
+}
+
+// Freshness refusals of signed HTTP requests.
+var (
+	errStale  = errors.New("signed request is outside the freshness window (check the client's clock)")
+	errReplay = errors.New("signed request was already accepted once (replay)")
+)
+
+// checkFresh applies replay protection to strings to sign of podkey's
+// request signing scheme: their date must be within reqsign.Window of now
+// and their nonce unseen for this key, in this process and in the store.
+// It returns the nonce to record with the verification (nil for other
+// strings, which are the caller's own protocol and are verified as
+// signatures only).
+func (s *Server) checkFresh(ctx context.Context, keyID string, sts []byte) (*store.Nonce, error) {
+	switch {
+	case bytes.HasPrefix(sts, []byte(reqsign.RetiredVersion+"-")):
+		return nil, fmt.Errorf("%w: %v", credential.ErrInvalid, reqsign.ErrRetired)
+	case !bytes.HasPrefix(sts, []byte(reqsign.Version+"-")):
+		return nil, nil
+	}
+	date, nonce, err := reqsign.DateAndNonce(sts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", credential.ErrInvalid, err)
+	}
+	now := s.opts.Now()
+	if date.Before(now.Add(-reqsign.Window)) || date.After(now.Add(reqsign.Window)) {
+		return nil, errStale
+	}
+	n := &store.Nonce{Key: sha256.Sum256([]byte(keyID + "\x00" + nonce)), Until: date.Add(reqsign.Window)}
+	// The process's cache refuses concurrent replays before either is
+	// durable; the store refuses those accepted before a restart.
+	if !s.replays.first(n.Key, n.Until, now) {
+		return nil, errReplay
+	}
+	seen, err := s.st.NonceSeen(ctx, n.Key, now)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
+	}
+	if seen {
+		return nil, errReplay
+	}
+	return n, nil
+}

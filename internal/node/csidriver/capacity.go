@@ -1,0 +1,41 @@
+package csidriver
+
+import (
+	"github.com/podkey/podkey/pkg/object"
+)
+
+// pageSize is tmpfs's unit of allocation: every file takes whole pages.
+const pageSize = 4096
+
+func pages(bytes int) int64 { return int64((bytes + pageSize - 1) / pageSize * pageSize) }
+
+// maxFileBytes bounds, per kind, what one object's files can take on a
+// tmpfs, in whole pages. Secrets are counted at the largest value keyd
+// enrolls, since the node cannot know a value's size before it is issued;
+// a CA bundle leaves room for many CA generations.
+func maxFileBytes(sp object.Spec) int64 {
+	switch sp.Kind {
+	case object.Secret:
+		return pages(object.MaxSecretSize)
+	case object.Certificate:
+		return pages(2048) + pages(8192) + pages(16384) // key, chain, CA bundle
+	case object.Token:
+		n := 2048
+		for _, a := range sp.Audience {
+			n += len(a) + 8
+		}
+		return pages(n)
+	}
+	return pages(1024) // apiKey JSON, derivedKey bytes
+}
+
+// twoGenerations bounds what a volume of these objects needs at its
+// fullest: the published generation and the one a renewal writes beside it
+// (package volume keeps no more), each with the metadata file.
+func twoGenerations(specs []object.Spec) int64 {
+	gen := pages(1024 + 512*len(specs)) // podkey-metadata.json
+	for _, sp := range specs {
+		gen += maxFileBytes(sp)
+	}
+	return 2 * gen
+}

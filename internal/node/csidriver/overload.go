@@ -1,0 +1,70 @@
+package csidriver
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+)
+
+// Waiting out keyd's admission refusals (ResourceExhausted): the first
+// wait when keyd sends no hint, the longest single wait, and the margin
+// kept before the kubelet's deadline so that the kubelet hears back.
+const (
+	overloadFirstWait = 500 * time.Millisecond
+	overloadMaxWait   = 10 * time.Second
+	overloadMargin    = 5 * time.Second
+)
+
+// issue calls keyd's Issue, and while keyd refuses for overload, waits as
+// keyd's RetryInfo hints (doubling from overloadFirstWait without one)
+// and tries again, until Options.OverloadWait or the caller's deadline
+// would pass. Each wait is drawn uniformly from half to one and a half
+// times the hint, so that the nodes keyd refused together come back
+// spread over a whole hint rather than in lockstep; its mean stays the
+// hint, the time keyd expects to need. A retry here starts the pod
+// sooner than the kubelet's: the kubelet backs off exponentially up to
+// two minutes, with no jitter.
+func (d *Driver) issue(ctx context.Context, req *keydv1.IssueRequest) (*keydv1.IssueResponse, error) {
+	deadline := time.Now().Add(d.opts.OverloadWait)
+	if dl, ok := ctx.Deadline(); ok && dl.Add(-overloadMargin).Before(deadline) {
+		deadline = dl.Add(-overloadMargin)
+	}
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, d.opts.KeydTimeout)
+		resp, err := d.opts.Issuer.Issue(cctx, req)
+		cancel()
+		if status.Code(err) != codes.ResourceExhausted {
+			return resp, err
+		}
+		wait := jitter(retryHint(err, attempt))
+		if time.Now().Add(wait).After(deadline) {
+			return nil, err
+		}
+		d.metrics.overloadRetries.Inc()
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// retryHint is keyd's RetryInfo delay, or an exponential backoff.
+func retryHint(err error, attempt int) time.Duration {
+	if h := keydv1.RetryDelay(err); h > 0 {
+		return min(h, overloadMaxWait)
+	}
+	return min(overloadFirstWait<<min(attempt, 8), overloadMaxWait)
+}
+
+// jitter draws uniformly from [h/2, 3h/2).
+func jitter(h time.Duration) time.Duration {
+	return h/2 + rand.N(h)
+}

@@ -1,0 +1,124 @@
+package csidriver
+
+import (
+	"crypto"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/podkey/podkey/pkg/keydclient"
+	"github.com/podkey/podkey/pkg/pod"
+	"github.com/podkey/podkey/pkg/podfiles"
+
+	"github.com/emmansun/gmsm/smx509"
+
+	"github.com/podkey/podkey/internal/node/volume"
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/object"
+)
+
+// APIKeyFile and Metadata are the formats of package podfiles.
+type (
+	APIKeyFile = podfiles.APIKeyFile
+	Metadata   = podfiles.Metadata
+)
+
+// render turns keyd's credentials into the volume's files. keys holds the
+// private keys generated here for certificate objects. Secret bytes are
+// copied into the payload only; the caller zeroes the payload after writing.
+func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]crypto.Signer) (map[string]volume.File, []issuedObject, error) {
+	if len(creds) != len(specs) {
+		return nil, nil, fmt.Errorf("keyd returned %d credentials for %d objects", len(creds), len(specs))
+	}
+	files := map[string]volume.File{}
+	add := func(name string, data []byte, mode os.FileMode) error {
+		if _, dup := files[name]; dup || name == volume.MetadataFile {
+			return invalid("file name %q is used twice in the SecretProviderClass (certificate objects also write %s%s and %s%s)",
+				name, "<file>", podfiles.CertKeySuffix, "<file>", podfiles.CASuffix)
+		}
+		if err := volume.ValidateName(name); err != nil {
+			return invalid("%v", err)
+		}
+		files[name] = volume.File{Data: data, Mode: mode}
+		return nil
+	}
+	issued := make([]issuedObject, len(specs))
+	for i, sp := range specs {
+		c := creds[i]
+		if c.Name != sp.Name || c.Kind != string(sp.Kind) {
+			return nil, nil, fmt.Errorf("keyd answered %s/%s for object %s/%s", c.Name, c.Kind, sp.Name, sp.Kind)
+		}
+		mode := os.FileMode(sp.FileMode())
+		io := issuedObject{Name: sp.Name, Kind: string(sp.Kind), Suite: c.Suite, Generation: c.Generation,
+			IssuedAt: c.IssuedAt.AsTime(), Expiry: c.Expiry.AsTime(), RenewAt: c.RenewAt.AsTime()}
+		var err error
+		switch p := c.Payload.(type) {
+		case *keydv1.Credential_ApiKey:
+			data, jerr := json.Marshal(APIKeyFile{Version: "v1", AccessKeyID: p.ApiKey.AccessKeyId,
+				SecretKey: base64.RawURLEncoding.EncodeToString(p.ApiKey.SecretKey), Suite: c.Suite, Expiry: io.Expiry})
+			if jerr != nil {
+				return nil, nil, jerr
+			}
+			err = add(sp.File, data, mode)
+			io.Files = sp.Files()
+		case *keydv1.Credential_Certificate:
+			key, ok := keys[sp.Name]
+			if !ok {
+				return nil, nil, fmt.Errorf("no private key for certificate %s", sp.Name)
+			}
+			if cerr := keydclient.CheckCertificate(p.Certificate.CertPem, p.Certificate.CaBundlePem, key); cerr != nil {
+				zeroFiles(files)
+				return nil, nil, fmt.Errorf("object %s: %w", sp.Name, cerr)
+			}
+			der, kerr := smx509.MarshalPKCS8PrivateKey(key)
+			if kerr != nil {
+				return nil, nil, kerr
+			}
+			keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+			clear(der)
+			io.Files = sp.Files() // key, certificate, CA bundle
+			if err = add(io.Files[0], keyPEM, mode); err == nil {
+				if err = add(io.Files[1], p.Certificate.CertPem, mode); err == nil {
+					err = add(io.Files[2], p.Certificate.CaBundlePem, mode)
+				}
+			}
+		case *keydv1.Credential_DerivedKey:
+			err = add(sp.File, p.DerivedKey.Key, mode)
+			io.Files = sp.Files()
+		case *keydv1.Credential_Token:
+			err = add(sp.File, []byte(p.Token.Jwt), mode)
+			io.Files = sp.Files()
+		case *keydv1.Credential_Secret:
+			err = add(sp.File, p.Secret.Value, mode)
+			io.Files = sp.Files()
+		default:
+			return nil, nil, fmt.Errorf("keyd returned no payload for %s", sp.Name)
+		}
+		if err != nil {
+			zeroFiles(files)
+			return nil, nil, err
+		}
+		issued[i] = io
+	}
+	return files, issued, nil
+}
+
+func metadataFile(p pod.Identity, issued []issuedObject, now time.Time) (volume.File, error) {
+	m := Metadata{Version: "v1", Pod: p, Written: now.UTC(), Objects: issued}
+	for _, o := range issued {
+		if m.RenewAt.IsZero() || o.RenewAt.Before(m.RenewAt) {
+			m.RenewAt = o.RenewAt
+		}
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	return volume.File{Data: data, Mode: 0o444}, err
+}
+
+func zeroFiles(files map[string]volume.File) {
+	for _, f := range files {
+		clear(f.Data)
+	}
+}
