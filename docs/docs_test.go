@@ -147,13 +147,15 @@ func TestMetricsAndMessagesExist(t *testing.T) {
 		}
 	}
 	var src strings.Builder
-	_ = filepath.WalkDir("../pkg", func(path string, d fs.DirEntry, err error) error {
-		if err == nil && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") {
-			b, _ := os.ReadFile(path)
-			src.Write(b)
-		}
-		return nil
-	})
+	for _, dir := range []string{"../internal", "../pkg"} {
+		_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") {
+				b, _ := os.ReadFile(path)
+				src.Write(b)
+			}
+			return nil
+		})
+	}
 	messages := 0
 	for _, line := range strings.Split(texts["operations.md"], "\n") {
 		m := messageRE.FindStringSubmatch(line)

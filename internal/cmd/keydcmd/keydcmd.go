@@ -26,8 +26,10 @@ import (
 	"github.com/podkey/podkey/internal/cmd/hsmflags"
 	"github.com/podkey/podkey/internal/host/kube"
 	"github.com/podkey/podkey/internal/host/secmem"
+	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/identity"
 	"github.com/podkey/podkey/internal/keyd/identity/tokenreview"
+	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/service"
 	"github.com/podkey/podkey/internal/keyd/store"
 	"github.com/podkey/podkey/internal/keyd/trustbundle"
@@ -35,6 +37,9 @@ import (
 	"github.com/podkey/podkey/pkg/suite"
 	"github.com/podkey/podkey/pkg/token/jwks"
 )
+
+// DefaultStorePath is keyd's bbolt file unless told otherwise.
+const DefaultStorePath = "/var/lib/podkey/keyd.db"
 
 // Main runs podkey-keyd and returns its exit status.
 func Main(args []string, stdout, stderr io.Writer) int {
@@ -44,6 +49,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 type flags struct {
 	hsm         hsmflags.Flags
 	keyd        service.Options
+	storePath   string
 	log         command.LogFlags
 	kubeconfig  string
 	nodeSA      string
@@ -71,7 +77,7 @@ func NewCommand() *cobra.Command {
 func (f *flags) register(fs *pflag.FlagSet) {
 	o := &f.keyd
 	f.hsm.Register(fs)
-	fs.StringVar(&o.StorePath, "store", command.EnvOr("PODKEY_STORE", service.DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
+	fs.StringVar(&f.storePath, "store", command.EnvOr("PODKEY_STORE", DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
 	fs.StringVar(&f.pgFile, "postgres-file", os.Getenv("PODKEY_POSTGRES_FILE"), "file holding a PostgreSQL connection string: keep state there instead of --store (or env PODKEY_POSTGRES_URL; never a flag value)")
 	fs.StringVar(&o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", service.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
 	fs.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
@@ -112,12 +118,6 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 		}
 		defer stop()
 	}
-	if o.HSM, err = f.hsm.Config(); err != nil {
-		return err
-	}
-	if o.Postgres, err = store.ConnString(f.pgFile); err != nil {
-		return command.Exit(command.ExitUsage, err)
-	}
 	if o.InsecureLocalIdentity {
 		o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
 	}
@@ -132,13 +132,18 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	o.Registerer = reg
+	where, closeDeps, err := f.open(ctx, &o)
+	if err != nil {
+		return err
+	}
+	defer closeDeps()
 	srv, err := service.New(ctx, o)
 	if err != nil {
 		return command.Exit(command.ExitUnavailable, err)
 	}
 	defer srv.Close()
 	if f.metricsAddr != "" {
-		if err := serveMetrics(ctx, f.metricsAddr, o.Postgres != "", reg, o.Logger); err != nil {
+		if err := serveMetrics(ctx, f.metricsAddr, o.SharedPorts, reg, o.Logger); err != nil {
 			return command.Exit(command.ExitUsage, err)
 		}
 	}
@@ -148,16 +153,54 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 		}
 		go pub.Run(ctx)
 	}
-	where := o.StorePath
-	if o.Postgres != "" {
-		where = "postgresql" // the connection string may hold a password: never logged
-	}
-	o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.HSM.TokenLabel, "store", where)
+	o.Logger.Info("podkey-keyd started", "version", version.Version, "token", o.Keyring.Token().Label(), "store", where)
 	if err := srv.Serve(ctx); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	o.Logger.Info("podkey-keyd stopped")
 	return nil
+}
+
+// open opens what keyd runs on: the HSM token and its keyring, and the
+// store (PostgreSQL when a connection string is given, else the bbolt
+// file), into o. where names the store for the log, never the connection
+// string (it may hold a password); closeDeps closes all of it.
+func (f *flags) open(ctx context.Context, o *service.Options) (where string, closeDeps func(), err error) {
+	cfg, err := f.hsm.Config()
+	if err != nil {
+		return "", nil, err
+	}
+	pg, err := store.ConnString(f.pgFile)
+	if err != nil {
+		return "", nil, command.Exit(command.ExitUsage, err)
+	}
+	tok, err := hsm.Open(cfg)
+	if err != nil {
+		return "", nil, command.Exit(command.ExitUnavailable, err)
+	}
+	if o.Keyring, err = keyring.Open(ctx, tok); err != nil {
+		tok.Close()
+		return "", nil, command.Exit(command.ExitUnavailable, err)
+	}
+	closeKeys := func() { o.Keyring.Close(); tok.Close() }
+	where = f.storePath
+	if pg != "" {
+		where, o.SharedPorts = "postgresql", true
+		st, err := store.OpenPostgres(ctx, pg)
+		if err != nil {
+			closeKeys()
+			return "", nil, command.Exit(command.ExitUnavailable, err)
+		}
+		o.Store = st // assigned only when non-nil: a nil pointer in the interface is not nil
+	} else {
+		st, err := store.OpenBolt(f.storePath)
+		if err != nil {
+			closeKeys()
+			return "", nil, command.Exit(command.ExitUnavailable, err)
+		}
+		o.Store = st
+	}
+	return where, func() { o.Store.Close(); closeKeys() }, nil
 }
 
 // identityVerifier sets o.Identity to a TokenReview verifier when keyd can
@@ -227,6 +270,3 @@ func serveMetrics(ctx context.Context, addr string, shared bool, reg *prometheus
 	log.Info("serving metrics", "address", lis.Addr().String())
 	return nil
 }
-
-// postgres reads the PostgreSQL connection string from --postgres-file or
-// PODKEY_POSTGRES_URL; "" keeps the bbolt store.

@@ -120,8 +120,8 @@ func TestCLIAgainstKeyd(t *testing.T) {
 	e.Stop()
 	pinFile := filepath.Join(t.TempDir(), "pin")
 	_ = os.WriteFile(pinFile, []byte(hsmtest.PIN+"\n"), 0o600)
-	hsmArgs := []string{"--hsm-token=" + e.Opts.HSM.TokenLabel, "--hsm-pin-file=" + pinFile}
-	r = podkey(t, "", append([]string{"audit", "verify", "--store=" + e.Opts.StorePath}, hsmArgs...)...)
+	hsmArgs := []string{"--hsm-token=" + e.HSM.TokenLabel, "--hsm-pin-file=" + pinFile}
+	r = podkey(t, "", append([]string{"audit", "verify", "--store=" + e.StorePath}, hsmArgs...)...)
 	if r.code != 0 || !strings.Contains(r.stdout, "intact") {
 		t.Fatalf("offline verify: %+v", r)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/service"
+	"github.com/podkey/podkey/internal/keyd/store"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/apikey/accesskey"
 	"github.com/podkey/podkey/pkg/apikey/reqsign"
@@ -150,13 +151,8 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	if len(o.Concurrency) == 0 {
 		o.Concurrency = []int{1, 8, 64}
 	}
-	conn, stop, err := startKeyd(ctx, o.HSM)
-	if err != nil {
-		return nil, err
-	}
-	defer stop()
-	client := keydv1.NewKeydClient(conn)
-	tok, err := hsm.Open(o.HSM) // shares the module and login with keyd
+	// One token and keyring, for keyd and for the raw operations beside it.
+	tok, err := hsm.Open(o.HSM)
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +162,12 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 		return nil, err
 	}
 	defer kr.Close()
+	conn, stop, err := startKeyd(ctx, kr)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	client := keydv1.NewKeydClient(conn)
 	raw, err := rawOps(ctx, tok, kr, healthpb.NewHealthClient(conn))
 	if err != nil {
 		return nil, err
@@ -260,10 +262,10 @@ func verifyCases(ctx context.Context, client keydv1.KeydClient) ([]verifyCase, e
 // benchPod is the pod every issuance is for, but for its UID.
 var benchPod = pod.Identity{Namespace: "bench", ServiceAccount: "bench", Name: "p", Node: "bench-node"}
 
-// startKeyd serves keyd in this process on a temporary store and socket,
-// with a policy granting the bench pod everything and one enrolled
-// secret, and returns a connection to it once it answers.
-func startKeyd(ctx context.Context, cfg hsm.Config) (*grpc.ClientConn, func(), error) {
+// startKeyd serves keyd in this process on kr, a temporary bbolt store and
+// socket, with a policy granting the bench pod everything and one
+// enrolled secret, and returns a connection to it once it answers.
+func startKeyd(ctx context.Context, kr *keyring.Keyring) (*grpc.ClientConn, func(), error) {
 	dir, err := os.MkdirTemp("", "podkey-bench-")
 	if err != nil {
 		return nil, nil, err
@@ -280,7 +282,12 @@ func startKeyd(ctx context.Context, cfg hsm.Config) (*grpc.ClientConn, func(), e
 	if err := os.WriteFile(pol, []byte("version: v1\nrules:\n- {namespace: bench, serviceAccount: bench, objects: [\"*\"]}\n"), 0o600); err != nil {
 		return fail(err)
 	}
-	srv, err := service.New(ctx, service.Options{HSM: cfg, StorePath: filepath.Join(dir, "keyd.db"), Socket: filepath.Join(dir, "keyd.sock"),
+	st, err := store.OpenBolt(filepath.Join(dir, "keyd.db"))
+	if err != nil {
+		return fail(err)
+	}
+	cleanup = append(cleanup, func() { st.Close() })
+	srv, err := service.New(ctx, service.Options{Keyring: kr, Store: st, Socket: filepath.Join(dir, "keyd.sock"),
 		PolicyFile: pol, InsecureLocalIdentity: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return fail(err)

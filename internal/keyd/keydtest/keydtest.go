@@ -16,8 +16,11 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
 	"github.com/podkey/podkey/internal/keyd/service"
+	"github.com/podkey/podkey/internal/keyd/store"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/keydclient"
 )
@@ -46,14 +49,20 @@ func (s *SyncBuffer) Bytes() []byte {
 
 // Env is a running keyd.
 type Env struct {
-	T      testing.TB
-	Opts   service.Options
-	Logs   *SyncBuffer
-	Keyd   keydv1.KeydClient
-	Admin  keydv1.AdminClient
-	cancel context.CancelFunc
-	done   chan error
-	srv    *service.Server
+	T testing.TB
+	// HSM is the test's SoftHSM2 token, StorePath its bbolt file and
+	// Postgres, when set, the PostgreSQL connection string keyd keeps
+	// its state in instead. Run opens them into Opts.
+	HSM       hsm.Config
+	StorePath string
+	Postgres  string
+	Opts      service.Options
+	Logs      *SyncBuffer
+	Keyd      keydv1.KeydClient
+	Admin     keydv1.AdminClient
+	cancel    context.CancelFunc
+	done      chan error
+	srv       *service.Server
 }
 
 // PolicyYAML lets payments/payments obtain every object.
@@ -64,11 +73,17 @@ rules:
   objects: ["*"]
 `
 
-// start runs a real keyd on a fresh SoftHSM2 token, with a unix socket and
-// a TLS listener on a free loopback port.
-// Start runs keyd; mutate may change its options first. It stops when
-// the test ends.
+// Start runs a real keyd on a fresh SoftHSM2 token and a bbolt store, with
+// a unix socket and a TLS listener on a free loopback port; mutate may
+// change its options first. It stops when the test ends.
 func Start(t testing.TB, mutate func(*service.Options)) *Env {
+	t.Helper()
+	return StartOn(t, "", mutate)
+}
+
+// StartOn is Start with keyd's state in the PostgreSQL database at conn
+// ("" keeps the bbolt store).
+func StartOn(t testing.TB, conn string, mutate func(*service.Options)) *Env {
 	t.Helper()
 	cfg := keyringtest.Token(t)
 	dir := t.TempDir()
@@ -77,9 +92,9 @@ func Start(t testing.TB, mutate func(*service.Options)) *Env {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	e := &Env{T: t, Logs: &SyncBuffer{}}
+	e := &Env{T: t, Logs: &SyncBuffer{}, HSM: cfg, StorePath: filepath.Join(dir, "keyd.db"), Postgres: conn}
 	e.Opts = service.Options{
-		HSM: cfg, StorePath: filepath.Join(dir, "keyd.db"), Socket: filepath.Join(dir, "keyd.sock"),
+		Socket: filepath.Join(dir, "keyd.sock"), SharedPorts: conn != "",
 		Listen: addr, PolicyFile: polFile, InsecureLocalIdentity: true,
 		Logger: slog.New(slog.NewJSONHandler(e.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -91,11 +106,14 @@ func Start(t testing.TB, mutate func(*service.Options)) *Env {
 	return e
 }
 
-// Run starts keyd again after Stop.
+// Run starts keyd again after Stop: it opens the token, the keyring and
+// the store as podkey-keyd does, and injects them.
 func (e *Env) Run() {
 	t := e.T
+	e.open()
 	srv, err := service.New(context.Background(), e.Opts)
 	if err != nil {
+		e.closeDeps()
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -122,7 +140,39 @@ func (e *Env) Stop() {
 	e.cancel()
 	<-e.done
 	e.srv.Close()
+	e.closeDeps()
 	e.cancel = nil
+}
+
+func (e *Env) open() {
+	t := e.T
+	tok, err := hsm.Open(e.HSM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := keyring.Open(context.Background(), tok)
+	if err != nil {
+		tok.Close()
+		t.Fatal(err)
+	}
+	var st store.Store
+	if e.Postgres != "" {
+		st, err = store.OpenPostgres(context.Background(), e.Postgres)
+	} else {
+		st, err = store.OpenBolt(e.StorePath)
+	}
+	if err != nil {
+		kr.Close()
+		tok.Close()
+		t.Fatal(err)
+	}
+	e.Opts.Keyring, e.Opts.Store = kr, st
+}
+
+func (e *Env) closeDeps() {
+	e.Opts.Store.Close()
+	e.Opts.Keyring.Close()
+	e.Opts.Keyring.Token().Close()
 }
 
 // Dial connects to keyd.

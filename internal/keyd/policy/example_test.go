@@ -13,7 +13,7 @@ import (
 
 // TestShippedExamplesParse keeps manifests/examples true to the code.
 func TestShippedExamplesParse(t *testing.T) {
-	dir := "../../manifests/examples/"
+	dir := "../../../manifests/examples/"
 	data, err := os.ReadFile(dir + "policy.yaml")
 	if err != nil {
 		t.Fatal(err)

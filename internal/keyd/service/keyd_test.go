@@ -248,7 +248,7 @@ func TestNoSecretInStoreOrLogs(t *testing.T) {
 	_, _ = e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: &keydv1.PodIdentity{Namespace: "x", ServiceAccount: "y", PodName: "z", PodUid: "u"}, PodToken: token, Objects: allKinds(t)})
 	_, _ = e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: "PKxx", Signature: secrets[0]})
 	e.Stop()
-	storeBytes, err := os.ReadFile(e.Opts.StorePath)
+	storeBytes, err := os.ReadFile(e.StorePath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +280,7 @@ func TestAuditTamperingIsDetected(t *testing.T) {
 	e.Stop()
 	// Flip the namespace of record 3 inside the store file, in every copy
 	// bbolt keeps (freed pages may hold older copies of the same record).
-	data, _ := os.ReadFile(e.Opts.StorePath)
+	data, _ := os.ReadFile(e.StorePath)
 	n := 0
 	for i := 0; i+len(`"seq":3,`) <= len(data); i++ {
 		if !bytes.HasPrefix(data[i:], []byte(`"seq":3,`)) {
@@ -296,7 +296,7 @@ func TestAuditTamperingIsDetected(t *testing.T) {
 	if n == 0 {
 		t.Fatal("record 3 not found in the store file")
 	}
-	_ = os.WriteFile(e.Opts.StorePath, data, 0o600)
+	_ = os.WriteFile(e.StorePath, data, 0o600)
 	e.Run()
 	v, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
 	if err != nil || v.Intact || v.BrokenAt != 3 {
@@ -383,7 +383,7 @@ func TestReplayRefusedAfterRestart(t *testing.T) {
 		t.Fatalf("replay after a restart: %v", err)
 	}
 	e.Stop()
-	st, err := store.OpenBolt(e.Opts.StorePath)
+	st, err := store.OpenBolt(e.StorePath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -542,11 +542,11 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestTwoKeydsOnOnePostgres(t *testing.T) {
 	pg := pgtest.Start(t)
 	conn := pg.NewDatabase(t)
-	a := keydtest.Start(t, func(o *service.Options) { o.Postgres = conn })
+	a := keydtest.StartOn(t, conn, nil)
 	bOpts := a.Opts
 	dir := t.TempDir()
 	bOpts.Socket, bOpts.Listen, bOpts.PolicyFile = filepath.Join(dir, "b.sock"), "", ""
-	b := &keydtest.Env{T: t, Opts: bOpts, Logs: &keydtest.SyncBuffer{}}
+	b := &keydtest.Env{T: t, HSM: a.HSM, Postgres: conn, Opts: bOpts, Logs: &keydtest.SyncBuffer{}}
 	b.Run()
 	t.Cleanup(b.Stop)
 	ctx := context.Background()
@@ -645,7 +645,7 @@ func TestTwoKeydsOnOnePostgres(t *testing.T) {
 func TestPostgresRestartUnderLoad(t *testing.T) {
 	pg := pgtest.Start(t)
 	conn := pg.NewDatabase(t)
-	e := keydtest.Start(t, func(o *service.Options) { o.Postgres = conn })
+	e := keydtest.StartOn(t, conn, nil)
 	ctx := context.Background()
 	var ok, unavailable, other atomic.Int64
 	stop := make(chan struct{})

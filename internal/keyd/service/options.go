@@ -10,23 +10,26 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/identity"
+	"github.com/podkey/podkey/internal/keyd/keyring"
+	"github.com/podkey/podkey/internal/keyd/store"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure a Server. Every field says its default.
 type Options struct {
-	// HSM selects the token. Required (PIN included).
-	HSM hsm.Config
-	// StorePath is the bbolt file. Default /var/lib/podkey/keyd.db.
-	StorePath string
-	// Postgres, when set, is a PostgreSQL connection string (libpq form or
-	// URL; TLS with sslmode=verify-full and sslrootcert) and keyd keeps its
-	// state there instead of StorePath. It comes from a file or the
-	// environment, never a flag value, and is never logged. Default empty.
-	Postgres string
+	// Keyring is the root keys on a logged-in HSM token (keyring.Open).
+	// Required. Its opener closes it, and its token, after the Server.
+	Keyring *keyring.Keyring
+	// Store is keyd's state: a bbolt file (store.OpenBolt) or PostgreSQL
+	// shared by replicas (store.OpenPostgres). Required. Its opener
+	// closes it after the Server.
+	Store store.Store
+	// SharedPorts lets several replicas on one host share the TLS, JWKS
+	// and metrics ports (SO_REUSEPORT; see Listen): set it when the
+	// Store is shared. Default false.
+	SharedPorts bool
 	// Listen is the TLS address; empty disables TCP. Default empty.
 	Listen string
 	// Socket is the local unix socket (mode 0600, for the CLI and node
@@ -74,18 +77,12 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Defaults.
-const (
-	DefaultStorePath = "/var/lib/podkey/keyd.db"
-	DefaultSocket    = keydv1.DefaultSocket
-)
+// DefaultSocket is where keyd serves its local socket unless told otherwise.
+const DefaultSocket = keydv1.DefaultSocket
 
 func (o *Options) setDefaults() error {
-	if o.HSM.TokenLabel == "" {
-		return errors.New("keyd: HSM token label is required")
-	}
-	if o.StorePath == "" {
-		o.StorePath = DefaultStorePath
+	if o.Keyring == nil || o.Store == nil {
+		return errors.New("keyd: a keyring and a store are required")
 	}
 	if len(o.TLSNames) == 0 {
 		o.TLSNames = []string{"localhost", "127.0.0.1"}

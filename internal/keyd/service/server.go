@@ -51,40 +51,18 @@ type Server struct {
 	closeOnce sync.Once
 }
 
-// New opens the HSM token, the keyring and the store, and loads the policy.
-// Nothing listens until Serve.
+// New builds the key service on an open keyring and store, and loads the
+// policy. Nothing listens until Serve.
 func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, health: health.NewServer(), replays: newReplayCache()}
+	s := &Server{opts: opts, health: health.NewServer(), replays: newReplayCache(),
+		kr: opts.Keyring, tok: opts.Keyring.Token(), st: opts.Store}
 	inflight, queued := admissionBounds(opts.MaxInflight, opts.MaxQueued)
 	s.admission = newAdmission(inflight, queued)
 	s.metrics = newMetrics(opts.Registerer, s.admission)
 	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
-	var err error
-	if s.tok, err = hsm.Open(opts.HSM); err != nil {
-		return nil, err
-	}
-	if s.kr, err = keyring.Open(ctx, s.tok); err != nil {
-		s.Close()
-		return nil, err
-	}
-	if opts.Postgres != "" {
-		st, err := store.OpenPostgres(ctx, opts.Postgres)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		s.st = st // assigned only when non-nil: a nil pointer in the interface is not nil
-	} else {
-		st, err := store.OpenBolt(opts.StorePath)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		s.st = st
-	}
 	s.audit = audit.Open(s.st, s.kr.AuditKeys())
 	registerStateMetrics(opts.Registerer, s.tok, s.audit)
 	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
@@ -156,7 +134,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		lis, err := Listen(s.opts.Listen, s.opts.Postgres != "")
+		lis, err := Listen(s.opts.Listen, s.opts.SharedPorts)
 		if err != nil {
 			return fmt.Errorf("keyd: listen %s: %w", s.opts.Listen, err)
 		}
@@ -292,7 +270,8 @@ func (s *Server) start(g *grpc.Server, lis net.Listener, errc chan<- error) {
 	}()
 }
 
-// Close stops everything and zeroes unwrapped keys. Safe to call twice.
+// Close stops the servers and flushes the audit log. The keyring and the
+// store stay open: their opener closes them. Safe to call twice.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		for _, g := range s.servers {
@@ -300,15 +279,6 @@ func (s *Server) Close() {
 		}
 		if s.audit != nil {
 			s.audit.Close()
-		}
-		if s.st != nil {
-			s.st.Close()
-		}
-		if s.kr != nil {
-			s.kr.Close()
-		}
-		if s.tok != nil {
-			s.tok.Close()
 		}
 	})
 }

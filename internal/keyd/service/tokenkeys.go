@@ -88,7 +88,7 @@ func (s *Server) serveJWKS(ctx context.Context, errc chan<- error) error {
 	}
 	tlsConf = tlsConf.Clone()
 	tlsConf.ClientAuth = 0 // anyone may read public keys
-	lis, err := Listen(s.opts.JWKSListen, s.opts.Postgres != "")
+	lis, err := Listen(s.opts.JWKSListen, s.opts.SharedPorts)
 	if err != nil {
 		return fmt.Errorf("keyd: listen %s: %w", s.opts.JWKSListen, err)
 	}

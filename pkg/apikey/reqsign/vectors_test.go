@@ -107,7 +107,7 @@ func TestPythonSignerAgrees(t *testing.T) {
 		if err := os.WriteFile(key, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		args := []string{"../../docs/examples/python/podkey_sign.py", "--print", "--key", key, "--method", v.method, "--url", v.url,
+		args := []string{"../../../docs/examples/python/podkey_sign.py", "--print", "--key", key, "--method", v.method, "--url", v.url,
 			"--data", v.body, "--date", vectorDate.Format(DateFormat), "--nonce", vectorNonce}
 		for _, h := range v.headers {
 			args = append(args, "--header", h[0]+": "+h[1])
@@ -128,7 +128,7 @@ func TestPythonSignerAgrees(t *testing.T) {
 // TestDocHoldsTheVectors: docs/request-signing.md shows every vector as
 // this package computes it.
 func TestDocHoldsTheVectors(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/request-signing.md")
+	doc, err := os.ReadFile("../../../docs/request-signing.md")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -128,7 +128,7 @@ func TestPythonVerifiesAnES256Token(t *testing.T) {
 	}
 	tok := issueToken(t, e, "intl")
 	run := func(token, aud string) (string, error) {
-		cmd := exec.Command("python3", "../../docs/examples/python/podkey_verify_token.py", file, aud)
+		cmd := exec.Command("python3", "../../../docs/examples/python/podkey_verify_token.py", file, aud)
 		cmd.Stdin = strings.NewReader(token)
 		out, err := cmd.CombinedOutput()
 		return string(out), err
