@@ -20,6 +20,7 @@ import (
 	"github.com/podkey/podkey/internal/cmd/command"
 	"github.com/podkey/podkey/internal/host/kube"
 	"github.com/podkey/podkey/internal/node/podwatch"
+	"github.com/podkey/podkey/internal/node/provider"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -132,11 +133,12 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	}
 	serveCSI := f.mode != "provider"
 	if f.mode != "csi" {
-		p, err := csidriver.NewProvider(d, f.rotationPoll)
+		p, err := provider.New(provider.Options{Node: d, StateDir: f.o.StateDir, TokenAudience: f.o.TokenAudience,
+			RotationPoll: f.rotationPoll, Logger: log})
 		if err != nil {
 			return err
 		}
-		g.Go(func() error { return p.Serve(gctx, f.providerSocket) })
+		g.Go(func() error { return d.ServeAPI(gctx, f.providerSocket, "the secrets-store provider API", p.Register) })
 		if err := f.watchPods(gctx, g, p, log); err != nil {
 			return err
 		}
@@ -227,7 +229,7 @@ func (f *csiFlags) dialKeyd(ctx context.Context, log *slog.Logger, reg prometheu
 // that is deleted (the upstream driver tells providers nothing then), and
 // at start for those deleted while podkey-csi was down. Without the
 // Kubernetes API (classes from a directory) there is nothing to watch.
-func (f *csiFlags) watchPods(ctx context.Context, g *errgroup.Group, p *csidriver.Provider, log *slog.Logger) error {
+func (f *csiFlags) watchPods(ctx context.Context, g *errgroup.Group, p *provider.Provider, log *slog.Logger) error {
 	if f.classDir != "" {
 		log.Warn("no pod watch without the Kubernetes API: credentials of deleted pods expire but are not revoked")
 		return nil

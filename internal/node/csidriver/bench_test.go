@@ -42,14 +42,14 @@ func BenchmarkPublishCold(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		uid := fmt.Sprintf("bench-%d", i)
-		target := filepath.Join(h.dir, "pods", uid, "mount")
+		target := filepath.Join(h.Dir, "pods", uid, "mount")
 		start := time.Now()
-		if _, err := h.d.NodePublishVolume(ctx, publishReq(target, uid, "payments")); err != nil {
+		if _, err := h.D.NodePublishVolume(ctx, publishReq(target, uid, "payments")); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(start))
 		b.StopTimer()
-		if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-" + uid, TargetPath: target}); err != nil {
+		if _, err := h.D.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-" + uid, TargetPath: target}); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
@@ -66,19 +66,19 @@ func BenchmarkRepublishNoop(b *testing.B) {
 	}
 	h := newBenchHarness(b)
 	ctx := context.Background()
-	target := filepath.Join(h.dir, "pods", "noop", "mount")
+	target := filepath.Join(h.Dir, "pods", "noop", "mount")
 	req := publishReq(target, "noop", "payments")
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		b.Fatal(err)
 	}
-	defer h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: target})
+	defer h.D.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: target})
 	// Forced renewals in force for other scopes: every republish checks
 	// them, none applies.
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go h.d.Run(rctx)
+	go h.D.Run(rctx)
 	for _, r := range []*keydv1.ForceRenewalRequest{{PodUid: "another-pod"}, {Namespace: "shop"}, {Namespace: "payments", ServiceAccount: "batch"}} {
-		if _, err := h.keyd.Admin.ForceRenewal(ctx, r); err != nil {
+		if _, err := h.Keyd.Admin.ForceRenewal(ctx, r); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -87,7 +87,7 @@ func BenchmarkRepublishNoop(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(start))

@@ -6,188 +6,51 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	mount "k8s.io/mount-utils"
-	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
-	"github.com/podkey/podkey/internal/keyd/keydtest"
-	"github.com/podkey/podkey/internal/keyd/service"
 	"github.com/podkey/podkey/internal/node/csidriver"
-	"github.com/podkey/podkey/internal/node/spc"
+	"github.com/podkey/podkey/internal/node/csidriver/csidrivertest"
 	"github.com/podkey/podkey/internal/node/volume"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/apikey/accesskey"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
-const objectsYAML = `
-- name: ledger-api
-  kind: apiKey
-  file: ledger-api.json
-  ttl: 1m
-- name: mtls
-  kind: certificate
-  algorithm: sm2
-- name: card-key
-  kind: derivedKey
-  scope: serviceAccount
-- name: svc-token
-  kind: token
-- name: legacy-db
-  kind: secret
-  file: db-password
-`
+// The driver's tests run on csidrivertest's harness; these names keep
+// them short.
+type harness struct{ *csidrivertest.Harness }
 
-func class(ns, name, provider, objects string) *sscsi.SecretProviderClass {
-	c := &sscsi.SecretProviderClass{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	c.Spec.Provider = sscsi.Provider(provider)
-	c.Spec.Parameters = map[string]string{"objects": objects}
-	return c
-}
+func newHarness(t *testing.T) *harness { return &harness{csidrivertest.New(t)} }
 
-var classes = spc.Static{
-	"payments/payments": class("payments", "payments", "podkey", objectsYAML),
-	"payments/vault":    class("payments", "vault", "vault", objectsYAML),
-	"payments/escape":   class("payments", "escape", "podkey", "- {name: a, kind: apiKey, file: ../../../etc/cron.d/x}"),
-	"payments/collide":  class("payments", "collide", "podkey", "- {name: a, kind: apiKey, file: m.key}\n- {name: m, kind: certificate}"),
-	"payments/missing":  class("payments", "missing", "podkey", "- {name: absent-secret, kind: secret}"),
-	"payments/meta":     class("payments", "meta", "podkey", "- {name: a, kind: apiKey, file: podkey-metadata.json}"),
-	"payments/cabundle": class("payments", "cabundle", "podkey", "- {name: a, kind: certificate, file: x}\n- {name: b, kind: certificate, file: x.ca}"),
-	"payments/case":     class("payments", "case", "podkey", "- {name: a, kind: apiKey, file: Key}\n- {name: b, kind: token, file: key}"),
-	"payments/big":      class("payments", "big", "podkey", manySecrets(32)),
-	"payments/longname": class("payments", "longname", "podkey", "- {name: a, kind: certificate, file: "+strings.Repeat("f", 248)+"}"),
-	"shop/payments":     class("shop", "payments", "podkey", objectsYAML),
-	"payments/synced":   syncedClass(),
-}
+func newBenchHarness(b *testing.B) *harness { return &harness{csidrivertest.NewBench(b)} }
 
-// syncedClass would copy its objects into a Kubernetes Secret.
-func syncedClass() *sscsi.SecretProviderClass {
-	c := class("payments", "synced", "podkey", objectsYAML)
-	c.Spec.SecretObjects = []*sscsi.SecretObject{{SecretName: "copy", Type: "Opaque"}}
-	return c
-}
+const objectsYAML = csidrivertest.ObjectsYAML
 
-type harness struct {
-	t       testing.TB
-	keyd    *keydtest.Env
-	mounter *mount.FakeMounter
-	dir     string
-	logs    *keydtest.SyncBuffer
-	clock   time.Time
-	mu      sync.Mutex
-	d       *csidriver.Driver
-	// maxVolumeBytes is the node's bound (0: the default).
-	maxVolumeBytes int64
-}
-
-func newHarness(t *testing.T) *harness {
-	return startHarness(t, mount.NewFakeMounter(nil))
-}
-
-// newBenchHarness drives real tmpfs mounts.
-func newBenchHarness(b *testing.B) *harness { return startHarness(b, nil) }
-
-func startHarness(t testing.TB, fake *mount.FakeMounter) *harness {
-	h := &harness{t: t, mounter: fake, dir: t.TempDir(), logs: &keydtest.SyncBuffer{}, clock: time.Now()}
-	// keyd shares the test's clock, so a renewal after advancing it mints
-	// credentials with a later expiry (API keys are a function of it).
-	h.keyd = keydtest.Start(t, func(o *service.Options) { o.Now = h.now })
-	if _, err := h.keyd.Admin.PutSecret(context.Background(), &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: []byte("db-password-Q7x")}); err != nil {
-		t.Fatal(err)
-	}
-	h.d = h.newDriver()
-	return h
-}
-
-func (h *harness) now() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.clock
-}
-
-func (h *harness) advance(d time.Duration) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.clock = h.clock.Add(d)
-}
-
-func (h *harness) newDriver() *csidriver.Driver {
-	d, err := csidriver.New(csidriver.Options{
-		NodeID: "node-1", StateDir: filepath.Join(h.dir, "state"), PodsDir: filepath.Join(h.dir, "pods"), MaxVolumeBytes: h.maxVolumeBytes, Issuer: h.keyd.Keyd, Revoker: h.keyd.Keyd, Classes: classes,
-		Renewals: h.keyd.Keyd, RenewalPoll: 20 * time.Millisecond,
-		Volumes: h.volumeMounter(), Now: h.now,
-		Logger: slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return d
-}
-
-func (h *harness) volumeMounter() *volume.Mounter {
-	if h.mounter == nil {
-		return volume.NewMounter(nil) // the host's mount(8)
-	}
-	return volume.NewMounter(h.mounter)
-}
-
-func token(uid string) string { return "eyJhbGciOiJSUzI1NiJ9.token-for-" + uid + ".c2ln" }
-
-func publishReq(target, uid, class string) *csi.NodePublishVolumeRequest {
-	tok, _ := json.Marshal(map[string]any{"podkey": map[string]string{"token": token(uid), "expirationTimestamp": "2030-01-01T00:00:00Z"}})
-	return &csi.NodePublishVolumeRequest{
-		VolumeId:   "csi-" + uid,
-		TargetPath: target,
-		Readonly:   true,
-		VolumeCapability: &csi.VolumeCapability{
-			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{VolumeMountGroup: fmt.Sprint(os.Getgid())}},
-			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-		},
-		VolumeContext: map[string]string{
-			"secretProviderClass":                      class,
-			"csi.storage.k8s.io/pod.name":              "pay-" + uid,
-			"csi.storage.k8s.io/pod.namespace":         "payments",
-			"csi.storage.k8s.io/pod.uid":               uid,
-			"csi.storage.k8s.io/serviceAccount.name":   "payments",
-			"csi.storage.k8s.io/ephemeral":             "true",
-			"csi.storage.k8s.io/serviceAccount.tokens": string(tok),
-		},
-	}
-}
-
-func (h *harness) target(uid string) string {
-	return filepath.Join(h.dir, "pods", uid, "volumes", "creds")
-}
-
-func read(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var (
+	classes     = csidrivertest.Classes
+	class       = csidrivertest.Class
+	manySecrets = csidrivertest.ManySecrets
+	publishReq  = csidrivertest.PublishReq
+	token       = csidrivertest.Token
+	read        = csidrivertest.Read
+)
 
 func TestPublishEveryKindThenRepublishIsNoop(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-a")
+	target := h.Target("uid-a")
 	req := publishReq(target, "uid-a", "payments")
 	for i := 0; i < 2; i++ {
-		if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
@@ -212,7 +75,7 @@ func TestPublishEveryKindThenRepublishIsNoop(t *testing.T) {
 	}
 	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
 	msg := []byte("GET /ledger")
-	v, err := h.keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg, Signature: accesskey.Sign(suite.Intl, secret, msg)})
+	v, err := h.Keyd.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyID, StringToSign: msg, Signature: accesskey.Sign(suite.Intl, secret, msg)})
 	if err != nil || v.PodUid != "uid-a" {
 		t.Fatalf("written API key does not verify: %v %v", v, err)
 	}
@@ -230,30 +93,30 @@ func TestPublishEveryKindThenRepublishIsNoop(t *testing.T) {
 	if err := json.Unmarshal(read(t, filepath.Join(target, volume.MetadataFile)), &meta); err != nil || len(meta.Objects) != 5 || meta.Pod.UID != "uid-a" {
 		t.Fatalf("metadata %+v %v", meta, err)
 	}
-	if h.d.Volumes() != 1 {
-		t.Fatalf("volumes %d", h.d.Volumes())
+	if h.D.Volumes() != 1 {
+		t.Fatalf("volumes %d", h.D.Volumes())
 	}
 }
 
 // assertClean checks that a failed publish left nothing behind.
 func (h *harness) assertClean(target string) {
-	h.t.Helper()
+	h.T.Helper()
 	if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
-		h.t.Fatalf("target %s exists after a failed publish", target)
+		h.T.Fatalf("target %s exists after a failed publish", target)
 	}
-	if mps, _ := h.mounter.List(); len(mps) != 0 {
-		h.t.Fatalf("mounts left: %v", mps)
+	if mps, _ := h.Mounter.List(); len(mps) != 0 {
+		h.T.Fatalf("mounts left: %v", mps)
 	}
-	states, _ := filepath.Glob(filepath.Join(h.dir, "state", "volumes", "*"))
+	states, _ := filepath.Glob(filepath.Join(h.Dir, "state", "volumes", "*"))
 	if len(states) != 0 {
-		h.t.Fatalf("state left: %v", states)
+		h.T.Fatalf("state left: %v", states)
 	}
 }
 
 func TestPublishErrorsLeaveNothing(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-e")
+	target := h.Target("uid-e")
 	mutate := func(f func(r *csi.NodePublishVolumeRequest)) *csi.NodePublishVolumeRequest {
 		r := publishReq(target, "uid-e", "payments")
 		f(r)
@@ -300,7 +163,7 @@ func TestPublishErrorsLeaveNothing(t *testing.T) {
 	}
 	for _, c := range cases {
 		for i := 0; i < 2; i++ {
-			_, err := h.d.NodePublishVolume(ctx, c.req)
+			_, err := h.D.NodePublishVolume(ctx, c.req)
 			if status.Code(err) != c.code {
 				t.Fatalf("%s (call %d): got %v, want %s", c.name, i+1, err, c.code)
 			}
@@ -311,42 +174,42 @@ func TestPublishErrorsLeaveNothing(t *testing.T) {
 		}
 	}
 	// keyd down: Unavailable, nothing left; back up: the retry succeeds.
-	h.keyd.Stop()
+	h.Keyd.Stop()
 	for i := 0; i < 2; i++ {
-		if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-e", "payments")); status.Code(err) != codes.Unavailable {
+		if _, err := h.D.NodePublishVolume(ctx, publishReq(target, "uid-e", "payments")); status.Code(err) != codes.Unavailable {
 			t.Fatalf("keyd down: %v", err)
 		}
 		h.assertClean(target)
 	}
-	h.keyd.Run()
-	h.d = h.newDriver() // reconnect through a fresh client
-	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-e", "payments")); err != nil {
+	h.Keyd.Run()
+	h.D = h.NewDriver() // reconnect through a fresh client
+	if _, err := h.D.NodePublishVolume(ctx, publishReq(target, "uid-e", "payments")); err != nil {
 		t.Fatalf("after keyd returned: %v", err)
 	}
 }
 
 func TestPublishMountFailureRollsBack(t *testing.T) {
 	h := newHarness(t)
-	target := h.target("uid-m")
-	h.mounter.MountCheckErrors = map[string]error{target: errors.New("injected stat failure")}
-	if _, err := h.d.NodePublishVolume(context.Background(), publishReq(target, "uid-m", "payments")); status.Code(err) != codes.Internal {
+	target := h.Target("uid-m")
+	h.Mounter.MountCheckErrors = map[string]error{target: errors.New("injected stat failure")}
+	if _, err := h.D.NodePublishVolume(context.Background(), publishReq(target, "uid-m", "payments")); status.Code(err) != codes.Internal {
 		t.Fatalf("got %v", err)
 	}
-	h.mounter.MountCheckErrors = nil
+	h.Mounter.MountCheckErrors = nil
 	h.assertClean(target)
 }
 
 func TestRotationOnRepublish(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-r")
+	target := h.Target("uid-r")
 	req := publishReq(target, "uid-r", "payments")
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	before := read(t, filepath.Join(target, "ledger-api.json"))
-	h.advance(41 * time.Second) // past two thirds of the 1m apiKey
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	h.Advance(41 * time.Second) // past two thirds of the 1m apiKey
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	after := read(t, filepath.Join(target, "ledger-api.json"))
@@ -355,21 +218,21 @@ func TestRotationOnRepublish(t *testing.T) {
 	}
 	var meta csidriver.Metadata
 	_ = json.Unmarshal(read(t, filepath.Join(target, volume.MetadataFile)), &meta)
-	if !meta.RenewAt.After(h.now().Add(-41 * time.Second)) {
+	if !meta.RenewAt.After(h.Now().Add(-41 * time.Second)) {
 		t.Fatalf("metadata renewAt not advanced: %v", meta.RenewAt)
 	}
 	// Renewal due while keyd is down: the volume keeps valid credentials.
-	h.advance(41 * time.Second)
-	h.keyd.Stop()
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	h.Advance(41 * time.Second)
+	h.Keyd.Stop()
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		t.Fatalf("renewal failure with valid credentials must not fail the republish: %v", err)
 	}
 	if !bytes.Equal(after, read(t, filepath.Join(target, "ledger-api.json"))) {
 		t.Fatal("files changed although renewal failed")
 	}
 	// Past expiry the failure is reported.
-	h.advance(time.Minute)
-	if _, err := h.d.NodePublishVolume(ctx, req); status.Code(err) != codes.Unavailable {
+	h.Advance(time.Minute)
+	if _, err := h.D.NodePublishVolume(ctx, req); status.Code(err) != codes.Unavailable {
 		t.Fatalf("expired and keyd down: %v", err)
 	}
 }
@@ -377,28 +240,28 @@ func TestRotationOnRepublish(t *testing.T) {
 func TestUnpublishRevokesAndIsIdempotent(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-u")
-	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-u", "payments")); err != nil {
+	target := h.Target("uid-u")
+	if _, err := h.D.NodePublishVolume(ctx, publishReq(target, "uid-u", "payments")); err != nil {
 		t.Fatal(err)
 	}
 	keyID, secret := apiKeyAt(t, target)
 	un := &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-u", TargetPath: target}
 	for i := 0; i < 2; i++ {
-		if _, err := h.d.NodeUnpublishVolume(ctx, un); err != nil {
+		if _, err := h.D.NodeUnpublishVolume(ctx, un); err != nil {
 			t.Fatalf("unpublish %d: %v", i, err)
 		}
 	}
 	if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal("target remains")
 	}
-	if err := h.verifyKey(keyID, secret); status.Code(err) != codes.PermissionDenied {
+	if err := h.VerifyKey(keyID, secret); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("key of an unpublished pod still verifies: %v", err)
 	}
-	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "never-seen", TargetPath: h.target("never-seen")}); err != nil {
+	if _, err := h.D.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "never-seen", TargetPath: h.Target("never-seen")}); err != nil {
 		t.Fatalf("unknown volume: %v", err)
 	}
 	for _, bad := range []*csi.NodeUnpublishVolumeRequest{{TargetPath: target}, {VolumeId: "v"}} {
-		if _, err := h.d.NodeUnpublishVolume(ctx, bad); status.Code(err) != codes.InvalidArgument {
+		if _, err := h.D.NodeUnpublishVolume(ctx, bad); status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("bad unpublish: %v", err)
 		}
 	}
@@ -407,30 +270,30 @@ func TestUnpublishRevokesAndIsIdempotent(t *testing.T) {
 func TestUnpublishWithKeydDownQueuesRevocation(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-q")
-	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-q", "payments")); err != nil {
+	target := h.Target("uid-q")
+	if _, err := h.D.NodePublishVolume(ctx, publishReq(target, "uid-q", "payments")); err != nil {
 		t.Fatal(err)
 	}
 	keyID, secret := apiKeyAt(t, target)
-	h.keyd.Stop()
-	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-q", TargetPath: target}); err != nil {
+	h.Keyd.Stop()
+	if _, err := h.D.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-q", TargetPath: target}); err != nil {
 		t.Fatal(err)
 	}
-	if h.d.QueuedRevocations() != 1 {
-		t.Fatalf("queued %d", h.d.QueuedRevocations())
+	if h.D.QueuedRevocations() != 1 {
+		t.Fatalf("queued %d", h.D.QueuedRevocations())
 	}
 	// The plugin restarts while keyd is still down; the queue survives.
-	h.keyd.Run()
-	h.d = h.newDriver()
-	if h.d.QueuedRevocations() != 1 {
+	h.Keyd.Run()
+	h.D = h.NewDriver()
+	if h.D.QueuedRevocations() != 1 {
 		t.Fatal("queued revocation lost across restart")
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go h.d.Run(rctx)
+	go h.D.Run(rctx)
 	for i := 0; ; i++ {
-		err := h.verifyKey(keyID, secret)
-		if status.Code(err) == codes.PermissionDenied && h.d.QueuedRevocations() == 0 {
+		err := h.VerifyKey(keyID, secret)
+		if status.Code(err) == codes.PermissionDenied && h.D.QueuedRevocations() == 0 {
 			break
 		}
 		if i > 300 {
@@ -443,33 +306,33 @@ func TestUnpublishWithKeydDownQueuesRevocation(t *testing.T) {
 func TestRestartKeepsServingVolumes(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-s")
+	target := h.Target("uid-s")
 	req := publishReq(target, "uid-s", "payments")
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	before := read(t, filepath.Join(target, "ledger-api.json"))
-	h.d = h.newDriver() // restart: same state directory, volume still mounted
-	if h.d.Volumes() != 1 {
-		t.Fatalf("restarted driver sees %d volumes", h.d.Volumes())
+	h.D = h.NewDriver() // restart: same state directory, volume still mounted
+	if h.D.Volumes() != 1 {
+		t.Fatalf("restarted driver sees %d volumes", h.D.Volumes())
 	}
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(before, read(t, filepath.Join(target, "ledger-api.json"))) {
 		t.Fatal("a not-due republish after restart rewrote the volume")
 	}
-	h.advance(41 * time.Second)
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	h.Advance(41 * time.Second)
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Equal(before, read(t, filepath.Join(target, "ledger-api.json"))) {
 		t.Fatal("rotation did not resume after restart")
 	}
 	// A volume whose tmpfs vanished (reboot) is forgotten on start.
-	_ = h.mounter.Unmount(target)
-	h.d = h.newDriver()
-	if h.d.Volumes() != 0 {
+	_ = h.Mounter.Unmount(target)
+	h.D = h.NewDriver()
+	if h.D.Volumes() != 0 {
 		t.Fatal("volume without its mount kept")
 	}
 }
@@ -482,13 +345,13 @@ func TestNoSecretInLogsOrState(t *testing.T) {
 	ctx := context.Background()
 	var secrets [][]byte
 	for _, uid := range []string{"uid-1", "uid-2"} {
-		target := h.target(uid)
+		target := h.Target(uid)
 		req := publishReq(target, uid, "payments")
-		if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+		if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 			t.Fatal(err)
 		}
-		h.advance(41 * time.Second)
-		if _, err := h.d.NodePublishVolume(ctx, req); err != nil { // a rotation
+		h.Advance(41 * time.Second)
+		if _, err := h.D.NodePublishVolume(ctx, req); err != nil { // a rotation
 			t.Fatal(err)
 		}
 		secrets = append(secrets, []byte(token(uid)))
@@ -498,18 +361,18 @@ func TestNoSecretInLogsOrState(t *testing.T) {
 		var ak csidriver.APIKeyFile
 		_ = json.Unmarshal(read(t, filepath.Join(target, "ledger-api.json")), &ak)
 		secrets = append(secrets, []byte(ak.SecretKey))
-		_, _ = h.d.NodePublishVolume(ctx, publishReq(target+"x", uid, "missing")) // a failure, logged
+		_, _ = h.D.NodePublishVolume(ctx, publishReq(target+"x", uid, "missing")) // a failure, logged
 	}
-	h.keyd.Stop()
-	_, _ = h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-1", TargetPath: h.target("uid-1")})
+	h.Keyd.Stop()
+	_, _ = h.D.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-1", TargetPath: h.Target("uid-1")})
 	var state bytes.Buffer
-	_ = filepath.WalkDir(filepath.Join(h.dir, "state"), func(p string, e fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(filepath.Join(h.Dir, "state"), func(p string, e fs.DirEntry, err error) error {
 		if err == nil && e.Type().IsRegular() {
 			state.Write(read(t, p))
 		}
 		return nil
 	})
-	logs := h.logs.Bytes()
+	logs := h.Logs.Bytes()
 	if len(logs) == 0 || state.Len() == 0 {
 		t.Fatal("nothing to scan")
 	}
@@ -525,19 +388,19 @@ func TestNoSecretInLogsOrState(t *testing.T) {
 func TestIdentityAndCapabilities(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	info, _ := h.d.GetPluginInfo(ctx, nil)
+	info, _ := h.D.GetPluginInfo(ctx, nil)
 	if info.Name != "csi.podkey.io" {
 		t.Fatal(info)
 	}
-	caps, _ := h.d.NodeGetCapabilities(ctx, nil)
+	caps, _ := h.D.NodeGetCapabilities(ctx, nil)
 	if caps.Capabilities[0].GetRpc().Type != csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP {
 		t.Fatal(caps)
 	}
-	ni, _ := h.d.NodeGetInfo(ctx, nil)
+	ni, _ := h.D.NodeGetInfo(ctx, nil)
 	if ni.NodeId != "node-1" {
 		t.Fatal(ni)
 	}
-	if _, err := h.d.NodeStageVolume(ctx, nil); status.Code(err) != codes.Unimplemented {
+	if _, err := h.D.NodeStageVolume(ctx, nil); status.Code(err) != codes.Unimplemented {
 		t.Fatal(err)
 	}
 }
@@ -546,12 +409,12 @@ func TestIdentityAndCapabilities(t *testing.T) {
 // serviceAccountTokenInSecrets: the token arrives in the request's secrets.
 func TestTokenFromRequestSecrets(t *testing.T) {
 	h := newHarness(t)
-	target := h.target("uid-t")
+	target := h.Target("uid-t")
 	req := publishReq(target, "uid-t", "payments")
 	tokens := req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]
 	delete(req.VolumeContext, "csi.storage.k8s.io/serviceAccount.tokens")
 	req.Secrets = map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": tokens}
-	if _, err := h.d.NodePublishVolume(context.Background(), req); err != nil {
+	if _, err := h.D.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(target, "ledger-api.json")); err != nil {
@@ -559,29 +422,19 @@ func TestTokenFromRequestSecrets(t *testing.T) {
 	}
 }
 
-// auditRecords is the number of records in keyd's audit chain.
-func (h *harness) auditRecords() uint64 {
-	h.t.Helper()
-	r, err := h.keyd.Admin.VerifyAudit(context.Background(), &keydv1.VerifyAuditRequest{})
-	if err != nil || !r.Intact {
-		h.t.Fatalf("audit: %v %v", r, err)
-	}
-	return r.Records
-}
-
 // refusedBeforeKeyd publishes req, expects code, and checks that nothing
 // was left on the node and keyd was not asked (its audit chain did not
 // grow). It returns the error for further checks.
 func (h *harness) refusedBeforeKeyd(req *csi.NodePublishVolumeRequest, code codes.Code) error {
-	h.t.Helper()
-	before := h.auditRecords()
-	_, err := h.d.NodePublishVolume(context.Background(), req)
+	h.T.Helper()
+	before := h.AuditRecords()
+	_, err := h.D.NodePublishVolume(context.Background(), req)
 	if status.Code(err) != code {
-		h.t.Fatalf("publish: got %v, want %s", err, code)
+		h.T.Fatalf("publish: got %v, want %s", err, code)
 	}
 	h.assertClean(req.TargetPath)
-	if after := h.auditRecords(); after != before {
-		h.t.Fatalf("keyd was asked: %d audit records, %d before", after, before)
+	if after := h.AuditRecords(); after != before {
+		h.T.Fatalf("keyd was asked: %d audit records, %d before", after, before)
 	}
 	return err
 }
@@ -593,7 +446,7 @@ func TestFileLayoutRefusedBeforeIssue(t *testing.T) {
 	h := newHarness(t)
 	for _, c := range []string{"collide", "meta", "cabundle", "case", "longname"} {
 		for i := 0; i < 2; i++ {
-			h.refusedBeforeKeyd(publishReq(h.target("uid-l"), "uid-l", c), codes.InvalidArgument)
+			h.refusedBeforeKeyd(publishReq(h.Target("uid-l"), "uid-l", c), codes.InvalidArgument)
 		}
 	}
 }
@@ -603,7 +456,7 @@ func TestFileLayoutRefusedBeforeIssue(t *testing.T) {
 // the pod's volumeAttributes; it is refused, not forwarded.
 func TestPodSuppliedTokenRefused(t *testing.T) {
 	h := newHarness(t)
-	target := h.target("uid-t")
+	target := h.Target("uid-t")
 	req := publishReq(target, "uid-t", "payments")
 	req.Secrets = map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"]}
 	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = `{"podkey":{"token":"eyJhbGciOiJSUzI1NiJ9.token-for-uid-other.c2ln"}}`
@@ -618,30 +471,30 @@ func TestPodSuppliedTokenRefused(t *testing.T) {
 func TestConfusedKubeletChangesNothing(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-a")
-	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-a", "payments")); err != nil {
+	target := h.Target("uid-a")
+	if _, err := h.D.NodePublishVolume(ctx, publishReq(target, "uid-a", "payments")); err != nil {
 		t.Fatal(err)
 	}
 	meta := read(t, filepath.Join(target, volume.MetadataFile))
-	states, _ := filepath.Glob(filepath.Join(h.dir, "state", "volumes", "*"))
+	states, _ := filepath.Glob(filepath.Join(h.Dir, "state", "volumes", "*"))
 	stateBefore := read(t, states[0])
 
 	other := publishReq(target, "uid-b", "payments")
 	other.VolumeId = "csi-uid-a" // the same volume, claimed for another pod
-	h.advance(2 * time.Minute)   // renewal due: a wrong republish would write
-	if _, err := h.d.NodePublishVolume(ctx, other); status.Code(err) != codes.AlreadyExists {
+	h.Advance(2 * time.Minute)   // renewal due: a wrong republish would write
+	if _, err := h.D.NodePublishVolume(ctx, other); status.Code(err) != codes.AlreadyExists {
 		t.Fatalf("republish for another pod: %v", err)
 	}
-	if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-b", "payments")); status.Code(err) != codes.FailedPrecondition {
+	if _, err := h.D.NodePublishVolume(ctx, publishReq(target, "uid-b", "payments")); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("second volume at an occupied target: %v", err)
 	}
 	if !bytes.Equal(read(t, filepath.Join(target, volume.MetadataFile)), meta) {
 		t.Fatal("the first pod's files changed")
 	}
-	if !bytes.Equal(read(t, states[0]), stateBefore) || h.d.Volumes() != 1 {
+	if !bytes.Equal(read(t, states[0]), stateBefore) || h.D.Volumes() != 1 {
 		t.Fatal("the first pod's state changed")
 	}
-	if mps, _ := h.mounter.List(); len(mps) != 1 {
+	if mps, _ := h.Mounter.List(); len(mps) != 1 {
 		t.Fatalf("mounts: %v", mps)
 	}
 }
@@ -657,30 +510,30 @@ func TestTargetsAreConfined(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(outside, "precious"), []byte("keep"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	link := filepath.Join(h.dir, "pods", "uid-link")
+	link := filepath.Join(h.Dir, "pods", "uid-link")
 	_ = os.MkdirAll(filepath.Dir(link), 0o755)
 	if err := os.Symlink(outside, link); err != nil {
 		t.Fatal(err)
 	}
-	for _, target := range []string{"/", "/etc", "/proc/1/root/etc", filepath.Join(h.dir, "pods"), filepath.Join(h.dir, "podsx", "a"),
+	for _, target := range []string{"/", "/etc", "/proc/1/root/etc", filepath.Join(h.Dir, "pods"), filepath.Join(h.Dir, "podsx", "a"),
 		filepath.Join(link, "volumes", "creds"), link} {
-		if _, err := h.d.NodePublishVolume(ctx, publishReq(target, "uid-link", "payments")); status.Code(err) != codes.InvalidArgument {
+		if _, err := h.D.NodePublishVolume(ctx, publishReq(target, "uid-link", "payments")); status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("publish at %s: %v", target, err)
 		}
-		if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-link", TargetPath: target}); status.Code(err) != codes.InvalidArgument {
+		if _, err := h.D.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-link", TargetPath: target}); status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("unpublish at %s: %v", target, err)
 		}
 	}
 	// An unknown volume, or a known one at another target, is not torn down.
-	stranger := h.target("uid-stranger")
+	stranger := h.Target("uid-stranger")
 	_ = os.MkdirAll(stranger, 0o755)
 	_ = os.WriteFile(filepath.Join(stranger, "data"), []byte("not ours"), 0o600)
-	mine := h.target("uid-a")
-	if _, err := h.d.NodePublishVolume(ctx, publishReq(mine, "uid-a", "payments")); err != nil {
+	mine := h.Target("uid-a")
+	if _, err := h.D.NodePublishVolume(ctx, publishReq(mine, "uid-a", "payments")); err != nil {
 		t.Fatal(err)
 	}
 	for _, un := range []*csi.NodeUnpublishVolumeRequest{{VolumeId: "csi-uid-stranger", TargetPath: stranger}, {VolumeId: "csi-uid-a", TargetPath: stranger}} {
-		if _, err := h.d.NodeUnpublishVolume(ctx, un); err != nil {
+		if _, err := h.D.NodeUnpublishVolume(ctx, un); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -690,17 +543,9 @@ func TestTargetsAreConfined(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(outside, "precious")); err != nil || string(b) != "keep" {
 		t.Fatalf("a directory outside the pods directory was touched: %q %v", b, err)
 	}
-	if _, err := os.Stat(filepath.Join(mine, "ledger-api.json")); err != nil || h.d.Volumes() != 1 {
+	if _, err := os.Stat(filepath.Join(mine, "ledger-api.json")); err != nil || h.D.Volumes() != 1 {
 		t.Fatalf("the known volume was torn down by an unpublish at another target: %v", err)
 	}
-}
-
-func manySecrets(n int) string {
-	var b strings.Builder
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&b, "- {name: s%d, kind: secret}\n", i)
-	}
-	return b.String()
 }
 
 // TestClassTooBigForTwoGenerations: a class whose objects could outgrow a
@@ -708,7 +553,7 @@ func manySecrets(n int) string {
 // with ResourceExhausted and the figures, before keyd issues anything.
 func TestClassTooBigForTwoGenerations(t *testing.T) {
 	h := newHarness(t)
-	err := h.refusedBeforeKeyd(publishReq(h.target("uid-big"), "uid-big", "big"), codes.ResourceExhausted)
+	err := h.refusedBeforeKeyd(publishReq(h.Target("uid-big"), "uid-big", "big"), codes.ResourceExhausted)
 	if !strings.Contains(err.Error(), "--tmpfs-size") || !strings.Contains(err.Error(), "4194304") {
 		t.Fatalf("the message lacks the figures: %v", err)
 	}
@@ -721,29 +566,29 @@ func TestClassTooBigForTwoGenerations(t *testing.T) {
 func TestNodeVolumeBytesAreBounded(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	h.maxVolumeBytes = 2*221184 + 1000 // two volumes of the test class at their fullest
-	h.d = h.newDriver()
+	h.MaxVolumeBytes = 2*221184 + 1000 // two volumes of the test class at their fullest
+	h.D = h.NewDriver()
 	for _, uid := range []string{"uid-1", "uid-2"} {
-		if _, err := h.d.NodePublishVolume(ctx, publishReq(h.target(uid), uid, "payments")); err != nil {
+		if _, err := h.D.NodePublishVolume(ctx, publishReq(h.Target(uid), uid, "payments")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.d = h.newDriver() // the reservations survive a restart
-	before := h.auditRecords()
-	_, err := h.d.NodePublishVolume(ctx, publishReq(h.target("uid-3"), "uid-3", "payments"))
+	h.D = h.NewDriver() // the reservations survive a restart
+	before := h.AuditRecords()
+	_, err := h.D.NodePublishVolume(ctx, publishReq(h.Target("uid-3"), "uid-3", "payments"))
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--max-volume-bytes") {
 		t.Fatalf("third volume: %v", err)
 	}
-	if _, err := os.Stat(h.target("uid-3")); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(h.Target("uid-3")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal("the refused volume's target exists")
 	}
-	if h.auditRecords() != before {
+	if h.AuditRecords() != before {
 		t.Fatal("keyd was asked")
 	}
-	if _, err := h.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-1", TargetPath: h.target("uid-1")}); err != nil {
+	if _, err := h.D.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-uid-1", TargetPath: h.Target("uid-1")}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.d.NodePublishVolume(ctx, publishReq(h.target("uid-3"), "uid-3", "payments")); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, publishReq(h.Target("uid-3"), "uid-3", "payments")); err != nil {
 		t.Fatalf("after an unpublish freed its share: %v", err)
 	}
 }
@@ -759,14 +604,6 @@ func apiKeyAt(t *testing.T, target string) (string, []byte) {
 	return ak.AccessKeyID, secret
 }
 
-// verifyKey asks keyd to verify a signature made with an intl API key.
-func (h *harness) verifyKey(keyID string, secret []byte) error {
-	msg := []byte("GET /ledger")
-	_, err := h.keyd.Keyd.Verify(context.Background(), &keydv1.VerifyRequest{AccessKeyId: keyID, StringToSign: msg,
-		Signature: accesskey.Sign(suite.Intl, secret, msg)})
-	return err
-}
-
 // TestVanishedVolumeComesBackFreshAndOldRevoked: after a reboot (the tmpfs
 // and its files gone, podkey-csi restarted) the kubelet's publish gets
 // fresh credentials, and what the vanished volume held is revoked, also
@@ -774,20 +611,20 @@ func (h *harness) verifyKey(keyID string, secret []byte) error {
 func TestVanishedVolumeComesBackFreshAndOldRevoked(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	target := h.target("uid-b")
+	target := h.Target("uid-b")
 	req := publishReq(target, "uid-b", "payments")
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	oldID, oldSecret := apiKeyAt(t, target)
-	_ = h.mounter.Unmount(target) // the reboot: tmpfs and files gone
+	_ = h.Mounter.Unmount(target) // the reboot: tmpfs and files gone
 	_ = os.RemoveAll(target)
-	h.advance(2 * time.Second)
-	h.d = h.newDriver() // podkey-csi starts again
-	if h.d.Volumes() != 0 || h.d.QueuedRevocations() != 1 {
-		t.Fatalf("after restart: %d volumes, %d queued revocations", h.d.Volumes(), h.d.QueuedRevocations())
+	h.Advance(2 * time.Second)
+	h.D = h.NewDriver() // podkey-csi starts again
+	if h.D.Volumes() != 0 || h.D.QueuedRevocations() != 1 {
+		t.Fatalf("after restart: %d volumes, %d queued revocations", h.D.Volumes(), h.D.QueuedRevocations())
 	}
-	if _, err := h.d.NodePublishVolume(ctx, req); err != nil { // the kubelet, before the revocation is delivered
+	if _, err := h.D.NodePublishVolume(ctx, req); err != nil { // the kubelet, before the revocation is delivered
 		t.Fatal(err)
 	}
 	newID, newSecret := apiKeyAt(t, target)
@@ -796,16 +633,16 @@ func TestVanishedVolumeComesBackFreshAndOldRevoked(t *testing.T) {
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go h.d.Run(rctx)
-	for deadline := time.Now().Add(10 * time.Second); h.d.QueuedRevocations() != 0; time.Sleep(50 * time.Millisecond) {
+	go h.D.Run(rctx)
+	for deadline := time.Now().Add(10 * time.Second); h.D.QueuedRevocations() != 0; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the queued revocation was not delivered")
 		}
 	}
-	if err := h.verifyKey(oldID, oldSecret); status.Code(err) != codes.PermissionDenied {
+	if err := h.VerifyKey(oldID, oldSecret); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("the vanished volume's key: %v", err)
 	}
-	if err := h.verifyKey(newID, newSecret); err != nil {
+	if err := h.VerifyKey(newID, newSecret); err != nil {
 		t.Fatalf("the fresh key: %v", err)
 	}
 }
@@ -818,27 +655,27 @@ func TestForcedRenewalRenewsAtTheNextRepublish(t *testing.T) {
 	h := newHarness(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go h.d.Run(ctx)
-	renewed, kept := h.target("uid-r1"), h.target("uid-r2")
+	go h.D.Run(ctx)
+	renewed, kept := h.Target("uid-r1"), h.Target("uid-r2")
 	reqR, reqK := publishReq(renewed, "uid-r1", "payments"), publishReq(kept, "uid-r2", "payments")
 	for _, r := range []*csi.NodePublishVolumeRequest{reqR, reqK} {
-		if _, err := h.d.NodePublishVolume(ctx, r); err != nil {
+		if _, err := h.D.NodePublishVolume(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}
 	oldID, oldSecret := apiKeyAt(t, renewed)
 	keptID, keptSecret := apiKeyAt(t, kept)
-	h.advance(2 * time.Second)
-	if _, err := h.keyd.Admin.ForceRenewal(ctx, &keydv1.ForceRenewalRequest{PodUid: "uid-r1"}); err != nil {
+	h.Advance(2 * time.Second)
+	if _, err := h.Keyd.Admin.ForceRenewal(ctx, &keydv1.ForceRenewalRequest{PodUid: "uid-r1"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.verifyKey(oldID, oldSecret); status.Code(err) != codes.PermissionDenied {
+	if err := h.VerifyKey(oldID, oldSecret); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("the renewed pod's old key right after the order: %v", err)
 	}
-	h.advance(2 * time.Second)
+	h.Advance(2 * time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := h.d.NodePublishVolume(ctx, reqR); err != nil { // the kubelet's republish
+		if _, err := h.D.NodePublishVolume(ctx, reqR); err != nil { // the kubelet's republish
 			t.Fatal(err)
 		}
 		if id, _ := apiKeyAt(t, renewed); id != oldID {
@@ -850,23 +687,34 @@ func TestForcedRenewalRenewsAtTheNextRepublish(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	newID, newSecret := apiKeyAt(t, renewed)
-	if err := h.verifyKey(newID, newSecret); err != nil {
+	if err := h.VerifyKey(newID, newSecret); err != nil {
 		t.Fatalf("the renewed volume's key: %v", err)
 	}
 	// Renewed once: the next republish is a no-op again.
-	if _, err := h.d.NodePublishVolume(ctx, reqR); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, reqR); err != nil {
 		t.Fatal(err)
 	}
 	if id, _ := apiKeyAt(t, renewed); id != newID {
 		t.Fatal("a renewed volume renewed again")
 	}
-	if _, err := h.d.NodePublishVolume(ctx, reqK); err != nil {
+	if _, err := h.D.NodePublishVolume(ctx, reqK); err != nil {
 		t.Fatal(err)
 	}
 	if id, _ := apiKeyAt(t, kept); id != keptID {
 		t.Fatal("a pod outside the renewal's scope was renewed")
 	}
-	if err := h.verifyKey(keptID, keptSecret); err != nil {
+	if err := h.VerifyKey(keptID, keptSecret); err != nil {
 		t.Fatalf("a pod outside the renewal's scope: %v", err)
 	}
+}
+
+// A class that syncs into Kubernetes Secrets is refused by podkey-csi too:
+// it would copy credentials into etcd under another driver.
+func TestSecretObjectsRefusedOnPublish(t *testing.T) {
+	h := newHarness(t)
+	_, err := h.D.NodePublishVolume(context.Background(), publishReq(h.Target("u6"), "u6", "synced"))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "secretObjects") {
+		t.Fatalf("publish of a class with secretObjects: %v", err)
+	}
+	h.assertClean(h.Target("u6"))
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/podkey/podkey/internal/node/revocation"
+	"github.com/podkey/podkey/internal/node/volstate"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/pod"
 )
@@ -26,7 +27,7 @@ type Driver struct {
 	csi.UnimplementedNodeServer
 
 	opts    Options
-	state   stateStore
+	state   volstate.Dir
 	queue   *revocation.Queue
 	metrics *metrics
 
@@ -37,7 +38,7 @@ type Driver struct {
 	renewals atomic.Pointer[[]*keydv1.Renewal]
 
 	mu       sync.RWMutex
-	volumes  map[string]*volumeState
+	volumes  map[string]*volstate.Volume
 	reserved int64 // tmpfs bytes the volumes may hold, against MaxVolumeBytes
 }
 
@@ -53,8 +54,8 @@ func New(opts Options) (*Driver, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	d := &Driver{opts: opts, state: stateStore{dir: filepath.Join(opts.StateDir, "volumes")}, volumes: map[string]*volumeState{}}
-	if err := os.MkdirAll(d.state.dir, 0o700); err != nil {
+	d := &Driver{opts: opts, state: volstate.Dir{Path: filepath.Join(opts.StateDir, "volumes")}, volumes: map[string]*volstate.Volume{}}
+	if err := os.MkdirAll(d.state.Path, 0o700); err != nil {
 		return nil, fmt.Errorf("csidriver: state directory: %w", err)
 	}
 	var err error
@@ -63,7 +64,7 @@ func New(opts Options) (*Driver, error) {
 		return nil, err
 	}
 	d.metrics = newMetrics(opts.Registerer, d)
-	vols, err := d.state.loadAll()
+	vols, err := d.state.LoadAll()
 	if err != nil {
 		return nil, err
 	}
@@ -77,12 +78,12 @@ func New(opts Options) (*Driver, error) {
 			// neither a late delivery nor clock skew between this node and
 			// keyd touches what the new publish obtains.
 			if v.Writes > 0 {
-				if err := d.queue.Enqueue(d.onNode(v.Pod), v.lastIssued().Add(time.Second-time.Nanosecond), nil); err != nil {
+				if err := d.queue.Enqueue(d.onNode(v.Pod), v.LastIssued().Add(time.Second-time.Nanosecond), nil); err != nil {
 					return nil, fmt.Errorf("csidriver: queue the revocation of a vanished volume: %w", err)
 				}
 			}
 			opts.Logger.Info("volume's tmpfs is gone: its credentials are revoked and the volume forgotten", "volumeID", v.VolumeID, "pod", v.Pod.String())
-			_ = d.state.remove(v.VolumeID)
+			_ = d.state.Remove(v.VolumeID)
 			continue
 		}
 		if v.Reserved == 0 {
@@ -121,9 +122,9 @@ func (d *Driver) ReservedBytes() int64 {
 // QueuedRevocations is the number of undelivered revocations.
 func (d *Driver) QueuedRevocations() int { return d.queue.Len() }
 
-// lock takes the locks of a volume and its target path, or fails with
+// Lock takes the locks of a volume and its target path, or fails with
 // Aborted (the kubelet retries) when an operation holds either.
-func (d *Driver) lock(volumeID, target string) (func(), error) {
+func (d *Driver) Lock(volumeID, target string) (func(), error) {
 	keys := []string{"volume " + volumeID, "target path " + target}
 	for i, k := range keys {
 		if _, busy := d.locks.LoadOrStore(k, struct{}{}); busy {
@@ -140,14 +141,14 @@ func (d *Driver) lock(volumeID, target string) (func(), error) {
 	}, nil
 }
 
-func (d *Driver) volume(id string) *volumeState {
+func (d *Driver) volume(id string) *volstate.Volume {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.volumes[id]
 }
 
 // volumeAt is the volume published at target, if any.
-func (d *Driver) volumeAt(target string) *volumeState {
+func (d *Driver) volumeAt(target string) *volstate.Volume {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	for _, v := range d.volumes {
@@ -158,7 +159,7 @@ func (d *Driver) volumeAt(target string) *volumeState {
 	return nil
 }
 
-func (d *Driver) setVolume(v *volumeState) {
+func (d *Driver) setVolume(v *volstate.Volume) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if v == nil {

@@ -14,24 +14,24 @@ import (
 
 func TestConcurrentCallsOnOneVolumeAbort(t *testing.T) {
 	d := &Driver{}
-	unlock, err := d.lock("v1", "/t1")
+	unlock, err := d.Lock("v1", "/t1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.lock("v1", "/t9"); status.Code(err) != codes.Aborted {
+	if _, err := d.Lock("v1", "/t9"); status.Code(err) != codes.Aborted {
 		t.Fatalf("second lock: %v", err)
 	}
 	// Another volume at the same target waits too, and takes nothing.
-	if _, err := d.lock("v2", "/t1"); status.Code(err) != codes.Aborted {
+	if _, err := d.Lock("v2", "/t1"); status.Code(err) != codes.Aborted {
 		t.Fatalf("same target: %v", err)
 	}
-	if u2, err := d.lock("v2", "/t2"); err != nil {
+	if u2, err := d.Lock("v2", "/t2"); err != nil {
 		t.Fatal("other volumes must not wait")
 	} else {
 		u2()
 	}
 	unlock()
-	if u, err := d.lock("v1", "/t1"); err != nil {
+	if u, err := d.Lock("v1", "/t1"); err != nil {
 		t.Fatal(err)
 	} else {
 		u()
@@ -43,8 +43,8 @@ func baseRequest() *csi.NodePublishVolumeRequest {
 		VolumeId: "v", TargetPath: "/var/lib/kubelet/pods/u/volumes/x", Readonly: true,
 		VolumeCapability: &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}},
 		VolumeContext: map[string]string{
-			AttrClass: "payments", attrPodName: "p", attrPodNamespace: "payments", attrPodUID: "u",
-			attrServiceAccount: "sa", attrEphemeral: "true", attrTokens: `{"podkey":{"token":"t"}}`,
+			AttrClass: "payments", attrPodName: "p", attrPodNamespace: "payments", AttrPodUID: "u",
+			attrServiceAccount: "sa", attrEphemeral: "true", AttrTokens: `{"podkey":{"token":"t"}}`,
 		},
 	}
 }
@@ -78,8 +78,8 @@ func FuzzParsePublish(f *testing.F) {
 	f.Fuzz(func(t *testing.T, class, uid, ns, target, tokens, group string) {
 		r := baseRequest()
 		r.TargetPath = target
-		r.VolumeContext[AttrClass], r.VolumeContext[attrPodUID], r.VolumeContext[attrPodNamespace] = class, uid, ns
-		r.VolumeContext[attrTokens] = tokens
+		r.VolumeContext[AttrClass], r.VolumeContext[AttrPodUID], r.VolumeContext[attrPodNamespace] = class, uid, ns
+		r.VolumeContext[AttrTokens] = tokens
 		r.VolumeCapability.GetMount().VolumeMountGroup = group
 		p, err := parsePublish(r, "podkey", DefaultPodsDir)
 		if err != nil {

@@ -11,9 +11,12 @@ import (
 
 	"github.com/podkey/podkey/internal/node/revocation"
 	"github.com/podkey/podkey/internal/node/spc"
+	"github.com/podkey/podkey/internal/node/volstate"
 	"github.com/podkey/podkey/internal/node/volume"
 	"github.com/podkey/podkey/pkg/keydclient"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/pod"
+	"github.com/podkey/podkey/pkg/podfiles"
 )
 
 // NodePublishVolume mounts and fills a volume, or, for a volume already
@@ -26,7 +29,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		d.metrics.observePublish("invalid", start)
 		return nil, err
 	}
-	unlock, err := d.lock(p.volumeID, p.target)
+	unlock, err := d.Lock(p.volumeID, p.target)
 	if err != nil {
 		d.metrics.observePublish("busy", start)
 		return nil, err
@@ -54,14 +57,14 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	d.setVolume(v)
 	d.metrics.observePublish("ok", start)
-	d.opts.Logger.Info("volume published", "volumeID", p.volumeID, "pod", p.String(), "objects", len(v.Objects), "renewAt", v.renewAt())
+	d.opts.Logger.Info("volume published", "volumeID", p.volumeID, "pod", p.String(), "objects", len(v.Objects), "renewAt", v.RenewAt())
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
 // sameVolume refuses a publish of a known volume that does not describe
 // it: another target path, or another pod (a kubelet that confused two
 // pods must not get one pod's credentials written for the other).
-func sameVolume(v *volumeState, p *publishRequest) error {
+func sameVolume(v *volstate.Volume, p *publishRequest) error {
 	if v.TargetPath != p.target {
 		return status.Errorf(codes.AlreadyExists, "volume %s is published at another target path", p.volumeID)
 	}
@@ -83,24 +86,24 @@ func resultOf(err error) string {
 // of them can take at its fullest, refusing a class that could outgrow
 // the volume's tmpfs.
 func (d *Driver) objects(ctx context.Context, p *publishRequest) ([]object.Spec, int64, error) {
-	return d.classObjects(ctx, p, true)
+	return d.classObjects(ctx, p.pod.Namespace, p.class, true)
 }
 
 // classObjects is objects; the tmpfs bound applies when ownTmpfs (the
 // upstream driver sizes its own), and a class that syncs into Kubernetes
 // Secrets (secretObjects: etcd) is refused either way.
-func (d *Driver) classObjects(ctx context.Context, p *publishRequest, ownTmpfs bool) ([]object.Spec, int64, error) {
-	class, err := d.opts.Classes.Get(ctx, p.pod.Namespace, p.class)
+func (d *Driver) classObjects(ctx context.Context, ns, name string, ownTmpfs bool) ([]object.Spec, int64, error) {
+	class, err := d.opts.Classes.Get(ctx, ns, name)
 	switch {
 	case errors.Is(err, spc.ErrNotFound):
-		return nil, 0, status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", p.pod.Namespace, p.class)
+		return nil, 0, status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", ns, name)
 	case err != nil:
-		return nil, 0, status.Errorf(codes.Unavailable, "reading SecretProviderClass %s/%s: %v", p.pod.Namespace, p.class, err)
+		return nil, 0, status.Errorf(codes.Unavailable, "reading SecretProviderClass %s/%s: %v", ns, name, err)
 	}
 	if len(class.Spec.SecretObjects) > 0 {
 		return nil, 0, status.Errorf(codes.FailedPrecondition,
 			"SecretProviderClass %s/%s has secretObjects, which sync into Kubernetes Secrets (etcd); podkey credentials never go there: remove spec.secretObjects",
-			p.pod.Namespace, p.class)
+			ns, name)
 	}
 	specs, err := spc.Objects(class)
 	if err != nil {
@@ -110,15 +113,16 @@ func (d *Driver) classObjects(ctx context.Context, p *publishRequest, ownTmpfs b
 	if ownTmpfs && need > d.opts.SizeLimit {
 		return nil, 0, status.Errorf(codes.ResourceExhausted,
 			"SecretProviderClass %s/%s may need up to %d bytes for the two generations a renewal holds, more than the %d-byte tmpfs of each volume (podkey-csi --tmpfs-size)",
-			p.pod.Namespace, p.class, need, d.opts.SizeLimit)
+			ns, name, need, d.opts.SizeLimit)
 	}
 	return specs, need, nil
 }
 
-// fetch asks keyd for every object in one call and renders the files.
+// Fetch asks keyd for every object of the pod in one call, with the pod's
+// token, and renders the files (the caller zeroes them with volume.Zero).
 // Certificate keys are generated here and never leave the node.
-func (d *Driver) fetch(ctx context.Context, p *publishRequest, specs []object.Spec) (map[string]volume.File, []issuedObject, error) {
-	req, keys, err := keydclient.IssueRequest(d.onNode(p.pod), p.token, specs)
+func (d *Driver) Fetch(ctx context.Context, p pod.Identity, token string, specs []object.Spec) (map[string]volume.File, []podfiles.Object, error) {
+	req, keys, err := keydclient.IssueRequest(d.onNode(p), token, specs)
 	if err != nil {
 		return nil, nil, status.Errorf(codes.Internal, "%v", err)
 	}
@@ -133,9 +137,9 @@ func (d *Driver) fetch(ctx context.Context, p *publishRequest, specs []object.Sp
 		}
 		return nil, nil, status.Errorf(codes.Internal, "%v", err)
 	}
-	meta, err := metadataFile(p.pod, issued, d.opts.Now())
+	meta, err := metadataFile(p, issued, d.opts.Now())
 	if err != nil {
-		zeroFiles(files)
+		volume.Zero(files)
 		return nil, nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	files[volume.MetadataFile] = meta
@@ -157,21 +161,21 @@ func keydError(err error) error {
 	return status.Errorf(codes.Internal, "podkey-keyd failed: %s", st.Message())
 }
 
-// revokeGone revokes everything the volume's pod obtained (the pod is
-// gone), or queues the revocation when keyd cannot take it now.
-func (d *Driver) revokeGone(ctx context.Context, v *volumeState) error {
-	pod := d.onNode(v.Pod)
+// Revoke revokes everything the volume's pod obtained on this node (the
+// pod is gone), or queues the revocation when keyd cannot take it now.
+func (d *Driver) Revoke(ctx context.Context, volumeID string, p pod.Identity) error {
+	pod := d.onNode(p)
 	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	err := d.deliverRevocation(rctx, pod, time.Time{})
 	cancel()
 	switch {
 	case errors.Is(err, revocation.ErrRefused):
-		d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", err)
+		d.opts.Logger.Error("keyd refused the revocation; not queued", "volumeID", volumeID, "podUID", pod.UID, "error", err)
 	case err != nil:
 		if qerr := d.queue.Enqueue(pod, time.Time{}, err); qerr != nil {
 			return status.Errorf(codes.Internal, "revocation could not be delivered or queued: %v", qerr)
 		}
-		d.opts.Logger.Warn("revocation queued", "volumeID", v.VolumeID, "podUID", pod.UID, "error", status.Convert(err).Message())
+		d.opts.Logger.Warn("revocation queued", "volumeID", volumeID, "podUID", pod.UID, "error", status.Convert(err).Message())
 	}
 	return nil
 }
@@ -179,7 +183,7 @@ func (d *Driver) revokeGone(ctx context.Context, v *volumeState) error {
 // publish performs a first publish. Nothing is mounted until keyd has
 // answered; any later failure unmounts and removes the target, so the
 // kubelet's retry starts clean.
-func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, error) {
+func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volstate.Volume, error) {
 	specs, need, err := d.objects(ctx, p)
 	if err != nil {
 		return nil, err
@@ -187,19 +191,19 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 	if err := d.reserve(need); err != nil {
 		return nil, err
 	}
-	files, issued, err := d.fetch(ctx, p, specs)
+	files, issued, err := d.Fetch(ctx, p.pod, p.token, specs)
 	if err != nil {
 		d.release(need)
 		return nil, err
 	}
-	defer zeroFiles(files)
-	v := &volumeState{Version: 1, VolumeID: p.volumeID, TargetPath: p.target, Class: p.class, Pod: p.pod, GID: p.gid, Writes: 1,
+	defer volume.Zero(files)
+	v := &volstate.Volume{Version: 1, VolumeID: p.volumeID, TargetPath: p.target, Class: p.class, Pod: p.pod, GID: p.gid, Writes: 1,
 		Reserved: need, Objects: issued}
 	rollback := func(cause error) error {
 		if terr := d.opts.Volumes.Teardown(p.target); terr != nil {
 			d.opts.Logger.Error("rollback of a failed publish failed", "volumeID", p.volumeID, "error", terr)
 		}
-		_ = d.state.remove(p.volumeID)
+		_ = d.state.Remove(p.volumeID)
 		d.release(need)
 		return cause
 	}
@@ -209,7 +213,7 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 	// crash writes the files instead of taking the volume as served.
 	intent := *v
 	intent.Writes, intent.Objects = 0, nil
-	if err := d.state.saveIntent(&intent); err != nil {
+	if err := d.state.SaveIntent(&intent); err != nil {
 		return nil, rollback(status.Errorf(codes.Internal, "saving volume state: %v", err))
 	}
 	if err := d.opts.Volumes.Mount(p.target, d.opts.SizeLimit, p.gid); err != nil {
@@ -222,7 +226,7 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 		}
 		return nil, rollback(status.Errorf(code, "writing credentials: %v", err))
 	}
-	if err := d.state.save(v); err != nil {
+	if err := d.state.Save(v); err != nil {
 		return nil, rollback(status.Errorf(codes.Internal, "saving volume state: %v", err))
 	}
 	return v, nil
@@ -233,17 +237,17 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volumeState, 
 // it is a no-op. If renewal fails while the
 // current credentials are still valid, the volume keeps them and the next
 // republish tries again.
-func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volumeState) error {
+func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volstate.Volume) error {
 	now := d.opts.Now()
-	if now.Before(v.renewAt()) && !d.renewalOrdered(v) {
+	if now.Before(v.RenewAt()) && !d.RenewalOrdered(v.Pod, v.LastIssued()) {
 		return nil
 	}
 	issued, err := d.renew(ctx, p, v)
 	if err != nil {
 		d.metrics.rotations.WithLabelValues(resultOf(err)).Inc()
-		if now.Before(v.expiry()) {
+		if now.Before(v.Expiry()) {
 			d.opts.Logger.Warn("renewal failed; current credentials remain valid", "volumeID", v.VolumeID,
-				"pod", p.String(), "expiry", v.expiry(), "error", status.Convert(err).Message())
+				"pod", p.String(), "expiry", v.Expiry(), "error", status.Convert(err).Message())
 			return nil
 		}
 		return err
@@ -251,27 +255,27 @@ func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volumeStat
 	next := *v
 	next.Writes++
 	next.Objects = issued
-	if serr := d.state.save(&next); serr != nil {
+	if serr := d.state.Save(&next); serr != nil {
 		d.opts.Logger.Error("volume state not saved after renewal", "volumeID", v.VolumeID, "error", serr)
 	}
 	d.setVolume(&next)
 	d.metrics.rotations.WithLabelValues("ok").Inc()
-	d.opts.Logger.Info("credentials renewed", "volumeID", v.VolumeID, "pod", p.String(), "generation", next.Writes, "renewAt", next.renewAt())
+	d.opts.Logger.Info("credentials renewed", "volumeID", v.VolumeID, "pod", p.String(), "generation", next.Writes, "renewAt", next.RenewAt())
 	return nil
 }
 
 // renew fetches the volume's objects anew and writes them as its next
 // generation.
-func (d *Driver) renew(ctx context.Context, p *publishRequest, v *volumeState) ([]issuedObject, error) {
+func (d *Driver) renew(ctx context.Context, p *publishRequest, v *volstate.Volume) ([]podfiles.Object, error) {
 	specs, _, err := d.objects(ctx, p)
 	if err != nil {
 		return nil, err
 	}
-	files, issued, err := d.fetch(ctx, p, specs)
+	files, issued, err := d.Fetch(ctx, p.pod, p.token, specs)
 	if err != nil {
 		return nil, err
 	}
-	defer zeroFiles(files)
+	defer volume.Zero(files)
 	if err := volume.Write(p.target, files, v.GID); err != nil {
 		return nil, status.Errorf(codes.Internal, "writing renewed credentials: %v", err)
 	}
@@ -292,7 +296,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		d.metrics.observeUnpublish("invalid", start)
 		return nil, err
 	}
-	unlock, err := d.lock(req.VolumeId, req.TargetPath)
+	unlock, err := d.Lock(req.VolumeId, req.TargetPath)
 	if err != nil {
 		d.metrics.observeUnpublish("busy", start)
 		return nil, err
@@ -310,11 +314,11 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		d.metrics.observeUnpublish("error", start)
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
-	if err := d.revokeGone(ctx, v); err != nil {
+	if err := d.Revoke(ctx, v.VolumeID, v.Pod); err != nil {
 		d.metrics.observeUnpublish("error", start)
 		return nil, err
 	}
-	if err := d.state.remove(v.VolumeID); err != nil {
+	if err := d.state.Remove(v.VolumeID); err != nil {
 		d.metrics.observeUnpublish("error", start)
 		return nil, status.Errorf(codes.Internal, "removing volume state: %v", err)
 	}

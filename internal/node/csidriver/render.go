@@ -29,7 +29,7 @@ type (
 // render turns keyd's credentials into the volume's files. keys holds the
 // private keys generated here for certificate objects. Secret bytes are
 // copied into the payload only; the caller zeroes the payload after writing.
-func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]crypto.Signer) (map[string]volume.File, []issuedObject, error) {
+func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]crypto.Signer) (map[string]volume.File, []podfiles.Object, error) {
 	if len(creds) != len(specs) {
 		return nil, nil, fmt.Errorf("keyd returned %d credentials for %d objects", len(creds), len(specs))
 	}
@@ -45,14 +45,14 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 		files[name] = volume.File{Data: data, Mode: mode}
 		return nil
 	}
-	issued := make([]issuedObject, len(specs))
+	issued := make([]podfiles.Object, len(specs))
 	for i, sp := range specs {
 		c := creds[i]
 		if c.Name != sp.Name || c.Kind != string(sp.Kind) {
 			return nil, nil, fmt.Errorf("keyd answered %s/%s for object %s/%s", c.Name, c.Kind, sp.Name, sp.Kind)
 		}
 		mode := os.FileMode(sp.FileMode())
-		io := issuedObject{Name: sp.Name, Kind: string(sp.Kind), Suite: c.Suite, Generation: c.Generation,
+		io := podfiles.Object{Name: sp.Name, Kind: string(sp.Kind), Suite: c.Suite, Generation: c.Generation,
 			IssuedAt: c.IssuedAt.AsTime(), Expiry: c.Expiry.AsTime(), RenewAt: c.RenewAt.AsTime()}
 		var err error
 		switch p := c.Payload.(type) {
@@ -70,7 +70,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 				return nil, nil, fmt.Errorf("no private key for certificate %s", sp.Name)
 			}
 			if cerr := keydclient.CheckCertificate(p.Certificate.CertPem, p.Certificate.CaBundlePem, key); cerr != nil {
-				zeroFiles(files)
+				volume.Zero(files)
 				return nil, nil, fmt.Errorf("object %s: %w", sp.Name, cerr)
 			}
 			der, kerr := smx509.MarshalPKCS8PrivateKey(key)
@@ -98,7 +98,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 			return nil, nil, fmt.Errorf("keyd returned no payload for %s", sp.Name)
 		}
 		if err != nil {
-			zeroFiles(files)
+			volume.Zero(files)
 			return nil, nil, err
 		}
 		issued[i] = io
@@ -106,7 +106,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 	return files, issued, nil
 }
 
-func metadataFile(p pod.Identity, issued []issuedObject, now time.Time) (volume.File, error) {
+func metadataFile(p pod.Identity, issued []podfiles.Object, now time.Time) (volume.File, error) {
 	m := Metadata{Version: "v1", Pod: p, Written: now.UTC(), Objects: issued}
 	for _, o := range issued {
 		if m.RenewAt.IsZero() || o.RenewAt.Before(m.RenewAt) {
@@ -115,10 +115,4 @@ func metadataFile(p pod.Identity, issued []issuedObject, now time.Time) (volume.
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	return volume.File{Data: data, Mode: 0o444}, err
-}
-
-func zeroFiles(files map[string]volume.File) {
-	for _, f := range files {
-		clear(f.Data)
-	}
 }

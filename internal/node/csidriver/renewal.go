@@ -58,18 +58,17 @@ func (d *Driver) pollRenewals(ctx context.Context, after uint64) uint64 {
 	return after
 }
 
-// renewalOrdered reports whether a forced renewal covers the volume's pod
-// and came after what the volume holds was issued (keyd's issue times are
-// to the second: a volume issued in the renewal's second renews once more).
-func (d *Driver) renewalOrdered(v *volumeState) bool {
+// RenewalOrdered reports whether a forced renewal covers the pod and came
+// after what it holds was issued (keyd's issue times are to the second: a
+// volume issued in the renewal's second renews once more).
+func (d *Driver) RenewalOrdered(p pod.Identity, issued time.Time) bool {
 	rs := d.renewals.Load()
 	if rs == nil || len(*rs) == 0 {
 		return false
 	}
-	issued := v.lastIssued()
 	for _, r := range *rs {
 		scope := pod.Scope{Namespace: r.Namespace, ServiceAccount: r.ServiceAccount, UID: r.PodUid}
-		if scope.Covers(v.Pod.Namespace, v.Pod.ServiceAccount, v.Pod.UID) && !issued.After(r.At.AsTime()) {
+		if scope.Covers(p.Namespace, p.ServiceAccount, p.UID) && !issued.After(r.At.AsTime()) {
 			return true
 		}
 	}

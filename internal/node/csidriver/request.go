@@ -24,10 +24,10 @@ const (
 	AttrClass          = "secretProviderClass"
 	attrPodName        = "csi.storage.k8s.io/pod.name"
 	attrPodNamespace   = "csi.storage.k8s.io/pod.namespace"
-	attrPodUID         = "csi.storage.k8s.io/pod.uid"
+	AttrPodUID         = "csi.storage.k8s.io/pod.uid"
 	attrServiceAccount = "csi.storage.k8s.io/serviceAccount.name"
 	attrEphemeral      = "csi.storage.k8s.io/ephemeral"
-	attrTokens         = "csi.storage.k8s.io/serviceAccount.tokens"
+	AttrTokens         = "csi.storage.k8s.io/serviceAccount.tokens"
 	kubeletPrefix      = "csi.storage.k8s.io/"
 )
 
@@ -126,7 +126,7 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience, podsDir string) (
 	}
 	p := &publishRequest{volumeID: req.VolumeId, target: req.TargetPath, gid: -1}
 	var err error
-	if p.class, p.pod, err = podAttributes(ctx); err != nil {
+	if p.class, p.pod, err = PodAttributes(ctx); err != nil {
 		return nil, err
 	}
 	if g := capability.GetMount().GetVolumeMountGroup(); g != "" {
@@ -140,17 +140,17 @@ func parsePublish(req *csi.NodePublishVolumeRequest, audience, podsDir string) (
 	if err != nil {
 		return nil, err
 	}
-	if p.token, err = tokenFor(tokens, audience, invalid); err != nil {
+	if p.token, err = TokenFor(tokens, audience, invalid); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-// podAttributes reads the class and the pod from the kubelet's volume
+// PodAttributes reads the class and the pod from the kubelet's volume
 // attributes (podInfoOnMount).
-func podAttributes(attrs map[string]string) (class string, p pod.Identity, err error) {
+func PodAttributes(attrs map[string]string) (class string, p pod.Identity, err error) {
 	class = attrs[AttrClass]
-	p = pod.Identity{Namespace: attrs[attrPodNamespace], Name: attrs[attrPodName], UID: attrs[attrPodUID], ServiceAccount: attrs[attrServiceAccount]}
+	p = pod.Identity{Namespace: attrs[attrPodNamespace], Name: attrs[attrPodName], UID: attrs[AttrPodUID], ServiceAccount: attrs[attrServiceAccount]}
 	if class == "" {
 		return "", p, invalid("volume attribute %s is required: name the pod's SecretProviderClass", AttrClass)
 	}
@@ -158,7 +158,7 @@ func podAttributes(attrs map[string]string) (class string, p pod.Identity, err e
 		return "", p, invalid("volume attribute %s: %q is not a valid name", AttrClass, class)
 	}
 	for _, f := range []struct{ attr, v string }{
-		{attrPodNamespace, p.Namespace}, {attrPodName, p.Name}, {attrPodUID, p.UID}, {attrServiceAccount, p.ServiceAccount},
+		{attrPodNamespace, p.Namespace}, {attrPodName, p.Name}, {AttrPodUID, p.UID}, {attrServiceAccount, p.ServiceAccount},
 	} {
 		if f.v == "" {
 			return "", p, invalid("volume attribute %s is missing: the CSIDriver object must set podInfoOnMount: true", f.attr)
@@ -170,10 +170,10 @@ func podAttributes(attrs map[string]string) (class string, p pod.Identity, err e
 	return class, p, nil
 }
 
-// tokenFor picks the token for audience out of the kubelet's tokens
+// TokenFor picks the token for audience out of the kubelet's tokens
 // attribute (JSON by audience); a missing one is refused through missing,
 // which says what the caller's CSIDriver lacks.
-func tokenFor(tokens, audience string, missing func(format string, a ...any) error) (string, error) {
+func TokenFor(tokens, audience string, missing func(format string, a ...any) error) (string, error) {
 	if tokens == "" {
 		return "", missing("no service account token: the CSIDriver object must request one for audience %q (tokenRequests)", audience)
 	}
@@ -181,7 +181,7 @@ func tokenFor(tokens, audience string, missing func(format string, a ...any) err
 		Token string `json:"token"`
 	}
 	if err := json.Unmarshal([]byte(tokens), &parsed); err != nil {
-		return "", invalid("volume attribute %s is not valid JSON", attrTokens)
+		return "", invalid("volume attribute %s is not valid JSON", AttrTokens)
 	}
 	token := parsed[audience].Token
 	if token == "" {
@@ -200,10 +200,10 @@ func tokenFor(tokens, audience string, missing func(format string, a ...any) err
 // Otherwise (older clusters) the kubelet writes the key into the volume
 // context over anything the pod declared, and it is taken from there.
 func podTokens(req *csi.NodePublishVolumeRequest) (string, error) {
-	inContext, fromPod := req.GetVolumeContext()[attrTokens]
-	if tokens, ok := req.GetSecrets()[attrTokens]; ok {
+	inContext, fromPod := req.GetVolumeContext()[AttrTokens]
+	if tokens, ok := req.GetSecrets()[AttrTokens]; ok {
 		if fromPod {
-			return "", invalid("volume attribute %s is set by the pod: the kubelet passes tokens in the request's secrets, and a pod may not supply its own", attrTokens)
+			return "", invalid("volume attribute %s is set by the pod: the kubelet passes tokens in the request's secrets, and a pod may not supply its own", AttrTokens)
 		}
 		return tokens, nil
 	}

@@ -11,30 +11,21 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
-	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 )
 
 // Serve listens on the CSI unix socket (removing a stale one) and serves
 // until ctx ends.
 func (d *Driver) Serve(ctx context.Context, path string) error {
-	return d.serve(ctx, path, "CSI", func(g *grpc.Server) {
+	return d.ServeAPI(ctx, path, "CSI", func(g *grpc.Server) {
 		csi.RegisterIdentityServer(g, d)
 		csi.RegisterNodeServer(g, d)
 	})
 }
 
-// Serve listens on the provider socket, in the upstream secrets-store
-// driver's providers directory, and serves the provider API until ctx
-// ends.
-func (p *Provider) Serve(ctx context.Context, path string) error {
-	return p.d.serve(ctx, path, "the secrets-store provider API", func(g *grpc.Server) {
-		v1alpha1.RegisterCSIDriverProviderServer(g, p)
-	})
-}
-
-// serve listens on the unix socket path (removing a stale one) and serves
-// what register adds, each call logged, until ctx ends.
-func (d *Driver) serve(ctx context.Context, path, what string, register func(*grpc.Server)) error {
+// ServeAPI listens on the unix socket path (removing a stale one) and
+// serves what register adds, each call logged as the CSI calls are, until
+// ctx ends: the upstream driver's provider API in provider mode.
+func (d *Driver) ServeAPI(ctx context.Context, path, what string, register func(*grpc.Server)) error {
 	lis, err := socket.Listen(path, 0o600)
 	if err != nil {
 		return fmt.Errorf("csidriver: %s: %w", what, err)

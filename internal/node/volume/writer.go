@@ -54,6 +54,14 @@ type File struct {
 // ErrBadPayload marks a payload that cannot be written (bad names, sizes).
 var ErrBadPayload = errors.New("invalid volume payload")
 
+// Zero overwrites the contents of files held in memory, once they are
+// written or refused.
+func Zero(files map[string]File) {
+	for _, f := range files {
+		clear(f.Data)
+	}
+}
+
 // ValidateName refuses names that could escape the volume or collide with
 // the writer's own entries.
 func ValidateName(name string) error {

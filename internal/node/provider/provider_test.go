@@ -1,9 +1,12 @@
-package csidriver_test
+package provider_test
 
 import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,9 +15,24 @@ import (
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/secrets-store-csi-driver/provider/v1alpha1"
 
-	"github.com/podkey/podkey/internal/node/csidriver"
+	"github.com/podkey/podkey/internal/node/csidriver/csidrivertest"
+	"github.com/podkey/podkey/internal/node/provider"
 	"github.com/podkey/podkey/pkg/podfiles"
 )
+
+var (
+	newHarness = csidrivertest.New
+	publishReq = csidrivertest.PublishReq
+)
+
+const objectsYAML = csidrivertest.ObjectsYAML
+
+// newProvider serves the provider API on the harness's driver, as
+// podkey-csi --mode both does.
+func newProvider(h *csidrivertest.Harness, rotationPoll time.Duration) (*provider.Provider, error) {
+	return provider.New(provider.Options{Node: h.D, StateDir: h.StateDir(), RotationPoll: rotationPoll, Now: h.Now,
+		Logger: slog.New(slog.NewJSONHandler(h.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+}
 
 // mountReq is a Mount request as the upstream driver (v1.5.4) makes it:
 // the class's parameters and the kubelet's volume attributes merged into
@@ -60,12 +78,12 @@ func files(resp *v1alpha1.MountResponse) map[string]*v1alpha1.File {
 // nothing until renewal is due, then mints afresh.
 func TestProviderMountAndRepublish(t *testing.T) {
 	h := newHarness(t)
-	p, err := csidriver.NewProvider(h.d, rotationPoll)
+	p, err := newProvider(h, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	target := h.target("uid-p")
+	target := h.Target("uid-p")
 	v, err := p.Version(ctx, &v1alpha1.VersionRequest{Version: "v1alpha1"})
 	if err != nil || v.RuntimeName != "podkey" {
 		t.Fatalf("version: %v %v", v, err)
@@ -88,7 +106,7 @@ func TestProviderMountAndRepublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	secret, _ := base64.RawURLEncoding.DecodeString(ak.SecretKey)
-	if err := h.verifyKey(ak.AccessKeyID, secret); err != nil {
+	if err := h.VerifyKey(ak.AccessKeyID, secret); err != nil {
 		t.Fatalf("the provider's API key does not verify: %v", err)
 	}
 	for _, ov := range first.ObjectVersion {
@@ -99,18 +117,18 @@ func TestProviderMountAndRepublish(t *testing.T) {
 		}
 	}
 	// The rotation poll, not due: no files, same versions, keyd not called.
-	audits := h.auditRecords()
+	audits := h.AuditRecords()
 	again, err := p.Mount(ctx, mountReq(t, target, "uid-p", "payments", true, first.ObjectVersion))
 	if err != nil || len(again.Files) != 0 || !equalVersions(again.ObjectVersion, first.ObjectVersion) {
 		t.Fatalf("a republish not due: %d files, %v, %v", len(again.Files), again.ObjectVersion, err)
 	}
-	if h.auditRecords() != audits {
+	if h.AuditRecords() != audits {
 		t.Fatal("a republish not due reached keyd")
 	}
 	// Due (the API key's one-minute life two-thirds gone): new credentials.
 	// The driver's rotation names no class (it sends the class's
 	// parameters and the pod's fields): the target's own is used.
-	h.advance(45 * time.Second)
+	h.Advance(45 * time.Second)
 	due, err := p.Mount(ctx, rotationReq(t, mountReq(t, target, "uid-p", "payments", true, first.ObjectVersion)))
 	if err != nil || len(due.Files) == 0 || equalVersions(due.ObjectVersion, first.ObjectVersion) {
 		t.Fatalf("a republish due: %d files, %v", len(due.Files), err)
@@ -136,23 +154,23 @@ func equalVersions(a, b []*v1alpha1.ObjectVersion) bool {
 // the upstream driver turns into the pod's event, before keyd is asked.
 func TestProviderRefusals(t *testing.T) {
 	h := newHarness(t)
-	p, err := csidriver.NewProvider(h.d, rotationPoll)
+	p, err := newProvider(h, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	audits := h.auditRecords()
+	audits := h.AuditRecords()
 	for name, c := range map[string]struct {
 		req  *v1alpha1.MountRequest
 		code codes.Code
 		want string
 	}{
-		"no podkey token":          {mountReq(t, h.target("u1"), "u1", "payments", false, nil), codes.FailedPrecondition, "tokenRequests: [{audience: podkey}]"},
-		"not JSON":                 {&v1alpha1.MountRequest{Attributes: "{", TargetPath: h.target("u2")}, codes.InvalidArgument, "JSON"},
+		"no podkey token":          {mountReq(t, h.Target("u1"), "u1", "payments", false, nil), codes.FailedPrecondition, "tokenRequests: [{audience: podkey}]"},
+		"not JSON":                 {&v1alpha1.MountRequest{Attributes: "{", TargetPath: h.Target("u2")}, codes.InvalidArgument, "JSON"},
 		"relative target":          {mountReq(t, "pods/u3", "u3", "payments", true, nil), codes.InvalidArgument, "absolute"},
-		"another provider":         {mountReq(t, h.target("u4"), "u4", "vault", true, nil), codes.InvalidArgument, `provider "vault"`},
-		"class with secrets":       {mountReq(t, h.target("u5"), "u5", "synced", true, nil), codes.FailedPrecondition, "secretObjects"},
-		"no class, unknown target": {rotationReq(t, mountReq(t, h.target("u8"), "u8", "payments", true, nil)), codes.InvalidArgument, "secretProviderClass is required"},
+		"another provider":         {mountReq(t, h.Target("u4"), "u4", "vault", true, nil), codes.InvalidArgument, `provider "vault"`},
+		"class with secrets":       {mountReq(t, h.Target("u5"), "u5", "synced", true, nil), codes.FailedPrecondition, "secretObjects"},
+		"no class, unknown target": {rotationReq(t, mountReq(t, h.Target("u8"), "u8", "payments", true, nil)), codes.InvalidArgument, "secretProviderClass is required"},
 	} {
 		_, err := p.Mount(ctx, c.req)
 		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.want) {
@@ -165,17 +183,59 @@ func TestProviderRefusals(t *testing.T) {
 		0:                "the secrets-store driver's rotation is off",
 		30 * time.Second: "must be renewed within its last 20s, but the secrets-store driver's rotation polls every 30s: give it a ttl of at least 2m0s",
 	} {
-		slow, err := csidriver.NewProvider(h.d, poll)
+		slow, err := newProvider(h, poll)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = slow.Mount(ctx, mountReq(t, h.target("u7"), "u7", "payments", true, nil))
+		_, err = slow.Mount(ctx, mountReq(t, h.Target("u7"), "u7", "payments", true, nil))
 		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `object "ledger-api"`) {
 			t.Errorf("rotation every %s: %v, want a refusal saying %q", poll, err, want)
 		}
 	}
-	if h.auditRecords() != audits {
+	if h.AuditRecords() != audits {
 		t.Fatal("a refused mount reached keyd")
+	}
+}
+
+// TestProviderTargetsAreConfined: the upstream driver's target path obeys
+// NodePublishVolume's rule: below the kubelet's pods directory, reached
+// without a symbolic link. Anything else is refused before keyd is asked,
+// and nothing is recorded for it.
+func TestProviderTargetsAreConfined(t *testing.T) {
+	h := newHarness(t)
+	p, err := newProvider(h, rotationPoll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outside := t.TempDir()
+	if err := os.MkdirAll(h.PodsDir(), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(h.PodsDir(), "uid-link")); err != nil {
+		t.Fatal(err)
+	}
+	audits := h.AuditRecords()
+	for name, c := range map[string]struct{ target, want string }{
+		"/etc":                      {"/etc", "not below the kubelet's pods directory"},
+		"the pods directory itself": {h.PodsDir(), "not below the kubelet's pods directory"},
+		"a sibling of the pods dir": {h.PodsDir() + "-x/uid-s/volumes/creds", "not below the kubelet's pods directory"},
+		"through a symbolic link":   {filepath.Join(h.PodsDir(), "uid-link", "volumes", "creds"), "symbolic link"},
+		"with dot-dot":              {h.PodsDir() + "/uid-d/../../etc", "absolute and clean"},
+		"relative":                  {"pods/uid-r", "absolute and clean"},
+	} {
+		_, err := p.Mount(context.Background(), mountReq(t, c.target, "uid-t", "payments", true, nil))
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want InvalidArgument saying %q", name, err, c.want)
+		}
+	}
+	if h.AuditRecords() != audits {
+		t.Fatal("a refused mount reached keyd")
+	}
+	if n := len(p.Pods()); n != 0 {
+		t.Fatalf("%d pods recorded for refused mounts", n)
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Fatalf("the link's destination was written: %v", entries)
 	}
 }
 
@@ -183,17 +243,6 @@ func TestProviderRefusals(t *testing.T) {
 // providers are told: well inside the 20 s renewal window of objectsYAML's
 // one-minute API key.
 const rotationPoll = 5 * time.Second
-
-// A class that syncs into Kubernetes Secrets is refused by podkey-csi too:
-// it would copy credentials into etcd under another driver.
-func TestSecretObjectsRefusedOnPublish(t *testing.T) {
-	h := newHarness(t)
-	_, err := h.d.NodePublishVolume(context.Background(), publishReq(h.target("u6"), "u6", "synced"))
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "secretObjects") {
-		t.Fatalf("publish of a class with secretObjects: %v", err)
-	}
-	h.assertClean(h.target("u6"))
-}
 
 // apiKeyOf reads the API key a Mount returned.
 func apiKeyOf(t *testing.T, resp *v1alpha1.MountResponse) (string, []byte) {
@@ -213,20 +262,20 @@ func apiKeyOf(t *testing.T, resp *v1alpha1.MountResponse) (string, []byte) {
 func TestProviderRevokesDeletedPods(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	p, err := csidriver.NewProvider(h.d, rotationPoll)
+	p, err := newProvider(h, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}
 	keys := map[string][2]any{}
 	for _, uid := range []string{"uid-a", "uid-b", "uid-c"} {
-		resp, err := p.Mount(ctx, mountReq(t, h.target(uid), uid, "payments", true, nil))
+		resp, err := p.Mount(ctx, mountReq(t, h.Target(uid), uid, "payments", true, nil))
 		if err != nil {
 			t.Fatal(err)
 		}
 		id, secret := apiKeyOf(t, resp)
 		keys[uid] = [2]any{id, secret}
 	}
-	verify := func(uid string) error { return h.verifyKey(keys[uid][0].(string), keys[uid][1].([]byte)) }
+	verify := func(uid string) error { return h.VerifyKey(keys[uid][0].(string), keys[uid][1].([]byte)) }
 	if err := p.PodGone(ctx, "uid-a"); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +286,7 @@ func TestProviderRevokesDeletedPods(t *testing.T) {
 		t.Fatalf("another pod's key: %v", err)
 	}
 	// A restart: the state directory says what was obtained for b and c.
-	again, err := csidriver.NewProvider(h.d, rotationPoll)
+	again, err := newProvider(h, rotationPoll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,8 +294,8 @@ func TestProviderRevokesDeletedPods(t *testing.T) {
 		t.Fatalf("%d pods remembered after a restart, want 2", n)
 	}
 	// b was deleted while nobody watched; c is alive.
-	h.advance(time.Second)
-	if err := again.Reconcile(ctx, map[string]bool{"uid-c": true}, h.now()); err != nil {
+	h.Advance(time.Second)
+	if err := again.Reconcile(ctx, map[string]bool{"uid-c": true}, h.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if err := verify("uid-b"); status.Code(err) != codes.PermissionDenied {
@@ -256,7 +305,7 @@ func TestProviderRevokesDeletedPods(t *testing.T) {
 		t.Fatalf("a live pod's key after reconcile: %v", err)
 	}
 	// Served after the list began: not taken for deleted.
-	if err := again.Reconcile(ctx, map[string]bool{}, h.now().Add(-time.Hour)); err != nil {
+	if err := again.Reconcile(ctx, map[string]bool{}, h.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if err := verify("uid-c"); err != nil {
