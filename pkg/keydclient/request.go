@@ -15,12 +15,6 @@ import (
 	"github.com/podkey/podkey/pkg/pod"
 )
 
-// ObjectRequest is the wire form of one normalized object, without a CSR.
-func ObjectRequest(sp object.Spec) *keydv1.ObjectRequest {
-	return &keydv1.ObjectRequest{Name: sp.Name, Kind: string(sp.Kind), Suite: string(sp.Suite), Ttl: sp.TTL.String(),
-		Scope: sp.Scope, Length: int32(sp.Length), Audience: sp.Audience}
-}
-
 // IssueRequest builds the one Issue request for a pod's objects, as a node
 // makes it: for every certificate object a key pair of the object's suite
 // is generated here and only its CSR is sent. keys holds those private
@@ -29,7 +23,7 @@ func IssueRequest(p pod.Identity, token string, specs []object.Spec) (req *keydv
 	req = &keydv1.IssueRequest{Pod: keydv1.NewPodIdentity(p), PodToken: token}
 	keys = map[string]crypto.Signer{}
 	for _, sp := range specs {
-		o := ObjectRequest(sp)
+		o := keydv1.NewObjectRequest(sp)
 		if sp.Kind == object.Certificate {
 			key, csr, err := newCSR(sp)
 			if err != nil {

@@ -2,7 +2,12 @@ package pod
 
 // Scope is a set of pods an operator names: one pod (UID), a service
 // account (Namespace and ServiceAccount) or a namespace (Namespace alone).
-type Scope struct{ Namespace, ServiceAccount, UID string }
+// Its JSON form is keyd's stored renewal orders' (podUID for the UID).
+type Scope struct {
+	Namespace      string `json:"namespace,omitempty"`
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	UID            string `json:"podUID,omitempty"`
+}
 
 // Covers reports whether the scope holds the pod.
 func (s Scope) Covers(namespace, serviceAccount, uid string) bool {

@@ -9,12 +9,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/policy"
-	"github.com/podkey/podkey/internal/keyd/store"
 	"github.com/podkey/podkey/internal/version"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/suite"
@@ -25,11 +23,6 @@ import (
 type adminService struct {
 	keydv1.UnimplementedAdminServer
 	s *Server
-}
-
-func secretInfo(r store.Secret) *keydv1.SecretInfo {
-	return &keydv1.SecretInfo{Namespace: r.Namespace, Name: r.Name, Size: int32(r.Size),
-		Version: int32(r.Version), Created: timestamppb.New(r.Created)}
 }
 
 func (a *adminService) PutSecret(ctx context.Context, req *keydv1.PutSecretRequest) (*keydv1.SecretInfo, error) {

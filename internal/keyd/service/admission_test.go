@@ -5,10 +5,11 @@ import (
 	"testing"
 	"time"
 
-	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 )
 
 // retryDelay returns the RetryInfo delay of a refusal, or fails.

@@ -15,7 +15,6 @@ import (
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/image/imagecrypt"
-	"github.com/podkey/podkey/pkg/pod"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -38,10 +37,7 @@ func (k *keydService) UnwrapImageKey(ctx context.Context, req *keydv1.UnwrapImag
 	if err != nil || req.Suite == "" {
 		return nil, status.Errorf(codes.InvalidArgument, "suite must be gm or intl, got %q", clip(req.Suite))
 	}
-	entries := make([]imagecrypt.Entry, len(req.Entries))
-	for i, e := range req.Entries {
-		entries[i] = imagecrypt.Entry{KeyID: e.KeyId, Wrapped: e.Wrapped}
-	}
+	entries := req.ImageKeyEntries()
 	keySet, err := imagecrypt.KeySet(st, entries)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -104,27 +100,6 @@ func imageStatus(err error) error {
 	return toStatus(err)
 }
 
-// auditImage records an image-key operation: the node, the image key and
-// the key set (never a key).
-func (s *Server) auditImage(ctx context.Context, result, reason, node, keyID, keySet string) error {
-	objects := []string{}
-	if keyID != "" {
-		objects = append(objects, "image-key/"+keyID)
-	}
-	if keySet != "" {
-		objects = append(objects, "key-set/"+keySet)
-	}
-	return s.auditResult(ctx, audit.ActionImageUnwrap, result, reason, pod.Identity{Node: node}, objects)
-}
-
-func imageKeyMessage(r imagecrypt.Recipient) (*keydv1.ImageKey, error) {
-	pemBytes, err := imagecrypt.MarshalRecipient(r)
-	if err != nil {
-		return nil, err
-	}
-	return &keydv1.ImageKey{KeyId: r.KeyID, Suite: string(r.Suite), RecipientPem: pemBytes}, nil
-}
-
 func (k *keydService) ImageKeys(ctx context.Context, _ *keydv1.ImageKeysRequest) (*keydv1.ImageKeysResponse, error) {
 	keys, err := k.s.kr.ImageKeys(ctx)
 	if err != nil {
@@ -132,7 +107,7 @@ func (k *keydService) ImageKeys(ctx context.Context, _ *keydv1.ImageKeysRequest)
 	}
 	out := &keydv1.ImageKeysResponse{}
 	for _, r := range keys {
-		m, err := imageKeyMessage(r)
+		m, err := keydv1.NewImageKey(r)
 		if err != nil {
 			return nil, toStatus(err)
 		}
@@ -161,7 +136,7 @@ func (a *adminService) CreateImageKey(ctx context.Context, req *keydv1.CreateIma
 	if err != nil {
 		return nil, imageStatus(err)
 	}
-	m, err := imageKeyMessage(r)
+	m, err := keydv1.NewImageKey(r)
 	if err != nil {
 		return nil, toStatus(err)
 	}

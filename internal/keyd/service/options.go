@@ -10,11 +10,12 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/podkey/podkey/internal/keyd/identity"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/store"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure a Server. Every field says its default.

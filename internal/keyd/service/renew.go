@@ -6,7 +6,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/store"
@@ -22,10 +21,10 @@ import (
 // order is kept for RevocationTTL, longer than any credential lives.
 func (a *adminService) ForceRenewal(ctx context.Context, req *keydv1.ForceRenewalRequest) (*keydv1.Renewal, error) {
 	s := a.s
-	r := store.Renewal{Namespace: req.Namespace, ServiceAccount: req.ServiceAccount, PodUID: req.PodUid}
+	r := store.Renewal{Scope: req.Scope()}
 	switch {
-	case r.PodUID != "":
-		if len(r.PodUID) > 128 || r.Namespace != "" || r.ServiceAccount != "" {
+	case r.UID != "":
+		if len(r.UID) > 128 || r.Namespace != "" || r.ServiceAccount != "" {
 			return nil, status.Error(codes.InvalidArgument, "a pod's renewal names its UID (at most 128 bytes) and nothing else")
 		}
 	case r.Namespace == "" || !object.ValidName(r.Namespace):
@@ -40,16 +39,11 @@ func (a *adminService) ForceRenewal(ctx context.Context, req *keydv1.ForceRenewa
 		return nil, toStatus(err)
 	}
 	if err := s.audit.Append(ctx, audit.Record{Action: audit.ActionRenew, Result: audit.ResultOK, Namespace: r.Namespace,
-		ServiceAccount: r.ServiceAccount, PodUID: r.PodUID, Reason: fmt.Sprintf("renewal %d: credentials obtained until now refused", r.Seq)}); err != nil {
+		ServiceAccount: r.ServiceAccount, PodUID: r.UID, Reason: fmt.Sprintf("renewal %d: credentials obtained until now refused", r.Seq)}); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 	}
-	s.opts.Logger.Info("renewal ordered", "seq", r.Seq, "namespace", r.Namespace, "serviceAccount", r.ServiceAccount, "podUID", r.PodUID)
-	return renewalProto(r), nil
-}
-
-func renewalProto(r store.Renewal) *keydv1.Renewal {
-	return &keydv1.Renewal{Seq: r.Seq, Namespace: r.Namespace, ServiceAccount: r.ServiceAccount, PodUid: r.PodUID,
-		At: timestamppb.New(r.At), Until: timestamppb.New(r.Until)}
+	s.opts.Logger.Info("renewal ordered", "seq", r.Seq, "namespace", r.Namespace, "serviceAccount", r.ServiceAccount, "podUID", r.UID)
+	return keydv1.NewRenewal(r.Seq, r.Scope, r.At, r.Until), nil
 }
 
 // Renewals serves node agents (node certificate) and the local socket.
@@ -66,7 +60,7 @@ func (k *keydService) Renewals(ctx context.Context, req *keydv1.RenewalsRequest)
 	}
 	resp := &keydv1.RenewalsResponse{}
 	for _, r := range rs {
-		resp.Renewals = append(resp.Renewals, renewalProto(r))
+		resp.Renewals = append(resp.Renewals, keydv1.NewRenewal(r.Seq, r.Scope, r.At, r.Until))
 	}
 	return resp, nil
 }

@@ -6,7 +6,6 @@ import (
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/store"
-	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/pod"
 )
 
@@ -47,40 +46,4 @@ func (s *Server) podBinding(ctx context.Context, id pod.Identity) (*store.PodBin
 		return nil, nil
 	}
 	return &store.PodBinding{PodUID: id.UID, Node: id.Node, Until: now.Add(s.opts.RevocationTTL)}, nil
-}
-
-func (s *Server) auditResult(ctx context.Context, action, result, reason string, id pod.Identity, objects []string) error {
-	return s.auditBound(ctx, action, result, reason, id, objects, nil)
-}
-
-// auditBound appends a record and, in the same transaction, the binding b.
-func (s *Server) auditBound(ctx context.Context, action, result, reason string, id pod.Identity, objects []string, b *store.PodBinding) error {
-	err := s.audit.AppendBound(ctx, audit.Record{Action: action, Result: result, Reason: reason,
-		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Pod: id.Name, PodUID: id.UID,
-		Node: id.Node, Objects: objects}, b)
-	if err != nil {
-		s.opts.Logger.Error("audit append failed", "action", action, "error", err)
-	}
-	return err
-}
-
-// auditDeny records a refusal. The claimed identity is recorded as claimed.
-func (s *Server) auditDeny(ctx context.Context, action string, p *keydv1.PodIdentity, reason string, id *pod.Identity) {
-	var who pod.Identity
-	switch {
-	case id != nil:
-		who = *id
-	case p != nil:
-		who = pod.Identity{Namespace: clip(p.Namespace), ServiceAccount: clip(p.ServiceAccount),
-			Name: clip(p.PodName), UID: clip(p.PodUid), Node: clip(p.NodeName)}
-	}
-	_ = s.auditResult(ctx, action, audit.ResultDenied, reason, who, nil)
-}
-
-// clip bounds caller-supplied strings recorded from refused requests.
-func clip(s string) string {
-	if len(s) > 253 {
-		return s[:253] + "..."
-	}
-	return s
 }

@@ -28,24 +28,6 @@ type keydService struct {
 	s *Server
 }
 
-// specFromRequest turns an API object request into a validated spec.
-func specFromRequest(o *keydv1.ObjectRequest) (object.Spec, error) {
-	sp := object.Spec{
-		Name: o.Name, Kind: object.Kind(o.Kind), Suite: suite.Name(o.Suite), Algorithm: o.Algorithm,
-		TTLText: o.Ttl, Scope: o.Scope, Length: int(o.Length), Audience: o.Audience,
-	}
-	if err := sp.Normalize(); err != nil {
-		return sp, err
-	}
-	if (sp.Kind == object.Certificate) != (len(o.Csr) > 0) {
-		if sp.Kind == object.Certificate {
-			return sp, fmt.Errorf("object %q: a certificate needs a CSR", sp.Name)
-		}
-		return sp, fmt.Errorf("object %q: only certificate objects take a CSR", sp.Name)
-	}
-	return sp, nil
-}
-
 func objectLabel(c credential.Issued) string {
 	return fmt.Sprintf("%s/%s/%s/g%d", c.Name, c.Kind, c.Suite, c.Generation)
 }
@@ -59,7 +41,7 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 	specs := make([]object.Spec, n)
 	seen := map[string]bool{}
 	for i, o := range req.Objects {
-		sp, err := specFromRequest(o)
+		sp, err := o.Spec()
 		if err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
@@ -118,29 +100,9 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 	}
 	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
 	for i, c := range issued {
-		resp.Credentials[i] = toProto(c)
+		resp.Credentials[i] = credentialProto(c)
 	}
 	return resp, nil
-}
-
-func toProto(c credential.Issued) *keydv1.Credential {
-	out := &keydv1.Credential{
-		Name: c.Name, Kind: string(c.Kind), Suite: string(c.Suite), Generation: int64(c.Generation),
-		IssuedAt: timestamppb.New(c.IssuedAt), Expiry: timestamppb.New(c.Expiry), RenewAt: timestamppb.New(c.RenewAt),
-	}
-	switch c.Kind {
-	case object.APIKey:
-		out.Payload = &keydv1.Credential_ApiKey{ApiKey: &keydv1.APIKey{AccessKeyId: c.AccessKeyID, SecretKey: c.SecretKey}}
-	case object.Certificate:
-		out.Payload = &keydv1.Credential_Certificate{Certificate: &keydv1.Certificate{CertPem: c.CertPEM, CaBundlePem: c.CABundlePEM}}
-	case object.DerivedKey:
-		out.Payload = &keydv1.Credential_DerivedKey{DerivedKey: &keydv1.DerivedKey{Key: c.Key}}
-	case object.Token:
-		out.Payload = &keydv1.Credential_Token{Token: &keydv1.Token{Jwt: c.Token}}
-	case object.Secret:
-		out.Payload = &keydv1.Credential_Secret{Secret: &keydv1.SecretValue{Value: c.Value}}
-	}
-	return out
 }
 
 func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*keydv1.VerifyResponse, error) {

@@ -114,7 +114,7 @@ func (p *Postgres) Import(ctx context.Context, st State, scan func(fn func(Audit
 		}
 		for _, r := range st.Renewals {
 			b.Queue(`INSERT INTO renewals (seq, namespace, service_account, pod_uid, at, until) VALUES ($1, $2, $3, $4, $5, $6)`,
-				int64(r.Seq), r.Namespace, r.ServiceAccount, r.PodUID, r.At.UnixNano(), r.Until.UnixNano())
+				int64(r.Seq), r.Namespace, r.ServiceAccount, r.UID, r.At.UnixNano(), r.Until.UnixNano())
 		}
 		// The next renewal continues the copied numbering: nodes follow
 		// renewals by their Seq.

@@ -274,7 +274,7 @@ func (p *Postgres) PruneRevocations(ctx context.Context, now time.Time) (int, er
 func (p *Postgres) AddRenewal(ctx context.Context, r Renewal) (Renewal, error) {
 	var seq int64
 	err := p.pool.QueryRow(ctx, `INSERT INTO renewals (namespace, service_account, pod_uid, at, until) VALUES ($1, $2, $3, $4, $5) RETURNING seq`,
-		r.Namespace, r.ServiceAccount, r.PodUID, r.At.UnixNano(), r.Until.UnixNano()).Scan(&seq)
+		r.Namespace, r.ServiceAccount, r.UID, r.At.UnixNano(), r.Until.UnixNano()).Scan(&seq)
 	r.Seq = uint64(seq)
 	return r, pgErr(err)
 }
@@ -289,7 +289,7 @@ func (p *Postgres) Renewals(ctx context.Context, after uint64, now time.Time) ([
 	for rows.Next() {
 		var r Renewal
 		var seq, at, until int64
-		if err := rows.Scan(&seq, &r.Namespace, &r.ServiceAccount, &r.PodUID, &at, &until); err != nil {
+		if err := rows.Scan(&seq, &r.Namespace, &r.ServiceAccount, &r.UID, &at, &until); err != nil {
 			return nil, pgErr(err)
 		}
 		r.Seq, r.At, r.Until = uint64(seq), time.Unix(0, at), time.Unix(0, until)

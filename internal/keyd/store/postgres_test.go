@@ -13,6 +13,7 @@ import (
 	"github.com/podkey/podkey/internal/keyd/store"
 	"github.com/podkey/podkey/internal/keyd/store/pgtest"
 	"github.com/podkey/podkey/internal/keyd/store/storetest"
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 // TestPostgres runs the store conformance suite on a real PostgreSQL,
@@ -92,7 +93,7 @@ func TestImportIsAllOrNothing(t *testing.T) {
 	if err := src.Revoke(ctx, store.Revocation{PodUID: "u1", Revoked: now, Until: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := src.AddRenewal(ctx, store.Renewal{Namespace: "ns", At: now, Until: now.Add(time.Hour)}); err != nil {
+	if _, err := src.AddRenewal(ctx, store.Renewal{Scope: pod.Scope{Namespace: "ns"}, At: now, Until: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	for i := uint64(1); i <= 2500; i++ {
@@ -148,7 +149,7 @@ func TestImportIsAllOrNothing(t *testing.T) {
 	if node, _, _ := dst.PodNode(ctx, "u1", now); node != "n1" {
 		t.Fatalf("the binding: %q", node)
 	}
-	if r, err := dst.AddRenewal(ctx, store.Renewal{Namespace: "ns", At: now, Until: now.Add(time.Hour)}); err != nil || r.Seq != 2 {
+	if r, err := dst.AddRenewal(ctx, store.Renewal{Scope: pod.Scope{Namespace: "ns"}, At: now, Until: now.Add(time.Hour)}); err != nil || r.Seq != 2 {
 		t.Fatalf("the renewal after the copied one: %d %v", r.Seq, err)
 	}
 	if _, err := dst.Import(ctx, st, scan); !errors.Is(err, store.ErrNotEmpty) {

@@ -44,23 +44,16 @@ type Revocation struct {
 }
 
 // Renewal is an operator's order of fresh credentials for a scope: one
-// pod (PodUID), a service account (Namespace and ServiceAccount) or a
-// namespace (Namespace alone). Credentials its pods obtained until At are
-// refused from then on, as if revoked; nodes renew the pods' volumes.
-// Seq orders renewals (1, 2, ...) for nodes that follow them; the record
-// is kept until Until, when nothing issued before At can still be valid.
+// pod, a service account or a namespace. Credentials its pods obtained
+// until At are refused from then on, as if revoked; nodes renew the pods'
+// volumes. Seq orders renewals (1, 2, ...) for nodes that follow them;
+// the record is kept until Until, when nothing issued before At can still
+// be valid.
 type Renewal struct {
-	Seq            uint64    `json:"seq"`
-	Namespace      string    `json:"namespace,omitempty"`
-	ServiceAccount string    `json:"serviceAccount,omitempty"`
-	PodUID         string    `json:"podUID,omitempty"`
-	At             time.Time `json:"at"`
-	Until          time.Time `json:"until"`
-}
-
-// Covers reports whether the renewal's scope holds the pod.
-func (r Renewal) Covers(namespace, serviceAccount, podUID string) bool {
-	return pod.Scope{Namespace: r.Namespace, ServiceAccount: r.ServiceAccount, UID: r.PodUID}.Covers(namespace, serviceAccount, podUID)
+	Seq uint64 `json:"seq"`
+	pod.Scope
+	At    time.Time `json:"at"`
+	Until time.Time `json:"until"`
 }
 
 // AuditEntry is one opaque, already-chained audit record at position Seq

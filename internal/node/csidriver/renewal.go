@@ -67,8 +67,7 @@ func (d *Driver) RenewalOrdered(p pod.Identity, issued time.Time) bool {
 		return false
 	}
 	for _, r := range *rs {
-		scope := pod.Scope{Namespace: r.Namespace, ServiceAccount: r.ServiceAccount, UID: r.PodUid}
-		if scope.Covers(p.Namespace, p.ServiceAccount, p.UID) && !issued.After(r.At.AsTime()) {
+		if r.Scope().Covers(p.Namespace, p.ServiceAccount, p.UID) && !issued.After(r.At.AsTime()) {
 			return true
 		}
 	}

@@ -170,10 +170,7 @@ func (p *Provider) unwrap(ctx context.Context, annotation []byte) (opts []byte, 
 
 // fetch asks keyd for the content key and caches it.
 func (p *Provider) fetch(ctx context.Context, bl *imagecrypt.Blob, keySet string) (*cached, error) {
-	req := &keydv1.UnwrapImageKeyRequest{Suite: string(bl.Suite), NodeName: p.o.NodeName}
-	for _, e := range bl.Entries {
-		req.Entries = append(req.Entries, &keydv1.ImageKeyEntry{KeyId: e.KeyID, Wrapped: e.Wrapped})
-	}
+	req := &keydv1.UnwrapImageKeyRequest{Suite: string(bl.Suite), NodeName: p.o.NodeName, Entries: keydv1.NewImageKeyEntries(bl.Entries)}
 	resp, err := p.o.Keyd.UnwrapImageKey(ctx, req)
 	if err != nil {
 		st := status.Convert(err)

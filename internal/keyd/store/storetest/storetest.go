@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/internal/keyd/store"
+	"github.com/podkey/podkey/pkg/pod"
 )
 
 // Opener makes stores for the suite.
@@ -106,11 +107,11 @@ func renewalsRefuseTheirScopeAndAreFollowedBySeq(t *testing.T, o Opener) {
 	ctx := context.Background()
 	s := o.Open(t)
 	now := time.Now()
-	pod, _ := s.AddRenewal(ctx, store.Renewal{PodUID: "u1", At: now, Until: now.Add(time.Hour)})
-	sa, _ := s.AddRenewal(ctx, store.Renewal{Namespace: "pay", ServiceAccount: "api", At: now.Add(time.Second), Until: now.Add(time.Hour)})
-	ns, _ := s.AddRenewal(ctx, store.Renewal{Namespace: "shop", At: now.Add(2 * time.Second), Until: now.Add(2 * time.Hour)})
-	if pod.Seq != 1 || sa.Seq != 2 || ns.Seq != 3 {
-		t.Fatalf("seqs %d %d %d", pod.Seq, sa.Seq, ns.Seq)
+	forPod, _ := s.AddRenewal(ctx, store.Renewal{Scope: pod.Scope{UID: "u1"}, At: now, Until: now.Add(time.Hour)})
+	sa, _ := s.AddRenewal(ctx, store.Renewal{Scope: pod.Scope{Namespace: "pay", ServiceAccount: "api"}, At: now.Add(time.Second), Until: now.Add(time.Hour)})
+	ns, _ := s.AddRenewal(ctx, store.Renewal{Scope: pod.Scope{Namespace: "shop"}, At: now.Add(2 * time.Second), Until: now.Add(2 * time.Hour)})
+	if forPod.Seq != 1 || sa.Seq != 2 || ns.Seq != 3 {
+		t.Fatalf("seqs %d %d %d", forPod.Seq, sa.Seq, ns.Seq)
 	}
 	for _, c := range []struct {
 		ns, sa, uid string
