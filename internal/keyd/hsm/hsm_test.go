@@ -160,7 +160,7 @@ func TestDataObjects(t *testing.T) {
 	}
 }
 
-// TestRecoversFromLostLoginAndHandles logs the token out and destroys and
+// TestRecoversFromStaleHandles logs the token out and destroys and
 // recreates a key behind the pool's back: operations must recover.
 func TestRecoversFromStaleHandles(t *testing.T) {
 	ctx := context.Background()
