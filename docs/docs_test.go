@@ -157,7 +157,9 @@ func TestMetricsAndMessagesExist(t *testing.T) {
 		})
 	}
 	messages := 0
-	for _, line := range strings.Split(texts["operations.md"], "\n") {
+	_, trouble, _ := strings.Cut(texts["operations.md"], "## Troubleshooting")
+	trouble, _, _ = strings.Cut(trouble, "\n## ")
+	for _, line := range strings.Split(trouble, "\n") {
 		m := messageRE.FindStringSubmatch(line)
 		if m == nil || m[1] == "message (part)" || strings.Contains(m[2], "(containerd)") {
 			continue
@@ -169,5 +171,110 @@ func TestMetricsAndMessagesExist(t *testing.T) {
 	}
 	if messages < 10 {
 		t.Fatalf("%d troubleshooting messages checked", messages)
+	}
+}
+
+// dirRE matches a directory named in a table of architecture.md.
+var dirRE = regexp.MustCompile("^\\| `([a-z0-9][a-z0-9/._-]*)` \\|")
+
+// Every directory of this module that holds Go code is named in
+// architecture.md, and every directory named there exists.
+func TestArchitectureNamesEveryDirectory(t *testing.T) {
+	page, err := os.ReadFile("architecture.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{}
+	for _, line := range strings.Split(string(page), "\n") {
+		if m := dirRE.FindStringSubmatch(line); m != nil {
+			named[m[1]] = true
+		}
+	}
+	for d := range named {
+		if fi, err := os.Stat(filepath.Join("..", d)); err != nil || !fi.IsDir() {
+			t.Errorf("architecture.md names %s, which is not a directory", d)
+		}
+	}
+	have := 0
+	err = filepath.WalkDir("..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel("..", path)
+		if rel != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata" || rel == "bin") {
+			return filepath.SkipDir
+		}
+		if _, err := os.Stat(filepath.Join(path, "go.mod")); err == nil && rel != "." {
+			return filepath.SkipDir // another module (hack's pinned tools)
+		}
+		if gofiles, _ := filepath.Glob(filepath.Join(path, "*.go")); len(gofiles) == 0 || rel == "." {
+			return nil
+		}
+		have++
+		if !named[filepath.ToSlash(rel)] {
+			t.Errorf("architecture.md does not name %s", rel)
+		}
+		return nil
+	})
+	if err != nil || have < 60 {
+		t.Fatalf("walked %d directories with Go code: %v", have, err)
+	}
+}
+
+// linksRE is a row of the README's table of what each binary links.
+var linksRE = regexp.MustCompile("^\\| `([a-z-]+)`[^|]* \\| `([a-z/]+)`[^|]* \\| ([^|]+) \\|$")
+
+// The README's table of what each binary links is what go list -deps
+// says: each is built on its side and links no code of the sides named
+// against it; the CLI links the key service only through podkey bench.
+func TestBinariesLinkWhatTheREADMESays(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const mod = "github.com/podkey/podkey/"
+	rows := 0
+	for _, line := range strings.Split(string(readme), "\n") {
+		m := linksRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		rows++
+		bin, on := m[1], mod+m[2]
+		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}: {{join .Imports \" \"}}", "../cmd/"+bin).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list %s: %v\n%s", bin, err, out)
+		}
+		deps := map[string][]string{}
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			pkg, imports, _ := strings.Cut(l, ": ")
+			deps[pkg] = strings.Fields(imports)
+		}
+		built := false
+		for pkg := range deps {
+			built = built || pkg == on || strings.HasPrefix(pkg, on+"/")
+		}
+		if !built {
+			t.Errorf("%s links nothing of %s", bin, m[2])
+		}
+		for _, never := range regexp.MustCompile("`([a-z/]+)`").FindAllStringSubmatch(m[3], -1) {
+			for pkg := range deps {
+				if pkg == mod+never[1] || strings.HasPrefix(pkg, mod+never[1]+"/") {
+					t.Errorf("%s links %s, against the README", bin, strings.TrimPrefix(pkg, mod))
+				}
+			}
+		}
+		if bin == "podkey" {
+			for pkg, imports := range deps {
+				for _, imp := range imports {
+					if imp == mod+"internal/keyd/service" && pkg != mod+"internal/keyd/bench" {
+						t.Errorf("podkey links the key service through %s, not only podkey bench", strings.TrimPrefix(pkg, mod))
+					}
+				}
+			}
+		}
+	}
+	if rows < 6 {
+		t.Fatalf("%d rows of the binaries table found in the README", rows)
 	}
 }

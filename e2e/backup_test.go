@@ -18,7 +18,7 @@ import (
 // issued and a pod revoked; `podkey store backup` while keyd serves (and
 // issues); more issued, a second pod revoked, a secret enrolled; keyd
 // stopped, its store destroyed, `podkey store restore` from the backup,
-// keyd started. What survives and what is lost, as the README's runbook
+// keyd started. What survives and what is lost, as docs/operations.md's runbook
 // says: the audit chain verifies and ends exactly at the backup's last
 // record (plus the restore's own records); the revocation made before the
 // backup holds; the one made after it is lost, so that pod's key verifies

@@ -173,7 +173,7 @@ func (lab *imageLab) useDecoder(decoder string) {
 // push stores a new service image under tag: plain, encrypted by the CLI
 // for the recipients (podkey), or with JWE. Every image has its own layer
 // data: the runtime reuses layers it unpacked before, whatever image names
-// them (see the README on key_model "node"), so no two may share one.
+// them (see docs/images.md on key_model "node"), so no two may share one.
 func (lab *imageLab) push(ctx context.Context, tag, kind string, recipients ...string) string {
 	t := lab.pc.t
 	img, err := serviceImage(lab.pc.node)

@@ -96,7 +96,7 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 		}
 	}
 
-	// The driver's CSIDriver as podkey's README asks for it: its rotation
+	// The driver's CSIDriver as docs/node.md asks for it: its rotation
 	// requests the pods' tokens for the audiences it names.
 	if _, err := c.Admin.StorageV1().CSIDrivers().Create(ctx, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: upstreamDriver},
 		Spec: storagev1.CSIDriverSpec{PodInfoOnMount: ptr.To(true), AttachRequired: ptr.To(false),

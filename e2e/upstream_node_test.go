@@ -179,7 +179,7 @@ func (pc *podkeyCluster) waitRevoked(ctx context.Context, keyd keydv1.KeydClient
 // registrar in place of node-driver-registrar, the kubelet's root
 // directory, the host network with the API server on loopback (no Service
 // proxy here), and rotation on. The CSIDriver is the published one plus
-// what podkey's README asks for: tokenRequests for audience podkey (and
+// what docs/node.md asks for: tokenRequests for audience podkey (and
 // requiresRepublish).
 func (pc *podkeyCluster) installUpstream(ctx context.Context, providers string) {
 	t := pc.t

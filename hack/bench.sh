@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs `podkey bench` on a SoftHSM2 token of its own and writes
-# BENCHMARKS.md (the table is generated, never edited by hand).
+# docs/benchmarks.md: hack/bench-intro.md, which says what is measured,
+# then the figures (generated, never edited by hand).
 # BENCH_DURATION (default 2s) sets the length of each measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,10 @@ DIR=${PODKEY_BENCH_DIR:-/tmp/podkey-bench}
 export PODKEY_HSM_TOKEN=podkey-bench
 . hack/softhsm-token.sh
 bin/podkey hsm init >/dev/null
-bin/podkey bench --duration "${BENCH_DURATION:-2s}" --concurrency 1,8,64 -o BENCHMARKS.md
+OUT=docs/benchmarks.md
+bin/podkey bench --duration "${BENCH_DURATION:-2s}" --concurrency 1,8,64 -o "$OUT.table"
+{ head -n 1 "$OUT.table"; echo; cat hack/bench-intro.md; tail -n +2 "$OUT.table"; } > "$OUT"
+rm -f "$OUT.table"
 
 # The node path: cold publish onto a real tmpfs with a real keyd, beside
 # its floor (a bare tmpfs mount plus the same writes), and a no-op
@@ -26,7 +30,7 @@ if [ "$(id -u)" = 0 ]; then
     # microseconds, so many more samples for a p99 that means something.
     go test -run '^$' -bench 'RepublishNoop' -benchtime "${BENCH_NOOP_N:-5000}x" ./internal/node/csidriver | grep -E '^Benchmark'
     echo '```'
-  } | tee -a BENCHMARKS.md
+  } | tee -a "$OUT"
 fi
 
 # Issuance with pod tokens reviewed by a real kube-apiserver (cache miss
@@ -40,7 +44,7 @@ export PODKEY_KUBE_BIN_DIR
   echo '```'
   go test -run '^$' -bench IssueIdentity -benchtime "${BENCH_IDENTITY_TIME:-3s}" ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
-} | tee -a BENCHMARKS.md
+} | tee -a "$OUT"
 
 # keyd's stores and replicas: issuance on bbolt, PostgreSQL with one and
 # three replicas (ratios to bbolt); failover after SIGKILL of a replica;
@@ -53,7 +57,7 @@ export PODKEY_KUBE_BIN_DIR
   echo '```'
   go test -run '^$' -bench 'Replicas' -benchtime 1x -timeout 20m ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
-} | tee -a BENCHMARKS.md
+} | tee -a "$OUT"
 
 # Bursts (10 simulated nodes x 200 pods, and the upstream secrets-store
 # driver's load-test scale, 250 x 40; one keyd under the chart's memory
@@ -80,7 +84,7 @@ export PODKEY_KUBE_BIN_DIR
   echo '```'
   go test -run '^$' -bench 'BurstAdmission' -benchtime 1x -count 3 -timeout 30m ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
-} | tee -a BENCHMARKS.md
+} | tee -a "$OUT"
 
 # End to end, on a real node with podkey installed by helm: pod creation
 # to Running with no volume, with podkey-csi, with the upstream
@@ -98,7 +102,7 @@ export PODKEY_KUBE_BIN_DIR
   echo '```'
   go test -run '^$' -bench 'PodStartDrivers' -benchtime 1x -timeout 30m ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
-} | tee -a BENCHMARKS.md
+} | tee -a "$OUT"
 
 # Certificate issuance beside SPIRE's server v1.13.3 (the closest peer;
 # built from the Go module proxy by hack/spire-server.sh, cached: a cold
@@ -125,7 +129,7 @@ export PODKEY_KUBE_BIN_DIR
   echo '```'
   go test -run '^$' -bench 'IssuanceBesideSPIRE' -benchtime 1x -timeout 40m ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
-} | tee -a BENCHMARKS.md
+} | tee -a "$OUT"
 
 # Encrypted images: unwrapping a layer's key through ocicrypt's
 # DecryptLayer with R recipients and the node's key first, in the middle
@@ -163,4 +167,4 @@ export PODKEY_KUBE_BIN_DIR
     go test -run '^$' -bench 'ImagePull' -benchtime 1x -timeout 30m ./e2e 2>/dev/null | grep -E '^Benchmark'
     echo '```'
   fi
-} | tee -a BENCHMARKS.md
+} | tee -a "$OUT"

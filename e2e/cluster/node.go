@@ -325,7 +325,7 @@ func waitFile(path string, timeout time.Duration, exited func() error) error {
 
 // EnableImageDecryption installs containerd's image decoder on the node
 // and points its keyprovider configuration at podkey's keyprovider socket
-// (podkey-csi --keyprovider-socket), as the README tells an operator to.
+// (podkey-csi --keyprovider-socket), as docs/images.md tells an operator to.
 func (n *Node) EnableImageDecryption(decoder, keyproviderSocket string) error {
 	dst := filepath.Join(n.OcicryptDir, "ctd-decoder")
 	_ = os.Remove(dst)

@@ -21,7 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Exit statuses, documented in the README.
+// Exit statuses, documented in docs/cli.md.
 const (
 	ExitOK          = 0
 	ExitError       = 1 // anything else

@@ -99,7 +99,7 @@ existing FILE is replaced only with --replace, and is kept as
 FILE.replaced-<time>. Everything after the backup's last audit record is
 lost: credentials issued since still verify (they are checked, not
 looked up), but revocations, renewal orders, enrolled secrets and policy
-changes made since are gone; see the README's disaster-recovery runbook.`,
+changes made since are gone; see docs/operations.md, "Backup, restore, disaster recovery".`,
 		Example: `  podkey store restore --from /backup/keyd-2026-11-30.db --store /var/lib/podkey/keyd.db --replace`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

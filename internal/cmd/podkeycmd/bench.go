@@ -2,10 +2,8 @@ package podkeycmd
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -14,7 +12,6 @@ import (
 	"github.com/podkey/podkey/internal/cmd/command"
 	"github.com/podkey/podkey/internal/cmd/hsmflags"
 	"github.com/podkey/podkey/internal/keyd/bench"
-	"github.com/podkey/podkey/internal/keyd/service"
 )
 
 func newBenchCommand() *cobra.Command {
@@ -38,11 +35,7 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 			if err != nil {
 				return err
 			}
-			// keyd runs in this process, tuned as podkey-keyd tunes itself
-			// (the callers share the setting).
-			service.TuneRuntime(slog.New(slog.DiscardHandler))
-			gogc := debug.SetGCPercent(-1)
-			debug.SetGCPercent(gogc)
+			gogc := bench.TuneRuntime()
 			var sb strings.Builder
 			fmt.Fprintf(&sb, "# podkey bench\n\nmachine: %s/%s, %d CPUs, %s, GOGC %d as keyd sets it; token %q (%s); %s per measurement\n\n",
 				runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), gogc, cfg.TokenLabel, cfg.ModulePath, duration)

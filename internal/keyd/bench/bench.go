@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -141,6 +142,16 @@ type kindCase struct {
 type rawOp struct {
 	name string
 	op   func(context.Context) error
+}
+
+// TuneRuntime tunes this process's garbage collector as podkey-keyd tunes
+// itself, since keyd runs in it (the callers share the setting), and
+// returns the GOGC in force.
+func TuneRuntime() (gogc int) {
+	service.TuneRuntime(slog.New(slog.DiscardHandler))
+	gogc = debug.SetGCPercent(-1)
+	debug.SetGCPercent(gogc)
+	return gogc
 }
 
 // Run measures and writes a table to w.

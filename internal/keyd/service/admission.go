@@ -30,7 +30,7 @@ import (
 // Waiting in keyd beats refusing while the wait is short: a waiting call
 // starts the moment a slot frees, a refused one only after its caller's
 // backoff. So the queue is sized by memory, and refusal is for what memory
-// cannot hold (BENCHMARKS.md, "Burst load", compares the two). Revoke,
+// cannot hold (docs/benchmarks.md, "Burst load", compares the two). Revoke,
 // NodeCertificate and the Admin API are not bounded: they are rare, small
 // and must not wait behind a burst of pods.
 type admission struct {

@@ -50,7 +50,7 @@ func baseRequest() *csi.NodePublishVolumeRequest {
 }
 
 // TestMountGroup: fsGroup 0 is group root, as no fsGroup leaves files
-// (see the README); a mount group that is not a GID is refused.
+// (see docs/node.md); a mount group that is not a GID is refused.
 func TestMountGroup(t *testing.T) {
 	for group, want := range map[string]int{"": -1, "0": 0, "2000": 2000} {
 		r := baseRequest()
