@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podkey/podkey/internal/host/testdir"
 	"github.com/podkey/podkey/internal/keyd/keydtest"
-	"github.com/podkey/podkey/internal/testenv/testdir"
 )
 
 var (

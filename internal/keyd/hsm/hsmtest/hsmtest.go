@@ -11,8 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/podkey/podkey/internal/host/testdir"
 	"github.com/podkey/podkey/internal/keyd/hsm"
-	"github.com/podkey/podkey/internal/testenv/testdir"
 )
 
 // PIN is the user PIN of every test token.
