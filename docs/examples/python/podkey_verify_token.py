@@ -21,7 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 
 def b64url(s):
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    """Unpadded base64url in its one canonical spelling, as podkey writes it."""
+    raw = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != s:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def verify(jwks, token, audience, issuer="podkey", leeway=30):
@@ -29,6 +33,8 @@ def verify(jwks, token, audience, issuer="podkey", leeway=30):
     header = json.loads(b64url(header_b64))
     if header.get("alg") != "ES256":
         raise ValueError("not an ES256 token: %r" % header.get("alg"))
+    if "crit" in header:
+        raise ValueError("critical header extensions are not supported")
     keys = [k for k in jwks["keys"] if k.get("kid") == header.get("kid")]
     if len(keys) != 1:
         raise ValueError("no key for kid %r" % header.get("kid"))

@@ -32,14 +32,13 @@ import (
 
 // Server is a running key service.
 type Server struct {
-	opts    Options
-	tok     *hsm.Token
-	kr      *keyring.Keyring
-	st      store.Store
-	audit   *audit.Log
-	issuer  *credential.Issuer
-	policy  atomic.Pointer[policy.Policy]
-	replays *replayCache
+	opts   Options
+	tok    *hsm.Token
+	kr     *keyring.Keyring
+	st     store.Store
+	audit  *audit.Log
+	issuer *credential.Issuer
+	policy atomic.Pointer[policy.Policy]
 	// admission bounds the Issue and Verify calls held in memory.
 	admission *admission
 	metrics   *metrics
@@ -57,7 +56,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, health: health.NewServer(), replays: newReplayCache(),
+	s := &Server{opts: opts, health: health.NewServer(),
 		kr: opts.Keyring, tok: opts.Keyring.Token(), st: opts.Store}
 	inflight, queued := admissionBounds(opts.MaxInflight, opts.MaxQueued)
 	s.admission = newAdmission(inflight, queued)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/internal/keyd/store"
+	"github.com/podkey/podkey/pkg/apikey/accesskey"
 	"github.com/podkey/podkey/pkg/apikey/reqsign"
 
 	"google.golang.org/grpc/codes"
@@ -121,7 +122,7 @@ func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*k
 	id, err := s.issuer.VerifyAPIKey(ctx, req.AccessKeyId, req.StringToSign, req.Signature)
 	var nonce *store.Nonce
 	if err == nil {
-		nonce, err = s.checkFresh(ctx, req.AccessKeyId, req.StringToSign)
+		nonce, err = s.checkFresh(ctx, id, req.StringToSign)
 	}
 	rec := audit.Record{Action: audit.ActionVerify, Result: audit.ResultOK, Namespace: id.Namespace,
 		ServiceAccount: id.ServiceAccount, PodUID: id.PodUID}
@@ -182,11 +183,13 @@ var (
 
 // checkFresh applies replay protection to strings to sign of podkey's
 // request signing scheme: their date must be within reqsign.Window of now
-// and their nonce unseen for this key, in this process and in the store.
-// It returns the nonce to record with the verification (nil for other
+// and their nonce unclaimed for this key, by this replica or any other
+// sharing the store. The nonce is keyed on what the signature
+// authenticated (the key's payload), never on how the id was spelled. It
+// returns the nonce to record with the verification (nil for other
 // strings, which are the caller's own protocol and are verified as
 // signatures only).
-func (s *Server) checkFresh(ctx context.Context, keyID string, sts []byte) (*store.Nonce, error) {
+func (s *Server) checkFresh(ctx context.Context, id accesskey.ID, sts []byte) (*store.Nonce, error) {
 	switch {
 	case bytes.HasPrefix(sts, []byte(reqsign.RetiredVersion+"-")):
 		return nil, fmt.Errorf("%w: %v", credential.ErrInvalid, reqsign.ErrRetired)
@@ -201,17 +204,16 @@ func (s *Server) checkFresh(ctx context.Context, keyID string, sts []byte) (*sto
 	if date.Before(now.Add(-reqsign.Window)) || date.After(now.Add(reqsign.Window)) {
 		return nil, errStale
 	}
-	n := &store.Nonce{Key: sha256.Sum256([]byte(keyID + "\x00" + nonce)), Until: date.Add(reqsign.Window)}
-	// The process's cache refuses concurrent replays before either is
-	// durable; the store refuses those accepted before a restart.
-	if !s.replays.first(n.Key, n.Until, now) {
-		return nil, errReplay
+	payload, err := id.Payload()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", credential.ErrInvalid, err)
 	}
-	seen, err := s.st.NonceSeen(ctx, n.Key, now)
+	n := &store.Nonce{Key: sha256.Sum256(append(append(payload, 0), nonce...)), Until: date.Add(reqsign.Window)}
+	granted, err := s.st.ClaimNonce(ctx, *n, now)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
 	}
-	if seen {
+	if !granted {
 		return nil, errReplay
 	}
 	return n, nil

@@ -56,6 +56,7 @@ type Bolt struct {
 	pending []AuditEntry // journalled, not yet in the bbolt file; never changed in place
 	binds   map[string][]PodBinding
 	nonces  map[[32]byte]time.Time
+	claims  *claims // nonces granted by ClaimNonce in this process
 	closed  bool
 
 	kick chan struct{}
@@ -105,7 +106,7 @@ func OpenBolt(path string) (*Bolt, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
-	b := &Bolt{db: db, jpath: JournalPath(path), kick: make(chan struct{}, 1), done: make(chan struct{})}
+	b := &Bolt{db: db, jpath: JournalPath(path), claims: newClaims(), kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := b.recover(id); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
@@ -623,6 +624,27 @@ func fromUnixNano(v []byte) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+}
+
+func (b *Bolt) ClaimNonce(ctx context.Context, n Nonce, now time.Time) (bool, error) {
+	// The file first, outside the lock (a bbolt read may wait for a
+	// writer that takes it); a nonce cannot leave b.nonces for the file
+	// without passing through claims first, which the lock guards.
+	stored := false
+	if err := b.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketNonces).Get(n.Key[:]); v != nil {
+			stored = !now.After(fromUnixNano(v))
+		}
+		return nil
+	}); err != nil || stored {
+		return false, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if until, ok := b.nonces[n.Key]; ok && !now.After(until) {
+		return false, nil
+	}
+	return b.claims.first(n.Key, n.Until, now), nil
 }
 
 func (b *Bolt) NonceSeen(_ context.Context, key [32]byte, now time.Time) (bool, error) {

@@ -311,6 +311,19 @@ func (p *Postgres) PodNode(ctx context.Context, podUID string, now time.Time) (s
 	return node, time.Unix(0, until), nil
 }
 
+// ClaimNonce inserts the nonce, or takes over a row past its time: one
+// statement, so of two replicas claiming one nonce exactly one inserts
+// (the other waits for it, then finds a live row and updates nothing).
+func (p *Postgres) ClaimNonce(ctx context.Context, n Nonce, now time.Time) (bool, error) {
+	tag, err := p.pool.Exec(ctx, `INSERT INTO nonces (key, until) VALUES ($1, $2)
+		ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE nonces.until < $3`,
+		n.Key[:], n.Until.UnixNano(), now.UnixNano())
+	if err != nil {
+		return false, pgErr(err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 func (p *Postgres) NonceSeen(ctx context.Context, key [32]byte, now time.Time) (bool, error) {
 	var seen bool
 	err := p.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM nonces WHERE key = $1 AND until >= $2)`, key[:], now.UnixNano()).Scan(&seen)

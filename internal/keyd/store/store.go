@@ -70,8 +70,9 @@ type AuditEntry struct {
 	Nonce *Nonce
 }
 
-// Nonce is an accepted signed request's (access key id, nonce) pair, by
-// its SHA-256, remembered until its date leaves the freshness window.
+// Nonce is an accepted signed request's nonce, keyed by the SHA-256 of
+// what the request authenticated (the access key's payload) and the
+// nonce, remembered until its date leaves the freshness window.
 type Nonce struct {
 	Key   [32]byte
 	Until time.Time
@@ -119,6 +120,13 @@ type Store interface {
 	// AuditEntry's Bind recorded it ("" when unknown or past).
 	PodNode(ctx context.Context, podUID string, now time.Time) (node string, until time.Time, err error)
 
+	// ClaimNonce records a signed request's nonce unless one with its key
+	// is remembered at now, in one atomic step: of two claims of one
+	// nonce, in one process or in replicas sharing the store, exactly one
+	// is granted. A granted claim is durable at once (PostgreSQL) or with
+	// the audit record that carries it in AuditEntry.Nonce (bbolt, one
+	// process), before the request is answered either way.
+	ClaimNonce(ctx context.Context, n Nonce, now time.Time) (granted bool, err error)
 	// NonceSeen reports whether a nonce was recorded and is still
 	// remembered at now.
 	NonceSeen(ctx context.Context, key [32]byte, now time.Time) (bool, error)

@@ -143,7 +143,7 @@ func Parse(s string) (ID, []byte, []byte, error) {
 	default:
 		return id, nil, nil, ErrMalformed
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(s[len(Prefix):])
+	raw, err := decodeCanonical(s[len(Prefix):])
 	if err != nil || len(raw) < 2+1+8+4+tagSize {
 		return id, nil, nil, ErrMalformed
 	}
@@ -191,6 +191,21 @@ func Parse(s string) (ID, []byte, []byte, error) {
 		return id, nil, nil, ErrMalformed
 	}
 	return id, payload, tag, nil
+}
+
+// decodeCanonical decodes unpadded base64url in its one spelling: Go's
+// decoder also takes a last character whose unused low bits are set, and
+// skips line breaks, which would let one id be spelled several ways (and
+// a captured request be replayed under each).
+func decodeCanonical(s string) ([]byte, error) {
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	if base64.RawURLEncoding.EncodeToString(raw) != s {
+		return nil, ErrMalformed
+	}
+	return raw, nil
 }
 
 // CheckTag compares a claimed tag with the one the recomputed secret gives.

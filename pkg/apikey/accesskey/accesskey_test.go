@@ -2,6 +2,7 @@ package accesskey
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -58,6 +59,9 @@ func FuzzParse(f *testing.F) {
 	p, _ := id.Payload()
 	f.Add(Encode(id.Suite, p, []byte("s")))
 	f.Add("PK1AQEB")
+	valid := Encode(id.Suite, p, []byte("s"))
+	f.Add(valid[:len(valid)-1] + "B") // unused low bits set, for some lengths
+	f.Add(valid[:8] + "\n" + valid[8:])
 	f.Fuzz(func(t *testing.T, s string) {
 		got, payload, tag, err := Parse(s)
 		if err != nil {
@@ -70,6 +74,10 @@ func FuzzParse(f *testing.F) {
 		}
 		if !bytes.Equal(p2, payload) || len(tag) != tagSize {
 			t.Fatalf("payload not canonical for %q", s)
+		}
+		// And the id has one spelling: what parses is what encodes.
+		if s[len(Prefix):] != base64.RawURLEncoding.EncodeToString(append(payload, tag...)) {
+			t.Fatalf("%q parses but is not its own canonical spelling", s)
 		}
 	})
 }

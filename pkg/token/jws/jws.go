@@ -43,7 +43,12 @@ var b64 = base64.RawURLEncoding
 // Sign signs claims (JSON) as a compact JWS.
 func Sign(s suite.Name, signer crypto.Signer, kid string, claims []byte) (string, error) {
 	header, _ := json.Marshal(map[string]string{"alg": Alg(s), "typ": "JWT", "kid": kid})
-	input := b64.EncodeToString(header) + "." + b64.EncodeToString(claims)
+	return signInput(s, signer, b64.EncodeToString(header)+"."+b64.EncodeToString(claims))
+}
+
+// signInput signs a JWS signing input (header.claims, encoded) and
+// returns the compact JWS.
+func signInput(s suite.Name, signer crypto.Signer, input string) (string, error) {
 	var (
 		der []byte
 		err error
@@ -74,15 +79,14 @@ func Verify(s suite.Name, pub *ecdsa.PublicKey, token string) ([]byte, error) {
 	if len(parts) != 3 {
 		return nil, errors.New("token: not a compact JWS")
 	}
-	hdr, err := b64.DecodeString(parts[0])
+	hdr, err := DecodeSegment(parts[0])
 	if err != nil {
 		return nil, errors.New("token: bad header encoding")
 	}
-	var h struct{ Alg string }
-	if json.Unmarshal(hdr, &h) != nil || h.Alg != Alg(s) {
-		return nil, errors.New("token: unexpected algorithm")
+	if err := CheckHeader(hdr, Alg(s)); err != nil {
+		return nil, err
 	}
-	sig, err := b64.DecodeString(parts[2])
+	sig, err := DecodeSegment(parts[2])
 	if err != nil || len(sig) != 64 {
 		return nil, errors.New("token: bad signature encoding")
 	}
@@ -99,5 +103,37 @@ func Verify(s suite.Name, pub *ecdsa.PublicKey, token string) ([]byte, error) {
 	if !ok {
 		return nil, errors.New("token: signature does not verify")
 	}
-	return b64.DecodeString(parts[1])
+	return DecodeSegment(parts[1])
+}
+
+// DecodeSegment decodes one segment of a compact JWS: unpadded base64url
+// in its one canonical spelling. Go's decoder also takes a last character
+// whose unused low bits are set, and skips line breaks; both would give
+// one token many spellings, so both are refused.
+func DecodeSegment(seg string) ([]byte, error) {
+	raw, err := b64.Strict().DecodeString(seg)
+	if err != nil {
+		return nil, err
+	}
+	if b64.EncodeToString(raw) != seg {
+		return nil, errors.New("not canonical base64url")
+	}
+	return raw, nil
+}
+
+// CheckHeader checks a JWS header: the algorithm is alg, and it asks for
+// no extension (RFC 7515 §4.1.11: a receiver must refuse a "crit" it does
+// not understand, and podkey understands none).
+func CheckHeader(hdr []byte, alg string) error {
+	var h struct {
+		Alg  string
+		Crit json.RawMessage
+	}
+	if json.Unmarshal(hdr, &h) != nil || h.Alg != alg {
+		return errors.New("token: unexpected algorithm")
+	}
+	if h.Crit != nil {
+		return errors.New("token: critical header extensions are not supported")
+	}
+	return nil
 }

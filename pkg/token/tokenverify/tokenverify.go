@@ -19,7 +19,6 @@ package tokenverify
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -178,7 +177,7 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if len(parts) != 3 || len(token) > 16<<10 {
 		return nil, fmt.Errorf("%w: not a compact JWS", ErrMalformed)
 	}
-	hdr, err := base64.RawURLEncoding.DecodeString(parts[0])
+	hdr, err := jws.DecodeSegment(parts[0])
 	if err != nil {
 		return nil, fmt.Errorf("%w: header encoding", ErrMalformed)
 	}

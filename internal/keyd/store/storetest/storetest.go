@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +38,7 @@ func Run(t *testing.T, o Opener) {
 		{"PodBindingsGoWithTheirAuditEntry", podBindingsGoWithTheirAuditEntry},
 		{"PolicyUpdatesNeverLoseOneAnother", policyUpdatesNeverLoseOneAnother},
 		{"NoncesAreRememberedUntilTheirTime", noncesAreRememberedUntilTheirTime},
+		{"ANonceIsClaimedOnce", aNonceIsClaimedOnce},
 		{"ConcurrentSealedAppendsChainOntoTheTrueTail", concurrentSealedAppendsChainOntoTheTrueTail},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, o) })
@@ -234,6 +236,44 @@ func policyUpdatesNeverLoseOneAnother(t *testing.T, o Opener) {
 	}
 	if again, _ := s.Policy(ctx); string(again) != string(doc) {
 		t.Fatal("a failed update changed the policy")
+	}
+}
+
+// Of many concurrent claims of one nonce exactly one is granted; a claim
+// is refused while the nonce is remembered (claimed, or recorded with an
+// audit entry, also after a restart) and granted again past its time.
+func aNonceIsClaimedOnce(t *testing.T, o Opener) {
+	ctx := context.Background()
+	s := o.Open(t)
+	now := time.Now()
+	n := store.Nonce{Key: [32]byte{9, 9}, Until: now.Add(5 * time.Minute)}
+	var granted atomic.Int32
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ok, err := s.ClaimNonce(ctx, n, now); err != nil {
+				t.Error(err)
+			} else if ok {
+				granted.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if g := granted.Load(); g != 1 {
+		t.Fatalf("32 concurrent claims of one nonce: %d granted", g)
+	}
+	if err := s.AppendAudit(ctx, []store.AuditEntry{{Seq: 1, Data: []byte("v"), Nonce: &n}}); err != nil {
+		t.Fatal(err)
+	}
+	s = o.Reopen(t, s)
+	if ok, err := s.ClaimNonce(ctx, n, now.Add(time.Minute)); err != nil || ok {
+		t.Fatalf("a recorded nonce claimed again after a restart: %v %v", ok, err)
+	}
+	later := now.Add(6 * time.Minute)
+	if ok, err := s.ClaimNonce(ctx, store.Nonce{Key: n.Key, Until: later.Add(5 * time.Minute)}, later); err != nil || !ok {
+		t.Fatalf("a nonce past its time was not granted again: %v %v", ok, err)
 	}
 }
 
