@@ -1474,7 +1474,7 @@ func (*TokenKeysRequest) Descriptor() ([]byte, []int) {
 
 type TokenKeysResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Jwks          []byte                 `protobuf:"bytes,1,opt,name=jwks,proto3" json:"jwks,omitempty"` // a JWK Set, RFC 7517 JSON; see pkg/jwks for SM2 keys
+	Jwks          []byte                 `protobuf:"bytes,1,opt,name=jwks,proto3" json:"jwks,omitempty"` // a JWK Set, RFC 7517 JSON; see pkg/token/jwks for SM2 keys
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
