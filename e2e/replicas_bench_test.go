@@ -220,7 +220,7 @@ func benchAuditAppend(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer bolt.Close()
-	pg, err := store.OpenPostgres(ctx, pgtest.StartDurable(b).NewDatabase(b))
+	pg, err := store.OpenPostgres(ctx, pgtest.StartDurable(b).NewDatabase(b), store.PostgresOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -111,7 +111,7 @@ func TestStoreMigrateToPostgres(t *testing.T) {
 			t.Fatalf("migrate's output holds %q", s)
 		}
 	}
-	st, err := store.OpenPostgres(ctx, strings.TrimSpace(readFile(t, pgFile)))
+	st, err := store.OpenPostgres(ctx, strings.TrimSpace(readFile(t, pgFile)), store.PostgresOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

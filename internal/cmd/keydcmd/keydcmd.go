@@ -57,6 +57,7 @@ type flags struct {
 	caConfigMap string
 	metricsAddr string
 	pgFile      string
+	pgInsecure  bool
 	cpuProfile  string
 }
 
@@ -79,6 +80,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	f.hsm.Register(fs)
 	fs.StringVar(&f.storePath, "store", command.EnvOr("PODKEY_STORE", DefaultStorePath), "bbolt store file (env PODKEY_STORE)")
 	fs.StringVar(&f.pgFile, "postgres-file", os.Getenv("PODKEY_POSTGRES_FILE"), "file holding a PostgreSQL connection string: keep state there instead of --store (or env PODKEY_POSTGRES_URL; never a flag value)")
+	fs.BoolVar(&f.pgInsecure, "postgres-insecure-transport", false, "DEVELOPMENT ONLY: reach PostgreSQL over TCP without verified TLS (default: TCP needs sslmode=verify-full, or verify-ca with sslrootcert)")
 	fs.StringVar(&o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", service.DefaultSocket), "local unix socket for the CLI and node agents; empty disables")
 	fs.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
 	fs.StringVar(&o.JWKSListen, "jwks-listen", os.Getenv("PODKEY_JWKS_LISTEN"), "HTTPS address serving the token keys' JWK Set at "+jwks.WellKnownPath+" for token receivers, e.g. :8443; empty disables")
@@ -186,7 +188,10 @@ func (f *flags) open(ctx context.Context, o *service.Options) (where string, clo
 	where = f.storePath
 	if pg != "" {
 		where, o.SharedPorts = "postgresql", true
-		st, err := store.OpenPostgres(ctx, pg)
+		if f.pgInsecure {
+			o.Logger.Warn("insecure PostgreSQL transport allowed: the store that authorizes every call may be reached without verified TLS; for development only")
+		}
+		st, err := store.OpenPostgres(ctx, pg, store.PostgresOptions{InsecureTransport: f.pgInsecure})
 		if err != nil {
 			closeKeys()
 			return "", nil, command.Exit(command.ExitUnavailable, err)

@@ -104,7 +104,7 @@ func verifyOffline(ctx context.Context, hf *hsmflags.Flags, path, pgFile string)
 		if err != nil {
 			return nil, command.UsageError("%v", err)
 		}
-		pg, err := store.OpenPostgres(ctx, conn)
+		pg, err := store.OpenPostgres(ctx, conn, store.PostgresOptions{})
 		if err != nil {
 			return nil, command.Exit(command.ExitUnavailable, err)
 		}

@@ -75,7 +75,7 @@ func migrateStore(cmd *cobra.Command, hf *hsmflags.Flags, from, conn string) err
 	if err != nil {
 		return err
 	}
-	dst, err := store.OpenPostgres(ctx, conn)
+	dst, err := store.OpenPostgres(ctx, conn, store.PostgresOptions{})
 	if err != nil {
 		return command.Exit(command.ExitUnavailable, err)
 	}

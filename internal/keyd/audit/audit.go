@@ -322,41 +322,79 @@ func (l *Log) run() {
 	}
 }
 
+// commitTimeout bounds one batch's store transaction: a store that stalls
+// fails the batch's calls (Unavailable) instead of holding them.
+const commitTimeout = store.CallTimeout
+
+// errKeyBehind aborts a store transaction whose tail the batch key does
+// not fit (another replica moved it, or rotated the audit key): the key
+// is renewed outside the transaction and the batch tried again.
+var errKeyBehind = errors.New("audit: batch key does not fit the stored tail")
+
 // commit chains a batch onto the stored tail inside the store's append
 // transaction, which no other writer (a keyd replica on a shared store)
 // interleaves with: the batch is sealed onto the true tail, read there.
+// The HSM is asked for a batch key before the transaction, never while
+// the chain's lock is held: a slow HSM must not stop other replicas.
 func (l *Log) commit(batch []*pending) error {
-	ctx := context.Background()
-	var tail []byte
-	err := l.st.AppendAuditAfter(ctx, func(last store.AuditEntry) ([]store.AuditEntry, error) {
-		if !l.tailKnown || last.Seq != l.tailSeq {
+	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		if !l.tailKnown {
+			last, err := l.st.LastAudit(ctx)
+			if err != nil {
+				return err
+			}
 			if err := l.setTail(last); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if err := l.renewKey(ctx); err != nil {
-			return nil, err
+			return err
 		}
-		entries, t, err := l.seal(ctx, batch, l.tailSeq+1, l.tailMAC)
-		tail = t
-		return entries, err
-	})
-	if err != nil {
-		l.tailKnown = false // the transaction may or may not have landed
-		return err
+		var tail []byte
+		err := l.st.AppendAuditAfter(ctx, func(last store.AuditEntry) ([]store.AuditEntry, error) {
+			if last.Seq != l.tailSeq {
+				if err := l.setTail(last); err != nil {
+					return nil, err
+				}
+			}
+			if !l.keyFits() {
+				return nil, errKeyBehind
+			}
+			entries, t, err := l.seal(ctx, batch, l.tailSeq+1, l.tailMAC)
+			tail = t
+			return entries, err
+		})
+		if errors.Is(err, errKeyBehind) && attempt < 3 {
+			continue // the tail read in the transaction stays known
+		}
+		if err != nil {
+			l.tailKnown = false // the transaction may or may not have landed
+			return err
+		}
+		l.tailSeq, l.tailMAC, l.tailGen = l.tailSeq+uint64(len(batch)), tail, l.keyGen
+		return nil
 	}
-	l.tailSeq, l.tailMAC, l.tailGen = l.tailSeq+uint64(len(batch)), tail, l.keyGen
-	return nil
+}
+
+// keyGeneration is the audit key generation the next record takes: the
+// newest, never older than the tail's.
+func (l *Log) keyGeneration() int { return max(l.keys.Current(), l.tailGen, 1) }
+
+// keyFits reports whether the batch key may seal records from the tail
+// on: born at or before the next position, of the generation in force.
+func (l *Log) keyFits() bool {
+	return l.key != nil && l.keyFirst <= l.tailSeq+1 && l.keyGen == l.keyGeneration()
 }
 
 // renewKey asks the HSM for a batch key starting at the next position when
-// there is none, it is older than its lifetime, or the tail moved behind it.
+// the one held does not fit the tail or is older than its lifetime.
 func (l *Log) renewKey(ctx context.Context) error {
-	next := l.tailSeq + 1
-	gen := max(l.keys.Current(), l.tailGen, 1) // never back to an older key than the tail's
-	if l.key != nil && l.keyFirst <= next && l.keyGen == gen && time.Since(l.keyBorn) < l.keyLifetime {
+	if l.keyFits() && time.Since(l.keyBorn) < l.keyLifetime {
 		return nil
 	}
+	next, gen := l.tailSeq+1, l.keyGeneration()
 	clear(l.key)
 	l.key = nil
 	key, err := batchKey(ctx, l.keys, gen, next)

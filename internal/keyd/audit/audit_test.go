@@ -232,3 +232,65 @@ func TestAuditKeyRotationKeepsOneChain(t *testing.T) {
 		t.Fatal("records of a missing generation verified")
 	}
 }
+
+// lockWatch is a store whose append transaction (the chain's lock on a
+// shared store) is watched: inLock is set while its seal runs.
+type lockWatch struct {
+	store.Store
+	inLock atomic.Bool
+}
+
+func (w *lockWatch) AppendAuditAfter(ctx context.Context, seal func(store.AuditEntry) ([]store.AuditEntry, error)) error {
+	return w.Store.AppendAuditAfter(ctx, func(last store.AuditEntry) ([]store.AuditEntry, error) {
+		w.inLock.Store(true)
+		defer w.inLock.Store(false)
+		return seal(last)
+	})
+}
+
+// watchedKeys fails any HSM operation asked for while the lock is held.
+type watchedKeys struct {
+	*twoKeys
+	w         *lockWatch
+	underLock atomic.Int64
+}
+
+func (k *watchedKeys) MAC(ctx context.Context, gen int, data []byte) ([]byte, error) {
+	if k.w.inLock.Load() {
+		k.underLock.Add(1)
+	}
+	return k.twoKeys.MAC(ctx, gen, data)
+}
+
+// No HSM operation runs while the chain's lock is held, also when other
+// writers (replicas) move the tail and rotate the audit key between
+// batches: a slow or unreachable HSM must not stop the other replicas.
+func TestNoHSMCallUnderTheChainLock(t *testing.T) {
+	ctx := context.Background()
+	w := &lockWatch{Store: newStore(t)}
+	keys := &watchedKeys{twoKeys: &twoKeys{keys: map[int][]byte{1: []byte("g1"), 2: []byte("g2")}}, w: w}
+	keys.cur.Store(1)
+	a := audit.Open(w, keys)
+	b := audit.Open(w, keys) // another replica's writer on the same store
+	for i := range 40 {
+		if i == 20 {
+			keys.cur.Store(2)
+		}
+		l := a
+		if i%3 == 0 {
+			l = b
+		}
+		if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendConcurrently(t, a, 30)
+	a.Close()
+	b.Close()
+	if n := keys.underLock.Load(); n != 0 {
+		t.Fatalf("%d HSM operations while the chain's lock was held", n)
+	}
+	if n, err := audit.Verify(ctx, w, keys.twoKeys); err != nil || n != 70 {
+		t.Fatalf("verify: %d %v", n, err)
+	}
+}

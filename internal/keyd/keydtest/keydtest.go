@@ -157,7 +157,7 @@ func (e *Env) open() {
 	}
 	var st store.Store
 	if e.Postgres != "" {
-		st, err = store.OpenPostgres(context.Background(), e.Postgres)
+		st, err = store.OpenPostgres(context.Background(), e.Postgres, store.PostgresOptions{})
 	} else {
 		st, err = store.OpenBolt(e.StorePath)
 	}

@@ -34,7 +34,7 @@ func (a *adminService) PutSecret(ctx context.Context, req *keydv1.PutSecretReque
 	}
 	if aerr := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionSecretPut, Result: result, Reason: reason,
 		Namespace: clip(req.Namespace), Objects: []string{clip(req.Name)}}); aerr != nil && err == nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", aerr)
+		return nil, auditUnavailable(aerr)
 	}
 	if err != nil {
 		return nil, toStatus(err)
@@ -61,7 +61,7 @@ func (a *adminService) DeleteSecret(ctx context.Context, req *keydv1.DeleteSecre
 	}
 	if err := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionSecretDelete, Result: audit.ResultOK,
 		Namespace: req.Namespace, Objects: []string{req.Name}}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	return &keydv1.DeleteSecretResponse{}, nil
 }
@@ -130,7 +130,7 @@ func (a *adminService) RotateKey(ctx context.Context, req *keydv1.RotateKeyReque
 	}
 	if err := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionKeyRotate, Result: audit.ResultOK,
 		Objects: []string{keyring.Label(p, st, gen)}}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	return &keydv1.RotateKeyResponse{Generation: int64(gen)}, nil
 }
@@ -203,7 +203,7 @@ func (a *adminService) BackupStore(_ *keydv1.BackupStoreRequest, stream grpc.Ser
 	}
 	if err := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionStoreBackup, Result: audit.ResultOK,
 		Reason: fmt.Sprintf("%d bytes, audit records up to %d", r.size, r.last)}); err != nil {
-		return status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return auditUnavailable(err)
 	}
 	return stream.Send(&keydv1.BackupChunk{LastAuditSeq: r.last})
 }
@@ -219,7 +219,7 @@ func (a *adminService) rotateKEK(ctx context.Context) (*keydv1.RotateKeyResponse
 	}
 	if aerr := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionKeyRotate, Result: result, Reason: reason,
 		Objects: []string{fmt.Sprintf("kek/g%d", r.Generation)}}); aerr != nil && err == nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", aerr)
+		return nil, auditUnavailable(aerr)
 	}
 	if err != nil {
 		return nil, toStatus(err)
@@ -236,7 +236,7 @@ func (a *adminService) rotateAudit(ctx context.Context) (*keydv1.RotateKeyRespon
 	}
 	if err := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionKeyRotate, Result: audit.ResultOK,
 		Objects: []string{fmt.Sprintf("audit/g%d", gen)}}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	return &keydv1.RotateKeyResponse{Generation: int64(gen)}, nil
 }

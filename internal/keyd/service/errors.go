@@ -41,5 +41,32 @@ func toStatus(err error) error {
 	case errors.Is(err, hsm.ErrClosed), errors.Is(err, store.ErrUnavailable):
 		code = codes.Unavailable
 	}
-	return status.Error(code, err.Error())
+	return withCause(code, err.Error(), err)
+}
+
+// callError is a status for the caller that keeps its cause for keyd's own
+// log: a database failure's detail (which names the database, its user
+// and socket) is logged, never sent (store.Detail).
+type callError struct {
+	st    *status.Status
+	cause error
+}
+
+func (e *callError) Error() string              { return e.st.Err().Error() }
+func (e *callError) GRPCStatus() *status.Status { return e.st }
+func (e *callError) Unwrap() error              { return e.cause }
+
+func withCause(code codes.Code, msg string, cause error) error {
+	return &callError{st: status.New(code, msg), cause: cause}
+}
+
+// auditUnavailable refuses a call whose audit record was not stored: no
+// record, no answer.
+func auditUnavailable(err error) error {
+	return withCause(codes.Unavailable, "audit log unavailable: "+err.Error(), err)
+}
+
+// storeUnavailable refuses a call the store could not serve.
+func storeUnavailable(err error) error {
+	return withCause(codes.Unavailable, "store unavailable: "+err.Error(), err)
 }

@@ -80,7 +80,7 @@ func (k *keydService) UnwrapImageKey(ctx context.Context, req *keydv1.UnwrapImag
 	// Nothing leaves keyd before the unwrap is durably recorded.
 	if err := s.auditImage(ctx, audit.ResultOK, "", node, chosen.KeyID, keySet); err != nil {
 		secmem.Zero(cek)
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	return &keydv1.UnwrapImageKeyResponse{Cek: cek, KeyId: chosen.KeyID, KeySet: keySet}, nil
 }
@@ -131,7 +131,7 @@ func (a *adminService) CreateImageKey(ctx context.Context, req *keydv1.CreateIma
 	}
 	if aerr := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionImageKeyCreate, Result: result, Reason: reason,
 		Objects: []string{"image-key/" + req.KeyId, "suite/" + string(st)}}); aerr != nil && err == nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", aerr)
+		return nil, auditUnavailable(aerr)
 	}
 	if err != nil {
 		return nil, imageStatus(err)

@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/podkey/podkey/internal/keyd/store"
 )
 
 // logUnary logs method, code and duration, and counts the call. Requests and responses are
@@ -48,6 +50,9 @@ func (s *Server) logCall(ctx context.Context, method string, start time.Time, er
 		// Status messages are written by keyd itself and name checks, never
 		// values; see errors.go.
 		attrs = append(attrs, "message", st.Message())
+		if d := store.Detail(err); d != "" {
+			attrs = append(attrs, "storeDetail", d)
+		}
 	}
 	s.opts.Logger.Log(ctx, level, "rpc", attrs...)
 }

@@ -399,7 +399,7 @@ func TestReplayRefusedAfterRestart(t *testing.T) {
 // TestOverloadRefusesWithRetryHint: with one call in progress allowed and
 // no queue, a burst of Issue calls through the real server gets answers
 // or ResourceExhausted with a retry hint, nothing else; every refused
-// call succeeds when tried again; the audit chain holds.
+// call succeeds when tried again after the hint; the audit chain holds.
 func TestOverloadRefusesWithRetryHint(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	e := keydtest.Start(t, func(o *service.Options) { o.MaxInflight, o.MaxQueued, o.Registerer = 1, -1, reg })
@@ -422,6 +422,9 @@ func TestOverloadRefusesWithRetryHint(t *testing.T) {
 				if keydv1.RetryDelay(err) <= 0 {
 					t.Fatalf("a refusal without a retry hint: %v", err)
 				}
+				// As a client does: after the hinted delay (the slot is freed
+				// when the server ends the stream, a moment after its answer).
+				time.Sleep(keydv1.RetryDelay(err))
 				if _, err := e.Keyd.Issue(ctx, req); err != nil {
 					t.Fatalf("a refused call tried again: %v", err)
 				}

@@ -49,7 +49,7 @@ func (k *keydService) NodeCertificate(ctx context.Context, req *keydv1.NodeCerti
 	}
 	if err := s.audit.Append(ctx, audit.Record{Action: audit.ActionNodeCertificate, Result: audit.ResultOK, Node: node,
 		Reason: fmt.Sprintf("valid until %s", tmpl.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	return &keydv1.NodeCertificateResponse{
 		CertPem:     pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),

@@ -65,7 +65,7 @@ func (s *Server) changeRule(ctx context.Context, req *keydv1.PolicyRule, add boo
 	reason := fmt.Sprintf("rule %s (namespace %s, service account %s, objects %s); %d rules", change, r.Namespace, r.ServiceAccount,
 		strings.Join(r.Objects, ","), len(next.Rules))
 	if err := s.audit.Append(ctx, audit.Record{Action: audit.ActionPolicySet, Result: audit.ResultOK, Reason: reason}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	return &keydv1.PolicyRuleResponse{Rules: uint32(len(next.Rules))}, nil
 }

@@ -40,7 +40,7 @@ func (a *adminService) ForceRenewal(ctx context.Context, req *keydv1.ForceRenewa
 	}
 	if err := s.audit.Append(ctx, audit.Record{Action: audit.ActionRenew, Result: audit.ResultOK, Namespace: r.Namespace,
 		ServiceAccount: r.ServiceAccount, PodUID: r.UID, Reason: fmt.Sprintf("renewal %d: credentials obtained until now refused", r.Seq)}); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	s.opts.Logger.Info("renewal ordered", "seq", r.Seq, "namespace", r.Namespace, "serviceAccount", r.ServiceAccount, "podUID", r.UID)
 	return keydv1.NewRenewal(r.Seq, r.Scope, r.At, r.Until), nil

@@ -91,13 +91,13 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 	bind, err := s.podBinding(ctx, id)
 	if err != nil {
 		zeroAll()
-		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
+		return nil, storeUnavailable(err)
 	}
 	// Nothing leaves keyd before its issuance, and the pod's node binding,
 	// are durably recorded (one transaction).
 	if err := s.auditBound(ctx, audit.ActionIssue, audit.ResultOK, "", id, labels, bind); err != nil {
 		zeroAll()
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
+		return nil, auditUnavailable(err)
 	}
 	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
 	for i, c := range issued {
@@ -138,7 +138,7 @@ func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*k
 	// An accepted request's nonce is durable with its audit record before
 	// the answer: a replay is refused after a restart, too.
 	if aerr := s.audit.AppendNonce(ctx, rec, nonce); aerr != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", aerr)
+		return nil, auditUnavailable(aerr)
 	}
 	if err != nil {
 		return nil, toStatus(err)
@@ -211,7 +211,7 @@ func (s *Server) checkFresh(ctx context.Context, id accesskey.ID, sts []byte) (*
 	n := &store.Nonce{Key: sha256.Sum256(append(append(payload, 0), nonce...)), Until: date.Add(reqsign.Window)}
 	granted, err := s.st.ClaimNonce(ctx, *n, now)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "store unavailable: %v", err)
+		return nil, storeUnavailable(err)
 	}
 	if !granted {
 		return nil, errReplay

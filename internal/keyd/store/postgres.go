@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -68,20 +67,23 @@ func migrations() ([]migration, error) {
 const migrationLock = 0x706f646b6579 // "podkey"
 
 // OpenPostgres connects with a libpq connection string or URL (never
-// logged: it may hold a password) and brings the schema up to date.
-func OpenPostgres(ctx context.Context, conn string) (*Postgres, error) {
-	cfg, err := pgxpool.ParseConfig(conn)
+// logged: it may hold a password), refusing TCP without verified TLS
+// unless o says otherwise, and brings the schema up to date.
+func OpenPostgres(ctx context.Context, conn string, o PostgresOptions) (*Postgres, error) {
+	cfg, err := poolConfig(conn, o)
 	if err != nil {
-		// pgx's parse errors can quote the string; say only that it is bad.
-		return nil, errors.New("store: the PostgreSQL connection string does not parse")
+		return nil, err
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("store: postgres: %w", err)
+		return nil, pgErr(err)
 	}
 	p := &Postgres{pool: pool}
 	if err := p.migrate(ctx); err != nil {
 		pool.Close()
+		if d := Detail(err); d != "" { // for the operator starting keyd
+			return nil, fmt.Errorf("%w: %s", err, d)
+		}
 		return nil, err
 	}
 	return p, nil
@@ -106,6 +108,12 @@ func (p *Postgres) migrate(ctx context.Context) error {
 		return fmt.Errorf("store: postgres: %w", err)
 	}
 	defer conn.Release()
+	// Migrations may wait for another replica's and run long: no session
+	// limits here, restored before the connection goes back to the pool.
+	if _, err := conn.Exec(ctx, `SET lock_timeout = 0; SET statement_timeout = 0`); err != nil {
+		return pgErr(err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `RESET lock_timeout; RESET statement_timeout`) //nolint:errcheck
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, migrationLock); err != nil {
 		return fmt.Errorf("store: postgres: %w", err)
 	}
@@ -139,6 +147,8 @@ func (p *Postgres) migrate(ctx context.Context) error {
 func (p *Postgres) Close() error { p.pool.Close(); return nil }
 
 func (p *Postgres) Policy(ctx context.Context) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	var doc []byte
 	err := p.pool.QueryRow(ctx, `SELECT doc FROM policy WHERE id = 1`).Scan(&doc)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -148,11 +158,15 @@ func (p *Postgres) Policy(ctx context.Context) ([]byte, error) {
 }
 
 func (p *Postgres) SetPolicy(ctx context.Context, doc []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	_, err := p.pool.Exec(ctx, `INSERT INTO policy (id, doc) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc`, doc)
 	return pgErr(err)
 }
 
 func (p *Postgres) UpdatePolicy(ctx context.Context, fn func(current []byte) ([]byte, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	return pgErr(pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		// The row lock serializes updates; the first policy's insert
 		// races only with itself, and the loser retries on the row.
@@ -176,6 +190,8 @@ func (p *Postgres) UpdatePolicy(ctx context.Context, fn func(current []byte) ([]
 }
 
 func (p *Postgres) PutSecret(ctx context.Context, s Secret) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	_, err := p.pool.Exec(ctx, `INSERT INTO secrets (namespace, name, wrapped, size, created, version) VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (namespace, name) DO UPDATE SET wrapped = excluded.wrapped, size = excluded.size, created = excluded.created, version = excluded.version`,
 		s.Namespace, s.Name, s.Wrapped, s.Size, s.Created.UnixNano(), s.Version)
@@ -183,6 +199,8 @@ func (p *Postgres) PutSecret(ctx context.Context, s Secret) error {
 }
 
 func (p *Postgres) RewrapSecret(ctx context.Context, namespace, name string, oldWrapped, newWrapped []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	tag, err := p.pool.Exec(ctx, `UPDATE secrets SET wrapped = $4 WHERE namespace = $1 AND name = $2 AND wrapped = $3`,
 		namespace, name, oldWrapped, newWrapped)
 	if err != nil {
@@ -195,6 +213,8 @@ func (p *Postgres) RewrapSecret(ctx context.Context, namespace, name string, old
 }
 
 func (p *Postgres) Secret(ctx context.Context, namespace, name string) (Secret, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	s := Secret{Namespace: namespace, Name: name}
 	var created int64
 	err := p.pool.QueryRow(ctx, `SELECT wrapped, size, created, version FROM secrets WHERE namespace = $1 AND name = $2`, namespace, name).
@@ -207,6 +227,8 @@ func (p *Postgres) Secret(ctx context.Context, namespace, name string) (Secret, 
 }
 
 func (p *Postgres) Secrets(ctx context.Context, namespace string) ([]Secret, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	rows, err := p.pool.Query(ctx, `SELECT namespace, name, size, created, version FROM secrets
 		WHERE $1 = '' OR namespace = $1 ORDER BY namespace, name`, namespace)
 	if err != nil {
@@ -226,6 +248,8 @@ func (p *Postgres) Secrets(ctx context.Context, namespace string) ([]Secret, err
 }
 
 func (p *Postgres) DeleteSecret(ctx context.Context, namespace, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	tag, err := p.pool.Exec(ctx, `DELETE FROM secrets WHERE namespace = $1 AND name = $2`, namespace, name)
 	if err != nil {
 		return pgErr(err)
@@ -237,6 +261,8 @@ func (p *Postgres) DeleteSecret(ctx context.Context, namespace, name string) err
 }
 
 func (p *Postgres) Revoke(ctx context.Context, r Revocation) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	// Never shorten a revocation, nor move its time back.
 	_, err := p.pool.Exec(ctx, `INSERT INTO revocations (pod_uid, revoked, until) VALUES ($1, $2, $3)
 		ON CONFLICT (pod_uid) DO UPDATE SET revoked = greatest(revocations.revoked, excluded.revoked), until = greatest(revocations.until, excluded.until)`,
@@ -245,6 +271,8 @@ func (p *Postgres) Revoke(ctx context.Context, r Revocation) error {
 }
 
 func (p *Postgres) RevokedAt(ctx context.Context, namespace, serviceAccount, podUID string, now time.Time) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	var at int64
 	err := p.pool.QueryRow(ctx, `SELECT greatest(
 		coalesce((SELECT revoked FROM revocations WHERE pod_uid = $3 AND until > $4), 0),
@@ -260,6 +288,8 @@ func (p *Postgres) RevokedAt(ctx context.Context, namespace, serviceAccount, pod
 }
 
 func (p *Postgres) PruneRevocations(ctx context.Context, now time.Time) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	n := 0
 	for _, q := range []string{`DELETE FROM revocations WHERE until <= $1`, `DELETE FROM renewals WHERE until <= $1`} {
 		tag, err := p.pool.Exec(ctx, q, now.UnixNano())
@@ -272,6 +302,8 @@ func (p *Postgres) PruneRevocations(ctx context.Context, now time.Time) (int, er
 }
 
 func (p *Postgres) AddRenewal(ctx context.Context, r Renewal) (Renewal, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	var seq int64
 	err := p.pool.QueryRow(ctx, `INSERT INTO renewals (namespace, service_account, pod_uid, at, until) VALUES ($1, $2, $3, $4, $5) RETURNING seq`,
 		r.Namespace, r.ServiceAccount, r.UID, r.At.UnixNano(), r.Until.UnixNano()).Scan(&seq)
@@ -280,6 +312,8 @@ func (p *Postgres) AddRenewal(ctx context.Context, r Renewal) (Renewal, error) {
 }
 
 func (p *Postgres) Renewals(ctx context.Context, after uint64, now time.Time) ([]Renewal, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	rows, err := p.pool.Query(ctx, `SELECT seq, namespace, service_account, pod_uid, at, until FROM renewals
 		WHERE seq > $1 AND until > $2 ORDER BY seq`, int64(after), now.UnixNano())
 	if err != nil {
@@ -299,6 +333,8 @@ func (p *Postgres) Renewals(ctx context.Context, after uint64, now time.Time) ([
 }
 
 func (p *Postgres) PodNode(ctx context.Context, podUID string, now time.Time) (string, time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	var node string
 	var until int64
 	err := p.pool.QueryRow(ctx, `SELECT node, until FROM pods WHERE pod_uid = $1 AND until > $2`, podUID, now.UnixNano()).Scan(&node, &until)
@@ -315,6 +351,8 @@ func (p *Postgres) PodNode(ctx context.Context, podUID string, now time.Time) (s
 // statement, so of two replicas claiming one nonce exactly one inserts
 // (the other waits for it, then finds a live row and updates nothing).
 func (p *Postgres) ClaimNonce(ctx context.Context, n Nonce, now time.Time) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	tag, err := p.pool.Exec(ctx, `INSERT INTO nonces (key, until) VALUES ($1, $2)
 		ON CONFLICT (key) DO UPDATE SET until = excluded.until WHERE nonces.until < $3`,
 		n.Key[:], n.Until.UnixNano(), now.UnixNano())
@@ -325,12 +363,16 @@ func (p *Postgres) ClaimNonce(ctx context.Context, n Nonce, now time.Time) (bool
 }
 
 func (p *Postgres) NonceSeen(ctx context.Context, key [32]byte, now time.Time) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	var seen bool
 	err := p.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM nonces WHERE key = $1 AND until >= $2)`, key[:], now.UnixNano()).Scan(&seen)
 	return seen, pgErr(err)
 }
 
 func (p *Postgres) PruneNonces(ctx context.Context, now time.Time) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	tag, err := p.pool.Exec(ctx, `DELETE FROM nonces WHERE until < $1`, now.UnixNano())
 	if err != nil {
 		return 0, pgErr(err)
@@ -350,6 +392,8 @@ func (p *Postgres) AppendAudit(ctx context.Context, entries []AuditEntry) error 
 }
 
 func (p *Postgres) AppendAuditAfter(ctx context.Context, seal func(last AuditEntry) ([]AuditEntry, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	return pgErr(pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLock); err != nil {
 			return err
@@ -395,6 +439,8 @@ func (p *Postgres) AppendAuditAfter(ctx context.Context, seal func(last AuditEnt
 }
 
 func (p *Postgres) LastAudit(ctx context.Context) (AuditEntry, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
 	var e AuditEntry
 	var seq int64
 	err := p.pool.QueryRow(ctx, `SELECT seq, data FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&seq, &e.Data)
@@ -411,22 +457,9 @@ const scanPage = 1000
 func (p *Postgres) ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) error) error {
 	next := int64(from)
 	for {
-		rows, err := p.pool.Query(ctx, `SELECT seq, data FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2`, next, scanPage)
+		page, err := p.scanPage(ctx, next)
 		if err != nil {
-			return pgErr(err)
-		}
-		var page []AuditEntry
-		for rows.Next() {
-			var e AuditEntry
-			var seq int64
-			if err := rows.Scan(&seq, &e.Data); err != nil {
-				return pgErr(err)
-			}
-			e.Seq = uint64(seq)
-			page = append(page, e)
-		}
-		if err := rows.Err(); err != nil {
-			return pgErr(err)
+			return err
 		}
 		for _, e := range page {
 			if err := fn(e); err != nil {
@@ -440,23 +473,27 @@ func (p *Postgres) ScanAudit(ctx context.Context, from uint64, fn func(AuditEntr
 	}
 }
 
-// ErrUnavailable wraps a lost or refused database connection: keyd
-// answers Unavailable, and the pool reconnects by itself.
-var ErrUnavailable = errors.New("store: database unavailable")
-
-// pgErr passes store errors through and marks connection failures.
-func pgErr(err error) error {
-	if err == nil || errors.Is(err, ErrAuditSeq) || errors.Is(err, ErrNotFound) {
-		return err
+// scanPage reads up to scanPage entries from next on, within CallTimeout
+// (a whole scan of a long log takes as long as it takes).
+func (p *Postgres) scanPage(ctx context.Context, next int64) ([]AuditEntry, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	rows, err := p.pool.Query(ctx, `SELECT seq, data FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2`, next, scanPage)
+	if err != nil {
+		return nil, pgErr(err)
 	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return fmt.Errorf("store: postgres: %s (%s)", pe.Message, pe.Code)
+	defer rows.Close()
+	var page []AuditEntry
+	for rows.Next() {
+		var e AuditEntry
+		var seq int64
+		if err := rows.Scan(&seq, &e.Data); err != nil {
+			return nil, pgErr(err)
+		}
+		e.Seq = uint64(seq)
+		page = append(page, e)
 	}
-	if pgconn.SafeToRetry(err) || errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "connect") {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	return err
+	return page, pgErr(rows.Err())
 }
 
 // PostgresURLEnv is the environment variable that may hold the connection

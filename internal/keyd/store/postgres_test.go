@@ -23,7 +23,7 @@ func TestPostgres(t *testing.T) {
 	conns := map[store.Store]string{}
 	open := func(t *testing.T, conn string) store.Store {
 		t.Helper()
-		s, err := store.OpenPostgres(context.Background(), conn)
+		s, err := store.OpenPostgres(context.Background(), conn, store.PostgresOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +48,7 @@ func TestPostgresSchemaVersions(t *testing.T) {
 	srv := pgtest.Start(t)
 	conn := srv.NewDatabase(t)
 	for i := 0; i < 2; i++ { // the second open finds the schema current
-		s, err := store.OpenPostgres(ctx, conn)
+		s, err := store.OpenPostgres(ctx, conn, store.PostgresOptions{})
 		if err != nil {
 			t.Fatalf("open %d: %v", i, err)
 		}
@@ -67,10 +67,10 @@ func TestPostgresSchemaVersions(t *testing.T) {
 	if _, err := c.Exec(ctx, `INSERT INTO schema_migrations (version, applied) VALUES ($1, 0)`, want+1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.OpenPostgres(ctx, conn); err == nil || !strings.Contains(err.Error(), "newer than this keyd") {
+	if _, err := store.OpenPostgres(ctx, conn, store.PostgresOptions{}); err == nil || !strings.Contains(err.Error(), "newer than this keyd") {
 		t.Fatalf("a newer schema: %v", err)
 	}
-	if _, err := store.OpenPostgres(ctx, "postgres://u:hunter2-Zq81@[bad"); err == nil || strings.Contains(err.Error(), "hunter2") {
+	if _, err := store.OpenPostgres(ctx, "postgres://u:hunter2-Zq81@[bad", store.PostgresOptions{}); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("a bad connection string: %v", err)
 	}
 }
@@ -110,7 +110,7 @@ func TestImportIsAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	open := func() *store.Postgres {
-		p, err := store.OpenPostgres(ctx, srv.NewDatabase(t))
+		p, err := store.OpenPostgres(ctx, srv.NewDatabase(t), store.PostgresOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +168,7 @@ func TestPostgresOverTLS(t *testing.T) {
 	db := pgtest.DatabaseName(srv.NewDatabase(t))
 	const password = "password=hunter2-not-for-logs"
 	conn := srv.TLSConnString(db) + " " + password
-	p, err := store.OpenPostgres(ctx, conn)
+	p, err := store.OpenPostgres(ctx, conn, store.PostgresOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,9 +181,8 @@ func TestPostgresOverTLS(t *testing.T) {
 	for name, c := range map[string][2]string{
 		"another CA":   {strings.Replace(conn, srv.CAFile, other.CAFile, 1), "unknown authority"},
 		"another name": {strings.Replace(conn, "host=127.0.0.1", "host=127.0.0.2", 1), "not 127.0.0.2"},
-		"without TLS":  {strings.Replace(conn, "sslmode=verify-full", "sslmode=disable", 1), "no encryption"},
 	} {
-		p, err := store.OpenPostgres(ctx, c[0])
+		p, err := store.OpenPostgres(ctx, c[0], store.PostgresOptions{})
 		if err == nil {
 			p.Close()
 			t.Fatalf("%s: connected", name)
@@ -193,4 +192,59 @@ func TestPostgresOverTLS(t *testing.T) {
 		}
 		t.Logf("%s: %v", name, err)
 	}
+}
+
+// TestPostgresTransportMustBeVerified: over TCP keyd takes only a TLS
+// connection that verifies the server (verify-full, or verify-ca with a
+// root), whatever form the connection string takes or the environment
+// adds; anything that could fall back to plaintext or accept any server
+// is refused before a byte is sent. A unix socket needs no TLS, and the
+// development override lets plaintext through.
+func TestPostgresTransportMustBeVerified(t *testing.T) {
+	ctx := context.Background()
+	srv := pgtest.StartTLS(t)
+	db := pgtest.DatabaseName(srv.NewDatabase(t))
+	conn := srv.TLSConnString(db)
+	host, port := "127.0.0.1", strings.Fields(strings.SplitN(conn, "port=", 2)[1])[0]
+	url := "postgres://podkey@" + host + ":" + port + "/" + db
+	for name, c := range map[string]string{
+		"sslmode=disable":            strings.Replace(conn, "sslmode=verify-full", "sslmode=disable", 1),
+		"sslmode=allow":              strings.Replace(conn, "sslmode=verify-full", "sslmode=allow", 1),
+		"sslmode=prefer":             strings.Replace(conn, "sslmode=verify-full", "sslmode=prefer", 1),
+		"sslmode=require, no root":   strings.Replace(strings.Replace(conn, "sslmode=verify-full", "sslmode=require", 1), "sslrootcert="+srv.CAFile, "", 1),
+		"sslmode=verify-ca, no root": strings.Replace(strings.Replace(conn, "sslmode=verify-full", "sslmode=verify-ca", 1), "sslrootcert="+srv.CAFile, "", 1),
+		"no sslmode (libpq: prefer)": strings.Replace(conn, "sslmode=verify-full", "", 1),
+		"URL, sslmode=require":       url + "?sslmode=require",
+		"URL, no sslmode":            url,
+		"URL, a plaintext fallback":  "postgres://podkey@" + host + ":" + port + ",127.0.0.2:" + port + "/" + db + "?sslmode=prefer&sslrootcert=" + srv.CAFile,
+	} {
+		if _, err := store.OpenPostgres(ctx, c, store.PostgresOptions{}); !errors.Is(err, store.ErrInsecureTransport) {
+			t.Errorf("%s: %v, want ErrInsecureTransport", name, err)
+		}
+	}
+	t.Setenv("PGSSLMODE", "prefer")
+	if _, err := store.OpenPostgres(ctx, url, store.PostgresOptions{}); !errors.Is(err, store.ErrInsecureTransport) {
+		t.Errorf("PGSSLMODE=prefer: %v", err)
+	}
+	t.Setenv("PGSSLMODE", "")
+	for name, c := range map[string]string{
+		"verify-full":                       conn,
+		"verify-ca with a root":             strings.Replace(conn, "sslmode=verify-full", "sslmode=verify-ca", 1),
+		"require with a root (= verify-ca)": strings.Replace(conn, "sslmode=verify-full", "sslmode=require", 1),
+		"unix socket, sslmode=disable":      pgtest.Start(t).NewDatabase(t),
+	} {
+		p, err := store.OpenPostgres(ctx, c, store.PostgresOptions{})
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		p.Close()
+	}
+	// The override is the development mode: no verification required (the
+	// server here takes only TLS, so a TLS connection without one is made).
+	p, err := store.OpenPostgres(ctx, strings.Replace(conn, "sslmode=verify-full", "sslmode=require", 1)+" sslrootcert=", store.PostgresOptions{InsecureTransport: true})
+	if err != nil {
+		t.Fatalf("with the override: %v", err)
+	}
+	p.Close()
 }
