@@ -1,7 +1,8 @@
 // Package podfiles defines the files podkey writes into a pod's volume:
 // their names and formats, shared by the node plugin that writes them and
 // the client library workloads read them with. It depends only on the
-// standard library and package pod.
+// standard library, golang.org/x/text's Unicode normalization and package
+// pod.
 package podfiles
 
 import (
@@ -10,6 +11,9 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/cases"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/podkey/podkey/pkg/pod"
 )
@@ -62,9 +66,12 @@ const MaxNameLen = 253
 
 // ValidName checks a file name a volume may hold: valid UTF-8 of at most
 // MaxNameLen bytes, no path separator, no leading '.' (the writer owns
-// "..data"), and no character that makes two names look alike or one name
-// look like another: control characters, bidirectional overrides and
-// isolates, and zero-width characters.
+// "..data"), no white space at either end, and no character that is
+// invisible or breaks a line: control characters, line and paragraph
+// separators, and every default-ignorable code point (bidirectional
+// marks, zero-width characters, variation selectors, Hangul fillers, the
+// combining grapheme joiner, ...). Names that look alike once valid are
+// caught by comparing them in FoldName's form.
 func ValidName(name string) error {
 	switch {
 	case name == "" || len(name) > MaxNameLen:
@@ -76,16 +83,59 @@ func ValidName(name string) error {
 	case strings.HasPrefix(name, "."):
 		return fmt.Errorf("file name %q starts with '.'", name)
 	}
+	first, _ := utf8.DecodeRuneInString(name)
+	last, _ := utf8.DecodeLastRuneInString(name)
+	if isSpace(first) || isSpace(last) {
+		return fmt.Errorf("file name %q begins or ends with white space", name)
+	}
 	for _, r := range name {
-		// Cf: bidirectional marks, embeddings, overrides and isolates,
-		// zero-width spaces and joiners, the byte order mark, soft hyphen.
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
-			return fmt.Errorf("file name %q contains the invisible or control character %U", name, r)
+		switch {
+		case unicode.IsControl(r), unicode.In(r, unicode.Zl, unicode.Zp):
+			return fmt.Errorf("file name %q contains the control or line-breaking character %U", name, r)
+		case ignorable(r):
+			return fmt.Errorf("file name %q contains the invisible character %U", name, r)
 		}
 	}
 	return nil
 }
 
-// FoldName is the form two names are compared in when they must differ by
-// more than case (a volume may be read on a case-insensitive file system).
-func FoldName(name string) string { return strings.ToLower(strings.ToUpper(name)) }
+// isSpace is white space of any kind: Unicode's White_Space property and
+// every space separator (no-break and ideographic spaces included).
+func isSpace(r rune) bool { return unicode.IsSpace(r) || unicode.Is(unicode.Zs, r) }
+
+// ignorable reports Unicode's Default_Ignorable_Code_Point property
+// (DerivedCoreProperties: Other_Default_Ignorable_Code_Point, format
+// characters and variation selectors): code points that render as
+// nothing, so that two names differing by them look the same.
+func ignorable(r rune) bool {
+	return unicode.In(r, unicode.Other_Default_Ignorable_Code_Point, unicode.Cf, unicode.Variation_Selector)
+}
+
+// FoldName is the form two names are compared in: they must differ in it,
+// not only by case (a volume may be read on a case-insensitive file
+// system), Unicode normalization (NFC and NFD twins, compatibility forms
+// such as full-width letters), or the kind of space between words.
+func FoldName(name string) string {
+	n := norm.NFKC.String(name)
+	n = strings.Map(func(r rune) rune {
+		switch {
+		case ignorable(r):
+			return -1
+		case isSpace(r):
+			return ' '
+		}
+		return r
+	}, n)
+	// Full case folding (ß and SS alike), then upper and lower case (one
+	// form for scripts whose folding goes to upper case, as Cherokee's);
+	// either can un-normalize, and normalization un-fold: all again until
+	// the form is stable.
+	for range 4 {
+		next := norm.NFKC.String(strings.ToLower(strings.ToUpper(cases.Fold().String(n))))
+		if next == n {
+			break
+		}
+		n = next
+	}
+	return n
+}

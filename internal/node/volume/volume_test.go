@@ -72,6 +72,9 @@ func TestWriteRejectsBadNamesAndWritesNothing(t *testing.T) {
 		{"": {Data: []byte("x")}},
 		{"big": {Data: make([]byte, MaxFileSize+1)}},
 		{"mode": {Data: []byte("x"), Mode: 0o4755}},
+		{"caf\u00e9": {Data: []byte("x")}, "cafe\u0301": {Data: []byte("y")}},
+		{"key": {Data: []byte("x")}, "KEY": {Data: []byte("y")}},
+		{"key\u00a0": {Data: []byte("x")}},
 		{},
 	} {
 		if err := Write(dir, bad, -1); !errors.Is(err, ErrBadPayload) {

@@ -75,10 +75,15 @@ func validatePayload(payload map[string]File) error {
 	if len(payload) == 0 || len(payload) > MaxFiles {
 		return fmt.Errorf("%w: %d files (1 to %d allowed)", ErrBadPayload, len(payload), MaxFiles)
 	}
+	folded := make(map[string]string, len(payload))
 	for name, f := range payload {
 		if err := ValidateName(name); err != nil {
 			return err
 		}
+		if other, dup := folded[podfiles.FoldName(name)]; dup {
+			return fmt.Errorf("%w: file names %q and %q look alike", ErrBadPayload, other, name)
+		}
+		folded[podfiles.FoldName(name)] = name
 		if len(f.Data) > MaxFileSize {
 			return fmt.Errorf("%w: file %q is larger than %d bytes", ErrBadPayload, name, MaxFileSize)
 		}
