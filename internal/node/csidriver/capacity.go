@@ -2,6 +2,7 @@ package csidriver
 
 import (
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/podfiles"
 )
 
 // pageSize is tmpfs's unit of allocation: every file takes whole pages.
@@ -29,13 +30,40 @@ func maxFileBytes(sp object.Spec) int64 {
 	return pages(1024) // apiKey JSON, derivedKey bytes
 }
 
+// shortSymlink is the longest symbolic link target, its terminating NUL
+// included, that tmpfs keeps in the inode (the kernel's
+// SHORT_SYMLINK_LEN); a longer one takes a page of its own.
+const shortSymlink = 128
+
+// links is what the volume's user-visible symbolic links take: one per
+// file, "<name>" -> "..data/<name>", shared by the generations.
+func links(specs []object.Spec) int64 {
+	var n int64
+	for _, name := range append([]string{podfiles.MetadataFile}, files(specs)...) {
+		if len(podfiles.DataDir)+1+len(name)+1 > shortSymlink {
+			n += pageSize
+		}
+	}
+	return n
+}
+
+func files(specs []object.Spec) []string {
+	var out []string
+	for i := range specs {
+		out = append(out, specs[i].Files()...)
+	}
+	return out
+}
+
 // twoGenerations bounds what a volume of these objects needs at its
 // fullest: the published generation and the one a renewal writes beside it
-// (package volume keeps no more), each with the metadata file.
+// (package volume keeps no more), each with the metadata file, and the
+// links to them. A class that fits is refused nothing for want of room
+// at any renewal.
 func twoGenerations(specs []object.Spec) int64 {
 	gen := pages(1024 + 512*len(specs)) // podkey-metadata.json
 	for _, sp := range specs {
 		gen += maxFileBytes(sp)
 	}
-	return 2 * gen
+	return 2*gen + links(specs)
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/podkey/podkey/internal/node/csidriver"
 	"github.com/podkey/podkey/internal/node/csidriver/csidrivertest"
+	"github.com/podkey/podkey/internal/node/spc"
 	"github.com/podkey/podkey/internal/node/volume"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/apikey/accesskey"
@@ -717,4 +720,58 @@ func TestSecretObjectsRefusedOnPublish(t *testing.T) {
 		t.Fatalf("publish of a class with secretObjects: %v", err)
 	}
 	h.assertClean(h.Target("u6"))
+}
+
+// TestWhatIsAdmittedCanBeRenewed: on a real tmpfs of every size in a
+// range, a class of API keys with long file names is either refused at
+// publish, before keyd is asked, or published and renewed again and
+// again: the room check counts everything the writer creates, the
+// per-file symbolic links included (tmpfs keeps a link target of 128
+// bytes or more in a page of its own).
+func TestWhatIsAdmittedCanBeRenewed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounts tmpfs: needs root")
+	}
+	var objs strings.Builder
+	for i := range 24 {
+		fmt.Fprintf(&objs, "- {name: k%d, kind: apiKey, ttl: 1m, file: %s%02d}\n", i, strings.Repeat("n", 230), i)
+	}
+	h := &harness{csidrivertest.Start(t, nil)}
+	h.Classes = spc.Static{"payments/long": class("payments", "long", "podkey", objs.String())}
+	admitted, refused := 0, 0
+	for pages := int64(40); pages <= 120; pages += 4 {
+		h.SizeLimit = pages * 4096
+		h.D = h.NewDriver()
+		uid := fmt.Sprintf("uid-%d", pages)
+		target := h.Target(uid)
+		t.Cleanup(func() { _ = exec.Command("umount", target).Run() })
+		before := h.AuditRecords()
+		_, err := h.D.NodePublishVolume(context.Background(), publishReq(target, uid, "long"))
+		if status.Code(err) == codes.ResourceExhausted {
+			refused++
+			if h.AuditRecords() != before {
+				t.Fatalf("%d pages: refused after keyd was asked", pages)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%d pages: %v", pages, err)
+		}
+		admitted++
+		for range 3 {
+			h.Advance(50 * time.Second) // past the 1m keys' renewal point
+			if _, err := h.D.NodePublishVolume(context.Background(), publishReq(target, uid, "long")); err != nil {
+				t.Fatalf("%d pages: republish: %v", pages, err)
+			}
+		}
+		if strings.Contains(h.Logs.String(), "renewal failed") {
+			t.Fatalf("a tmpfs of %d pages admitted the class, then a renewal failed:\n%s", pages, h.Logs.String())
+		}
+		if _, err := h.D.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-" + uid, TargetPath: target}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if admitted == 0 || refused == 0 {
+		t.Fatalf("the sizes tried admitted %d and refused %d: the boundary lies outside them", admitted, refused)
+	}
 }

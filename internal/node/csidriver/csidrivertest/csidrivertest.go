@@ -101,6 +101,10 @@ type Harness struct {
 	D       *csidriver.Driver
 	// MaxVolumeBytes is the node's bound (0: the default).
 	MaxVolumeBytes int64
+	// SizeLimit is each volume's tmpfs size (0: the default).
+	SizeLimit int64
+	// Classes, when set, replaces the package's Classes in NewDriver.
+	Classes spc.Source
 
 	mu    sync.Mutex
 	clock time.Time
@@ -142,8 +146,13 @@ func (h *Harness) Advance(d time.Duration) {
 // NewDriver starts a driver on the harness's state directory, as a
 // restarted podkey-csi would.
 func (h *Harness) NewDriver() *csidriver.Driver {
+	var classes spc.Source = Classes
+	if h.Classes != nil {
+		classes = h.Classes
+	}
 	d, err := csidriver.New(csidriver.Options{
-		NodeID: "node-1", StateDir: h.StateDir(), PodsDir: h.PodsDir(), MaxVolumeBytes: h.MaxVolumeBytes, Issuer: h.Keyd.Keyd, Revoker: h.Keyd.Keyd, Classes: Classes,
+		NodeID: "node-1", StateDir: h.StateDir(), PodsDir: h.PodsDir(), MaxVolumeBytes: h.MaxVolumeBytes, SizeLimit: h.SizeLimit,
+		Issuer: h.Keyd.Keyd, Revoker: h.Keyd.Keyd, Classes: classes,
 		Renewals: h.Keyd.Keyd, RenewalPoll: 20 * time.Millisecond,
 		Volumes: h.VolumeMounter(), Now: h.Now,
 		Logger: slog.New(slog.NewJSONHandler(h.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
