@@ -360,8 +360,24 @@ func TestPythonSignerAgainstLiveKeyd(t *testing.T) {
 				!strings.Contains(string(out), `"Suite":"`+string(s)+`"`) {
 				t.Fatalf("%v\n%s", err, out)
 			}
-			r, _ := http.NewRequest("GET", w.backend.URL+"/v1/accounts", nil)
+			// Non-ASCII header values, signed as the UTF-8 bytes sent, and a URL
+			// with user information, which is no part of Host.
+			userURL := strings.Replace(w.backend.URL, "http://", "http://user:pw@", 1)
+			out, err = exec.Command(python, "../../docs/examples/python/podkey_sign.py", "--key", filepath.Join(w.target, "ledger-api"),
+				"--url", userURL+"/v1/notes", "--header", "X-Note: café €5 中文", "--header", "X-Note: ß", "--sign-header", "x-note").CombinedOutput()
+			if err != nil || !strings.HasPrefix(string(out), "200 ") {
+				t.Fatalf("non-ASCII header values from Python: %v\n%s", err, out)
+			}
 			k, _ := w.vol.APIKey("ledger-api")
+			gr, _ := http.NewRequest("GET", w.backend.URL+"/v1/notes", nil)
+			gr.Header.Add("X-Note", "café €5 中文")
+			if err := reqsign.Sign(gr, k.Suite, k.ID, k.Secret, time.Now(), "X-Note"); err != nil {
+				t.Fatal(err)
+			}
+			if resp, err := http.DefaultClient.Do(gr); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("non-ASCII header values from Go: %v %v", resp, err)
+			}
+			r, _ := http.NewRequest("GET", w.backend.URL+"/v1/accounts", nil)
 			_ = reqsign.Sign(r, k.Suite, k.ID, k.Secret, time.Now())
 			r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), reqsign.Version+"-", reqsign.RetiredVersion+"-", 1))
 			resp, err := http.DefaultClient.Do(r)

@@ -11,7 +11,10 @@ sends it, or prints the string to sign and the Authorization header.
         --data '{"amount":100}'
 
 The request-target is sent exactly as given in --url (path and query as
-written, nothing re-encoded), and that is what is signed.
+written, nothing re-encoded), and that is what is signed. Header values
+are sent as UTF-8 and signed as the bytes sent (docs/request-signing.md,
+"Header values are octets"). User information in --url (user:pw@) is
+never sent as the Host.
 """
 import argparse
 import base64
@@ -29,19 +32,25 @@ ALGORITHMS = {"intl": (VERSION + "-HMAC-SHA256", "sha256"), "gm": (VERSION + "-H
 ALWAYS_SIGNED = ("host", "x-podkey-date", "x-podkey-nonce")
 
 
+def wire(value):
+    """A header value as it is sent: UTF-8 octets."""
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
 def string_to_sign(suite, date, nonce, method, target, headers, signed, body):
-    """The string to sign. headers is a list of (name, value) field lines
-    in the order they are sent; signed the lower-case names, sorted."""
+    """The string to sign, as bytes. headers is a list of (name, value)
+    field lines in the order they are sent; signed the lower-case names,
+    sorted. Each signed value is taken as the octets sent."""
     alg, hash_name = ALGORITHMS[suite]
-    lines = [alg, date, nonce, method, target]
+    lines = [wire(x) for x in (alg, date, nonce, method, target)]
     for name in signed:
-        values = [v.strip(" \t") for (n, v) in headers if n.lower() == name]
+        values = [wire(v).strip(b" \t") for (n, v) in headers if n.lower() == name]
         if not values:
             raise ValueError("signed header %r is absent" % name)
-        lines += ["%s:%s" % (name, v) for v in values]
-    lines.append(";".join(signed))
-    lines.append(hashlib.new(hash_name, body).hexdigest())
-    return "\n".join(lines).encode()
+        lines += [name.encode("ascii") + b":" + v for v in values]
+    lines.append(";".join(signed).encode("ascii"))
+    lines.append(hashlib.new(hash_name, body).hexdigest().encode("ascii"))
+    return b"\n".join(lines)
 
 
 def sign(suite, key_id, secret, method, target, host, headers, body, extra_signed=(), date=None, nonce=None):
@@ -80,16 +89,20 @@ def main():
     key_id, secret, suite = load_key(a.key)
     u = urllib.parse.urlsplit(a.url)
     target = (u.path or "/") + ("?" + u.query if u.query or a.url.endswith("?") else "")
+    # The host and port alone: netloc would carry user:pw@ into Host.
+    host = u.hostname if ":" not in (u.hostname or "") else "[%s]" % u.hostname
+    if u.port is not None:
+        host += ":%d" % u.port
     headers = [tuple(x.strip() for x in h.split(":", 1)) for h in a.header]
     body = a.data.encode()
-    lines, sts = sign(suite, key_id, secret, a.method, target, u.netloc, headers, body, a.sign_header, a.date, a.nonce)
+    lines, sts = sign(suite, key_id, secret, a.method, target, host, headers, body, a.sign_header, a.date, a.nonce)
     if a.print:
-        sys.stdout.write(sts.decode() + "\n" + dict(lines)["Authorization"] + "\n")
+        sys.stdout.write(sts.decode("utf-8") + "\n" + dict(lines)["Authorization"] + "\n")
         return 0
-    conn = (http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection)(u.netloc, timeout=10)
+    conn = (http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection)(u.hostname, u.port, timeout=10)
     conn.putrequest(a.method, target, skip_host=True, skip_accept_encoding=True)
     for name, value in lines:
-        conn.putheader(name, value)
+        conn.putheader(name, wire(value))  # bytes: sent as they are, not as Latin-1
     if body:
         conn.putheader("Content-Length", str(len(body)))
     conn.endheaders(body or None)
