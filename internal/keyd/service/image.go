@@ -49,7 +49,10 @@ func (k *keydService) UnwrapImageKey(ctx context.Context, req *keydv1.UnwrapImag
 	}
 	// The first entry the policy lets this node use and this keyd holds:
 	// one private-key operation whatever the number of recipients.
-	pol := s.policy.Load()
+	pol, err := s.currentPolicy()
+	if err != nil {
+		return nil, err
+	}
 	var chosen *imagecrypt.Entry
 	var allowed []string
 	for i := range entries {

@@ -58,6 +58,7 @@ func (s *Server) changeRule(ctx context.Context, req *keydv1.PolicyRule, add boo
 		return nil, toStatus(err)
 	}
 	s.policy.Store(next)
+	s.confirmPolicy()
 	change := "removed"
 	if add {
 		change = "added"

@@ -39,6 +39,10 @@ type Server struct {
 	audit  *audit.Log
 	issuer *credential.Issuer
 	policy atomic.Pointer[policy.Policy]
+	// policySeen is when the policy in force was last confirmed to be
+	// the store's; serving is the health status that gives.
+	policySeen atomic.Pointer[time.Time]
+	serving    atomic.Int32
 	// admission bounds the Issue and Verify calls held in memory.
 	admission *admission
 	metrics   *metrics
@@ -88,6 +92,7 @@ func (s *Server) loadPolicy(ctx context.Context) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		s.policy.Store(policy.Empty())
+		s.confirmPolicy()
 		return nil
 	case err != nil:
 		return err
@@ -97,6 +102,7 @@ func (s *Server) loadPolicy(ctx context.Context) error {
 		return fmt.Errorf("keyd: stored policy: %w", err)
 	}
 	s.policy.Store(p)
+	s.confirmPolicy()
 	return nil
 }
 
@@ -110,6 +116,7 @@ func (s *Server) setPolicy(ctx context.Context, p *policy.Policy, source string)
 		return err
 	}
 	s.policy.Store(p)
+	s.confirmPolicy()
 	return s.audit.Append(ctx, audit.Record{Action: audit.ActionPolicySet, Result: audit.ResultOK,
 		Reason: fmt.Sprintf("%d rules from %s", len(p.Rules), source)})
 }
@@ -156,6 +163,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
+	s.serving.Store(int32(healthpb.HealthCheckResponse_SERVING))
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.pruneLoop(pctx) }()
@@ -206,13 +214,17 @@ func (s *Server) followPolicy(ctx context.Context) {
 				last = doc
 			}
 		}
+		if err == nil || errors.Is(err, store.ErrNotFound) && last == nil {
+			s.confirmPolicy()
+		}
 		s.policyMu.Unlock()
+		s.updateHealth()
 		switch {
 		case err == nil || errors.Is(err, store.ErrNotFound) || ctx.Err() != nil:
 			failing = false
 		case !failing: // once per outage, not twice a second
 			failing = true
-			s.opts.Logger.Warn("reading the stored policy failed; the last one stays in force", "error", err)
+			s.opts.Logger.Warn("reading the stored policy failed; the last one stays in force for up to PolicyMaxAge", "error", err, "storeDetail", store.Detail(err))
 		}
 	}
 }

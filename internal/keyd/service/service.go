@@ -56,7 +56,10 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), nil)
 		return nil, err
 	}
-	pol := s.policy.Load()
+	pol, err := s.currentPolicy()
+	if err != nil {
+		return nil, err
+	}
 	var denied []string
 	for _, sp := range specs {
 		if !pol.Allowed(id.Namespace, id.ServiceAccount, sp.Name, sp.Kind) {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -163,4 +164,56 @@ func (s *Server) NewDatabase(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return s.ConnString(name)
+}
+
+// Freeze stops the server and every session's process with SIGSTOP: the
+// database stops answering without closing a connection, as a stalled
+// disk or a frozen host would. Thaw (or the test's end) resumes them.
+func (s *Server) Freeze(t testing.TB) {
+	t.Helper()
+	pids := s.processes(t)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	t.Cleanup(func() { s.signal(pids, syscall.SIGCONT) })
+}
+
+// Thaw resumes a frozen server.
+func (s *Server) Thaw(t testing.TB) {
+	t.Helper()
+	s.signal(s.processes(t), syscall.SIGCONT)
+}
+
+func (s *Server) signal(pids []int, sig syscall.Signal) {
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, sig)
+	}
+}
+
+// processes are the postmaster (from postmaster.pid) and its children.
+func (s *Server) processes(t testing.TB) []int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.data(), "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := []int{master}
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range procs {
+		st, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if i := strings.LastIndexByte(string(st), ')'); i > 0 {
+			if f := strings.Fields(string(st[i+1:])); len(f) > 1 && f[1] == strconv.Itoa(master) {
+				pid, _ := strconv.Atoi(strings.Split(p, "/")[2])
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }
