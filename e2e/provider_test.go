@@ -111,7 +111,7 @@ func TestPodkeyProviderUnderTheUpstreamDriver(t *testing.T) {
 	_ = os.MkdirAll(providers, 0o755)
 	metrics := freePort(t)
 	prov := exec.CommandContext(ctx, filepath.Join(w.bin, "podkey-csi"), "--mode", "provider", "--node-name", "node-1",
-		"--provider-socket", filepath.Join(providers, "podkey.sock"), "--state-dir", filepath.Join(w.dir, "provider-state"),
+		"--provider-socket", filepath.Join(providers, "podkey.sock"), "--state-dir", filepath.Join(w.dir, "provider-state"), "--pods-dir", filepath.Join(w.dir, "pods"),
 		"--keyd-socket", w.sock(), "--kubeconfig", kubeconfig, "--registration-dir", "", "--metrics-addr", metrics, "--secrets-store-rotation-poll-interval", "1s", "--log-format", "json", "--log-level", "debug")
 	provLog := &syncBuffer{}
 	prov.Env, prov.Stderr = w.env, provLog

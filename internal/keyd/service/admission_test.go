@@ -7,7 +7,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/tap"
 
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 )
@@ -25,96 +24,148 @@ func retryDelay(t *testing.T, err error) time.Duration {
 	return d
 }
 
-var issueInfo = &tap.Info{FullMethodName: keydv1.Keyd_Issue_FullMethodName}
-
-func TestAdmissionRunsQueuesThenRefuses(t *testing.T) {
-	a := newAdmission(2, 1)
-	// Three streams are admitted (two run, one waits); the fourth is
-	// refused as it opens, with a hint within bounds.
-	var cancels []context.CancelFunc
+// admitN admits streams for id until one is refused; it returns the
+// admitted streams' contexts and cancels.
+func admitN(t *testing.T, a *admission, id string, max int) ([]context.Context, []context.CancelFunc) {
+	t.Helper()
 	var ctxs []context.Context
-	for i := 0; i < 3; i++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		ctx, err := a.tap(ctx, issueInfo)
+	var cancels []context.CancelFunc
+	for range max {
+		parent, cancel := context.WithCancel(context.Background())
+		ctx, err := a.admit(parent, id)
 		if err != nil {
-			t.Fatalf("stream %d: %v", i, err)
+			cancel()
+			if d := retryDelay(t, err); d < minRetryHint || d > maxRetryHint {
+				t.Fatalf("retry hint %v", d)
+			}
+			break
 		}
 		ctxs, cancels = append(ctxs, ctx), append(cancels, cancel)
 	}
-	if _, err := a.tap(context.Background(), issueInfo); err == nil {
-		t.Fatal("a fourth stream was admitted")
-	} else if d := retryDelay(t, err); d < minRetryHint || d > maxRetryHint {
-		t.Fatalf("retry hint %v", d)
-	}
-	// Other methods are never refused.
-	if _, err := a.tap(context.Background(), &tap.Info{FullMethodName: keydv1.Keyd_Revoke_FullMethodName}); err != nil {
-		t.Fatalf("Revoke refused: %v", err)
-	}
-	r1, err := a.run(ctxs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	r2, err := a.run(ctxs[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	started := make(chan func())
-	go func() {
-		r, err := a.run(ctxs[2])
-		if err != nil {
-			t.Error(err)
+	t.Cleanup(func() {
+		for _, c := range cancels {
+			c()
 		}
-		started <- r
-	}()
-	select {
-	case <-started:
-		t.Fatal("a waiting call ran while every slot was taken")
-	case <-time.After(50 * time.Millisecond):
+	})
+	return ctxs, cancels
+}
+
+// One caller alone takes at most half the capacity; each newcomer is
+// admitted at once, up to its share, while the first is refused.
+func TestOneCallerCannotTakeEverything(t *testing.T) {
+	a := newAdmission(2, 8) // capacity 10
+	flood, _ := admitN(t, a, "node-a", 100)
+	if len(flood) != 5 {
+		t.Fatalf("a caller alone was admitted %d of 10", len(flood))
 	}
-	r1()
-	r3 := <-started
-	// A stream's end, however it ends, frees its admission.
-	cancels[0]()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := a.tap(context.Background(), issueInfo); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("an ended stream kept its admission")
-		}
-		time.Sleep(time.Millisecond)
+	b, _ := admitN(t, a, "node-b", 100)
+	if len(b) != 3 { // 10 / (2 identities + 1)
+		t.Fatalf("the second caller was admitted %d", len(b))
 	}
-	// A waiting call whose caller gives up stops waiting.
-	wctx, wcancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { _, err := a.run(wctx); done <- err }()
-	wcancel()
-	if err := <-done; status.Code(err) != codes.Canceled {
-		t.Fatalf("a cancelled wait: %v", err)
+	c, _ := admitN(t, a, "node-c", 100)
+	if len(c) != 2 { // what is left
+		t.Fatalf("the third caller was admitted %d", len(c))
 	}
-	r2()
-	r3()
-	if len(a.slots) != 0 {
-		t.Fatalf("%d slots held after every release", len(a.slots))
-	}
-	for _, c := range cancels {
-		c()
+	if _, err := a.admit(context.Background(), "node-a"); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("the flooding caller admitted again: %v", err)
 	}
 }
 
-func TestAdmissionWithoutQueueRefusesBeyondInflight(t *testing.T) {
-	a := newAdmission(4, 0)
-	ok, refused := 0, 0
-	for i := 0; i < 10; i++ {
-		if _, err := a.tap(context.Background(), issueInfo); err == nil {
-			ok++
-		} else if status.Code(err) == codes.ResourceExhausted {
-			refused++
+// A freed slot goes to the identities with waiting calls in turn: a
+// caller with many waiting calls does not make another wait behind all
+// of them.
+func TestFreedSlotsGoToIdentitiesInTurn(t *testing.T) {
+	a := newAdmission(1, 40)
+	aCtx, _ := admitN(t, a, "node-a", 6)
+	bCtx, _ := admitN(t, a, "node-b", 2)
+	if len(aCtx) != 6 || len(bCtx) != 2 {
+		t.Fatalf("admitted %d and %d", len(aCtx), len(bCtx))
+	}
+	first, err := a.run(aCtx[0], "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 8)
+	start := func(ctx context.Context, id string) {
+		go func() {
+			r, err := a.run(ctx, id)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- id
+			r()
+		}()
+	}
+	for _, ctx := range aCtx[1:] {
+		start(ctx, "node-a")
+	}
+	time.Sleep(20 * time.Millisecond) // node-a's calls wait first
+	for _, ctx := range bCtx {
+		start(ctx, "node-b")
+	}
+	time.Sleep(20 * time.Millisecond)
+	first()
+	var got []string
+	for range 7 {
+		got = append(got, <-order)
+	}
+	bDone := 0
+	for i, id := range got {
+		if id == "node-b" {
+			bDone++
+			if bDone == 2 && i > 3 {
+				t.Fatalf("node-b's two calls ran %dth and later, behind node-a's queue: %v", i+1, got)
+			}
 		}
 	}
-	if ok != 4 || refused != 6 {
-		t.Fatalf("%d admitted, %d refused; want 4 and 6", ok, refused)
+	if bDone != 2 {
+		t.Fatalf("order %v", got)
+	}
+}
+
+// A stream's end frees its admission; a waiting call whose caller gives
+// up stops waiting; a stream that sends no request in time is ended.
+func TestAdmissionEndsWithTheStream(t *testing.T) {
+	a := newAdmission(1, 3) // capacity 4, a caller alone 2
+	ctxs, cancels := admitN(t, a, "n", 10)
+	if len(ctxs) != 2 {
+		t.Fatalf("admitted %d", len(ctxs))
+	}
+	r, err := a.run(ctxs[0], "n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { _, err := a.run(ctxs[1], "n"); done <- err }()
+	time.Sleep(20 * time.Millisecond)
+	cancels[1]()
+	if err := <-done; status.Code(err) != codes.Canceled {
+		t.Fatalf("a cancelled wait: %v", err)
+	}
+	r()
+	cancels[0]()
+	eventually(t, func() bool { n, running := a.stats(); return n == 0 && running == 0 }, "every admission returned")
+
+	a.firstMessage = 30 * time.Millisecond
+	ctx, err := a.admit(context.Background(), "idle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a stream without a request kept its admission")
+	}
+	eventually(t, func() bool { n, _ := a.stats(); return n == 0 }, "the idle stream's admission returned")
+}
+
+func eventually(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("not within 5s: %s", what)
+		}
 	}
 }
 

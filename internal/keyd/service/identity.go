@@ -81,22 +81,7 @@ func (s *Server) callerCert(ctx context.Context) (*x509.Certificate, error) {
 		return nil, status.Error(codes.Unauthenticated,
 			"no client certificate: node agents obtain one with NodeCertificate, workloads use their podkey certificate (intl suite)")
 	}
-	certs := info.State.PeerCertificates
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	leaf := certs[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: s.clientCAs(), Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: s.opts.Now()}); err != nil {
-		var inv x509.CertificateInvalidError
-		if errors.As(err, &inv) && inv.Reason == x509.Expired {
-			return nil, status.Errorf(codes.Unauthenticated, "node client certificate expired at %s: renew it with NodeCertificate",
-				leaf.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
-		}
-		return nil, status.Errorf(codes.Unauthenticated, "client certificate not accepted: %v", err)
-	}
-	return leaf, nil
+	return s.verifyClientCert(info.State.PeerCertificates)
 }
 
 // callerNode is the node named by the caller's client certificate.

@@ -18,6 +18,9 @@ type metrics struct {
 	calls    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	refused  prometheus.Counter
+	// bootstrapRefused and unauthenticated count what callers without a
+	// verified certificate were refused.
+	bootstrapRefused, unauthenticated prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
@@ -28,13 +31,17 @@ func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
 			Help:    "Keyd and Admin API call latency by method, admission wait included.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"method"}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_keyd_admission_refused_total",
-			Help: "Issue and Verify calls refused with ResourceExhausted because running and waiting calls were at their bounds."}),
+			Help: "Issue, Verify and UnwrapImageKey calls refused with ResourceExhausted: running and waiting calls at their bounds, or the caller at its share."}),
+		bootstrapRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_keyd_bootstrap_refused_total",
+			Help: "Calls of TLS callers without a client certificate (NodeCertificate, a pod's Revoke, public keys) refused with ResourceExhausted: the bootstrap lane at its bounds."}),
+		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_keyd_unauthenticated_refused_total",
+			Help: "Calls refused before admission because the TLS caller presented no client certificate podkey's CA verifies; none is audited."}),
 	}
-	reg.MustRegister(m.calls, m.duration, m.refused,
+	reg.MustRegister(m.calls, m.duration, m.refused, m.bootstrapRefused, m.unauthenticated,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_admitted",
-			Help: "Issue and Verify calls admitted (running or waiting)."}, func() float64 { return float64(a.admitted.Load()) }),
+			Help: "Issue and Verify calls admitted (running or waiting)."}, func() float64 { n, _ := a.stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_running",
-			Help: "Issue and Verify calls running."}, func() float64 { return float64(len(a.slots)) }),
+			Help: "Issue and Verify calls running."}, func() float64 { _, n := a.stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_capacity",
 			Help: "Issue and Verify calls keyd admits at most (running plus waiting)."}, func() float64 { return float64(a.capacity) }),
 	)

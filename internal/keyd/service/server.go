@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/credential"
@@ -43,8 +44,12 @@ type Server struct {
 	// the store's; serving is the health status that gives.
 	policySeen atomic.Pointer[time.Time]
 	serving    atomic.Int32
-	// admission bounds the Issue and Verify calls held in memory.
+	// admission bounds the heavy calls of authenticated callers held in
+	// memory, bootstrap those of TLS callers without a certificate; see
+	// caller.go.
 	admission *admission
+	bootstrap *admission
+	verified  certCache
 	metrics   *metrics
 	policyMu  sync.Mutex // serializes read-modify-write of the policy
 
@@ -64,6 +69,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		kr: opts.Keyring, tok: opts.Keyring.Token(), st: opts.Store}
 	inflight, queued := admissionBounds(opts.MaxInflight, opts.MaxQueued)
 	s.admission = newAdmission(inflight, queued)
+	s.bootstrap = newAdmission(bootstrapInflight, bootstrapQueued)
 	s.metrics = newMetrics(opts.Registerer, s.admission)
 	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
 	s.audit = audit.Open(s.st, s.kr.AuditKeys())
@@ -145,7 +151,11 @@ func (s *Server) Serve(ctx context.Context) error {
 			return fmt.Errorf("keyd: listen %s: %w", s.opts.Listen, err)
 		}
 		s.opts.Logger.Info("serving", "address", lis.Addr().String(), "tls", true)
-		s.start(s.newGRPC(grpc.Creds(credentials.NewTLS(tlsConf))), lis, errc)
+		s.start(s.newGRPC(grpc.Creds(credentials.NewTLS(tlsConf)),
+			// One connection cannot hold more streams than this, nor a
+			// handshake or a dead peer a connection for long.
+			grpc.MaxConcurrentStreams(maxStreamsPerConn), grpc.ConnectionTimeout(10*time.Second),
+			grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})), lis, errc)
 	}
 	if len(s.servers) == 0 {
 		return errors.New("keyd: neither a socket nor a listen address is configured")
