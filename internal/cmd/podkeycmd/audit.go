@@ -117,12 +117,14 @@ func verifyOffline(ctx context.Context, hf *hsmflags.Flags, path, pgFile string)
 		st = b
 	}
 	defer st.Close()
-	n, err := audit.Verify(ctx, st, keyring.TokenAuditKeys(tok))
+	n, err := audit.VerifyAnchored(ctx, st, keyring.TokenAuditKeys(tok), keyring.TokenAuditAnchors(tok))
 	var te *audit.TamperError
-	if errors.As(err, &te) {
+	switch {
+	case errors.As(err, &te):
 		return &keydv1.VerifyAuditResponse{Records: n, BrokenAt: te.Seq, Reason: te.Reason}, nil
-	}
-	if err != nil {
+	case errors.Is(err, audit.ErrTruncated):
+		return &keydv1.VerifyAuditResponse{Records: n, BrokenAt: n + 1, Reason: err.Error()}, nil
+	case err != nil:
 		return nil, err
 	}
 	return &keydv1.VerifyAuditResponse{Records: n, Intact: true}, nil

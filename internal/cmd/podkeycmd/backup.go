@@ -152,7 +152,12 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 	if err != nil {
 		return command.Exit(command.ExitInvalid, fmt.Errorf("%s is not a keyd store: %w", from, err))
 	}
-	n, err := audit.Verify(ctx, st, keyring.TokenAuditKeys(tok))
+	keys := keyring.TokenAuditKeys(tok)
+	n, err := audit.Verify(ctx, st, keys)
+	var anchor audit.Anchor
+	if err == nil {
+		anchor, err = audit.TailAnchor(ctx, st, keys, time.Now())
+	}
 	st.Close()
 	if err != nil {
 		return command.Exit(command.ExitTampered, fmt.Errorf("the backup's audit chain does not verify with this HSM, nothing was restored: %w", err))
@@ -178,6 +183,13 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 		if err := putAside(j, "store's journal"); err != nil {
 			return err
 		}
+	}
+	// The chain goes back to the backup's end: so must its anchor on the
+	// HSM, or keyd would refuse the shorter chain as truncated. Moved
+	// first: a crash before the rename leaves the longer store, which
+	// the lower anchor accepts.
+	if err := keyring.ResetAuditAnchor(ctx, tok, anchor); err != nil {
+		return command.Exit(command.ExitUnavailable, fmt.Errorf("re-anchoring the audit chain on the HSM: %w", err))
 	}
 	if err := os.Rename(staged, to); err != nil {
 		return err

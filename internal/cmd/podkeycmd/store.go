@@ -68,7 +68,7 @@ func migrateStore(cmd *cobra.Command, hf *hsmflags.Flags, from, conn string) err
 	defer src.Close()
 	mac := keyring.TokenAuditKeys(tok)
 	// A broken chain is not carried over as if it were sound.
-	if _, err := audit.Verify(ctx, src, mac); err != nil {
+	if _, err := audit.VerifyAnchored(ctx, src, mac, keyring.TokenAuditAnchors(tok)); err != nil {
 		return command.Exit(command.ExitTampered, fmt.Errorf("the source's audit chain does not verify, nothing was copied: %w", err))
 	}
 	st, err := src.State(ctx)
@@ -89,7 +89,7 @@ func migrateStore(cmd *cobra.Command, hf *hsmflags.Flags, from, conn string) err
 	case err != nil:
 		return fmt.Errorf("%w; nothing was written", err)
 	}
-	verified, err := audit.Verify(ctx, dst, mac)
+	verified, err := audit.VerifyAnchored(ctx, dst, mac, keyring.TokenAuditAnchors(tok))
 	if err != nil {
 		return command.Exit(command.ExitTampered, fmt.Errorf("the audit chain copied into PostgreSQL does not verify: %w", err))
 	}

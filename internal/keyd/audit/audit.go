@@ -142,8 +142,18 @@ func recordMAC(ctx context.Context, keys Keys, key []byte, r *Record) ([]byte, e
 // arrival order and written in one durable transaction. Append returns only
 // when its record is on disk.
 type Log struct {
-	st   store.Store
-	keys Keys
+	st      store.Store
+	keys    Keys
+	anchors Anchors // nil: none
+
+	// The newest anchor known (writer goroutine only): the stored chain
+	// may not end before anchorSeq.
+	anchorLoaded bool
+	anchorSeq    uint64
+	anchoredAt   time.Time
+	// seenSeq is the longest chain this writer has read or written: a
+	// shared store's chain only grows, so a shorter one was cut.
+	seenSeq uint64
 
 	// The chain's tail as this log last wrote it (writer goroutine only);
 	// re-read from the store when unknown or when another writer moved it.
@@ -191,10 +201,17 @@ const commitDelay = 100 * time.Microsecond
 const KeyLifetime = time.Second
 
 // Open starts a log that continues the chain stored in st.
-func Open(st store.Store, keys Keys) *Log { return open(st, keys, KeyLifetime) }
+func Open(st store.Store, keys Keys) *Log { return open(st, keys, nil, KeyLifetime) }
 
-func open(st store.Store, keys Keys, keyLifetime time.Duration) *Log {
-	l := &Log{st: st, keys: keys, keyLifetime: keyLifetime,
+// OpenAnchored is Open that also anchors the chain in anchors every
+// AnchorEvery and on Close, and refuses to continue a stored chain that
+// ends before its newest anchor (ErrTruncated: every append fails).
+func OpenAnchored(st store.Store, keys Keys, anchors Anchors) *Log {
+	return open(st, keys, anchors, KeyLifetime)
+}
+
+func open(st store.Store, keys Keys, anchors Anchors, keyLifetime time.Duration) *Log {
+	l := &Log{st: st, keys: keys, anchors: anchors, keyLifetime: keyLifetime,
 		reqs: make(chan *pending, maxBatch), done: make(chan struct{}), exited: make(chan struct{})}
 	l.wg.Add(1)
 	go l.run()
@@ -286,6 +303,7 @@ func (l *Log) run() {
 				case p := <-l.reqs:
 					p.err <- ErrClosed
 				default:
+					l.anchor()
 					return
 				}
 			}
@@ -319,7 +337,45 @@ func (l *Log) run() {
 		for _, p := range batch {
 			p.err <- err
 		}
+		if err == nil && time.Since(l.anchoredAt) >= AnchorEvery {
+			l.anchor()
+		}
 	}
+}
+
+// anchor saves the tail this writer last wrote as the newest anchor.
+func (l *Log) anchor() {
+	if l.anchors == nil || !l.tailKnown {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+	defer cancel()
+	a, err := NewAnchor(ctx, l.keys, l.tailSeq, l.tailMAC, time.Now())
+	if err == nil {
+		err = l.anchors.Save(ctx, a)
+	}
+	if err == nil {
+		l.anchorSeq, l.anchoredAt = max(l.anchorSeq, a.Seq), time.Now()
+	}
+}
+
+// loadAnchor reads and checks the newest anchor, once.
+func (l *Log) loadAnchor(ctx context.Context) error {
+	if l.anchors == nil || l.anchorLoaded {
+		return nil
+	}
+	a, ok, err := l.anchors.Load(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: anchor: %w", err)
+	}
+	if ok {
+		if err := a.Check(ctx, l.keys); err != nil {
+			return err
+		}
+		l.anchorSeq = a.Seq
+	}
+	l.anchorLoaded = true
+	return nil
 }
 
 // commitTimeout bounds one batch's store transaction: a store that stalls
@@ -339,10 +395,16 @@ var errKeyBehind = errors.New("audit: batch key does not fit the stored tail")
 func (l *Log) commit(batch []*pending) error {
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
+	if err := l.loadAnchor(ctx); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		if !l.tailKnown {
 			last, err := l.st.LastAudit(ctx)
 			if err != nil {
+				return err
+			}
+			if err := l.checkNotCut(last.Seq); err != nil {
 				return err
 			}
 			if err := l.setTail(last); err != nil {
@@ -359,6 +421,9 @@ func (l *Log) commit(batch []*pending) error {
 					return nil, err
 				}
 			}
+			if err := l.checkNotCut(last.Seq); err != nil {
+				return nil, err
+			}
 			if !l.keyFits() {
 				return nil, errKeyBehind
 			}
@@ -374,8 +439,19 @@ func (l *Log) commit(batch []*pending) error {
 			return err
 		}
 		l.tailSeq, l.tailMAC, l.tailGen = l.tailSeq+uint64(len(batch)), tail, l.keyGen
+		l.seenSeq = max(l.seenSeq, l.tailSeq)
 		return nil
 	}
+}
+
+// checkNotCut refuses a stored chain ending at last that is shorter than
+// the anchor, or than a chain this writer has seen.
+func (l *Log) checkNotCut(last uint64) error {
+	if floor := max(l.anchorSeq, l.seenSeq); last < floor {
+		return fmt.Errorf("%w (it ends at %d; %d records were there)", ErrTruncated, last, floor)
+	}
+	l.seenSeq = last
+	return nil
 }
 
 // keyGeneration is the audit key generation the next record takes: the
@@ -457,6 +533,35 @@ func (e *TamperError) Error() string {
 // Verify walks the whole log and checks positions, links and MACs. It
 // returns the number of records proven, or a *TamperError.
 func Verify(ctx context.Context, st store.Store, keys Keys) (uint64, error) {
+	n, _, err := verify(ctx, st, keys, 0)
+	return n, err
+}
+
+// VerifyAnchored is Verify that also holds the chain against its newest
+// anchor: a chain that ends before it is ErrTruncated, one whose record
+// at the anchor differs is a *TamperError. Without an anchor it is Verify.
+func VerifyAnchored(ctx context.Context, st store.Store, keys Keys, anchors Anchors) (uint64, error) {
+	a, ok, err := anchors.Load(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("audit: anchor: %w", err)
+	}
+	if !ok {
+		return Verify(ctx, st, keys)
+	}
+	if err := a.Check(ctx, keys); err != nil {
+		return 0, err
+	}
+	n, at, err := verify(ctx, st, keys, a.Seq)
+	if err != nil {
+		return n, err
+	}
+	return n, checkAnchor(a, n, func(uint64) ([]byte, error) { return at, nil })
+}
+
+// verify is Verify, also returning the MAC of record macOf (nil when the
+// chain does not reach it).
+func verify(ctx context.Context, st store.Store, keys Keys, macOf uint64) (uint64, []byte, error) {
+	var at []byte
 	var (
 		n        uint64
 		prev     = []byte{}
@@ -502,10 +607,13 @@ func Verify(ctx context.Context, st store.Store, keys Keys) (uint64, error) {
 			return &TamperError{Seq: e.Seq, Reason: "MAC does not match the record's contents"}
 		}
 		prev, prevGen = r.MAC, r.keyGen()
+		if r.Seq == macOf {
+			at = r.MAC
+		}
 		n++
 		return nil
 	})
-	return n, err
+	return n, at, err
 }
 
 // Export writes every record as one JSON object per line.

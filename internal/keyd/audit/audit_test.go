@@ -294,3 +294,131 @@ func TestNoHSMCallUnderTheChainLock(t *testing.T) {
 		t.Fatalf("verify: %d %v", n, err)
 	}
 }
+
+// memAnchors keeps anchors in memory, as the token does.
+type memAnchors struct {
+	mu sync.Mutex
+	a  *audit.Anchor
+}
+
+func (m *memAnchors) Load(context.Context) (audit.Anchor, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.a == nil {
+		return audit.Anchor{}, false, nil
+	}
+	return *m.a, true, nil
+}
+
+func (m *memAnchors) Save(_ context.Context, a audit.Anchor) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.a == nil || a.Seq > m.a.Seq {
+		m.a = &a
+	}
+	return nil
+}
+
+// cutStore shows the chain without its records after cut, as a store
+// whose tail was deleted would.
+type cutStore struct {
+	store.Store
+	cut atomic.Uint64 // 0: nothing cut
+}
+
+func (c *cutStore) visible(seq uint64) bool { n := c.cut.Load(); return n == 0 || seq <= n }
+
+func (c *cutStore) LastAudit(ctx context.Context) (store.AuditEntry, error) {
+	if n := c.cut.Load(); n > 0 {
+		var e store.AuditEntry
+		err := c.Store.ScanAudit(ctx, n, func(x store.AuditEntry) error {
+			if x.Seq == n {
+				e = x
+			}
+			return nil
+		})
+		return e, err
+	}
+	return c.Store.LastAudit(ctx)
+}
+
+func (c *cutStore) ScanAudit(ctx context.Context, from uint64, fn func(store.AuditEntry) error) error {
+	return c.Store.ScanAudit(ctx, from, func(e store.AuditEntry) error {
+		if !c.visible(e.Seq) {
+			return nil
+		}
+		return fn(e)
+	})
+}
+
+func (c *cutStore) AppendAuditAfter(ctx context.Context, seal func(store.AuditEntry) ([]store.AuditEntry, error)) error {
+	if c.cut.Load() > 0 {
+		last, err := c.LastAudit(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = seal(last) // the writer sees the cut tail and must refuse
+		if err == nil {
+			return errors.New("the writer sealed onto a cut chain")
+		}
+		return err
+	}
+	return c.Store.AppendAuditAfter(ctx, seal)
+}
+
+// Deleting the newest records leaves a chain that verifies record by
+// record; against its anchor it is truncated, and a writer refuses to go
+// on from it, whether it saw the longer chain itself or only its anchor.
+func TestTruncatedTailIsDetected(t *testing.T) {
+	ctx := context.Background()
+	st := &cutStore{Store: newStore(t)}
+	anchors := &memAnchors{}
+	keys := audit.MACFunc(softMAC)
+	appendN := func(l *audit.Log, n int) error {
+		for i := range n {
+			if err := l.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Pod: fmt.Sprint(i)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	l := audit.OpenAnchored(st, keys, anchors)
+	if err := appendN(l, 10); err != nil {
+		t.Fatal(err)
+	}
+	l.Close() // anchors the tail
+	if n, err := audit.VerifyAnchored(ctx, st, keys, anchors); err != nil || n != 10 {
+		t.Fatalf("intact: %d %v", n, err)
+	}
+	st.cut.Store(7)
+	if n, err := audit.Verify(ctx, st, keys); err != nil || n != 7 {
+		t.Fatalf("the cut chain alone verifies: %d %v", n, err)
+	}
+	if _, err := audit.VerifyAnchored(ctx, st, keys, anchors); !errors.Is(err, audit.ErrTruncated) {
+		t.Fatalf("against its anchor: %v", err)
+	}
+	// A writer started afterwards knows only the anchor.
+	l2 := audit.OpenAnchored(st, keys, anchors)
+	if err := appendN(l2, 1); !errors.Is(err, audit.ErrTruncated) {
+		t.Fatalf("a new writer went on from a cut chain: %v", err)
+	}
+	l2.Close()
+	// A running writer that wrote the longer chain itself, anchored or not.
+	st.cut.Store(0)
+	l3 := audit.OpenAnchored(st, keys, anchors)
+	defer l3.Close()
+	if err := appendN(l3, 3); err != nil {
+		t.Fatal(err)
+	}
+	st.cut.Store(12) // one of its own records, not yet anchored
+	if err := appendN(l3, 1); !errors.Is(err, audit.ErrTruncated) {
+		t.Fatalf("the writer went on from a chain cut behind it: %v", err)
+	}
+	// A forged anchor does not count.
+	a, _, _ := anchors.Load(ctx)
+	a.Seq = 3
+	anchors.a = &a
+	if _, err := audit.VerifyAnchored(ctx, st, keys, anchors); err == nil || errors.Is(err, audit.ErrTruncated) {
+		t.Fatalf("a forged anchor: %v", err)
+	}
+}

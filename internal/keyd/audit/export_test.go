@@ -7,4 +7,6 @@ import (
 )
 
 // OpenWithKeyLifetime is Open with another batch key lifetime (tests).
-func OpenWithKeyLifetime(st store.Store, keys Keys, d time.Duration) *Log { return open(st, keys, d) }
+func OpenWithKeyLifetime(st store.Store, keys Keys, d time.Duration) *Log {
+	return open(st, keys, nil, d)
+}

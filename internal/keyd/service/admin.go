@@ -94,11 +94,13 @@ func (a *adminService) ExportAudit(_ *keydv1.ExportAuditRequest, stream grpc.Ser
 }
 
 func (a *adminService) VerifyAudit(ctx context.Context, _ *keydv1.VerifyAuditRequest) (*keydv1.VerifyAuditResponse, error) {
-	n, err := audit.Verify(ctx, a.s.st, a.s.kr.AuditKeys())
+	n, err := audit.VerifyAnchored(ctx, a.s.st, a.s.kr.AuditKeys(), a.s.kr.AuditAnchors())
 	var te *audit.TamperError
 	switch {
 	case errors.As(err, &te):
 		return &keydv1.VerifyAuditResponse{Records: n, Intact: false, BrokenAt: te.Seq, Reason: te.Reason}, nil
+	case errors.Is(err, audit.ErrTruncated):
+		return &keydv1.VerifyAuditResponse{Records: n, Intact: false, BrokenAt: n + 1, Reason: err.Error()}, nil
 	case err != nil:
 		return nil, toStatus(err)
 	}

@@ -72,7 +72,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s.bootstrap = newAdmission(bootstrapInflight, bootstrapQueued)
 	s.metrics = newMetrics(opts.Registerer, s.admission)
 	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
-	s.audit = audit.Open(s.st, s.kr.AuditKeys())
+	s.audit = audit.OpenAnchored(s.st, s.kr.AuditKeys(), s.kr.AuditAnchors())
 	registerStateMetrics(opts.Registerer, s.tok, s.audit)
 	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
 	if err := s.loadPolicy(ctx); err != nil {
