@@ -117,10 +117,16 @@ func TestDisasterRecovery(t *testing.T) {
 	if err := os.Remove(store); err != nil {
 		t.Fatal(err)
 	}
-	// A damaged backup is refused and nothing is put in place.
+	// A damaged backup is refused and nothing is put in place: it is not
+	// what its HSM tag authenticates (and without a tag it is refused too).
 	bad := filepath.Join(w.dir, "backup", "bad.db")
 	_ = os.WriteFile(bad, []byte("not a store"), 0o600)
-	if out, code := podkey("store", "restore", "--from", bad, "--store", store); code != 3 {
+	if out, code := podkey("store", "restore", "--from", bad, "--store", store); code != 5 {
+		t.Fatalf("restore of a backup without its tag: %d %s", code, out)
+	}
+	tag, _ := os.ReadFile(backup + ".tag")
+	_ = os.WriteFile(bad+".tag", tag, 0o600)
+	if out, code := podkey("store", "restore", "--from", bad, "--store", store); code != 7 {
 		t.Fatalf("restore of a damaged backup: %d %s", code, out)
 	}
 	if _, err := os.Stat(store); err == nil {

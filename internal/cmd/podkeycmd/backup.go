@@ -1,6 +1,10 @@
 package podkeycmd
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +51,9 @@ records the backup in its audit log (after the copy's last record).`,
 			}
 			var size int64
 			var last uint64
+			var final *keydv1.BackupChunk
 			complete := false
+			sum := sha256.New()
 			err = atomicfile.WriteFrom(out, func(w io.Writer) error {
 				for {
 					c, err := stream.Recv()
@@ -61,9 +67,10 @@ records the backup in its audit log (after the copy's last record).`,
 						return err
 					}
 					if len(c.Data) == 0 {
-						complete, last = true, c.LastAuditSeq
+						complete, last, final = true, c.LastAuditSeq, c
 						continue
 					}
+					sum.Write(c.Data)
 					n, err := w.Write(c.Data)
 					size += int64(n)
 					if err != nil {
@@ -74,12 +81,62 @@ records the backup in its audit log (after the copy's last record).`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "backed up keyd's store to %s: %d bytes, audit records 1..%d\n", out, size, last)
+			t := backupTag{Version: 1, SHA256: hex.EncodeToString(sum.Sum(nil)), Size: size, LastAuditSeq: last,
+				KeyGen: int(final.GetTagKeyGen()), MAC: final.GetTag()}
+			if len(t.MAC) == 0 {
+				return errors.New("keyd sent no tag for the backup (an older keyd): the backup was written but cannot be restored by this podkey")
+			}
+			data, _ := json.MarshalIndent(t, "", "  ")
+			if err := atomicfile.Write(tagPath(out), data); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "backed up keyd's store to %s: %d bytes, audit records 1..%d; its HSM tag in %s (keep both)\n", out, size, last, tagPath(out))
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "the backup file to write")
 	return cmd
+}
+
+// backupTag is the file beside a backup that the HSM's tag travels in.
+type backupTag struct {
+	Version      int    `json:"version"`
+	SHA256       string `json:"sha256"`
+	Size         int64  `json:"size"`
+	LastAuditSeq uint64 `json:"lastAuditSeq"`
+	KeyGen       int    `json:"keyGen"`
+	MAC          []byte `json:"mac"`
+}
+
+func tagPath(backup string) string { return backup + ".tag" }
+
+// checkBackup verifies the copy of backup from at file against its tag,
+// with the HSM.
+func checkBackup(ctx context.Context, keys audit.Keys, from, file string) (backupTag, error) {
+	var t backupTag
+	data, err := os.ReadFile(tagPath(from))
+	if err != nil {
+		return t, command.Exit(command.ExitNotFound, fmt.Errorf("the backup's HSM tag: %w (podkey store backup writes it beside the backup)", err))
+	}
+	if err := json.Unmarshal(data, &t); err != nil || t.Version != 1 {
+		return t, command.Exit(command.ExitTampered, fmt.Errorf("%s is not a backup tag", tagPath(from)))
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return t, command.Exit(command.ExitNotFound, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, f)
+	if err != nil {
+		return t, err
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	if err := audit.CheckBackupTag(ctx, keys, sum, size, t.LastAuditSeq, t.KeyGen, t.MAC); err != nil {
+		return t, command.Exit(command.ExitTampered, fmt.Errorf("nothing was restored: %w", err))
+	}
+	return t, nil
 }
 
 func newStoreRestoreCommand() *cobra.Command {
@@ -91,7 +148,9 @@ func newStoreRestoreCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore --from BACKUP --store FILE",
 		Short: "Put a backup in place of a stopped keyd's bbolt store, after verifying its audit chain",
-		Long: `restore copies BACKUP beside FILE, opens the copy, verifies its audit chain
+		Long: `restore copies BACKUP beside FILE, checks the copy against the HSM tag
+keyd wrote beside the backup (BACKUP.tag: an edited, truncated or foreign
+backup is refused, exit 7), opens the copy, verifies its audit chain
 with the HSM's audit key (the token must be reachable: --hsm-* flags or
 their environment variables), and only then renames it over FILE. keyd
 must be stopped: a store a running keyd holds is refused (exit 6). An
@@ -140,6 +199,7 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 		return err
 	}
 	defer tok.Close()
+	keys := keyring.TokenAuditKeys(tok)
 	staged := filepath.Join(filepath.Dir(to), "."+filepath.Base(to)+".restoring")
 	defer os.Remove(staged)
 	if err := atomicfile.WriteFrom(staged, func(w io.Writer) error {
@@ -148,11 +208,14 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 	}); err != nil {
 		return err
 	}
+	// The copy that will be put in place is what is checked.
+	if _, err := checkBackup(ctx, keys, from, staged); err != nil {
+		return err
+	}
 	st, err := store.OpenBolt(staged)
 	if err != nil {
 		return command.Exit(command.ExitInvalid, fmt.Errorf("%s is not a keyd store: %w", from, err))
 	}
-	keys := keyring.TokenAuditKeys(tok)
 	n, err := audit.Verify(ctx, st, keys)
 	var anchor audit.Anchor
 	if err == nil {

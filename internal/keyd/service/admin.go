@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -182,9 +183,11 @@ func (a *adminService) BackupStore(_ *keydv1.BackupStoreRequest, stream grpc.Ser
 	// The last audit record's number is known only once the copy's
 	// transaction is open; it travels in the final, empty chunk.
 	buf := make([]byte, 1<<20)
+	sum := sha256.New()
 	for {
 		n, err := io.ReadFull(pr, buf)
 		if n > 0 {
+			sum.Write(buf[:n])
 			if serr := stream.Send(&keydv1.BackupChunk{Data: buf[:n]}); serr != nil {
 				pr.CloseWithError(serr)
 				<-done
@@ -203,11 +206,17 @@ func (a *adminService) BackupStore(_ *keydv1.BackupStoreRequest, stream grpc.Ser
 	if r.err != nil {
 		return toStatus(r.err)
 	}
+	var digest [32]byte
+	copy(digest[:], sum.Sum(nil))
+	tag, gen, err := audit.BackupTag(ctx, a.s.kr.AuditKeys(), digest, int64(r.size), r.last)
+	if err != nil {
+		return toStatus(err)
+	}
 	if err := a.s.audit.Append(ctx, audit.Record{Action: audit.ActionStoreBackup, Result: audit.ResultOK,
-		Reason: fmt.Sprintf("%d bytes, audit records up to %d", r.size, r.last)}); err != nil {
+		Reason: fmt.Sprintf("%d bytes, SHA-256 %x, audit records up to %d", r.size, digest, r.last)}); err != nil {
 		return auditUnavailable(err)
 	}
-	return stream.Send(&keydv1.BackupChunk{LastAuditSeq: r.last})
+	return stream.Send(&keydv1.BackupChunk{LastAuditSeq: r.last, Tag: tag, TagKeyGen: int32(gen)})
 }
 
 // rotateKEK moves every wrapped value to a new key-encryption key

@@ -2893,9 +2893,13 @@ func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
 // data, only the sequence number of the copy's last audit record: a
 // stream that ends without it is incomplete.
 type BackupChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	LastAuditSeq  uint64                 `protobuf:"varint,2,opt,name=last_audit_seq,json=lastAuditSeq,proto3" json:"last_audit_seq,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Data         []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	LastAuditSeq uint64                 `protobuf:"varint,2,opt,name=last_audit_seq,json=lastAuditSeq,proto3" json:"last_audit_seq,omitempty"`
+	// The final chunk: the HSM's audit key authenticates the whole copy
+	// (its SHA-256, size and last audit record), under generation tag_key_gen.
+	Tag           []byte `protobuf:"bytes,3,opt,name=tag,proto3" json:"tag,omitempty"`
+	TagKeyGen     int32  `protobuf:"varint,4,opt,name=tag_key_gen,json=tagKeyGen,proto3" json:"tag_key_gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2940,6 +2944,20 @@ func (x *BackupChunk) GetData() []byte {
 func (x *BackupChunk) GetLastAuditSeq() uint64 {
 	if x != nil {
 		return x.LastAuditSeq
+	}
+	return 0
+}
+
+func (x *BackupChunk) GetTag() []byte {
+	if x != nil {
+		return x.Tag
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetTagKeyGen() int32 {
+	if x != nil {
+		return x.TagKeyGen
 	}
 	return 0
 }
@@ -3136,10 +3154,12 @@ const file_keyd_proto_rawDesc = "" +
 	"\x15CreateImageKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\"\x14\n" +
-	"\x12BackupStoreRequest\"G\n" +
+	"\x12BackupStoreRequest\"y\n" +
 	"\vBackupChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12$\n" +
-	"\x0elast_audit_seq\x18\x02 \x01(\x04R\flastAuditSeq2\xe5\x05\n" +
+	"\x0elast_audit_seq\x18\x02 \x01(\x04R\flastAuditSeq\x12\x10\n" +
+	"\x03tag\x18\x03 \x01(\fR\x03tag\x12\x1e\n" +
+	"\vtag_key_gen\x18\x04 \x01(\x05R\ttagKeyGen2\xe5\x05\n" +
 	"\x04Keyd\x12D\n" +
 	"\x05Issue\x12\x1c.podkey.keyd.v1.IssueRequest\x1a\x1d.podkey.keyd.v1.IssueResponse\x12G\n" +
 	"\x06Verify\x12\x1d.podkey.keyd.v1.VerifyRequest\x1a\x1e.podkey.keyd.v1.VerifyResponse\x12G\n" +
