@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/podkey/podkey/internal/host/secmem"
@@ -107,6 +108,8 @@ type Keyring struct {
 	images map[string]*imageKey
 	// imageMisses are image key ids found missing on the token, and when.
 	imageMisses map[string]time.Time
+	// refreshed is when Refresh last read the token (unix ns).
+	refreshed atomic.Int64
 }
 
 // Init creates whatever root keys are missing (generation 1 of each purpose
@@ -285,8 +288,40 @@ func (kr *Keyring) Refresh(ctx context.Context) error {
 			}
 		}
 	}
+	// The KEK and audit generations new wraps and batch keys use: the
+	// newest on the token (a rotation through another replica).
+	keks, err := kekGenerations(ctx, kr.tok)
+	if err != nil {
+		return err
+	}
+	auditGen, err := auditGeneration(ctx, kr.tok)
+	if err != nil {
+		return err
+	}
+	kr.mu.Lock()
+	if len(keks) > 0 {
+		kr.kek = keks[len(keks)-1]
+	}
+	kr.audit = max(kr.audit, auditGen)
+	kr.mu.Unlock()
+	kr.refreshed.Store(time.Now().UnixNano())
 	return nil
 }
+
+// refreshSoon refreshes for a generation a caller named that this keyring
+// has not loaded (a rotation through another replica moments ago), at
+// most every refreshGap: an unknown generation in a forged credential
+// costs the token one listing per gap, not one per call.
+func (kr *Keyring) refreshSoon(ctx context.Context) error {
+	last := kr.refreshed.Load()
+	if time.Since(time.Unix(0, last)) < refreshGap || !kr.refreshed.CompareAndSwap(last, time.Now().UnixNano()) {
+		return ErrNoGeneration
+	}
+	return kr.Refresh(ctx)
+}
+
+// refreshGap bounds on-demand refreshes.
+const refreshGap = 200 * time.Millisecond
 
 // Close zeroes every unwrapped key.
 func (kr *Keyring) Close() {

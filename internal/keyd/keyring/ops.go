@@ -3,6 +3,7 @@ package keyring
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
@@ -20,6 +21,9 @@ func (kr *Keyring) MAC(ctx context.Context, s suite.Name, gen int, data []byte) 
 
 func (kr *Keyring) hmac(ctx context.Context, p Purpose, s suite.Name, gen int, data []byte) ([]byte, error) {
 	k, err := kr.get(p, s, gen)
+	if errors.Is(err, ErrNoGeneration) && kr.refreshSoon(ctx) == nil {
+		k, err = kr.get(p, s, gen)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -179,6 +179,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer s.wg.Done(); s.pruneLoop(pctx) }()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.followPolicy(pctx) }()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.followKeyring(pctx) }()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -235,6 +237,37 @@ func (s *Server) followPolicy(ctx context.Context) {
 		case !failing: // once per outage, not twice a second
 			failing = true
 			s.opts.Logger.Warn("reading the stored policy failed; the last one stays in force for up to PolicyMaxAge", "error", err, "storeDetail", store.Detail(err))
+		}
+	}
+}
+
+// keyringEvery is how often keyd reads the token's root key generations,
+// so a rotation made through another replica sharing the token (a new
+// generation of any purpose, the KEK, the audit key) is used, verified
+// and published here within it: its new API keys verify, its tokens'
+// keys are in this replica's JWK Set, its CA in this replica's bundles
+// and client CAs.
+const keyringEvery = 500 * time.Millisecond
+
+func (s *Server) followKeyring(ctx context.Context) {
+	t := time.NewTicker(keyringEvery)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, keyringEvery*5)
+		err := s.kr.Refresh(rctx)
+		cancel()
+		switch {
+		case err == nil || ctx.Err() != nil:
+			failing = false
+		case !failing:
+			failing = true
+			s.opts.Logger.Warn("reading the token's key generations failed; those loaded stay in use", "error", err)
 		}
 	}
 }
