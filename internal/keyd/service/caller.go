@@ -56,7 +56,7 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 	if !strings.HasPrefix(m, "/"+keydv1.Keyd_ServiceDesc.ServiceName+"/") {
 		return ctx, nil // health; the Admin API is on the local socket only
 	}
-	id, ok := s.callerIdentity(ctx)
+	id, ok, certErr := s.callerIdentity(ctx)
 	switch {
 	case ok && heavyMethods[m]:
 		ctx, err := s.admission.admit(ctx, id)
@@ -74,6 +74,9 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 		return ctx, err
 	}
 	s.metrics.unauthenticated.Inc()
+	if certErr != nil { // a certificate was presented: say what is wrong with it
+		return nil, certErr
+	}
 	return nil, status.Error(codes.Unauthenticated,
 		"no client certificate podkey's CA verifies: node agents obtain one with NodeCertificate, workloads use their podkey certificate (intl suite)")
 }
@@ -93,18 +96,19 @@ func peerHost(ctx context.Context) string {
 
 // callerIdentity names an authenticated caller: "local" on the unix
 // socket, or its verified client certificate's identity (a node's SPIFFE
-// URI, a workload's). ok is false for a TLS caller without one.
-func (s *Server) callerIdentity(ctx context.Context) (string, bool) {
+// URI, a workload's). ok is false for a TLS caller without one; err says
+// why a certificate it presented was not accepted.
+func (s *Server) callerIdentity(ctx context.Context) (id string, ok bool, err error) {
 	if fromUnixSocket(ctx) {
-		return "local", true
+		return "local", true, nil
 	}
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", false
+	p, found := peer.FromContext(ctx)
+	if !found {
+		return "", false, nil
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.PeerCertificates) == 0 {
-		return "", false
+	info, isTLS := p.AuthInfo.(credentials.TLSInfo)
+	if !isTLS || len(info.State.PeerCertificates) == 0 {
+		return "", false, nil
 	}
 	return s.verified.identity(info.State.PeerCertificates, func() error {
 		_, err := s.verifyClientCert(info.State.PeerCertificates)
@@ -153,17 +157,17 @@ const (
 	certCacheSize = 8192
 )
 
-func (c *certCache) identity(certs []*x509.Certificate, verify func() error, now time.Time) (string, bool) {
+func (c *certCache) identity(certs []*x509.Certificate, verify func() error, now time.Time) (string, bool, error) {
 	leaf := certs[0]
 	key := sha256.Sum256(leaf.Raw)
 	c.mu.Lock()
 	e, hit := c.m[key]
 	c.mu.Unlock()
 	if hit && now.Sub(e.verified) < recheckAfter && now.Before(leaf.NotAfter) {
-		return e.id, true
+		return e.id, true, nil
 	}
-	if verify() != nil {
-		return "", false
+	if err := verify(); err != nil {
+		return "", false, err
 	}
 	e = cachedCert{id: certIdentity(leaf), verified: now}
 	c.mu.Lock()
@@ -172,7 +176,7 @@ func (c *certCache) identity(certs []*x509.Certificate, verify func() error, now
 	}
 	c.m[key] = e
 	c.mu.Unlock()
-	return e.id, true
+	return e.id, true, nil
 }
 
 // certIdentity names a verified certificate's holder: its first URI SAN
