@@ -58,6 +58,7 @@ type flags struct {
 	metricsAddr string
 	pgFile      string
 	pgInsecure  bool
+	policyMode  string
 	cpuProfile  string
 }
 
@@ -86,6 +87,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.JWKSListen, "jwks-listen", os.Getenv("PODKEY_JWKS_LISTEN"), "HTTPS address serving the token keys' JWK Set at "+jwks.WellKnownPath+" for token receivers, e.g. :8443; empty disables")
 	fs.StringSliceVar(&o.TLSNames, "tls-name", nil, "DNS name or IP in the serving certificate (repeatable; default localhost,127.0.0.1)")
 	fs.StringVar(&o.PolicyFile, "policy-file", os.Getenv("PODKEY_POLICY_FILE"), "YAML policy loaded at start, replacing the stored one")
+	fs.StringVar(&f.policyMode, "policy-file-mode", "replace", "what --policy-file does to a stored policy: replace it (audited; with replicas it replaces every replica's, dropping rules added at run time) or seed (used only when the store holds none)")
 	fs.BoolVar(&o.InsecureLocalIdentity, "insecure-local-identity", false, "DEVELOPMENT ONLY: trust pod identities claimed on the local socket")
 	fs.StringVar(&o.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload certificates")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for TokenReview (default: in-cluster when available)")
@@ -119,6 +121,13 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 			return command.Exit(command.ExitUsage, err)
 		}
 		defer stop()
+	}
+	switch f.policyMode {
+	case "replace":
+	case "seed":
+		o.PolicyFileSeeds = true
+	default:
+		return command.UsageError("--policy-file-mode %q: want replace or seed", f.policyMode)
 	}
 	if o.InsecureLocalIdentity {
 		o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")

@@ -198,3 +198,26 @@ func equal(a, b Rule) bool {
 
 // Empty is the default-deny policy.
 func Empty() *Policy { return &Policy{Version: Version} }
+
+// RulesNotIn counts p's rules (and image rules) that other lacks.
+func (p *Policy) RulesNotIn(other *Policy) int {
+	have := map[string]bool{}
+	for _, r := range other.Rules {
+		have[fmt.Sprintf("%v", r)] = true
+	}
+	for _, r := range other.ImageRules {
+		have[fmt.Sprintf("image %v", r)] = true
+	}
+	n := 0
+	for _, r := range p.Rules {
+		if !have[fmt.Sprintf("%v", r)] {
+			n++
+		}
+	}
+	for _, r := range p.ImageRules {
+		if !have[fmt.Sprintf("image %v", r)] {
+			n++
+		}
+	}
+	return n
+}

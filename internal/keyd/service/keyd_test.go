@@ -908,3 +908,40 @@ func chains(certPEM, bundle []byte) error {
 	_, err = c.Verify(smx509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err
 }
+
+// A policy file replaces the stored policy at start only as an explicit,
+// audited choice: replace says what it dropped (rules added at run
+// time); seed leaves a stored policy alone.
+func TestPolicyFileModes(t *testing.T) {
+	ctx := context.Background()
+	for _, seed := range []bool{false, true} {
+		e := keydtest.Start(t, func(o *service.Options) { o.PolicyFileSeeds = seed })
+		if _, err := e.Admin.AddPolicyRule(ctx, &keydv1.PolicyRule{Namespace: "shop", ServiceAccount: "shop", Objects: []string{"*"}}); err != nil {
+			t.Fatal(err)
+		}
+		e.Stop()
+		e.Run()
+		doc, err := e.Admin.GetPolicy(ctx, &keydv1.GetPolicyRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept := strings.Contains(string(doc.Yaml), "shop")
+		if kept != seed {
+			t.Fatalf("seed=%v: the run-time rule kept: %v\n%s", seed, kept, doc.Yaml)
+		}
+		var last string
+		stream, _ := e.Admin.ExportAudit(ctx, &keydv1.ExportAuditRequest{})
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				break
+			}
+			if strings.Contains(string(r.Json), `"policy.set"`) {
+				last = string(r.Json)
+			}
+		}
+		if !seed && !strings.Contains(last, "replacing the stored policy of 2 rules (1 not in the file)") {
+			t.Fatalf("the replacement's audit record: %s", last)
+		}
+	}
+}

@@ -43,8 +43,14 @@ type Options struct {
 	// TLSNames are the DNS names and IP addresses in the serving
 	// certificate. Default localhost and 127.0.0.1.
 	TLSNames []string
-	// PolicyFile, when set, replaces the stored policy at start.
+	// PolicyFile, when set, is the policy at start: it replaces the
+	// stored one (PolicyFileSeeds false), or is stored only where the
+	// store holds none (PolicyFileSeeds true). A replacement is audited
+	// with what it drops; with a shared store it replaces the policy of
+	// every replica, so keyd warns when it drops rules. Default empty.
 	PolicyFile string
+	// PolicyFileSeeds makes PolicyFile a first policy only. Default false.
+	PolicyFileSeeds bool
 	// InsecureLocalIdentity trusts the pod identity that a caller on the
 	// unix socket claims, without verifying a pod token. Development only.
 	// Default false: pod identity must be proven.

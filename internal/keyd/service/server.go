@@ -92,7 +92,18 @@ func (s *Server) loadPolicy(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("keyd: policy file %s: %w", s.opts.PolicyFile, err)
 		}
-		return s.setPolicy(ctx, p, "file "+filepath.Base(s.opts.PolicyFile))
+		stored, err := s.st.Policy(ctx)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return s.setPolicy(ctx, p, "file "+filepath.Base(s.opts.PolicyFile)+" (the store held none)")
+		case err != nil:
+			return err
+		}
+		if s.opts.PolicyFileSeeds {
+			s.opts.Logger.Info("the store holds a policy: the policy file only seeds an empty store", "file", s.opts.PolicyFile)
+		} else {
+			return s.replacePolicy(ctx, p, stored)
+		}
 	}
 	data, err := s.st.Policy(ctx)
 	switch {
@@ -110,6 +121,31 @@ func (s *Server) loadPolicy(ctx context.Context) error {
 	s.policy.Store(p)
 	s.confirmPolicy()
 	return nil
+}
+
+// replacePolicy puts the policy file's p in place of the stored policy,
+// saying (in the audit log, and loudly with a shared store) how many rules
+// it drops that the file does not have: rules added at run time, through
+// any replica.
+func (s *Server) replacePolicy(ctx context.Context, p *policy.Policy, stored []byte) error {
+	old, err := policy.Parse(stored)
+	if err != nil {
+		return fmt.Errorf("keyd: stored policy: %w", err)
+	}
+	doc, _ := p.Marshal()
+	oldDoc, _ := old.Marshal()
+	if bytes.Equal(doc, oldDoc) {
+		s.policy.Store(p)
+		s.confirmPolicy()
+		return nil
+	}
+	dropped := old.RulesNotIn(p)
+	if dropped > 0 && s.opts.SharedPorts {
+		s.opts.Logger.Warn("the policy file replaces the policy of every replica sharing the store, dropping rules added at run time (--policy-file-mode=seed keeps them)",
+			"file", s.opts.PolicyFile, "droppedRules", dropped)
+	}
+	return s.setPolicy(ctx, p, fmt.Sprintf("file %s, replacing the stored policy of %d rules (%d not in the file)",
+		filepath.Base(s.opts.PolicyFile), len(old.Rules), dropped))
 }
 
 // setPolicy stores, audits and activates a policy.
