@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/url"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -240,5 +241,41 @@ func TestFloodsDoNotStarveOtherCallers(t *testing.T) {
 		p99(base), p99(loaded), float64(p99(loaded))/float64(max(p99(base), time.Microsecond)), len(base), len(loaded))
 	if p99(loaded) > 3*time.Second {
 		t.Fatalf("p99 under the floods %s", p99(loaded))
+	}
+}
+
+// What callers without a client certificate can make durable is bounded:
+// a burst of refused calls they may make (a pod's Revoke with a bad token)
+// adds a record or two to the audit log, not one each; calls they may not
+// make add none.
+func TestUnauthenticatedRefusalsAreNotEachAudited(t *testing.T) {
+	e := keydtest.Start(t, nil)
+	ctx := context.Background()
+	records := func() uint64 {
+		r, err := e.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{})
+		if err != nil || !r.Intact {
+			t.Fatalf("audit: %v %v", r, err)
+		}
+		return r.Records
+	}
+	before := records()
+	conn, err := grpc.NewClient(e.Opts.Listen, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: roots(e), ServerName: "localhost", MinVersion: tls.VersionTLS13})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	k := keydv1.NewKeydClient(conn)
+	for i := range 300 {
+		pod := &keydv1.PodIdentity{Namespace: strings.Repeat("n", 60), ServiceAccount: "sa", PodName: fmt.Sprint("p", i), PodUid: fmt.Sprint("u", i), NodeName: "node-1"}
+		if _, err := k.Revoke(ctx, &keydv1.RevokeRequest{Pod: pod, PodToken: strings.Repeat("x", 4000)}); err == nil {
+			t.Fatal("a revocation with a bad token was taken")
+		}
+		if _, err := k.Issue(ctx, &keydv1.IssueRequest{Pod: pod}); err == nil {
+			t.Fatal("an issue without a certificate was taken")
+		}
+	}
+	if grew := records() - before; grew > 2 {
+		t.Fatalf("600 refused calls without a certificate added %d audit records", grew)
 	}
 }

@@ -21,6 +21,9 @@ type metrics struct {
 	// bootstrapRefused and unauthenticated count what callers without a
 	// verified certificate were refused.
 	bootstrapRefused, unauthenticated prometheus.Counter
+	// unauthenticatedDenied counts refusals of such callers' calls that
+	// were admitted (a bad node token, a pod token not for the pod).
+	unauthenticatedDenied prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
@@ -37,7 +40,9 @@ func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
 		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_keyd_unauthenticated_refused_total",
 			Help: "Calls refused before admission because the TLS caller presented no client certificate podkey's CA verifies; none is audited."}),
 	}
-	reg.MustRegister(m.calls, m.duration, m.refused, m.bootstrapRefused, m.unauthenticated,
+	m.unauthenticatedDenied = prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_keyd_unauthenticated_denied_total",
+		Help: "Calls of TLS callers without a client certificate refused after review (a node token or pod token not accepted); audited as one record per action every 10 s."})
+	reg.MustRegister(m.calls, m.duration, m.refused, m.bootstrapRefused, m.unauthenticated, m.unauthenticatedDenied,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_admitted",
 			Help: "Issue and Verify calls admitted (running or waiting)."}, func() float64 { n, _ := a.stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_running",

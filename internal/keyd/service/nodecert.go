@@ -36,7 +36,7 @@ func (k *keydService) NodeCertificate(ctx context.Context, req *keydv1.NodeCerti
 	node, err := s.opts.Identity.Node(ctx, req.NodeToken)
 	if err != nil {
 		st := identityStatus(err)
-		_ = s.audit.Append(ctx, audit.Record{Action: audit.ActionNodeCertificate, Result: audit.ResultDenied, Reason: status.Convert(st).Message()})
+		s.auditDeny(ctx, audit.ActionNodeCertificate, nil, status.Convert(st).Message(), nil)
 		return nil, st
 	}
 	authority, err := s.kr.CA(suite.Intl, s.kr.Current(keyring.CA, suite.Intl))

@@ -50,6 +50,7 @@ type Server struct {
 	admission *admission
 	bootstrap *admission
 	verified  certCache
+	denied    denials
 	metrics   *metrics
 	policyMu  sync.Mutex // serializes read-modify-write of the policy
 
