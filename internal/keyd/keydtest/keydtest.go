@@ -85,6 +85,17 @@ func Start(t testing.TB, mutate func(*service.Options)) *Env {
 // ("" keeps the bbolt store).
 func StartOn(t testing.TB, conn string, mutate func(*service.Options)) *Env {
 	t.Helper()
+	return start(t, conn, "", mutate)
+}
+
+// StartAt is Start with the bbolt store at path.
+func StartAt(t testing.TB, path string, mutate func(*service.Options)) *Env {
+	t.Helper()
+	return start(t, "", path, mutate)
+}
+
+func start(t testing.TB, conn, path string, mutate func(*service.Options)) *Env {
+	t.Helper()
 	cfg := keyringtest.Token(t)
 	dir := t.TempDir()
 	polFile := filepath.Join(dir, "policy.yaml")
@@ -92,7 +103,10 @@ func StartOn(t testing.TB, conn string, mutate func(*service.Options)) *Env {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	e := &Env{T: t, Logs: &SyncBuffer{}, HSM: cfg, StorePath: filepath.Join(dir, "keyd.db"), Postgres: conn}
+	if path == "" {
+		path = filepath.Join(dir, "keyd.db")
+	}
+	e := &Env{T: t, Logs: &SyncBuffer{}, HSM: cfg, StorePath: path, Postgres: conn}
 	e.Opts = service.Options{
 		Socket: filepath.Join(dir, "keyd.sock"), SharedPorts: conn != "",
 		Listen: addr, PolicyFile: polFile, InsecureLocalIdentity: true,
