@@ -168,3 +168,21 @@ export PODKEY_KUBE_BIN_DIR
     echo '```'
   fi
 } | tee -a "$OUT"
+
+# Under attack, beside the same calls unloaded (the attack suite's own
+# measurements): other callers' Verify during floods of idle streams, and
+# the other replicas' Issue while one replica is cut off its database.
+{
+  echo
+  echo "## Under attack (e2e/attack: flood and partition)"
+  echo
+  echo "Three callers' Verify p99 unloaded, then with 600 idle streams from callers"
+  echo "without a certificate and one authenticated caller's 400 idle streams and"
+  echo "continuous calls; and two replicas' Issue while the third, cut off"
+  echo "PostgreSQL while it held the audit chain's lock, stays cut for 12 s."
+  echo
+  echo '```'
+  go test -count=1 -v -run 'TestFloodsDoNotStarveOtherCallers|TestSilentPartitionOfOneReplica' ./e2e/attack/flood ./e2e/attack/partition 2>&1 |
+    grep -E "p99|the cut replica" | sed 's/^ *[a-z_]*_test.go:[0-9]*: //'
+  echo '```'
+} | tee -a "$OUT"
