@@ -92,6 +92,14 @@ func (kr *Keyring) CreateImageKey(ctx context.Context, kid string, s suite.Name)
 	}
 	kr.mu.Lock()
 	delete(kr.imageMisses, kid)
+	if kr.imageIDs != nil { // copy on write: readers hold the old map
+		ids := make(map[string]bool, len(kr.imageIDs)+1)
+		for id := range kr.imageIDs {
+			ids[id] = true
+		}
+		ids[kid] = true
+		kr.imageIDs = ids
+	}
 	kr.mu.Unlock()
 	return rec, nil
 }
@@ -135,6 +143,31 @@ func (kr *Keyring) HasImageKey(ctx context.Context, kid string) bool {
 	return err == nil
 }
 
+// imageKeyListed reports whether the token's listing of image keys, at
+// most imageMissTTL old (listed again at most that often), names kid.
+func (kr *Keyring) imageKeyListed(ctx context.Context, kid string) (bool, error) {
+	kr.mu.RLock()
+	ids, at := kr.imageIDs, kr.imageIDsAt
+	kr.mu.RUnlock()
+	if ids[kid] || time.Since(at) < imageMissTTL {
+		return ids[kid], nil
+	}
+	objs, err := kr.tok.List(ctx, imagePrefix)
+	if err != nil {
+		return false, err
+	}
+	ids = map[string]bool{}
+	for _, o := range objs {
+		if id, ok := strings.CutSuffix(strings.TrimPrefix(o.Label, imagePrefix), "/pub"); ok && o.Class == hsm.Data {
+			ids[id] = true
+		}
+	}
+	kr.mu.Lock()
+	kr.imageIDs, kr.imageIDsAt = ids, time.Now()
+	kr.mu.Unlock()
+	return ids[kid], nil
+}
+
 // imageMissTTL is how long an image key id found missing stays missing.
 const imageMissTTL = 10 * time.Second
 
@@ -149,6 +182,13 @@ func (kr *Keyring) imageKey(ctx context.Context, kid string) (*imageKey, error) 
 		return k, nil
 	}
 	if !imagecrypt.ValidKeyID(kid) || (wasMissing && time.Since(missed) < imageMissTTL) {
+		return nil, fmt.Errorf("keyring: image key %q: %w", kid, ErrNoImageKey)
+	}
+	// Unknown ids cost the token one listing per imageMissTTL, however
+	// many a caller sends: only an id the listing names is looked up.
+	if known, err := kr.imageKeyListed(ctx, kid); err != nil {
+		return nil, err
+	} else if !known {
 		return nil, fmt.Errorf("keyring: image key %q: %w", kid, ErrNoImageKey)
 	}
 	pemBytes, err := kr.tok.GetData(ctx, imagePubLabel(kid))

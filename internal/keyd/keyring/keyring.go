@@ -106,8 +106,11 @@ type Keyring struct {
 	audit  int // audit key generation new batch keys come from
 	keys   map[slot]map[int]*key
 	images map[string]*imageKey
-	// imageMisses are image key ids found missing on the token, and when.
+	// imageMisses are image key ids found missing on the token, and when;
+	// imageIDs the ids the token listed at imageIDsAt.
 	imageMisses map[string]time.Time
+	imageIDs    map[string]bool
+	imageIDsAt  time.Time
 	// refreshed is when Refresh last read the token (unix ns).
 	refreshed atomic.Int64
 }
