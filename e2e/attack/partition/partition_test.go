@@ -145,16 +145,8 @@ func TestSilentPartitionOfOneReplica(t *testing.T) {
 	}
 	viaProxy := strings.Replace(direct, "port=", fmt.Sprintf("port=%d dummy=", cut.port()), 1)
 	viaProxy = strings.Replace(viaProxy, " dummy="+strings.Fields(strings.SplitN(direct, "port=", 2)[1])[0], "", 1)
-	replica := func(conn string) *keydtest.Env {
-		o := b.Opts
-		o.Socket, o.Listen, o.PolicyFile = t.TempDir()+"/keyd.sock", "", ""
-		r := &keydtest.Env{T: t, HSM: b.HSM, Postgres: conn, Opts: o, Logs: &keydtest.SyncBuffer{}}
-		r.Run()
-		t.Cleanup(r.Stop)
-		return r
-	}
-	a := replica(viaProxy)
-	c := replica(direct)
+	a := b.Replica(viaProxy)
+	c := b.Replica(direct)
 
 	stop := make(chan struct{})
 	samples := map[string]chan sample{"a": make(chan sample, 1<<16), "b": make(chan sample, 1<<16), "c": make(chan sample, 1<<16)}

@@ -149,15 +149,7 @@ func TestParallelReplayAcrossReplicasAcceptsOnce(t *testing.T) {
 	pg := pgtest.Start(t)
 	conn := pg.NewDatabase(t)
 	a := keydtest.StartOn(t, conn, nil)
-	replicas := []*keydtest.Env{a}
-	for range 2 {
-		o := a.Opts
-		o.Socket, o.Listen, o.PolicyFile = t.TempDir()+"/keyd.sock", "", ""
-		r := &keydtest.Env{T: t, HSM: a.HSM, Postgres: conn, Opts: o, Logs: &keydtest.SyncBuffer{}}
-		r.Run()
-		t.Cleanup(r.Stop)
-		replicas = append(replicas, r)
-	}
+	replicas := []*keydtest.Env{a, a.Replica(""), a.Replica("")}
 	var served atomic.Int64
 	var backends []*httptest.Server
 	for _, r := range replicas {

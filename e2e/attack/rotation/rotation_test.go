@@ -32,12 +32,7 @@ func replicas(t *testing.T, n int) []*keydtest.Env {
 	a := keydtest.StartOn(t, conn, nil)
 	out := []*keydtest.Env{a}
 	for range n - 1 {
-		o := a.Opts
-		o.Socket, o.Listen, o.PolicyFile = t.TempDir()+"/keyd.sock", "", ""
-		r := &keydtest.Env{T: t, HSM: a.HSM, Postgres: conn, Opts: o, Logs: &keydtest.SyncBuffer{}}
-		r.Run()
-		t.Cleanup(r.Stop)
-		out = append(out, r)
+		out = append(out, a.Replica(""))
 	}
 	return out
 }

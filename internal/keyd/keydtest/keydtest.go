@@ -198,3 +198,18 @@ func (e *Env) Dial(o keydclient.Options) *grpc.ClientConn {
 	e.T.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+// Replica starts another keyd on e's token and on the PostgreSQL database
+// at conn ("": e's), with a socket of its own and neither a TLS listener
+// nor a policy file: a replica of e. It stops when the test ends.
+func (e *Env) Replica(conn string) *Env {
+	if conn == "" {
+		conn = e.Postgres
+	}
+	o := e.Opts
+	o.Socket, o.Listen, o.PolicyFile = filepath.Join(e.T.TempDir(), "keyd.sock"), "", ""
+	r := &Env{T: e.T, HSM: e.HSM, Postgres: conn, Opts: o, Logs: &SyncBuffer{}}
+	r.Run()
+	e.T.Cleanup(r.Stop)
+	return r
+}

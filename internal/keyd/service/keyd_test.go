@@ -546,12 +546,7 @@ func TestTwoKeydsOnOnePostgres(t *testing.T) {
 	pg := pgtest.Start(t)
 	conn := pg.NewDatabase(t)
 	a := keydtest.StartOn(t, conn, nil)
-	bOpts := a.Opts
-	dir := t.TempDir()
-	bOpts.Socket, bOpts.Listen, bOpts.PolicyFile = filepath.Join(dir, "b.sock"), "", ""
-	b := &keydtest.Env{T: t, HSM: a.HSM, Postgres: conn, Opts: bOpts, Logs: &keydtest.SyncBuffer{}}
-	b.Run()
-	t.Cleanup(b.Stop)
+	b := a.Replica("")
 	ctx := context.Background()
 	// Replicas' state is the database's: keyd does not copy it.
 	if stream, err := a.Admin.BackupStore(ctx, &keydv1.BackupStoreRequest{}); err == nil {
