@@ -160,6 +160,13 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 	}
 	if pub != nil {
 		pub.Bundle = func() map[string]string {
+			// Read the token's generations first: a CA rotated through another
+			// replica moments ago must not drop out of the published bundle.
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := o.Keyring.Refresh(rctx); err != nil {
+				o.Logger.Warn("reading the token's key generations before publishing the CA bundle failed", "error", err)
+			}
 			return map[string]string{trustbundle.KeyIntl: string(srv.CABundle(suite.Intl)), trustbundle.KeyGM: string(srv.CABundle(suite.GM))}
 		}
 		go pub.Run(ctx)
