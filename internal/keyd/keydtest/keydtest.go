@@ -201,13 +201,17 @@ func (e *Env) Dial(o keydclient.Options) *grpc.ClientConn {
 
 // Replica starts another keyd on e's token and on the PostgreSQL database
 // at conn ("": e's), with a socket of its own and neither a TLS listener
-// nor a policy file: a replica of e. It stops when the test ends.
-func (e *Env) Replica(conn string) *Env {
+// nor a policy file: a replica of e, with mutate's changes to its
+// options. It stops when the test ends.
+func (e *Env) Replica(conn string, mutate ...func(*service.Options)) *Env {
 	if conn == "" {
 		conn = e.Postgres
 	}
 	o := e.Opts
 	o.Socket, o.Listen, o.PolicyFile = filepath.Join(e.T.TempDir(), "keyd.sock"), "", ""
+	for _, m := range mutate {
+		m(&o)
+	}
 	r := &Env{T: e.T, HSM: e.HSM, Postgres: conn, Opts: o, Logs: &SyncBuffer{}}
 	r.Run()
 	e.T.Cleanup(r.Stop)

@@ -636,6 +636,67 @@ func TestTwoKeydsOnOnePostgres(t *testing.T) {
 	}
 }
 
+// TestRevocationCutoffsAreTheDatabaseClock: replicas sharing PostgreSQL
+// take issue times and revocation cutoffs from the database's clock, so
+// a replica whose own clock is ten minutes behind or ahead neither lets a
+// key minted just before its revocation survive, nor mints keys that
+// outlive a revocation taken after them; a revocation still never
+// poisons a key minted after it.
+func TestRevocationCutoffsAreTheDatabaseClock(t *testing.T) {
+	pg := pgtest.Start(t)
+	a := keydtest.StartOn(t, pg.NewDatabase(t), nil)
+	skewed := func(d time.Duration) func(*service.Options) {
+		return func(o *service.Options) { o.LocalClock = func() time.Time { return time.Now().Add(d) } }
+	}
+	behind, ahead := a.Replica("", skewed(-10*time.Minute)), a.Replica("", skewed(10*time.Minute))
+	ctx := context.Background()
+	pod := func(uid string) *keydv1.PodIdentity {
+		return &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "p-" + uid, PodUid: uid, NodeName: "node-1"}
+	}
+	issue := func(e *keydtest.Env, uid string) *keydv1.APIKey {
+		t.Helper()
+		r, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: pod(uid), Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Credentials[0].GetApiKey()
+	}
+	verify := func(e *keydtest.Env, ak *keydv1.APIKey) error {
+		msg := []byte("m")
+		_, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: accesskey.Sign(suite.Intl, ak.SecretKey, msg)})
+		return err
+	}
+	revoke := func(e *keydtest.Env, uid string) {
+		t.Helper()
+		if _, err := e.Keyd.Revoke(ctx, &keydv1.RevokeRequest{Pod: pod(uid)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name            string
+		minter, revoker *keydtest.Env
+	}{
+		{"revoked through a replica whose clock is behind", a, behind},
+		{"minted by a replica whose clock is ahead", ahead, a},
+		{"both skewed, opposite ways", ahead, behind},
+	} {
+		uid := strings.ReplaceAll(c.name, " ", "-")
+		before := issue(c.minter, uid)
+		revoke(c.revoker, uid)
+		for _, at := range []*keydtest.Env{a, behind, ahead} {
+			if err := verify(at, before); code(err) != codes.PermissionDenied {
+				t.Errorf("%s: a key minted before the revocation verifies: %v", c.name, err)
+			}
+		}
+		after := issue(c.minter, uid)
+		for _, at := range []*keydtest.Env{a, behind, ahead} {
+			if err := verify(at, after); err != nil {
+				t.Errorf("%s: a key minted after the revocation: %v", c.name, err)
+			}
+		}
+	}
+}
+
 // TestPostgresRestartUnderLoad: with the database restarted in the middle
 // of a burst of issues, calls fail Unavailable (never anything else) while
 // it is down and succeed again once it is back, without restarting keyd;

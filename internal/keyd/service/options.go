@@ -80,8 +80,13 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Logger receives structured logs; never secrets. Default slog.Default().
 	Logger *slog.Logger
-	// Now is the clock. Default time.Now.
+	// Now is the clock. Default: the store's when it has one (a shared
+	// PostgreSQL: see storeClock), else time.Now.
 	Now func() time.Time
+	// LocalClock is this host's clock, that the store's clock is read
+	// through when Now is not given. Default time.Now; a test gives a
+	// skewed one.
+	LocalClock func() time.Time
 }
 
 // DefaultSocket is where keyd serves its local socket unless told otherwise.

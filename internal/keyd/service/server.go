@@ -52,7 +52,9 @@ type Server struct {
 	verified  certCache
 	denied    denials
 	metrics   *metrics
-	policyMu  sync.Mutex // serializes read-modify-write of the policy
+	// clock is the shared store's, when keyd takes its time from it.
+	clock    *storeClock
+	policyMu sync.Mutex // serializes read-modify-write of the policy
 
 	health    *health.Server
 	servers   []*grpc.Server
@@ -63,10 +65,14 @@ type Server struct {
 // New builds the key service on an open keyring and store, and loads the
 // policy. Nothing listens until Serve.
 func New(ctx context.Context, opts Options) (*Server, error) {
+	clock, err := opts.useStoreClock(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, health: health.NewServer(),
+	s := &Server{opts: opts, health: health.NewServer(), clock: clock,
 		kr: opts.Keyring, tok: opts.Keyring.Token(), st: opts.Store}
 	inflight, queued := admissionBounds(opts.MaxInflight, opts.MaxQueued)
 	s.admission = newAdmission(inflight, queued)
@@ -75,6 +81,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
 	s.audit = audit.OpenAnchored(s.st, s.kr.AuditKeys(), s.kr.AuditAnchors())
 	registerStateMetrics(opts.Registerer, s.tok, s.audit)
+	registerClockMetrics(opts.Registerer, clock)
 	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
 	if err := s.loadPolicy(ctx); err != nil {
 		s.Close()
@@ -218,6 +225,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer s.wg.Done(); s.followPolicy(pctx) }()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.followKeyring(pctx) }()
+	if s.clock != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.clock.follow(pctx, s.opts.Logger) }()
+	}
 	var err error
 	select {
 	case <-ctx.Done():

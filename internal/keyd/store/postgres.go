@@ -516,3 +516,18 @@ func ConnString(file string) (string, error) {
 	}
 	return "", fmt.Errorf("PostgreSQL connection file %s is empty", file)
 }
+
+// Clock is the database server's time. Replicas sharing the database
+// take revocation cutoffs and issue times from it (see service's
+// storeClock), so their own clocks' skew cannot let a credential minted
+// by one replica just before another's revocation outlive it.
+func (p *Postgres) Clock(ctx context.Context) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	var us int64
+	err := p.pool.QueryRow(ctx, `SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint`).Scan(&us)
+	if err != nil {
+		return time.Time{}, pgErr(err)
+	}
+	return time.UnixMicro(us), nil
+}

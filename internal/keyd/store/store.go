@@ -84,6 +84,12 @@ type PodBinding struct {
 	Until        time.Time
 }
 
+// Clock is implemented by a store shared by several replicas: its time
+// is the one clock they all take cutoffs and issue times from.
+type Clock interface {
+	Clock(ctx context.Context) (time.Time, error)
+}
+
 // Store is keyd's state. Every write is durable when the call returns.
 type Store interface {
 	Policy(ctx context.Context) ([]byte, error) // ErrNotFound when none was set
