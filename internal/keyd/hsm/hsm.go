@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/podkey/podkey/internal/keyd/hsm/mechanism"
 )
 
 // DefaultModule is the SoftHSM2 module shipped by Debian's softhsm2 package,
@@ -214,6 +216,9 @@ func (t *Token) login() error {
 // Label is the token's label.
 func (t *Token) Label() string { return t.cfg.TokenLabel }
 
+// ModulePath is the PKCS#11 module the token is reached through.
+func (t *Token) ModulePath() string { return t.cfg.ModulePath }
+
 // Mechanisms is the vendor mechanism table in force.
 func (t *Token) Mechanisms() Mechanisms { return t.cfg.Mechanisms }
 
@@ -269,3 +274,9 @@ func isCode(err error, code uint) bool {
 	var e pkcs11.Error
 	return errors.As(err, &e) && uint(e) == code
 }
+
+// Mechanisms is the vendor mechanism table (see package mechanism).
+type Mechanisms = mechanism.Table
+
+// ParseMechanisms reads a vendor mechanism table.
+func ParseMechanisms(data []byte) (Mechanisms, error) { return mechanism.Parse(data) }

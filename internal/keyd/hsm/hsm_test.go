@@ -19,8 +19,12 @@ import (
 )
 
 func TestTokensCreatedAfterLoadAreFound(t *testing.T) {
-	a := hsmtest.Open(t) // loads the module
-	cfg := hsmtest.Token(t)
+	hsmtest.Each(t, testTokensCreatedAfterLoadAreFound)
+}
+
+func testTokensCreatedAfterLoadAreFound(t *testing.T, m hsmtest.Module) {
+	a := hsmtest.OpenOn(t, m) // loads the module
+	cfg := m.Token(t)
 	b, err := hsm.Open(cfg)
 	if err != nil {
 		t.Fatalf("token initialised after the module was loaded: %v", err)
@@ -67,8 +71,12 @@ func TestSecretNeverPrints(t *testing.T) {
 }
 
 func TestRootKeysAreProtectedAndNeverOverwritten(t *testing.T) {
+	hsmtest.Each(t, testRootKeysAreProtectedAndNeverOverwritten)
+}
+
+func testRootKeysAreProtectedAndNeverOverwritten(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	if err := tok.GenerateAESKey(ctx, "kek"); err != nil {
 		t.Fatal(err)
 	}
@@ -95,9 +103,11 @@ func TestRootKeysAreProtectedAndNeverOverwritten(t *testing.T) {
 	}
 }
 
-func TestOperations(t *testing.T) {
+func TestOperations(t *testing.T) { hsmtest.Each(t, testOperations) }
+
+func testOperations(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	must(t, tok.GenerateAESKey(ctx, "kek"))
 	must(t, tok.GenerateHMACKey(ctx, "mac"))
 	must(t, tok.GenerateECKeyPair(ctx, "ca"))
@@ -141,9 +151,11 @@ func TestOperations(t *testing.T) {
 	}
 }
 
-func TestDataObjects(t *testing.T) {
+func TestDataObjects(t *testing.T) { hsmtest.Each(t, testDataObjects) }
+
+func testDataObjects(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	must(t, tok.PutData(ctx, "podkey/x", []byte("v1"), true))
 	if err := tok.PutData(ctx, "podkey/x", []byte("v2"), true); !errors.Is(err, hsm.ErrObjectExists) {
 		t.Fatalf("overwrite: %v", err)
@@ -162,14 +174,16 @@ func TestDataObjects(t *testing.T) {
 
 // TestRecoversFromStaleHandles logs the token out and destroys and
 // recreates a key behind the pool's back: operations must recover.
-func TestRecoversFromStaleHandles(t *testing.T) {
+func TestRecoversFromStaleHandles(t *testing.T) { hsmtest.Each(t, testRecoversFromStaleHandles) }
+
+func testRecoversFromStaleHandles(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	must(t, tok.GenerateHMACKey(ctx, "mac"))
 	m1, err := tok.HMACSHA256(ctx, "mac", []byte("x"))
 	must(t, err)
 	// Replace the key through a second Token so the first keeps a stale handle.
-	other, err := hsm.Open(hsm.Config{ModulePath: hsm.DefaultModule, TokenLabel: tok.Label(), PIN: hsmtest.PIN})
+	other, err := hsm.Open(hsm.Config{ModulePath: tok.ModulePath(), TokenLabel: tok.Label(), PIN: hsmtest.PIN})
 	must(t, err)
 	must(t, other.Destroy(ctx, hsm.SecretKey, "mac"))
 	must(t, other.GenerateHMACKey(ctx, "mac"))
@@ -184,9 +198,11 @@ func TestRecoversFromStaleHandles(t *testing.T) {
 	must(t, tok.Ping(ctx))
 }
 
-func TestPoolIsBoundedAndConcurrent(t *testing.T) {
+func TestPoolIsBoundedAndConcurrent(t *testing.T) { hsmtest.Each(t, testPoolIsBoundedAndConcurrent) }
+
+func testPoolIsBoundedAndConcurrent(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	cfg := hsmtest.Token(t)
+	cfg := m.Token(t)
 	cfg.MaxSessions = 2
 	tok, err := hsm.Open(cfg)
 	must(t, err)
@@ -259,9 +275,11 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func TestReloginAfterLogout(t *testing.T) {
+func TestReloginAfterLogout(t *testing.T) { hsmtest.Each(t, testReloginAfterLogout) }
+
+func testReloginAfterLogout(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	must(t, tok.GenerateHMACKey(ctx, "mac"))
 	must(t, hsm.LogoutForTest(tok))
 	if _, err := tok.HMACSHA256(ctx, "mac", []byte("x")); err != nil {
@@ -282,8 +300,10 @@ func TestReloginAfterLogout(t *testing.T) {
 	}
 }
 
-func TestECDHMatchesSoftware(t *testing.T) {
-	tok := hsmtest.Open(t)
+func TestECDHMatchesSoftware(t *testing.T) { hsmtest.Each(t, testECDHMatchesSoftware) }
+
+func testECDHMatchesSoftware(t *testing.T, m hsmtest.Module) {
+	tok := hsmtest.OpenOn(t, m)
 	ctx := context.Background()
 	if err := tok.GenerateECDHKeyPair(ctx, "test/ecdh"); err != nil {
 		t.Fatal(err)

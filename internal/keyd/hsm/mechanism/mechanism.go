@@ -1,4 +1,8 @@
-package hsm
+// Package mechanism is the vendor mechanism table: the PKCS#11 codes an
+// HSM vendor assigned to SM2, SM3 and SM4 (PKCS#11 assigns none). keyd
+// reads it to use them; podkey's development SM module reads the same
+// table to offer them. No cgo, so both can import it.
+package mechanism
 
 import (
 	"fmt"
@@ -8,11 +12,11 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// Mechanisms maps podkey's SM operations to the vendor-defined PKCS#11
+// Table maps podkey's SM operations to the vendor-defined PKCS#11
 // codes of HSMs that implement SM2/SM3/SM4 natively (PKCS#11 itself assigns
 // none). A zero code means "not native": podkey then runs that operation in
 // software under a key that exists only wrapped by the HSM key-encryption key.
-type Mechanisms struct {
+type Table struct {
 	// SM3HMAC is the HMAC-SM3 signing mechanism (over a generic secret key
 	// or SM4KeyType key).
 	SM3HMAC uint `json:"sm3Hmac,omitempty"`
@@ -36,21 +40,21 @@ type mechanismsFile struct {
 	Mechanisms map[string]string `json:"mechanisms"`
 }
 
-// ParseMechanisms reads a vendor mechanism table:
+// Parse reads a vendor mechanism table:
 //
 //	version: v1
 //	mechanisms:
 //	  sm3Hmac: "0x8000000b"
 //	  sm4Gcm: "0x80000110"
-func ParseMechanisms(data []byte) (Mechanisms, error) {
+func Parse(data []byte) (Table, error) {
 	var f mechanismsFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
-		return Mechanisms{}, fmt.Errorf("mechanism table: %w", err)
+		return Table{}, fmt.Errorf("mechanism table: %w", err)
 	}
 	if f.Version != "v1" {
-		return Mechanisms{}, fmt.Errorf("mechanism table: version must be v1, got %q", f.Version)
+		return Table{}, fmt.Errorf("mechanism table: version must be v1, got %q", f.Version)
 	}
-	var m Mechanisms
+	var m Table
 	fields := map[string]*uint{
 		"sm3Hmac": &m.SM3HMAC, "sm4Gcm": &m.SM4GCM, "sm4KeyGen": &m.SM4KeyGen, "sm4KeyType": &m.SM4KeyType,
 		"sm2Sign": &m.SM2Sign, "sm2KeyGen": &m.SM2KeyGen, "sm2KeyType": &m.SM2KeyType,
@@ -58,19 +62,19 @@ func ParseMechanisms(data []byte) (Mechanisms, error) {
 	for name, v := range f.Mechanisms {
 		dst, ok := fields[name]
 		if !ok {
-			return Mechanisms{}, fmt.Errorf("mechanism table: unknown operation %q", name)
+			return Table{}, fmt.Errorf("mechanism table: unknown operation %q", name)
 		}
 		code, err := strconv.ParseUint(strings.TrimSpace(v), 0, 32)
 		if err != nil || code == 0 {
-			return Mechanisms{}, fmt.Errorf("mechanism table: %s: %q is not a non-zero 32-bit code", name, v)
+			return Table{}, fmt.Errorf("mechanism table: %s: %q is not a non-zero 32-bit code", name, v)
 		}
 		*dst = uint(code)
 	}
 	if (m.SM4GCM != 0) != (m.SM4KeyGen != 0 && m.SM4KeyType != 0) {
-		return Mechanisms{}, fmt.Errorf("mechanism table: sm4Gcm needs sm4KeyGen and sm4KeyType, and they need sm4Gcm")
+		return Table{}, fmt.Errorf("mechanism table: sm4Gcm needs sm4KeyGen and sm4KeyType, and they need sm4Gcm")
 	}
 	if (m.SM2Sign != 0) != (m.SM2KeyGen != 0 && m.SM2KeyType != 0) {
-		return Mechanisms{}, fmt.Errorf("mechanism table: sm2Sign needs sm2KeyGen and sm2KeyType, and they need sm2Sign")
+		return Table{}, fmt.Errorf("mechanism table: sm2Sign needs sm2KeyGen and sm2KeyType, and they need sm2Sign")
 	}
 	return m, nil
 }
