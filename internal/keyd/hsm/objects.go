@@ -252,26 +252,47 @@ func (t *Token) GenerateECDHKeyPair(ctx context.Context, label string) error {
 	return t.generateEC(ctx, label, pkcs11.CKA_DERIVE, pkcs11.CKA_DERIVE)
 }
 
+// GenerateSM2KeyPair creates an SM2 signing key pair through the vendor
+// mechanisms of the table (sm2KeyGen, sm2KeyType); the private half is a
+// sensitive, non-extractable token object.
+func (t *Token) GenerateSM2KeyPair(ctx context.Context, label string) error {
+	m := t.cfg.Mechanisms
+	if m.SM2KeyGen == 0 {
+		return fmt.Errorf("hsm: SM2 key %q: the mechanism table has no sm2KeyGen", label)
+	}
+	return t.generateKeyPair(ctx, label, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, m.SM2KeyGen, m.SM2KeyType, oidSM2)
+}
+
+// oidSM2 is the DER OID of the SM2 curve (1.2.156.10197.1.301).
+var oidSM2 = []byte{0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d}
+
 // generateEC creates a P-256 key pair whose private half may do privUse and
 // whose public half may do pubUse.
 func (t *Token) generateEC(ctx context.Context, label string, privUse, pubUse uint) error {
+	return t.generateKeyPair(ctx, label, privUse, pubUse, pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKK_EC, oidP256)
+}
+
+func (t *Token) generateKeyPair(ctx context.Context, label string, privUse, pubUse, mech, keyType uint, curve []byte) error {
 	return t.create(ctx, PrivateKey, label, func(sh pkcs11.SessionHandle) error {
 		pub := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 			pkcs11.NewAttribute(pubUse, true),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, oidP256),
+			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, curve),
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 			pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
 		}
 		priv := append(protectedKey(label),
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
 			pkcs11.NewAttribute(privUse, true),
 		)
-		_, _, err := t.p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pub, priv)
-		return err
+		_, _, err := t.p.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pub, priv)
+		if err != nil {
+			return fmt.Errorf("%w (mechanism %#x)", err, mech)
+		}
+		return nil
 	})
 }
 

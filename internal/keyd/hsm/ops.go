@@ -12,6 +12,7 @@ import (
 	"io"
 	"math/big"
 
+	"github.com/emmansun/gmsm/sm2"
 	"github.com/miekg/pkcs11"
 )
 
@@ -116,6 +117,19 @@ func (t *Token) DecryptGCM(ctx context.Context, label string, blob, aad []byte) 
 
 // ECPublicKey reads the public half of a P-256 key pair.
 func (t *Token) ECPublicKey(ctx context.Context, label string) (*ecdsa.PublicKey, error) {
+	raw, err := t.ecPoint(ctx, label)
+	if err != nil {
+		return nil, err
+	}
+	pk, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), raw)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: public key %q: %w", label, err)
+	}
+	return pk, nil
+}
+
+// ecPoint reads a public key's uncompressed point.
+func (t *Token) ecPoint(ctx context.Context, label string) ([]byte, error) {
 	var point []byte
 	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
 		h, err := t.handle(sh, PublicKey, label)
@@ -137,11 +151,7 @@ func (t *Token) ECPublicKey(ctx context.Context, label string) (*ecdsa.PublicKey
 	if rest, err := asn1.Unmarshal(point, &raw); err != nil || len(rest) != 0 {
 		raw = point
 	}
-	pk, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), raw)
-	if err != nil {
-		return nil, fmt.Errorf("hsm: public key %q: %w", label, err)
-	}
-	return pk, nil
+	return raw, nil
 }
 
 // ECDH computes the P-256 shared secret (the x coordinate, 32 bytes) of
@@ -216,6 +226,70 @@ func (s *ECDSASigner) SignContext(ctx context.Context, digest []byte) ([]byte, e
 	if len(rs)%2 != 0 {
 		return nil, fmt.Errorf("hsm: ECDSA signature of odd length %d", len(rs))
 	}
+	return rawToASN1(rs)
+}
+
+// rawToASN1 turns the r||s of PKCS#11 EC signatures into the ASN.1
+// SEQUENCE of two INTEGERs that X.509 and JOSE verifiers take.
+func rawToASN1(rs []byte) ([]byte, error) {
 	n := len(rs) / 2
 	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(rs[:n]), new(big.Int).SetBytes(rs[n:])})
+}
+
+// SM2Signer is a crypto.Signer whose SM2 private key never leaves the
+// token: keyd computes e (SM3 over Z and the message, with the default
+// ID of GB/T 32918) and the token signs it with the table's sm2Sign
+// mechanism (an SM2 signature over a precomputed e, r||s).
+type SM2Signer struct {
+	t     *Token
+	label string
+	pub   *ecdsa.PublicKey
+}
+
+// SM2Signer returns a signer for the SM2 key pair with the label.
+func (t *Token) SM2Signer(ctx context.Context, label string) (*SM2Signer, error) {
+	if t.cfg.Mechanisms.SM2Sign == 0 {
+		return nil, fmt.Errorf("hsm: SM2 key %q: the mechanism table has no sm2Sign", label)
+	}
+	raw, err := t.ecPoint(ctx, label)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := sm2.NewPublicKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("hsm: SM2 public key %q: %w", label, err)
+	}
+	return &SM2Signer{t: t, label: label, pub: pub}, nil
+}
+
+// Public implements crypto.Signer.
+func (s *SM2Signer) Public() crypto.PublicKey { return s.pub }
+
+// Sign implements crypto.Signer as gmsm's SM2 keys do: with
+// sm2.DefaultSM2SignerOpts, msg is the message (the default ID); with
+// other options, it is e itself. An SM2 option with another ID is
+// refused, as its ID cannot be read.
+func (s *SM2Signer) Sign(_ io.Reader, msg []byte, opts crypto.SignerOpts) ([]byte, error) {
+	e := msg
+	switch o := opts.(type) {
+	case *sm2.SM2SignerOption:
+		if o != sm2.DefaultSM2SignerOpts {
+			return nil, fmt.Errorf("hsm: SM2 key %q: only the default signer ID is supported", s.label)
+		}
+		var err error
+		if e, err = sm2.CalculateSM2Hash(s.pub, msg, nil); err != nil {
+			return nil, err
+		}
+	}
+	if len(e) != 32 {
+		return nil, fmt.Errorf("hsm: SM2 key %q: e must be 32 bytes, got %d", s.label, len(e))
+	}
+	rs, err := s.t.Sign(context.Background(), s.t.cfg.Mechanisms.SM2Sign, PrivateKey, s.label, e)
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) != 64 {
+		return nil, fmt.Errorf("hsm: SM2 key %q: signature of %d bytes, want r||s of 64", s.label, len(rs))
+	}
+	return rawToASN1(rs)
 }

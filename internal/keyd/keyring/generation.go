@@ -20,6 +20,13 @@ import (
 // keys, through the vendor HMAC-SM3 mechanism.
 func nativeSM3(tok *hsm.Token) bool { return tok.Mechanisms().SM3HMAC != 0 }
 
+// nativeSM2 reports whether gm CA and token-signing keys can be SM2 key
+// pairs on the token, signing through the vendor SM2 mechanism.
+func nativeSM2(tok *hsm.Token) bool {
+	m := tok.Mechanisms()
+	return m.SM2Sign != 0 && m.SM2KeyGen != 0
+}
+
 // createGeneration makes one generation of a root key on the token.
 func createGeneration(ctx context.Context, tok *hsm.Token, kek int, p Purpose, s suite.Name, gen int) error {
 	label := Label(p, s, gen)
@@ -39,6 +46,18 @@ func createGeneration(ctx context.Context, tok *hsm.Token, kek int, p Purpose, s
 		}
 		if p == CA {
 			signer, err := tok.ECDSASigner(ctx, label)
+			if err != nil {
+				return err
+			}
+			return putRoot(ctx, tok, p, s, gen, signer)
+		}
+		return nil
+	case nativeSM2(tok): // gm ca, jwt: an SM2 key pair on the token
+		if err := tok.GenerateSM2KeyPair(ctx, label); err != nil {
+			return err
+		}
+		if p == CA {
+			signer, err := tok.SM2Signer(ctx, label)
 			if err != nil {
 				return err
 			}
@@ -84,6 +103,12 @@ func (kr *Keyring) load(ctx context.Context, p Purpose, s suite.Name, gen int) e
 	if err != nil {
 		return err
 	}
+	pair := false
+	if s == suite.GM && (p == CA || p == JWT) {
+		if pair, err = kr.tok.Exists(ctx, hsm.PrivateKey, label); err != nil {
+			return err
+		}
+	}
 	switch {
 	case native || (s == suite.Intl && (p == MAC || p == Derive)):
 		k.native = true
@@ -93,6 +118,12 @@ func (kr *Keyring) load(ctx context.Context, p Purpose, s suite.Name, gen int) e
 			return err
 		}
 		k.signer = signer
+	case pair: // gm ca, jwt on the token
+		signer, err := kr.tok.SM2Signer(ctx, label)
+		if err != nil {
+			return err
+		}
+		k.signer, k.native = signer, true
 	default:
 		pt, err := kr.unwrap(ctx, label)
 		if err != nil {
@@ -150,5 +181,33 @@ func (k *key) destroy() {
 func zeroSM2(k *sm2.PrivateKey) {
 	if k != nil && k.D != nil {
 		clear(k.D.Bits())
+	}
+}
+
+// Native reports whether generation gen of a root key is used inside the
+// module, and why or why not: what `podkey hsm status` shows for it.
+func (kr *Keyring) Native(p Purpose, s suite.Name, gen int) (bool, string) {
+	k, err := kr.get(p, s, gen)
+	if err != nil {
+		return false, err.Error()
+	}
+	return nativeReason(kr.tok, p, s, k.native || s == suite.Intl)
+}
+
+// nativeReason says where a key of the purpose and suite is used.
+func nativeReason(tok *hsm.Token, p Purpose, s suite.Name, native bool) (bool, string) {
+	mech, have := "sm2Sign and sm2KeyGen", nativeSM2(tok)
+	if p == MAC || p == Derive {
+		mech, have = "sm3Hmac", nativeSM3(tok)
+	}
+	switch {
+	case s == suite.Intl:
+		return true, "inside the module"
+	case native:
+		return true, "inside the module, through the mechanism table's " + mech
+	case !have:
+		return false, "in keyd's memory, unwrapped at start: the mechanism table has no " + mech
+	default:
+		return false, "in keyd's memory, unwrapped at start: made before the mechanism table named " + mech + "; rotate it for a native generation"
 	}
 }

@@ -17,9 +17,11 @@ import (
 	"github.com/podkey/podkey/pkg/suite"
 )
 
-func TestInitIsIdempotentAndOpenLoadsAll(t *testing.T) {
+func TestInitIsIdempotentAndOpenLoadsAll(t *testing.T) { hsmtest.Each(t, testInitIsIdempotentAndOpenLoadsAll) }
+
+func testInitIsIdempotentAndOpenLoadsAll(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	if _, err := keyring.Open(ctx, tok); err == nil {
 		t.Fatal("opened an uninitialised token")
 	}
@@ -46,9 +48,22 @@ func TestInitIsIdempotentAndOpenLoadsAll(t *testing.T) {
 			}
 		}
 	}
-	// The gm MAC key is not a token key: it exists only wrapped.
-	if ok, _ := tok.Exists(ctx, hsm.SecretKey, keyring.Label(keyring.MAC, suite.GM, 1)); ok {
-		t.Fatal("gm MAC key stored as a plain token key on SoftHSM2")
+	// Every key is used inside the module, but for gm keys on a module
+	// without SM mechanisms (SoftHSM2): they exist there only wrapped.
+	native := m.Name == "sm"
+	for _, p := range keyring.Purposes {
+		for _, s := range suite.All {
+			in, why := kr.Native(p, s, 1)
+			if want := s == suite.Intl || native; in != want || why == "" {
+				t.Errorf("%s/%s on %s: inside the module %v (%s), want %v", p, s, m.Name, in, why, want)
+			}
+		}
+	}
+	if ok, _ := tok.Exists(ctx, hsm.SecretKey, keyring.Label(keyring.MAC, suite.GM, 1)); ok != native {
+		t.Fatalf("gm MAC key a token key: %v on %s", ok, m.Name)
+	}
+	if ok, _ := tok.Exists(ctx, hsm.PrivateKey, keyring.Label(keyring.CA, suite.GM, 1)); ok != native {
+		t.Fatalf("gm CA key a token key: %v on %s", ok, m.Name)
 	}
 	for _, l := range []string{keyring.KEKLabel, keyring.AuditLabel, keyring.Label(keyring.MAC, suite.Intl, 1)} {
 		a, err := tok.Attributes(ctx, hsm.SecretKey, l)
@@ -58,9 +73,11 @@ func TestInitIsIdempotentAndOpenLoadsAll(t *testing.T) {
 	}
 }
 
-func TestOperationsPerSuite(t *testing.T) {
+func TestOperationsPerSuite(t *testing.T) { hsmtest.Each(t, testOperationsPerSuite) }
+
+func testOperationsPerSuite(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	if _, err := keyring.Init(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
@@ -116,9 +133,11 @@ func TestOperationsPerSuite(t *testing.T) {
 	}
 }
 
-func TestRotationKeepsOldGenerations(t *testing.T) {
+func TestRotationKeepsOldGenerations(t *testing.T) { hsmtest.Each(t, testRotationKeepsOldGenerations) }
+
+func testRotationKeepsOldGenerations(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	tok := hsmtest.Open(t)
+	tok := hsmtest.OpenOn(t, m)
 	if _, err := keyring.Init(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
