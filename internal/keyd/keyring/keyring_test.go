@@ -17,7 +17,9 @@ import (
 	"github.com/podkey/podkey/pkg/suite"
 )
 
-func TestInitIsIdempotentAndOpenLoadsAll(t *testing.T) { hsmtest.Each(t, testInitIsIdempotentAndOpenLoadsAll) }
+func TestInitIsIdempotentAndOpenLoadsAll(t *testing.T) {
+	hsmtest.Each(t, testInitIsIdempotentAndOpenLoadsAll)
+}
 
 func testInitIsIdempotentAndOpenLoadsAll(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
