@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
 	"github.com/podkey/podkey/internal/keyd/service"
@@ -94,9 +95,20 @@ func StartAt(t testing.TB, path string, mutate func(*service.Options)) *Env {
 	return start(t, "", path, mutate)
 }
 
+// StartOnModule is Start on a token of a module of the matrix (SoftHSM2
+// or the SM module, with its mechanism table).
+func StartOnModule(t testing.TB, m hsmtest.Module, mutate func(*service.Options)) *Env {
+	t.Helper()
+	return startOn(t, keyringtest.TokenOn(t, m), "", "", mutate)
+}
+
 func start(t testing.TB, conn, path string, mutate func(*service.Options)) *Env {
 	t.Helper()
-	cfg := keyringtest.Token(t)
+	return startOn(t, keyringtest.Token(t), conn, path, mutate)
+}
+
+func startOn(t testing.TB, cfg hsm.Config, conn, path string, mutate func(*service.Options)) *Env {
+	t.Helper()
 	dir := t.TempDir()
 	polFile := filepath.Join(dir, "policy.yaml")
 	_ = os.WriteFile(polFile, []byte(PolicyYAML), 0o600)

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/emmansun/gmsm/sm2"
@@ -221,6 +224,17 @@ func TestSMModuleAlgorithmsMatchSoftware(t *testing.T) {
 	h.Write([]byte("data"))
 	if !bytes.Equal(got, h.Sum(nil)) {
 		t.Fatal("the module's HMAC-SM3 differs from software's")
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(data, []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("openssl", "mac", "-digest", "SM3", "-macopt", "hexkey:"+hex.EncodeToString(key), "-in", data, "HMAC").CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl mac: %v\n%s", err, out)
+	}
+	if !strings.EqualFold(strings.TrimSpace(string(out)), hex.EncodeToString(got)) {
+		t.Fatalf("the module's HMAC-SM3 %x, OpenSSL's %s", got, out)
 	}
 }
 

@@ -11,11 +11,17 @@ import (
 	"github.com/podkey/podkey/internal/keyd/keyring"
 )
 
-// Token initialises a fresh token with root keys and returns its config;
-// nothing holds it open.
+// Token initialises a fresh SoftHSM2 token with root keys and returns its
+// config; nothing holds it open.
 func Token(t testing.TB) hsm.Config {
 	t.Helper()
-	cfg := hsmtest.Token(t)
+	return TokenOn(t, hsmtest.Modules[0])
+}
+
+// TokenOn is Token on a module of the matrix.
+func TokenOn(t testing.TB, m hsmtest.Module) hsm.Config {
+	t.Helper()
+	cfg := m.Token(t)
 	tok, err := hsm.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
