@@ -116,6 +116,14 @@ func newHSMStatusCommand(hf *hsmflags.Flags) *cobra.Command {
 				}
 				fmt.Fprintf(out, "%-32s %-12s %s\n", o.Label, o.Class, prot)
 			}
+			locs, err := keyring.Locations(ctx, tok)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "\n%-32s %s\n", "ROOT KEY", "USED")
+			for _, l := range locs {
+				fmt.Fprintf(out, "%-32s %s\n", l.Label, l.Why)
+			}
 			return nil
 		},
 	}

@@ -133,6 +133,45 @@ func TestCLIAgainstKeyd(t *testing.T) {
 	}
 }
 
+// TestHSMStatusSaysWhereEveryRootKeyIsUsed: on the SM module every gm
+// root key is inside the module; on SoftHSM2 each gm key is in keyd's
+// memory, with the mechanism the table lacks.
+func TestHSMStatusSaysWhereEveryRootKeyIsUsed(t *testing.T) {
+	hsmtest.Each(t, func(t *testing.T, m hsmtest.Module) {
+		cfg := m.Token(t)
+		pinFile := filepath.Join(t.TempDir(), "pin")
+		_ = os.WriteFile(pinFile, []byte(hsmtest.PIN+"\n"), 0o600)
+		args := []string{"--hsm-module=" + cfg.ModulePath, "--hsm-token=" + cfg.TokenLabel, "--hsm-pin-file=" + pinFile}
+		if m.Name == "sm" {
+			args = append(args, "--hsm-mechanisms="+hsmtest.SMMechanismsFile(t))
+		}
+		if r := podkey(t, "", append([]string{"hsm", "init"}, args...)...); r.code != 0 {
+			t.Fatalf("hsm init: %+v", r)
+		}
+		r := podkey(t, "", append([]string{"hsm", "status"}, args...)...)
+		if r.code != 0 {
+			t.Fatalf("hsm status: %+v", r)
+		}
+		_, roots, found := strings.Cut(r.stdout, "ROOT KEY")
+		if !found {
+			t.Fatalf("no root key table:\n%s", r.stdout)
+		}
+		for _, p := range []string{"mac", "derive", "ca", "jwt"} {
+			line := regexp.MustCompile(`(?m)^podkey/` + p + `/gm/g1 +(.*)$`).FindStringSubmatch(roots)
+			if line == nil {
+				t.Fatalf("no line for the gm %s key:\n%s", p, r.stdout)
+			}
+			inside := strings.HasPrefix(line[1], "inside the module")
+			if inside != (m.Name == "sm") || !inside && !strings.Contains(line[1], "the mechanism table has no") {
+				t.Errorf("gm %s key on %s: %q", p, m.Name, line[1])
+			}
+		}
+		if !regexp.MustCompile(`(?m)^podkey/ca/intl/g1 +inside the module$`).MatchString(roots) {
+			t.Errorf("intl CA:\n%s", r.stdout)
+		}
+	})
+}
+
 func TestHSMErrors(t *testing.T) {
 	cfg := hsmtest.Token(t)
 	dir := t.TempDir()

@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 
 	"github.com/emmansun/gmsm/sm2"
 	"github.com/emmansun/gmsm/smx509"
@@ -210,4 +212,37 @@ func nativeReason(tok *hsm.Token, p Purpose, s suite.Name, native bool) (bool, s
 	default:
 		return false, "in keyd's memory, unwrapped at start: made before the mechanism table named " + mech + "; rotate it for a native generation"
 	}
+}
+
+// Location is where a root key generation is used.
+type Location struct {
+	Label  string
+	Native bool
+	Why    string
+}
+
+// Locations lists every root key generation on the token with where keyd
+// uses it (nativeReason), read from the token alone: `podkey hsm status`
+// shows it without unwrapping anything.
+func Locations(ctx context.Context, tok *hsm.Token) ([]Location, error) {
+	objs, err := tok.List(ctx, "podkey/")
+	if err != nil {
+		return nil, err
+	}
+	native := map[string]bool{}
+	for _, o := range objs {
+		base, _, _ := strings.Cut(o.Label, "#")
+		if _, _, _, ok := parseLabel(base); !ok {
+			continue
+		}
+		native[base] = native[base] || o.Class == hsm.SecretKey || o.Class == hsm.PrivateKey
+	}
+	out := make([]Location, 0, len(native))
+	for l, n := range native {
+		p, s, _, _ := parseLabel(l)
+		n, why := nativeReason(tok, p, s, n)
+		out = append(out, Location{Label: l, Native: n, Why: why})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })
+	return out, nil
 }

@@ -18,6 +18,7 @@ var (
 	smErr    error
 	smModule string
 	smMechs  hsm.Mechanisms
+	smTable  string
 )
 
 // SMModule builds podkey's SM development module (hack/smhsm) once per
@@ -48,7 +49,8 @@ func buildSM() error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building the SM module: %v\n%s", err, out)
 	}
-	data, err := os.ReadFile(filepath.Join(src, "mechanisms.yaml"))
+	smTable = filepath.Join(src, "mechanisms.yaml")
+	data, err := os.ReadFile(smTable)
 	if err != nil {
 		return err
 	}
@@ -61,6 +63,14 @@ func buildSM() error {
 	}
 	smModule = lib
 	return nil
+}
+
+// SMMechanismsFile is the SM module's mechanism table file, for keyd's
+// --hsm-mechanisms.
+func SMMechanismsFile(t testing.TB) string {
+	t.Helper()
+	SMModule(t)
+	return smTable
 }
 
 // SMToken initialises a new token on the SM module and returns a Config
