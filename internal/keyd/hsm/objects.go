@@ -220,6 +220,62 @@ func (t *Token) GenerateAESKey(ctx context.Context, label string) error {
 	})
 }
 
+// GenerateKEK creates a key-encryption key: an SM4 key when the
+// mechanism table has SM4-GCM (sm4Gcm, sm4KeyGen, sm4KeyType), otherwise
+// AES-256. EncryptGCM and DecryptGCM use the GCM mechanism of its type.
+func (t *Token) GenerateKEK(ctx context.Context, label string) error {
+	m := t.cfg.Mechanisms
+	if m.SM4GCM == 0 {
+		return t.GenerateAESKey(ctx, label)
+	}
+	return t.create(ctx, SecretKey, label, func(sh pkcs11.SessionHandle) error {
+		attrs := append(protectedKey(label),
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, m.SM4KeyType),
+			pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
+			pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, true),
+		)
+		_, err := t.p.GenerateKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(m.SM4KeyGen, nil)}, attrs)
+		if err != nil {
+			return fmt.Errorf("%w (mechanism sm4KeyGen %#x)", err, m.SM4KeyGen)
+		}
+		return nil
+	})
+}
+
+// gcmMechanism is the GCM mechanism for a secret key: the table's SM4-GCM
+// for an SM4 key, AES-GCM otherwise. Cached by label with the handles.
+func (t *Token) gcmMechanism(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, label string) (uint, error) {
+	m := t.cfg.Mechanisms
+	if m.SM4GCM == 0 {
+		return pkcs11.CKM_AES_GCM, nil
+	}
+	k := objectKey{keyTypeClass, label}
+	t.handlesMu.RLock()
+	kt, ok := t.handles[k]
+	t.handlesMu.RUnlock()
+	if !ok {
+		a, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
+		if err != nil {
+			return 0, err
+		}
+		kt = pkcs11.ObjectHandle(bytesToUint(a[0].Value))
+		t.handlesMu.Lock()
+		t.handles[k] = kt
+		t.handlesMu.Unlock()
+	}
+	if uint(kt) == m.SM4KeyType {
+		return m.SM4GCM, nil
+	}
+	return pkcs11.CKM_AES_GCM, nil
+}
+
+// keyTypeClass keys the cache of secret keys' types beside their handles
+// (both are dropped together when the token invalidates handles).
+const keyTypeClass Class = ^Class(0)
+
 // GenerateHMACKey creates a 256-bit, sensitive, non-extractable generic
 // secret token key for HMAC.
 func (t *Token) GenerateHMACKey(ctx context.Context, label string) error {
@@ -347,6 +403,8 @@ func (t *Token) Destroy(ctx context.Context, class Class, label string) error {
 // and tests can prove root keys are sensitive and non-extractable.
 type KeyAttributes struct {
 	Token, Sensitive, Extractable, Private bool
+	// KeyType is CKA_KEY_TYPE (a vendor code for SM2 and SM4 keys).
+	KeyType uint
 }
 
 // Attributes reads a key's protection attributes.
@@ -362,12 +420,13 @@ func (t *Token) Attributes(ctx context.Context, class Class, label string) (KeyA
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
 		})
 		if err != nil {
 			return err
 		}
 		b := func(a *pkcs11.Attribute) bool { return len(a.Value) > 0 && a.Value[0] != 0 }
-		ka = KeyAttributes{Token: b(attrs[0]), Sensitive: b(attrs[1]), Extractable: b(attrs[2]), Private: b(attrs[3])}
+		ka = KeyAttributes{Token: b(attrs[0]), Sensitive: b(attrs[1]), Extractable: b(attrs[2]), Private: b(attrs[3]), KeyType: bytesToUint(attrs[4].Value)}
 		return nil
 	})
 	return ka, err

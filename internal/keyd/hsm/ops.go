@@ -49,8 +49,8 @@ const (
 	gcmTagBits = 128
 )
 
-// EncryptGCM encrypts under a token AES key with AES-256-GCM and a fresh
-// random IV; the result is iv || ciphertext || tag. aad binds the context.
+// EncryptGCM encrypts under a token AES key with AES-256-GCM, or an SM4
+// key with the table's SM4-GCM, and a fresh random IV; the result is iv || ciphertext || tag. aad binds the context.
 func (t *Token) EncryptGCM(ctx context.Context, label string, plaintext, aad []byte) ([]byte, error) {
 	iv := make([]byte, gcmIVSize)
 	if _, err := io.ReadFull(rand.Reader, iv); err != nil {
@@ -62,9 +62,13 @@ func (t *Token) EncryptGCM(ctx context.Context, label string, plaintext, aad []b
 		if err != nil {
 			return err
 		}
+		mech, err := t.gcmMechanism(sh, h, label)
+		if err != nil {
+			return err
+		}
 		params := pkcs11.NewGCMParams(iv, aad, gcmTagBits)
 		defer params.Free()
-		if err := t.p.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+		if err := t.p.EncryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, params)}, h); err != nil {
 			return err
 		}
 		ct, err := t.p.Encrypt(sh, plaintext)
@@ -96,9 +100,13 @@ func (t *Token) DecryptGCM(ctx context.Context, label string, blob, aad []byte) 
 		if err != nil {
 			return err
 		}
+		mech, err := t.gcmMechanism(sh, h, label)
+		if err != nil {
+			return err
+		}
 		params := pkcs11.NewGCMParams(iv, aad, gcmTagBits)
 		defer params.Free()
-		if err := t.p.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, h); err != nil {
+		if err := t.p.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, params)}, h); err != nil {
 			return err
 		}
 		out, err = t.p.Decrypt(sh, ct)

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
 	"github.com/podkey/podkey/internal/keyd/store"
@@ -28,9 +29,9 @@ type kekWorld struct {
 
 var kekSecrets = map[string][]byte{"db": []byte("db-password-1"), "api": []byte("api-token-2"), "ldap": []byte("ldap-bind-3")}
 
-func newKEKWorld(t *testing.T) *kekWorld {
+func newKEKWorld(t *testing.T, m hsmtest.Module) *kekWorld {
 	ctx := context.Background()
-	w := &kekWorld{t: t, kr: keyringtest.Open(t)}
+	w := &kekWorld{t: t, kr: keyringtest.OpenOn(t, m)}
 	var err error
 	if w.st, err = store.OpenBolt(filepath.Join(t.TempDir(), "keyd.db")); err != nil {
 		t.Fatal(err)
@@ -102,20 +103,30 @@ func keks(t *testing.T, tok *hsm.Token) []string {
 }
 
 func TestKEKRotationRewrapsEverything(t *testing.T) {
+	hsmtest.Each(t, testKEKRotationRewrapsEverything)
+}
+
+func testKEKRotationRewrapsEverything(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	w := newKEKWorld(t)
+	w := newKEKWorld(t, m)
 	// Another keyd replica on the token, opened before the rotations.
 	other, err := keyring.Open(ctx, w.kr.Token())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
+	// What the KEK wraps on the token: the gm root keys (but on the SM
+	// module, where they are native) and the gm image key.
+	wrappedObjects := 5
+	if m.Name == "sm" {
+		wrappedObjects = 1
+	}
 	for want := 2; want <= 3; want++ {
 		r, err := w.kr.RotateKEK(ctx, w.st)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Generation != want || r.Secrets != len(kekSecrets) || r.TokenObjects < 5 || len(r.DestroyedKEKs) != 1 {
+		if r.Generation != want || r.Secrets != len(kekSecrets) || r.TokenObjects != wrappedObjects || len(r.DestroyedKEKs) != 1 {
 			t.Fatalf("rotation %d: %+v", want, r)
 		}
 		if got := keks(t, w.kr.Token()); len(got) != 1 || got[0] != fmt.Sprintf("podkey/kek/g%d", want) {
@@ -153,11 +164,15 @@ func TestKEKRotationRewrapsEverything(t *testing.T) {
 }
 
 func TestKEKRotationInterruptedAtEveryStepLosesNothing(t *testing.T) {
+	hsmtest.Each(t, testKEKRotationInterruptedAtEveryStepLosesNothing)
+}
+
+func testKEKRotationInterruptedAtEveryStepLosesNothing(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
 	steps := []string{"generated", "token object", "secret", "verified", "copies destroyed"}
 	for _, stop := range steps {
 		t.Run(strings.ReplaceAll(stop, " ", "-"), func(t *testing.T) {
-			w := newKEKWorld(t)
+			w := newKEKWorld(t, m)
 			crashed := errors.New("crash")
 			keyring.SetRotateKEKStep(func(step string) error {
 				if step == stop {
@@ -186,8 +201,12 @@ func TestKEKRotationInterruptedAtEveryStepLosesNothing(t *testing.T) {
 }
 
 func TestKEKRotationWaitsForASecretEnrolledThroughAStaleReplica(t *testing.T) {
+	hsmtest.Each(t, testKEKRotationWaitsForASecretEnrolledThroughAStaleReplica)
+}
+
+func testKEKRotationWaitsForASecretEnrolledThroughAStaleReplica(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	w := newKEKWorld(t)
+	w := newKEKWorld(t, m)
 	stale, err := keyring.Open(ctx, w.kr.Token()) // has not heard of the rotation
 	if err != nil {
 		t.Fatal(err)

@@ -93,7 +93,7 @@ func (ro *kekRotation) start(ctx context.Context) error {
 	gen := gens[len(gens)-1]
 	if len(gens) == 1 { // no rotation under way: start one
 		gen++
-		if err := kr.tok.GenerateAESKey(ctx, kekLabel(gen)); err != nil {
+		if err := kr.tok.GenerateKEK(ctx, kekLabel(gen)); err != nil {
 			return err
 		}
 	}

@@ -136,7 +136,7 @@ func Init(ctx context.Context, tok *hsm.Token) ([]string, error) {
 	kek := 1
 	if len(keks) > 0 { // possibly rotated: generation 1 is gone then
 		kek = keks[len(keks)-1]
-	} else if err := add(KEKLabel, tok.GenerateAESKey(ctx, KEKLabel)); err != nil {
+	} else if err := add(KEKLabel, tok.GenerateKEK(ctx, KEKLabel)); err != nil {
 		return created, err
 	}
 	if err := add(AuditLabel, tok.GenerateHMACKey(ctx, AuditLabel)); err != nil {

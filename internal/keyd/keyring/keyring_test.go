@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/emmansun/gmsm/sm2"
+	"github.com/miekg/pkcs11"
 
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
@@ -66,6 +67,12 @@ func testInitIsIdempotentAndOpenLoadsAll(t *testing.T, m hsmtest.Module) {
 	}
 	if ok, _ := tok.Exists(ctx, hsm.PrivateKey, keyring.Label(keyring.CA, suite.GM, 1)); ok != native {
 		t.Fatalf("gm CA key a token key: %v on %s", ok, m.Name)
+	}
+	// The KEK is an SM4 key where the table has SM4-GCM, AES otherwise.
+	if a, err := tok.Attributes(ctx, hsm.SecretKey, keyring.KEKLabel); err != nil {
+		t.Fatal(err)
+	} else if sm4 := a.KeyType == tok.Mechanisms().SM4KeyType && tok.Mechanisms().SM4KeyType != 0; sm4 != native || !sm4 && a.KeyType != pkcs11.CKK_AES {
+		t.Fatalf("KEK key type %#x on %s", a.KeyType, m.Name)
 	}
 	for _, l := range []string{keyring.KEKLabel, keyring.AuditLabel, keyring.Label(keyring.MAC, suite.Intl, 1)} {
 		a, err := tok.Attributes(ctx, hsm.SecretKey, l)

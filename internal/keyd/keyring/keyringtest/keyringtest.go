@@ -37,7 +37,13 @@ func TokenOn(t testing.TB, m hsmtest.Module) hsm.Config {
 // closing both when the test ends.
 func Open(t testing.TB) *keyring.Keyring {
 	t.Helper()
-	tok, err := hsm.Open(Token(t))
+	return OpenOn(t, hsmtest.Modules[0])
+}
+
+// OpenOn is Open on a module of the matrix.
+func OpenOn(t testing.TB, m hsmtest.Module) *keyring.Keyring {
+	t.Helper()
+	tok, err := hsm.Open(TokenOn(t, m))
 	if err != nil {
 		t.Fatal(err)
 	}
