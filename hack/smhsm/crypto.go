@@ -85,6 +85,7 @@ func mechanisms() map[uint64]mechInfo {
 	}
 	add(m.SM2KeyGen, mechInfo{256, 256, C.CKF_GENERATE_KEY_PAIR})
 	add(m.SM2Sign, mechInfo{256, 256, C.CKF_SIGN | C.CKF_VERIFY})
+	add(m.SM2Decrypt, mechInfo{256, 256, C.CKF_ENCRYPT | C.CKF_DECRYPT})
 	add(m.SM3HMAC, mechInfo{1, 512, C.CKF_SIGN | C.CKF_VERIFY})
 	add(m.SM4KeyGen, mechInfo{16, 16, C.CKF_GENERATE})
 	add(m.SM4GCM, mechInfo{16, 16, C.CKF_ENCRYPT | C.CKF_DECRYPT | C.CKF_WRAP | C.CKF_UNWRAP})
@@ -160,6 +161,14 @@ func checkMech(kind opKind, m mech, o *object) rv {
 			return needKey(o, C.CKO_PRIVATE_KEY, kt, C.CKA_SIGN)
 		case opVerify:
 			return needKey(o, C.CKO_PUBLIC_KEY, kt, C.CKA_VERIFY)
+		}
+		return C.CKR_MECHANISM_INVALID
+	case m.typ == uint64(t.SM2Decrypt) && t.SM2Decrypt != 0:
+		switch kind {
+		case opEncrypt:
+			return needKey(o, C.CKO_PUBLIC_KEY, uint64(t.SM2KeyType), C.CKA_ENCRYPT)
+		case opDecrypt:
+			return needKey(o, C.CKO_PRIVATE_KEY, uint64(t.SM2KeyType), C.CKA_DECRYPT)
 		}
 		return C.CKR_MECHANISM_INVALID
 	case m.typ == C.CKM_AES_GCM || m.typ == uint64(t.SM4GCM) && t.SM4GCM != 0:
@@ -379,7 +388,44 @@ func gcmCipher(op *operation) (cipher.AEAD, rv) {
 	return aead, ok
 }
 
+func isSM2Cipher(m mech) bool {
+	return state.mechs.SM2Decrypt != 0 && m.typ == uint64(state.mechs.SM2Decrypt)
+}
+
+// sm2Encrypt and sm2Decrypt are SM2 public-key encryption, the ASN.1
+// ciphertext of GM/T 0009.
+func sm2Encrypt(op *operation, data []byte) ([]byte, rv) {
+	pt, r := ecPoint(op.key.attrs)
+	if r != ok {
+		return nil, r
+	}
+	pub, err := sm2.NewPublicKey(pt)
+	if err != nil {
+		return nil, C.CKR_KEY_HANDLE_INVALID
+	}
+	ct, err := sm2.EncryptASN1(rand.Reader, pub, data)
+	if err != nil {
+		return nil, C.CKR_FUNCTION_FAILED
+	}
+	return ct, ok
+}
+
+func sm2Decrypt(op *operation, data []byte) ([]byte, rv) {
+	k, err := sm2.NewPrivateKey(op.key.attrs[C.CKA_VALUE])
+	if err != nil {
+		return nil, C.CKR_KEY_HANDLE_INVALID
+	}
+	pt, err := sm2.Decrypt(k, data)
+	if err != nil {
+		return nil, C.CKR_ENCRYPTED_DATA_INVALID
+	}
+	return pt, ok
+}
+
 func encrypt(op *operation, data []byte) ([]byte, rv) {
+	if isSM2Cipher(op.mech) {
+		return sm2Encrypt(op, data)
+	}
 	aead, r := gcmCipher(op)
 	if r != ok {
 		return nil, r
@@ -388,6 +434,9 @@ func encrypt(op *operation, data []byte) ([]byte, rv) {
 }
 
 func decrypt(op *operation, data []byte) ([]byte, rv) {
+	if isSM2Cipher(op.mech) {
+		return sm2Decrypt(op, data)
+	}
 	aead, r := gcmCipher(op)
 	if r != ok {
 		return nil, r
@@ -400,6 +449,12 @@ func decrypt(op *operation, data []byte) ([]byte, rv) {
 }
 
 func gcmSize(op *operation, n int, sealing bool) int {
+	if isSM2Cipher(op.mech) {
+		if sealing {
+			return n + 2*32 + 32 + 24 // the coordinates, the hash, ASN.1 framing at most
+		}
+		return n // an upper bound; the answer gives the length
+	}
 	tag := int(op.mech.gcm.tagBits / 8)
 	if sealing {
 		return n + tag
@@ -540,9 +595,12 @@ func deriveKey(sh uint64, m mech, base uint64, tmpl attrs) (uint64, rv) {
 	if err != nil {
 		return 0, C.CKR_KEY_HANDLE_INVALID
 	}
+	// The peer's point, raw (04 || X || Y) or in a DER OCTET STRING; a
+	// raw point also begins with the OCTET STRING tag, so only a DER
+	// encoding of exactly a point counts as one.
 	peerBytes := m.ecdh.public
 	var inner []byte
-	if _, err := asn1.Unmarshal(peerBytes, &inner); err == nil {
+	if rest, err := asn1.Unmarshal(peerBytes, &inner); err == nil && len(rest) == 0 && len(inner) == 65 {
 		peerBytes = inner
 	}
 	peer, err := ecdh.P256().NewPublicKey(peerBytes)

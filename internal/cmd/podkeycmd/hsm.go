@@ -120,7 +120,7 @@ func newHSMStatusCommand(hf *hsmflags.Flags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "\n%-32s %s\n", "ROOT KEY", "USED")
+			fmt.Fprintf(out, "\n%-32s %s\n", "KEY", "USED")
 			for _, l := range locs {
 				fmt.Fprintf(out, "%-32s %s\n", l.Label, l.Why)
 			}

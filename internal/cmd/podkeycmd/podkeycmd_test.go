@@ -152,7 +152,7 @@ func TestHSMStatusSaysWhereEveryRootKeyIsUsed(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("hsm status: %+v", r)
 		}
-		_, roots, found := strings.Cut(r.stdout, "ROOT KEY")
+		_, roots, found := strings.Cut(r.stdout, "\nKEY ")
 		if !found {
 			t.Fatalf("no root key table:\n%s", r.stdout)
 		}

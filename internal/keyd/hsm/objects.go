@@ -319,6 +319,17 @@ func (t *Token) GenerateSM2KeyPair(ctx context.Context, label string) error {
 	return t.generateKeyPair(ctx, label, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY, m.SM2KeyGen, m.SM2KeyType, oidSM2)
 }
 
+// GenerateSM2DecryptionKeyPair creates an SM2 key pair for SM2
+// public-key encryption (the table's sm2Decrypt); the private half is a
+// sensitive, non-extractable token object that only decrypts.
+func (t *Token) GenerateSM2DecryptionKeyPair(ctx context.Context, label string) error {
+	m := t.cfg.Mechanisms
+	if m.SM2KeyGen == 0 || m.SM2Decrypt == 0 {
+		return fmt.Errorf("hsm: SM2 key %q: the mechanism table has no sm2KeyGen or sm2Decrypt", label)
+	}
+	return t.generateKeyPair(ctx, label, pkcs11.CKA_DECRYPT, pkcs11.CKA_ENCRYPT, m.SM2KeyGen, m.SM2KeyType, oidSM2)
+}
+
 // oidSM2 is the DER OID of the SM2 curve (1.2.156.10197.1.301).
 var oidSM2 = []byte{0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d}
 

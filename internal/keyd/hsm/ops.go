@@ -259,6 +259,15 @@ func (t *Token) SM2Signer(ctx context.Context, label string) (*SM2Signer, error)
 	if t.cfg.Mechanisms.SM2Sign == 0 {
 		return nil, fmt.Errorf("hsm: SM2 key %q: the mechanism table has no sm2Sign", label)
 	}
+	pub, err := t.SM2PublicKey(ctx, label)
+	if err != nil {
+		return nil, err
+	}
+	return &SM2Signer{t: t, label: label, pub: pub}, nil
+}
+
+// SM2PublicKey reads the public half of an SM2 key pair.
+func (t *Token) SM2PublicKey(ctx context.Context, label string) (*ecdsa.PublicKey, error) {
 	raw, err := t.ecPoint(ctx, label)
 	if err != nil {
 		return nil, err
@@ -267,7 +276,36 @@ func (t *Token) SM2Signer(ctx context.Context, label string) (*SM2Signer, error)
 	if err != nil {
 		return nil, fmt.Errorf("hsm: SM2 public key %q: %w", label, err)
 	}
-	return &SM2Signer{t: t, label: label, pub: pub}, nil
+	return pub, nil
+}
+
+// SM2Decrypt decrypts an SM2 ciphertext (ASN.1) with the token's SM2
+// private key through the table's sm2Decrypt. A ciphertext the key did
+// not encrypt fails with ErrDecrypt.
+func (t *Token) SM2Decrypt(ctx context.Context, label string, ciphertext []byte) ([]byte, error) {
+	mech := t.cfg.Mechanisms.SM2Decrypt
+	if mech == 0 {
+		return nil, fmt.Errorf("hsm: SM2 key %q: the mechanism table has no sm2Decrypt", label)
+	}
+	var out []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		h, err := t.handle(sh, PrivateKey, label)
+		if err != nil {
+			return err
+		}
+		if err := t.p.DecryptInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, h); err != nil {
+			return err
+		}
+		out, err = t.p.Decrypt(sh, ciphertext)
+		return err
+	})
+	if err != nil {
+		if isCode(err, pkcs11.CKR_ENCRYPTED_DATA_INVALID) || isCode(err, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE) {
+			return nil, ErrDecrypt
+		}
+		return nil, fmt.Errorf("hsm: SM2 decrypt with %q (mechanism sm2Decrypt %#x): %w", label, mech, err)
+	}
+	return out, nil
 }
 
 // Public implements crypto.Signer.

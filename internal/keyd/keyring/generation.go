@@ -214,6 +214,19 @@ func nativeReason(tok *hsm.Token, p Purpose, s suite.Name, native bool) (bool, s
 	}
 }
 
+// imageReason says where an image key is used: an intl one is always a
+// token key pair; a gm one is one where the table has sm2Decrypt.
+func imageReason(tok *hsm.Token, native bool) (bool, string) {
+	switch {
+	case native:
+		return true, "inside the module"
+	case !nativeSM2Decrypt(tok):
+		return false, "in keyd's memory, unwrapped on first use: the mechanism table has no sm2Decrypt"
+	default:
+		return false, "in keyd's memory, unwrapped on first use: made before the mechanism table named sm2Decrypt; make a new image key"
+	}
+}
+
 // Location is where a root key generation is used.
 type Location struct {
 	Label  string
@@ -221,8 +234,8 @@ type Location struct {
 	Why    string
 }
 
-// Locations lists every root key generation on the token with where keyd
-// uses it (nativeReason), read from the token alone: `podkey hsm status`
+// Locations lists every root key generation and image key on the token
+// with where keyd uses it (nativeReason), read from the token alone: `podkey hsm status`
 // shows it without unwrapping anything.
 func Locations(ctx context.Context, tok *hsm.Token) ([]Location, error) {
 	objs, err := tok.List(ctx, "podkey/")
@@ -232,15 +245,21 @@ func Locations(ctx context.Context, tok *hsm.Token) ([]Location, error) {
 	native := map[string]bool{}
 	for _, o := range objs {
 		base, _, _ := strings.Cut(o.Label, "#")
-		if _, _, _, ok := parseLabel(base); !ok {
+		_, _, _, root := parseLabel(base)
+		image := strings.HasPrefix(base, imagePrefix) && !strings.HasSuffix(base, "/pub")
+		if !root && !image {
 			continue
 		}
 		native[base] = native[base] || o.Class == hsm.SecretKey || o.Class == hsm.PrivateKey
 	}
 	out := make([]Location, 0, len(native))
 	for l, n := range native {
-		p, s, _, _ := parseLabel(l)
-		n, why := nativeReason(tok, p, s, n)
+		var why string
+		if p, s, _, root := parseLabel(l); root {
+			n, why = nativeReason(tok, p, s, n)
+		} else {
+			n, why = imageReason(tok, n)
+		}
 		out = append(out, Location{Label: l, Native: n, Why: why})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })

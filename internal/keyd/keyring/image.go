@@ -41,6 +41,15 @@ var ErrNoImageKey = errors.New("image key not found")
 type imageKey struct {
 	rec imagecrypt.Recipient
 	gm  *sm2.PrivateKey
+	// native: a gm key pair on the token, decrypting through sm2Decrypt.
+	native bool
+}
+
+// nativeSM2Decrypt reports whether gm image keys can be SM2 key pairs on
+// the token, decrypting through the vendor mechanism.
+func nativeSM2Decrypt(tok *hsm.Token) bool {
+	m := tok.Mechanisms()
+	return m.SM2Decrypt != 0 && m.SM2KeyGen != 0
 }
 
 // CreateImageKey makes a new image key on the token and returns its public
@@ -62,6 +71,15 @@ func (kr *Keyring) CreateImageKey(ctx context.Context, kid string, s suite.Name)
 			return rec, err
 		}
 		pub, err := kr.tok.ECPublicKey(ctx, label)
+		if err != nil {
+			return rec, err
+		}
+		rec.Public = pub
+	} else if nativeSM2Decrypt(kr.tok) {
+		if err := kr.tok.GenerateSM2DecryptionKeyPair(ctx, label); err != nil {
+			return rec, err
+		}
+		pub, err := kr.tok.SM2PublicKey(ctx, label)
 		if err != nil {
 			return rec, err
 		}
@@ -210,6 +228,11 @@ func (kr *Keyring) imageKey(ctx context.Context, kid string) (*imageKey, error) 
 	}
 	k = &imageKey{rec: rec}
 	if rec.Suite == suite.GM {
+		if k.native, err = kr.tok.Exists(ctx, hsm.PrivateKey, imageLabel(kid)); err != nil {
+			return nil, err
+		}
+	}
+	if rec.Suite == suite.GM && !k.native {
 		pt, err := kr.unwrap(ctx, imageLabel(kid))
 		if err != nil {
 			return nil, err
@@ -238,7 +261,8 @@ func (kr *Keyring) imageKey(ctx context.Context, kid string) (*imageKey, error) 
 }
 
 // UnwrapImageEntry recovers the CEK wrapped in one recipient entry: one
-// ECDH on the token (intl) or one SM2 decryption in locked memory (gm).
+// ECDH on the token (intl) or one SM2 decryption, on the token when it
+// has sm2Decrypt, else in locked memory (gm).
 // The caller zeroes the result.
 func (kr *Keyring) UnwrapImageEntry(ctx context.Context, s suite.Name, e imagecrypt.Entry) ([]byte, error) {
 	k, err := kr.imageKey(ctx, e.KeyID)
@@ -247,6 +271,15 @@ func (kr *Keyring) UnwrapImageEntry(ctx context.Context, s suite.Name, e imagecr
 	}
 	if k.rec.Suite != s {
 		return nil, fmt.Errorf("keyring: image key %q is %s, the image is %s: %w", e.KeyID, k.rec.Suite, s, imagecrypt.ErrUnwrap)
+	}
+	if s == suite.GM && k.native {
+		return imagecrypt.UnwrapGMWith(func(ct []byte) ([]byte, error) {
+			cek, err := kr.tok.SM2Decrypt(ctx, imageLabel(e.KeyID), ct)
+			if errors.Is(err, hsm.ErrDecrypt) {
+				return nil, imagecrypt.ErrUnwrap
+			}
+			return cek, err
+		}, e.Wrapped)
 	}
 	if s == suite.GM {
 		return imagecrypt.UnwrapGM(k.gm, e.Wrapped)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/podkey/podkey/internal/keyd/hsm"
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
 	"github.com/podkey/podkey/pkg/image/imagecrypt"
@@ -14,8 +15,12 @@ import (
 )
 
 func TestImageKeysUnwrapTheirOwnEntryOnTheToken(t *testing.T) {
+	hsmtest.Each(t, testImageKeysUnwrapTheirOwnEntryOnTheToken)
+}
+
+func testImageKeysUnwrapTheirOwnEntryOnTheToken(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	kr := keyringtest.Open(t)
+	kr := keyringtest.OpenOn(t, m)
 	for _, st := range suite.All {
 		t.Run(string(st), func(t *testing.T) {
 			a, err := kr.CreateImageKey(ctx, "site-a-"+string(st), st)
@@ -81,9 +86,14 @@ func TestImageKeysUnwrapTheirOwnEntryOnTheToken(t *testing.T) {
 	if err != nil || len(keys) != 4 || keys[0].KeyID != "site-a-gm" || keys[3].Suite != suite.Intl {
 		t.Fatalf("listed %+v, %v", keys, err)
 	}
-	// intl private halves are token keys that never leave it.
+	// intl private halves are token keys that never leave it; gm ones
+	// too on the SM module, and only wrapped elsewhere.
 	attrs, err := kr.Token().Attributes(ctx, hsm.PrivateKey, "podkey/image/site-a-intl")
 	if err != nil || !attrs.Sensitive || attrs.Extractable {
 		t.Fatalf("intl image key attributes %+v, %v", attrs, err)
+	}
+	attrs, err = kr.Token().Attributes(ctx, hsm.PrivateKey, "podkey/image/site-a-gm")
+	if native := m.Name == "sm"; native != (err == nil) || native && (!attrs.Sensitive || attrs.Extractable) {
+		t.Fatalf("gm image key on %s: attributes %+v, %v", m.Name, attrs, err)
 	}
 }

@@ -115,11 +115,11 @@ func testKEKRotationRewrapsEverything(t *testing.T, m hsmtest.Module) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	// What the KEK wraps on the token: the gm root keys (but on the SM
-	// module, where they are native) and the gm image key.
+	// What the KEK wraps on the token: the gm root keys and the gm image
+	// key, but on the SM module, where they are all native.
 	wrappedObjects := 5
 	if m.Name == "sm" {
-		wrappedObjects = 1
+		wrappedObjects = 0
 	}
 	for want := 2; want <= 3; want++ {
 		r, err := w.kr.RotateKEK(ctx, w.st)
@@ -172,6 +172,9 @@ func testKEKRotationInterruptedAtEveryStepLosesNothing(t *testing.T, m hsmtest.M
 	steps := []string{"generated", "token object", "secret", "verified", "copies destroyed"}
 	for _, stop := range steps {
 		t.Run(strings.ReplaceAll(stop, " ", "-"), func(t *testing.T) {
+			if stop == "token object" && m.Name == "sm" {
+				t.Skip("the SM module's token holds nothing wrapped: every gm key is native")
+			}
 			w := newKEKWorld(t, m)
 			crashed := errors.New("crash")
 			keyring.SetRotateKEKStep(func(step string) error {

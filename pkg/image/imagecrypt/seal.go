@@ -198,12 +198,26 @@ func UnwrapIntl(kid string, wrapped, z []byte) ([]byte, error) {
 // UnwrapGM recovers the CEK of a gm entry with the recipient's SM2 key.
 // Only the ASN.1 ciphertext encoding that Seal writes is accepted.
 func UnwrapGM(priv *sm2.PrivateKey, wrapped []byte) ([]byte, error) {
+	return UnwrapGMWith(func(ct []byte) ([]byte, error) {
+		cek, err := sm2.Decrypt(priv, ct)
+		if err != nil {
+			return nil, ErrUnwrap
+		}
+		return cek, nil
+	}, wrapped)
+}
+
+// UnwrapGMWith is UnwrapGM with the SM2 decryption done elsewhere (by an
+// HSM that holds the recipient's key): the same checks of what goes in
+// and what comes out. decrypt returns ErrUnwrap for a ciphertext the key
+// cannot open; its other errors (the HSM unavailable) pass through.
+func UnwrapGMWith(decrypt func(ciphertext []byte) ([]byte, error), wrapped []byte) ([]byte, error) {
 	if len(wrapped) == 0 || wrapped[0] != asn1.TagSequence|0x20 {
 		return nil, fmt.Errorf("%w: gm wrapped key is not an ASN.1 SM2 ciphertext", ErrMalformed)
 	}
-	cek, err := sm2.Decrypt(priv, wrapped)
+	cek, err := decrypt(wrapped)
 	if err != nil {
-		return nil, ErrUnwrap
+		return nil, err
 	}
 	if len(cek) != suite.GM.AEADKeySize() {
 		secmem.Zero(cek)

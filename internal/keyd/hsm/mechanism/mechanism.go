@@ -28,6 +28,10 @@ type Table struct {
 	// SM2Sign signs a precomputed SM3 digest (with the Z value already
 	// applied) with an SM2 private key.
 	SM2Sign uint `json:"sm2Sign,omitempty"`
+	// SM2Decrypt decrypts an SM2 ciphertext in its ASN.1 encoding
+	// (GM/T 0009: C1 coordinates, C3 hash, C2 ciphertext) with an SM2
+	// private key; image keys of the gm suite use it.
+	SM2Decrypt uint `json:"sm2Decrypt,omitempty"`
 	// SM2KeyGen and SM2KeyType generate and type SM2 key pairs.
 	SM2KeyGen  uint `json:"sm2KeyGen,omitempty"`
 	SM2KeyType uint `json:"sm2KeyType,omitempty"`
@@ -57,7 +61,7 @@ func Parse(data []byte) (Table, error) {
 	var m Table
 	fields := map[string]*uint{
 		"sm3Hmac": &m.SM3HMAC, "sm4Gcm": &m.SM4GCM, "sm4KeyGen": &m.SM4KeyGen, "sm4KeyType": &m.SM4KeyType,
-		"sm2Sign": &m.SM2Sign, "sm2KeyGen": &m.SM2KeyGen, "sm2KeyType": &m.SM2KeyType,
+		"sm2Sign": &m.SM2Sign, "sm2Decrypt": &m.SM2Decrypt, "sm2KeyGen": &m.SM2KeyGen, "sm2KeyType": &m.SM2KeyType,
 	}
 	for name, v := range f.Mechanisms {
 		dst, ok := fields[name]
@@ -73,8 +77,8 @@ func Parse(data []byte) (Table, error) {
 	if (m.SM4GCM != 0) != (m.SM4KeyGen != 0 && m.SM4KeyType != 0) {
 		return Table{}, fmt.Errorf("mechanism table: sm4Gcm needs sm4KeyGen and sm4KeyType, and they need sm4Gcm")
 	}
-	if (m.SM2Sign != 0) != (m.SM2KeyGen != 0 && m.SM2KeyType != 0) {
-		return Table{}, fmt.Errorf("mechanism table: sm2Sign needs sm2KeyGen and sm2KeyType, and they need sm2Sign")
+	if (m.SM2Sign != 0 || m.SM2Decrypt != 0) != (m.SM2KeyGen != 0 && m.SM2KeyType != 0) {
+		return Table{}, fmt.Errorf("mechanism table: sm2Sign and sm2Decrypt need sm2KeyGen and sm2KeyType, and they need sm2Sign or sm2Decrypt")
 	}
 	return m, nil
 }
