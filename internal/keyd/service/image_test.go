@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keydtest"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/image/imagecrypt"
@@ -60,8 +61,12 @@ func unwrapRequest(bl *imagecrypt.Blob, node string) *keydv1.UnwrapImageKeyReque
 }
 
 func TestUnwrapImageKeyFollowsPolicyAndIsAudited(t *testing.T) {
+	hsmtest.Each(t, testUnwrapImageKeyFollowsPolicyAndIsAudited)
+}
+
+func testUnwrapImageKeyFollowsPolicyAndIsAudited(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	e := keydtest.Start(t, nil)
+	e := keydtest.StartOnModule(t, m, nil)
 	if _, err := e.Admin.SetPolicy(ctx, &keydv1.PolicyDocument{Yaml: []byte(imagePolicy)}); err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keydtest"
 	"github.com/podkey/podkey/internal/keyd/service"
 	"github.com/podkey/podkey/internal/keyd/store"
@@ -62,8 +63,12 @@ func allKinds(t *testing.T) []*keydv1.ObjectRequest {
 func code(err error) codes.Code { return status.Code(err) }
 
 func TestIssueEveryKindVerifyAndRevoke(t *testing.T) {
+	hsmtest.Each(t, testIssueEveryKindVerifyAndRevoke)
+}
+
+func testIssueEveryKindVerifyAndRevoke(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	e := keydtest.Start(t, nil)
+	e := keydtest.StartOnModule(t, m, nil)
 	secretValue := []byte("legacy-password-Zq81")
 	if _, err := e.Admin.PutSecret(ctx, &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: bytes.Clone(secretValue)}); err != nil {
 		t.Fatal(err)
@@ -269,9 +274,11 @@ func TestNoSecretInStoreOrLogs(t *testing.T) {
 	}
 }
 
-func TestAuditTamperingIsDetected(t *testing.T) {
+func TestAuditTamperingIsDetected(t *testing.T) { hsmtest.Each(t, testAuditTamperingIsDetected) }
+
+func testAuditTamperingIsDetected(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	e := keydtest.Start(t, nil)
+	e := keydtest.StartOnModule(t, m, nil)
 	for i := 0; i < 4; i++ {
 		if _, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}}); err != nil {
 			t.Fatal(err)
@@ -761,8 +768,12 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 }
 
 func TestKEKRotationThroughTheAdminAPI(t *testing.T) {
+	hsmtest.Each(t, testKEKRotationThroughTheAdminAPI)
+}
+
+func testKEKRotationThroughTheAdminAPI(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	e := keydtest.Start(t, nil)
+	e := keydtest.StartOnModule(t, m, nil)
 	value := []byte("legacy-password-before-rotation")
 	if _, err := e.Admin.PutSecret(ctx, &keydv1.PutSecretRequest{Namespace: "payments", Name: "legacy-db", Value: bytes.Clone(value)}); err != nil {
 		t.Fatal(err)
@@ -808,8 +819,12 @@ func TestKEKRotationThroughTheAdminAPI(t *testing.T) {
 }
 
 func TestAuditKeyRotationThroughTheAdminAPI(t *testing.T) {
+	hsmtest.Each(t, testAuditKeyRotationThroughTheAdminAPI)
+}
+
+func testAuditKeyRotationThroughTheAdminAPI(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	e := keydtest.Start(t, nil)
+	e := keydtest.StartOnModule(t, m, nil)
 	issue := func() {
 		if _, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: podA, Objects: []*keydv1.ObjectRequest{{Name: "ledger-api", Kind: "apiKey"}}}); err != nil {
 			t.Fatal(err)
@@ -852,9 +867,11 @@ func TestAuditKeyRotationThroughTheAdminAPI(t *testing.T) {
 // credentials come from the new generation, and pods of one service
 // account disagree on a serviceAccount-scoped derived key until each
 // renews.
-func TestRotationRunbook(t *testing.T) {
+func TestRotationRunbook(t *testing.T) { hsmtest.Each(t, testRotationRunbook) }
+
+func testRotationRunbook(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	e := keydtest.Start(t, nil)
+	e := keydtest.StartOnModule(t, m, nil)
 	pod := func(uid string) *keydv1.PodIdentity {
 		return &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "p-" + uid, PodUid: uid, NodeName: "node-1"}
 	}
