@@ -265,3 +265,26 @@ func Locations(ctx context.Context, tok *hsm.Token) ([]Location, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })
 	return out, nil
 }
+
+// SoftwareKeys lists the keys whose material this keyring holds in
+// keyd's memory (root key generations unwrapped at start, gm image keys
+// unwrapped on use): none on a module with every SM mechanism.
+func (kr *Keyring) SoftwareKeys() []string {
+	kr.mu.RLock()
+	defer kr.mu.RUnlock()
+	var out []string
+	for sl, gens := range kr.keys {
+		for gen, k := range gens {
+			if _, sm2Key := k.signer.(*sm2.PrivateKey); k.sym != nil || sm2Key {
+				out = append(out, Label(sl.p, sl.s, gen))
+			}
+		}
+	}
+	for kid, k := range kr.images {
+		if k.gm != nil {
+			out = append(out, imageLabel(kid))
+		}
+	}
+	sort.Strings(out)
+	return out
+}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/emmansun/gmsm/sm2"
@@ -15,6 +16,8 @@ import (
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keyring"
+	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
+	"github.com/podkey/podkey/pkg/image/imagecrypt"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -182,4 +185,55 @@ func testRotationKeepsOldGenerations(t *testing.T, m hsmtest.Module) {
 	if n := bytes.Count(kr2.CABundle(suite.Intl), []byte("BEGIN CERTIFICATE")); n != 2 {
 		t.Fatalf("bundle has %d certificates", n)
 	}
+}
+
+// TestNoGMKeyMaterialInKeydOnTheSMModule: after every gm key has been
+// used (MAC, derive, token and certificate signing, an image entry
+// unwrapped), the keyring holds no key material in keyd's memory on the
+// SM module; on SoftHSM2 it holds each gm key, so the check can fail.
+func TestNoGMKeyMaterialInKeydOnTheSMModule(t *testing.T) {
+	hsmtest.Each(t, func(t *testing.T, m hsmtest.Module) {
+		ctx := context.Background()
+		kr := keyringtest.OpenOn(t, m)
+		rec, err := kr.CreateImageKey(ctx, "site-gm", suite.GM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kr.MAC(ctx, suite.GM, 1, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kr.Derive(ctx, suite.GM, 1, []byte("x"), 32); err != nil {
+			t.Fatal(err)
+		}
+		signer, err := kr.TokenSigner(suite.GM, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := signer.Sign(rand.Reader, []byte("claims"), sm2.DefaultSM2SignerOpts); err != nil {
+			t.Fatal(err)
+		}
+		s, err := imagecrypt.NewSealer([]imagecrypt.Recipient{rec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		blob, err := s.Seal([]byte(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bl, err := imagecrypt.Parse(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kr.UnwrapImageEntry(ctx, suite.GM, bl.Entries[0]); err != nil {
+			t.Fatal(err)
+		}
+		got := kr.SoftwareKeys()
+		if m.Name == "sm" && len(got) != 0 {
+			t.Fatalf("on the SM module keyd holds %v in memory", got)
+		}
+		if want := []string{"podkey/ca/gm/g1", "podkey/derive/gm/g1", "podkey/image/site-gm", "podkey/jwt/gm/g1", "podkey/mac/gm/g1"}; m.Name != "sm" && !slices.Equal(got, want) {
+			t.Fatalf("on %s keyd holds %v in memory, want %v", m.Name, got, want)
+		}
+	})
 }
