@@ -50,6 +50,7 @@ type session struct {
 	mu     sync.Mutex
 	handle uint64
 	slot   uint64
+	dir    string // the token's directory: gone, the token was removed
 	rw     bool
 	find   []uint64
 	// ops are the operations initialised, by kind.
@@ -306,7 +307,8 @@ func openSession(slot, flags uint64) (uint64, rv) {
 	if flags&C.CKF_SERIAL_SESSION == 0 {
 		return 0, C.CKR_SESSION_PARALLEL_NOT_SUPPORTED
 	}
-	if _, r := tokenDir(slot); r != ok {
+	dir, r := tokenDir(slot)
+	if r != ok {
 		return 0, r
 	}
 	rw := flags&C.CKF_RW_SESSION != 0
@@ -314,7 +316,7 @@ func openSession(slot, flags uint64) (uint64, rv) {
 		return 0, C.CKR_SESSION_READ_WRITE_SO_EXISTS
 	}
 	state.nextSession++
-	s := &session{handle: state.nextSession, slot: slot, rw: rw, ops: map[opKind]*operation{}}
+	s := &session{handle: state.nextSession, slot: slot, dir: dir, rw: rw, ops: map[opKind]*operation{}}
 	state.sessions[s.handle] = s
 	return s.handle, ok
 }
@@ -405,7 +407,36 @@ func lookupSession(h uint64) (*session, rv) {
 	if !found {
 		return nil, C.CKR_SESSION_HANDLE_INVALID
 	}
+	if _, err := os.Stat(filepath.Join(s.dir, "token.json")); err != nil {
+		// The token was removed (its directory moved away): its sessions
+		// and login end, as a real module's do when a token leaves.
+		removeToken(s.slot)
+		return nil, C.CKR_DEVICE_REMOVED
+	}
 	return s, ok
+}
+
+// removeToken ends every session and the login of a removed token.
+// Caller holds state.mu.
+func removeToken(slot uint64) {
+	for h, s := range state.sessions {
+		if s.slot == slot {
+			delete(state.sessions, h)
+		}
+	}
+	for oh, o := range state.sessionObjs {
+		if o.slot == slot {
+			clearAttrs(o.attrs)
+			delete(state.sessionObjs, oh)
+		}
+	}
+	for k, a := range state.keys {
+		if k[0] == slot {
+			clearAttrs(a)
+			delete(state.keys, k)
+		}
+	}
+	delete(state.login, slot)
 }
 
 func login(h, userType uint64, pin []byte) rv {

@@ -188,6 +188,15 @@ func (t *Token) findSlot() error {
 
 // login opens the long-lived session that holds the token's login state
 // (PKCS#11 logs a token out when its last session closes) and logs in.
+// forgetLogin drops the login session's handle without closing it: after
+// a broken session it is likely dead too, and a module that restarted
+// hands its number to a new session, which closing it would end.
+func (t *Token) forgetLogin() {
+	t.loginMu.Lock()
+	t.loginSession = 0
+	t.loginMu.Unlock()
+}
+
 func (t *Token) login() error {
 	t.loginMu.Lock()
 	defer t.loginMu.Unlock()

@@ -10,9 +10,12 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/miekg/pkcs11"
 
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
@@ -344,5 +347,57 @@ func testECDHMatchesSoftware(t *testing.T, m hsmtest.Module) {
 	}
 	if _, err := tok.ECDH(ctx, "test/sign", eph.PublicKey().Bytes()); err == nil {
 		t.Fatal("a signing key derived a secret")
+	}
+}
+
+// TestRecoversFromAModuleRestart: the module is finalised and initialised
+// again under the token (every session handle and the login gone, as
+// when a vendor client library restarts); the next operation recovers.
+func TestRecoversFromAModuleRestart(t *testing.T) {
+	hsmtest.Each(t, func(t *testing.T, m hsmtest.Module) {
+		ctx := context.Background()
+		tok := hsmtest.OpenOn(t, m)
+		must(t, tok.GenerateHMACKey(ctx, "mac"))
+		before, err := tok.HMACSHA256(ctx, "mac", []byte("x"))
+		must(t, err)
+		p := pkcs11.New(tok.ModulePath())
+		must(t, p.Finalize())
+		must(t, p.Initialize())
+		after, err := tok.HMACSHA256(ctx, "mac", []byte("x"))
+		if err != nil {
+			t.Fatalf("after the module restarted: %v", err)
+		}
+		if !bytes.Equal(before, after) {
+			t.Fatal("another key after the restart")
+		}
+		if s := tok.Stats(); s.Relogins == 0 {
+			t.Fatalf("no login after the restart: %+v", s)
+		}
+	})
+}
+
+// TestRecoversFromATokenRemovedAndReinserted: with the SM module's token
+// taken away, operations fail naming the key and the mechanism; put back,
+// the next operation logs in again and succeeds.
+func TestRecoversFromATokenRemovedAndReinserted(t *testing.T) {
+	ctx := context.Background()
+	m := hsmtest.Modules[1]
+	tok := hsmtest.OpenOn(t, m)
+	must(t, tok.GenerateHMACKey(ctx, "mac"))
+	want, err := tok.Sign(ctx, tok.Mechanisms().SM3HMAC, hsm.SecretKey, "mac", []byte("x"))
+	must(t, err)
+	dir := hsmtest.SMTokenDir(t, tok.Label())
+	must(t, os.Rename(dir, dir+".out"))
+	_, err = tok.Sign(ctx, tok.Mechanisms().SM3HMAC, hsm.SecretKey, "mac", []byte("x"))
+	if err == nil || !strings.Contains(err.Error(), `"mac"`) || !strings.Contains(err.Error(), fmt.Sprintf("sm3Hmac %#x", tok.Mechanisms().SM3HMAC)) {
+		t.Fatalf("with the token removed: %v", err)
+	}
+	must(t, os.Rename(dir+".out", dir))
+	got, err := tok.Sign(ctx, tok.Mechanisms().SM3HMAC, hsm.SecretKey, "mac", []byte("x"))
+	if err != nil {
+		t.Fatalf("with the token back: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("another key after reinsertion")
 	}
 }

@@ -37,9 +37,43 @@ func (t *Token) Sign(ctx context.Context, mech uint, class Class, label string, 
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("hsm: sign with %q: %w", label, err)
+		return nil, fmt.Errorf("hsm: sign with %q (mechanism %s): %w", label, t.mechanismName(mech), err)
 	}
 	return out, nil
+}
+
+// mechanismName names a mechanism in an error: the PKCS#11 name of a
+// standard one, the table's name and the code of a vendor one.
+func (t *Token) mechanismName(m uint) string {
+	v := t.cfg.Mechanisms
+	for name, code := range map[string]uint{"sm3Hmac": v.SM3HMAC, "sm2Sign": v.SM2Sign, "sm2Decrypt": v.SM2Decrypt, "sm4Gcm": v.SM4GCM} {
+		if code != 0 && code == m {
+			return fmt.Sprintf("%s %#x", name, m)
+		}
+	}
+	return standardMechanismName(m)
+}
+
+func standardMechanismName(m uint) string {
+	switch m {
+	case pkcs11.CKM_SHA256_HMAC:
+		return "CKM_SHA256_HMAC"
+	case pkcs11.CKM_ECDSA:
+		return "CKM_ECDSA"
+	case pkcs11.CKM_AES_GCM:
+		return "CKM_AES_GCM"
+	case pkcs11.CKM_ECDH1_DERIVE:
+		return "CKM_ECDH1_DERIVE"
+	}
+	return fmt.Sprintf("%#x", m)
+}
+
+// gcmName names the GCM mechanisms a KEK may use.
+func (t *Token) gcmName() string {
+	if c := t.cfg.Mechanisms.SM4GCM; c != 0 {
+		return fmt.Sprintf("CKM_AES_GCM or sm4Gcm %#x", c)
+	}
+	return "CKM_AES_GCM"
 }
 
 // gcmIVSize and gcmTagBits fix podkey's AES-GCM wrapping format:
@@ -79,7 +113,7 @@ func (t *Token) EncryptGCM(ctx context.Context, label string, plaintext, aad []b
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("hsm: encrypt with %q: %w", label, err)
+		return nil, fmt.Errorf("hsm: encrypt with %q (GCM, mechanism %s): %w", label, t.gcmName(), err)
 	}
 	return out, nil
 }
@@ -118,7 +152,7 @@ func (t *Token) DecryptGCM(ctx context.Context, label string, blob, aad []byte) 
 			isCode(err, pkcs11.CKR_GENERAL_ERROR) {
 			return nil, ErrDecrypt
 		}
-		return nil, fmt.Errorf("hsm: decrypt with %q: %w", label, err)
+		return nil, fmt.Errorf("hsm: decrypt with %q (GCM, mechanism %s): %w", label, t.gcmName(), err)
 	}
 	return out, nil
 }
@@ -195,7 +229,7 @@ func (t *Token) ECDH(ctx context.Context, label string, peer []byte) ([]byte, er
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("hsm: key agreement with %q: %w", label, err)
+		return nil, fmt.Errorf("hsm: key agreement with %q (mechanism CKM_ECDH1_DERIVE): %w", label, err)
 	}
 	return out, nil
 }

@@ -43,10 +43,28 @@ func (t *Token) release(sh pkcs11.SessionHandle) {
 	}
 }
 
-// discard closes a broken session and frees its place in the pool.
-func (t *Token) discard(sh pkcs11.SessionHandle) {
-	_ = t.p.CloseSession(sh)
+// discard frees a broken session's place in the pool, closing it unless
+// the module said its handle is already dead: a module hands a dead
+// handle's number to the next session opened, which closing it would end.
+func (t *Token) discard(sh pkcs11.SessionHandle, dead bool) {
+	if !dead {
+		_ = t.p.CloseSession(sh)
+	}
 	<-t.slots
+}
+
+// discardIdle discards every idle session: what broke one (the module
+// restarted, the token left) broke them all, and retrying on each in
+// turn would spend the retries on dead sessions.
+func (t *Token) discardIdle(dead bool) {
+	for {
+		select {
+		case sh := <-t.idle:
+			t.discard(sh, dead)
+		default:
+			return
+		}
+	}
 }
 
 // failure says how do should recover from a PKCS#11 error.
@@ -113,7 +131,10 @@ func (t *Token) do(ctx context.Context, fn func(sh pkcs11.SessionHandle) error) 
 		}
 		switch classify(err) {
 		case brokenSession:
-			t.discard(sh)
+			dead := isCode(err, pkcs11.CKR_SESSION_HANDLE_INVALID) || isCode(err, pkcs11.CKR_SESSION_CLOSED)
+			t.discard(sh, dead)
+			t.discardIdle(dead)
+			t.forgetLogin()
 			t.flushHandles()
 			if isCode(err, pkcs11.CKR_DEVICE_REMOVED) || isCode(err, pkcs11.CKR_TOKEN_NOT_PRESENT) {
 				t.relogins.Add(1)

@@ -113,3 +113,19 @@ func OpenOn(t testing.TB, m Module) *hsm.Token {
 	t.Cleanup(func() { tok.Close() })
 	return tok
 }
+
+// SMTokenDir is the directory of the SM module's token with the label:
+// moving it away removes the token, moving it back reinserts it.
+func SMTokenDir(t testing.TB, label string) string {
+	t.Helper()
+	root := os.Getenv("PODKEY_SMHSM_DIR")
+	dirs, _ := filepath.Glob(filepath.Join(root, "slot-*", "token.json"))
+	for _, f := range dirs {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.Contains(string(b), `"label":"`+label+`"`) {
+			return filepath.Dir(f)
+		}
+	}
+	t.Fatalf("no SM module token %q under %s", label, root)
+	return ""
+}
