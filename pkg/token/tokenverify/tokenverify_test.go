@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keydtest"
 	"github.com/podkey/podkey/internal/keyd/service"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -108,15 +109,25 @@ func TestTokensVerifyAgainstTheServedKeySet(t *testing.T) {
 	}
 }
 
-// TestPythonVerifiesAnES256Token: an independent implementation (Python's
-// cryptography package, docs/examples/python/podkey_verify_token.py)
-// verifies a podkey ES256 token against `podkey token jwks`'s set, and
-// refuses it for another audience and with a changed signature.
-func TestPythonVerifiesAnES256Token(t *testing.T) {
+// TestPythonVerifiesTokens: an independent implementation (Python's
+// cryptography package for ES256, SM2 written out over hashlib's SM3 for
+// SM2SM3: docs/examples/python/podkey_verify_token.py) verifies podkey
+// tokens of both suites against `podkey token jwks`'s set, on each module
+// (gm tokens signed inside the SM module), and refuses them for another
+// audience and with a changed signature.
+func TestPythonVerifiesTokens(t *testing.T) {
 	if err := exec.Command("python3", "-c", "import cryptography").Run(); err != nil {
 		t.Fatal("python3 with cryptography missing: run hack/install-deps.sh")
 	}
-	e := keydtest.Start(t, nil)
+	hsmtest.Each(t, func(t *testing.T, m hsmtest.Module) {
+		for _, st := range []string{"intl", "gm"} {
+			t.Run(st, func(t *testing.T) { pythonVerifies(t, m, st) })
+		}
+	})
+}
+
+func pythonVerifies(t *testing.T, m hsmtest.Module, st string) {
+	e := keydtest.StartOnModule(t, m, nil)
 	ctx := context.Background()
 	set, err := e.Keyd.TokenKeys(ctx, &keydv1.TokenKeysRequest{})
 	if err != nil {
@@ -126,7 +137,7 @@ func TestPythonVerifiesAnES256Token(t *testing.T) {
 	if err := os.WriteFile(file, set.Jwks, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tok := issueToken(t, e, "intl")
+	tok := issueToken(t, e, st)
 	run := func(token, aud string) (string, error) {
 		cmd := exec.Command("python3", "../../../docs/examples/python/podkey_verify_token.py", file, aud)
 		cmd.Stdin = strings.NewReader(token)
