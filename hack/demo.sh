@@ -7,6 +7,8 @@
 #   revoked, and the audit chain proven.
 # Everything lives under $PODKEY_DEMO_DIR (default /tmp/podkey-demo);
 # set PODKEY_DEMO_KEEP=1 to leave keyd running afterwards.
+# PODKEY_HSM=sm runs it on podkey's SM development module (hack/smhsm,
+# built here) instead of SoftHSM2: every gm key inside the module.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,11 +21,20 @@ export PODKEY_SOCKET="$DIR/keyd.sock"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "SoftHSM2 token $PODKEY_HSM_TOKEN"
-. hack/softhsm-token.sh
-
-step "podkey hsm init"
-bin/podkey hsm init
+if [ "${PODKEY_HSM:-softhsm}" = sm ]; then
+  step "SM development module (hack/smhsm), token $PODKEY_HSM_TOKEN"
+  mkdir -p "$DIR" && chmod 700 "$DIR"
+  go build -buildmode=c-shared -o "$DIR/libpodkey-smhsm.so" ./hack/smhsm
+  export PODKEY_SMHSM_DIR="$DIR/smhsm" PODKEY_HSM_MODULE="$DIR/libpodkey-smhsm.so"
+  export PODKEY_HSM_MECHANISMS="$PWD/hack/smhsm/mechanisms.yaml" PODKEY_HSM_PIN_FILE="$DIR/pin"
+  step "podkey hsm init --init-token"
+  bin/podkey hsm init --init-token
+else
+  step "SoftHSM2 token $PODKEY_HSM_TOKEN"
+  . hack/softhsm-token.sh
+  step "podkey hsm init"
+  bin/podkey hsm init
+fi
 step "podkey hsm status"
 bin/podkey hsm status
 

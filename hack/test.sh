@@ -40,3 +40,11 @@ PODKEY_DEMO_LISTEN=127.0.0.1:0 PODKEY_DEMO_DIR=$(mktemp -d /tmp/podkey-demo-test
 grep -q "audit chain intact" /tmp/podkey-demo-test.log
 if grep -q "legacy-db-password-" /tmp/podkey-demo-test.log; then echo "demo output shows a secret"; exit 1; fi
 echo "demo ok"
+echo "== demo on the SM development module (PODKEY_HSM=sm)"
+PODKEY_HSM=sm PODKEY_DEMO_LISTEN=127.0.0.1:0 PODKEY_DEMO_DIR=$(mktemp -d /tmp/podkey-demo-sm.XXXX) hack/demo.sh > /tmp/podkey-demo-sm.log 2>&1 || { cat /tmp/podkey-demo-sm.log; exit 1; }
+grep -q "audit chain intact" /tmp/podkey-demo-sm.log
+for k in mac derive ca jwt; do
+  grep -Eq "^podkey/$k/gm/g1 +inside the module" /tmp/podkey-demo-sm.log || { echo "SM demo: the gm $k key is not inside the module"; cat /tmp/podkey-demo-sm.log; exit 1; }
+done
+if grep -q "legacy-db-password-" /tmp/podkey-demo-sm.log; then echo "SM demo output shows a secret"; exit 1; fi
+echo "demo on the SM module ok"

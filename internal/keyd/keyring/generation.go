@@ -243,7 +243,24 @@ func Locations(ctx context.Context, tok *hsm.Token) ([]Location, error) {
 		return nil, err
 	}
 	native := map[string]bool{}
+	var out []Location
 	for _, o := range objs {
+		if o.Class == hsm.SecretKey && (o.Label == KEKLabel || strings.HasPrefix(o.Label, KEKLabel+"/g")) {
+			a, err := tok.Attributes(ctx, hsm.SecretKey, o.Label)
+			if err != nil {
+				return nil, err
+			}
+			why := "inside the module: AES-256-GCM (the mechanism table has no sm4Gcm)"
+			if m := tok.Mechanisms(); m.SM4KeyType != 0 && a.KeyType == m.SM4KeyType {
+				why = "inside the module: SM4-GCM, through the mechanism table's sm4Gcm"
+			}
+			out = append(out, Location{Label: o.Label, Native: true, Why: why})
+			continue
+		}
+		if o.Class == hsm.SecretKey && (o.Label == AuditLabel || strings.HasPrefix(o.Label, AuditLabel+"/g")) {
+			out = append(out, Location{Label: o.Label, Native: true, Why: "inside the module: HMAC-SHA256 (the audit chain's batch keys)"})
+			continue
+		}
 		base, _, _ := strings.Cut(o.Label, "#")
 		_, _, _, root := parseLabel(base)
 		image := strings.HasPrefix(base, imagePrefix) && !strings.HasSuffix(base, "/pub")
@@ -252,7 +269,6 @@ func Locations(ctx context.Context, tok *hsm.Token) ([]Location, error) {
 		}
 		native[base] = native[base] || o.Class == hsm.SecretKey || o.Class == hsm.PrivateKey
 	}
-	out := make([]Location, 0, len(native))
 	for l, n := range native {
 		var why string
 		if p, s, _, root := parseLabel(l); root {
