@@ -16,6 +16,27 @@ bin/podkey bench --duration "${BENCH_DURATION:-2s}" --concurrency 1,8,64 -o "$OU
 { head -n 1 "$OUT.table"; echo; cat hack/bench-intro.md; tail -n +2 "$OUT.table"; } > "$OUT"
 rm -f "$OUT.table"
 
+# The same on podkey's SM development module (hack/smhsm), where the gm
+# keys are inside the module: its raw SM2 sign, HMAC-SM3 and SM4-GCM
+# beside keyd's gm issuance on it.
+SM="$DIR/sm"
+mkdir -p "$SM" && chmod 700 "$SM"
+go build -buildmode=c-shared -o "$SM/libpodkey-smhsm.so" ./hack/smhsm
+(
+  export PODKEY_SMHSM_DIR="$SM/tokens" PODKEY_HSM_MODULE="$SM/libpodkey-smhsm.so" PODKEY_HSM_TOKEN=podkey-bench-sm
+  export PODKEY_HSM_MECHANISMS="$PWD/hack/smhsm/mechanisms.yaml" PODKEY_HSM_PIN_FILE="$SM/pin"
+  bin/podkey hsm init --init-token >/dev/null
+  bin/podkey bench --duration "${BENCH_DURATION:-2s}" --concurrency 1,8,64 -o "$OUT.sm"
+)
+{
+  echo
+  echo "## On the SM development module: every gm key inside the module"
+  echo
+  echo "The same bench on a token of \`hack/smhsm\` (mechanism table \`hack/smhsm/mechanisms.yaml\`): the gm rows compare with the module's own SM2 sign, HMAC-SM3 and SM4-GCM."
+  tail -n +2 "$OUT.sm"
+} >> "$OUT"
+rm -f "$OUT.sm"
+
 # The node path: cold publish onto a real tmpfs with a real keyd, beside
 # its floor (a bare tmpfs mount plus the same writes), and a no-op
 # republish. Needs root for the mounts.

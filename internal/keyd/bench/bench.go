@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -183,7 +184,7 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	kinds, err := kindCases()
+	kinds, err := kindCases(tok)
 	if err != nil {
 		return nil, err
 	}
@@ -321,6 +322,26 @@ func startKeyd(ctx context.Context, kr *keyring.Keyring) (*grpc.ClientConn, func
 	return conn, stop, nil
 }
 
+// rawNames names the raw operations a token does: the gm ones are HSM
+// operations on a module whose mechanism table has them, software under
+// unwrapped keys otherwise.
+type rawNames struct{ gmMAC, gmSign, kek string }
+
+func namesFor(tok *hsm.Token) rawNames {
+	m := tok.Mechanisms()
+	n := rawNames{gmMAC: "software HMAC-SM3", gmSign: "software SM2 sign", kek: "HSM AES-256-GCM encrypt"}
+	if m.SM3HMAC != 0 {
+		n.gmMAC = "HSM HMAC-SM3"
+	}
+	if m.SM2Sign != 0 && m.SM2KeyGen != 0 {
+		n.gmSign = "HSM SM2 sign"
+	}
+	if m.SM4GCM != 0 {
+		n.kek = "HSM SM4-GCM encrypt"
+	}
+	return n
+}
+
 // rawOps are the operations issuance is compared with, in table order.
 func rawOps(ctx context.Context, tok *hsm.Token, kr *keyring.Keyring, health healthpb.HealthClient) ([]rawOp, error) {
 	ecdsaSigner, err := tok.ECDSASigner(ctx, keyring.Label(keyring.CA, suite.Intl, 1))
@@ -333,6 +354,8 @@ func rawOps(ctx context.Context, tok *hsm.Token, kr *keyring.Keyring, health hea
 	}
 	digest := sha256.Sum256([]byte("bench"))
 	small := make([]byte, 64)
+	names := namesFor(tok)
+	gmMACGen := kr.Current(keyring.MAC, suite.GM)
 	return []rawOp{
 		{"HSM HMAC-SHA256", func(ctx context.Context) error {
 			_, err := tok.HMACSHA256(ctx, keyring.AuditLabel, small)
@@ -342,15 +365,19 @@ func rawOps(ctx context.Context, tok *hsm.Token, kr *keyring.Keyring, health hea
 			_, err := ecdsaSigner.SignContext(ctx, digest[:])
 			return err
 		}},
-		{"HSM AES-256-GCM encrypt", func(ctx context.Context) error {
+		{names.kek, func(ctx context.Context) error {
 			_, err := tok.EncryptGCM(ctx, keyring.KEKLabel, small, nil)
 			return err
 		}},
-		{"software HMAC-SM3", func(context.Context) error {
-			_ = suite.GM.MAC(small, small)
-			return nil
+		// The keyring's own HMAC-SM3: inside the module when it has the
+		// mechanism, in keyd's memory otherwise.
+		{names.gmMAC, func(ctx context.Context) error {
+			_, err := kr.MAC(ctx, suite.GM, gmMACGen, small)
+			return err
 		}},
-		{"software SM2 sign", func(context.Context) error {
+		// e signed as it is (nil options): the SM2 of a token or a
+		// certificate without keyd's Z computation.
+		{names.gmSign, func(context.Context) error {
 			_, err := sm2Signer.Sign(rand.Reader, digest[:], nil)
 			return err
 		}},
@@ -370,7 +397,16 @@ func rawOps(ctx context.Context, tok *hsm.Token, kr *keyring.Keyring, health hea
 // hsmOps counts token operations per issued credential; software work
 // under unwrapped keys is not counted, nor the audit log's one MAC a
 // second, which every credential in that second shares.
-func kindCases() ([]kindCase, error) {
+func kindCases(tok *hsm.Token) ([]kindCase, error) {
+	names := namesFor(tok)
+	gmMAC, gmMACOps := "keyd gRPC round trip", 0
+	if strings.HasPrefix(names.gmMAC, "HSM") {
+		gmMAC, gmMACOps = names.gmMAC, 1
+	}
+	gmSignOps := 0
+	if strings.HasPrefix(names.gmSign, "HSM") {
+		gmSignOps = 1
+	}
 	cases := []struct {
 		name   string
 		spec   object.Spec
@@ -378,14 +414,14 @@ func kindCases() ([]kindCase, error) {
 		hsmOps int
 	}{
 		{"apiKey intl", object.Spec{Name: "k", Kind: object.APIKey}, "HSM HMAC-SHA256", 1},
-		{"apiKey gm", object.Spec{Name: "k", Kind: object.APIKey, Suite: suite.GM}, "keyd gRPC round trip", 0},
+		{"apiKey gm", object.Spec{Name: "k", Kind: object.APIKey, Suite: suite.GM}, gmMAC, gmMACOps},
 		{"derivedKey intl", object.Spec{Name: "d", Kind: object.DerivedKey}, "HSM HMAC-SHA256", 1},
-		{"derivedKey gm", object.Spec{Name: "d", Kind: object.DerivedKey, Suite: suite.GM}, "keyd gRPC round trip", 0},
+		{"derivedKey gm", object.Spec{Name: "d", Kind: object.DerivedKey, Suite: suite.GM}, gmMAC, gmMACOps},
 		{"certificate intl", object.Spec{Name: "c", Kind: object.Certificate}, "HSM ECDSA P-256 sign", 1},
-		{"certificate gm", object.Spec{Name: "c", Kind: object.Certificate, Algorithm: "sm2"}, "software SM2 sign", 0},
+		{"certificate gm", object.Spec{Name: "c", Kind: object.Certificate, Algorithm: "sm2"}, names.gmSign, gmSignOps},
 		{"token intl", object.Spec{Name: "t", Kind: object.Token}, "HSM ECDSA P-256 sign", 1},
-		{"token gm", object.Spec{Name: "t", Kind: object.Token, Suite: suite.GM}, "software SM2 sign", 0},
-		{"secret", object.Spec{Name: "db", Kind: object.Secret}, "HSM AES-256-GCM encrypt", 1},
+		{"token gm", object.Spec{Name: "t", Kind: object.Token, Suite: suite.GM}, names.gmSign, gmSignOps},
+		{"secret", object.Spec{Name: "db", Kind: object.Secret}, names.kek, 1},
 	}
 	var out []kindCase
 	for _, c := range cases {

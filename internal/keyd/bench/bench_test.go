@@ -8,14 +8,17 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/internal/keyd/bench"
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
 )
 
 // TestRunProducesEveryRow runs the bench briefly against a real token: it
 // checks the table's completeness and that nothing failed, not speed.
-func TestRunProducesEveryRow(t *testing.T) {
+func TestRunProducesEveryRow(t *testing.T) { hsmtest.Each(t, testRunProducesEveryRow) }
+
+func testRunProducesEveryRow(t *testing.T, m hsmtest.Module) {
 	ctx := context.Background()
-	cfg := keyringtest.Token(t)
+	cfg := keyringtest.TokenOn(t, m)
 	var out bytes.Buffer
 	res, err := bench.Run(ctx, bench.Options{HSM: cfg, Duration: 50 * time.Millisecond, Concurrency: []int{2}}, &out)
 	if err != nil {
@@ -35,5 +38,12 @@ func TestRunProducesEveryRow(t *testing.T) {
 	if !strings.Contains(out.String(), "issue certificate gm") || !strings.Contains(out.String(), "verify signed request (durable nonce)") ||
 		!strings.Contains(out.String(), "CPU beyond it") {
 		t.Fatalf("table:\n%s", out.String())
+	}
+	// On the SM module the gm rows compare with the module's own SM
+	// operations.
+	for _, raw := range []string{"raw HSM SM2 sign", "raw HSM HMAC-SM3", "raw HSM SM4-GCM encrypt"} {
+		if strings.Contains(out.String(), raw) != (m.Name == "sm") {
+			t.Errorf("%s on %s:\n%s", raw, m.Name, out.String())
+		}
 	}
 }
