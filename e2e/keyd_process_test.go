@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/internal/host/testdir"
+	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keydtest"
 )
 
@@ -104,6 +105,20 @@ func newWorld(t testing.TB) *world {
 	}
 	if out, code := w.run("", "podkey", "hsm", "init"); code != 0 || !strings.Contains(out, "created 10 root keys") {
 		t.Fatalf("hsm init: %d %s", code, out)
+	}
+	return w
+}
+
+// newSMWorld is newWorld on a token of podkey's SM development module
+// (built once per test process): keyd's gm keys are inside the module.
+func newSMWorld(t testing.TB) *world {
+	lib, _ := hsmtest.SMModule(t) // exports PODKEY_SMHSM_DIR for the processes
+	w := &world{t: t, bin: binaries(t), dir: t.TempDir()}
+	sock := filepath.Join(w.dir, "keyd.sock")
+	w.env = append(os.Environ(), "PODKEY_HSM_MODULE="+lib, "PODKEY_HSM_MECHANISMS="+hsmtest.SMMechanismsFile(t),
+		"PODKEY_HSM_TOKEN=e2e-sm-"+filepath.Base(w.dir), "PODKEY_HSM_PIN_FILE="+filepath.Join(w.dir, "pin"), "PODKEY_SOCKET="+sock)
+	if out, code := w.run("", "podkey", "hsm", "init", "--init-token"); code != 0 || !strings.Contains(out, "created 10 root keys") {
+		t.Fatalf("hsm init on the SM module: %d %s", code, out)
 	}
 	return w
 }

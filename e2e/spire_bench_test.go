@@ -80,7 +80,8 @@ type issuanceRow struct {
 
 // BenchmarkIssuanceBesideSPIRE drives keyd (its own process, suite intl on
 // SoftHSM2 and suite gm in software, development identity over its local
-// socket) and SPIRE's server v1.13.3 (memory key manager, sqlite
+// socket; and a second keyd whose gm CA key is inside the SM development
+// module, keyd-gm-in-sm-module) and SPIRE's server v1.13.3 (memory key manager, sqlite
 // datastore, MintX509SVID over its local admin socket) with the same load
 // from this process: X.509 certificates from fresh ECDSA P-256 (or SM2)
 // CSRs, at 1, 8 and 64 callers, interleaved, three rounds of 5 s
@@ -108,6 +109,10 @@ func BenchmarkIssuanceBesideSPIRE(b *testing.B) {
 	}
 	keydProc := w.startKeyd(ctx, args...)
 	keyd := keydv1.NewKeydClient(mustDial(b, w.sock()))
+	// The same keyd on the SM development module: gm signed inside it.
+	smw := newSMWorld(b)
+	smProc := smw.startKeyd(ctx)
+	smKeyd := keydv1.NewKeydClient(mustDial(b, smw.sock()))
 	// A baseline keyd (PODKEY_BASELINE_BIN: a directory with podkey and
 	// podkey-keyd built from another revision) on the same token, measured
 	// interleaved with this one: before and after a change in one run.
@@ -162,6 +167,7 @@ func BenchmarkIssuanceBesideSPIRE(b *testing.B) {
 	issuers := []issuer{
 		{"keyd-intl", keydProc.Process.Pid, keydIssue(keyd, intlCSRs)},
 		{"keyd-gm", keydProc.Process.Pid, keydIssue(keyd, gmCSRs)},
+		{"keyd-gm-in-sm-module", smProc.Process.Pid, keydIssue(smKeyd, gmCSRs)},
 		{"spire", spire.pid, func(ctx context.Context, i int64) error {
 			_, err := spire.client.MintX509SVID(ctx, &svidv1.MintX509SVIDRequest{Csr: spireCSRs[i%pool], Ttl: 3600})
 			return err
