@@ -110,7 +110,7 @@ func newHSMStatusCommand(hf *hsmflags.Flags) *cobra.Command {
 					}
 					prot = fmt.Sprintf("sensitive=%v extractable=%v", a.Sensitive, a.Extractable)
 				case hsm.Data:
-					if !strings.HasSuffix(o.Label, "/cert") {
+					if keyring.Wrapped(o.Label) {
 						prot = "wrapped under podkey/kek"
 					}
 				}

@@ -28,6 +28,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emmansun/gmsm/sm3"
+
 	"github.com/podkey/podkey/internal/keyd/store"
 )
 
@@ -72,16 +74,44 @@ type Record struct {
 	KeyID          string    `json:"keyID,omitempty"`   // access key ids are public identifiers
 	Batch          uint64    `json:"batch,omitempty"`   // version 2: position of the first record under its key
 	KeyGen         int       `json:"keyGen,omitempty"`  // version 2: the HSM audit key's generation the batch key is from (absent: 1)
-	Prev           []byte    `json:"prev"`
-	MAC            []byte    `json:"mac,omitempty"`
+	// Alg is the record MAC's algorithm: "" HMAC-SHA256, AlgSM3 HMAC-SM3
+	// (a generation of the audit key made for HMAC-SM3: its batch keys
+	// come from HMAC-SM3 inside the HSM too).
+	Alg  string `json:"alg,omitempty"`
+	Prev []byte `json:"prev"`
+	MAC  []byte `json:"mac,omitempty"`
 }
 
 // MACFunc computes the chain MAC (HMAC-SHA256 under the HSM audit key).
 type MACFunc func(ctx context.Context, data []byte) ([]byte, error)
 
+// AlgSM3 names HMAC-SM3 in a record's Alg.
+const AlgSM3 = "HMAC-SM3"
+
+// SM3Keys are Keys some of whose generations are HMAC-SM3 keys: their
+// batch keys come from HMAC-SM3 in the HSM and their records are MACed
+// with HMAC-SM3.
+type SM3Keys interface {
+	SM3(ctx context.Context, gen int) (bool, error)
+}
+
+// keyAlg is the record MAC algorithm of a key generation.
+func keyAlg(ctx context.Context, keys Keys, gen int) (string, error) {
+	k, ok := keys.(SM3Keys)
+	if !ok {
+		return "", nil
+	}
+	sm3, err := k.SM3(ctx, gen)
+	if err != nil || !sm3 {
+		return "", err
+	}
+	return AlgSM3, nil
+}
+
 // Keys are the generations of the HSM audit key.
 type Keys interface {
-	// MAC computes HMAC-SHA256 under generation gen (1: the first).
+	// MAC computes the HMAC under generation gen (1: the first):
+	// HMAC-SHA256, or HMAC-SM3 for a generation SM3Keys names.
 	MAC(ctx context.Context, gen int, data []byte) ([]byte, error)
 	// Current is the generation new batch keys come from. A writer never
 	// goes back to an older generation than the chain's tail has.
@@ -133,7 +163,11 @@ func recordMAC(ctx context.Context, keys Keys, key []byte, r *Record) ([]byte, e
 	if r.Version == 1 {
 		return keys.MAC(ctx, 1, data)
 	}
-	h := hmac.New(sha256.New, key)
+	hash := sha256.New
+	if r.Alg == AlgSM3 {
+		hash = sm3.New
+	}
+	h := hmac.New(hash, key)
 	h.Write(data)
 	return h.Sum(nil), nil
 }
@@ -166,6 +200,7 @@ type Log struct {
 	// keyFirst on, until keyBorn+keyLifetime.
 	key         []byte
 	keyGen      int
+	keyAlg      string // the records' MAC algorithm under it
 	keyFirst    uint64
 	keyBorn     time.Time
 	keyLifetime time.Duration
@@ -473,11 +508,15 @@ func (l *Log) renewKey(ctx context.Context) error {
 	next, gen := l.tailSeq+1, l.keyGeneration()
 	clear(l.key)
 	l.key = nil
+	alg, err := keyAlg(ctx, l.keys, gen)
+	if err != nil {
+		return fmt.Errorf("audit: key generation %d: %w", gen, err)
+	}
 	key, err := batchKey(ctx, l.keys, gen, next)
 	if err != nil {
 		return fmt.Errorf("audit: MAC: %w", err)
 	}
-	l.key, l.keyGen, l.keyFirst, l.keyBorn = key, gen, next, time.Now()
+	l.key, l.keyGen, l.keyAlg, l.keyFirst, l.keyBorn = key, gen, alg, next, time.Now()
 	return nil
 }
 
@@ -493,6 +532,7 @@ func (l *Log) seal(ctx context.Context, batch []*pending, first uint64, prev []b
 		if r.KeyGen = 0; l.keyGen > 1 {
 			r.KeyGen = l.keyGen
 		}
+		r.Alg = l.keyAlg
 		if r.MAC, err = recordMAC(ctx, l.keys, l.key, &r); err != nil {
 			return nil, nil, err
 		}
@@ -569,6 +609,7 @@ func verify(ctx context.Context, st store.Store, keys Keys, macOf uint64) (uint6
 		key      []byte // of batch keyBatch, generation keyGen
 		keyBatch uint64
 		keyGen   int
+		keyAlgo  string
 	)
 	defer func() { clear(key) }()
 	err := st.ScanAudit(ctx, 1, func(e store.AuditEntry) error {
@@ -597,7 +638,13 @@ func verify(ctx context.Context, st store.Store, keys Keys, macOf uint64) (uint6
 			if key, err = batchKey(ctx, keys, r.keyGen(), r.Batch); err != nil {
 				return err
 			}
+			if keyAlgo, err = keyAlg(ctx, keys, r.keyGen()); err != nil {
+				return err
+			}
 			keyBatch, keyGen = r.Batch, r.keyGen()
+		}
+		if r.Version == version && r.Alg != keyAlgo {
+			return &TamperError{Seq: e.Seq, Reason: fmt.Sprintf("MAC algorithm %q is not that of audit key generation %d", r.Alg, r.keyGen())}
 		}
 		m, err := recordMAC(ctx, keys, key, &r)
 		if err != nil {

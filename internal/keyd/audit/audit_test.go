@@ -81,41 +81,63 @@ func TestConcurrentAppendsFormOneChain(t *testing.T) {
 	}
 }
 
+// sm3Keys are software keys whose every generation is HMAC-SM3, as the
+// keyring's are on a module with HMAC-SM3.
+type sm3Keys struct{ audit.MACFunc }
+
+func (sm3Keys) SM3(context.Context, int) (bool, error) { return true, nil }
+
 func TestTamperingIsLocated(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name   string
-		mutate func(r *audit.Record)
-	}{
-		{"content", func(r *audit.Record) { r.Namespace = "evil" }},
-		{"result", func(r *audit.Record) { r.Result = audit.ResultOK }},
-		{"link", func(r *audit.Record) { r.Prev = []byte("x") }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "a.db")
-			st, _ := store.OpenBolt(path)
-			l := audit.Open(st, audit.MACFunc(softMAC))
-			for i := 0; i < 5; i++ {
-				_ = l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultDenied, Namespace: "ns"})
-			}
-			l.Close()
-			// Rewrite record 3 in place, as someone with file access could.
-			var entries []store.AuditEntry
-			_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error { entries = append(entries, e); return nil })
-			st.Close()
-			var r audit.Record
-			_ = json.Unmarshal(entries[2].Data, &r)
-			tc.mutate(&r)
-			entries[2].Data, _ = json.Marshal(r)
-			rewriteAudit(t, path, entries)
-			st, _ = store.OpenBolt(path)
-			defer st.Close()
-			_, err := audit.Verify(ctx, st, audit.MACFunc(softMAC))
-			var te *audit.TamperError
-			if !errors.As(err, &te) || te.Seq != 3 {
-				t.Fatalf("want tamper at 3, got %v", err)
-			}
-		})
+	for _, keys := range []struct {
+		name string
+		keys audit.Keys
+		alg  string
+	}{{"hmac-sha256", audit.MACFunc(softMAC), ""}, {"hmac-sm3", sm3Keys{audit.MACFunc(softMAC)}, audit.AlgSM3}} {
+		for _, tc := range []struct {
+			name   string
+			mutate func(r *audit.Record)
+		}{
+			{"content", func(r *audit.Record) { r.Namespace = "evil" }},
+			{"result", func(r *audit.Record) { r.Result = audit.ResultOK }},
+			{"link", func(r *audit.Record) { r.Prev = []byte("x") }},
+			{"algorithm", func(r *audit.Record) {
+				if r.Alg == "" {
+					r.Alg = audit.AlgSM3
+				} else {
+					r.Alg = ""
+				}
+			}},
+		} {
+			t.Run(keys.name+"/"+tc.name, func(t *testing.T) {
+				path := filepath.Join(t.TempDir(), "a.db")
+				st, _ := store.OpenBolt(path)
+				l := audit.Open(st, keys.keys)
+				for i := 0; i < 5; i++ {
+					_ = l.Append(ctx, audit.Record{Action: audit.ActionVerify, Result: audit.ResultDenied, Namespace: "ns"})
+				}
+				l.Close()
+				// Rewrite record 3 in place, as someone with file access could.
+				var entries []store.AuditEntry
+				_ = st.ScanAudit(ctx, 1, func(e store.AuditEntry) error { entries = append(entries, e); return nil })
+				st.Close()
+				var r audit.Record
+				_ = json.Unmarshal(entries[2].Data, &r)
+				if r.Alg != keys.alg {
+					t.Fatalf("record MAC algorithm %q, want %q", r.Alg, keys.alg)
+				}
+				tc.mutate(&r)
+				entries[2].Data, _ = json.Marshal(r)
+				rewriteAudit(t, path, entries)
+				st, _ = store.OpenBolt(path)
+				defer st.Close()
+				_, err := audit.Verify(ctx, st, keys.keys)
+				var te *audit.TamperError
+				if !errors.As(err, &te) || te.Seq != 3 {
+					t.Fatalf("want tamper at 3, got %v", err)
+				}
+			})
+		}
 	}
 }
 

@@ -258,7 +258,13 @@ func Locations(ctx context.Context, tok *hsm.Token) ([]Location, error) {
 			continue
 		}
 		if o.Class == hsm.SecretKey && (o.Label == AuditLabel || strings.HasPrefix(o.Label, AuditLabel+"/g")) {
-			out = append(out, Location{Label: o.Label, Native: true, Why: "inside the module: HMAC-SHA256 (the audit chain's batch keys)"})
+			why := "inside the module: HMAC-SHA256 (the audit chain's batch keys)"
+			if sm3, err := tok.Exists(ctx, hsm.Data, o.Label+"/hmac-sm3"); err != nil {
+				return nil, err
+			} else if sm3 {
+				why = "inside the module: HMAC-SM3, through the mechanism table's sm3Hmac (the audit chain's batch keys)"
+			}
+			out = append(out, Location{Label: o.Label, Native: true, Why: why})
 			continue
 		}
 		base, _, _ := strings.Cut(o.Label, "#")

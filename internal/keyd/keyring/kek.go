@@ -196,6 +196,18 @@ func readWrapped(ctx context.Context, tok *hsm.Token, label string) ([]byte, err
 
 // wrappedObjects lists the base labels of the token's wrapped private
 // values (SM root keys, SM image keys), with the copies each has.
+// Wrapped reports whether a podkey data object holds a value wrapped
+// under the KEK; the others are public: CA certificates (/cert), image
+// keys' public halves (/pub), audit key markers (/hmac-sm3).
+func Wrapped(label string) bool {
+	for _, public := range []string{"/cert", "/pub", "/hmac-sm3"} {
+		if strings.HasSuffix(label, public) {
+			return false
+		}
+	}
+	return true
+}
+
 func wrappedObjects(ctx context.Context, tok *hsm.Token) (map[string][]string, error) {
 	objs, err := tok.List(ctx, prefix)
 	if err != nil {
@@ -203,7 +215,7 @@ func wrappedObjects(ctx context.Context, tok *hsm.Token) (map[string][]string, e
 	}
 	out := map[string][]string{}
 	for _, o := range objs {
-		if o.Class != hsm.Data || strings.HasSuffix(o.Label, "/cert") || strings.HasSuffix(o.Label, "/pub") {
+		if o.Class != hsm.Data || !Wrapped(o.Label) {
 			continue
 		}
 		b := baseLabel(o.Label)

@@ -139,7 +139,7 @@ func Init(ctx context.Context, tok *hsm.Token) ([]string, error) {
 	} else if err := add(KEKLabel, tok.GenerateKEK(ctx, KEKLabel)); err != nil {
 		return created, err
 	}
-	if err := add(AuditLabel, tok.GenerateHMACKey(ctx, AuditLabel)); err != nil {
+	if err := add(AuditLabel, generateAuditKey(ctx, tok, 1)); err != nil {
 		return created, err
 	}
 	existing, err := generations(ctx, tok)

@@ -6,17 +6,21 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/emmansun/gmsm/sm2"
 	"github.com/miekg/pkcs11"
 
+	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
+	"github.com/podkey/podkey/internal/keyd/store"
 	"github.com/podkey/podkey/pkg/image/imagecrypt"
 	"github.com/podkey/podkey/pkg/suite"
 )
@@ -234,6 +238,50 @@ func TestNoGMKeyMaterialInKeydOnTheSMModule(t *testing.T) {
 		}
 		if want := []string{"podkey/ca/gm/g1", "podkey/derive/gm/g1", "podkey/image/site-gm", "podkey/jwt/gm/g1", "podkey/mac/gm/g1"}; m.Name != "sm" && !slices.Equal(got, want) {
 			t.Fatalf("on %s keyd holds %v in memory, want %v", m.Name, got, want)
+		}
+	})
+}
+
+// TestAuditChainIsHMACSM3OnTheSMModule: on a module with HMAC-SM3 the
+// audit key is an HMAC-SM3 key and the chain's records say so and are
+// MACed with it, through an audit key rotation; elsewhere HMAC-SHA256.
+func TestAuditChainIsHMACSM3OnTheSMModule(t *testing.T) {
+	hsmtest.Each(t, func(t *testing.T, m hsmtest.Module) {
+		ctx := context.Background()
+		kr := keyringtest.OpenOn(t, m)
+		st, err := store.OpenBolt(filepath.Join(t.TempDir(), "keyd.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		log := audit.Open(st, kr.AuditKeys())
+		for i := range 3 {
+			if i == 2 {
+				if _, err := kr.RotateAudit(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := log.Append(ctx, audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Namespace: "payments"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		log.Close()
+		want := ""
+		if m.Name == "sm" {
+			want = audit.AlgSM3
+		}
+		var recs []store.AuditEntry
+		if err := st.ScanAudit(ctx, 1, func(e store.AuditEntry) error { recs = append(recs, e); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range recs {
+			var r audit.Record
+			if err := json.Unmarshal(e.Data, &r); err != nil || r.Alg != want {
+				t.Fatalf("record %d on %s: alg %q, want %q (%v)", e.Seq, m.Name, r.Alg, want, err)
+			}
+		}
+		if n, err := audit.Verify(ctx, st, keyring.TokenAuditKeys(kr.Token())); err != nil || n != 3 {
+			t.Fatalf("verify: %d %v", n, err)
 		}
 	})
 }

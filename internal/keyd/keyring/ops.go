@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/ca"
@@ -106,13 +107,66 @@ func auditGeneration(ctx context.Context, tok *hsm.Token) (int, error) {
 	return gens[len(gens)-1], nil
 }
 
+// auditSM3Label marks an audit key generation made for HMAC-SM3: a
+// public data object beside the key, written before it, so a generation
+// is HMAC-SM3 from its first MAC or never.
+func auditSM3Label(gen int) string { return auditLabel(gen) + "/hmac-sm3" }
+
+// generateAuditKey creates generation gen of the audit key: an HMAC-SM3
+// key when the mechanism table has HMAC-SM3 (the chain of a module with
+// SM mechanisms is authenticated with SM3), HMAC-SHA256 otherwise.
+func generateAuditKey(ctx context.Context, tok *hsm.Token, gen int) error {
+	label := auditLabel(gen)
+	if ok, err := tok.Exists(ctx, hsm.SecretKey, label); err != nil || ok {
+		if ok {
+			err = fmt.Errorf("keyring: %s: %w", label, hsm.ErrObjectExists)
+		}
+		return err
+	}
+	if nativeSM3(tok) {
+		err := tok.PutData(ctx, auditSM3Label(gen), []byte(audit.AlgSM3), false)
+		if err != nil && !errors.Is(err, hsm.ErrObjectExists) {
+			return err
+		}
+	}
+	return tok.GenerateHMACKey(ctx, label)
+}
+
 // auditKeys are the token's audit key generations (audit.Keys).
 type auditKeys struct {
 	tok     *hsm.Token
 	current func() int
+	sm3     *sync.Map // generation -> bool, read once from the token
+}
+
+func newAuditKeys(tok *hsm.Token, current func() int) auditKeys {
+	return auditKeys{tok: tok, current: current, sm3: &sync.Map{}}
+}
+
+// SM3 reports whether generation gen is an HMAC-SM3 key (audit.SM3Keys).
+func (k auditKeys) SM3(ctx context.Context, gen int) (bool, error) {
+	if v, ok := k.sm3.Load(gen); ok {
+		return v.(bool), nil
+	}
+	ok, err := k.tok.Exists(ctx, hsm.Data, auditSM3Label(gen))
+	if err != nil {
+		return false, err
+	}
+	if ok && k.tok.Mechanisms().SM3HMAC == 0 {
+		return false, fmt.Errorf("keyring: audit key generation %d is HMAC-SM3 and the mechanism table has no sm3Hmac", gen)
+	}
+	k.sm3.Store(gen, ok)
+	return ok, nil
 }
 
 func (k auditKeys) MAC(ctx context.Context, gen int, data []byte) ([]byte, error) {
+	sm3, err := k.SM3(ctx, gen)
+	if err != nil {
+		return nil, err
+	}
+	if sm3 {
+		return k.tok.Sign(ctx, k.tok.Mechanisms().SM3HMAC, hsm.SecretKey, auditLabel(gen), data)
+	}
 	return k.tok.HMACSHA256(ctx, auditLabel(gen), data)
 }
 
@@ -121,11 +175,11 @@ func (k auditKeys) Current() int { return k.current() }
 // AuditKeys are the audit key's generations for keyd's log: new batch
 // keys come from the newest this keyring created or loaded.
 func (kr *Keyring) AuditKeys() audit.Keys {
-	return auditKeys{tok: kr.tok, current: func() int {
+	return newAuditKeys(kr.tok, func() int {
 		kr.mu.RLock()
 		defer kr.mu.RUnlock()
 		return kr.audit
-	}}
+	})
 }
 
 // RotateAudit creates the next generation of the audit key; the log's next
@@ -137,7 +191,7 @@ func (kr *Keyring) RotateAudit(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	gen++
-	if err := kr.tok.GenerateHMACKey(ctx, auditLabel(gen)); err != nil {
+	if err := generateAuditKey(ctx, kr.tok, gen); err != nil {
 		return 0, err
 	}
 	kr.mu.Lock()
@@ -149,11 +203,11 @@ func (kr *Keyring) RotateAudit(ctx context.Context) (int, error) {
 // TokenAuditKeys are the audit key's generations on a token opened without
 // a keyring, for checking an audit chain offline.
 func TokenAuditKeys(tok *hsm.Token) audit.Keys {
-	return auditKeys{tok: tok, current: func() int {
+	return newAuditKeys(tok, func() int {
 		g, err := auditGeneration(context.Background(), tok)
 		if err != nil || g == 0 {
 			return 1
 		}
 		return g
-	}}
+	})
 }
