@@ -143,19 +143,25 @@ func goGetSlotList(present C.CK_BBOOL, list C.CK_SLOT_ID_PTR, count C.CK_ULONG_P
 	if r != ok {
 		return C.CK_RV(r)
 	}
+	return putList(ids, list, count, func(v uint64) C.CK_SLOT_ID { return C.CK_SLOT_ID(v) })
+}
+
+// putList answers a list under the two-call convention: the count alone
+// when list is NULL, CKR_BUFFER_TOO_SMALL when it does not fit.
+func putList[T any](vals []uint64, list *T, count C.CK_ULONG_PTR, conv func(uint64) T) C.CK_RV {
 	if list == nil {
-		*count = C.CK_ULONG(len(ids))
+		*count = C.CK_ULONG(len(vals))
 		return C.CKR_OK
 	}
-	if int(*count) < len(ids) {
-		*count = C.CK_ULONG(len(ids))
+	if int(*count) < len(vals) {
+		*count = C.CK_ULONG(len(vals))
 		return C.CKR_BUFFER_TOO_SMALL
 	}
-	out := unsafe.Slice(list, len(ids))
-	for i, id := range ids {
-		out[i] = C.CK_SLOT_ID(id)
+	out := unsafe.Slice(list, len(vals))
+	for i, v := range vals {
+		out[i] = conv(v)
 	}
-	*count = C.CK_ULONG(len(ids))
+	*count = C.CK_ULONG(len(vals))
 	return C.CKR_OK
 }
 
@@ -217,20 +223,7 @@ func goGetMechanismList(slot C.CK_SLOT_ID, list C.CK_MECHANISM_TYPE_PTR, count C
 	if r != ok {
 		return C.CK_RV(r)
 	}
-	if list == nil {
-		*count = C.CK_ULONG(len(ms))
-		return C.CKR_OK
-	}
-	if int(*count) < len(ms) {
-		*count = C.CK_ULONG(len(ms))
-		return C.CKR_BUFFER_TOO_SMALL
-	}
-	out := unsafe.Slice(list, len(ms))
-	for i, m := range ms {
-		out[i] = C.CK_MECHANISM_TYPE(m)
-	}
-	*count = C.CK_ULONG(len(ms))
-	return C.CKR_OK
+	return putList(ms, list, count, func(v uint64) C.CK_MECHANISM_TYPE { return C.CK_MECHANISM_TYPE(v) })
 }
 
 //export goGetMechanismInfo

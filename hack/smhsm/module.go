@@ -398,6 +398,19 @@ func sessionState(h uint64) (slot, st, flags uint64, r rv) {
 	return s.slot, st, flags, ok
 }
 
+// slotToken reads a slot's token file. Caller holds state.mu.
+func slotToken(slot uint64) (string, *tokenFile, rv) {
+	dir, r := tokenDir(slot)
+	if r != ok {
+		return "", nil, r
+	}
+	t, err := readToken(dir)
+	if err != nil {
+		return "", nil, C.CKR_DEVICE_ERROR
+	}
+	return dir, t, ok
+}
+
 // lookupSession finds a session. Caller holds state.mu.
 func lookupSession(h uint64) (*session, rv) {
 	if !state.initialized {
@@ -462,13 +475,9 @@ func login(h, userType uint64, pin []byte) rv {
 			}
 		}
 	}
-	dir, r := tokenDir(s.slot)
+	_, t, r := slotToken(s.slot)
 	if r != ok {
 		return r
-	}
-	t, err := readToken(dir)
-	if err != nil {
-		return C.CKR_DEVICE_ERROR
 	}
 	want := t.SO
 	if userType == C.CKU_USER {
@@ -524,14 +533,11 @@ func initPIN(h uint64, pin []byte) rv {
 	if len(pin) < 4 || len(pin) > 255 {
 		return C.CKR_PIN_LEN_RANGE
 	}
-	dir, r := tokenDir(s.slot)
+	dir, t, r := slotToken(s.slot)
 	if r != ok {
 		return r
 	}
-	t, err := readToken(dir)
-	if err != nil {
-		return C.CKR_DEVICE_ERROR
-	}
+	var err error
 	if t.User, err = hashPIN(pin); err != nil {
 		return C.CKR_GENERAL_ERROR
 	}
