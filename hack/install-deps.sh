@@ -2,7 +2,8 @@
 # Installs what podkey's build, demo and tests need on a fresh Debian
 # machine: SoftHSM2 (the embedded default HSM), the PKCS#11 tools and the
 # protobuf compiler (for `make proto`), etcd (for the test clusters), and
-# python3 with cryptography (the reference request signer and token
+# a JDK (Java keystores are tested on a real JVM), python3 with
+# cryptography (the reference request signer and token
 # verifier in docs/examples/python, checked against keyd by the tests), and
 # PostgreSQL (the store's second implementation, tested on a real server).
 # Go tools (helm among them) are pinned in go.mod; the Kubernetes
@@ -22,6 +23,9 @@ command -v runc >/dev/null || need+=(runc)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql) # the store's PostgreSQL tests
+# keystores: keytool reads them and a Java program (run from source, so
+# the JDK's compiler module) uses them for a TLS handshake
+{ command -v keytool >/dev/null && java --list-modules 2>/dev/null | grep -q '^jdk.compiler'; } || need+=(openjdk-17-jdk-headless)
 { [ -e /usr/bin/busybox ] && ! ldd /usr/bin/busybox >/dev/null 2>&1; } || need+=(busybox-static) # a static one, for images
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -4,8 +4,10 @@
 package object
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"time"
 
@@ -78,6 +80,44 @@ type Spec struct {
 	Scope     string        `json:"scope,omitempty"`    // derivedKey: pod (default) or serviceAccount
 	Length    int           `json:"length,omitempty"`   // derivedKey bytes; default 32
 	Audience  []string      `json:"audience,omitempty"` // token audiences; default [podkey]
+	// Format is what a certificate is written as: pem (the default),
+	// pkcs12, jks, truststore; one or several.
+	Format Formats `json:"format,omitempty"`
+}
+
+// Certificate formats.
+const (
+	FormatPEM        = "pem"        // <file>.key, <file>.crt, <file>.ca.crt
+	FormatPKCS12     = "pkcs12"     // <file>.p12: key, certificate and CA chain
+	FormatJKS        = "jks"        // <file>.jks: the same as a Java KeyStore
+	FormatTrustStore = "truststore" // <file>.truststore.p12: the CA bundle only
+)
+
+// Formats is one format or a list of them: YAML takes `format: jks` and
+// `format: [pem, jks]`.
+type Formats []string
+
+// UnmarshalJSON takes a string or a list of strings.
+func (f *Formats) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*f = Formats{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return fmt.Errorf("format: a name or a list of names")
+	}
+	*f = many
+	return nil
+}
+
+// Has reports whether the formats include f.
+func (f Formats) Has(name string) bool { return slices.Contains(f, name) }
+
+// Keystore reports whether any format is a password-protected store.
+func (f Formats) Keystore() bool {
+	return f.Has(FormatPKCS12) || f.Has(FormatJKS) || f.Has(FormatTrustStore)
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
@@ -92,12 +132,58 @@ func ValidName(s string) bool { return nameRE.MatchString(s) }
 func ValidFileName(s string) bool { return podfiles.ValidName(s) == nil }
 
 // Files are the names the object writes into the volume: its file, or for
-// a certificate <file>.key, <file>.crt and <file>.ca.crt.
+// a certificate those of its formats (pem: <file>.key, <file>.crt and
+// <file>.ca.crt; pkcs12 <file>.p12; jks <file>.jks; truststore
+// <file>.truststore.p12; with any keystore its password, <file>.pass).
 func (s *Spec) Files() []string {
-	if s.Kind == Certificate {
-		return []string{s.File + podfiles.CertKeySuffix, s.File + podfiles.CertSuffix, s.File + podfiles.CASuffix}
+	if s.Kind != Certificate {
+		return []string{s.File}
 	}
-	return []string{s.File}
+	var out []string
+	if len(s.Format) == 0 || s.Format.Has(FormatPEM) {
+		out = append(out, s.File+podfiles.CertKeySuffix, s.File+podfiles.CertSuffix, s.File+podfiles.CASuffix)
+	}
+	for _, f := range []struct{ name, suffix string }{
+		{FormatPKCS12, podfiles.PKCS12Suffix}, {FormatJKS, podfiles.JKSSuffix}, {FormatTrustStore, podfiles.TrustStoreSuffix},
+	} {
+		if s.Format.Has(f.name) {
+			out = append(out, s.File+f.suffix)
+		}
+	}
+	if s.Format.Keystore() {
+		out = append(out, s.File+podfiles.PasswordSuffix)
+	}
+	return out
+}
+
+// normalizeFormat checks a certificate's formats: known, each once, and
+// no keystore for the gm suite (see docs/secretproviderclass.md).
+func (s *Spec) normalizeFormat() error {
+	if len(s.Format) == 0 {
+		if s.Kind == Certificate {
+			s.Format = Formats{FormatPEM}
+		}
+		return nil
+	}
+	if s.Kind != Certificate {
+		return fmt.Errorf("object %q: format applies to certificate only", s.Name)
+	}
+	seen := map[string]bool{}
+	for _, f := range s.Format {
+		switch f {
+		case FormatPEM, FormatPKCS12, FormatJKS, FormatTrustStore:
+		default:
+			return fmt.Errorf("object %q: unknown format %q (want pem, pkcs12, jks or truststore)", s.Name, f)
+		}
+		if seen[f] {
+			return fmt.Errorf("object %q: format %q given twice", s.Name, f)
+		}
+		seen[f] = true
+	}
+	if s.Suite == suite.GM && s.Format.Keystore() {
+		return fmt.Errorf("object %q: keystore formats are intl only: a gm (SM2) key in a PKCS#12 or JKS store loads only with a vendor SM provider, so podkey writes gm certificates as pem", s.Name)
+	}
+	return nil
 }
 
 // Normalize fills defaults and validates. The error names the object.
@@ -111,6 +197,12 @@ func (s *Spec) Normalize() error {
 	if s.File == "" {
 		s.File = s.Name
 	}
+	if err := s.normalizeSuite(); err != nil {
+		return err
+	}
+	if err := s.normalizeFormat(); err != nil {
+		return err
+	}
 	for _, f := range s.Files() {
 		if err := podfiles.ValidName(f); err != nil {
 			return fmt.Errorf("object %q: %w", s.Name, err)
@@ -122,27 +214,6 @@ func (s *Spec) Normalize() error {
 	m, err := strconv.ParseUint(s.Mode, 8, 32)
 	if err != nil || m&^0o777 != 0 || m&0o022 != 0 {
 		return fmt.Errorf("object %q: mode %q must be octal with no group/other write bits", s.Name, s.Mode)
-	}
-	switch s.Algorithm {
-	case "":
-	case "sm2":
-		if s.Suite != "" && s.Suite != suite.GM {
-			return fmt.Errorf("object %q: algorithm sm2 needs suite gm", s.Name)
-		}
-		s.Suite = suite.GM
-	case "ecdsa-p256":
-		if s.Suite != "" && s.Suite != suite.Intl {
-			return fmt.Errorf("object %q: algorithm ecdsa-p256 needs suite intl", s.Name)
-		}
-		s.Suite = suite.Intl
-	default:
-		return fmt.Errorf("object %q: unknown algorithm %q (want sm2 or ecdsa-p256)", s.Name, s.Algorithm)
-	}
-	if s.Algorithm != "" && s.Kind != Certificate && s.Kind != Token {
-		return fmt.Errorf("object %q: algorithm applies to certificate and token only", s.Name)
-	}
-	if s.Suite, err = suite.Parse(string(s.Suite)); err != nil {
-		return fmt.Errorf("object %q: %w", s.Name, err)
 	}
 	if s.TTLText != "" {
 		if s.TTL, err = time.ParseDuration(s.TTLText); err != nil {
@@ -182,6 +253,33 @@ func (s *Spec) Normalize() error {
 		if a == "" || len(a) > 253 {
 			return fmt.Errorf("object %q: empty or oversized audience", s.Name)
 		}
+	}
+	return nil
+}
+
+// normalizeSuite resolves the algorithm and the suite.
+func (s *Spec) normalizeSuite() error {
+	switch s.Algorithm {
+	case "":
+	case "sm2":
+		if s.Suite != "" && s.Suite != suite.GM {
+			return fmt.Errorf("object %q: algorithm sm2 needs suite gm", s.Name)
+		}
+		s.Suite = suite.GM
+	case "ecdsa-p256":
+		if s.Suite != "" && s.Suite != suite.Intl {
+			return fmt.Errorf("object %q: algorithm ecdsa-p256 needs suite intl", s.Name)
+		}
+		s.Suite = suite.Intl
+	default:
+		return fmt.Errorf("object %q: unknown algorithm %q (want sm2 or ecdsa-p256)", s.Name, s.Algorithm)
+	}
+	if s.Algorithm != "" && s.Kind != Certificate && s.Kind != Token {
+		return fmt.Errorf("object %q: algorithm applies to certificate and token only", s.Name)
+	}
+	var err error
+	if s.Suite, err = suite.Parse(string(s.Suite)); err != nil {
+		return fmt.Errorf("object %q: %w", s.Name, err)
 	}
 	return nil
 }
@@ -232,8 +330,8 @@ func ParseList(data []byte) ([]Spec, error) {
 		names[specs[i].Name] = true
 		for _, f := range specs[i].Files() {
 			if other, dup := files[podfiles.FoldName(f)]; dup {
-				return nil, fmt.Errorf("objects: object %q writes file %q, which %s also writes (names are compared without case; certificates also write <file>%s and <file>%s)",
-					specs[i].Name, f, other, podfiles.CertKeySuffix, podfiles.CASuffix)
+				return nil, fmt.Errorf("objects: object %q writes file %q, which %s also writes (names are compared without case; certificates also write <file>%s and <file>%s, and their keystore formats <file>%s, %s, %s and %s)",
+					specs[i].Name, f, other, podfiles.CertKeySuffix, podfiles.CASuffix, podfiles.PKCS12Suffix, podfiles.JKSSuffix, podfiles.TrustStoreSuffix, podfiles.PasswordSuffix)
 			}
 			files[podfiles.FoldName(f)] = fmt.Sprintf("object %q", specs[i].Name)
 		}

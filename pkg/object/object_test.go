@@ -49,6 +49,11 @@ func TestParseListRejects(t *testing.T) {
 		"- {name: a, kind: apiKey}\n- {name: a, kind: token}",
 		"- {name: a, kind: apiKey, file: f}\n- {name: b, kind: token, file: f}",
 		`- {name: a, kind: certificate, algorithm: sm2, suite: intl}`,
+		`- {name: a, kind: certificate, format: der}`, `- {name: a, kind: certificate, format: [pem, pem]}`,
+		`- {name: a, kind: certificate, format: {pem: 1}}`, `- {name: a, kind: token, format: pem}`,
+		`- {name: a, kind: certificate, algorithm: sm2, format: pkcs12}`, `- {name: a, kind: certificate, suite: gm, format: [truststore]}`,
+		"- {name: a, kind: certificate, format: jks}\n- {name: b, kind: secret, file: a.pass}",
+		"- {name: a, kind: certificate, format: pkcs12}\n- {name: b, kind: secret, file: A.P12}",
 	} {
 		if _, err := ParseList([]byte(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
@@ -123,6 +128,19 @@ func TestFiles(t *testing.T) {
 	c := Spec{Name: "mtls", Kind: Certificate, File: "tls"}
 	if got := strings.Join(c.Files(), ","); got != "tls.key,tls.crt,tls.ca.crt" {
 		t.Fatal(got)
+	}
+	specs, err := ParseList([]byte("- {name: web, kind: certificate, format: [pkcs12, pem, jks, truststore]}\n- {name: j, kind: certificate, format: jks}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(specs[0].Files(), ","); got != "web.key,web.crt,web.ca.crt,web.p12,web.jks,web.truststore.p12,web.pass" {
+		t.Fatal(got)
+	}
+	if got := strings.Join(specs[1].Files(), ","); got != "j.jks,j.pass" {
+		t.Fatal(got)
+	}
+	if gm, err := ParseList([]byte("- {name: g, kind: certificate, algorithm: sm2, format: pem}\n")); err != nil || !gm[0].Format.Has(FormatPEM) {
+		t.Fatalf("gm certificate as pem: %v", err)
 	}
 	k := Spec{Name: "k", Kind: APIKey, File: "k.json"}
 	if got := strings.Join(k.Files(), ","); got != "k.json" {

@@ -21,11 +21,18 @@ import (
 // MetadataFile is the volume's non-secret description of its objects.
 const MetadataFile = "podkey-metadata.json"
 
-// Certificate objects become three files: <file>.key, .crt and .ca.crt.
+// Certificate objects become three files: <file>.key, .crt and .ca.crt
+// (format pem), and with the keystore formats <file>.p12 (pkcs12),
+// <file>.jks (jks), <file>.truststore.p12 (truststore) and the keystores'
+// password in <file>.pass.
 const (
-	CertKeySuffix = ".key"
-	CertSuffix    = ".crt"
-	CASuffix      = ".ca.crt"
+	CertKeySuffix    = ".key"
+	CertSuffix       = ".crt"
+	CASuffix         = ".ca.crt"
+	PKCS12Suffix     = ".p12"
+	JKSSuffix        = ".jks"
+	TrustStoreSuffix = ".truststore.p12"
+	PasswordSuffix   = ".pass"
 )
 
 // DataDir is the symlink to the current generation's directory.

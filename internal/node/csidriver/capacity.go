@@ -19,7 +19,7 @@ func maxFileBytes(sp object.Spec) int64 {
 	case object.Secret:
 		return pages(object.MaxSecretSize)
 	case object.Certificate:
-		return pages(2048) + pages(8192) + pages(16384) // key, chain, CA bundle
+		return certificateBytes(sp)
 	case object.Token:
 		n := 2048
 		for _, a := range sp.Audience {
@@ -28,6 +28,29 @@ func maxFileBytes(sp object.Spec) int64 {
 		return pages(n)
 	}
 	return pages(1024) // apiKey JSON, derivedKey bytes
+}
+
+// certificateBytes bounds a certificate's files in its formats: the PEM
+// key, chain and CA bundle, and each keystore holding as much plus its
+// framing (a trust store the CA bundle), and their password.
+func certificateBytes(sp object.Spec) int64 {
+	const key, chain, bundle, framing = 2048, 8192, 16384, 4096
+	var n int64
+	if len(sp.Format) == 0 || sp.Format.Has(object.FormatPEM) {
+		n += pages(key) + pages(chain) + pages(bundle)
+	}
+	for _, f := range []string{object.FormatPKCS12, object.FormatJKS} {
+		if sp.Format.Has(f) {
+			n += pages(key + chain + bundle + framing)
+		}
+	}
+	if sp.Format.Has(object.FormatTrustStore) {
+		n += pages(bundle + framing)
+	}
+	if sp.Format.Keystore() {
+		n += pages(64) // the password
+	}
+	return n
 }
 
 // shortSymlink is the longest symbolic link target, its terminating NUL

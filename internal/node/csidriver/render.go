@@ -73,18 +73,8 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 				volume.Zero(files)
 				return nil, nil, fmt.Errorf("object %s: %w", sp.Name, cerr)
 			}
-			der, kerr := smx509.MarshalPKCS8PrivateKey(key)
-			if kerr != nil {
-				return nil, nil, kerr
-			}
-			keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-			clear(der)
-			io.Files = sp.Files() // key, certificate, CA bundle
-			if err = add(io.Files[0], keyPEM, mode); err == nil {
-				if err = add(io.Files[1], p.Certificate.CertPem, mode); err == nil {
-					err = add(io.Files[2], p.Certificate.CaBundlePem, mode)
-				}
-			}
+			io.Files = sp.Files()
+			err = addCertificate(sp, key, p.Certificate, mode, add)
 		case *keydv1.Credential_DerivedKey:
 			err = add(sp.File, p.DerivedKey.Key, mode)
 			io.Files = sp.Files()
@@ -104,6 +94,36 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 		issued[i] = io
 	}
 	return files, issued, nil
+}
+
+// addCertificate adds a certificate's files in each of its formats.
+func addCertificate(sp object.Spec, key crypto.Signer, c *keydv1.Certificate, mode os.FileMode, add func(string, []byte, os.FileMode) error) error {
+	der, err := smx509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	defer clear(der)
+	if len(sp.Format) == 0 || sp.Format.Has(object.FormatPEM) {
+		if err := add(sp.File+podfiles.CertKeySuffix, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), mode); err != nil {
+			return err
+		}
+		if err := add(sp.File+podfiles.CertSuffix, c.CertPem, mode); err != nil {
+			return err
+		}
+		if err := add(sp.File+podfiles.CASuffix, c.CaBundlePem, mode); err != nil {
+			return err
+		}
+	}
+	stores, err := keystoreFiles(sp, key, der, c.CertPem, c.CaBundlePem, time.Now())
+	if err != nil {
+		return err
+	}
+	for name, data := range stores {
+		if err := add(name, data, mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func metadataFile(p pod.Identity, issued []podfiles.Object, now time.Time) (volume.File, error) {

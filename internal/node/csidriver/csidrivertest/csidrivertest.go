@@ -73,6 +73,8 @@ var Classes = spc.Static{
 	"payments/longname": Class("payments", "longname", "podkey", "- {name: a, kind: certificate, file: "+strings.Repeat("f", 248)+"}"),
 	"shop/payments":     Class("shop", "payments", "podkey", ObjectsYAML),
 	"payments/synced":   syncedClass(),
+	"payments/keystores": Class("payments", "keystores", "podkey",
+		"- {name: web, kind: certificate, format: [pem, pkcs12, jks, truststore]}\n- {name: java-only, kind: certificate, format: jks}"),
 }
 
 // syncedClass would copy its objects into a Kubernetes Secret.
