@@ -25,7 +25,10 @@ python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql) # the store's PostgreSQL tests
 # keystores: keytool reads them and a Java program (run from source, so
 # the JDK's compiler module) uses them for a TLS handshake
-{ command -v keytool >/dev/null && java --list-modules 2>/dev/null | grep -q '^jdk.compiler'; } || need+=(openjdk-17-jdk-headless)
+case "$(command -v keytool >/dev/null && java --list-modules 2>/dev/null)" in
+  *jdk.compiler@*) ;;
+  *) need+=(openjdk-17-jdk-headless) ;;
+esac
 { [ -e /usr/bin/busybox ] && ! ldd /usr/bin/busybox >/dev/null 2>&1; } || need+=(busybox-static) # a static one, for images
 
 if [ ${#need[@]} -gt 0 ]; then
