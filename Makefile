@@ -47,10 +47,12 @@ e2e:
 	hack/install-deps.sh
 	PODKEY_KUBE_BIN_DIR=$$(hack/kube-binaries.sh) $(GO) test -count=1 -v ./e2e/
 
-# A local single-node cluster for people; Ctrl-C tears it down.
+# A local single-node cluster for people; Ctrl-C or SIGTERM tears it down.
+# Built, then exec'd, so a signal reaches the cluster itself.
 cluster:
 	hack/install-deps.sh
-	PODKEY_KUBE_BIN_DIR=$$(hack/kube-binaries.sh) $(GO) run ./hack/cluster
+	$(GO) build -o .cache/bin/cluster ./hack/cluster
+	PODKEY_KUBE_BIN_DIR=$$(hack/kube-binaries.sh) exec .cache/bin/cluster
 
 fuzz:
 	hack/fuzz.sh

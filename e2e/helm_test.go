@@ -133,6 +133,11 @@ func (pc *podkeyCluster) install(ctx context.Context, valuesFile string) {
 		t.Fatalf("helm install: %v\n%s\n%s", err, out, pc.diagnose(ctx))
 	}
 	t.Logf("helm install took %v:\n%s", time.Since(start).Round(time.Millisecond), out)
+	// podkey-csi is ready only once the kubelet has registered it, so
+	// --wait has waited for that too.
+	if !pc.registered(ctx, "csi.podkey.io") {
+		t.Fatalf("helm install --wait returned before the kubelet registered csi.podkey.io:\n%s", pc.diagnose(ctx))
+	}
 	pc.waitRegistered(ctx, time.Time{})
 	pc.waitKeydSocket()
 }

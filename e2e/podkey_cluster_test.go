@@ -221,6 +221,14 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	b := pc.pod(ctx, "payments", "payments-b", "payments", "payments", true)
 	logA := pc.waitLog(a, "READY", 2*time.Minute)
 	logB := pc.waitLog(b, "READY", 2*time.Minute)
+	// Created right after helm install --wait, neither failed a mount.
+	for _, p := range []*corev1.Pod{a, b} {
+		if ev := pc.events(ctx, p); strings.Contains(ev, "FailedMount") {
+			t.Fatalf("pod %s failed a mount after helm install --wait:\n%s", p.Name, ev)
+		}
+	}
+	pc.lookInside(ctx, b)
+	pc.ownersOnANode(ctx)
 	for _, l := range []string{logA, logB} {
 		for _, f := range []string{"ledger-api.json", "mtls.key", "mtls.crt", "mtls.ca.crt", "card-key", "db-password", "podkey-metadata.json"} {
 			if !strings.Contains(l, "FILE "+f+" ") {
@@ -331,6 +339,11 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	secrets = append(secrets, rsecret)
 	pc.stopKeyd(ctx)
 	waiting := pc.pod(ctx, "payments", "payments-c", "payments", "payments", true)
+	// A pod whose only object is optional starts without it and gets it
+	// once keyd is back.
+	pc.class(ctx, "payments", "optional", "- {name: legacy-db, kind: secret, file: db-late, optional: true}")
+	optional := pc.podWithScript(ctx, "payments", "payments-optional", "payments", "optional", optionalScript)
+	pc.waitLog(optional, "MISSING-NOTED", 90*time.Second)
 	pc.waitEvent(ctx, waiting, "podkey-keyd is unreachable", 90*time.Second)
 	if _, err := os.ReadFile(filepath.Join(pc.volumeDir(b), "db-password")); err != nil {
 		t.Fatalf("a running pod lost its files while keyd is down: %v", err)
@@ -338,8 +351,10 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	pc.deletePod(ctx, r) // revocation is queued on the node
 	pc.startKeyd(ctx)
 	pc.waitLog(waiting, "READY", 3*time.Minute)
+	pc.waitLog(optional, "FILLED", 2*time.Minute)
 	pc.waitRevoked(ctx, keyd, rk, rsecret, time.Now(), "the pod deleted while keyd was down")
 	pc.deletePod(ctx, waiting)
+	pc.deletePod(ctx, optional)
 
 	// Encrypted images pulled by the kubelet through containerd's decoder
 	// and podkey-csi's keyprovider.
@@ -559,6 +574,13 @@ while true; do
   fi
   sleep 0.05
 done`
+
+// optionalScript starts while its optional object is missing (the
+// metadata says so) and reports when the file appears.
+const optionalScript = `m=/var/run/podkey
+grep -q '"missing"' $m/podkey-metadata.json && echo MISSING-NOTED
+while [ ! -e $m/db-late ]; do sleep 1; done
+echo FILLED; sleep 3600`
 
 func (pc *podkeyCluster) podWithScript(ctx context.Context, ns, name, sa, class, script string) *corev1.Pod {
 	return pc.podWithDriver(ctx, "csi.podkey.io", ns, name, sa, class, script)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubelet, kube-controller-manager and kube-scheduler
-# from the Go module proxy (module hack/kube) into a cache directory keyed
+# Builds kube-apiserver, kubelet, kube-controller-manager, kube-scheduler
+# and kubectl from the Go module proxy (module hack/kube) into a cache directory keyed
 # by version, and prints that directory. A second run costs nothing. A cold
 # build takes about fifteen minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/kube"
-version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' go.mod)
+version=$(sed -nE 's/^(require)?[[:space:]]*k8s\.io\/kubernetes (v[^ ]+).*/\2/p' go.mod)
+[ -n "$version" ] || { echo "kube-binaries: no k8s.io/kubernetes version in hack/kube/go.mod" >&2; exit 1; }
 cache=${PODKEY_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/podkey/kube}/$version
 mkdir -p "$cache"
 # The version the binaries report (helm checks a chart's kubeVersion
@@ -13,8 +14,15 @@ mkdir -p "$cache"
 minor=$(echo "$version" | cut -d. -f2)
 pkg=k8s.io/component-base/version
 ldflags="-X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
-for bin in kube-apiserver kubelet kube-controller-manager kube-scheduler; do
-  if ! "$cache/$bin" --version 2>/dev/null | grep -q "Kubernetes $version\$"; then
+built() {
+  if [ "$1" = kubectl ]; then
+    "$cache/kubectl" version --client 2>/dev/null | grep -q "Client Version: $version\$"
+  else
+    "$cache/$1" --version 2>/dev/null | grep -q "Kubernetes $version\$"
+  fi
+}
+for bin in kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl; do
+  if ! built "$bin"; then
     echo "building $bin $version (cached in $cache)" >&2
     go build -trimpath -ldflags "$ldflags" -o "$cache/$bin.tmp" "k8s.io/kubernetes/cmd/$bin"
     mv "$cache/$bin.tmp" "$cache/$bin"

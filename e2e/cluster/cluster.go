@@ -45,6 +45,8 @@ type Cluster struct {
 
 	ctrlOnce sync.Once
 	ctrlErr  error
+
+	reaper *os.File // the pipe whose end tells the reaper to act
 }
 
 // KubeBinDir returns the directory holding kube-apiserver, kubelet,
@@ -116,6 +118,9 @@ func Start(repoRoot string) (*Cluster, error) {
 			c.Stop()
 		}
 	}()
+	if err := c.startReaper(); err != nil {
+		return nil, err
+	}
 	var ports [3]int
 	for i := range ports {
 		if ports[i], err = FreePort(); err != nil {
@@ -137,6 +142,9 @@ func Start(repoRoot string) (*Cluster, error) {
 	if err := writeServiceAccountKeys(dir); err != nil {
 		return nil, err
 	}
+	if err := writeKubeletClientPKI(dir); err != nil {
+		return nil, err
+	}
 	tok := make([]byte, 24)
 	_, _ = rand.Read(tok)
 	c.AdminToken = fmt.Sprintf("%x", tok)
@@ -155,6 +163,9 @@ func Start(repoRoot string) (*Cluster, error) {
 		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
 		"--service-cluster-ip-range", "10.96.0.0/24",
 		"--allow-privileged=true",
+		"--kubelet-preferred-address-types", "InternalIP",
+		"--kubelet-client-certificate", filepath.Join(dir, kubeletClientCert),
+		"--kubelet-client-key", filepath.Join(dir, kubeletClientKey),
 		"--enable-priority-and-fairness=false",
 		"--endpoint-reconciler-type=none", // loopback addresses are refused as endpoints
 		"--profiling=false"); err != nil {
@@ -261,8 +272,9 @@ func (c *Cluster) Stop() {
 			f.Close()
 		}
 		c.reap()
-		if os.Getenv("PODKEY_KEEP_CLUSTER_DIR") == "" {
-			_ = os.RemoveAll(c.Dir)
+		c.removeDir()
+		if c.reaper != nil {
+			c.reaper.Close()
 		}
 	})
 }

@@ -107,7 +107,7 @@ func buildImages(dir, repoRoot string) ([]string, error) {
 		return nil, err
 	}
 	files := []imageFile{{path: "/bin/busybox", data: bb, mode: 0o755}}
-	for _, tool := range []string{"sh", "cat", "ls", "stat", "sleep", "grep", "sha256sum", "mount", "id", "test", "echo", "cp", "true"} {
+	for _, tool := range []string{"sh", "cat", "ls", "stat", "sleep", "grep", "sha256sum", "mount", "id", "test", "echo", "cp", "true", "mkdir", "httpd", "wget"} {
 		files = append(files, imageFile{path: "/bin/" + tool, symlink: "busybox"})
 	}
 	if err := writeImage(bbTar, BusyboxImage, files, v1.Config{Entrypoint: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}}); err != nil {

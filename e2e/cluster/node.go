@@ -22,8 +22,8 @@ type Node struct {
 	// RootDir/pods, CSI plugins register through RootDir/plugins_registry.
 	RootDir        string
 	ContainerdSock string
-	// LogsDir holds containers' logs (<ns>_<pod>_<uid>/<container>/0.log):
-	// tests read them here, as the API server cannot reach the kubelet.
+	// LogsDir holds containers' logs (<ns>_<pod>_<uid>/<container>/0.log),
+	// which tests read directly (kubectl logs works too).
 	LogsDir string
 	// OcicryptDir holds what containerd's image decoder uses: the decoder
 	// (ctd-decoder), the keyprovider configuration, and its keys directory
@@ -96,14 +96,15 @@ cgroupDriver: cgroupfs
 cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false
-address: 127.0.0.1
+address: %s
 port: %d
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: %d
 authentication:
-  anonymous: {enabled: true}
+  anonymous: {enabled: false}
   webhook: {enabled: false}
+  x509: {clientCAFile: %q}
 authorization: {mode: AlwaysAllow}
 containerRuntimeEndpoint: unix://%s
 syncFrequency: 10s
@@ -176,13 +177,17 @@ func (c *Cluster) StartNode(ctx context.Context, name string, index int, repoRoo
 		return nil, err
 	}
 	n.LogsDir = filepath.Join(n.Dir, "pod-logs")
-	kcfg := fmt.Sprintf(kubeletConfig, port, healthz, n.ContainerdSock, n.LogsDir)
+	nodeIP, err := NodeIP()
+	if err != nil {
+		return nil, err
+	}
+	kcfg := fmt.Sprintf(kubeletConfig, nodeIP, port, healthz, filepath.Join(c.Dir, kubeletClientCA), n.ContainerdSock, n.LogsDir)
 	if err := os.WriteFile(filepath.Join(n.Dir, "kubelet.yaml"), []byte(kcfg), 0o600); err != nil {
 		return nil, err
 	}
 	n.kubelet = []string{filepath.Join(bin, "kubelet"), "--config", filepath.Join(n.Dir, "kubelet.yaml"),
 		"--kubeconfig", kubeconfig, "--root-dir", n.RootDir, "--cert-dir", filepath.Join(n.Dir, "pki"),
-		"--hostname-override", name, "--v", "2"}
+		"--hostname-override", name, "--node-ip", nodeIP, "--v", "2"}
 	if err := n.startKubelet(ctx); err != nil {
 		return nil, err
 	}

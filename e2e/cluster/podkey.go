@@ -47,7 +47,7 @@ func (c *Cluster) PodkeyValues(n *Node, keydAddr string, metricsPort int) map[st
 		"csi": map[string]any{
 			"image":      map[string]any{"repository": CSIImage, "tag": ImageTag, "pullPolicy": "Never"},
 			"kubeletDir": n.RootDir, "hostNetwork": true, "keydAddress": keydAddr, "metricsPort": metricsPort,
-			"extraEnv": apiEnv, "nodeSelector": onNode,
+			"extraEnv": apiEnv, "nodeSelector": onNode, "objectOwners": true,
 			// containerd's decoder reaches the socket at EnableImageDecryption's path.
 			"imageKeyprovider": map[string]any{"enabled": true, "hostDir": filepath.Join(n.Dir, "run-podkey")},
 		},

@@ -83,6 +83,37 @@ type Spec struct {
 	// Format is what a certificate is written as: pem (the default),
 	// pkcs12, jks, truststore; one or several.
 	Format Formats `json:"format,omitempty"`
+	// Optional objects do not hold the pod back: one keyd refuses (policy,
+	// an enrolled secret missing) or cannot reach at the first publish is
+	// left out, said so in the metadata file, and filled in later.
+	Optional bool `json:"optional,omitempty"`
+	// Owner, when set, owns the object's files instead of root and the
+	// pod's fsGroup; see OwnerRule.
+	Owner *Owner `json:"owner,omitempty"`
+}
+
+// Owner is a file owner: a user, a group, or both.
+type Owner struct {
+	UID *int64 `json:"uid,omitempty"`
+	GID *int64 `json:"gid,omitempty"`
+}
+
+// MaxID bounds a uid or gid (Kubernetes' own bound for runAsUser).
+const MaxID = 1<<31 - 2
+
+// OwnerRule says what a pod may name as an owner, in refusals.
+const OwnerRule = "an owner's uid must be one the pod runs as (runAsUser of the pod or a container) and its gid one of its groups (runAsGroup, fsGroup, supplementalGroups), whenever the pod sets them"
+
+func (o *Owner) normalize(name string) error {
+	if o.UID == nil && o.GID == nil {
+		return fmt.Errorf("object %q: owner needs uid, gid or both", name)
+	}
+	for _, id := range []*int64{o.UID, o.GID} {
+		if id != nil && (*id < 0 || *id > MaxID) {
+			return fmt.Errorf("object %q: owner id %d out of range [0, %d]", name, *id, MaxID)
+		}
+	}
+	return nil
 }
 
 // Certificate formats.
@@ -213,7 +244,12 @@ func (s *Spec) Normalize() error {
 	}
 	m, err := strconv.ParseUint(s.Mode, 8, 32)
 	if err != nil || m&^0o777 != 0 || m&0o022 != 0 {
-		return fmt.Errorf("object %q: mode %q must be octal with no group/other write bits", s.Name, s.Mode)
+		return fmt.Errorf("object %q: mode %q must be octal permission bits (no setuid, setgid or sticky) with no group/other write bits", s.Name, s.Mode)
+	}
+	if s.Owner != nil {
+		if err := s.Owner.normalize(s.Name); err != nil {
+			return err
+		}
 	}
 	if s.TTLText != "" {
 		if s.TTL, err = time.ParseDuration(s.TTLText); err != nil {

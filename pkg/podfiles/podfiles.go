@@ -57,6 +57,9 @@ type Object struct {
 	IssuedAt   time.Time `json:"issuedAt"`
 	Expiry     time.Time `json:"expiry"`
 	RenewAt    time.Time `json:"renewAt"`
+	// Missing says why an optional object is not in the volume (yet): it
+	// has no files and no times, and podkey fills it in when it can.
+	Missing string `json:"missing,omitempty"`
 }
 
 // Metadata is the content of MetadataFile.

@@ -32,6 +32,7 @@ import (
 	"github.com/podkey/podkey/internal/node/csidriver"
 	"github.com/podkey/podkey/internal/node/imagekeys"
 	"github.com/podkey/podkey/internal/node/registration"
+	"github.com/podkey/podkey/internal/node/runas"
 	"github.com/podkey/podkey/internal/node/spc"
 	"github.com/podkey/podkey/internal/version"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -42,6 +43,7 @@ type csiFlags struct {
 	o                             csidriver.Options
 	endpoint, regDir, regEndpoint string
 	kubeconfig, classDir          string
+	objectOwners                  bool
 	size, maxVolumeBytes          string
 	metricsAddr                   string
 	keyd                          keydclient.Options
@@ -78,6 +80,7 @@ func NewCommand() *cobra.Command {
 	fl.StringVar(&f.regEndpoint, "registration-endpoint", "", "CSI socket path as the kubelet sees it (default: --endpoint)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for reading SecretProviderClasses (default: in-cluster)")
 	fl.StringVar(&f.classDir, "secret-provider-class-dir", "", "read SecretProviderClasses from DIR/<namespace>/<name>.yaml instead of the Kubernetes API")
+	fl.BoolVar(&f.objectOwners, "object-owners", false, "allow classes to name file owners, checked against each such pod's security context (needs get on pods)")
 	fl.StringVar(&f.size, "tmpfs-size", "4Mi", "size limit of each volume's tmpfs")
 	fl.StringVar(&f.maxVolumeBytes, "max-volume-bytes", "64Mi", "bound on the tmpfs bytes all volumes on this node may hold at their fullest; tmpfs pages count against podkey-csi's memory limit, which must exceed this by podkey-csi's own needs (about 64Mi)")
 	fl.StringVar(&f.o.TokenAudience, "token-audience", "podkey", "audience of the pod token forwarded to keyd")
@@ -119,6 +122,9 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 	if f.o.Classes, err = f.classes(ctx); err != nil {
 		return err
 	}
+	if f.o.Pods, err = f.pods(); err != nil {
+		return err
+	}
 	keyd := keydv1.NewKeydClient(conn)
 	f.o.Issuer, f.o.Revoker, f.o.Renewals = keyd, keyd, keyd
 	f.o.Logger, f.o.Registerer, f.o.Version = log, reg, version.Version
@@ -150,12 +156,14 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 		kp := imagekeys.New(imagekeys.Options{Keyd: keyd, NodeName: f.o.NodeID, CacheTTL: f.imageKeyCacheTTL, Logger: log})
 		g.Go(func() error { return kp.Serve(gctx, f.keyproviderSocket) })
 	}
+	var registered func() (bool, string)
 	if serveCSI && f.regDir != "" {
 		ep := f.regEndpoint
 		if ep == "" {
 			ep = f.endpoint
 		}
 		rs := registration.New(f.o.DriverName, ep, log)
+		registered = rs.Registered
 		g.Go(func() error { return rs.Serve(gctx, f.regDir) })
 	}
 	if f.metricsAddr != "" {
@@ -163,7 +171,7 @@ func run(ctx context.Context, cmd *cobra.Command, f *csiFlags) error {
 		if !serveCSI {
 			health = f.providerSocket
 		}
-		g.Go(func() error { return serveMetrics(gctx, f.metricsAddr, reg, health) })
+		g.Go(func() error { return serveMetrics(gctx, f.metricsAddr, reg, health, registered) })
 	}
 	log.Info("podkey-csi started", "version", version.Version, "node", f.o.NodeID, "mode", f.mode, "volumes", d.Volumes())
 	err = g.Wait()
@@ -256,6 +264,21 @@ func (f *csiFlags) watchPods(ctx context.Context, g *errgroup.Group, p *provider
 	return nil
 }
 
+// pods reads pods' security contexts when classes may name owners.
+func (f *csiFlags) pods() (csidriver.PodSecurity, error) {
+	if !f.objectOwners {
+		return nil, nil
+	}
+	if f.classDir != "" {
+		return nil, command.Exit(command.ExitUsage, errors.New("--object-owners needs the Kubernetes API, not --secret-provider-class-dir"))
+	}
+	cfg, err := kube.Config(f.kubeconfig)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	return runas.NewAPI(cfg)
+}
+
 // classes is the SecretProviderClass source: a directory when one is
 // named, otherwise an informer on the Kubernetes API.
 func (f *csiFlags) classes(ctx context.Context) (spc.Source, error) {
@@ -273,18 +296,42 @@ func (f *csiFlags) classes(ctx context.Context) (spc.Source, error) {
 	return inf, nil
 }
 
-// serveMetrics serves /metrics and /healthz; the health check succeeds
-// while the CSI socket accepts connections.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, healthSocket string) error {
+// serveMetrics serves /metrics, /healthz and /readyz. The health check
+// succeeds while the socket accepts connections; readiness also needs the
+// kubelet to have registered the driver when podkey-csi registers itself
+// (registered is nil when a node-driver-registrar sidecar does), so a pod
+// scheduled once the DaemonSet is ready finds the driver.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, healthSocket string, registered func() (bool, string)) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+	accepting := func(w http.ResponseWriter) bool {
 		c, err := net.DialTimeout("unix", healthSocket, time.Second)
 		if err != nil {
 			http.Error(w, "socket not accepting connections", http.StatusServiceUnavailable)
-			return
+			return false
 		}
 		c.Close()
+		return true
+	}
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if accepting(w) {
+			fmt.Fprintln(w, "ok")
+		}
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !accepting(w) {
+			return
+		}
+		if registered != nil {
+			if ok, why := registered(); !ok {
+				msg := "not registered with the kubelet yet"
+				if why != "" {
+					msg = "the kubelet refused registration: " + why
+				}
+				http.Error(w, msg, http.StatusServiceUnavailable)
+				return
+			}
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}

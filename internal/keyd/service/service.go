@@ -61,8 +61,13 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 		return nil, err
 	}
 	var denied []string
-	for _, sp := range specs {
+	missing := map[int]string{} // optional objects left out, and why
+	for i, sp := range specs {
 		if !pol.Allowed(id.Namespace, id.ServiceAccount, sp.Name, sp.Kind) {
+			if sp.Optional {
+				missing[i] = fmt.Sprintf("policy does not allow service account %s/%s to obtain %s (%s)", id.Namespace, id.ServiceAccount, sp.Name, sp.Kind)
+				continue
+			}
 			denied = append(denied, fmt.Sprintf("%s (%s)", sp.Name, sp.Kind))
 		}
 	}
@@ -78,18 +83,32 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 			issued[i].Zero()
 		}
 	}
+	at := make([]int, 0, n) // the object each issued credential answers
 	for i, sp := range specs {
+		if _, left := missing[i]; left {
+			continue
+		}
 		c, err := s.issuer.Issue(ctx, id, sp, req.Objects[i].Csr)
 		if err != nil {
+			if st := toStatus(err); sp.Optional && refusal(st) {
+				missing[i] = status.Convert(st).Message()
+				continue
+			}
 			zeroAll()
 			s.auditResult(ctx, audit.ActionIssue, audit.ResultError, err.Error(), id, nil)
 			return nil, toStatus(err)
 		}
-		issued = append(issued, c)
+		issued, at = append(issued, c), append(at, i)
 	}
 	labels := make([]string, len(issued))
 	for i, c := range issued {
 		labels[i] = objectLabel(c)
+	}
+	var note []string
+	for i, sp := range specs {
+		if why, left := missing[i]; left {
+			note = append(note, fmt.Sprintf("optional %s not issued: %s", sp.Name, why))
+		}
 	}
 	bind, err := s.podBinding(ctx, id)
 	if err != nil {
@@ -98,15 +117,30 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 	}
 	// Nothing leaves keyd before its issuance, and the pod's node binding,
 	// are durably recorded (one transaction).
-	if err := s.auditBound(ctx, audit.ActionIssue, audit.ResultOK, "", id, labels, bind); err != nil {
+	if err := s.auditBound(ctx, audit.ActionIssue, audit.ResultOK, strings.Join(note, "; "), id, labels, bind); err != nil {
 		zeroAll()
 		return nil, auditUnavailable(err)
 	}
-	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, len(issued))}
-	for i, c := range issued {
-		resp.Credentials[i] = credentialProto(c)
+	resp := &keydv1.IssueResponse{Credentials: make([]*keydv1.Credential, n)}
+	for i, why := range missing {
+		resp.Credentials[i] = &keydv1.Credential{Name: specs[i].Name, Kind: string(specs[i].Kind), Missing: why}
+	}
+	for j, c := range issued {
+		resp.Credentials[at[j]] = credentialProto(c)
 	}
 	return resp, nil
+}
+
+// refusal reports an issuer's answer that is a decision, not a failure:
+// an optional object so refused is left out, where a failure (a module or
+// store unavailable) fails the request, so a renewal keeps what the pod
+// has rather than dropping a file.
+func refusal(err error) bool {
+	switch status.Code(err) {
+	case codes.PermissionDenied, codes.NotFound, codes.FailedPrecondition:
+		return true
+	}
+	return false
 }
 
 func (k *keydService) Verify(ctx context.Context, req *keydv1.VerifyRequest) (*keydv1.VerifyResponse, error) {

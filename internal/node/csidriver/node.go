@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/internal/node/revocation"
+	"github.com/podkey/podkey/internal/node/runas"
 	"github.com/podkey/podkey/internal/node/spc"
 	"github.com/podkey/podkey/internal/node/volstate"
 	"github.com/podkey/podkey/internal/node/volume"
@@ -86,7 +87,43 @@ func resultOf(err error) string {
 // of them can take at its fullest, refusing a class that could outgrow
 // the volume's tmpfs.
 func (d *Driver) objects(ctx context.Context, p *publishRequest) ([]object.Spec, int64, error) {
-	return d.classObjects(ctx, p.pod.Namespace, p.class, true)
+	specs, need, err := d.classObjects(ctx, p.pod.Namespace, p.class, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	return specs, need, d.checkOwners(ctx, p.pod, specs)
+}
+
+// checkOwners refuses owners the pod's security context does not allow
+// (object.OwnerRule), reading the pod only when its class names one.
+func (d *Driver) checkOwners(ctx context.Context, p pod.Identity, specs []object.Spec) error {
+	var named []object.Spec
+	for _, sp := range specs {
+		if sp.Owner != nil {
+			named = append(named, sp)
+		}
+	}
+	if len(named) == 0 {
+		return nil
+	}
+	if d.opts.Pods == nil {
+		return status.Errorf(codes.FailedPrecondition, "object %q names an owner, which this podkey-csi does not allow: it checks owners against the pod's security context only with --object-owners (chart: csi.objectOwners: true)", named[0].Name)
+	}
+	ra, err := d.opts.Pods.Pod(ctx, p.Namespace, p.Name)
+	switch {
+	case errors.Is(err, runas.ErrNotFound):
+		return status.Errorf(codes.NotFound, "pod %s not found in the API server", p.String())
+	case err != nil:
+		return status.Errorf(codes.Unavailable, "%v", err)
+	case ra.UID != p.UID:
+		return status.Errorf(codes.FailedPrecondition, "pod %s in the API server has uid %s, not %s", p.String(), ra.UID, p.UID)
+	}
+	for _, sp := range named {
+		if err := ra.Allows(sp.Owner); err != nil {
+			return status.Errorf(codes.InvalidArgument, "object %q: %v (%s)", sp.Name, err, object.OwnerRule)
+		}
+	}
+	return nil
 }
 
 // classObjects is objects; the tmpfs bound applies when ownTmpfs (the
@@ -192,6 +229,11 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volstate.Volu
 		return nil, err
 	}
 	files, issued, err := d.Fetch(ctx, p.pod, p.token, specs)
+	if err != nil && allOptional(specs) && unreachable(err) {
+		// Nothing the pod needs: it starts with the metadata alone, and
+		// a republish fills the objects in once keyd answers.
+		files, issued, err = d.nothingYet(p.pod, specs, status.Convert(err).Message())
+	}
 	if err != nil {
 		d.release(need)
 		return nil, err
@@ -240,12 +282,15 @@ func (d *Driver) publish(ctx context.Context, p *publishRequest) (*volstate.Volu
 func (d *Driver) republish(ctx context.Context, p *publishRequest, v *volstate.Volume) error {
 	now := d.opts.Now()
 	if now.Before(v.RenewAt()) && !d.RenewalOrdered(v.Pod, v.LastIssued()) {
+		if len(v.Missing()) > 0 {
+			d.fill(ctx, p, v)
+		}
 		return nil
 	}
 	issued, err := d.renew(ctx, p, v)
 	if err != nil {
 		d.metrics.rotations.WithLabelValues(resultOf(err)).Inc()
-		if now.Before(v.Expiry()) {
+		if now.Before(v.Expiry()) || v.Expiry().IsZero() { // valid, or only optional objects that never came
 			d.opts.Logger.Warn("renewal failed; current credentials remain valid", "volumeID", v.VolumeID,
 				"pod", p.String(), "expiry", v.Expiry(), "error", status.Convert(err).Message())
 			return nil

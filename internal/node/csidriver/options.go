@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
+	"github.com/podkey/podkey/internal/node/runas"
 	"github.com/podkey/podkey/internal/node/spc"
 	"github.com/podkey/podkey/internal/node/volume"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -50,6 +51,11 @@ type Renewals interface {
 	Renewals(ctx context.Context, req *keydv1.RenewalsRequest, opts ...grpc.CallOption) (*keydv1.RenewalsResponse, error)
 }
 
+// PodSecurity reads a pod's security contexts (*runas.API is one).
+type PodSecurity interface {
+	Pod(ctx context.Context, namespace, name string) (runas.Pod, error)
+}
+
 // Volumes mounts a volume's size-limited tmpfs and tears it down (zeroing
 // its files first); *volume.Mounter is one.
 type Volumes interface {
@@ -74,6 +80,9 @@ type Options struct {
 	Issuer Issuer
 	// Revoker tells keyd that a pod's volume is gone. Required.
 	Revoker Revoker
+	// Pods reads what a pod runs as, to check the owners its class names
+	// (object.OwnerRule). Default none: a class naming an owner is refused.
+	Pods PodSecurity
 	// Renewals, when set, is followed every RenewalPoll: a volume whose
 	// pod a forced renewal covers is renewed at its next republish.
 	// Default none.

@@ -34,6 +34,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 		return nil, nil, fmt.Errorf("keyd returned %d credentials for %d objects", len(creds), len(specs))
 	}
 	files := map[string]volume.File{}
+	var owner *volume.Owner // the current object's
 	add := func(name string, data []byte, mode os.FileMode) error {
 		if _, dup := files[name]; dup || name == volume.MetadataFile {
 			return invalid("file name %q is used twice in the SecretProviderClass (certificate objects also write %s%s and %s%s)",
@@ -42,7 +43,7 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 		if err := volume.ValidateName(name); err != nil {
 			return invalid("%v", err)
 		}
-		files[name] = volume.File{Data: data, Mode: mode}
+		files[name] = volume.File{Data: data, Mode: mode, Owner: owner}
 		return nil
 	}
 	issued := make([]podfiles.Object, len(specs))
@@ -51,7 +52,16 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 		if c.Name != sp.Name || c.Kind != string(sp.Kind) {
 			return nil, nil, fmt.Errorf("keyd answered %s/%s for object %s/%s", c.Name, c.Kind, sp.Name, sp.Kind)
 		}
+		if c.Missing != "" {
+			if !sp.Optional {
+				volume.Zero(files)
+				return nil, nil, fmt.Errorf("keyd left out object %s, which is not optional", sp.Name)
+			}
+			issued[i] = podfiles.Object{Name: sp.Name, Kind: string(sp.Kind), Missing: c.Missing}
+			continue
+		}
 		mode := os.FileMode(sp.FileMode())
+		owner = volumeOwner(sp.Owner)
 		io := podfiles.Object{Name: sp.Name, Kind: string(sp.Kind), Suite: c.Suite, Generation: c.Generation,
 			IssuedAt: c.IssuedAt.AsTime(), Expiry: c.Expiry.AsTime(), RenewAt: c.RenewAt.AsTime()}
 		var err error
@@ -129,10 +139,28 @@ func addCertificate(sp object.Spec, key crypto.Signer, c *keydv1.Certificate, mo
 func metadataFile(p pod.Identity, issued []podfiles.Object, now time.Time) (volume.File, error) {
 	m := Metadata{Version: "v1", Pod: p, Written: now.UTC(), Objects: issued}
 	for _, o := range issued {
+		if o.Missing != "" {
+			continue
+		}
 		if m.RenewAt.IsZero() || o.RenewAt.Before(m.RenewAt) {
 			m.RenewAt = o.RenewAt
 		}
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	return volume.File{Data: data, Mode: 0o444}, err
+}
+
+// volumeOwner is an object's owner as the volume writer takes it.
+func volumeOwner(o *object.Owner) *volume.Owner {
+	if o == nil {
+		return nil
+	}
+	v := &volume.Owner{UID: -1, GID: -1}
+	if o.UID != nil {
+		v.UID = int(*o.UID)
+	}
+	if o.GID != nil {
+		v.GID = int(*o.GID)
+	}
+	return v
 }

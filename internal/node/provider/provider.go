@@ -235,7 +235,7 @@ func (p *Provider) Mount(ctx context.Context, req *v1alpha1.MountRequest) (*v1al
 	}
 	cur := p.mounted(target)
 	if cur != nil && cur.Pod == id && sameVersions(req.GetCurrentObjectVersion(), objectVersions(cur)) &&
-		p.opts.Now().Before(cur.RenewAt()) && !p.node.RenewalOrdered(cur.Pod, cur.LastIssued()) {
+		p.opts.Now().Before(cur.RenewAt()) && !p.node.RenewalOrdered(cur.Pod, cur.LastIssued()) && len(cur.Missing()) == 0 {
 		return &v1alpha1.MountResponse{ObjectVersion: objectVersions(cur)}, nil
 	}
 	files, issued, err := p.node.Fetch(ctx, id, token, specs)

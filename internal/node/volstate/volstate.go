@@ -35,10 +35,14 @@ type Volume struct {
 	Objects    []podfiles.Object `json:"objects"`
 }
 
-// RenewAt is the earliest renewal point of the volume's objects.
+// RenewAt is the earliest renewal point of the volume's objects (zero
+// when none is issued).
 func (s *Volume) RenewAt() time.Time {
 	var t time.Time
 	for _, o := range s.Objects {
+		if o.Missing != "" {
+			continue
+		}
 		if t.IsZero() || o.RenewAt.Before(t) {
 			t = o.RenewAt
 		}
@@ -58,10 +62,25 @@ func (s *Volume) LastIssued() time.Time {
 	return t
 }
 
-// Expiry is the earliest expiry of the volume's objects.
+// Missing names the optional objects not in the volume.
+func (s *Volume) Missing() []string {
+	var out []string
+	for _, o := range s.Objects {
+		if o.Missing != "" {
+			out = append(out, o.Name)
+		}
+	}
+	return out
+}
+
+// Expiry is the earliest expiry of the volume's objects (zero when none
+// is issued).
 func (s *Volume) Expiry() time.Time {
 	var t time.Time
 	for _, o := range s.Objects {
+		if o.Missing != "" {
+			continue
+		}
 		if t.IsZero() || o.Expiry.Before(t) {
 			t = o.Expiry
 		}

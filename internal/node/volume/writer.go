@@ -24,11 +24,13 @@ package volume
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/podkey/podkey/pkg/podfiles"
@@ -49,6 +51,25 @@ const (
 type File struct {
 	Data []byte
 	Mode os.FileMode
+	// Owner, when set, owns the file; otherwise root and the volume's
+	// group do.
+	Owner *Owner
+}
+
+// Owner is a file's user and group; -1 leaves either as the volume's.
+type Owner struct{ UID, GID int }
+
+// ownedFiles reports whether any file names its owner: the volume's
+// directories are then open to every user (0755) so that a container
+// running as an owner outside the volume's group reaches its file, which
+// its own mode protects.
+func ownedFiles(payload map[string]File) bool {
+	for _, f := range payload {
+		if f.Owner != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrBadPayload marks a payload that cannot be written (bad names, sizes).
@@ -126,7 +147,14 @@ func Write(target string, payload map[string]File, gid int) error {
 		_ = destroyDir(tsDir)
 		return err
 	}
-	if err := os.Chmod(tsDir, 0o750); err != nil {
+	dirMode := os.FileMode(0o750)
+	if ownedFiles(payload) {
+		dirMode = 0o755
+	}
+	if err := os.Chmod(tsDir, dirMode); err != nil {
+		return fail(err)
+	}
+	if err := os.Chmod(target, dirMode); err != nil {
 		return fail(err)
 	}
 	if gid >= 0 {
@@ -217,8 +245,15 @@ func writeFile(path string, f File, gid int) error {
 		fh.Close()
 		return fmt.Errorf("volume: write %s: %w", filepath.Base(path), err)
 	}
-	if gid >= 0 {
-		if err := fh.Chown(-1, gid); err != nil {
+	uid := -1
+	if f.Owner != nil {
+		uid = f.Owner.UID
+		if f.Owner.GID >= 0 {
+			gid = f.Owner.GID
+		}
+	}
+	if uid >= 0 || gid >= 0 {
+		if err := fh.Chown(uid, gid); err != nil {
 			fh.Close()
 			return fmt.Errorf("volume: chown %s: %w", filepath.Base(path), err)
 		}
@@ -304,4 +339,46 @@ func Current(target string) ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// ReadCurrent reads names from the published generation, with their
+// modes, for a write that carries them into the next one unchanged (the
+// caller sets their owners again, and zeroes them with Zero).
+func ReadCurrent(target string, names []string) (map[string]File, error) {
+	gen, err := os.Readlink(filepath.Join(target, dataDirName))
+	if err != nil {
+		return nil, fmt.Errorf("volume: no published generation: %w", err)
+	}
+	out := make(map[string]File, len(names))
+	for _, name := range names {
+		if err := ValidateName(name); err != nil {
+			Zero(out)
+			return nil, err
+		}
+		f, err := readFile(filepath.Join(target, filepath.Base(gen), name))
+		if err != nil {
+			Zero(out)
+			return nil, err
+		}
+		out[name] = f
+	}
+	return out, nil
+}
+
+func readFile(path string) (File, error) {
+	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return File{}, fmt.Errorf("volume: %w", err)
+	}
+	defer fh.Close()
+	fi, err := fh.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() > MaxFileSize {
+		return File{}, fmt.Errorf("volume: %s is not a regular file of at most %d bytes", filepath.Base(path), MaxFileSize)
+	}
+	data := make([]byte, fi.Size())
+	if _, err := io.ReadFull(fh, data); err != nil {
+		clear(data)
+		return File{}, fmt.Errorf("volume: read %s: %w", filepath.Base(path), err)
+	}
+	return File{Data: data, Mode: fi.Mode().Perm()}, nil
 }

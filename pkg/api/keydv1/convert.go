@@ -31,7 +31,7 @@ func (x *PodIdentity) Identity() pod.Identity {
 // NewObjectRequest is one normalized object on the wire, without a CSR.
 func NewObjectRequest(sp object.Spec) *ObjectRequest {
 	return &ObjectRequest{Name: sp.Name, Kind: string(sp.Kind), Suite: string(sp.Suite), Ttl: sp.TTL.String(),
-		Scope: sp.Scope, Length: int32(sp.Length), Audience: sp.Audience}
+		Scope: sp.Scope, Length: int32(sp.Length), Audience: sp.Audience, Optional: sp.Optional}
 }
 
 // Spec is the object x asks for, validated and normalized; a CSR is
@@ -40,6 +40,7 @@ func (x *ObjectRequest) Spec() (object.Spec, error) {
 	sp := object.Spec{
 		Name: x.GetName(), Kind: object.Kind(x.GetKind()), Suite: suite.Name(x.GetSuite()), Algorithm: x.GetAlgorithm(),
 		TTLText: x.GetTtl(), Scope: x.GetScope(), Length: int(x.GetLength()), Audience: x.GetAudience(),
+		Optional: x.GetOptional(),
 	}
 	if err := sp.Normalize(); err != nil {
 		return sp, err

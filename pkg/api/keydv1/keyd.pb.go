@@ -108,16 +108,20 @@ func (x *PodIdentity) GetNodeName() string {
 
 // ObjectRequest is one object of a SecretProviderClass.
 type ObjectRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`           // apiKey, certificate, derivedKey, token, secret
-	Suite         string                 `protobuf:"bytes,3,opt,name=suite,proto3" json:"suite,omitempty"`         // gm or intl (default intl)
-	Algorithm     string                 `protobuf:"bytes,4,opt,name=algorithm,proto3" json:"algorithm,omitempty"` // certificate/token: sm2 or ecdsa-p256
-	Ttl           string                 `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`             // Go duration, e.g. "1h"
-	Scope         string                 `protobuf:"bytes,6,opt,name=scope,proto3" json:"scope,omitempty"`         // derivedKey: pod or serviceAccount
-	Length        int32                  `protobuf:"varint,7,opt,name=length,proto3" json:"length,omitempty"`      // derivedKey bytes
-	Audience      []string               `protobuf:"bytes,8,rep,name=audience,proto3" json:"audience,omitempty"`   // token
-	Csr           []byte                 `protobuf:"bytes,9,opt,name=csr,proto3" json:"csr,omitempty"`             // certificate: PEM or DER request, key made by the caller
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Kind      string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`           // apiKey, certificate, derivedKey, token, secret
+	Suite     string                 `protobuf:"bytes,3,opt,name=suite,proto3" json:"suite,omitempty"`         // gm or intl (default intl)
+	Algorithm string                 `protobuf:"bytes,4,opt,name=algorithm,proto3" json:"algorithm,omitempty"` // certificate/token: sm2 or ecdsa-p256
+	Ttl       string                 `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`             // Go duration, e.g. "1h"
+	Scope     string                 `protobuf:"bytes,6,opt,name=scope,proto3" json:"scope,omitempty"`         // derivedKey: pod or serviceAccount
+	Length    int32                  `protobuf:"varint,7,opt,name=length,proto3" json:"length,omitempty"`      // derivedKey bytes
+	Audience  []string               `protobuf:"bytes,8,rep,name=audience,proto3" json:"audience,omitempty"`   // token
+	Csr       []byte                 `protobuf:"bytes,9,opt,name=csr,proto3" json:"csr,omitempty"`             // certificate: PEM or DER request, key made by the caller
+	// optional: when keyd may not or cannot issue this object (policy, an
+	// enrolled secret missing, the issuer failing), it answers with the
+	// object missing and why instead of refusing the whole request.
+	Optional      bool `protobuf:"varint,10,opt,name=optional,proto3" json:"optional,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -215,6 +219,13 @@ func (x *ObjectRequest) GetCsr() []byte {
 	return nil
 }
 
+func (x *ObjectRequest) GetOptional() bool {
+	if x != nil {
+		return x.Optional
+	}
+	return false
+}
+
 type IssueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Pod   *PodIdentity           `protobuf:"bytes,1,opt,name=pod,proto3" json:"pod,omitempty"`
@@ -292,7 +303,10 @@ type Credential struct {
 	//	*Credential_DerivedKey
 	//	*Credential_Token
 	//	*Credential_Secret
-	Payload       isCredential_Payload `protobuf_oneof:"payload"`
+	Payload isCredential_Payload `protobuf_oneof:"payload"`
+	// missing, for an optional object keyd did not issue, says why (no
+	// payload, no times).
+	Missing       string `protobuf:"bytes,20,opt,name=missing,proto3" json:"missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -426,6 +440,13 @@ func (x *Credential) GetSecret() *SecretValue {
 		}
 	}
 	return nil
+}
+
+func (x *Credential) GetMissing() string {
+	if x != nil {
+		return x.Missing
+	}
+	return ""
 }
 
 type isCredential_Payload interface {
@@ -2973,7 +2994,7 @@ const file_keyd_proto_rawDesc = "" +
 	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x19\n" +
 	"\bpod_name\x18\x03 \x01(\tR\apodName\x12\x17\n" +
 	"\apod_uid\x18\x04 \x01(\tR\x06podUid\x12\x1b\n" +
-	"\tnode_name\x18\x05 \x01(\tR\bnodeName\"\xd9\x01\n" +
+	"\tnode_name\x18\x05 \x01(\tR\bnodeName\"\xf5\x01\n" +
 	"\rObjectRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
@@ -2983,11 +3004,13 @@ const file_keyd_proto_rawDesc = "" +
 	"\x05scope\x18\x06 \x01(\tR\x05scope\x12\x16\n" +
 	"\x06length\x18\a \x01(\x05R\x06length\x12\x1a\n" +
 	"\baudience\x18\b \x03(\tR\baudience\x12\x10\n" +
-	"\x03csr\x18\t \x01(\fR\x03csr\"\x93\x01\n" +
+	"\x03csr\x18\t \x01(\fR\x03csr\x12\x1a\n" +
+	"\boptional\x18\n" +
+	" \x01(\bR\boptional\"\x93\x01\n" +
 	"\fIssueRequest\x12-\n" +
 	"\x03pod\x18\x01 \x01(\v2\x1b.podkey.keyd.v1.PodIdentityR\x03pod\x12\x1b\n" +
 	"\tpod_token\x18\x02 \x01(\tR\bpodToken\x127\n" +
-	"\aobjects\x18\x03 \x03(\v2\x1d.podkey.keyd.v1.ObjectRequestR\aobjects\"\xb2\x04\n" +
+	"\aobjects\x18\x03 \x03(\v2\x1d.podkey.keyd.v1.ObjectRequestR\aobjects\"\xcc\x04\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
@@ -3005,7 +3028,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\vderived_key\x18\f \x01(\v2\x1a.podkey.keyd.v1.DerivedKeyH\x00R\n" +
 	"derivedKey\x12-\n" +
 	"\x05token\x18\r \x01(\v2\x15.podkey.keyd.v1.TokenH\x00R\x05token\x125\n" +
-	"\x06secret\x18\x0e \x01(\v2\x1b.podkey.keyd.v1.SecretValueH\x00R\x06secretB\t\n" +
+	"\x06secret\x18\x0e \x01(\v2\x1b.podkey.keyd.v1.SecretValueH\x00R\x06secret\x12\x18\n" +
+	"\amissing\x18\x14 \x01(\tR\amissingB\t\n" +
 	"\apayload\"K\n" +
 	"\x06APIKey\x12\"\n" +
 	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12\x1d\n" +

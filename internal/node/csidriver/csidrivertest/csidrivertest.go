@@ -73,6 +73,14 @@ var Classes = spc.Static{
 	"payments/longname": Class("payments", "longname", "podkey", "- {name: a, kind: certificate, file: "+strings.Repeat("f", 248)+"}"),
 	"shop/payments":     Class("shop", "payments", "podkey", ObjectsYAML),
 	"payments/synced":   syncedClass(),
+	"payments/optional": Class("payments", "optional", "podkey",
+		"- {name: ledger-api, kind: apiKey, file: ledger-api.json}\n- {name: late, kind: secret, optional: true}"),
+	"payments/owned": Class("payments", "owned", "podkey",
+		"- {name: legacy-db, kind: secret, file: for-app, mode: \"0400\", owner: {uid: 1001}}\n"+
+			"- {name: ledger-api, kind: apiKey, file: for-sidecar.json, mode: \"0440\", owner: {uid: 1002, gid: 3000}}\n"+
+			"- {name: card-key, kind: derivedKey}"),
+	"payments/all-optional": Class("payments", "all-optional", "podkey", "- {name: later, kind: secret, optional: true}"),
+	"shop/optional":         Class("shop", "optional", "podkey", "- {name: ledger-api, kind: apiKey, optional: true}"),
 	"payments/keystores": Class("payments", "keystores", "podkey",
 		"- {name: web, kind: certificate, format: [pem, pkcs12, jks, truststore]}\n- {name: java-only, kind: certificate, format: jks}"),
 }
@@ -107,6 +115,8 @@ type Harness struct {
 	SizeLimit int64
 	// Classes, when set, replaces the package's Classes in NewDriver.
 	Classes spc.Source
+	// Pods, when set, is the driver's view of pods' security contexts.
+	Pods csidriver.PodSecurity
 
 	mu    sync.Mutex
 	clock time.Time
@@ -155,7 +165,7 @@ func (h *Harness) NewDriver() *csidriver.Driver {
 	d, err := csidriver.New(csidriver.Options{
 		NodeID: "node-1", StateDir: h.StateDir(), PodsDir: h.PodsDir(), MaxVolumeBytes: h.MaxVolumeBytes, SizeLimit: h.SizeLimit,
 		Issuer: h.Keyd.Keyd, Revoker: h.Keyd.Keyd, Classes: classes,
-		Renewals: h.Keyd.Keyd, RenewalPoll: 20 * time.Millisecond,
+		Renewals: h.Keyd.Keyd, RenewalPoll: 20 * time.Millisecond, Pods: h.Pods,
 		Volumes: h.VolumeMounter(), Now: h.Now,
 		Logger: slog.New(slog.NewJSONHandler(h.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
