@@ -76,10 +76,26 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("the chart renders a Secret (%s): secrets never go to etcd", k)
 		}
 	}
-	// keyd may create tokenreviews and nothing else cluster-wide.
+	// keyd may create tokenreviews and, for local token verification,
+	// read pods and service accounts; nothing else cluster-wide.
 	rules, _, _ := unstructured.NestedSlice(objs["ClusterRole/podkey-keyd"].Object, "rules")
-	if len(rules) != 1 || !strings.Contains(toYAML(t, rules), "tokenreviews") || !strings.Contains(toYAML(t, rules), "- create") {
-		t.Errorf("keyd's cluster rights: %s", toYAML(t, rules))
+	want := `- apiGroups:
+  - authentication.k8s.io
+  resources:
+  - tokenreviews
+  verbs:
+  - create
+- apiGroups:
+  - ""
+  resources:
+  - pods
+  - serviceaccounts
+  verbs:
+  - list
+  - watch
+`
+	if got := toYAML(t, rules); got != want {
+		t.Errorf("keyd's cluster rights: %s", got)
 	}
 	csiRules := toYAML(t, objs["ClusterRole/podkey-csi"].Object["rules"])
 	for _, verb := range []string{"create", "update", "delete", "patch", "- secrets\n", "pods"} {

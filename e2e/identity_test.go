@@ -20,6 +20,7 @@ import (
 	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
 	"github.com/podkey/podkey/internal/keyd/identity"
+	"github.com/podkey/podkey/internal/keyd/identity/localtoken"
 	"github.com/podkey/podkey/internal/keyd/identity/tokenreview"
 	"github.com/podkey/podkey/internal/keyd/keydtest"
 	"github.com/podkey/podkey/internal/keyd/service"
@@ -44,6 +45,8 @@ type trust struct {
 	conns  map[string]*keydclient.NodeConn
 	// podsDir stands for the kubelet's pods directory: targets go below it.
 	podsDir string
+	// local is keyd's local token verifier, in local mode.
+	local *localtoken.Verifier
 }
 
 func classFor(ns string) *sscsi.SecretProviderClass {
@@ -54,6 +57,13 @@ func classFor(ns string) *sscsi.SecretProviderClass {
 }
 
 func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
+	return newTrustWith(t, nodeCertTTL, cacheTTL, "tokenreview")
+}
+
+// newTrustWith is newTrust with keyd verifying tokens as mode says
+// (keyd --pod-identity): tokenreview, or local (no fallback, so every
+// answer is the local verifier's).
+func newTrustWith(t *testing.T, nodeCertTTL, cacheTTL time.Duration, mode string) *trust {
 	ctx := context.Background()
 	c := sharedCluster(t)
 	for _, n := range []string{"node-1", "node-2"} {
@@ -69,8 +79,13 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := identity.NewVerifier(rev, identity.Options{NodeServiceAccount: "podkey/podkey-csi", CacheTTL: cacheTTL})
 	tr := &trust{t: t, nodes: map[string]*csidriver.Driver{}, conns: map[string]*keydclient.NodeConn{}, podsDir: t.TempDir()}
+	var reviewer identity.Reviewer = rev
+	if mode == "local" {
+		tr.local = startLocal(t, c.Config(keydToken), localtoken.Options{})
+		reviewer, cacheTTL = localtoken.Fallback{Local: tr.local}, -1
+	}
+	v := identity.NewVerifier(reviewer, identity.Options{NodeServiceAccount: "podkey/podkey-csi", CacheTTL: cacheTTL})
 	tr.keyd = keydtest.Start(t, func(o *service.Options) {
 		o.Identity, o.InsecureLocalIdentity, o.NodeCertTTL = v, false, nodeCertTTL
 	})
@@ -95,6 +110,25 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 		tr.nodes[n], tr.conns[n] = d, nc
 	}
 	return tr
+}
+
+// settle waits, in local mode, until keyd's caches have seen that tok's
+// pod is gone: within 2 s of the deletion.
+func (tr *trust) settle(tok string) {
+	if tr.local == nil {
+		return
+	}
+	start := time.Now()
+	for {
+		r, err := tr.local.Review(context.Background(), tok, []string{"podkey"})
+		if err == nil && !r.Authenticated {
+			return
+		}
+		if time.Since(start) > 2*time.Second {
+			tr.t.Fatalf("local verification still accepts a deleted pod's token after %v: %+v %v", time.Since(start), r, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 var podSeq atomic.Int64
@@ -143,10 +177,19 @@ func refused(t *testing.T, err error, token, why string, want ...codes.Code) {
 	}
 }
 
+// TestTrustChain runs with keyd verifying tokens by TokenReview, and
+// locally (keyd --pod-identity local).
 func TestTrustChain(t *testing.T) {
+	for _, mode := range []string{"tokenreview", "local"} {
+		t.Run(mode, func(t *testing.T) { trustChain(t, mode) })
+	}
+}
+
+func trustChain(t *testing.T, mode string) {
 	ctx := context.Background()
-	tr := newTrust(t, time.Hour, 10*time.Second)
+	tr := newTrustWith(t, time.Hour, 10*time.Second, mode)
 	c := sharedCluster(t)
+	sfx := map[string]string{"tokenreview": "", "local": "-l"}[mode] // pod names, unique per mode
 	target := func(name string) string { return filepath.Join(tr.podsDir, name) }
 	pod := func(ns, name, sa, node string) (string, string) {
 		p, err := c.Pod(ctx, ns, name, sa, node)
@@ -160,8 +203,8 @@ func TestTrustChain(t *testing.T) {
 		return string(p.UID), tok
 	}
 
-	uidA, tokA := pod("payments", "pay-a", "payments", "node-1")
-	reqA := podPublishRequest(target("a"), "payments", "pay-a", uidA, "payments", tokA)
+	uidA, tokA := pod("payments", "pay-a"+sfx, "payments", "node-1")
+	reqA := podPublishRequest(target("a"), "payments", "pay-a"+sfx, uidA, "payments", tokA)
 	reqA.VolumeContext["secretProviderClass"] = "creds"
 
 	t.Run("pod token through its own node is served", func(t *testing.T) {
@@ -170,63 +213,64 @@ func TestTrustChain(t *testing.T) {
 		}
 	})
 	t.Run("the same token through another node is refused", func(t *testing.T) {
-		r := podPublishRequest(target("a2"), "payments", "pay-a", uidA, "payments", tokA)
+		r := podPublishRequest(target("a2"), "payments", "pay-a"+sfx, uidA, "payments", tokA)
 		r.VolumeContext["secretProviderClass"] = "creds"
 		_, err := tr.nodes["node-2"].NodePublishVolume(ctx, r)
 		refused(t, err, tokA, `caller is node "node-2"`, codes.PermissionDenied)
 	})
 	t.Run("a token for another pod than the volume's is refused", func(t *testing.T) {
-		r := podPublishRequest(target("a3"), "payments", "pay-x", "some-other-uid", "payments", tokA)
+		r := podPublishRequest(target("a3"), "payments", "pay-x"+sfx, "some-other-uid", "payments", tokA)
 		r.VolumeContext["secretProviderClass"] = "creds"
 		_, err := tr.nodes["node-1"].NodePublishVolume(ctx, r)
 		refused(t, err, tokA, "not the volume's pod", codes.PermissionDenied)
 	})
 	t.Run("a token of a deleted pod is refused", func(t *testing.T) {
-		uidB, tokB := pod("payments", "pay-b", "payments", "node-1")
-		if err := c.DeletePod(ctx, "payments", "pay-b"); err != nil {
+		uidB, tokB := pod("payments", "pay-b"+sfx, "payments", "node-1")
+		if err := c.DeletePod(ctx, "payments", "pay-b"+sfx); err != nil {
 			t.Fatal(err)
 		}
-		r := podPublishRequest(target("b"), "payments", "pay-b", uidB, "payments", tokB)
+		tr.settle(tokB)
+		r := podPublishRequest(target("b"), "payments", "pay-b"+sfx, uidB, "payments", tokB)
 		r.VolumeContext["secretProviderClass"] = "creds"
 		_, err := tr.nodes["node-1"].NodePublishVolume(ctx, r)
 		refused(t, err, tokB, "pod token", codes.Unauthenticated)
 	})
 	t.Run("a token for another audience is refused", func(t *testing.T) {
-		p, _ := c.Pod(ctx, "payments", "pay-c", "payments", "node-1")
+		p, _ := c.Pod(ctx, "payments", "pay-c"+sfx, "payments", "node-1")
 		tok, err := c.Token(ctx, "payments", "payments", "vault", p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := podPublishRequest(target("c"), "payments", "pay-c", string(p.UID), "payments", tok)
+		r := podPublishRequest(target("c"), "payments", "pay-c"+sfx, string(p.UID), "payments", tok)
 		r.VolumeContext["secretProviderClass"] = "creds"
 		_, err = tr.nodes["node-1"].NodePublishVolume(ctx, r)
 		refused(t, err, tok, "pod token", codes.Unauthenticated)
 	})
 	t.Run("an unbound token is refused", func(t *testing.T) {
-		p, _ := c.Pod(ctx, "payments", "pay-d", "payments", "node-1")
+		p, _ := c.Pod(ctx, "payments", "pay-d"+sfx, "payments", "node-1")
 		tok, err := c.Token(ctx, "payments", "payments", "podkey", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := podPublishRequest(target("d"), "payments", "pay-d", string(p.UID), "payments", tok)
+		r := podPublishRequest(target("d"), "payments", "pay-d"+sfx, string(p.UID), "payments", tok)
 		r.VolumeContext["secretProviderClass"] = "creds"
 		_, err = tr.nodes["node-1"].NodePublishVolume(ctx, r)
 		refused(t, err, tok, "not bound to a pod", codes.Unauthenticated)
 	})
 	t.Run("a service account without a policy rule is refused", func(t *testing.T) {
-		uid, tok := pod("shop", "web-a", "web", "node-1")
-		r := podPublishRequest(target("w"), "shop", "web-a", uid, "web", tok)
+		uid, tok := pod("shop", "web-a"+sfx, "web", "node-1")
+		r := podPublishRequest(target("w"), "shop", "web-a"+sfx, uid, "web", tok)
 		r.VolumeContext["secretProviderClass"] = "creds"
 		_, err := tr.nodes["node-1"].NodePublishVolume(ctx, r)
 		refused(t, err, tok, "policy does not allow service account shop/web", codes.PermissionDenied)
 	})
 	t.Run("a node cannot revoke, and so poison, a pod keyd never served through it", func(t *testing.T) {
-		uidE, tokE := pod("payments", "pay-e", "payments", "node-1")
+		uidE, tokE := pod("payments", "pay-e"+sfx, "payments", "node-1")
 		_, err := keydv1.NewKeydClient(tr.conns["node-2"]).Revoke(ctx, &keydv1.RevokeRequest{Pod: &keydv1.PodIdentity{
-			Namespace: "payments", ServiceAccount: "payments", PodName: "pay-e", PodUid: uidE}})
+			Namespace: "payments", ServiceAccount: "payments", PodName: "pay-e" + sfx, PodUid: uidE}})
 		refused(t, err, "", `node "node-2" may not revoke`, codes.PermissionDenied)
 		// The pod, on its own node, is served and its API key verifies.
-		r := podPublishRequest(target("e"), "payments", "pay-e", uidE, "payments", tokE)
+		r := podPublishRequest(target("e"), "payments", "pay-e"+sfx, uidE, "payments", tokE)
 		r.VolumeContext["secretProviderClass"] = "creds"
 		if _, err := tr.nodes["node-1"].NodePublishVolume(ctx, r); err != nil {
 			t.Fatal(err)
@@ -236,9 +280,9 @@ func TestTrustChain(t *testing.T) {
 	t.Run("only the serving node may revoke a pod whose token is gone", func(t *testing.T) {
 		// node-2 tries to revoke pod A (served through node-1) without a token.
 		_, err := keydv1.NewKeydClient(tr.conns["node-2"]).Revoke(ctx, &keydv1.RevokeRequest{Pod: &keydv1.PodIdentity{
-			Namespace: "payments", ServiceAccount: "payments", PodName: "pay-a", PodUid: uidA}})
+			Namespace: "payments", ServiceAccount: "payments", PodName: "pay-a" + sfx, PodUid: uidA}})
 		refused(t, err, "", `node "node-2" may not revoke`, codes.PermissionDenied)
-		if err := c.DeletePod(ctx, "payments", "pay-a"); err != nil {
+		if err := c.DeletePod(ctx, "payments", "pay-a"+sfx); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := tr.nodes["node-1"].NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: reqA.VolumeId, TargetPath: reqA.TargetPath}); err != nil {

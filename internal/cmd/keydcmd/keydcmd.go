@@ -28,6 +28,7 @@ import (
 	"github.com/podkey/podkey/internal/host/secmem"
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/identity"
+	"github.com/podkey/podkey/internal/keyd/identity/localtoken"
 	"github.com/podkey/podkey/internal/keyd/identity/tokenreview"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/service"
@@ -54,6 +55,8 @@ type flags struct {
 	kubeconfig  string
 	nodeSA      string
 	identity    identity.Options
+	podIdentity string
+	local       localtoken.Options
 	caConfigMap string
 	metricsAddr string
 	pgFile      string
@@ -95,6 +98,9 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.identity.NodeAudience, "node-token-audience", "podkey-node", "audience of node agents' tokens")
 	fs.StringVar(&f.nodeSA, "node-service-account", "podkey/podkey-csi", "the node agent's service account, namespace/name")
 	fs.DurationVar(&f.identity.CacheTTL, "token-review-cache-ttl", 10*time.Second, "reuse a successful TokenReview this long (keyed by a hash of the token); negative disables")
+	fs.StringVar(&f.podIdentity, "pod-identity", "local-with-fallback", "how pod and node tokens are verified: local (the issuer's keys and pod and service account caches, no API call per token), local-with-fallback (local; TokenReview while the caches cannot decide) or tokenreview (an API call per token)")
+	fs.StringSliceVar(&f.local.Issuers, "service-account-issuer", nil, "accepted token issuers, for local verification (default: the API server's discovery document's)")
+	fs.StringVar(&f.local.KeyFile, "service-account-key-file", "", "the issuer's public keys (JWK Set or PEM), for clusters that do not serve /openid/v1/jwks (default: read from the API server)")
 	fs.StringVar(&f.caConfigMap, "ca-configmap", os.Getenv("PODKEY_CA_CONFIGMAP"), "publish the CA certificates in this ConfigMap, namespace/name (keys "+trustbundle.KeyIntl+", "+trustbundle.KeyGM+"), for clients to verify keyd")
 	fs.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", os.Getenv("PODKEY_METRICS_ADDR"), "HTTP address serving Prometheus metrics at /metrics, e.g. :9810; empty disables")
@@ -132,7 +138,7 @@ func run(ctx context.Context, stderr io.Writer, f *flags) error {
 	if o.InsecureLocalIdentity {
 		o.Logger.Warn("insecure local identity mode: claimed pod identities are trusted on the local socket; for development only")
 	}
-	kubeCfg, err := f.identityVerifier(&o)
+	kubeCfg, err := f.identityVerifier(ctx, &o)
 	if err != nil {
 		return err
 	}
@@ -224,10 +230,10 @@ func (f *flags) open(ctx context.Context, o *service.Options) (where string, clo
 	return where, func() { o.Store.Close(); closeKeys() }, nil
 }
 
-// identityVerifier sets o.Identity to a TokenReview verifier when keyd can
-// reach the Kubernetes API (a kubeconfig, or in a cluster), and returns
-// that API's configuration (nil without one).
-func (f *flags) identityVerifier(o *service.Options) (*rest.Config, error) {
+// identityVerifier sets o.Identity to a verifier of pod and node tokens
+// when keyd can reach the Kubernetes API (a kubeconfig, or in a cluster),
+// and returns that API's configuration (nil without one).
+func (f *flags) identityVerifier(ctx context.Context, o *service.Options) (*rest.Config, error) {
 	if f.kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
 		if !o.InsecureLocalIdentity {
 			o.Logger.Warn("no Kubernetes API access (--kubeconfig or in-cluster): pod identities cannot be verified and Issue will refuse them")
@@ -244,8 +250,31 @@ func (f *flags) identityVerifier(o *service.Options) (*rest.Config, error) {
 	}
 	io := f.identity
 	io.NodeServiceAccount = f.nodeSA
-	o.Identity = identity.NewVerifier(rev, io)
-	o.Logger.Info("pod and node identities are verified with TokenReview", "podAudience", io.PodAudience,
+	var reviewer identity.Reviewer = rev
+	switch f.podIdentity {
+	case "tokenreview":
+	case "local", "local-with-fallback":
+		lv, err := localtoken.New(ctx, cfg, f.local)
+		if err != nil && f.podIdentity == "local" {
+			return nil, command.Exit(command.ExitUnavailable, err)
+		}
+		if err != nil {
+			o.Logger.Warn("local token verification unavailable; every token goes to TokenReview", "error", err)
+			break
+		}
+		fb := localtoken.Fallback{Local: lv}
+		if f.podIdentity == "local-with-fallback" {
+			fb.Remote = rev
+		}
+		// Local checks are cheap, and a cached success would outlive a
+		// deleted pod by the cache's life.
+		reviewer, io.CacheTTL = fb, -1
+		o.Logger.Info("tokens are verified locally", "issuers", lv.Issuers(), "fallback", fb.Remote != nil)
+	default:
+		return nil, command.Exit(command.ExitUsage, fmt.Errorf("--pod-identity %q: want local, local-with-fallback or tokenreview", f.podIdentity))
+	}
+	o.Identity = identity.NewVerifier(reviewer, io)
+	o.Logger.Info("pod and node identities are verified", "mode", f.podIdentity, "podAudience", io.PodAudience,
 		"nodeAudience", io.NodeAudience, "nodeServiceAccount", f.nodeSA)
 	return cfg, nil
 }

@@ -23,6 +23,8 @@ const (
 	ExtraPodName  = "authentication.kubernetes.io/pod-name"
 	ExtraPodUID   = "authentication.kubernetes.io/pod-uid"
 	ExtraNodeName = "authentication.kubernetes.io/node-name"
+	// ExtraCredentialID is "JTI=<the token's jti>".
+	ExtraCredentialID = "authentication.kubernetes.io/credential-id"
 )
 
 // Review is the outcome of a TokenReview.
