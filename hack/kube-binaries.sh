@@ -14,11 +14,17 @@ mkdir -p "$cache"
 minor=$(echo "$version" | cut -d. -f2)
 pkg=k8s.io/component-base/version
 ldflags="-X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+# The version output is read whole before grep looks at it: grep -q
+# stops at its match, and under pipefail the writer's SIGPIPE would read
+# as "not built" and rebuild every time.
 built() {
+  local out
   if [ "$1" = kubectl ]; then
-    "$cache/kubectl" version --client 2>/dev/null | grep -q "Client Version: $version\$"
+    out=$("$cache/kubectl" version --client 2>/dev/null) || return 1
+    grep -q "^Client Version: $version\$" <<<"$out"
   else
-    "$cache/$1" --version 2>/dev/null | grep -q "Kubernetes $version\$"
+    out=$("$cache/$1" --version 2>/dev/null) || return 1
+    grep -q "Kubernetes $version\$" <<<"$out"
   fi
 }
 for bin in kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl; do
