@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -312,6 +313,10 @@ func trustChain(t *testing.T, mode string) {
 		}
 		if strings.Contains(all.String(), tokA) {
 			t.Fatal("audit contains a token")
+		}
+		// Issuances name the token they were made on by its jti.
+		if !regexp.MustCompile(`"action":"issue","result":"ok"[^}]*"tokenID":"[0-9a-f-]{36}"`).MatchString(all.String()) {
+			t.Fatal("no issuance record names its token's jti")
 		}
 	})
 }

@@ -72,6 +72,7 @@ type Record struct {
 	Node           string    `json:"node,omitempty"`
 	Objects        []string  `json:"objects,omitempty"` // name/kind/suite/g<generation>
 	KeyID          string    `json:"keyID,omitempty"`   // access key ids are public identifiers
+	TokenID        string    `json:"tokenID,omitempty"` // the jti of the pod token an issuance was made on
 	Batch          uint64    `json:"batch,omitempty"`   // version 2: position of the first record under its key
 	KeyGen         int       `json:"keyGen,omitempty"`  // version 2: the HSM audit key's generation the batch key is from (absent: 1)
 	// Alg is the record MAC's algorithm: "" HMAC-SHA256, AlgSM3 HMAC-SM3

@@ -180,22 +180,41 @@ func one(extra map[string][]string, key string) string {
 // Pod proves a pod's identity from its token (audience PodAudience). The
 // token must be bound to a pod that is scheduled on a node.
 func (v *Verifier) Pod(ctx context.Context, token string) (pod.Identity, error) {
+	p, _, err := v.PodToken(ctx, token)
+	return p, err
+}
+
+// PodToken is Pod, also returning the token's ID (its jti) when the review
+// reports one, for the audit record.
+func (v *Verifier) PodToken(ctx context.Context, token string) (pod.Identity, string, error) {
+	p, r, err := v.pod(ctx, token)
+	if err != nil {
+		return p, "", err
+	}
+	jti, _ := strings.CutPrefix(one(r.Extra, ExtraCredentialID), "JTI=")
+	if len(jti) > 128 {
+		jti = ""
+	}
+	return p, jti, nil
+}
+
+func (v *Verifier) pod(ctx context.Context, token string) (pod.Identity, Review, error) {
 	r, err := v.review(ctx, token, v.opts.PodAudience)
 	if err != nil {
-		return pod.Identity{}, fmt.Errorf("pod token: %w", err)
+		return pod.Identity{}, r, fmt.Errorf("pod token: %w", err)
 	}
 	ns, sa, ok := serviceAccount(r.Username)
 	if !ok {
-		return pod.Identity{}, fmt.Errorf("pod token: %w: it is not a service account token", ErrUnauthenticated)
+		return pod.Identity{}, r, fmt.Errorf("pod token: %w: it is not a service account token", ErrUnauthenticated)
 	}
 	p := pod.Identity{Namespace: ns, ServiceAccount: sa, Name: one(r.Extra, ExtraPodName), UID: one(r.Extra, ExtraPodUID), Node: one(r.Extra, ExtraNodeName)}
 	if p.UID == "" || p.Name == "" {
-		return pod.Identity{}, fmt.Errorf("pod token: %w: it is not bound to a pod (request it for the pod, as the kubelet does with CSI tokenRequests)", ErrUnauthenticated)
+		return pod.Identity{}, r, fmt.Errorf("pod token: %w: it is not bound to a pod (request it for the pod, as the kubelet does with CSI tokenRequests)", ErrUnauthenticated)
 	}
 	if p.Node == "" {
-		return pod.Identity{}, fmt.Errorf("pod token: %w: it names no node (the pod is not scheduled)", ErrUnauthenticated)
+		return pod.Identity{}, r, fmt.Errorf("pod token: %w: it names no node (the pod is not scheduled)", ErrUnauthenticated)
 	}
-	return p, nil
+	return p, r, nil
 }
 
 // Node proves a node agent's identity from its token (audience

@@ -23,11 +23,15 @@ func (s *Server) auditResult(ctx context.Context, action, result, reason string,
 
 // auditBound appends a record and, in the same transaction, the binding b.
 func (s *Server) auditBound(ctx context.Context, action, result, reason string, id pod.Identity, objects []string, b *store.PodBinding) error {
-	err := s.audit.AppendBound(ctx, audit.Record{Action: action, Result: result, Reason: reason,
-		Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, Pod: id.Name, PodUID: id.UID,
-		Node: id.Node, Objects: objects}, b)
+	return s.appendBound(ctx, audit.Record{Action: action, Result: result, Reason: reason, Objects: objects}, id, b)
+}
+
+// appendBound appends rec about id and, in the same transaction, b.
+func (s *Server) appendBound(ctx context.Context, rec audit.Record, id pod.Identity, b *store.PodBinding) error {
+	rec.Namespace, rec.ServiceAccount, rec.Pod, rec.PodUID, rec.Node = id.Namespace, id.ServiceAccount, id.Name, id.UID, id.Node
+	err := s.audit.AppendBound(ctx, rec, b)
 	if err != nil {
-		s.opts.Logger.Error("audit append failed", "action", action, "error", err)
+		s.opts.Logger.Error("audit append failed", "action", rec.Action, "error", err)
 	}
 	return err
 }

@@ -133,46 +133,53 @@ func identityStatus(err error) error {
 //     reviewed without a node check, or, in --insecure-local-identity mode
 //     only, the claimed identity is trusted.
 func (s *Server) authenticate(ctx context.Context, p *keydv1.PodIdentity, token string) (pod.Identity, error) {
+	id, _, err := s.authenticateToken(ctx, p, token)
+	return id, err
+}
+
+// authenticateToken is authenticate, also returning the token's ID (jti)
+// when its review reports one.
+func (s *Server) authenticateToken(ctx context.Context, p *keydv1.PodIdentity, token string) (pod.Identity, string, error) {
 	claimed, err := claimedIdentity(p)
 	if err != nil {
-		return claimed, err
+		return claimed, "", err
 	}
 	if len(token) > 16<<10 {
-		return claimed, status.Error(codes.InvalidArgument, "pod token is larger than 16 KiB")
+		return claimed, "", status.Error(codes.InvalidArgument, "pod token is larger than 16 KiB")
 	}
 	local := fromUnixSocket(ctx)
 	if local && s.opts.InsecureLocalIdentity {
-		return claimed, nil
+		return claimed, "", nil
 	}
 	if s.opts.Identity == nil {
 		if s.opts.InsecureLocalIdentity {
-			return claimed, status.Error(codes.Unauthenticated,
+			return claimed, "", status.Error(codes.Unauthenticated,
 				"claimed pod identity is accepted only on the local socket in insecure local identity mode")
 		}
-		return claimed, status.Errorf(codes.Unauthenticated,
+		return claimed, "", status.Errorf(codes.Unauthenticated,
 			"pod identity for %s/%s cannot be verified: keyd has no Kubernetes API access for TokenReview (--kubeconfig or in-cluster)",
 			claimed.Namespace, claimed.Name)
 	}
 	node := ""
 	if !local {
 		if node, err = s.callerNode(ctx); err != nil {
-			return claimed, err
+			return claimed, "", err
 		}
 	}
-	proven, err := s.opts.Identity.Pod(ctx, token)
+	proven, jti, err := s.opts.Identity.PodToken(ctx, token)
 	if err != nil {
-		return claimed, identityStatus(err)
+		return claimed, "", identityStatus(err)
 	}
 	if node != "" && proven.Node != node {
-		return claimed, status.Errorf(codes.PermissionDenied,
+		return claimed, "", status.Errorf(codes.PermissionDenied,
 			"pod token is for a pod on node %q, but the caller is node %q", proven.Node, node)
 	}
 	if proven.UID != claimed.UID || proven.Namespace != claimed.Namespace {
-		return claimed, status.Errorf(codes.PermissionDenied,
+		return claimed, "", status.Errorf(codes.PermissionDenied,
 			"pod token is for pod %s/%s (uid %s), not the volume's pod %s/%s (uid %s)",
 			proven.Namespace, proven.Name, proven.UID, claimed.Namespace, claimed.Name, claimed.UID)
 	}
-	return proven, nil
+	return proven, jti, nil
 }
 
 // authorizeRevoke decides whether the caller may revoke the pod. An

@@ -51,7 +51,7 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 		}
 		seen[sp.Name], specs[i] = true, sp
 	}
-	id, err := s.authenticate(ctx, req.Pod, req.PodToken)
+	id, jti, err := s.authenticateToken(ctx, req.Pod, req.PodToken)
 	if err != nil {
 		s.auditDeny(ctx, audit.ActionIssue, req.Pod, status.Convert(err).Message(), nil)
 		return nil, err
@@ -117,7 +117,8 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 	}
 	// Nothing leaves keyd before its issuance, and the pod's node binding,
 	// are durably recorded (one transaction).
-	if err := s.auditBound(ctx, audit.ActionIssue, audit.ResultOK, strings.Join(note, "; "), id, labels, bind); err != nil {
+	rec := audit.Record{Action: audit.ActionIssue, Result: audit.ResultOK, Reason: strings.Join(note, "; "), Objects: labels, TokenID: jti}
+	if err := s.appendBound(ctx, rec, id, bind); err != nil {
 		zeroAll()
 		return nil, auditUnavailable(err)
 	}
