@@ -9,9 +9,13 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/internal/keyd/keydtest"
 	"github.com/podkey/podkey/internal/keyd/store/pgtest"
@@ -228,4 +232,134 @@ func TestAuditAndKEKRotationsAreFollowed(t *testing.T) {
 			t.Fatalf("replica %d: audit %v %v", i+1, v, err)
 		}
 	}
+}
+
+// A generation is retired through one replica: refused while what it
+// issued may be valid, refused for the current generation and for a
+// force without a reason; forced with a reason it is destroyed, and every
+// replica stops verifying what it issued and drops it from its CA bundle,
+// JWK Set and status within a second. A generation that issued nothing
+// retires without force.
+func TestRetiredGenerationIsGoneEverywhere(t *testing.T) {
+	ctx := context.Background()
+	rs := replicas(t, 2)
+	a := rs[0]
+	for _, purpose := range []string{"mac", "ca", "jwt"} {
+		s := suite.Intl
+		old := issue(t, a, kinds[purpose], s, "uid-old-"+purpose)
+		r, err := a.Admin.RotateKey(ctx, &keydv1.RotateKeyRequest{Purpose: purpose, Suite: string(s)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		retire := func(gen int64, force bool, reason string) error {
+			_, err := a.Admin.RetireKey(ctx, &keydv1.RetireKeyRequest{Purpose: purpose, Suite: string(s), Generation: gen, Force: force, Reason: reason})
+			return err
+		}
+		for _, c := range []struct {
+			gen    int64
+			force  bool
+			reason string
+			code   codes.Code
+			why    string
+		}{
+			{old.Generation, false, "", codes.FailedPrecondition, "may be valid until"},
+			{r.Generation, true, "x", codes.FailedPrecondition, "current generation"},
+			{old.Generation, true, " ", codes.InvalidArgument, "needs a reason"},
+		} {
+			if err := retire(c.gen, c.force, c.reason); status.Code(err) != c.code || !strings.Contains(err.Error(), c.why) {
+				t.Fatalf("%s g%d force=%v: %v", purpose, c.gen, c.force, err)
+			}
+		}
+		if err := retire(old.Generation, true, "key compromise drill"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for i, e := range rs {
+			var left string
+			for {
+				if left = retired(e, purpose, s, old); left == "" || time.Since(start) > 1500*time.Millisecond {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if left != "" {
+				t.Fatalf("%s/%s: replica %d, %s after the retirement: %s", purpose, s, i+1, time.Since(start).Round(time.Millisecond), left)
+			}
+		}
+		t.Logf("%s/%s g%d: gone from every replica within %s", purpose, s, old.Generation, time.Since(start).Round(time.Millisecond))
+	}
+	// derive/gm: g2 issues nothing before g3 replaces it.
+	for range 2 {
+		if _, err := a.Admin.RotateKey(ctx, &keydv1.RotateKeyRequest{Purpose: "derive", Suite: "gm"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Admin.RetireKey(ctx, &keydv1.RetireKeyRequest{Purpose: "derive", Suite: "gm", Generation: 2}); err != nil {
+		t.Fatalf("an unused generation: %v", err)
+	}
+	var audited strings.Builder
+	stream, err := a.Admin.ExportAudit(ctx, &keydv1.ExportAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		rec, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		audited.Write(rec.Json)
+	}
+	for _, want := range []string{`"action":"key.retire"`, "key compromise drill", "podkey/derive/gm/g2", "no credential it issued can still be valid"} {
+		if !strings.Contains(audited.String(), want) {
+			t.Fatalf("audit lacks %q", want)
+		}
+	}
+	if v, err := a.Admin.VerifyAudit(ctx, &keydv1.VerifyAuditRequest{}); err != nil || !v.Intact {
+		t.Fatalf("audit chain: %v %v", v, err)
+	}
+}
+
+// retired reports what replica e still does of generation old.Generation
+// ("" when nothing): verify its API key, publish its CA or its token key,
+// list it.
+func retired(e *keydtest.Env, purpose string, s suite.Name, old *keydv1.Credential) string {
+	ctx := context.Background()
+	st, err := e.Admin.Status(ctx, &keydv1.StatusRequest{})
+	if err != nil {
+		return err.Error()
+	}
+	for _, k := range st.Keys {
+		if k.Purpose == purpose && k.Suite == string(s) && slices.Contains(k.Generations, old.Generation) {
+			return "its status lists the generation"
+		}
+	}
+	switch purpose {
+	case "mac":
+		ak := old.GetApiKey()
+		msg := []byte("GET /x")
+		if _, err := e.Keyd.Verify(ctx, &keydv1.VerifyRequest{AccessKeyId: ak.AccessKeyId, StringToSign: msg, Signature: accesskey.Sign(s, ak.SecretKey, msg)}); err == nil {
+			return "it verifies an API key of the retired generation"
+		}
+	case "jwt":
+		r, err := e.Keyd.TokenKeys(ctx, &keydv1.TokenKeysRequest{})
+		if err != nil {
+			return err.Error()
+		}
+		set, err := jwks.Parse(r.Jwks)
+		if err != nil {
+			return err.Error()
+		}
+		if _, _, err := set.Find(kidOf(old.GetToken().GetJwt())); err == nil {
+			return "its JWK Set still has the retired key"
+		}
+	case "ca":
+		b, err := e.Keyd.CABundle(ctx, &keydv1.CABundleRequest{Suite: string(s)})
+		if err != nil {
+			return err.Error()
+		}
+		if chains(old.GetCertificate().GetCertPem(), b.Pem) {
+			return "its CA bundle still verifies a certificate of the retired CA"
+		}
+	}
+	return ""
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -167,6 +169,54 @@ to verify what they authenticated.`,
 		},
 	}
 	cmd.Flags().String("suite", "intl", "suite: gm or intl")
+	return cmd
+}
+
+func newHSMRetireCommand(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "retire PURPOSE/SUITE/gN",
+		Short: "Destroy an old generation of a root key (mac, derive, ca, jwt) once nothing it issued can be valid; every replica drops it from its CA bundle and JWK Set",
+		Long: `retire ca/intl/g1 destroys generation 1 of the intl CA on the token (its key,
+wrapped copies and CA certificate); every keyd replica drops it, and with it
+from the CA bundle and the JWK Set it publishes. keyd refuses the current
+generation, and refuses while credentials the generation issued may still be
+valid, as the audit log shows (its newest issuance plus the longest ttl an
+object may have, 30 days; for a CA also the rotation that replaced it plus a
+day of node certificates). --force retires it anyway and needs --reason;
+both are audited. See docs/operations.md for the rotate, overlap, retire
+runbook.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			parts := strings.Split(args[0], "/")
+			var gen int64
+			if len(parts) != 3 || !strings.HasPrefix(parts[2], "g") {
+				return command.Exit(command.ExitUsage, fmt.Errorf("%q: want PURPOSE/SUITE/gN, e.g. ca/intl/g1", args[0]))
+			}
+			gen, err := strconv.ParseInt(parts[2][1:], 10, 32)
+			if err != nil || gen < 1 {
+				return command.Exit(command.ExitUsage, fmt.Errorf("%q: the generation is g and a number from 1", parts[2]))
+			}
+			force, _ := cmd.Flags().GetBool("force")
+			reason, _ := cmd.Flags().GetString("reason")
+			admin, done, err := cf.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			resp, err := admin.RetireKey(cmd.Context(), &keydv1.RetireKeyRequest{Purpose: parts[0], Suite: parts[1], Generation: gen, Force: force, Reason: reason})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: retired (destroyed on the token; replicas drop it within a second)", args[0])
+			if resp.InUseUntil != nil && resp.InUseUntil.AsTime().After(time.Now()) {
+				fmt.Fprintf(cmd.OutOrStdout(), "; credentials it issued fail from now although valid until %s", resp.InUseUntil.AsTime().UTC().Format(time.RFC3339))
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	cmd.Flags().Bool("force", false, "retire although credentials it issued may still be valid (needs --reason)")
+	cmd.Flags().String("reason", "", "why; recorded in the audit log")
 	return cmd
 }
 

@@ -42,6 +42,7 @@ const (
 	ActionSecretDelete    = "secret.delete"
 	ActionPolicySet       = "policy.set"
 	ActionKeyRotate       = "key.rotate"
+	ActionKeyRetire       = "key.retire"
 	ActionNodeCertificate = "node.certificate"
 	ActionRenew           = "renew"
 	ActionImageUnwrap     = "image.unwrap"

@@ -17,6 +17,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -274,12 +275,66 @@ func (kr *Keyring) Rotate(ctx context.Context, p Purpose, s suite.Name) (int, er
 	return gen, nil
 }
 
+// ErrCurrentGeneration refuses to retire the generation in use.
+var ErrCurrentGeneration = errors.New("keyring: the current generation cannot be retired")
+
+// Retire destroys generation gen of a root key on the token (its key, its
+// wrapped copies, its CA certificate) and forgets it; other keyrings on
+// the token drop it at their next Refresh. The current generation is
+// refused.
+func (kr *Keyring) Retire(ctx context.Context, p Purpose, s suite.Name, gen int) error {
+	if _, err := kr.get(p, s, gen); err != nil {
+		return err
+	}
+	if gen == kr.Current(p, s) {
+		return fmt.Errorf("%w (%s): rotate first", ErrCurrentGeneration, Label(p, s, gen))
+	}
+	objs, err := kr.tok.List(ctx, Label(p, s, gen))
+	if err != nil {
+		return err
+	}
+	label := Label(p, s, gen)
+	for _, o := range objs {
+		if o.Label == label || strings.HasPrefix(o.Label, label+"/") {
+			if err := kr.tok.Destroy(ctx, o.Class, o.Label); err != nil {
+				return fmt.Errorf("keyring: destroy %s: %w", o.Label, err)
+			}
+		}
+	}
+	kr.forget(p, s, gen)
+	return nil
+}
+
+// forget drops a loaded generation; its key material is zeroed a little
+// later, once operations that took it before finish.
+func (kr *Keyring) forget(p Purpose, s suite.Name, gen int) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if k, ok := kr.keys[slot{p, s}][gen]; ok {
+		delete(kr.keys[slot{p, s}], gen)
+		time.AfterFunc(forgetGrace, k.destroy)
+	}
+}
+
+// forgetGrace is how long a forgotten key stays usable by operations that
+// already hold it.
+const forgetGrace = 30 * time.Second
+
 // Refresh loads generations created on the token since Open (for example
-// by 'podkey hsm rotate' while keyd runs).
+// by 'podkey hsm rotate' while keyd runs) and forgets those retired.
 func (kr *Keyring) Refresh(ctx context.Context) error {
 	gens, err := generations(ctx, kr.tok)
 	if err != nil {
 		return err
+	}
+	for _, p := range Purposes {
+		for _, s := range suite.All {
+			for _, g := range kr.Generations(p, s) {
+				if !slices.Contains(gens[slot{p, s}], g) && len(gens[slot{p, s}]) > 0 {
+					kr.forget(p, s, g)
+				}
+			}
+		}
 	}
 	for k, gs := range gens {
 		for _, g := range gs {

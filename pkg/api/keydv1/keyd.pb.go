@@ -2325,6 +2325,128 @@ func (x *RotateKeyResponse) GetGeneration() int64 {
 	return 0
 }
 
+type RetireKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Purpose       string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // mac, derive, ca, jwt
+	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	Generation    int64                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`  // retire although credentials may still be valid
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"` // required with force; audited
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeyRequest) Reset() {
+	*x = RetireKeyRequest{}
+	mi := &file_keyd_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeyRequest) ProtoMessage() {}
+
+func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeyRequest.ProtoReflect.Descriptor instead.
+func (*RetireKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RetireKeyRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+func (x *RetireKeyRequest) GetSuite() string {
+	if x != nil {
+		return x.Suite
+	}
+	return ""
+}
+
+func (x *RetireKeyRequest) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RetireKeyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RetireKeyRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RetireKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// in_use_until is when the last credential the generation issued
+	// expires at the latest (as the audit log shows); zero when none.
+	InUseUntil    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=in_use_until,json=inUseUntil,proto3" json:"in_use_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeyResponse) Reset() {
+	*x = RetireKeyResponse{}
+	mi := &file_keyd_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeyResponse) ProtoMessage() {}
+
+func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeyResponse.ProtoReflect.Descriptor instead.
+func (*RetireKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RetireKeyResponse) GetInUseUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.InUseUntil
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2333,7 +2455,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2467,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2480,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{40}
+	return file_keyd_proto_rawDescGZIP(), []int{42}
 }
 
 type StatusResponse struct {
@@ -2375,7 +2497,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2509,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2522,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{41}
+	return file_keyd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -2456,7 +2578,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2590,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2603,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{42}
+	return file_keyd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -2517,7 +2639,7 @@ type ImageKeyEntry struct {
 
 func (x *ImageKeyEntry) Reset() {
 	*x = ImageKeyEntry{}
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2651,7 @@ func (x *ImageKeyEntry) String() string {
 func (*ImageKeyEntry) ProtoMessage() {}
 
 func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2664,7 @@ func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeyEntry.ProtoReflect.Descriptor instead.
 func (*ImageKeyEntry) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{43}
+	return file_keyd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ImageKeyEntry) GetKeyId() string {
@@ -2572,7 +2694,7 @@ type UnwrapImageKeyRequest struct {
 
 func (x *UnwrapImageKeyRequest) Reset() {
 	*x = UnwrapImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2584,7 +2706,7 @@ func (x *UnwrapImageKeyRequest) String() string {
 func (*UnwrapImageKeyRequest) ProtoMessage() {}
 
 func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2597,7 +2719,7 @@ func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{44}
+	return file_keyd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UnwrapImageKeyRequest) GetSuite() string {
@@ -2632,7 +2754,7 @@ type UnwrapImageKeyResponse struct {
 
 func (x *UnwrapImageKeyResponse) Reset() {
 	*x = UnwrapImageKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2766,7 @@ func (x *UnwrapImageKeyResponse) String() string {
 func (*UnwrapImageKeyResponse) ProtoMessage() {}
 
 func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2779,7 @@ func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{45}
+	return file_keyd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UnwrapImageKeyResponse) GetCek() []byte {
@@ -2689,7 +2811,7 @@ type ImageKeysRequest struct {
 
 func (x *ImageKeysRequest) Reset() {
 	*x = ImageKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2701,7 +2823,7 @@ func (x *ImageKeysRequest) String() string {
 func (*ImageKeysRequest) ProtoMessage() {}
 
 func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2714,7 +2836,7 @@ func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysRequest.ProtoReflect.Descriptor instead.
 func (*ImageKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{46}
+	return file_keyd_proto_rawDescGZIP(), []int{48}
 }
 
 // ImageKey is an image key's public half.
@@ -2729,7 +2851,7 @@ type ImageKey struct {
 
 func (x *ImageKey) Reset() {
 	*x = ImageKey{}
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2741,7 +2863,7 @@ func (x *ImageKey) String() string {
 func (*ImageKey) ProtoMessage() {}
 
 func (x *ImageKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2754,7 +2876,7 @@ func (x *ImageKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKey.ProtoReflect.Descriptor instead.
 func (*ImageKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{47}
+	return file_keyd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ImageKey) GetKeyId() string {
@@ -2787,7 +2909,7 @@ type ImageKeysResponse struct {
 
 func (x *ImageKeysResponse) Reset() {
 	*x = ImageKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2799,7 +2921,7 @@ func (x *ImageKeysResponse) String() string {
 func (*ImageKeysResponse) ProtoMessage() {}
 
 func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2812,7 +2934,7 @@ func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysResponse.ProtoReflect.Descriptor instead.
 func (*ImageKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{48}
+	return file_keyd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ImageKeysResponse) GetKeys() []*ImageKey {
@@ -2832,7 +2954,7 @@ type CreateImageKeyRequest struct {
 
 func (x *CreateImageKeyRequest) Reset() {
 	*x = CreateImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +2966,7 @@ func (x *CreateImageKeyRequest) String() string {
 func (*CreateImageKeyRequest) ProtoMessage() {}
 
 func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +2979,7 @@ func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{49}
+	return file_keyd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CreateImageKeyRequest) GetKeyId() string {
@@ -2882,7 +3004,7 @@ type BackupStoreRequest struct {
 
 func (x *BackupStoreRequest) Reset() {
 	*x = BackupStoreRequest{}
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3016,7 @@ func (x *BackupStoreRequest) String() string {
 func (*BackupStoreRequest) ProtoMessage() {}
 
 func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3029,7 @@ func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupStoreRequest.ProtoReflect.Descriptor instead.
 func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{50}
+	return file_keyd_proto_rawDescGZIP(), []int{52}
 }
 
 // BackupChunk is a piece of the copy, in order. The last chunk carries no
@@ -2927,7 +3049,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3061,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3074,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{51}
+	return file_keyd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -3142,7 +3264,18 @@ const file_keyd_proto_rawDesc = "" +
 	"\x11RotateKeyResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
-	"generation\"\x0f\n" +
+	"generation\"\x90\x01\n" +
+	"\x10RetireKeyRequest\x12\x18\n" +
+	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
+	"\x05suite\x18\x02 \x01(\tR\x05suite\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x03R\n" +
+	"generation\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"Q\n" +
+	"\x11RetireKeyResponse\x12<\n" +
+	"\fin_use_until\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"inUseUntil\"\x0f\n" +
 	"\rStatusRequest\"\xfd\x01\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1f\n" +
@@ -3193,7 +3326,7 @@ const file_keyd_proto_rawDesc = "" +
 	"\bRenewals\x12\x1f.podkey.keyd.v1.RenewalsRequest\x1a .podkey.keyd.v1.RenewalsResponse\x12b\n" +
 	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse\x12_\n" +
 	"\x0eUnwrapImageKey\x12%.podkey.keyd.v1.UnwrapImageKeyRequest\x1a&.podkey.keyd.v1.UnwrapImageKeyResponse\x12P\n" +
-	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xfe\b\n" +
+	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xd0\t\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -3204,7 +3337,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\x10RemovePolicyRule\x12\x1a.podkey.keyd.v1.PolicyRule\x1a\".podkey.keyd.v1.PolicyRuleResponse\x12P\n" +
 	"\vExportAudit\x12\".podkey.keyd.v1.ExportAuditRequest\x1a\x1b.podkey.keyd.v1.AuditRecord0\x01\x12V\n" +
 	"\vVerifyAudit\x12\".podkey.keyd.v1.VerifyAuditRequest\x1a#.podkey.keyd.v1.VerifyAuditResponse\x12P\n" +
-	"\tRotateKey\x12 .podkey.keyd.v1.RotateKeyRequest\x1a!.podkey.keyd.v1.RotateKeyResponse\x12L\n" +
+	"\tRotateKey\x12 .podkey.keyd.v1.RotateKeyRequest\x1a!.podkey.keyd.v1.RotateKeyResponse\x12P\n" +
+	"\tRetireKey\x12 .podkey.keyd.v1.RetireKeyRequest\x1a!.podkey.keyd.v1.RetireKeyResponse\x12L\n" +
 	"\fForceRenewal\x12#.podkey.keyd.v1.ForceRenewalRequest\x1a\x17.podkey.keyd.v1.Renewal\x12G\n" +
 	"\x06Status\x12\x1d.podkey.keyd.v1.StatusRequest\x1a\x1e.podkey.keyd.v1.StatusResponse\x12Q\n" +
 	"\x0eCreateImageKey\x12%.podkey.keyd.v1.CreateImageKeyRequest\x1a\x18.podkey.keyd.v1.ImageKey\x12P\n" +
@@ -3222,7 +3356,7 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_keyd_proto_goTypes = []any{
 	(*PodIdentity)(nil),             // 0: podkey.keyd.v1.PodIdentity
 	(*ObjectRequest)(nil),           // 1: podkey.keyd.v1.ObjectRequest
@@ -3264,96 +3398,101 @@ var file_keyd_proto_goTypes = []any{
 	(*VerifyAuditResponse)(nil),     // 37: podkey.keyd.v1.VerifyAuditResponse
 	(*RotateKeyRequest)(nil),        // 38: podkey.keyd.v1.RotateKeyRequest
 	(*RotateKeyResponse)(nil),       // 39: podkey.keyd.v1.RotateKeyResponse
-	(*StatusRequest)(nil),           // 40: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),          // 41: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),          // 42: podkey.keyd.v1.KeyGenerations
-	(*ImageKeyEntry)(nil),           // 43: podkey.keyd.v1.ImageKeyEntry
-	(*UnwrapImageKeyRequest)(nil),   // 44: podkey.keyd.v1.UnwrapImageKeyRequest
-	(*UnwrapImageKeyResponse)(nil),  // 45: podkey.keyd.v1.UnwrapImageKeyResponse
-	(*ImageKeysRequest)(nil),        // 46: podkey.keyd.v1.ImageKeysRequest
-	(*ImageKey)(nil),                // 47: podkey.keyd.v1.ImageKey
-	(*ImageKeysResponse)(nil),       // 48: podkey.keyd.v1.ImageKeysResponse
-	(*CreateImageKeyRequest)(nil),   // 49: podkey.keyd.v1.CreateImageKeyRequest
-	(*BackupStoreRequest)(nil),      // 50: podkey.keyd.v1.BackupStoreRequest
-	(*BackupChunk)(nil),             // 51: podkey.keyd.v1.BackupChunk
-	(*timestamppb.Timestamp)(nil),   // 52: google.protobuf.Timestamp
+	(*RetireKeyRequest)(nil),        // 40: podkey.keyd.v1.RetireKeyRequest
+	(*RetireKeyResponse)(nil),       // 41: podkey.keyd.v1.RetireKeyResponse
+	(*StatusRequest)(nil),           // 42: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 43: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 44: podkey.keyd.v1.KeyGenerations
+	(*ImageKeyEntry)(nil),           // 45: podkey.keyd.v1.ImageKeyEntry
+	(*UnwrapImageKeyRequest)(nil),   // 46: podkey.keyd.v1.UnwrapImageKeyRequest
+	(*UnwrapImageKeyResponse)(nil),  // 47: podkey.keyd.v1.UnwrapImageKeyResponse
+	(*ImageKeysRequest)(nil),        // 48: podkey.keyd.v1.ImageKeysRequest
+	(*ImageKey)(nil),                // 49: podkey.keyd.v1.ImageKey
+	(*ImageKeysResponse)(nil),       // 50: podkey.keyd.v1.ImageKeysResponse
+	(*CreateImageKeyRequest)(nil),   // 51: podkey.keyd.v1.CreateImageKeyRequest
+	(*BackupStoreRequest)(nil),      // 52: podkey.keyd.v1.BackupStoreRequest
+	(*BackupChunk)(nil),             // 53: podkey.keyd.v1.BackupChunk
+	(*timestamppb.Timestamp)(nil),   // 54: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
 	0,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
 	1,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	52, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	52, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	52, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	54, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	54, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	54, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
 	4,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
 	5,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
 	6,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
 	7,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
 	8,  // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
 	3,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	52, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	54, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
 	0,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	52, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
-	52, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	52, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	54, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
+	54, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	54, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
 	20, // 16: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
-	52, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
-	52, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
-	52, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	54, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
+	54, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
+	54, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
 	25, // 20: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	42, // 21: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	43, // 22: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
-	47, // 23: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
-	2,  // 24: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
-	10, // 25: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
-	12, // 26: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
-	14, // 27: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
-	22, // 28: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
-	18, // 29: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
-	15, // 30: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
-	44, // 31: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
-	46, // 32: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
-	24, // 33: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
-	26, // 34: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
-	28, // 35: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
-	30, // 36: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
-	31, // 37: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	32, // 38: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	32, // 39: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	34, // 40: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	36, // 41: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	38, // 42: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	21, // 43: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
-	40, // 44: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	49, // 45: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
-	50, // 46: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
-	9,  // 47: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	11, // 48: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	13, // 49: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	17, // 50: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	23, // 51: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
-	19, // 52: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
-	16, // 53: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	45, // 54: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
-	48, // 55: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
-	25, // 56: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	27, // 57: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	29, // 58: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	31, // 59: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	31, // 60: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	33, // 61: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	33, // 62: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	35, // 63: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	37, // 64: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	39, // 65: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	20, // 66: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
-	41, // 67: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	47, // 68: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
-	51, // 69: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
-	47, // [47:70] is the sub-list for method output_type
-	24, // [24:47] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	54, // 21: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
+	44, // 22: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	45, // 23: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
+	49, // 24: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
+	2,  // 25: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
+	10, // 26: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
+	12, // 27: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
+	14, // 28: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
+	22, // 29: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
+	18, // 30: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
+	15, // 31: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
+	46, // 32: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
+	48, // 33: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
+	24, // 34: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
+	26, // 35: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
+	28, // 36: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
+	30, // 37: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
+	31, // 38: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
+	32, // 39: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	32, // 40: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	34, // 41: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	36, // 42: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	38, // 43: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	40, // 44: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
+	21, // 45: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
+	42, // 46: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	51, // 47: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
+	52, // 48: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
+	9,  // 49: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	11, // 50: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	13, // 51: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	17, // 52: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	23, // 53: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
+	19, // 54: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
+	16, // 55: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	47, // 56: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
+	50, // 57: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
+	25, // 58: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	27, // 59: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	29, // 60: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	31, // 61: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	31, // 62: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	33, // 63: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	33, // 64: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	35, // 65: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	37, // 66: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	39, // 67: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	41, // 68: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
+	20, // 69: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
+	43, // 70: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	49, // 71: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
+	53, // 72: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
+	49, // [49:73] is the sub-list for method output_type
+	25, // [25:49] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_keyd_proto_init() }
@@ -3374,7 +3513,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   52,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

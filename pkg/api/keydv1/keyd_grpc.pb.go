@@ -479,6 +479,7 @@ const (
 	Admin_ExportAudit_FullMethodName      = "/podkey.keyd.v1.Admin/ExportAudit"
 	Admin_VerifyAudit_FullMethodName      = "/podkey.keyd.v1.Admin/VerifyAudit"
 	Admin_RotateKey_FullMethodName        = "/podkey.keyd.v1.Admin/RotateKey"
+	Admin_RetireKey_FullMethodName        = "/podkey.keyd.v1.Admin/RetireKey"
 	Admin_ForceRenewal_FullMethodName     = "/podkey.keyd.v1.Admin/ForceRenewal"
 	Admin_Status_FullMethodName           = "/podkey.keyd.v1.Admin/Status"
 	Admin_CreateImageKey_FullMethodName   = "/podkey.keyd.v1.Admin/CreateImageKey"
@@ -503,6 +504,11 @@ type AdminClient interface {
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditRecord], error)
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
 	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
+	// RetireKey destroys an old generation of a root key on the token; every
+	// replica drops it from its CA bundle and JWK Set. Refused for the
+	// current generation, and while credentials it issued may still be
+	// valid unless forced with a reason.
+	RetireKey(ctx context.Context, in *RetireKeyRequest, opts ...grpc.CallOption) (*RetireKeyResponse, error)
 	// ForceRenewal orders fresh credentials for a pod, a service account or
 	// a namespace: what its pods obtained until now is refused at once, and
 	// node agents renew their volumes at the next republish.
@@ -635,6 +641,16 @@ func (c *adminClient) RotateKey(ctx context.Context, in *RotateKeyRequest, opts 
 	return out, nil
 }
 
+func (c *adminClient) RetireKey(ctx context.Context, in *RetireKeyRequest, opts ...grpc.CallOption) (*RetireKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireKeyResponse)
+	err := c.cc.Invoke(ctx, Admin_RetireKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ForceRenewal(ctx context.Context, in *ForceRenewalRequest, opts ...grpc.CallOption) (*Renewal, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Renewal)
@@ -702,6 +718,11 @@ type AdminServer interface {
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[AuditRecord]) error
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
 	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
+	// RetireKey destroys an old generation of a root key on the token; every
+	// replica drops it from its CA bundle and JWK Set. Refused for the
+	// current generation, and while credentials it issued may still be
+	// valid unless forced with a reason.
+	RetireKey(context.Context, *RetireKeyRequest) (*RetireKeyResponse, error)
 	// ForceRenewal orders fresh credentials for a pod, a service account or
 	// a namespace: what its pods obtained until now is refused at once, and
 	// node agents renew their volumes at the next republish.
@@ -754,6 +775,9 @@ func (UnimplementedAdminServer) VerifyAudit(context.Context, *VerifyAuditRequest
 }
 func (UnimplementedAdminServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
+}
+func (UnimplementedAdminServer) RetireKey(context.Context, *RetireKeyRequest) (*RetireKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireKey not implemented")
 }
 func (UnimplementedAdminServer) ForceRenewal(context.Context, *ForceRenewalRequest) (*Renewal, error) {
 	return nil, status.Error(codes.Unimplemented, "method ForceRenewal not implemented")
@@ -961,6 +985,24 @@ func _Admin_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RetireKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RetireKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RetireKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RetireKey(ctx, req.(*RetireKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ForceRenewal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ForceRenewalRequest)
 	if err := dec(in); err != nil {
@@ -1068,6 +1110,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateKey",
 			Handler:    _Admin_RotateKey_Handler,
+		},
+		{
+			MethodName: "RetireKey",
+			Handler:    _Admin_RetireKey_Handler,
 		},
 		{
 			MethodName: "ForceRenewal",
