@@ -55,15 +55,16 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # Issuance with pod tokens reviewed by a real kube-apiserver (cache miss
-# and hit) beside issuance with no review, in one run.
+# and hit) or verified locally, beside issuance with no review, and the
+# identity check alone with its API-server calls, in one run.
 PODKEY_KUBE_BIN_DIR=$(hack/kube-binaries.sh)
 export PODKEY_KUBE_BIN_DIR
 {
   echo
-  echo "## Pod identity (TokenReview against a real kube-apiserver on this machine)"
+  echo "## Pod identity (TokenReview and local verification against a real kube-apiserver on this machine)"
   echo
   echo '```'
-  go test -run '^$' -bench IssueIdentity -benchtime "${BENCH_IDENTITY_TIME:-3s}" ./e2e 2>/dev/null | grep -E '^Benchmark'
+  go test -run '^$' -bench 'IssueIdentity|PodIdentityCheck' -benchtime "${BENCH_IDENTITY_TIME:-3s}" ./e2e 2>/dev/null | grep -E '^Benchmark'
   echo '```'
 } | tee -a "$OUT"
 
