@@ -262,7 +262,7 @@ func (f *flags) identityVerifier(ctx context.Context, o *service.Options) (*rest
 			o.Logger.Warn("local token verification unavailable; every token goes to TokenReview", "error", err)
 			break
 		}
-		fb := localtoken.Fallback{Local: lv}
+		fb := localtoken.Fallback{Local: lv, Log: o.Logger}
 		if f.podIdentity == "local-with-fallback" {
 			fb.Remote = rev
 		}

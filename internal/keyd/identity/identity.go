@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/podkey/podkey/pkg/pod"
@@ -34,6 +35,9 @@ type Review struct {
 	Audiences     []string
 	Extra         map[string][]string
 	Error         string // the API server's reason when not authenticated
+	// Method is how it was decided: "tokenreview", "local", or "cache"
+	// (a review cached by the Verifier).
+	Method string
 }
 
 // Reviewer reviews tokens (the Kubernetes API in production).
@@ -75,6 +79,18 @@ type Verifier struct {
 
 	mu    sync.Mutex
 	cache map[[32]byte]cached
+
+	observe atomic.Pointer[func(method string)]
+}
+
+// SetObserver has observe called with each review's Method (keyd's
+// podkey_keyd_token_checks_total).
+func (v *Verifier) SetObserver(observe func(method string)) { v.observe.Store(&observe) }
+
+func (v *Verifier) observed(method string) {
+	if f := v.observe.Load(); f != nil && method != "" {
+		(*f)(method)
+	}
 }
 
 type cached struct {
@@ -114,6 +130,7 @@ func (v *Verifier) review(ctx context.Context, token, audience string) (Review, 
 		c, ok := v.cache[key]
 		v.mu.Unlock()
 		if ok && now.Before(c.expires) {
+			v.observed("cache")
 			return c.review, nil
 		}
 	}
@@ -121,6 +138,7 @@ func (v *Verifier) review(ctx context.Context, token, audience string) (Review, 
 	if err != nil {
 		return Review{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	v.observed(r.Method)
 	if !r.Authenticated {
 		reason := "the API server did not authenticate it"
 		if r.Error != "" {

@@ -98,3 +98,23 @@ func TestCacheKeyedByHashAndExpires(t *testing.T) {
 		t.Fatal("a failed review was cached")
 	}
 }
+
+// The observer hears how each check was decided, a cache hit included,
+// and PodToken reports the token's jti.
+func TestObserverAndTokenID(t *testing.T) {
+	r := podReview("podkey")
+	r.Method = "local"
+	r.Extra[ExtraCredentialID] = []string{"JTI=3f1c"}
+	v := NewVerifier(&fakeReviewer{reviews: map[string]Review{"good": r}}, Options{CacheTTL: time.Minute})
+	seen := map[string]int{}
+	v.SetObserver(func(m string) { seen[m]++ })
+	for range 2 {
+		_, jti, err := v.PodToken(context.Background(), "good")
+		if err != nil || jti != "3f1c" {
+			t.Fatalf("%q %v", jti, err)
+		}
+	}
+	if seen["local"] != 1 || seen["cache"] != 1 {
+		t.Fatalf("observed %v", seen)
+	}
+}

@@ -24,6 +24,9 @@ type metrics struct {
 	// unauthenticatedDenied counts refusals of such callers' calls that
 	// were admitted (a bad node token, a pod token not for the pod).
 	unauthenticatedDenied prometheus.Counter
+	// tokenChecks counts pod and node token checks by how they were
+	// decided: local, tokenreview, cache.
+	tokenChecks *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
@@ -42,7 +45,10 @@ func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
 	}
 	m.unauthenticatedDenied = prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_keyd_unauthenticated_denied_total",
 		Help: "Calls of TLS callers without a client certificate refused after review (a node token or pod token not accepted); audited as one record per action every 10 s."})
-	reg.MustRegister(m.calls, m.duration, m.refused, m.bootstrapRefused, m.unauthenticated, m.unauthenticatedDenied,
+	m.tokenChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podkey_keyd_token_checks_total",
+		Help: "Pod and node token checks by how they were decided: local (the issuer's keys and the pod caches), tokenreview (an API-server call; with --pod-identity local-with-fallback, while the caches cannot decide), cache (a TokenReview reused)."},
+		[]string{"method"})
+	reg.MustRegister(m.calls, m.duration, m.refused, m.bootstrapRefused, m.unauthenticated, m.unauthenticatedDenied, m.tokenChecks,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_admitted",
 			Help: "Issue and Verify calls admitted (running or waiting)."}, func() float64 { n, _ := a.stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_running",

@@ -78,6 +78,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s.admission = newAdmission(inflight, queued)
 	s.bootstrap = newAdmission(bootstrapInflight, bootstrapQueued)
 	s.metrics = newMetrics(opts.Registerer, s.admission)
+	if opts.Identity != nil {
+		opts.Identity.SetObserver(func(method string) { s.metrics.tokenChecks.WithLabelValues(method).Inc() })
+	}
 	opts.Logger.Info("admission of Issue and Verify calls", "maxInflight", inflight, "maxQueued", queued, "memoryLimitBytes", memoryLimit())
 	s.audit = audit.OpenAnchored(s.st, s.kr.AuditKeys(), s.kr.AuditAnchors())
 	registerStateMetrics(opts.Registerer, s.tok, s.audit)

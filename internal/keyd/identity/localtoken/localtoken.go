@@ -22,6 +22,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -75,6 +76,7 @@ type Verifier struct {
 	watch *watch
 
 	local, undecided atomic.Int64
+	lastLog          atomic.Int64 // unix nanoseconds of the last undecided log
 
 	mu   sync.Mutex
 	sigs map[[32]byte]*claims
@@ -174,8 +176,11 @@ var algorithms = []jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, j
 
 // refuse is a review that did not authenticate, with the reason.
 func refuse(format string, a ...any) (identity.Review, error) {
-	return identity.Review{Error: fmt.Sprintf(format, a...)}, nil
+	return identity.Review{Error: fmt.Sprintf(format, a...), Method: method}, nil
 }
+
+// method is the Review.Method of a local decision.
+const method = "local"
 
 // Review implements identity.Reviewer.
 func (v *Verifier) Review(ctx context.Context, token string, audiences []string) (identity.Review, error) {
@@ -255,7 +260,7 @@ func (v *Verifier) review(ctx context.Context, token string, audiences []string)
 		return refuse("not a service account token")
 	}
 	r = identity.Review{Authenticated: true, Username: "system:serviceaccount:" + k.Namespace + ":" + k.ServiceAccount.Name,
-		Audiences: intersect(c.Audience, audiences), Extra: map[string][]string{}}
+		Audiences: intersect(c.Audience, audiences), Extra: map[string][]string{}, Method: method}
 	if c.ID != "" {
 		r.Extra[identity.ExtraCredentialID] = []string{"JTI=" + c.ID}
 	}
@@ -303,13 +308,29 @@ func intersect(a, b []string) []string {
 type Fallback struct {
 	Local  *Verifier
 	Remote identity.Reviewer
+	// Log, when set, hears why the caches cannot decide, at most every
+	// 30 s.
+	Log *slog.Logger
 }
 
 // Review implements identity.Reviewer.
 func (f Fallback) Review(ctx context.Context, token string, audiences []string) (identity.Review, error) {
 	r, err := f.Local.Review(ctx, token, audiences)
-	if errors.Is(err, ErrUndecided) && f.Remote != nil {
-		return f.Remote.Review(ctx, token, audiences)
+	if errors.Is(err, ErrUndecided) {
+		f.Local.logUndecided(f.Log, err, f.Remote != nil)
+		if f.Remote != nil {
+			return f.Remote.Review(ctx, token, audiences)
+		}
 	}
 	return r, err
+}
+
+// logUndecided logs err at most every 30 s.
+func (v *Verifier) logUndecided(log *slog.Logger, err error, fallback bool) {
+	now := v.opts.Now().UnixNano()
+	last := v.lastLog.Load()
+	if log == nil || now-last < int64(30*time.Second) || !v.lastLog.CompareAndSwap(last, now) {
+		return
+	}
+	log.Warn("local token verification cannot decide", "reason", err.Error(), "fallbackToTokenReview", fallback)
 }

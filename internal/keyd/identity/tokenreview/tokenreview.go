@@ -50,7 +50,7 @@ func (k *Reviewer) Review(ctx context.Context, token string, audiences []string)
 		return identity.Review{}, err
 	}
 	r := identity.Review{Authenticated: tr.Status.Authenticated, Username: tr.Status.User.Username,
-		Audiences: tr.Status.Audiences, Error: tr.Status.Error, Extra: map[string][]string{}}
+		Audiences: tr.Status.Audiences, Error: tr.Status.Error, Extra: map[string][]string{}, Method: "tokenreview"}
 	for k, v := range tr.Status.User.Extra {
 		r.Extra[k] = v
 	}
