@@ -51,7 +51,7 @@ func TestClustersLeaveNothingBehind(t *testing.T) {
 		t.Parallel()
 		// The helper's own -timeout ends it once its pod runs: the
 		// timeout's panic runs no cleanup, as a SIGKILL would not.
-		run, dir, marker := startHelper(t, 7, "-test.timeout=100s")
+		run, dir, marker := startHelper(t, 7, "-test.timeout=75s")
 		err := <-run.done
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 			t.Fatalf("the helper did not end by its timeout: %v", err)

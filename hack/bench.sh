@@ -81,6 +81,19 @@ export PODKEY_KUBE_BIN_DIR
   echo '```'
 } | tee -a "$OUT"
 
+# A cluster-wide restart, scaled to this machine: every pod asks at once
+# with a token keyd has never seen, three keyd replicas on a durable
+# PostgreSQL, tokens checked by TokenReview or locally; the API server's
+# own counters give its identity requests per issuance.
+{
+  echo
+  echo "## Cluster-wide restart (${PODKEY_RESTART_PODS:-2000} pods at once, 3 keyd replicas on PostgreSQL, a real kube-apiserver)"
+  echo
+  echo '```'
+  go test -run '^$' -bench 'ClusterRestart' -benchtime 1x -timeout 30m ./e2e 2>/dev/null | grep -E '^Benchmark'
+  echo '```'
+} | tee -a "$OUT"
+
 # Bursts (10 simulated nodes x 200 pods, and the upstream secrets-store
 # driver's load-test scale, 250 x 40; one keyd under the chart's memory
 # limit), keyd's admission compared at 250 x 40, and footprint (podkey-csi
