@@ -24,22 +24,8 @@ import (
 //	go test -run '^$' -bench IssueIdentity ./e2e
 func BenchmarkIssueIdentity(b *testing.B) {
 	ctx := context.Background()
-	c := sharedCluster(b)
-	if err := c.Node(ctx, "node-1"); err != nil {
-		b.Fatal(err)
-	}
-	p, err := c.Pod(ctx, "payments", "bench-pod", "payments", "node-1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	tok, err := c.Token(ctx, "payments", "payments", "podkey", p)
-	if err != nil {
-		b.Fatal(err)
-	}
-	keydToken, err := c.KeydIdentity(ctx, "podkey", "podkey-keyd")
-	if err != nil {
-		b.Fatal(err)
-	}
+	c, keydToken := identityCluster(b)
+	p, tok := benchPodToken(b, c, "bench-pod")
 	rev, err := tokenreview.New(c.Config(keydToken))
 	if err != nil {
 		b.Fatal(err)
@@ -88,22 +74,8 @@ func BenchmarkIssueIdentity(b *testing.B) {
 //	go test -run '^$' -bench PodIdentityCheck ./e2e
 func BenchmarkPodIdentityCheck(b *testing.B) {
 	ctx := context.Background()
-	c := sharedCluster(b)
-	if err := c.Node(ctx, "node-1"); err != nil {
-		b.Fatal(err)
-	}
-	p, err := c.Pod(ctx, "payments", "bench-check-pod", "payments", "node-1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	tok, err := c.Token(ctx, "payments", "payments", "podkey", p)
-	if err != nil {
-		b.Fatal(err)
-	}
-	keydToken, err := c.KeydIdentity(ctx, "podkey", "podkey-keyd")
-	if err != nil {
-		b.Fatal(err)
-	}
+	c, keydToken := identityCluster(b)
+	_, tok := benchPodToken(b, c, "bench-check-pod")
 	var calls atomic.Int64
 	cfg := c.Config(keydToken)
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {

@@ -16,10 +16,12 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mount "k8s.io/mount-utils"
 	sscsi "sigs.k8s.io/secrets-store-csi-driver/apis/v1"
 
+	"github.com/podkey/podkey/e2e/cluster"
 	"github.com/podkey/podkey/internal/keyd/identity"
 	"github.com/podkey/podkey/internal/keyd/identity/localtoken"
 	"github.com/podkey/podkey/internal/keyd/identity/tokenreview"
@@ -61,10 +63,9 @@ func newTrust(t *testing.T, nodeCertTTL, cacheTTL time.Duration) *trust {
 	return newTrustWith(t, nodeCertTTL, cacheTTL, "tokenreview")
 }
 
-// newTrustWith is newTrust with keyd verifying tokens as mode says
-// (keyd --pod-identity): tokenreview, or local (no fallback, so every
-// answer is the local verifier's).
-func newTrustWith(t *testing.T, nodeCertTTL, cacheTTL time.Duration, mode string) *trust {
+// identityCluster is the shared cluster with the Node objects node-1 and
+// node-2, and a token of keyd's own least-privileged identity.
+func identityCluster(t testing.TB) (*cluster.Cluster, string) {
 	ctx := context.Background()
 	c := sharedCluster(t)
 	for _, n := range []string{"node-1", "node-2"} {
@@ -76,6 +77,29 @@ func newTrustWith(t *testing.T, nodeCertTTL, cacheTTL time.Duration, mode string
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, keydToken
+}
+
+// benchPodToken is a pod on node-1 named name, with its podkey token.
+func benchPodToken(t testing.TB, c *cluster.Cluster, name string) (*corev1.Pod, string) {
+	ctx := context.Background()
+	p, err := c.Pod(ctx, "payments", name, "payments", "node-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Token(ctx, "payments", "payments", "podkey", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, tok
+}
+
+// newTrustWith is newTrust with keyd verifying tokens as mode says
+// (keyd --pod-identity): tokenreview, or local (no fallback, so every
+// answer is the local verifier's).
+func newTrustWith(t *testing.T, nodeCertTTL, cacheTTL time.Duration, mode string) *trust {
+	ctx := context.Background()
+	c, keydToken := identityCluster(t)
 	rev, err := tokenreview.New(c.Config(keydToken)) // keyd's own, least-privileged identity
 	if err != nil {
 		t.Fatal(err)
@@ -294,28 +318,17 @@ func trustChain(t *testing.T, mode string) {
 		}
 	})
 	t.Run("every refusal is audited with its reason", func(t *testing.T) {
-		stream, err := tr.keyd.Admin.ExportAudit(ctx, &keydv1.ExportAuditRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var all strings.Builder
-		for {
-			rec, err := stream.Recv()
-			if err != nil {
-				break
-			}
-			all.Write(rec.Json)
-		}
+		all := strings.Join(tr.keyd.AuditLines(), "\n")
 		for _, want := range []string{`caller is node \"node-2\"`, "not bound to a pod", "policy does not allow", `may not revoke`} {
-			if !strings.Contains(all.String(), want) {
+			if !strings.Contains(all, want) {
 				t.Fatalf("audit lacks %q", want)
 			}
 		}
-		if strings.Contains(all.String(), tokA) {
+		if strings.Contains(all, tokA) {
 			t.Fatal("audit contains a token")
 		}
 		// Issuances name the token they were made on by its jti.
-		if !regexp.MustCompile(`"action":"issue","result":"ok"[^}]*"tokenID":"[0-9a-f-]{36}"`).MatchString(all.String()) {
+		if !regexp.MustCompile(`"action":"issue","result":"ok"[^}]*"tokenID":"[0-9a-f-]{36}"`).MatchString(all) {
 			t.Fatal("no issuance record names its token's jti")
 		}
 	})

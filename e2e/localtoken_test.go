@@ -45,16 +45,7 @@ func startLocal(t testing.TB, cfg *rest.Config, o localtoken.Options) *localtoke
 // token is refused.
 func TestLocalTokenVerification(t *testing.T) {
 	ctx := context.Background()
-	c := sharedCluster(t)
-	for _, n := range []string{"node-1", "node-2"} {
-		if err := c.Node(ctx, n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	keydToken, err := c.KeydIdentity(ctx, "podkey", "podkey-keyd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, keydToken := identityCluster(t)
 	cfg := c.Config(keydToken) // keyd's own least-privileged identity
 	lv := startLocal(t, cfg, localtoken.Options{})
 	v := identity.NewVerifier(localtoken.Fallback{Local: lv}, identity.Options{CacheTTL: -1})

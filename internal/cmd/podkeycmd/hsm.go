@@ -188,7 +188,6 @@ runbook.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			parts := strings.Split(args[0], "/")
-			var gen int64
 			if len(parts) != 3 || !strings.HasPrefix(parts[2], "g") {
 				return command.Exit(command.ExitUsage, fmt.Errorf("%q: want PURPOSE/SUITE/gN, e.g. ca/intl/g1", args[0]))
 			}

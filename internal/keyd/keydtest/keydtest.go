@@ -6,6 +6,8 @@ package keydtest
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -199,6 +201,27 @@ func (e *Env) closeDeps() {
 	e.Opts.Store.Close()
 	e.Opts.Keyring.Close()
 	e.Opts.Keyring.Token().Close()
+}
+
+// AuditLines are keyd's audit records as ExportAudit streams them, one
+// JSON document each; a stream that fails before its end fails the test.
+func (e *Env) AuditLines() []string {
+	e.T.Helper()
+	stream, err := e.Admin.ExportAudit(context.Background(), &keydv1.ExportAuditRequest{})
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	var out []string
+	for {
+		rec, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			e.T.Fatal(err)
+		}
+		out = append(out, string(rec.Json))
+	}
 }
 
 // Dial connects to keyd.

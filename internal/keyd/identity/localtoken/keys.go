@@ -23,13 +23,14 @@ import (
 // (/openid/v1/jwks, the document its OIDC discovery names), or a file.
 // An unknown kid triggers one refetch at a time, and at most one per
 // refetchEvery: a flood of tokens with made-up kids costs the API server
-// nothing more.
+// nothing more. Lookups of known kids never wait for a fetch.
 type keys struct {
 	fetch        func(ctx context.Context) (*jose.JSONWebKeySet, error)
 	refetchEvery time.Duration
 	now          func() time.Time
 
-	mu      sync.Mutex // held across a fetch: callers wait for it
+	fetchMu sync.Mutex   // one fetch at a time; lookups of an unknown kid wait for it
+	mu      sync.RWMutex // guards what follows
 	set     *jose.JSONWebKeySet
 	fetched time.Time
 	fetches int
@@ -38,29 +39,45 @@ type keys struct {
 // lookup returns the key kid names, refetching the set once if it is
 // unknown and the last fetch is old enough.
 func (k *keys) lookup(ctx context.Context, kid string) (*jose.JSONWebKey, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if key := find(k.set, kid); key != nil {
+	if key := k.known(kid); key != nil {
 		return key, nil
 	}
-	if k.fetches > 0 && k.now().Sub(k.fetched) < k.refetchEvery {
+	k.fetchMu.Lock()
+	defer k.fetchMu.Unlock()
+	if key := k.known(kid); key != nil { // fetched while this caller waited
+		return key, nil
+	}
+	k.mu.RLock()
+	recent := k.fetches > 0 && k.now().Sub(k.fetched) < k.refetchEvery
+	k.mu.RUnlock()
+	if recent {
 		return nil, nil
 	}
 	if err := k.refresh(ctx); err != nil {
 		return nil, err
 	}
-	return find(k.set, kid), nil
+	return k.known(kid), nil
 }
 
-// refresh fetches the set; the caller holds mu.
+func (k *keys) known(kid string) *jose.JSONWebKey {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return find(k.set, kid)
+}
+
+// refresh fetches the set; the caller holds fetchMu (or is alone).
 func (k *keys) refresh(ctx context.Context) error {
+	k.mu.Lock()
 	k.fetched = k.now()
 	k.fetches++
+	k.mu.Unlock()
 	set, err := k.fetch(ctx)
 	if err != nil {
 		return err
 	}
+	k.mu.Lock()
 	k.set = set
+	k.mu.Unlock()
 	return nil
 }
 

@@ -123,10 +123,7 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Verifier, error) {
 		}
 		v.opts.Issuers = []string{iss}
 	}
-	v.keys.mu.Lock()
-	err = v.keys.refresh(ctx)
-	v.keys.mu.Unlock()
-	if err != nil {
+	if err := v.keys.refresh(ctx); err != nil {
 		return nil, fmt.Errorf("localtoken: %w", err)
 	}
 	if v.watch, err = startWatch(ctx, cs, cfg, o.StaleAfter, o.Now); err != nil {
@@ -146,8 +143,8 @@ func (v *Verifier) Counts() (local, undecided int64) { return v.local.Load(), v.
 
 // KeyFetches counts fetches of the issuer's keys.
 func (v *Verifier) KeyFetches() int {
-	v.keys.mu.Lock()
-	defer v.keys.mu.Unlock()
+	v.keys.mu.RLock()
+	defer v.keys.mu.RUnlock()
 	return v.keys.fetches
 }
 
