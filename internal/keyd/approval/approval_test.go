@@ -1,7 +1,6 @@
 package approval_test
 
 import (
-	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,85 +9,25 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/internal/keyd/approval"
+	"github.com/podkey/podkey/internal/keyd/approval/approvaltest"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
-// team is a roster with real keys: two key administrators (one also an
-// operator), a third key administrator, an operator, two security
-// officers and an auditor.
-type team struct {
-	s      suite.Name
-	roster *approval.Roster
-	keys   map[string]crypto.Signer
-}
+type team struct{ *approvaltest.Team }
 
 func newTeam(t testing.TB, s suite.Name, extra string) *team {
-	t.Helper()
-	tm := &team{s: s, keys: map[string]crypto.Signer{}}
-	people := []struct{ name, roles string }{
-		{"ann", "key-admin, operator"}, {"bob", "key-admin"}, {"cat", "key-admin"},
-		{"dan", "operator"}, {"eve", "security-officer"}, {"fay", "security-officer"}, {"gus", "auditor"},
-	}
-	var y strings.Builder
-	fmt.Fprintf(&y, "suite: %s\npeople:\n", s)
-	for _, p := range people {
-		k, err := s.GenerateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tm.keys[p.name] = k
-		pem, err := approval.MarshalPublicKey(s, k.Public())
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&y, "- name: %s\n  roles: [%s]\n  publicKey: %q\n", p.name, p.roles, pem)
-	}
-	y.WriteString(extra)
-	r, err := approval.ParseRoster([]byte(y.String()))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, y.String())
-	}
-	tm.roster = r
-	return tm
+	return &team{approvaltest.New(t, s, extra)}
 }
 
 var params = []byte(`{"purpose":"kek"}`)
 
-// doc makes a request by requester and signs it as each of "name/role"
-// in approvals ("name/requester" signs as requester).
 func (tm *team) doc(t testing.TB, requester string, ttl time.Duration, breakGlass bool, approvals ...string) []byte {
 	t.Helper()
-	req, err := approval.NewRequest("RotateKey", params, requester, time.Now(), ttl, breakGlass)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req := tm.Request(t, "RotateKey", params, requester, ttl, breakGlass)
 	return tm.sign(t, req, append([]string{requester + "/requester"}, approvals...)...)
 }
 
-func (tm *team) sign(t testing.TB, req string, who ...string) []byte {
-	t.Helper()
-	d := approval.Document{Request: req}
-	for _, w := range who {
-		name, role, _ := strings.Cut(w, "/")
-		key := tm.keys[name]
-		if key == nil { // someone outside the roster
-			key, _ = tm.s.GenerateKey()
-		}
-		sig, err := approval.Sign(tm.s, key, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := approval.Signature{Name: name, Sig: sig}
-		if role == "requester" {
-			s.Requester = true
-		} else {
-			s.Role = approval.Role(role)
-		}
-		d.Signatures = append(d.Signatures, s)
-	}
-	b, _ := json.Marshal(d)
-	return b
-}
+func (tm *team) sign(t testing.TB, req string, who ...string) []byte { return tm.Sign(t, req, who...) }
 
 func TestQuorum(t *testing.T) {
 	for _, s := range suite.All {
@@ -100,7 +39,7 @@ func quorum(t *testing.T, s suite.Name) {
 	tm := newTeam(t, s, "")
 	now := time.Now()
 	check := func(doc []byte) error {
-		_, err := approval.Check(tm.roster, doc, "RotateKey", params, now)
+		_, err := approval.Check(tm.Roster, doc, "RotateKey", params, now)
 		return err
 	}
 	refused := func(name string, doc []byte, why string) {
@@ -112,7 +51,7 @@ func quorum(t *testing.T, s suite.Name) {
 	}
 	// Default rule: 2 key-admin + 1 security-officer, besides the requester.
 	good := tm.doc(t, "dan", time.Hour, false, "ann/key-admin", "bob/key-admin", "eve/security-officer")
-	v, err := approval.Check(tm.roster, good, "RotateKey", params, now)
+	v, err := approval.Check(tm.Roster, good, "RotateKey", params, now)
 	if err != nil {
 		t.Fatalf("a valid quorum: %v", err)
 	}
@@ -133,22 +72,22 @@ func quorum(t *testing.T, s suite.Name) {
 	forged := tm.doc(t, "dan", time.Hour, false, "ann/key-admin", "bob/key-admin", "eve/security-officer")
 	var d approval.Document
 	_ = json.Unmarshal(forged, &d)
-	d.Signatures[3].Sig, _ = approval.Sign(s, tm.keys["fay"], d.Request)
+	d.Signatures[3].Sig, _ = approval.Sign(s, tm.Keys["fay"], d.Request)
 	forged, _ = json.Marshal(d)
 	refused("eve's name on fay's signature", forged, "eve's signature does not verify")
 
 	// Expiry, and a request from the future.
-	if _, err := approval.Check(tm.roster, good, "RotateKey", params, now.Add(2*time.Hour)); !errors.Is(err, approval.ErrRefused) || !strings.Contains(err.Error(), "expired") {
+	if _, err := approval.Check(tm.Roster, good, "RotateKey", params, now.Add(2*time.Hour)); !errors.Is(err, approval.ErrRefused) || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("after expiry: %v", err)
 	}
-	if _, err := approval.Check(tm.roster, good, "RotateKey", params, now.Add(-time.Hour)); !errors.Is(err, approval.ErrRefused) || !strings.Contains(err.Error(), "future") {
+	if _, err := approval.Check(tm.Roster, good, "RotateKey", params, now.Add(-time.Hour)); !errors.Is(err, approval.ErrRefused) || !strings.Contains(err.Error(), "future") {
 		t.Errorf("before creation: %v", err)
 	}
 	// Another operation or other parameters than approved.
-	if _, err := approval.Check(tm.roster, good, "RetireKey", params, now); !errors.Is(err, approval.ErrRefused) {
+	if _, err := approval.Check(tm.Roster, good, "RetireKey", params, now); !errors.Is(err, approval.ErrRefused) {
 		t.Errorf("another operation: %v", err)
 	}
-	if _, err := approval.Check(tm.roster, good, "RotateKey", []byte(`{"purpose":"audit"}`), now); !errors.Is(err, approval.ErrRefused) {
+	if _, err := approval.Check(tm.Roster, good, "RotateKey", []byte(`{"purpose":"audit"}`), now); !errors.Is(err, approval.ErrRefused) {
 		t.Errorf("other parameters: %v", err)
 	}
 	// The request edited after signing: every signature fails.
@@ -162,7 +101,7 @@ func quorum(t *testing.T, s suite.Name) {
 		d2 := d
 		d2.Request = bad
 		b, _ := json.Marshal(d2)
-		if _, err := approval.Check(tm.roster, b, "RotateKey", params, now); !errors.Is(err, approval.ErrMalformed) {
+		if _, err := approval.Check(tm.Roster, b, "RotateKey", params, now); !errors.Is(err, approval.ErrMalformed) {
 			t.Errorf("non-canonical %q: %v", bad, err)
 		}
 	}
@@ -170,14 +109,14 @@ func quorum(t *testing.T, s suite.Name) {
 	// Break-glass: one security officer alone while armed; not by others.
 	bg := newTeam(t, s, "breakGlass: {roles: [security-officer], armed: true, epoch: 3}\n")
 	bgDoc := bg.doc(t, "eve", time.Hour, true)
-	v, err = approval.Check(bg.roster, bgDoc, "RotateKey", params, now)
+	v, err = approval.Check(bg.Roster, bgDoc, "RotateKey", params, now)
 	if err != nil || !v.BreakGlass || v.Epoch != 3 {
 		t.Fatalf("break-glass: %+v %v", v, err)
 	}
-	if _, err := approval.Check(bg.roster, bg.doc(t, "ann", time.Hour, true), "RotateKey", params, now); !errors.Is(err, approval.ErrRefused) {
+	if _, err := approval.Check(bg.Roster, bg.doc(t, "ann", time.Hour, true), "RotateKey", params, now); !errors.Is(err, approval.ErrRefused) {
 		t.Errorf("break-glass by a key administrator not allowed to: %v", err)
 	}
-	if _, err := approval.Check(tm.roster, tm.doc(t, "eve", time.Hour, true), "RotateKey", params, now); !errors.Is(err, approval.ErrRefused) {
+	if _, err := approval.Check(tm.Roster, tm.doc(t, "eve", time.Hour, true), "RotateKey", params, now); !errors.Is(err, approval.ErrRefused) {
 		t.Errorf("break-glass not armed: %v", err)
 	}
 }
@@ -193,7 +132,7 @@ func mustRequest(t *testing.T, requester string, ttl time.Duration) string {
 func TestRosterRefusals(t *testing.T) {
 	tm := newTeam(t, suite.GM, "")
 	key := func(name string) string {
-		p, _ := tm.roster.Person(name)
+		p, _ := tm.Roster.Person(name)
 		return fmt.Sprintf("%q", p.PublicKey)
 	}
 	for why, y := range map[string]string{
@@ -227,7 +166,7 @@ func FuzzParseDocument(f *testing.F) {
 	f.Add(tm.doc(f, "dan", time.Hour, false, "ann/key-admin"))
 	f.Add([]byte(`{"request":"{}","signatures":[]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, err := approval.Check(tm.roster, b, "RotateKey", params, time.Now())
+		_, err := approval.Check(tm.Roster, b, "RotateKey", params, time.Now())
 		if err != nil && !errors.Is(err, approval.ErrMalformed) && !errors.Is(err, approval.ErrRefused) {
 			t.Fatalf("an error neither malformed nor refused: %v", err)
 		}

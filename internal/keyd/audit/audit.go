@@ -48,6 +48,9 @@ const (
 	ActionImageUnwrap     = "image.unwrap"
 	ActionImageKeyCreate  = "image.key.create"
 	ActionStoreBackup     = "store.backup"
+	ActionApproval        = "approval" // an approved request executed (or refused): every signature
+	ActionBreakGlass      = "approval.break-glass"
+	ActionRosterSet       = "approval.roster"
 )
 
 // Results.
@@ -76,12 +79,36 @@ type Record struct {
 	TokenID        string    `json:"tokenID,omitempty"` // the jti of the pod token an issuance was made on
 	Batch          uint64    `json:"batch,omitempty"`   // version 2: position of the first record under its key
 	KeyGen         int       `json:"keyGen,omitempty"`  // version 2: the HSM audit key's generation the batch key is from (absent: 1)
+	// Approval is the request that authorized an administrative
+	// operation, with every signature (dual control).
+	Approval *Approval `json:"approval,omitempty"`
 	// Alg is the record MAC's algorithm: "" HMAC-SHA256, AlgSM3 HMAC-SM3
 	// (a generation of the audit key made for HMAC-SM3: its batch keys
 	// come from HMAC-SM3 inside the HSM too).
 	Alg  string `json:"alg,omitempty"`
 	Prev []byte `json:"prev"`
 	MAC  []byte `json:"mac,omitempty"`
+}
+
+// Approval is an approved request as audited: the document as signed
+// (its digest under the roster's suite) and the signatures, so an auditor
+// re-verifies each against the roster's public keys.
+type Approval struct {
+	ID         string              `json:"id"`
+	Op         string              `json:"op"`
+	Digest     string              `json:"digest"`
+	Request    string              `json:"request"`
+	Signatures []ApprovalSignature `json:"signatures"`
+	RosterVer  int                 `json:"rosterVersion"`
+	BreakGlass bool                `json:"breakGlass,omitempty"`
+}
+
+// ApprovalSignature is one person's signature in an Approval.
+type ApprovalSignature struct {
+	Name      string `json:"name"`
+	Role      string `json:"role,omitempty"`
+	Requester bool   `json:"requester,omitempty"`
+	Sig       []byte `json:"sig"`
 }
 
 // MACFunc computes the chain MAC (HMAC-SHA256 under the HSM audit key).

@@ -2,12 +2,8 @@ package keyring
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/hsm"
@@ -32,57 +28,21 @@ func (kr *Keyring) AuditAnchors() audit.Anchors { return tokenAnchors{kr.tok} }
 // (podkey audit verify, store restore).
 func TokenAuditAnchors(tok *hsm.Token) audit.Anchors { return tokenAnchors{tok} }
 
-type anchorObject struct {
-	label string
-	seq   uint64
-}
-
 // objects lists the anchor objects, newest (highest position) first.
-func (t tokenAnchors) objects(ctx context.Context) ([]anchorObject, error) {
-	objs, err := t.tok.List(ctx, anchorPrefix)
-	if err != nil {
-		return nil, err
-	}
-	var out []anchorObject
-	for _, o := range objs {
-		if o.Class != hsm.Data {
-			continue
-		}
-		seqText, _, _ := strings.Cut(strings.TrimPrefix(o.Label, anchorPrefix), "-")
-		if seq, err := strconv.ParseUint(seqText, 10, 64); err == nil {
-			out = append(out, anchorObject{o.Label, seq})
-		}
-	}
-	for i := range out { // few: a simple sort, highest first
-		for j := i + 1; j < len(out); j++ {
-			if out[j].seq > out[i].seq {
-				out[i], out[j] = out[j], out[i]
-			}
-		}
-	}
-	return out, nil
+func (t tokenAnchors) objects(ctx context.Context) ([]versioned, error) {
+	return listVersioned(ctx, t.tok, anchorPrefix)
 }
 
 func (t tokenAnchors) Load(ctx context.Context) (audit.Anchor, bool, error) {
-	objs, err := t.objects(ctx)
-	if err != nil {
+	b, n, ok, err := loadVersioned(ctx, t.tok, anchorPrefix)
+	if err != nil || !ok {
 		return audit.Anchor{}, false, err
 	}
-	for _, o := range objs {
-		b, err := t.tok.GetData(ctx, o.label)
-		if errors.Is(err, hsm.ErrObjectNotFound) {
-			continue // destroyed by another writer meanwhile
-		}
-		if err != nil {
-			return audit.Anchor{}, false, err
-		}
-		a, err := audit.UnmarshalAnchor(b)
-		if err != nil || a.Seq != o.seq {
-			return audit.Anchor{}, false, fmt.Errorf("keyring: audit anchor %s is unreadable", o.label)
-		}
-		return a, true, nil
+	a, err := audit.UnmarshalAnchor(b)
+	if err != nil || a.Seq != n {
+		return audit.Anchor{}, false, fmt.Errorf("keyring: audit anchor %d is unreadable", n)
 	}
-	return audit.Anchor{}, false, nil
+	return a, true, nil
 }
 
 // Save keeps a unless a newer anchor is stored.
@@ -91,7 +51,7 @@ func (t tokenAnchors) Save(ctx context.Context, a audit.Anchor) error {
 	if err != nil {
 		return err
 	}
-	if len(objs) > 0 && objs[0].seq >= a.Seq {
+	if len(objs) > 0 && objs[0].n >= a.Seq {
 		return nil
 	}
 	return t.put(ctx, a, objs)
@@ -99,24 +59,12 @@ func (t tokenAnchors) Save(ctx context.Context, a audit.Anchor) error {
 
 // put writes a under a label of its own, then destroys the anchors in old
 // of lower positions.
-func (t tokenAnchors) put(ctx context.Context, a audit.Anchor, old []anchorObject) error {
+func (t tokenAnchors) put(ctx context.Context, a audit.Anchor, old []versioned) error {
 	b, err := audit.MarshalAnchor(a)
 	if err != nil {
 		return err
 	}
-	nonce := make([]byte, 6)
-	_, _ = rand.Read(nonce)
-	if err := t.tok.PutData(ctx, fmt.Sprintf("%s%d-%s", anchorPrefix, a.Seq, hex.EncodeToString(nonce)), b, true); err != nil {
-		return err
-	}
-	for _, o := range old {
-		if o.seq < a.Seq {
-			if err := t.tok.Destroy(ctx, hsm.Data, o.label); err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
-				return err
-			}
-		}
-	}
-	return nil
+	return putVersioned(ctx, t.tok, anchorPrefix, a.Seq, b, old)
 }
 
 // ResetAuditAnchor replaces every anchor with a, older or not: what a

@@ -27,6 +27,10 @@ type metrics struct {
 	// tokenChecks counts pod and node token checks by how they were
 	// decided: local, tokenreview, cache.
 	tokenChecks *prometheus.CounterVec
+	// approvals counts dual-controlled operations by op (a fixed,
+	// server-defined set) and result; breakGlass their break-glass uses.
+	approvals  *prometheus.CounterVec
+	breakGlass prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
@@ -48,7 +52,12 @@ func newMetrics(reg prometheus.Registerer, a *admission) *metrics {
 	m.tokenChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podkey_keyd_token_checks_total",
 		Help: "Pod and node token checks by how they were decided: local (the issuer's keys and the pod caches), tokenreview (an API-server call; with --pod-identity local-with-fallback, while the caches cannot decide), cache (a TokenReview reused)."},
 		[]string{"method"})
-	reg.MustRegister(m.calls, m.duration, m.refused, m.bootstrapRefused, m.unauthenticated, m.unauthenticatedDenied, m.tokenChecks,
+	m.approvals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podkey_keyd_approvals_total",
+		Help: "Administrative operations under dual control by result: executed (an approved request), refused (missing, invalid, short of quorum, expired or replayed)."},
+		[]string{"op", "result"})
+	m.breakGlass = prometheus.NewCounter(prometheus.CounterOpts{Name: "podkey_keyd_break_glass_total",
+		Help: "Operations executed by break-glass, on one person's signature: every one is an incident to review."})
+	reg.MustRegister(m.calls, m.duration, m.refused, m.bootstrapRefused, m.unauthenticated, m.unauthenticatedDenied, m.tokenChecks, m.approvals, m.breakGlass,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_admitted",
 			Help: "Issue and Verify calls admitted (running or waiting)."}, func() float64 { n, _ := a.stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podkey_keyd_admission_running",

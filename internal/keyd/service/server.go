@@ -183,7 +183,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		g := s.newGRPC()
+		g := s.newGRPC(grpc.ChainUnaryInterceptor(s.approveUnary), grpc.ChainStreamInterceptor(s.approveStream))
 		keydv1.RegisterAdminServer(g, &adminService{s: s})
 		s.start(g, lis, errc)
 		s.opts.Logger.Info("serving", "socket", s.opts.Socket, "admin", true)

@@ -28,6 +28,97 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GetRosterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRosterRequest) Reset() {
+	*x = GetRosterRequest{}
+	mi := &file_keyd_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRosterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRosterRequest) ProtoMessage() {}
+
+func (x *GetRosterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRosterRequest.ProtoReflect.Descriptor instead.
+func (*GetRosterRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{0}
+}
+
+// RosterDocument is an approval roster, YAML or JSON (package approval).
+type RosterDocument struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Yaml  []byte                 `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RosterDocument) Reset() {
+	*x = RosterDocument{}
+	mi := &file_keyd_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RosterDocument) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RosterDocument) ProtoMessage() {}
+
+func (x *RosterDocument) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RosterDocument.ProtoReflect.Descriptor instead.
+func (*RosterDocument) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RosterDocument) GetYaml() []byte {
+	if x != nil {
+		return x.Yaml
+	}
+	return nil
+}
+
+func (x *RosterDocument) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 // PodIdentity is the pod a request is for. Until keyd verifies pod tokens,
 // it is trusted only on the local socket in insecure local identity mode.
 type PodIdentity struct {
@@ -43,7 +134,7 @@ type PodIdentity struct {
 
 func (x *PodIdentity) Reset() {
 	*x = PodIdentity{}
-	mi := &file_keyd_proto_msgTypes[0]
+	mi := &file_keyd_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -55,7 +146,7 @@ func (x *PodIdentity) String() string {
 func (*PodIdentity) ProtoMessage() {}
 
 func (x *PodIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[0]
+	mi := &file_keyd_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -68,7 +159,7 @@ func (x *PodIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodIdentity.ProtoReflect.Descriptor instead.
 func (*PodIdentity) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{0}
+	return file_keyd_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PodIdentity) GetNamespace() string {
@@ -128,7 +219,7 @@ type ObjectRequest struct {
 
 func (x *ObjectRequest) Reset() {
 	*x = ObjectRequest{}
-	mi := &file_keyd_proto_msgTypes[1]
+	mi := &file_keyd_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -140,7 +231,7 @@ func (x *ObjectRequest) String() string {
 func (*ObjectRequest) ProtoMessage() {}
 
 func (x *ObjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[1]
+	mi := &file_keyd_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -153,7 +244,7 @@ func (x *ObjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectRequest.ProtoReflect.Descriptor instead.
 func (*ObjectRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{1}
+	return file_keyd_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ObjectRequest) GetName() string {
@@ -238,7 +329,7 @@ type IssueRequest struct {
 
 func (x *IssueRequest) Reset() {
 	*x = IssueRequest{}
-	mi := &file_keyd_proto_msgTypes[2]
+	mi := &file_keyd_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +341,7 @@ func (x *IssueRequest) String() string {
 func (*IssueRequest) ProtoMessage() {}
 
 func (x *IssueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[2]
+	mi := &file_keyd_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +354,7 @@ func (x *IssueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueRequest.ProtoReflect.Descriptor instead.
 func (*IssueRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{2}
+	return file_keyd_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *IssueRequest) GetPod() *PodIdentity {
@@ -313,7 +404,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_keyd_proto_msgTypes[3]
+	mi := &file_keyd_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +416,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[3]
+	mi := &file_keyd_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +429,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{3}
+	return file_keyd_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Credential) GetName() string {
@@ -493,7 +584,7 @@ type APIKey struct {
 
 func (x *APIKey) Reset() {
 	*x = APIKey{}
-	mi := &file_keyd_proto_msgTypes[4]
+	mi := &file_keyd_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +596,7 @@ func (x *APIKey) String() string {
 func (*APIKey) ProtoMessage() {}
 
 func (x *APIKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[4]
+	mi := &file_keyd_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +609,7 @@ func (x *APIKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use APIKey.ProtoReflect.Descriptor instead.
 func (*APIKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{4}
+	return file_keyd_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *APIKey) GetAccessKeyId() string {
@@ -545,7 +636,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_keyd_proto_msgTypes[5]
+	mi := &file_keyd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +648,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[5]
+	mi := &file_keyd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +661,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{5}
+	return file_keyd_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Certificate) GetCertPem() []byte {
@@ -596,7 +687,7 @@ type DerivedKey struct {
 
 func (x *DerivedKey) Reset() {
 	*x = DerivedKey{}
-	mi := &file_keyd_proto_msgTypes[6]
+	mi := &file_keyd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +699,7 @@ func (x *DerivedKey) String() string {
 func (*DerivedKey) ProtoMessage() {}
 
 func (x *DerivedKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[6]
+	mi := &file_keyd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +712,7 @@ func (x *DerivedKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DerivedKey.ProtoReflect.Descriptor instead.
 func (*DerivedKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{6}
+	return file_keyd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DerivedKey) GetKey() []byte {
@@ -640,7 +731,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_keyd_proto_msgTypes[7]
+	mi := &file_keyd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +743,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[7]
+	mi := &file_keyd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +756,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{7}
+	return file_keyd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Token) GetJwt() string {
@@ -684,7 +775,7 @@ type SecretValue struct {
 
 func (x *SecretValue) Reset() {
 	*x = SecretValue{}
-	mi := &file_keyd_proto_msgTypes[8]
+	mi := &file_keyd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +787,7 @@ func (x *SecretValue) String() string {
 func (*SecretValue) ProtoMessage() {}
 
 func (x *SecretValue) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[8]
+	mi := &file_keyd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +800,7 @@ func (x *SecretValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
 func (*SecretValue) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{8}
+	return file_keyd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SecretValue) GetValue() []byte {
@@ -728,7 +819,7 @@ type IssueResponse struct {
 
 func (x *IssueResponse) Reset() {
 	*x = IssueResponse{}
-	mi := &file_keyd_proto_msgTypes[9]
+	mi := &file_keyd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +831,7 @@ func (x *IssueResponse) String() string {
 func (*IssueResponse) ProtoMessage() {}
 
 func (x *IssueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[9]
+	mi := &file_keyd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +844,7 @@ func (x *IssueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueResponse.ProtoReflect.Descriptor instead.
 func (*IssueResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{9}
+	return file_keyd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IssueResponse) GetCredentials() []*Credential {
@@ -774,7 +865,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_keyd_proto_msgTypes[10]
+	mi := &file_keyd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +877,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[10]
+	mi := &file_keyd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +890,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{10}
+	return file_keyd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyRequest) GetAccessKeyId() string {
@@ -838,7 +929,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_keyd_proto_msgTypes[11]
+	mi := &file_keyd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +941,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[11]
+	mi := &file_keyd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +954,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{11}
+	return file_keyd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifyResponse) GetNamespace() string {
@@ -930,7 +1021,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_keyd_proto_msgTypes[12]
+	mi := &file_keyd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1033,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[12]
+	mi := &file_keyd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1046,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{12}
+	return file_keyd_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevokeRequest) GetPod() *PodIdentity {
@@ -988,7 +1079,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_keyd_proto_msgTypes[13]
+	mi := &file_keyd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1091,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[13]
+	mi := &file_keyd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1104,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{13}
+	return file_keyd_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RevokeResponse) GetUntil() *timestamppb.Timestamp {
@@ -1032,7 +1123,7 @@ type CABundleRequest struct {
 
 func (x *CABundleRequest) Reset() {
 	*x = CABundleRequest{}
-	mi := &file_keyd_proto_msgTypes[14]
+	mi := &file_keyd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1135,7 @@ func (x *CABundleRequest) String() string {
 func (*CABundleRequest) ProtoMessage() {}
 
 func (x *CABundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[14]
+	mi := &file_keyd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1148,7 @@ func (x *CABundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CABundleRequest.ProtoReflect.Descriptor instead.
 func (*CABundleRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{14}
+	return file_keyd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CABundleRequest) GetSuite() string {
@@ -1077,7 +1168,7 @@ type NodeCertificateRequest struct {
 
 func (x *NodeCertificateRequest) Reset() {
 	*x = NodeCertificateRequest{}
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1180,7 @@ func (x *NodeCertificateRequest) String() string {
 func (*NodeCertificateRequest) ProtoMessage() {}
 
 func (x *NodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1193,7 @@ func (x *NodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*NodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{15}
+	return file_keyd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeCertificateRequest) GetNodeToken() string {
@@ -1130,7 +1221,7 @@ type NodeCertificateResponse struct {
 
 func (x *NodeCertificateResponse) Reset() {
 	*x = NodeCertificateResponse{}
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1233,7 @@ func (x *NodeCertificateResponse) String() string {
 func (*NodeCertificateResponse) ProtoMessage() {}
 
 func (x *NodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1246,7 @@ func (x *NodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*NodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{16}
+	return file_keyd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NodeCertificateResponse) GetCertPem() []byte {
@@ -1188,7 +1279,7 @@ type CABundleResponse struct {
 
 func (x *CABundleResponse) Reset() {
 	*x = CABundleResponse{}
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1291,7 @@ func (x *CABundleResponse) String() string {
 func (*CABundleResponse) ProtoMessage() {}
 
 func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1304,7 @@ func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CABundleResponse.ProtoReflect.Descriptor instead.
 func (*CABundleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{17}
+	return file_keyd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CABundleResponse) GetPem() []byte {
@@ -1232,7 +1323,7 @@ type RenewalsRequest struct {
 
 func (x *RenewalsRequest) Reset() {
 	*x = RenewalsRequest{}
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1335,7 @@ func (x *RenewalsRequest) String() string {
 func (*RenewalsRequest) ProtoMessage() {}
 
 func (x *RenewalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1348,7 @@ func (x *RenewalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewalsRequest.ProtoReflect.Descriptor instead.
 func (*RenewalsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{18}
+	return file_keyd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RenewalsRequest) GetAfterSeq() uint64 {
@@ -1276,7 +1367,7 @@ type RenewalsResponse struct {
 
 func (x *RenewalsResponse) Reset() {
 	*x = RenewalsResponse{}
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1379,7 @@ func (x *RenewalsResponse) String() string {
 func (*RenewalsResponse) ProtoMessage() {}
 
 func (x *RenewalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1392,7 @@ func (x *RenewalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewalsResponse.ProtoReflect.Descriptor instead.
 func (*RenewalsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{19}
+	return file_keyd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RenewalsResponse) GetRenewals() []*Renewal {
@@ -1327,7 +1418,7 @@ type Renewal struct {
 
 func (x *Renewal) Reset() {
 	*x = Renewal{}
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1430,7 @@ func (x *Renewal) String() string {
 func (*Renewal) ProtoMessage() {}
 
 func (x *Renewal) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1443,7 @@ func (x *Renewal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Renewal.ProtoReflect.Descriptor instead.
 func (*Renewal) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{20}
+	return file_keyd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Renewal) GetSeq() uint64 {
@@ -1402,13 +1493,16 @@ type ForceRenewalRequest struct {
 	Namespace      string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	ServiceAccount string                 `protobuf:"bytes,2,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
 	PodUid         string                 `protobuf:"bytes,3,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForceRenewalRequest) Reset() {
 	*x = ForceRenewalRequest{}
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1514,7 @@ func (x *ForceRenewalRequest) String() string {
 func (*ForceRenewalRequest) ProtoMessage() {}
 
 func (x *ForceRenewalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1527,7 @@ func (x *ForceRenewalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceRenewalRequest.ProtoReflect.Descriptor instead.
 func (*ForceRenewalRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{21}
+	return file_keyd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ForceRenewalRequest) GetNamespace() string {
@@ -1457,6 +1551,13 @@ func (x *ForceRenewalRequest) GetPodUid() string {
 	return ""
 }
 
+func (x *ForceRenewalRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 type TokenKeysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1465,7 +1566,7 @@ type TokenKeysRequest struct {
 
 func (x *TokenKeysRequest) Reset() {
 	*x = TokenKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1578,7 @@ func (x *TokenKeysRequest) String() string {
 func (*TokenKeysRequest) ProtoMessage() {}
 
 func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1591,7 @@ func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysRequest.ProtoReflect.Descriptor instead.
 func (*TokenKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{22}
+	return file_keyd_proto_rawDescGZIP(), []int{24}
 }
 
 type TokenKeysResponse struct {
@@ -1502,7 +1603,7 @@ type TokenKeysResponse struct {
 
 func (x *TokenKeysResponse) Reset() {
 	*x = TokenKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1615,7 @@ func (x *TokenKeysResponse) String() string {
 func (*TokenKeysResponse) ProtoMessage() {}
 
 func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1628,7 @@ func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysResponse.ProtoReflect.Descriptor instead.
 func (*TokenKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{23}
+	return file_keyd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TokenKeysResponse) GetJwks() []byte {
@@ -1538,17 +1639,20 @@ func (x *TokenKeysResponse) GetJwks() []byte {
 }
 
 type PutSecretRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Value         []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Value     []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutSecretRequest) Reset() {
 	*x = PutSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1664,7 @@ func (x *PutSecretRequest) String() string {
 func (*PutSecretRequest) ProtoMessage() {}
 
 func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1677,7 @@ func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{24}
+	return file_keyd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutSecretRequest) GetNamespace() string {
@@ -1597,6 +1701,13 @@ func (x *PutSecretRequest) GetValue() []byte {
 	return nil
 }
 
+func (x *PutSecretRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 type SecretInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -1610,7 +1721,7 @@ type SecretInfo struct {
 
 func (x *SecretInfo) Reset() {
 	*x = SecretInfo{}
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1733,7 @@ func (x *SecretInfo) String() string {
 func (*SecretInfo) ProtoMessage() {}
 
 func (x *SecretInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1746,7 @@ func (x *SecretInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretInfo.ProtoReflect.Descriptor instead.
 func (*SecretInfo) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{25}
+	return file_keyd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SecretInfo) GetNamespace() string {
@@ -1682,7 +1793,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1805,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1818,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{26}
+	return file_keyd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -1726,7 +1837,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1849,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1862,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{27}
+	return file_keyd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*SecretInfo {
@@ -1762,16 +1873,19 @@ func (x *ListSecretsResponse) GetSecrets() []*SecretInfo {
 }
 
 type DeleteSecretRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +1897,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +1910,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{28}
+	return file_keyd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -1813,6 +1927,13 @@ func (x *DeleteSecretRequest) GetName() string {
 	return ""
 }
 
+func (x *DeleteSecretRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 type DeleteSecretResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1821,7 +1942,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1954,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1967,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{29}
+	return file_keyd_proto_rawDescGZIP(), []int{31}
 }
 
 type GetPolicyRequest struct {
@@ -1857,7 +1978,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +1990,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,20 +2003,23 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{30}
+	return file_keyd_proto_rawDescGZIP(), []int{32}
 }
 
 // PolicyDocument is the policy in its YAML form (see package policy).
 type PolicyDocument struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Yaml          []byte                 `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Yaml  []byte                 `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PolicyDocument) Reset() {
 	*x = PolicyDocument{}
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2031,7 @@ func (x *PolicyDocument) String() string {
 func (*PolicyDocument) ProtoMessage() {}
 
 func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,12 +2044,19 @@ func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDocument.ProtoReflect.Descriptor instead.
 func (*PolicyDocument) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{31}
+	return file_keyd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PolicyDocument) GetYaml() []byte {
 	if x != nil {
 		return x.Yaml
+	}
+	return nil
+}
+
+func (x *PolicyDocument) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
 	}
 	return nil
 }
@@ -1937,13 +2068,16 @@ type PolicyRule struct {
 	ServiceAccount string                 `protobuf:"bytes,2,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
 	Objects        []string               `protobuf:"bytes,3,rep,name=objects,proto3" json:"objects,omitempty"`
 	Kinds          []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PolicyRule) Reset() {
 	*x = PolicyRule{}
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2089,7 @@ func (x *PolicyRule) String() string {
 func (*PolicyRule) ProtoMessage() {}
 
 func (x *PolicyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2102,7 @@ func (x *PolicyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
 func (*PolicyRule) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{32}
+	return file_keyd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PolicyRule) GetNamespace() string {
@@ -1999,6 +2133,13 @@ func (x *PolicyRule) GetKinds() []string {
 	return nil
 }
 
+func (x *PolicyRule) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 // PolicyRuleResponse says how many rules the policy holds after a change.
 type PolicyRuleResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2009,7 +2150,7 @@ type PolicyRuleResponse struct {
 
 func (x *PolicyRuleResponse) Reset() {
 	*x = PolicyRuleResponse{}
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2162,7 @@ func (x *PolicyRuleResponse) String() string {
 func (*PolicyRuleResponse) ProtoMessage() {}
 
 func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2175,7 @@ func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRuleResponse.ProtoReflect.Descriptor instead.
 func (*PolicyRuleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{33}
+	return file_keyd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PolicyRuleResponse) GetRules() uint32 {
@@ -2052,7 +2193,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2205,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2218,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{34}
+	return file_keyd_proto_rawDescGZIP(), []int{36}
 }
 
 // AuditRecord is one audit record in its stored JSON form.
@@ -2090,7 +2231,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2243,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2256,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{35}
+	return file_keyd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AuditRecord) GetJson() []byte {
@@ -2133,7 +2274,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2286,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2299,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{36}
+	return file_keyd_proto_rawDescGZIP(), []int{38}
 }
 
 type VerifyAuditResponse struct {
@@ -2173,7 +2314,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2326,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2339,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{37}
+	return file_keyd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *VerifyAuditResponse) GetRecords() uint64 {
@@ -2230,16 +2371,19 @@ func (x *VerifyAuditResponse) GetReason() string {
 }
 
 type RotateKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Purpose       string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // mac, derive, ca, jwt
-	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Purpose string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // mac, derive, ca, jwt
+	Suite   string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2395,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2408,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{38}
+	return file_keyd_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RotateKeyRequest) GetPurpose() string {
@@ -2281,6 +2425,13 @@ func (x *RotateKeyRequest) GetSuite() string {
 	return ""
 }
 
+func (x *RotateKeyRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 type RotateKeyResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Generation    int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
@@ -2290,7 +2441,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[39]
+	mi := &file_keyd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2453,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[39]
+	mi := &file_keyd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2466,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{39}
+	return file_keyd_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RotateKeyResponse) GetGeneration() int64 {
@@ -2326,19 +2477,22 @@ func (x *RotateKeyResponse) GetGeneration() int64 {
 }
 
 type RetireKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Purpose       string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // mac, derive, ca, jwt
-	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
-	Generation    int64                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
-	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`  // retire although credentials may still be valid
-	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"` // required with force; audited
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Purpose    string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // mac, derive, ca, jwt
+	Suite      string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	Generation int64                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	Force      bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`  // retire although credentials may still be valid
+	Reason     string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"` // required with force; audited
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RetireKeyRequest) Reset() {
 	*x = RetireKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2350,7 +2504,7 @@ func (x *RetireKeyRequest) String() string {
 func (*RetireKeyRequest) ProtoMessage() {}
 
 func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2363,7 +2517,7 @@ func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{40}
+	return file_keyd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RetireKeyRequest) GetPurpose() string {
@@ -2401,6 +2555,13 @@ func (x *RetireKeyRequest) GetReason() string {
 	return ""
 }
 
+func (x *RetireKeyRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 type RetireKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// in_use_until is when the last credential the generation issued
@@ -2412,7 +2573,7 @@ type RetireKeyResponse struct {
 
 func (x *RetireKeyResponse) Reset() {
 	*x = RetireKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2585,7 @@ func (x *RetireKeyResponse) String() string {
 func (*RetireKeyResponse) ProtoMessage() {}
 
 func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2598,7 @@ func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{41}
+	return file_keyd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RetireKeyResponse) GetInUseUntil() *timestamppb.Timestamp {
@@ -2455,7 +2616,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2467,7 +2628,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2480,7 +2641,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{42}
+	return file_keyd_proto_rawDescGZIP(), []int{44}
 }
 
 type StatusResponse struct {
@@ -2497,7 +2658,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2509,7 +2670,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2522,7 +2683,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{43}
+	return file_keyd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -2578,7 +2739,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2751,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2764,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{44}
+	return file_keyd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -2639,7 +2800,7 @@ type ImageKeyEntry struct {
 
 func (x *ImageKeyEntry) Reset() {
 	*x = ImageKeyEntry{}
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +2812,7 @@ func (x *ImageKeyEntry) String() string {
 func (*ImageKeyEntry) ProtoMessage() {}
 
 func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +2825,7 @@ func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeyEntry.ProtoReflect.Descriptor instead.
 func (*ImageKeyEntry) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{45}
+	return file_keyd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ImageKeyEntry) GetKeyId() string {
@@ -2694,7 +2855,7 @@ type UnwrapImageKeyRequest struct {
 
 func (x *UnwrapImageKeyRequest) Reset() {
 	*x = UnwrapImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2706,7 +2867,7 @@ func (x *UnwrapImageKeyRequest) String() string {
 func (*UnwrapImageKeyRequest) ProtoMessage() {}
 
 func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2719,7 +2880,7 @@ func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{46}
+	return file_keyd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UnwrapImageKeyRequest) GetSuite() string {
@@ -2754,7 +2915,7 @@ type UnwrapImageKeyResponse struct {
 
 func (x *UnwrapImageKeyResponse) Reset() {
 	*x = UnwrapImageKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +2927,7 @@ func (x *UnwrapImageKeyResponse) String() string {
 func (*UnwrapImageKeyResponse) ProtoMessage() {}
 
 func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +2940,7 @@ func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{47}
+	return file_keyd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UnwrapImageKeyResponse) GetCek() []byte {
@@ -2811,7 +2972,7 @@ type ImageKeysRequest struct {
 
 func (x *ImageKeysRequest) Reset() {
 	*x = ImageKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2823,7 +2984,7 @@ func (x *ImageKeysRequest) String() string {
 func (*ImageKeysRequest) ProtoMessage() {}
 
 func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2836,7 +2997,7 @@ func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysRequest.ProtoReflect.Descriptor instead.
 func (*ImageKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{48}
+	return file_keyd_proto_rawDescGZIP(), []int{50}
 }
 
 // ImageKey is an image key's public half.
@@ -2851,7 +3012,7 @@ type ImageKey struct {
 
 func (x *ImageKey) Reset() {
 	*x = ImageKey{}
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +3024,7 @@ func (x *ImageKey) String() string {
 func (*ImageKey) ProtoMessage() {}
 
 func (x *ImageKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +3037,7 @@ func (x *ImageKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKey.ProtoReflect.Descriptor instead.
 func (*ImageKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{49}
+	return file_keyd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ImageKey) GetKeyId() string {
@@ -2909,7 +3070,7 @@ type ImageKeysResponse struct {
 
 func (x *ImageKeysResponse) Reset() {
 	*x = ImageKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2921,7 +3082,7 @@ func (x *ImageKeysResponse) String() string {
 func (*ImageKeysResponse) ProtoMessage() {}
 
 func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2934,7 +3095,7 @@ func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysResponse.ProtoReflect.Descriptor instead.
 func (*ImageKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{50}
+	return file_keyd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ImageKeysResponse) GetKeys() []*ImageKey {
@@ -2945,16 +3106,19 @@ func (x *ImageKeysResponse) GetKeys() []*ImageKey {
 }
 
 type CreateImageKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Suite string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateImageKeyRequest) Reset() {
 	*x = CreateImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2966,7 +3130,7 @@ func (x *CreateImageKeyRequest) String() string {
 func (*CreateImageKeyRequest) ProtoMessage() {}
 
 func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2979,7 +3143,7 @@ func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{51}
+	return file_keyd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CreateImageKeyRequest) GetKeyId() string {
@@ -2996,15 +3160,25 @@ func (x *CreateImageKeyRequest) GetSuite() string {
 	return ""
 }
 
+func (x *CreateImageKeyRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 type BackupStoreRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BackupStoreRequest) Reset() {
 	*x = BackupStoreRequest{}
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3190,7 @@ func (x *BackupStoreRequest) String() string {
 func (*BackupStoreRequest) ProtoMessage() {}
 
 func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3203,14 @@ func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupStoreRequest.ProtoReflect.Descriptor instead.
 func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{52}
+	return file_keyd_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *BackupStoreRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
 }
 
 // BackupChunk is a piece of the copy, in order. The last chunk carries no
@@ -3049,7 +3230,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3061,7 +3242,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3074,7 +3255,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{53}
+	return file_keyd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -3110,7 +3291,11 @@ var File_keyd_proto protoreflect.FileDescriptor
 const file_keyd_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"keyd.proto\x12\x0epodkey.keyd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n" +
+	"keyd.proto\x12\x0epodkey.keyd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\x10GetRosterRequest\"@\n" +
+	"\x0eRosterDocument\x12\x12\n" +
+	"\x04yaml\x18\x01 \x01(\fR\x04yaml\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\xa5\x01\n" +
 	"\vPodIdentity\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
 	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x19\n" +
@@ -3211,18 +3396,20 @@ const file_keyd_proto_rawDesc = "" +
 	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\x12\x17\n" +
 	"\apod_uid\x18\x04 \x01(\tR\x06podUid\x12*\n" +
 	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x120\n" +
-	"\x05until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"u\n" +
+	"\x05until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"\x91\x01\n" +
 	"\x13ForceRenewalRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
 	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x17\n" +
-	"\apod_uid\x18\x03 \x01(\tR\x06podUid\"\x12\n" +
+	"\apod_uid\x18\x03 \x01(\tR\x06podUid\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\x12\n" +
 	"\x10TokenKeysRequest\"'\n" +
 	"\x11TokenKeysResponse\x12\x12\n" +
-	"\x04jwks\x18\x01 \x01(\fR\x04jwks\"Z\n" +
+	"\x04jwks\x18\x01 \x01(\fR\x04jwks\"v\n" +
 	"\x10PutSecretRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\fR\x05value\"\xa2\x01\n" +
+	"\x05value\x18\x03 \x01(\fR\x05value\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\xa2\x01\n" +
 	"\n" +
 	"SecretInfo\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
@@ -3233,20 +3420,23 @@ const file_keyd_proto_rawDesc = "" +
 	"\x12ListSecretsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"K\n" +
 	"\x13ListSecretsResponse\x124\n" +
-	"\asecrets\x18\x01 \x03(\v2\x1a.podkey.keyd.v1.SecretInfoR\asecrets\"G\n" +
+	"\asecrets\x18\x01 \x03(\v2\x1a.podkey.keyd.v1.SecretInfoR\asecrets\"c\n" +
 	"\x13DeleteSecretRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x16\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\x16\n" +
 	"\x14DeleteSecretResponse\"\x12\n" +
-	"\x10GetPolicyRequest\"$\n" +
+	"\x10GetPolicyRequest\"@\n" +
 	"\x0ePolicyDocument\x12\x12\n" +
-	"\x04yaml\x18\x01 \x01(\fR\x04yaml\"\x83\x01\n" +
+	"\x04yaml\x18\x01 \x01(\fR\x04yaml\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\x9f\x01\n" +
 	"\n" +
 	"PolicyRule\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
 	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x18\n" +
 	"\aobjects\x18\x03 \x03(\tR\aobjects\x12\x14\n" +
-	"\x05kinds\x18\x04 \x03(\tR\x05kinds\"*\n" +
+	"\x05kinds\x18\x04 \x03(\tR\x05kinds\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"*\n" +
 	"\x12PolicyRuleResponse\x12\x14\n" +
 	"\x05rules\x18\x01 \x01(\rR\x05rules\"\x14\n" +
 	"\x12ExportAuditRequest\"!\n" +
@@ -3257,14 +3447,15 @@ const file_keyd_proto_rawDesc = "" +
 	"\arecords\x18\x01 \x01(\x04R\arecords\x12\x16\n" +
 	"\x06intact\x18\x02 \x01(\bR\x06intact\x12\x1b\n" +
 	"\tbroken_at\x18\x03 \x01(\x04R\bbrokenAt\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"B\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"^\n" +
 	"\x10RotateKeyRequest\x12\x18\n" +
 	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
-	"\x05suite\x18\x02 \x01(\tR\x05suite\"3\n" +
+	"\x05suite\x18\x02 \x01(\tR\x05suite\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"3\n" +
 	"\x11RotateKeyResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
-	"generation\"\x90\x01\n" +
+	"generation\"\xac\x01\n" +
 	"\x10RetireKeyRequest\x12\x18\n" +
 	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12\x1e\n" +
@@ -3272,7 +3463,8 @@ const file_keyd_proto_rawDesc = "" +
 	"generation\x18\x03 \x01(\x03R\n" +
 	"generation\x12\x14\n" +
 	"\x05force\x18\x04 \x01(\bR\x05force\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"Q\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"Q\n" +
 	"\x11RetireKeyResponse\x12<\n" +
 	"\fin_use_until\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"inUseUntil\"\x0f\n" +
@@ -3307,11 +3499,13 @@ const file_keyd_proto_rawDesc = "" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12#\n" +
 	"\rrecipient_pem\x18\x03 \x01(\fR\frecipientPem\"A\n" +
 	"\x11ImageKeysResponse\x12,\n" +
-	"\x04keys\x18\x01 \x03(\v2\x18.podkey.keyd.v1.ImageKeyR\x04keys\"D\n" +
+	"\x04keys\x18\x01 \x03(\v2\x18.podkey.keyd.v1.ImageKeyR\x04keys\"`\n" +
 	"\x15CreateImageKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
-	"\x05suite\x18\x02 \x01(\tR\x05suite\"\x14\n" +
-	"\x12BackupStoreRequest\"y\n" +
+	"\x05suite\x18\x02 \x01(\tR\x05suite\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"0\n" +
+	"\x12BackupStoreRequest\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"y\n" +
 	"\vBackupChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12$\n" +
 	"\x0elast_audit_seq\x18\x02 \x01(\x04R\flastAuditSeq\x12\x10\n" +
@@ -3326,7 +3520,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\bRenewals\x12\x1f.podkey.keyd.v1.RenewalsRequest\x1a .podkey.keyd.v1.RenewalsResponse\x12b\n" +
 	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse\x12_\n" +
 	"\x0eUnwrapImageKey\x12%.podkey.keyd.v1.UnwrapImageKeyRequest\x1a&.podkey.keyd.v1.UnwrapImageKeyResponse\x12P\n" +
-	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xd0\t\n" +
+	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xec\n" +
+	"\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -3342,7 +3537,9 @@ const file_keyd_proto_rawDesc = "" +
 	"\fForceRenewal\x12#.podkey.keyd.v1.ForceRenewalRequest\x1a\x17.podkey.keyd.v1.Renewal\x12G\n" +
 	"\x06Status\x12\x1d.podkey.keyd.v1.StatusRequest\x1a\x1e.podkey.keyd.v1.StatusResponse\x12Q\n" +
 	"\x0eCreateImageKey\x12%.podkey.keyd.v1.CreateImageKeyRequest\x1a\x18.podkey.keyd.v1.ImageKey\x12P\n" +
-	"\vBackupStore\x12\".podkey.keyd.v1.BackupStoreRequest\x1a\x1b.podkey.keyd.v1.BackupChunk0\x01B)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
+	"\vBackupStore\x12\".podkey.keyd.v1.BackupStoreRequest\x1a\x1b.podkey.keyd.v1.BackupChunk0\x01\x12M\n" +
+	"\tGetRoster\x12 .podkey.keyd.v1.GetRosterRequest\x1a\x1e.podkey.keyd.v1.RosterDocument\x12K\n" +
+	"\tSetRoster\x12\x1e.podkey.keyd.v1.RosterDocument\x1a\x1e.podkey.keyd.v1.RosterDocumentB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
 
 var (
 	file_keyd_proto_rawDescOnce sync.Once
@@ -3356,140 +3553,146 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_keyd_proto_goTypes = []any{
-	(*PodIdentity)(nil),             // 0: podkey.keyd.v1.PodIdentity
-	(*ObjectRequest)(nil),           // 1: podkey.keyd.v1.ObjectRequest
-	(*IssueRequest)(nil),            // 2: podkey.keyd.v1.IssueRequest
-	(*Credential)(nil),              // 3: podkey.keyd.v1.Credential
-	(*APIKey)(nil),                  // 4: podkey.keyd.v1.APIKey
-	(*Certificate)(nil),             // 5: podkey.keyd.v1.Certificate
-	(*DerivedKey)(nil),              // 6: podkey.keyd.v1.DerivedKey
-	(*Token)(nil),                   // 7: podkey.keyd.v1.Token
-	(*SecretValue)(nil),             // 8: podkey.keyd.v1.SecretValue
-	(*IssueResponse)(nil),           // 9: podkey.keyd.v1.IssueResponse
-	(*VerifyRequest)(nil),           // 10: podkey.keyd.v1.VerifyRequest
-	(*VerifyResponse)(nil),          // 11: podkey.keyd.v1.VerifyResponse
-	(*RevokeRequest)(nil),           // 12: podkey.keyd.v1.RevokeRequest
-	(*RevokeResponse)(nil),          // 13: podkey.keyd.v1.RevokeResponse
-	(*CABundleRequest)(nil),         // 14: podkey.keyd.v1.CABundleRequest
-	(*NodeCertificateRequest)(nil),  // 15: podkey.keyd.v1.NodeCertificateRequest
-	(*NodeCertificateResponse)(nil), // 16: podkey.keyd.v1.NodeCertificateResponse
-	(*CABundleResponse)(nil),        // 17: podkey.keyd.v1.CABundleResponse
-	(*RenewalsRequest)(nil),         // 18: podkey.keyd.v1.RenewalsRequest
-	(*RenewalsResponse)(nil),        // 19: podkey.keyd.v1.RenewalsResponse
-	(*Renewal)(nil),                 // 20: podkey.keyd.v1.Renewal
-	(*ForceRenewalRequest)(nil),     // 21: podkey.keyd.v1.ForceRenewalRequest
-	(*TokenKeysRequest)(nil),        // 22: podkey.keyd.v1.TokenKeysRequest
-	(*TokenKeysResponse)(nil),       // 23: podkey.keyd.v1.TokenKeysResponse
-	(*PutSecretRequest)(nil),        // 24: podkey.keyd.v1.PutSecretRequest
-	(*SecretInfo)(nil),              // 25: podkey.keyd.v1.SecretInfo
-	(*ListSecretsRequest)(nil),      // 26: podkey.keyd.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 27: podkey.keyd.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 28: podkey.keyd.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 29: podkey.keyd.v1.DeleteSecretResponse
-	(*GetPolicyRequest)(nil),        // 30: podkey.keyd.v1.GetPolicyRequest
-	(*PolicyDocument)(nil),          // 31: podkey.keyd.v1.PolicyDocument
-	(*PolicyRule)(nil),              // 32: podkey.keyd.v1.PolicyRule
-	(*PolicyRuleResponse)(nil),      // 33: podkey.keyd.v1.PolicyRuleResponse
-	(*ExportAuditRequest)(nil),      // 34: podkey.keyd.v1.ExportAuditRequest
-	(*AuditRecord)(nil),             // 35: podkey.keyd.v1.AuditRecord
-	(*VerifyAuditRequest)(nil),      // 36: podkey.keyd.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 37: podkey.keyd.v1.VerifyAuditResponse
-	(*RotateKeyRequest)(nil),        // 38: podkey.keyd.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),       // 39: podkey.keyd.v1.RotateKeyResponse
-	(*RetireKeyRequest)(nil),        // 40: podkey.keyd.v1.RetireKeyRequest
-	(*RetireKeyResponse)(nil),       // 41: podkey.keyd.v1.RetireKeyResponse
-	(*StatusRequest)(nil),           // 42: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),          // 43: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),          // 44: podkey.keyd.v1.KeyGenerations
-	(*ImageKeyEntry)(nil),           // 45: podkey.keyd.v1.ImageKeyEntry
-	(*UnwrapImageKeyRequest)(nil),   // 46: podkey.keyd.v1.UnwrapImageKeyRequest
-	(*UnwrapImageKeyResponse)(nil),  // 47: podkey.keyd.v1.UnwrapImageKeyResponse
-	(*ImageKeysRequest)(nil),        // 48: podkey.keyd.v1.ImageKeysRequest
-	(*ImageKey)(nil),                // 49: podkey.keyd.v1.ImageKey
-	(*ImageKeysResponse)(nil),       // 50: podkey.keyd.v1.ImageKeysResponse
-	(*CreateImageKeyRequest)(nil),   // 51: podkey.keyd.v1.CreateImageKeyRequest
-	(*BackupStoreRequest)(nil),      // 52: podkey.keyd.v1.BackupStoreRequest
-	(*BackupChunk)(nil),             // 53: podkey.keyd.v1.BackupChunk
-	(*timestamppb.Timestamp)(nil),   // 54: google.protobuf.Timestamp
+	(*GetRosterRequest)(nil),        // 0: podkey.keyd.v1.GetRosterRequest
+	(*RosterDocument)(nil),          // 1: podkey.keyd.v1.RosterDocument
+	(*PodIdentity)(nil),             // 2: podkey.keyd.v1.PodIdentity
+	(*ObjectRequest)(nil),           // 3: podkey.keyd.v1.ObjectRequest
+	(*IssueRequest)(nil),            // 4: podkey.keyd.v1.IssueRequest
+	(*Credential)(nil),              // 5: podkey.keyd.v1.Credential
+	(*APIKey)(nil),                  // 6: podkey.keyd.v1.APIKey
+	(*Certificate)(nil),             // 7: podkey.keyd.v1.Certificate
+	(*DerivedKey)(nil),              // 8: podkey.keyd.v1.DerivedKey
+	(*Token)(nil),                   // 9: podkey.keyd.v1.Token
+	(*SecretValue)(nil),             // 10: podkey.keyd.v1.SecretValue
+	(*IssueResponse)(nil),           // 11: podkey.keyd.v1.IssueResponse
+	(*VerifyRequest)(nil),           // 12: podkey.keyd.v1.VerifyRequest
+	(*VerifyResponse)(nil),          // 13: podkey.keyd.v1.VerifyResponse
+	(*RevokeRequest)(nil),           // 14: podkey.keyd.v1.RevokeRequest
+	(*RevokeResponse)(nil),          // 15: podkey.keyd.v1.RevokeResponse
+	(*CABundleRequest)(nil),         // 16: podkey.keyd.v1.CABundleRequest
+	(*NodeCertificateRequest)(nil),  // 17: podkey.keyd.v1.NodeCertificateRequest
+	(*NodeCertificateResponse)(nil), // 18: podkey.keyd.v1.NodeCertificateResponse
+	(*CABundleResponse)(nil),        // 19: podkey.keyd.v1.CABundleResponse
+	(*RenewalsRequest)(nil),         // 20: podkey.keyd.v1.RenewalsRequest
+	(*RenewalsResponse)(nil),        // 21: podkey.keyd.v1.RenewalsResponse
+	(*Renewal)(nil),                 // 22: podkey.keyd.v1.Renewal
+	(*ForceRenewalRequest)(nil),     // 23: podkey.keyd.v1.ForceRenewalRequest
+	(*TokenKeysRequest)(nil),        // 24: podkey.keyd.v1.TokenKeysRequest
+	(*TokenKeysResponse)(nil),       // 25: podkey.keyd.v1.TokenKeysResponse
+	(*PutSecretRequest)(nil),        // 26: podkey.keyd.v1.PutSecretRequest
+	(*SecretInfo)(nil),              // 27: podkey.keyd.v1.SecretInfo
+	(*ListSecretsRequest)(nil),      // 28: podkey.keyd.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 29: podkey.keyd.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 30: podkey.keyd.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 31: podkey.keyd.v1.DeleteSecretResponse
+	(*GetPolicyRequest)(nil),        // 32: podkey.keyd.v1.GetPolicyRequest
+	(*PolicyDocument)(nil),          // 33: podkey.keyd.v1.PolicyDocument
+	(*PolicyRule)(nil),              // 34: podkey.keyd.v1.PolicyRule
+	(*PolicyRuleResponse)(nil),      // 35: podkey.keyd.v1.PolicyRuleResponse
+	(*ExportAuditRequest)(nil),      // 36: podkey.keyd.v1.ExportAuditRequest
+	(*AuditRecord)(nil),             // 37: podkey.keyd.v1.AuditRecord
+	(*VerifyAuditRequest)(nil),      // 38: podkey.keyd.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 39: podkey.keyd.v1.VerifyAuditResponse
+	(*RotateKeyRequest)(nil),        // 40: podkey.keyd.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 41: podkey.keyd.v1.RotateKeyResponse
+	(*RetireKeyRequest)(nil),        // 42: podkey.keyd.v1.RetireKeyRequest
+	(*RetireKeyResponse)(nil),       // 43: podkey.keyd.v1.RetireKeyResponse
+	(*StatusRequest)(nil),           // 44: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 45: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 46: podkey.keyd.v1.KeyGenerations
+	(*ImageKeyEntry)(nil),           // 47: podkey.keyd.v1.ImageKeyEntry
+	(*UnwrapImageKeyRequest)(nil),   // 48: podkey.keyd.v1.UnwrapImageKeyRequest
+	(*UnwrapImageKeyResponse)(nil),  // 49: podkey.keyd.v1.UnwrapImageKeyResponse
+	(*ImageKeysRequest)(nil),        // 50: podkey.keyd.v1.ImageKeysRequest
+	(*ImageKey)(nil),                // 51: podkey.keyd.v1.ImageKey
+	(*ImageKeysResponse)(nil),       // 52: podkey.keyd.v1.ImageKeysResponse
+	(*CreateImageKeyRequest)(nil),   // 53: podkey.keyd.v1.CreateImageKeyRequest
+	(*BackupStoreRequest)(nil),      // 54: podkey.keyd.v1.BackupStoreRequest
+	(*BackupChunk)(nil),             // 55: podkey.keyd.v1.BackupChunk
+	(*timestamppb.Timestamp)(nil),   // 56: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
-	0,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	1,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	54, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	54, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	54, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
-	4,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
-	5,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
-	6,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
-	7,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
-	8,  // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
-	3,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	54, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
-	0,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	54, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
-	54, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	54, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
-	20, // 16: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
-	54, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
-	54, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
-	54, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
-	25, // 20: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	54, // 21: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
-	44, // 22: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	45, // 23: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
-	49, // 24: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
-	2,  // 25: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
-	10, // 26: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
-	12, // 27: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
-	14, // 28: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
-	22, // 29: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
-	18, // 30: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
-	15, // 31: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
-	46, // 32: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
-	48, // 33: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
-	24, // 34: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
-	26, // 35: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
-	28, // 36: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
-	30, // 37: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
-	31, // 38: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	32, // 39: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	32, // 40: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	34, // 41: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	36, // 42: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	38, // 43: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	40, // 44: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
-	21, // 45: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
-	42, // 46: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	51, // 47: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
-	52, // 48: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
-	9,  // 49: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	11, // 50: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	13, // 51: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	17, // 52: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	23, // 53: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
-	19, // 54: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
-	16, // 55: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	47, // 56: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
-	50, // 57: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
-	25, // 58: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	27, // 59: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	29, // 60: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	31, // 61: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	31, // 62: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	33, // 63: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	33, // 64: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	35, // 65: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	37, // 66: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	39, // 67: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	41, // 68: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
-	20, // 69: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
-	43, // 70: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	49, // 71: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
-	53, // 72: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
-	49, // [49:73] is the sub-list for method output_type
-	25, // [25:49] is the sub-list for method input_type
+	2,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
+	3,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
+	56, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	56, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	56, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	6,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
+	7,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
+	8,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
+	9,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
+	10, // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
+	5,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
+	56, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	2,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
+	56, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
+	56, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	56, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	22, // 16: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
+	56, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
+	56, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
+	56, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	27, // 20: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
+	56, // 21: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
+	46, // 22: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	47, // 23: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
+	51, // 24: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
+	4,  // 25: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
+	12, // 26: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
+	14, // 27: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
+	16, // 28: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
+	24, // 29: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
+	20, // 30: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
+	17, // 31: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
+	48, // 32: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
+	50, // 33: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
+	26, // 34: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
+	28, // 35: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
+	30, // 36: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
+	32, // 37: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
+	33, // 38: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
+	34, // 39: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	34, // 40: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	36, // 41: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	38, // 42: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	40, // 43: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	42, // 44: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
+	23, // 45: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
+	44, // 46: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	53, // 47: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
+	54, // 48: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
+	0,  // 49: podkey.keyd.v1.Admin.GetRoster:input_type -> podkey.keyd.v1.GetRosterRequest
+	1,  // 50: podkey.keyd.v1.Admin.SetRoster:input_type -> podkey.keyd.v1.RosterDocument
+	11, // 51: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	13, // 52: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	15, // 53: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	19, // 54: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	25, // 55: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
+	21, // 56: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
+	18, // 57: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	49, // 58: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
+	52, // 59: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
+	27, // 60: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	29, // 61: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	31, // 62: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	33, // 63: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	33, // 64: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	35, // 65: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	35, // 66: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	37, // 67: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	39, // 68: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	41, // 69: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	43, // 70: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
+	22, // 71: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
+	45, // 72: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	51, // 73: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
+	55, // 74: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
+	1,  // 75: podkey.keyd.v1.Admin.GetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	1,  // 76: podkey.keyd.v1.Admin.SetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	51, // [51:77] is the sub-list for method output_type
+	25, // [25:51] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -3500,7 +3703,7 @@ func file_keyd_proto_init() {
 	if File_keyd_proto != nil {
 		return
 	}
-	file_keyd_proto_msgTypes[3].OneofWrappers = []any{
+	file_keyd_proto_msgTypes[5].OneofWrappers = []any{
 		(*Credential_ApiKey)(nil),
 		(*Credential_Certificate)(nil),
 		(*Credential_DerivedKey)(nil),
@@ -3513,7 +3716,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -484,6 +484,8 @@ const (
 	Admin_Status_FullMethodName           = "/podkey.keyd.v1.Admin/Status"
 	Admin_CreateImageKey_FullMethodName   = "/podkey.keyd.v1.Admin/CreateImageKey"
 	Admin_BackupStore_FullMethodName      = "/podkey.keyd.v1.Admin/BackupStore"
+	Admin_GetRoster_FullMethodName        = "/podkey.keyd.v1.Admin/GetRoster"
+	Admin_SetRoster_FullMethodName        = "/podkey.keyd.v1.Admin/SetRoster"
 )
 
 // AdminClient is the client API for Admin service.
@@ -522,6 +524,12 @@ type AdminClient interface {
 	// back up with the database's own tools). The copy holds what the store
 	// holds: wrapped secrets, never a key in clear.
 	BackupStore(ctx context.Context, in *BackupStoreRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
+	// GetRoster returns the approval roster (people, roles, public keys,
+	// quorum rules); NotFound while dual control is off.
+	GetRoster(ctx context.Context, in *GetRosterRequest, opts ...grpc.CallOption) (*RosterDocument, error)
+	// SetRoster sets the approval roster: the first directly, which turns
+	// dual control on for good; every later change as an approved request.
+	SetRoster(ctx context.Context, in *RosterDocument, opts ...grpc.CallOption) (*RosterDocument, error)
 }
 
 type adminClient struct {
@@ -700,6 +708,26 @@ func (c *adminClient) BackupStore(ctx context.Context, in *BackupStoreRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_BackupStoreClient = grpc.ServerStreamingClient[BackupChunk]
 
+func (c *adminClient) GetRoster(ctx context.Context, in *GetRosterRequest, opts ...grpc.CallOption) (*RosterDocument, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RosterDocument)
+	err := c.cc.Invoke(ctx, Admin_GetRoster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) SetRoster(ctx context.Context, in *RosterDocument, opts ...grpc.CallOption) (*RosterDocument, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RosterDocument)
+	err := c.cc.Invoke(ctx, Admin_SetRoster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -736,6 +764,12 @@ type AdminServer interface {
 	// back up with the database's own tools). The copy holds what the store
 	// holds: wrapped secrets, never a key in clear.
 	BackupStore(*BackupStoreRequest, grpc.ServerStreamingServer[BackupChunk]) error
+	// GetRoster returns the approval roster (people, roles, public keys,
+	// quorum rules); NotFound while dual control is off.
+	GetRoster(context.Context, *GetRosterRequest) (*RosterDocument, error)
+	// SetRoster sets the approval roster: the first directly, which turns
+	// dual control on for good; every later change as an approved request.
+	SetRoster(context.Context, *RosterDocument) (*RosterDocument, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -790,6 +824,12 @@ func (UnimplementedAdminServer) CreateImageKey(context.Context, *CreateImageKeyR
 }
 func (UnimplementedAdminServer) BackupStore(*BackupStoreRequest, grpc.ServerStreamingServer[BackupChunk]) error {
 	return status.Error(codes.Unimplemented, "method BackupStore not implemented")
+}
+func (UnimplementedAdminServer) GetRoster(context.Context, *GetRosterRequest) (*RosterDocument, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRoster not implemented")
+}
+func (UnimplementedAdminServer) SetRoster(context.Context, *RosterDocument) (*RosterDocument, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRoster not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -1068,6 +1108,42 @@ func _Admin_BackupStore_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_BackupStoreServer = grpc.ServerStreamingServer[BackupChunk]
 
+func _Admin_GetRoster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRosterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetRoster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetRoster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetRoster(ctx, req.(*GetRosterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_SetRoster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RosterDocument)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SetRoster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SetRoster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SetRoster(ctx, req.(*RosterDocument))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1126,6 +1202,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateImageKey",
 			Handler:    _Admin_CreateImageKey_Handler,
+		},
+		{
+			MethodName: "GetRoster",
+			Handler:    _Admin_GetRoster_Handler,
+		},
+		{
+			MethodName: "SetRoster",
+			Handler:    _Admin_SetRoster_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
