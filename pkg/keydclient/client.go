@@ -29,13 +29,14 @@ type Options struct {
 	ServerName string
 }
 
-// Dial connects lazily; the first RPC reports an unreachable keyd.
-func Dial(o Options) (*grpc.ClientConn, error) {
+// Dial connects lazily; the first RPC reports an unreachable keyd. extra
+// options apply to a socket connection (the CLI's interceptors).
+func Dial(o Options, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if o.Address == "" {
 		if o.Socket == "" {
 			return nil, errors.New("keyd socket or address is required")
 		}
-		return grpc.NewClient("unix://"+o.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		return grpc.NewClient("unix://"+o.Socket, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, extra...)...)
 	}
 	if o.CAFile == "" {
 		return nil, errors.New("a CA bundle (--ca-file) is required to reach keyd over TLS")

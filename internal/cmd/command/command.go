@@ -42,6 +42,12 @@ type Error struct {
 func (e *Error) Error() string { return e.Err.Error() }
 func (e *Error) Unwrap() error { return e.Err }
 
+// Done ends a command early and successfully, printing Message: a call
+// that was written down for approval instead of made.
+type Done struct{ Message string }
+
+func (d *Done) Error() string { return d.Message }
+
 // Exit wraps err with an exit status.
 func Exit(code int, err error) error { return &Error{code, err} }
 
@@ -104,6 +110,11 @@ func Run(cmd *cobra.Command, args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
+		return ExitOK
+	}
+	var done *Done
+	if errors.As(err, &done) {
+		fmt.Fprintln(stdout, done.Message)
 		return ExitOK
 	}
 	fmt.Fprintln(stderr, "error:", describe(err))

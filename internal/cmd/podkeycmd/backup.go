@@ -17,7 +17,9 @@ import (
 	"github.com/podkey/podkey/internal/cmd/command"
 	"github.com/podkey/podkey/internal/cmd/hsmflags"
 	"github.com/podkey/podkey/internal/host/atomicfile"
+	"github.com/podkey/podkey/internal/keyd/approval"
 	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/store"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
@@ -139,7 +141,7 @@ func checkBackup(ctx context.Context, keys audit.Keys, from, file string) (backu
 	return t, nil
 }
 
-func newStoreRestoreCommand() *cobra.Command {
+func newStoreRestoreCommand(af *approvalFlags) *cobra.Command {
 	var (
 		from, to string
 		replace  bool
@@ -165,7 +167,7 @@ changes made since are gone; see docs/operations.md, "Backup, restore, disaster 
 			if from == "" || to == "" {
 				return command.UsageError("--from and --store are required")
 			}
-			return restoreStore(cmd, &hf, from, to, replace)
+			return restoreStore(cmd, &hf, af, from, to, replace)
 		},
 	}
 	cmd.Flags().StringVar(&from, "from", "", "the backup file ('podkey store backup')")
@@ -175,7 +177,7 @@ changes made since are gone; see docs/operations.md, "Backup, restore, disaster 
 	return cmd
 }
 
-func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, replace bool) error {
+func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, af *approvalFlags, from, to string, replace bool) error {
 	ctx := cmd.Context()
 	src, err := os.Open(from)
 	if err != nil {
@@ -212,9 +214,22 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 	if _, err := checkBackup(ctx, keys, from, staged); err != nil {
 		return err
 	}
+	approved, err := approveRestore(ctx, tok, af, staged, to, exists)
+	if err != nil {
+		return err
+	}
 	st, err := store.OpenBolt(staged)
 	if err != nil {
 		return command.Exit(command.ExitInvalid, fmt.Errorf("%s is not a keyd store: %w", from, err))
+	}
+	if approved != nil {
+		// Claimed and audited in the store that is put in place, with
+		// every signature; the anchor below covers the record.
+		err = auditRestore(ctx, st, keys, approved)
+	}
+	if err != nil {
+		st.Close()
+		return err
 	}
 	n, err := audit.Verify(ctx, st, keys)
 	var anchor audit.Anchor
@@ -264,4 +279,90 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, from, to string, repla
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// approveRestore applies dual control to a restore, which keyd does not
+// see (it is stopped): with a roster on the token, the restore needs a
+// request for RestoreStore of exactly this backup (its SHA-256), approved
+// by the roster's quorum, not executed before (the current store would
+// hold its claim). It returns the verified request, or nil without a
+// roster.
+func approveRestore(ctx context.Context, tok *hsm.Token, af *approvalFlags, staged, current string, exists bool) (*restoreApproval, error) {
+	roster, err := keyring.TokenRosters(tok).Load(ctx)
+	if err != nil {
+		return nil, command.Exit(command.ExitUnavailable, err)
+	}
+	if roster == nil {
+		if af.approvalFile != "" {
+			return nil, command.Exit(command.ExitInvalid, errors.New("dual control is not set up (no approval roster on the token): --approval has nothing to be checked against"))
+		}
+		return nil, nil
+	}
+	sum, err := fileSHA256(staged)
+	if err != nil {
+		return nil, err
+	}
+	params := fmt.Appendf(nil, `{"backupSha256":%q}`, sum)
+	if af.requestOut != "" {
+		return nil, af.writeRequest("RestoreStore", params)
+	}
+	if af.approvalFile == "" {
+		return nil, command.Exit(command.ExitDenied, fmt.Errorf("dual control is on: a restore needs a request approved by %s (--request-out, then --approval)", roster.Rule("RestoreStore")))
+	}
+	doc, err := os.ReadFile(af.approvalFile)
+	if err != nil {
+		return nil, command.Exit(command.ExitUsage, err)
+	}
+	now := time.Now()
+	v, err := approval.Check(roster, doc, "RestoreStore", params, now)
+	switch {
+	case errors.Is(err, approval.ErrMalformed):
+		return nil, command.Exit(command.ExitInvalid, err)
+	case err != nil:
+		return nil, command.Exit(command.ExitDenied, err)
+	case v.BreakGlass:
+		return nil, command.Exit(command.ExitDenied, errors.New("break-glass goes through keyd; a restore needs its quorum"))
+	}
+	if exists {
+		st, err := store.OpenBolt(current)
+		if err != nil {
+			return nil, command.Exit(command.ExitUnavailable, err)
+		}
+		seen, err := st.NonceSeen(ctx, approval.ClaimKey(v.Request), now)
+		st.Close()
+		if err != nil {
+			return nil, err
+		}
+		if seen {
+			return nil, command.Exit(command.ExitDenied, fmt.Errorf("request %s was executed already: a request executes once", v.Request.ID))
+		}
+	}
+	return &restoreApproval{v, roster.Version}, nil
+}
+
+type restoreApproval struct {
+	v      *approval.Verified
+	roster int
+}
+
+// auditRestore claims the request in the restored store and audits it
+// there with every signature.
+func auditRestore(ctx context.Context, st store.Store, keys audit.Keys, a *restoreApproval) error {
+	log := audit.Open(st, keys)
+	defer log.Close()
+	return log.AppendNonce(ctx, audit.Record{Action: audit.ActionApproval, Result: audit.ResultOK, Objects: []string{"RestoreStore"},
+		Approval: a.v.Evidence(a.roster)}, &store.Nonce{Key: approval.ClaimKey(a.v.Request), Until: a.v.Request.Expires})
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -22,18 +22,23 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return command.Run(NewCommand(), args, stdout, stderr)
 }
 
-// clientFlags select the keyd to talk to.
-type clientFlags struct{ o keydclient.Options }
+// clientFlags select the keyd to talk to, and how sensitive calls go
+// under dual control.
+type clientFlags struct {
+	o        keydclient.Options
+	approval approvalFlags
+}
 
 func (c *clientFlags) register(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
 	f.StringVar(&c.o.Socket, "socket", command.EnvOr("PODKEY_SOCKET", keydv1.DefaultSocket), "keyd's local unix socket (env PODKEY_SOCKET)")
 	f.StringVar(&c.o.Address, "addr", os.Getenv("PODKEY_ADDR"), "keyd's TLS address host:port instead of the socket (env PODKEY_ADDR)")
 	f.StringVar(&c.o.CAFile, "ca-file", os.Getenv("PODKEY_CA_FILE"), "CA bundle verifying keyd over TLS (env PODKEY_CA_FILE)")
+	c.approval.register(cmd)
 }
 
 func (c *clientFlags) dial() (*grpc.ClientConn, error) {
-	conn, err := keydclient.Dial(c.o)
+	conn, err := keydclient.Dial(c.o, c.approval.dialOptions()...)
 	if err != nil {
 		return nil, command.Exit(command.ExitUsage, err)
 	}
@@ -73,6 +78,6 @@ Commands that manage keyd's state talk to keyd over its local unix socket
 	var cf clientFlags
 	cf.register(root)
 	root.AddCommand(newHSMCommand(&cf), newSecretCommand(&cf), newPolicyCommand(&cf), newIssueCommand(&cf),
-		newVerifyCommand(&cf), newRevokeCommand(&cf), newAuditCommand(&cf), newCACommand(&cf), newTokenCommand(&cf), newRenewCommand(&cf), newStoreCommand(&cf), newBenchCommand(), newImageCommand(&cf), newHealthCommand(&cf))
+		newVerifyCommand(&cf), newRevokeCommand(&cf), newAuditCommand(&cf), newCACommand(&cf), newTokenCommand(&cf), newRenewCommand(&cf), newStoreCommand(&cf), newBenchCommand(), newImageCommand(&cf), newHealthCommand(&cf), newApprovalCommand(&cf))
 	return root
 }

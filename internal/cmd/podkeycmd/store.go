@@ -50,7 +50,7 @@ never from a flag's value.`,
 	migrate.Flags().StringVar(&from, "from", "", "the bbolt store file of a stopped keyd")
 	migrate.Flags().StringVar(&pgFile, "postgres-file", "", "file holding the destination's PostgreSQL connection string (or $"+store.PostgresURLEnv+")")
 	hf.Register(migrate.Flags())
-	cmd.AddCommand(migrate, newStoreBackupCommand(cf), newStoreRestoreCommand())
+	cmd.AddCommand(migrate, newStoreBackupCommand(cf), newStoreRestoreCommand(&cf.approval))
 	return cmd
 }
 

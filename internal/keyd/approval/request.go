@@ -15,6 +15,7 @@ import (
 
 	"github.com/emmansun/gmsm/sm2"
 
+	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/pkg/suite"
 )
 
@@ -191,7 +192,9 @@ func ParseDocument(b []byte) (*Document, *Request, error) {
 // Verified is a document that authorizes one execution.
 type Verified struct {
 	Request *Request
-	Digest  string
+	// Text is the request as signed; Digest its digest.
+	Text   string
+	Digest string
 	// Requester's and approvers' signatures, as checked.
 	Signatures []Signature
 	// BreakGlass: executed on the requester's signature alone; the caller
@@ -233,7 +236,7 @@ func Check(roster *Roster, b []byte, op string, params []byte, now time.Time) (*
 	if !ok {
 		return nil, refused("requester %q is not in the roster", r.Requester)
 	}
-	v := &Verified{Request: r, Digest: Digest(roster.Suite, doc.Request)}
+	v := &Verified{Request: r, Text: doc.Request, Digest: Digest(roster.Suite, doc.Request)}
 	counted := map[string]bool{}
 	var approvers []Person
 	for _, sig := range doc.Signatures {
@@ -318,4 +321,14 @@ func ClaimKey(r *Request) [32]byte {
 // BreakGlassClaimKey is claimed when break-glass of epoch is used: once.
 func BreakGlassClaimKey(epoch int) [32]byte {
 	return sha256.Sum256(fmt.Appendf(nil, "podkey-break-glass\n%d", epoch))
+}
+
+// Evidence is v as audited, under roster version rosterVersion.
+func (v *Verified) Evidence(rosterVersion int) *audit.Approval {
+	e := &audit.Approval{ID: v.Request.ID, Op: v.Request.Op, Digest: v.Digest, Request: v.Text,
+		RosterVer: rosterVersion, BreakGlass: v.BreakGlass}
+	for _, sig := range v.Signatures {
+		e.Signatures = append(e.Signatures, audit.ApprovalSignature{Name: sig.Name, Role: string(sig.Role), Requester: sig.Requester, Sig: sig.Sig})
+	}
+	return e
 }

@@ -99,11 +99,7 @@ func (s *Server) approve(ctx context.Context, op string, m proto.Message) error 
 	case err != nil:
 		return refuse(codes.PermissionDenied, err.Error(), nil)
 	}
-	evidence := &audit.Approval{ID: v.Request.ID, Op: op, Digest: v.Digest, Request: string(mustRequest(doc)),
-		RosterVer: roster.Version, BreakGlass: v.BreakGlass}
-	for _, sig := range v.Signatures {
-		evidence.Signatures = append(evidence.Signatures, audit.ApprovalSignature{Name: sig.Name, Role: string(sig.Role), Requester: sig.Requester, Sig: sig.Sig})
-	}
+	evidence := v.Evidence(roster.Version)
 	granted, err := s.st.ClaimNonce(ctx, store.Nonce{Key: approval.ClaimKey(v.Request), Until: v.Request.Expires}, now)
 	if err != nil {
 		return storeUnavailable(err)
@@ -153,15 +149,6 @@ func (s *Server) breakGlass(ctx context.Context, roster *approval.Roster, v *app
 		}
 	}
 	return err
-}
-
-// mustRequest is the request of an already parsed document.
-func mustRequest(doc []byte) string {
-	d, _, err := approval.ParseDocument(doc)
-	if err != nil {
-		return ""
-	}
-	return d.Request
 }
 
 func (a *adminService) GetRoster(ctx context.Context, _ *keydv1.GetRosterRequest) (*keydv1.RosterDocument, error) {
