@@ -269,6 +269,11 @@ func restoreStore(cmd *cobra.Command, hf *hsmflags.Flags, af *approvalFlags, fro
 	if err := keyring.ResetAuditAnchor(ctx, tok, anchor); err != nil {
 		return command.Exit(command.ExitUnavailable, fmt.Errorf("re-anchoring the audit chain on the HSM: %w", err))
 	}
+	// keyd starts its checkpoints' content hash again from the restored
+	// chain (whose own checkpoint records still verify).
+	if err := keyring.TokenCheckpoints(tok).Reset(ctx); err != nil {
+		return command.Exit(command.ExitUnavailable, fmt.Errorf("resetting the audit checkpoint on the HSM: %w", err))
+	}
 	if err := os.Rename(staged, to); err != nil {
 		return err
 	}

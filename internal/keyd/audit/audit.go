@@ -82,6 +82,9 @@ type Record struct {
 	// Approval is the request that authorized an administrative
 	// operation, with every signature (dual control).
 	Approval *Approval `json:"approval,omitempty"`
+	// Checkpoint, in a checkpoint record, signs the content hash of the
+	// records before it (see checkpoint.go).
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 	// Alg is the record MAC's algorithm: "" HMAC-SHA256, AlgSM3 HMAC-SM3
 	// (a generation of the audit key made for HMAC-SM3: its batch keys
 	// come from HMAC-SM3 inside the HSM too).

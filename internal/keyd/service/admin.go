@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -94,6 +95,8 @@ func (a *adminService) ExportAudit(_ *keydv1.ExportAuditRequest, stream grpc.Ser
 	}))
 }
 
+// VerifyAudit checks the MAC chain against the token's anchor, then the
+// content hash against every signed checkpoint.
 func (a *adminService) VerifyAudit(ctx context.Context, _ *keydv1.VerifyAuditRequest) (*keydv1.VerifyAuditResponse, error) {
 	n, err := audit.VerifyAnchored(ctx, a.s.st, a.s.kr.AuditKeys(), a.s.kr.AuditAnchors())
 	var te *audit.TamperError
@@ -105,7 +108,30 @@ func (a *adminService) VerifyAudit(ctx context.Context, _ *keydv1.VerifyAuditReq
 	case err != nil:
 		return nil, toStatus(err)
 	}
-	return &keydv1.VerifyAuditResponse{Records: n, Intact: true}, nil
+	cps, newest, err := audit.VerifyCheckpoints(ctx, a.s.st, a.s.checkpointKeys)
+	resp := &keydv1.VerifyAuditResponse{Records: n, Intact: true, Checkpoints: uint64(cps), NewestCheckpoint: newest}
+	switch {
+	case errors.As(err, &te):
+		resp.Intact, resp.BrokenAt, resp.Reason = false, te.Seq, te.Reason
+	case err != nil:
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+func (a *adminService) CheckpointAudit(ctx context.Context, _ *keydv1.CheckpointAuditRequest) (*keydv1.CheckpointAuditResponse, error) {
+	cp, err := a.s.Checkpoint(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "audit checkpoint: %v", err)
+	}
+	if cp.Seq == 0 {
+		return &keydv1.CheckpointAuditResponse{}, nil
+	}
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &keydv1.CheckpointAuditResponse{Json: b}, nil
 }
 
 func (a *adminService) RotateKey(ctx context.Context, req *keydv1.RotateKeyRequest) (*keydv1.RotateKeyResponse, error) {

@@ -85,7 +85,7 @@ func (s *Server) approve(ctx context.Context, op string, m proto.Message) error 
 		return status.Error(code, reason)
 	}
 	if len(doc) == 0 {
-		return refuse(codes.PermissionDenied, fmt.Sprintf("dual control is on: %s needs a request approved by %s (podkey approval request)", op, roster.Rule(op)), nil)
+		return refuse(codes.PermissionDenied, fmt.Sprintf("dual control is on: %s needs a request approved by %s (made with podkey --request-out; see podkey approval --help)", op, roster.Rule(op)), nil)
 	}
 	params, err := approval.Params(m)
 	if err != nil {

@@ -7,7 +7,9 @@ package service
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +18,7 @@ import (
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/store"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+	"github.com/podkey/podkey/pkg/suite"
 )
 
 // Options configure a Server. Every field says its default.
@@ -83,6 +86,19 @@ type Options struct {
 	// Now is the clock. Default: the store's when it has one (a shared
 	// PostgreSQL: see storeClock), else time.Now.
 	Now func() time.Time
+	// CheckpointInterval is how often keyd appends a signed audit
+	// checkpoint when records were added. Default 1m; negative: never
+	// (only on demand).
+	CheckpointInterval time.Duration
+	// CheckpointSuite signs checkpoints: gm (SM3, SM2) or intl (SHA-256,
+	// ECDSA P-256). Default: gm when the gm token-signing key is inside
+	// the module, else intl.
+	CheckpointSuite suite.Name
+	// CheckpointDir, when set, receives every checkpoint as a file, for
+	// the operator to ship off the host.
+	CheckpointDir string
+	// ReplicaName names this replica in checkpoints. Default the host name.
+	ReplicaName string
 	// LocalClock is this host's clock, that the store's clock is read
 	// through when Now is not given. Default time.Now; a test gives a
 	// skewed one.
@@ -113,6 +129,15 @@ func (o *Options) setDefaults() error {
 	}
 	if o.TrustDomain == "" {
 		o.TrustDomain = "cluster.local"
+	}
+	if o.CheckpointSuite != "" && o.CheckpointSuite != suite.GM && o.CheckpointSuite != suite.Intl {
+		return fmt.Errorf("keyd: audit checkpoint suite %q: want gm or intl", o.CheckpointSuite)
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = time.Minute
+	}
+	if o.ReplicaName == "" {
+		o.ReplicaName, _ = os.Hostname()
 	}
 	if o.RevocationTTL == 0 {
 		o.RevocationTTL = 30 * 24 * time.Hour

@@ -55,6 +55,8 @@ type Server struct {
 	// clock is the shared store's, when keyd takes its time from it.
 	clock    *storeClock
 	policyMu sync.Mutex // serializes read-modify-write of the policy
+	// checkpoints signs the audit chain's content hash (checkpoint.go).
+	checkpoints checkpointer
 
 	health    *health.Server
 	servers   []*grpc.Server
@@ -224,6 +226,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.pruneLoop(pctx) }()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.checkpointLoop(pctx) }()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.followPolicy(pctx) }()
 	s.wg.Add(1)

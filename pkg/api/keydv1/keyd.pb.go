@@ -2303,13 +2303,18 @@ func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
 }
 
 type VerifyAuditResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Records       uint64                 `protobuf:"varint,1,opt,name=records,proto3" json:"records,omitempty"`
-	Intact        bool                   `protobuf:"varint,2,opt,name=intact,proto3" json:"intact,omitempty"`
-	BrokenAt      uint64                 `protobuf:"varint,3,opt,name=broken_at,json=brokenAt,proto3" json:"broken_at,omitempty"` // 1-based position of the first bad record
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Records  uint64                 `protobuf:"varint,1,opt,name=records,proto3" json:"records,omitempty"`
+	Intact   bool                   `protobuf:"varint,2,opt,name=intact,proto3" json:"intact,omitempty"`
+	BrokenAt uint64                 `protobuf:"varint,3,opt,name=broken_at,json=brokenAt,proto3" json:"broken_at,omitempty"` // 1-based position of the first bad record
+	Reason   string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// checkpoints: signed checkpoints checked; newest_checkpoint: the last
+	// record the newest covers (records after it rest on the MAC chain and
+	// the token's anchor alone).
+	Checkpoints      uint64 `protobuf:"varint,5,opt,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	NewestCheckpoint uint64 `protobuf:"varint,6,opt,name=newest_checkpoint,json=newestCheckpoint,proto3" json:"newest_checkpoint,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *VerifyAuditResponse) Reset() {
@@ -2370,6 +2375,102 @@ func (x *VerifyAuditResponse) GetReason() string {
 	return ""
 }
 
+func (x *VerifyAuditResponse) GetCheckpoints() uint64 {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetNewestCheckpoint() uint64 {
+	if x != nil {
+		return x.NewestCheckpoint
+	}
+	return 0
+}
+
+type CheckpointAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointAuditRequest) Reset() {
+	*x = CheckpointAuditRequest{}
+	mi := &file_keyd_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointAuditRequest) ProtoMessage() {}
+
+func (x *CheckpointAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointAuditRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointAuditRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{40}
+}
+
+// CheckpointAuditResponse is the checkpoint appended, JSON; empty when
+// no record was added since the last one.
+type CheckpointAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointAuditResponse) Reset() {
+	*x = CheckpointAuditResponse{}
+	mi := &file_keyd_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointAuditResponse) ProtoMessage() {}
+
+func (x *CheckpointAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointAuditResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointAuditResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *CheckpointAuditResponse) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
 type RotateKeyRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Purpose string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // mac, derive, ca, jwt
@@ -2383,7 +2484,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2395,7 +2496,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2408,7 +2509,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{40}
+	return file_keyd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RotateKeyRequest) GetPurpose() string {
@@ -2441,7 +2542,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2554,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2567,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{41}
+	return file_keyd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RotateKeyResponse) GetGeneration() int64 {
@@ -2492,7 +2593,7 @@ type RetireKeyRequest struct {
 
 func (x *RetireKeyRequest) Reset() {
 	*x = RetireKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2605,7 @@ func (x *RetireKeyRequest) String() string {
 func (*RetireKeyRequest) ProtoMessage() {}
 
 func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2618,7 @@ func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{42}
+	return file_keyd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RetireKeyRequest) GetPurpose() string {
@@ -2573,7 +2674,7 @@ type RetireKeyResponse struct {
 
 func (x *RetireKeyResponse) Reset() {
 	*x = RetireKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2686,7 @@ func (x *RetireKeyResponse) String() string {
 func (*RetireKeyResponse) ProtoMessage() {}
 
 func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2699,7 @@ func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{43}
+	return file_keyd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RetireKeyResponse) GetInUseUntil() *timestamppb.Timestamp {
@@ -2616,7 +2717,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2628,7 +2729,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2641,7 +2742,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{44}
+	return file_keyd_proto_rawDescGZIP(), []int{46}
 }
 
 type StatusResponse struct {
@@ -2658,7 +2759,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2670,7 +2771,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2683,7 +2784,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{45}
+	return file_keyd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -2739,7 +2840,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2852,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2865,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{46}
+	return file_keyd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -2800,7 +2901,7 @@ type ImageKeyEntry struct {
 
 func (x *ImageKeyEntry) Reset() {
 	*x = ImageKeyEntry{}
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2913,7 @@ func (x *ImageKeyEntry) String() string {
 func (*ImageKeyEntry) ProtoMessage() {}
 
 func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2926,7 @@ func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeyEntry.ProtoReflect.Descriptor instead.
 func (*ImageKeyEntry) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{47}
+	return file_keyd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ImageKeyEntry) GetKeyId() string {
@@ -2855,7 +2956,7 @@ type UnwrapImageKeyRequest struct {
 
 func (x *UnwrapImageKeyRequest) Reset() {
 	*x = UnwrapImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2867,7 +2968,7 @@ func (x *UnwrapImageKeyRequest) String() string {
 func (*UnwrapImageKeyRequest) ProtoMessage() {}
 
 func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2880,7 +2981,7 @@ func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{48}
+	return file_keyd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UnwrapImageKeyRequest) GetSuite() string {
@@ -2915,7 +3016,7 @@ type UnwrapImageKeyResponse struct {
 
 func (x *UnwrapImageKeyResponse) Reset() {
 	*x = UnwrapImageKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2927,7 +3028,7 @@ func (x *UnwrapImageKeyResponse) String() string {
 func (*UnwrapImageKeyResponse) ProtoMessage() {}
 
 func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2940,7 +3041,7 @@ func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{49}
+	return file_keyd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *UnwrapImageKeyResponse) GetCek() []byte {
@@ -2972,7 +3073,7 @@ type ImageKeysRequest struct {
 
 func (x *ImageKeysRequest) Reset() {
 	*x = ImageKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2984,7 +3085,7 @@ func (x *ImageKeysRequest) String() string {
 func (*ImageKeysRequest) ProtoMessage() {}
 
 func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2997,7 +3098,7 @@ func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysRequest.ProtoReflect.Descriptor instead.
 func (*ImageKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{50}
+	return file_keyd_proto_rawDescGZIP(), []int{52}
 }
 
 // ImageKey is an image key's public half.
@@ -3012,7 +3113,7 @@ type ImageKey struct {
 
 func (x *ImageKey) Reset() {
 	*x = ImageKey{}
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3125,7 @@ func (x *ImageKey) String() string {
 func (*ImageKey) ProtoMessage() {}
 
 func (x *ImageKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3138,7 @@ func (x *ImageKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKey.ProtoReflect.Descriptor instead.
 func (*ImageKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{51}
+	return file_keyd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ImageKey) GetKeyId() string {
@@ -3070,7 +3171,7 @@ type ImageKeysResponse struct {
 
 func (x *ImageKeysResponse) Reset() {
 	*x = ImageKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3082,7 +3183,7 @@ func (x *ImageKeysResponse) String() string {
 func (*ImageKeysResponse) ProtoMessage() {}
 
 func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3095,7 +3196,7 @@ func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysResponse.ProtoReflect.Descriptor instead.
 func (*ImageKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{52}
+	return file_keyd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ImageKeysResponse) GetKeys() []*ImageKey {
@@ -3118,7 +3219,7 @@ type CreateImageKeyRequest struct {
 
 func (x *CreateImageKeyRequest) Reset() {
 	*x = CreateImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3130,7 +3231,7 @@ func (x *CreateImageKeyRequest) String() string {
 func (*CreateImageKeyRequest) ProtoMessage() {}
 
 func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3143,7 +3244,7 @@ func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{53}
+	return file_keyd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CreateImageKeyRequest) GetKeyId() string {
@@ -3178,7 +3279,7 @@ type BackupStoreRequest struct {
 
 func (x *BackupStoreRequest) Reset() {
 	*x = BackupStoreRequest{}
-	mi := &file_keyd_proto_msgTypes[54]
+	mi := &file_keyd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3291,7 @@ func (x *BackupStoreRequest) String() string {
 func (*BackupStoreRequest) ProtoMessage() {}
 
 func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[54]
+	mi := &file_keyd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3203,7 +3304,7 @@ func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupStoreRequest.ProtoReflect.Descriptor instead.
 func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{54}
+	return file_keyd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *BackupStoreRequest) GetApproval() []byte {
@@ -3230,7 +3331,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keyd_proto_msgTypes[55]
+	mi := &file_keyd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3242,7 +3343,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[55]
+	mi := &file_keyd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3255,7 +3356,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{55}
+	return file_keyd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -3442,12 +3543,17 @@ const file_keyd_proto_rawDesc = "" +
 	"\x12ExportAuditRequest\"!\n" +
 	"\vAuditRecord\x12\x12\n" +
 	"\x04json\x18\x01 \x01(\fR\x04json\"\x14\n" +
-	"\x12VerifyAuditRequest\"|\n" +
+	"\x12VerifyAuditRequest\"\xcb\x01\n" +
 	"\x13VerifyAuditResponse\x12\x18\n" +
 	"\arecords\x18\x01 \x01(\x04R\arecords\x12\x16\n" +
 	"\x06intact\x18\x02 \x01(\bR\x06intact\x12\x1b\n" +
 	"\tbroken_at\x18\x03 \x01(\x04R\bbrokenAt\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"^\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12 \n" +
+	"\vcheckpoints\x18\x05 \x01(\x04R\vcheckpoints\x12+\n" +
+	"\x11newest_checkpoint\x18\x06 \x01(\x04R\x10newestCheckpoint\"\x18\n" +
+	"\x16CheckpointAuditRequest\"-\n" +
+	"\x17CheckpointAuditResponse\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"^\n" +
 	"\x10RotateKeyRequest\x12\x18\n" +
 	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12\x1a\n" +
@@ -3520,8 +3626,7 @@ const file_keyd_proto_rawDesc = "" +
 	"\bRenewals\x12\x1f.podkey.keyd.v1.RenewalsRequest\x1a .podkey.keyd.v1.RenewalsResponse\x12b\n" +
 	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse\x12_\n" +
 	"\x0eUnwrapImageKey\x12%.podkey.keyd.v1.UnwrapImageKeyRequest\x1a&.podkey.keyd.v1.UnwrapImageKeyResponse\x12P\n" +
-	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xec\n" +
-	"\n" +
+	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xd0\v\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -3531,7 +3636,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\rAddPolicyRule\x12\x1a.podkey.keyd.v1.PolicyRule\x1a\".podkey.keyd.v1.PolicyRuleResponse\x12R\n" +
 	"\x10RemovePolicyRule\x12\x1a.podkey.keyd.v1.PolicyRule\x1a\".podkey.keyd.v1.PolicyRuleResponse\x12P\n" +
 	"\vExportAudit\x12\".podkey.keyd.v1.ExportAuditRequest\x1a\x1b.podkey.keyd.v1.AuditRecord0\x01\x12V\n" +
-	"\vVerifyAudit\x12\".podkey.keyd.v1.VerifyAuditRequest\x1a#.podkey.keyd.v1.VerifyAuditResponse\x12P\n" +
+	"\vVerifyAudit\x12\".podkey.keyd.v1.VerifyAuditRequest\x1a#.podkey.keyd.v1.VerifyAuditResponse\x12b\n" +
+	"\x0fCheckpointAudit\x12&.podkey.keyd.v1.CheckpointAuditRequest\x1a'.podkey.keyd.v1.CheckpointAuditResponse\x12P\n" +
 	"\tRotateKey\x12 .podkey.keyd.v1.RotateKeyRequest\x1a!.podkey.keyd.v1.RotateKeyResponse\x12P\n" +
 	"\tRetireKey\x12 .podkey.keyd.v1.RetireKeyRequest\x1a!.podkey.keyd.v1.RetireKeyResponse\x12L\n" +
 	"\fForceRenewal\x12#.podkey.keyd.v1.ForceRenewalRequest\x1a\x17.podkey.keyd.v1.Renewal\x12G\n" +
@@ -3553,7 +3659,7 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_keyd_proto_goTypes = []any{
 	(*GetRosterRequest)(nil),        // 0: podkey.keyd.v1.GetRosterRequest
 	(*RosterDocument)(nil),          // 1: podkey.keyd.v1.RosterDocument
@@ -3595,50 +3701,52 @@ var file_keyd_proto_goTypes = []any{
 	(*AuditRecord)(nil),             // 37: podkey.keyd.v1.AuditRecord
 	(*VerifyAuditRequest)(nil),      // 38: podkey.keyd.v1.VerifyAuditRequest
 	(*VerifyAuditResponse)(nil),     // 39: podkey.keyd.v1.VerifyAuditResponse
-	(*RotateKeyRequest)(nil),        // 40: podkey.keyd.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),       // 41: podkey.keyd.v1.RotateKeyResponse
-	(*RetireKeyRequest)(nil),        // 42: podkey.keyd.v1.RetireKeyRequest
-	(*RetireKeyResponse)(nil),       // 43: podkey.keyd.v1.RetireKeyResponse
-	(*StatusRequest)(nil),           // 44: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),          // 45: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),          // 46: podkey.keyd.v1.KeyGenerations
-	(*ImageKeyEntry)(nil),           // 47: podkey.keyd.v1.ImageKeyEntry
-	(*UnwrapImageKeyRequest)(nil),   // 48: podkey.keyd.v1.UnwrapImageKeyRequest
-	(*UnwrapImageKeyResponse)(nil),  // 49: podkey.keyd.v1.UnwrapImageKeyResponse
-	(*ImageKeysRequest)(nil),        // 50: podkey.keyd.v1.ImageKeysRequest
-	(*ImageKey)(nil),                // 51: podkey.keyd.v1.ImageKey
-	(*ImageKeysResponse)(nil),       // 52: podkey.keyd.v1.ImageKeysResponse
-	(*CreateImageKeyRequest)(nil),   // 53: podkey.keyd.v1.CreateImageKeyRequest
-	(*BackupStoreRequest)(nil),      // 54: podkey.keyd.v1.BackupStoreRequest
-	(*BackupChunk)(nil),             // 55: podkey.keyd.v1.BackupChunk
-	(*timestamppb.Timestamp)(nil),   // 56: google.protobuf.Timestamp
+	(*CheckpointAuditRequest)(nil),  // 40: podkey.keyd.v1.CheckpointAuditRequest
+	(*CheckpointAuditResponse)(nil), // 41: podkey.keyd.v1.CheckpointAuditResponse
+	(*RotateKeyRequest)(nil),        // 42: podkey.keyd.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 43: podkey.keyd.v1.RotateKeyResponse
+	(*RetireKeyRequest)(nil),        // 44: podkey.keyd.v1.RetireKeyRequest
+	(*RetireKeyResponse)(nil),       // 45: podkey.keyd.v1.RetireKeyResponse
+	(*StatusRequest)(nil),           // 46: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 47: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 48: podkey.keyd.v1.KeyGenerations
+	(*ImageKeyEntry)(nil),           // 49: podkey.keyd.v1.ImageKeyEntry
+	(*UnwrapImageKeyRequest)(nil),   // 50: podkey.keyd.v1.UnwrapImageKeyRequest
+	(*UnwrapImageKeyResponse)(nil),  // 51: podkey.keyd.v1.UnwrapImageKeyResponse
+	(*ImageKeysRequest)(nil),        // 52: podkey.keyd.v1.ImageKeysRequest
+	(*ImageKey)(nil),                // 53: podkey.keyd.v1.ImageKey
+	(*ImageKeysResponse)(nil),       // 54: podkey.keyd.v1.ImageKeysResponse
+	(*CreateImageKeyRequest)(nil),   // 55: podkey.keyd.v1.CreateImageKeyRequest
+	(*BackupStoreRequest)(nil),      // 56: podkey.keyd.v1.BackupStoreRequest
+	(*BackupChunk)(nil),             // 57: podkey.keyd.v1.BackupChunk
+	(*timestamppb.Timestamp)(nil),   // 58: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
 	2,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
 	3,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	56, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	56, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	56, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	58, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	58, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	58, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
 	6,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
 	7,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
 	8,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
 	9,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
 	10, // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
 	5,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	56, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	58, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
 	2,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	56, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
-	56, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	56, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	58, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
+	58, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	58, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
 	22, // 16: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
-	56, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
-	56, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
-	56, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	58, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
+	58, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
+	58, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
 	27, // 20: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	56, // 21: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
-	46, // 22: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	47, // 23: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
-	51, // 24: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
+	58, // 21: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
+	48, // 22: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	49, // 23: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
+	53, // 24: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
 	4,  // 25: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
 	12, // 26: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
 	14, // 27: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
@@ -3646,8 +3754,8 @@ var file_keyd_proto_depIdxs = []int32{
 	24, // 29: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
 	20, // 30: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
 	17, // 31: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
-	48, // 32: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
-	50, // 33: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
+	50, // 32: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
+	52, // 33: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
 	26, // 34: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
 	28, // 35: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
 	30, // 36: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
@@ -3657,42 +3765,44 @@ var file_keyd_proto_depIdxs = []int32{
 	34, // 40: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
 	36, // 41: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
 	38, // 42: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	40, // 43: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	42, // 44: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
-	23, // 45: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
-	44, // 46: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	53, // 47: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
-	54, // 48: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
-	0,  // 49: podkey.keyd.v1.Admin.GetRoster:input_type -> podkey.keyd.v1.GetRosterRequest
-	1,  // 50: podkey.keyd.v1.Admin.SetRoster:input_type -> podkey.keyd.v1.RosterDocument
-	11, // 51: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	13, // 52: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	15, // 53: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	19, // 54: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	25, // 55: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
-	21, // 56: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
-	18, // 57: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	49, // 58: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
-	52, // 59: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
-	27, // 60: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	29, // 61: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	31, // 62: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	33, // 63: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	33, // 64: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	35, // 65: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	35, // 66: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	37, // 67: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	39, // 68: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	41, // 69: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	43, // 70: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
-	22, // 71: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
-	45, // 72: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	51, // 73: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
-	55, // 74: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
-	1,  // 75: podkey.keyd.v1.Admin.GetRoster:output_type -> podkey.keyd.v1.RosterDocument
-	1,  // 76: podkey.keyd.v1.Admin.SetRoster:output_type -> podkey.keyd.v1.RosterDocument
-	51, // [51:77] is the sub-list for method output_type
-	25, // [25:51] is the sub-list for method input_type
+	40, // 43: podkey.keyd.v1.Admin.CheckpointAudit:input_type -> podkey.keyd.v1.CheckpointAuditRequest
+	42, // 44: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	44, // 45: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
+	23, // 46: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
+	46, // 47: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	55, // 48: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
+	56, // 49: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
+	0,  // 50: podkey.keyd.v1.Admin.GetRoster:input_type -> podkey.keyd.v1.GetRosterRequest
+	1,  // 51: podkey.keyd.v1.Admin.SetRoster:input_type -> podkey.keyd.v1.RosterDocument
+	11, // 52: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	13, // 53: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	15, // 54: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	19, // 55: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	25, // 56: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
+	21, // 57: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
+	18, // 58: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	51, // 59: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
+	54, // 60: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
+	27, // 61: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	29, // 62: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	31, // 63: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	33, // 64: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	33, // 65: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	35, // 66: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	35, // 67: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	37, // 68: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	39, // 69: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	41, // 70: podkey.keyd.v1.Admin.CheckpointAudit:output_type -> podkey.keyd.v1.CheckpointAuditResponse
+	43, // 71: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	45, // 72: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
+	22, // 73: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
+	47, // 74: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	53, // 75: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
+	57, // 76: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
+	1,  // 77: podkey.keyd.v1.Admin.GetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	1,  // 78: podkey.keyd.v1.Admin.SetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	52, // [52:79] is the sub-list for method output_type
+	25, // [25:52] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -3716,7 +3826,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -478,6 +478,7 @@ const (
 	Admin_RemovePolicyRule_FullMethodName = "/podkey.keyd.v1.Admin/RemovePolicyRule"
 	Admin_ExportAudit_FullMethodName      = "/podkey.keyd.v1.Admin/ExportAudit"
 	Admin_VerifyAudit_FullMethodName      = "/podkey.keyd.v1.Admin/VerifyAudit"
+	Admin_CheckpointAudit_FullMethodName  = "/podkey.keyd.v1.Admin/CheckpointAudit"
 	Admin_RotateKey_FullMethodName        = "/podkey.keyd.v1.Admin/RotateKey"
 	Admin_RetireKey_FullMethodName        = "/podkey.keyd.v1.Admin/RetireKey"
 	Admin_ForceRenewal_FullMethodName     = "/podkey.keyd.v1.Admin/ForceRenewal"
@@ -505,6 +506,8 @@ type AdminClient interface {
 	RemovePolicyRule(ctx context.Context, in *PolicyRule, opts ...grpc.CallOption) (*PolicyRuleResponse, error)
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditRecord], error)
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
+	// CheckpointAudit appends a signed checkpoint of the audit chain now.
+	CheckpointAudit(ctx context.Context, in *CheckpointAuditRequest, opts ...grpc.CallOption) (*CheckpointAuditResponse, error)
 	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
 	// RetireKey destroys an old generation of a root key on the token; every
 	// replica drops it from its CA bundle and JWK Set. Refused for the
@@ -639,6 +642,16 @@ func (c *adminClient) VerifyAudit(ctx context.Context, in *VerifyAuditRequest, o
 	return out, nil
 }
 
+func (c *adminClient) CheckpointAudit(ctx context.Context, in *CheckpointAuditRequest, opts ...grpc.CallOption) (*CheckpointAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckpointAuditResponse)
+	err := c.cc.Invoke(ctx, Admin_CheckpointAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateKeyResponse)
@@ -745,6 +758,8 @@ type AdminServer interface {
 	RemovePolicyRule(context.Context, *PolicyRule) (*PolicyRuleResponse, error)
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[AuditRecord]) error
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
+	// CheckpointAudit appends a signed checkpoint of the audit chain now.
+	CheckpointAudit(context.Context, *CheckpointAuditRequest) (*CheckpointAuditResponse, error)
 	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
 	// RetireKey destroys an old generation of a root key on the token; every
 	// replica drops it from its CA bundle and JWK Set. Refused for the
@@ -806,6 +821,9 @@ func (UnimplementedAdminServer) ExportAudit(*ExportAuditRequest, grpc.ServerStre
 }
 func (UnimplementedAdminServer) VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyAudit not implemented")
+}
+func (UnimplementedAdminServer) CheckpointAudit(context.Context, *CheckpointAuditRequest) (*CheckpointAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckpointAudit not implemented")
 }
 func (UnimplementedAdminServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
@@ -1007,6 +1025,24 @@ func _Admin_VerifyAudit_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CheckpointAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckpointAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CheckpointAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CheckpointAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CheckpointAudit(ctx, req.(*CheckpointAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_RotateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RotateKeyRequest)
 	if err := dec(in); err != nil {
@@ -1182,6 +1218,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyAudit",
 			Handler:    _Admin_VerifyAudit_Handler,
+		},
+		{
+			MethodName: "CheckpointAudit",
+			Handler:    _Admin_CheckpointAudit_Handler,
 		},
 		{
 			MethodName: "RotateKey",
