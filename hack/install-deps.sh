@@ -4,7 +4,8 @@
 # protobuf compiler (for `make proto`), etcd (for the test clusters), and
 # a JDK (Java keystores are tested on a real JVM), python3 with
 # cryptography (the reference request signer and token
-# verifier in docs/examples/python, checked against keyd by the tests), and
+# verifier in docs/examples/python, checked against keyd by the tests; the
+# evidence verifier hack/evidence/verify.py needs only python3), and
 # PostgreSQL (the store's second implementation, tested on a real server).
 # Go tools (helm among them) are pinned in go.mod; the Kubernetes
 # components are built by hack/kube-binaries.sh.

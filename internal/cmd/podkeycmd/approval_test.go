@@ -2,19 +2,27 @@ package podkeycmd_test
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emmansun/gmsm/smx509"
 
 	"github.com/podkey/podkey/internal/cmd/command"
+	"github.com/podkey/podkey/internal/keyd/approval"
 	"github.com/podkey/podkey/internal/keyd/approval/approvaltest"
 	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keydtest"
+	"github.com/podkey/podkey/internal/keyd/service"
 	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
 	"github.com/podkey/podkey/pkg/suite"
 )
@@ -153,5 +161,134 @@ func TestDualControlBackupAndRestore(t *testing.T) {
 	all := strings.Join(e.AuditLines(), "\n")
 	if !strings.Contains(all, `"op":"RestoreStore"`) {
 		t.Fatal("the restore's approval is not in the restored store's audit")
+	}
+}
+
+// TestEvidenceBundle: the bundle of a period with approvals and
+// checkpoints verifies with the independent Python verifier; an edit, a
+// removal, a reordering and a cut end are each caught, as is a bundle that
+// ends before a checkpoint file the assessor holds.
+func TestEvidenceBundle(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Fatal("python3 is needed (hack/install-deps.sh installs it)")
+	}
+	ctx := context.Background()
+	cpDir := t.TempDir()
+	e := keydtest.Start(t, func(o *service.Options) { o.CheckpointDir = cpDir })
+	sock := "--socket=" + e.Opts.Socket
+	tm := approvaltest.New(t, suite.GM, "")
+	if _, err := e.Admin.SetRoster(ctx, &keydv1.RosterDocument{Yaml: tm.YAML}); err != nil {
+		t.Fatal(err)
+	}
+	issue := func(n int) {
+		for range n {
+			if _, err := e.Keyd.Issue(ctx, &keydv1.IssueRequest{Pod: &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "pay-a", PodUid: "uid-a", NodeName: "node-1"}, Objects: []*keydv1.ObjectRequest{{Name: "k", Kind: "apiKey"}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	issue(5)
+	if _, err := e.Admin.CheckpointAudit(ctx, &keydv1.CheckpointAuditRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	from := time.Now().UTC()
+	issue(5)
+	rotate := &keydv1.RotateKeyRequest{Purpose: "jwt", Suite: "gm"}
+	params, _ := approval.Params(rotate)
+	rotate.Approval = tm.Doc(t, "RotateKey", params, "dan", "ann/key-admin", "bob/key-admin", "eve/security-officer")
+	if _, err := e.Admin.RotateKey(ctx, rotate); err != nil {
+		t.Fatal(err)
+	}
+	issue(5)
+	bundle := filepath.Join(t.TempDir(), "evidence")
+	r := podkey(t, "", "audit", "evidence", sock, "--from="+from.Format(time.RFC3339Nano), "-o", bundle)
+	if r.code != 0 || !strings.Contains(r.stdout, "1 approvals") {
+		t.Fatalf("evidence: %+v", r)
+	}
+	cpFiles, _ := filepath.Glob(filepath.Join(cpDir, "checkpoint-*.json"))
+	if len(cpFiles) < 2 {
+		t.Fatalf("checkpoint files: %v", cpFiles)
+	}
+	verify := func(dir string, extra ...string) (string, int) {
+		args := []string{"../../../hack/evidence/verify.py", dir}
+		for _, f := range extra {
+			args = append(args, "--checkpoint", f)
+		}
+		out, err := exec.Command("python3", args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	if out, code := verify(bundle, cpFiles...); code != 0 || !strings.Contains(out, "verified: records") || !strings.Contains(out, "1 approvals") {
+		t.Fatalf("the intact bundle: %d %s", code, out)
+	}
+	t.Logf("%s", r.stdout)
+
+	// Tampering, one way per copy.
+	lines := func(dir string) []string {
+		b, _ := os.ReadFile(filepath.Join(dir, "records.jsonl"))
+		return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	}
+	tamper := func(name string, edit func([]string) []string, extra ...string) {
+		t.Helper()
+		dir := filepath.Join(t.TempDir(), name)
+		if err := os.CopyFS(dir, os.DirFS(bundle)); err != nil {
+			t.Fatal(err)
+		}
+		l := edit(lines(dir))
+		_ = os.WriteFile(filepath.Join(dir, "records.jsonl"), []byte(strings.Join(l, "\n")+"\n"), 0o644)
+		if out, code := verify(dir, extra...); code != 1 || !strings.Contains(out, "TAMPERED") {
+			t.Errorf("%s: not detected: %d %s", name, code, out)
+		} else {
+			t.Logf("%s: %s", name, strings.TrimSpace(out))
+		}
+	}
+	tamper("edit", func(l []string) []string {
+		l[2] = strings.Replace(l[2], `"payments"`, `"paymentz"`, 1)
+		return l
+	})
+	tamper("delete", func(l []string) []string { return slices.Delete(l, 3, 4) })
+	// Removed, and the positions renumbered to hide the gap: the hash.
+	tamper("delete-and-renumber", func(l []string) []string {
+		l = slices.Delete(l, 3, 4)
+		seqRE := regexp.MustCompile(`^\{"v":(\d+),"seq":(\d+),`)
+		first, _ := strconv.Atoi(seqRE.FindStringSubmatch(l[0])[2])
+		for i := range l {
+			l[i] = seqRE.ReplaceAllString(l[i], fmt.Sprintf(`{"v":$1,"seq":%d,`, first+i))
+		}
+		return l
+	})
+	tamper("reorder", func(l []string) []string {
+		l[2], l[3] = l[3], l[2]
+		return l
+	})
+	tamper("truncate", func(l []string) []string { return l[:len(l)-3] })
+	// A truncation that also rewrites the manifest is caught by the
+	// checkpoint files the assessor holds.
+	dir := filepath.Join(t.TempDir(), "truncate-and-lie")
+	_ = os.CopyFS(dir, os.DirFS(bundle))
+	l := lines(dir)
+	_ = os.WriteFile(filepath.Join(dir, "records.jsonl"), []byte(strings.Join(l[:len(l)-2], "\n")+"\n"), 0o644)
+	m, _ := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	var man map[string]any
+	_ = json.Unmarshal(m, &man)
+	man["records"].(map[string]any)["last"] = man["records"].(map[string]any)["last"].(float64) - 2
+	man["period"].(map[string]any)["lastRecord"] = float64(0)
+	m, _ = json.Marshal(man)
+	_ = os.WriteFile(filepath.Join(dir, "manifest.json"), m, 0o644)
+	if out, code := verify(dir, cpFiles...); code != 1 || !strings.Contains(out, "truncated") {
+		t.Errorf("a truncation with a rewritten manifest, against the checkpoint files: %d %s", code, out)
+	}
+	// An approval whose signature was swapped.
+	dir = filepath.Join(t.TempDir(), "approval")
+	_ = os.CopyFS(dir, os.DirFS(bundle))
+	ab, _ := os.ReadFile(filepath.Join(dir, "approvals.jsonl"))
+	_ = os.WriteFile(filepath.Join(dir, "approvals.jsonl"), []byte(strings.Replace(string(ab), `"name":"bob"`, `"name":"cat"`, 1)), 0o644)
+	if out, code := verify(dir); code != 1 || !strings.Contains(out, "signature does not verify") {
+		t.Errorf("an approval's signer renamed: %d %s", code, out)
 	}
 }

@@ -78,14 +78,18 @@ the HSM token itself.`,
 				return command.Exit(command.ExitTampered, fmt.Errorf("audit chain broken at record %d (the %d before it verified): %s",
 					resp.BrokenAt, resp.Records, resp.Reason))
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d records\n", resp.Records)
+			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d records", resp.Records)
+			if resp.Checkpoints > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "; %d signed checkpoints, the newest covering records 1..%d", resp.Checkpoints, resp.NewestCheckpoint)
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
 			return nil
 		},
 	}
 	verify.Flags().StringVar(&storePath, "store", "", "verify this store file directly (keyd must be stopped)")
 	verify.Flags().StringVar(&pgFile, "postgres-file", "", "verify the PostgreSQL database whose connection string this file holds")
 	hf.Register(verify.Flags())
-	cmd.AddCommand(export, verify)
+	cmd.AddCommand(export, verify, newAuditEvidenceCommand(cf))
 	return cmd
 }
 

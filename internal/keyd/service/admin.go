@@ -176,7 +176,8 @@ func (a *adminService) Status(ctx context.Context, _ *keydv1.StatusRequest) (*ke
 		for _, st := range suite.All {
 			kg := &keydv1.KeyGenerations{Purpose: string(p), Suite: string(st)}
 			for _, g := range a.s.kr.Generations(p, st) {
-				kg.Generations = append(kg.Generations, int64(g))
+				_, where := a.s.kr.Native(p, st, g)
+				kg.Generations, kg.Where = append(kg.Generations, int64(g)), append(kg.Where, where)
 			}
 			out.Keys = append(out.Keys, kg)
 		}

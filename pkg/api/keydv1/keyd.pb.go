@@ -2830,10 +2830,13 @@ func (x *StatusResponse) GetInsecureLocalIdentity() bool {
 }
 
 type KeyGenerations struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Purpose       string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"`
-	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
-	Generations   []int64                `protobuf:"varint,3,rep,packed,name=generations,proto3" json:"generations,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Purpose     string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	Suite       string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	Generations []int64                `protobuf:"varint,3,rep,packed,name=generations,proto3" json:"generations,omitempty"`
+	// where[i]: where generation generations[i] is used ("inside the
+	// module" or why not), as podkey hsm status says.
+	Where         []string `protobuf:"bytes,4,rep,name=where,proto3" json:"where,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2885,6 +2888,13 @@ func (x *KeyGenerations) GetSuite() string {
 func (x *KeyGenerations) GetGenerations() []int64 {
 	if x != nil {
 		return x.Generations
+	}
+	return nil
+}
+
+func (x *KeyGenerations) GetWhere() []string {
+	if x != nil {
+		return x.Where
 	}
 	return nil
 }
@@ -3583,11 +3593,12 @@ const file_keyd_proto_rawDesc = "" +
 	"tokenModel\x122\n" +
 	"\x04keys\x18\x04 \x03(\v2\x1e.podkey.keyd.v1.KeyGenerationsR\x04keys\x12#\n" +
 	"\raudit_records\x18\x05 \x01(\x04R\fauditRecords\x126\n" +
-	"\x17insecure_local_identity\x18\x06 \x01(\bR\x15insecureLocalIdentity\"b\n" +
+	"\x17insecure_local_identity\x18\x06 \x01(\bR\x15insecureLocalIdentity\"x\n" +
 	"\x0eKeyGenerations\x12\x18\n" +
 	"\apurpose\x18\x01 \x01(\tR\apurpose\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12 \n" +
-	"\vgenerations\x18\x03 \x03(\x03R\vgenerations\"@\n" +
+	"\vgenerations\x18\x03 \x03(\x03R\vgenerations\x12\x14\n" +
+	"\x05where\x18\x04 \x03(\tR\x05where\"@\n" +
 	"\rImageKeyEntry\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
 	"\awrapped\x18\x02 \x01(\fR\awrapped\"\x83\x01\n" +
