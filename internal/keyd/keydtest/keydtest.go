@@ -125,7 +125,7 @@ func startOn(t testing.TB, cfg hsm.Config, conn, path string, mutate func(*servi
 		Socket: filepath.Join(dir, "keyd.sock"), SharedPorts: conn != "",
 		Listen: addr, PolicyFile: polFile, InsecureLocalIdentity: true,
 		CheckpointInterval: -1, // on demand: tests count records
-		Logger: slog.New(slog.NewJSONHandler(e.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:             slog.New(slog.NewJSONHandler(e.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if mutate != nil {
 		mutate(&e.Opts)
