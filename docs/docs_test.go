@@ -18,6 +18,7 @@ import (
 	"github.com/podkey/podkey/internal/cmd/csicmd"
 	"github.com/podkey/podkey/internal/cmd/keydcmd"
 	"github.com/podkey/podkey/internal/cmd/podkeycmd"
+	"github.com/podkey/podkey/internal/keyd/approval"
 	"github.com/podkey/podkey/internal/keyd/policy"
 	"github.com/podkey/podkey/internal/node/spc"
 	"github.com/podkey/podkey/internal/testenv/metricstest"
@@ -75,6 +76,10 @@ func TestYAMLExamples(t *testing.T) {
 			}
 			if _, err := spc.Objects(&c); err != nil {
 				t.Errorf("%s: podkey refuses the class: %v", b.file, err)
+			}
+		case strings.Contains(b.text, "people:"):
+			if _, err := approval.ParseRoster([]byte(b.text)); err != nil {
+				t.Errorf("%s: roster example: %v", b.file, err)
 			}
 		case strings.Contains(b.text, "rules:") || strings.Contains(b.text, "imageRules:"):
 			doc := b.text

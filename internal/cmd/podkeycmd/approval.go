@@ -129,9 +129,13 @@ func (a *approvalFlags) writeRequest(op string, params []byte) error {
 	if err := writeDocument(a.requestOut, &doc); err != nil {
 		return err
 	}
-	return &command.Done{Message: fmt.Sprintf("request for %s written to %s (digest %s %s); nothing was changed.\n"+
-		"approvers: podkey approval show %[2]s; podkey approval sign %[2]s --as NAME --role ROLE --key KEY\n"+
-		"then: the same command with --approval %[2]s", op, a.requestOut, hashName(s), approval.Digest(s, req))}
+	next := "approvers: podkey approval show %[2]s; podkey approval sign %[2]s --as NAME --role ROLE --key KEY\n" +
+		"then: the same command with --approval %[2]s"
+	if a.breakGlass {
+		next = "BREAK-GLASS: no approver; the same command with --approval %[2]s executes it, once, and disarms break-glass"
+	}
+	return &command.Done{Message: fmt.Sprintf("request for %s written to %s (digest %s %s); nothing was changed.\n"+next,
+		op, a.requestOut, hashName(s), approval.Digest(s, req))}
 }
 
 func hashName(s suite.Name) string {
@@ -303,8 +307,8 @@ func printRoster(cmd *cobra.Command, b []byte) error {
 		return err
 	}
 	w := cmd.OutOrStdout()
-	fmt.Fprintf(w, "roster version %d, suite %s; break-glass %s by %v\n", r.Version, r.Suite,
-		map[bool]string{true: "armed", false: "not armed"}[r.BreakGlass.Armed], r.BreakGlass.Roles)
+	fmt.Fprintf(w, "roster version %d, suite %s; break-glass (%v): %s\n", r.Version, r.Suite, r.BreakGlass.Roles,
+		map[bool]string{true: "armed", false: "not armed"}[r.BreakGlass.Armed])
 	for _, p := range r.People {
 		fmt.Fprintf(w, "  %-16s %v\n", p.Name, p.Roles)
 	}

@@ -244,9 +244,16 @@ func writeEvidence(cmd *cobra.Command, cf *clientFlags, dir string, period [2]ti
 			return err
 		}
 		w := where[k.Kid]
-		keys = append(keys, map[string]any{"kid": k.Kid, "suite": s, "publicKey": pemText, "where": w,
-			"sensitive": strings.HasPrefix(w, "inside the module"), "extractable": false,
-			"token": map[string]string{"label": st.TokenLabel, "model": st.TokenModel}})
+		entry := map[string]any{"kid": k.Kid, "suite": s, "publicKey": pemText, "where": w,
+			"token": map[string]string{"label": st.TokenLabel, "model": st.TokenModel}}
+		if strings.HasPrefix(w, "inside the module") {
+			// As podkey hsm init generates root keys: CKA_SENSITIVE true,
+			// CKA_EXTRACTABLE false, token objects.
+			entry["inModule"], entry["sensitive"], entry["extractable"] = true, true, false
+		} else {
+			entry["inModule"], entry["wrapped"] = false, "under the module's key-encryption key; unwrapped only into keyd's locked memory"
+		}
+		keys = append(keys, entry)
 	}
 	if err := writeJSON("keys.json", keys); err != nil {
 		return err
