@@ -24,7 +24,7 @@ func IssueRequest(p pod.Identity, token string, specs []object.Spec) (req *keydv
 	keys = map[string]crypto.Signer{}
 	for _, sp := range specs {
 		o := keydv1.NewObjectRequest(sp)
-		if sp.Kind == object.Certificate {
+		if sp.Kind.NeedsCSR() {
 			key, csr, err := newCSR(sp)
 			if err != nil {
 				return nil, nil, err

@@ -27,10 +27,18 @@ const (
 	DerivedKey  Kind = "derivedKey"
 	Token       Kind = "token"
 	Secret      Kind = "secret"
+	// TLCP is a TLCP (GB/T 38636) certificate pair: a signing key made on
+	// the node, an encryption key made and escrowed by keyd (the KMC),
+	// both SM2.
+	TLCP Kind = "tlcp"
 )
 
 // Kinds lists every kind.
-var Kinds = []Kind{APIKey, Certificate, DerivedKey, Token, Secret}
+var Kinds = []Kind{APIKey, Certificate, DerivedKey, Token, Secret, TLCP}
+
+// NeedsCSR reports whether the node sends a certificate request for the
+// kind (a key pair it generates): certificate and tlcp.
+func (k Kind) NeedsCSR() bool { return k == Certificate || k == TLCP }
 
 // ParseKind checks a kind name.
 func ParseKind(s string) (Kind, error) {
@@ -39,7 +47,7 @@ func ParseKind(s string) (Kind, error) {
 			return k, nil
 		}
 	}
-	return "", fmt.Errorf("unknown kind %q (want one of apiKey, certificate, derivedKey, token, secret)", s)
+	return "", fmt.Errorf("unknown kind %q (want one of apiKey, certificate, derivedKey, token, secret, tlcp)", s)
 }
 
 // Scopes of a derivedKey.
@@ -167,6 +175,10 @@ func ValidFileName(s string) bool { return podfiles.ValidName(s) == nil }
 // <file>.ca.crt; pkcs12 <file>.p12; jks <file>.jks; truststore
 // <file>.truststore.p12; with any keystore its password, <file>.pass).
 func (s *Spec) Files() []string {
+	if s.Kind == TLCP {
+		return []string{s.File + podfiles.TLCPSignKeySuffix, s.File + podfiles.TLCPSignCertSuffix,
+			s.File + podfiles.TLCPEncKeySuffix, s.File + podfiles.TLCPEncCertSuffix, s.File + podfiles.CASuffix}
+	}
 	if s.Kind != Certificate {
 		return []string{s.File}
 	}
@@ -310,8 +322,15 @@ func (s *Spec) normalizeSuite() error {
 	default:
 		return fmt.Errorf("object %q: unknown algorithm %q (want sm2 or ecdsa-p256)", s.Name, s.Algorithm)
 	}
-	if s.Algorithm != "" && s.Kind != Certificate && s.Kind != Token {
-		return fmt.Errorf("object %q: algorithm applies to certificate and token only", s.Name)
+	if s.Algorithm != "" && s.Kind != Certificate && s.Kind != Token && s.Kind != TLCP {
+		return fmt.Errorf("object %q: algorithm applies to certificate, tlcp and token only", s.Name)
+	}
+	if s.Kind == TLCP {
+		// TLCP is SM2 only.
+		if s.Suite != "" && s.Suite != suite.GM || s.Algorithm != "" && s.Algorithm != "sm2" {
+			return fmt.Errorf("object %q: tlcp is SM2 (suite gm) only", s.Name)
+		}
+		s.Suite = suite.GM
 	}
 	var err error
 	if s.Suite, err = suite.Parse(string(s.Suite)); err != nil {

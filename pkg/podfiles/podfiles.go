@@ -35,6 +35,16 @@ const (
 	PasswordSuffix   = ".pass"
 )
 
+// TLCP objects become five files: the signing pair <file>.sign.key and
+// .sign.crt, the encryption pair <file>.enc.key and .enc.crt, and the CA
+// bundle <file>.ca.crt.
+const (
+	TLCPSignKeySuffix  = ".sign.key"
+	TLCPSignCertSuffix = ".sign.crt"
+	TLCPEncKeySuffix   = ".enc.key"
+	TLCPEncCertSuffix  = ".enc.crt"
+)
+
 // DataDir is the symlink to the current generation's directory.
 const DataDir = "..data"
 

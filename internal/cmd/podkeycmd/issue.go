@@ -180,6 +180,17 @@ func newIssuedView(c *keydv1.Credential, key crypto.Signer, reveal bool) issuedV
 		if der, err := smx509.MarshalPKCS8PrivateKey(key); err == nil {
 			secret = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 		}
+	case *keydv1.Credential_Tlcp:
+		pair, err := keydclient.OpenTLCP(p.Tlcp.CsrResponse, p.Tlcp.CaBundlePem, key)
+		if err != nil {
+			v.Secret = "tlcp pair does not open: " + err.Error()
+			return v
+		}
+		defer pair.Zero()
+		v.Chain = string(pair.SignCertPEM) + string(pair.EncCertPEM) + string(p.Tlcp.CaBundlePem)
+		if der, err := smx509.MarshalPKCS8PrivateKey(key); err == nil {
+			secret = append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), pair.EncKeyPEM...)
+		}
 	case *keydv1.Credential_DerivedKey:
 		secret, size = []byte(fmt.Sprintf("%x", p.DerivedKey.Key)), len(p.DerivedKey.Key)
 	case *keydv1.Credential_Token:

@@ -28,7 +28,8 @@ var Operations = []string{
 	"PutSecret", "DeleteSecret",
 	"ForceRenewal", // of a namespace or everything; one pod's needs none
 	"BackupStore", "RestoreStore",
-	"SetRoster", // people, roles, rules, re-arming break-glass
+	"SetRoster",     // people, roles, rules, re-arming break-glass
+	"RecoverEscrow", // a TLCP encryption key held for lawful recovery
 }
 
 // Errors callers map to status codes.

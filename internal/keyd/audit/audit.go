@@ -51,6 +51,8 @@ const (
 	ActionApproval        = "approval" // an approved request executed (or refused): every signature
 	ActionBreakGlass      = "approval.break-glass"
 	ActionRosterSet       = "approval.roster"
+	ActionEscrowRecover   = "tlcp.escrow.recover"
+	ActionEscrowDestroy   = "tlcp.escrow.destroy"
 )
 
 // Results.

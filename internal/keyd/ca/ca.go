@@ -77,6 +77,9 @@ type Leaf struct {
 	IPs        []net.IP
 	TTL        time.Duration
 	Server     bool // add serverAuth to clientAuth
+	// KeyUsage is the key usage extension's BIT STRING (DER), critical;
+	// default digitalSignature | keyAgreement.
+	KeyUsage []byte
 }
 
 // ErrBadCSR is returned for a certificate request that cannot be used.

@@ -43,6 +43,15 @@ var (
 // (bits 0 and 4, three unused bits).
 var leafKeyUsage = []byte{0x03, 0x02, 0x03, 0x88}
 
+// Key usages of a TLCP pair (GB/T 38636): the signing certificate
+// digitalSignature | nonRepudiation (bits 0, 1); the encryption
+// certificate keyEncipherment | dataEncipherment | keyAgreement (bits 2,
+// 3, 4; keyAgreement for the ECDHE suites).
+var (
+	KeyUsageTLCPSign = []byte{0x03, 0x02, 0x06, 0xc0}
+	KeyUsageTLCPEnc  = []byte{0x03, 0x02, 0x03, 0x38}
+)
+
 // leafTBS encodes a leaf's TBSCertificate.
 func (c *CA) leafTBS(serial *big.Int, notBefore, notAfter time.Time, subject []byte, pub crypto.PublicKey, l Leaf) ([]byte, error) {
 	spki, err := smx509.MarshalPKIXPublicKey(pub)
@@ -72,7 +81,11 @@ func (c *CA) leafTBS(serial *big.Int, notBefore, notAfter time.Time, subject []b
 						e.AddASN1(cbasn1.OCTET_STRING, value)
 					})
 				}
-				ext(oidExtensionKeyUsage, true, func(v *cryptobyte.Builder) { v.AddBytes(leafKeyUsage) })
+				usage := leafKeyUsage
+				if l.KeyUsage != nil {
+					usage = l.KeyUsage
+				}
+				ext(oidExtensionKeyUsage, true, func(v *cryptobyte.Builder) { v.AddBytes(usage) })
 				ext(oidExtensionExtKeyUsage, false, func(v *cryptobyte.Builder) {
 					v.AddASN1(cbasn1.SEQUENCE, func(s *cryptobyte.Builder) {
 						s.AddASN1ObjectIdentifier(oidExtKeyUsageClientAuth)

@@ -35,6 +35,10 @@ type Issued struct {
 	Key         []byte // derivedKey
 	Token       string // token (JWT)
 	Value       []byte // secret
+	// tlcp: the GM/T 0092 CSR response (both certificates, the encryption
+	// key enveloped to the node's signing key) and the escrow's serial.
+	CSRResponse  []byte
+	EscrowSerial string
 }
 
 // Zero overwrites the secret fields.
@@ -104,6 +108,8 @@ func (is *Issuer) Issue(ctx context.Context, id pod.Identity, spec object.Spec, 
 		err = is.apiKey(ctx, id, spec, &c)
 	case object.Certificate:
 		err = is.certificate(id, spec, csr, &c)
+	case object.TLCP:
+		err = is.tlcp(ctx, id, spec, csr, &c)
 	case object.DerivedKey:
 		err = is.derivedKey(ctx, id, spec, &c)
 	case object.Token:

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/internal/keyd/audit"
+	"github.com/podkey/podkey/internal/keyd/credential"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/policy"
 	"github.com/podkey/podkey/internal/version"
@@ -51,12 +52,17 @@ func (a *adminService) ListSecrets(ctx context.Context, req *keydv1.ListSecretsR
 	}
 	out := &keydv1.ListSecretsResponse{}
 	for _, r := range list {
-		out.Secrets = append(out.Secrets, secretInfo(r))
+		if r.Namespace != credential.EscrowNamespace { // escrows are not enrolled secrets
+			out.Secrets = append(out.Secrets, secretInfo(r))
+		}
 	}
 	return out, nil
 }
 
 func (a *adminService) DeleteSecret(ctx context.Context, req *keydv1.DeleteSecretRequest) (*keydv1.DeleteSecretResponse, error) {
+	if req.Namespace == credential.EscrowNamespace {
+		return nil, status.Error(codes.InvalidArgument, "TLCP escrows are destroyed only when their retention ends")
+	}
 	err := a.s.st.DeleteSecret(ctx, req.Namespace, req.Name)
 	if err != nil {
 		return nil, toStatus(err)

@@ -97,6 +97,10 @@ type Options struct {
 	// CheckpointDir, when set, receives every checkpoint as a file, for
 	// the operator to ship off the host.
 	CheckpointDir string
+	// EscrowRetention is how long a TLCP encryption key stays escrowed
+	// after its issuance; then it is destroyed, audited. Default 400 days
+	// (a year of recovery after the longest certificate life).
+	EscrowRetention time.Duration
 	// ReplicaName names this replica in checkpoints. Default the host name.
 	ReplicaName string
 	// LocalClock is this host's clock, that the store's clock is read
@@ -132,6 +136,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.CheckpointSuite != "" && o.CheckpointSuite != suite.GM && o.CheckpointSuite != suite.Intl {
 		return fmt.Errorf("keyd: audit checkpoint suite %q: want gm or intl", o.CheckpointSuite)
+	}
+	if o.EscrowRetention == 0 {
+		o.EscrowRetention = 400 * 24 * time.Hour
 	}
 	if o.CheckpointInterval == 0 {
 		o.CheckpointInterval = time.Minute

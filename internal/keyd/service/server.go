@@ -334,6 +334,9 @@ const pruneEvery = time.Minute
 // pruneLoop keeps the store's nonces (five minutes' worth of accepted
 // signed requests) and revocations from growing past their use.
 func (s *Server) pruneLoop(ctx context.Context) {
+	if err := s.pruneEscrows(ctx); err != nil && ctx.Err() == nil {
+		s.opts.Logger.Warn("destroying expired TLCP escrows failed", "error", err)
+	}
 	t := time.NewTicker(pruneEvery)
 	defer t.Stop()
 	for {
@@ -348,6 +351,9 @@ func (s *Server) pruneLoop(ctx context.Context) {
 		}
 		if _, err := s.st.PruneRevocations(ctx, now); err != nil && ctx.Err() == nil {
 			s.opts.Logger.Warn("pruning revocations failed", "error", err)
+		}
+		if err := s.pruneEscrows(ctx); err != nil && ctx.Err() == nil {
+			s.opts.Logger.Warn("destroying expired TLCP escrows failed", "error", err)
 		}
 	}
 }

@@ -29,8 +29,15 @@ type keydService struct {
 	s *Server
 }
 
+// objectLabel names an issued object in the audit; a TLCP pair also
+// names its escrow (the encryption certificate's serial): the issuance
+// record is the escrow's.
 func objectLabel(c credential.Issued) string {
-	return fmt.Sprintf("%s/%s/%s/g%d", c.Name, c.Kind, c.Suite, c.Generation)
+	l := fmt.Sprintf("%s/%s/%s/g%d", c.Name, c.Kind, c.Suite, c.Generation)
+	if c.EscrowSerial != "" {
+		l += "/escrow:" + c.EscrowSerial
+	}
+	return l
 }
 
 func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*keydv1.IssueResponse, error) {

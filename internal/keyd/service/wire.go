@@ -25,6 +25,8 @@ func credentialProto(c credential.Issued) *keydv1.Credential {
 		out.Payload = &keydv1.Credential_ApiKey{ApiKey: &keydv1.APIKey{AccessKeyId: c.AccessKeyID, SecretKey: c.SecretKey}}
 	case object.Certificate:
 		out.Payload = &keydv1.Credential_Certificate{Certificate: &keydv1.Certificate{CertPem: c.CertPEM, CaBundlePem: c.CABundlePEM}}
+	case object.TLCP:
+		out.Payload = &keydv1.Credential_Tlcp{Tlcp: &keydv1.TLCPPair{CsrResponse: c.CSRResponse, CaBundlePem: c.CABundlePEM}}
 	case object.DerivedKey:
 		out.Payload = &keydv1.Credential_DerivedKey{DerivedKey: &keydv1.DerivedKey{Key: c.Key}}
 	case object.Token:

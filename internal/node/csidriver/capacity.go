@@ -20,6 +20,8 @@ func maxFileBytes(sp object.Spec) int64 {
 		return pages(object.MaxSecretSize)
 	case object.Certificate:
 		return certificateBytes(sp)
+	case object.TLCP:
+		return 4*pages(2048) + pages(16384) // two keys, two certificates, the CA bundle
 	case object.Token:
 		n := 2048
 		for _, a := range sp.Audience {

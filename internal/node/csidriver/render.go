@@ -1,6 +1,7 @@
 package csidriver
 
 import (
+	"bytes"
 	"crypto"
 	"encoding/base64"
 	"encoding/json"
@@ -85,6 +86,19 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 			}
 			io.Files = sp.Files()
 			err = addCertificate(sp, key, p.Certificate, mode, add)
+		case *keydv1.Credential_Tlcp:
+			key, ok := keys[sp.Name]
+			if !ok {
+				return nil, nil, fmt.Errorf("no signing key for tlcp %s", sp.Name)
+			}
+			pair, terr := keydclient.OpenTLCP(p.Tlcp.CsrResponse, p.Tlcp.CaBundlePem, key)
+			if terr != nil {
+				volume.Zero(files)
+				return nil, nil, fmt.Errorf("object %s: %w", sp.Name, terr)
+			}
+			io.Files = sp.Files()
+			err = addTLCP(sp, key, pair, p.Tlcp.CaBundlePem, mode, add)
+			pair.Zero()
 		case *keydv1.Credential_DerivedKey:
 			err = add(sp.File, p.DerivedKey.Key, mode)
 			io.Files = sp.Files()
@@ -130,6 +144,30 @@ func addCertificate(sp object.Spec, key crypto.Signer, c *keydv1.Certificate, mo
 	}
 	for name, data := range stores {
 		if err := add(name, data, mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addTLCP adds a TLCP pair's five files.
+func addTLCP(sp object.Spec, signKey crypto.Signer, pair keydclient.TLCPPair, caBundle []byte, mode os.FileMode, add func(string, []byte, os.FileMode) error) error {
+	der, err := smx509.MarshalPKCS8PrivateKey(signKey)
+	if err != nil {
+		return err
+	}
+	defer clear(der)
+	for _, f := range []struct {
+		suffix string
+		data   []byte
+	}{
+		{podfiles.TLCPSignKeySuffix, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})},
+		{podfiles.TLCPSignCertSuffix, pair.SignCertPEM},
+		{podfiles.TLCPEncKeySuffix, bytes.Clone(pair.EncKeyPEM)}, // the writer zeroes what it is given
+		{podfiles.TLCPEncCertSuffix, pair.EncCertPEM},
+		{podfiles.CASuffix, caBundle},
+	} {
+		if err := add(sp.File+f.suffix, f.data, mode); err != nil {
 			return err
 		}
 	}

@@ -45,11 +45,11 @@ func (x *ObjectRequest) Spec() (object.Spec, error) {
 	if err := sp.Normalize(); err != nil {
 		return sp, err
 	}
-	if (sp.Kind == object.Certificate) != (len(x.GetCsr()) > 0) {
-		if sp.Kind == object.Certificate {
-			return sp, fmt.Errorf("object %q: a certificate needs a CSR", sp.Name)
+	if sp.Kind.NeedsCSR() != (len(x.GetCsr()) > 0) {
+		if sp.Kind.NeedsCSR() {
+			return sp, fmt.Errorf("object %q: a %s needs a CSR", sp.Name, sp.Kind)
 		}
-		return sp, fmt.Errorf("object %q: only certificate objects take a CSR", sp.Name)
+		return sp, fmt.Errorf("object %q: only certificate and tlcp objects take a CSR", sp.Name)
 	}
 	return sp, nil
 }

@@ -28,6 +28,158 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RecoverEscrowRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Serial        string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"` // the encryption certificate's serial, hex
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // audited
+	Approval      []byte                 `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoverEscrowRequest) Reset() {
+	*x = RecoverEscrowRequest{}
+	mi := &file_keyd_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoverEscrowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoverEscrowRequest) ProtoMessage() {}
+
+func (x *RecoverEscrowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoverEscrowRequest.ProtoReflect.Descriptor instead.
+func (*RecoverEscrowRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecoverEscrowRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RecoverEscrowRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RecoverEscrowRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+type RecoveredKey struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Serial         string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Namespace      string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,3,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	Pod            string                 `protobuf:"bytes,4,opt,name=pod,proto3" json:"pod,omitempty"`
+	PodUid         string                 `protobuf:"bytes,5,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	NotAfter       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	KeyPem         []byte                 `protobuf:"bytes,7,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"` // PKCS#8 "PRIVATE KEY"
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RecoveredKey) Reset() {
+	*x = RecoveredKey{}
+	mi := &file_keyd_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveredKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveredKey) ProtoMessage() {}
+
+func (x *RecoveredKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveredKey.ProtoReflect.Descriptor instead.
+func (*RecoveredKey) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RecoveredKey) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RecoveredKey) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RecoveredKey) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *RecoveredKey) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *RecoveredKey) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
+func (x *RecoveredKey) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *RecoveredKey) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
 type GetRosterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -36,7 +188,7 @@ type GetRosterRequest struct {
 
 func (x *GetRosterRequest) Reset() {
 	*x = GetRosterRequest{}
-	mi := &file_keyd_proto_msgTypes[0]
+	mi := &file_keyd_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +200,7 @@ func (x *GetRosterRequest) String() string {
 func (*GetRosterRequest) ProtoMessage() {}
 
 func (x *GetRosterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[0]
+	mi := &file_keyd_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +213,7 @@ func (x *GetRosterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRosterRequest.ProtoReflect.Descriptor instead.
 func (*GetRosterRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{0}
+	return file_keyd_proto_rawDescGZIP(), []int{2}
 }
 
 // RosterDocument is an approval roster, YAML or JSON (package approval).
@@ -77,7 +229,7 @@ type RosterDocument struct {
 
 func (x *RosterDocument) Reset() {
 	*x = RosterDocument{}
-	mi := &file_keyd_proto_msgTypes[1]
+	mi := &file_keyd_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -89,7 +241,7 @@ func (x *RosterDocument) String() string {
 func (*RosterDocument) ProtoMessage() {}
 
 func (x *RosterDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[1]
+	mi := &file_keyd_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -102,7 +254,7 @@ func (x *RosterDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RosterDocument.ProtoReflect.Descriptor instead.
 func (*RosterDocument) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{1}
+	return file_keyd_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RosterDocument) GetYaml() []byte {
@@ -134,7 +286,7 @@ type PodIdentity struct {
 
 func (x *PodIdentity) Reset() {
 	*x = PodIdentity{}
-	mi := &file_keyd_proto_msgTypes[2]
+	mi := &file_keyd_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -146,7 +298,7 @@ func (x *PodIdentity) String() string {
 func (*PodIdentity) ProtoMessage() {}
 
 func (x *PodIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[2]
+	mi := &file_keyd_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -159,7 +311,7 @@ func (x *PodIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodIdentity.ProtoReflect.Descriptor instead.
 func (*PodIdentity) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{2}
+	return file_keyd_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PodIdentity) GetNamespace() string {
@@ -219,7 +371,7 @@ type ObjectRequest struct {
 
 func (x *ObjectRequest) Reset() {
 	*x = ObjectRequest{}
-	mi := &file_keyd_proto_msgTypes[3]
+	mi := &file_keyd_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +383,7 @@ func (x *ObjectRequest) String() string {
 func (*ObjectRequest) ProtoMessage() {}
 
 func (x *ObjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[3]
+	mi := &file_keyd_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +396,7 @@ func (x *ObjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectRequest.ProtoReflect.Descriptor instead.
 func (*ObjectRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{3}
+	return file_keyd_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ObjectRequest) GetName() string {
@@ -329,7 +481,7 @@ type IssueRequest struct {
 
 func (x *IssueRequest) Reset() {
 	*x = IssueRequest{}
-	mi := &file_keyd_proto_msgTypes[4]
+	mi := &file_keyd_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +493,7 @@ func (x *IssueRequest) String() string {
 func (*IssueRequest) ProtoMessage() {}
 
 func (x *IssueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[4]
+	mi := &file_keyd_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +506,7 @@ func (x *IssueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueRequest.ProtoReflect.Descriptor instead.
 func (*IssueRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{4}
+	return file_keyd_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IssueRequest) GetPod() *PodIdentity {
@@ -394,6 +546,7 @@ type Credential struct {
 	//	*Credential_DerivedKey
 	//	*Credential_Token
 	//	*Credential_Secret
+	//	*Credential_Tlcp
 	Payload isCredential_Payload `protobuf_oneof:"payload"`
 	// missing, for an optional object keyd did not issue, says why (no
 	// payload, no times).
@@ -404,7 +557,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_keyd_proto_msgTypes[5]
+	mi := &file_keyd_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +569,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[5]
+	mi := &file_keyd_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +582,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{5}
+	return file_keyd_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Credential) GetName() string {
@@ -533,6 +686,15 @@ func (x *Credential) GetSecret() *SecretValue {
 	return nil
 }
 
+func (x *Credential) GetTlcp() *TLCPPair {
+	if x != nil {
+		if x, ok := x.Payload.(*Credential_Tlcp); ok {
+			return x.Tlcp
+		}
+	}
+	return nil
+}
+
 func (x *Credential) GetMissing() string {
 	if x != nil {
 		return x.Missing
@@ -564,6 +726,10 @@ type Credential_Secret struct {
 	Secret *SecretValue `protobuf:"bytes,14,opt,name=secret,proto3,oneof"`
 }
 
+type Credential_Tlcp struct {
+	Tlcp *TLCPPair `protobuf:"bytes,15,opt,name=tlcp,proto3,oneof"`
+}
+
 func (*Credential_ApiKey) isCredential_Payload() {}
 
 func (*Credential_Certificate) isCredential_Payload() {}
@@ -573,6 +739,8 @@ func (*Credential_DerivedKey) isCredential_Payload() {}
 func (*Credential_Token) isCredential_Payload() {}
 
 func (*Credential_Secret) isCredential_Payload() {}
+
+func (*Credential_Tlcp) isCredential_Payload() {}
 
 type APIKey struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -584,7 +752,7 @@ type APIKey struct {
 
 func (x *APIKey) Reset() {
 	*x = APIKey{}
-	mi := &file_keyd_proto_msgTypes[6]
+	mi := &file_keyd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +764,7 @@ func (x *APIKey) String() string {
 func (*APIKey) ProtoMessage() {}
 
 func (x *APIKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[6]
+	mi := &file_keyd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +777,7 @@ func (x *APIKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use APIKey.ProtoReflect.Descriptor instead.
 func (*APIKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{6}
+	return file_keyd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *APIKey) GetAccessKeyId() string {
@@ -636,7 +804,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_keyd_proto_msgTypes[7]
+	mi := &file_keyd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +816,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[7]
+	mi := &file_keyd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +829,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{7}
+	return file_keyd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Certificate) GetCertPem() []byte {
@@ -678,6 +846,63 @@ func (x *Certificate) GetCaBundlePem() []byte {
 	return nil
 }
 
+// TLCPPair is a TLCP certificate pair as a GM/T 0092-2020 CSR response
+// (DER): the signing certificate, for the node's key; the encryption
+// certificate; and the encryption private key enveloped (GB/T 35276
+// SM2EnvelopedKey) to the signing key, so that only the node holding it
+// opens it. ca_bundle_pem verifies both certificates.
+type TLCPPair struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CsrResponse   []byte                 `protobuf:"bytes,1,opt,name=csr_response,json=csrResponse,proto3" json:"csr_response,omitempty"`
+	CaBundlePem   []byte                 `protobuf:"bytes,2,opt,name=ca_bundle_pem,json=caBundlePem,proto3" json:"ca_bundle_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TLCPPair) Reset() {
+	*x = TLCPPair{}
+	mi := &file_keyd_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TLCPPair) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TLCPPair) ProtoMessage() {}
+
+func (x *TLCPPair) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TLCPPair.ProtoReflect.Descriptor instead.
+func (*TLCPPair) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TLCPPair) GetCsrResponse() []byte {
+	if x != nil {
+		return x.CsrResponse
+	}
+	return nil
+}
+
+func (x *TLCPPair) GetCaBundlePem() []byte {
+	if x != nil {
+		return x.CaBundlePem
+	}
+	return nil
+}
+
 type DerivedKey struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -687,7 +912,7 @@ type DerivedKey struct {
 
 func (x *DerivedKey) Reset() {
 	*x = DerivedKey{}
-	mi := &file_keyd_proto_msgTypes[8]
+	mi := &file_keyd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +924,7 @@ func (x *DerivedKey) String() string {
 func (*DerivedKey) ProtoMessage() {}
 
 func (x *DerivedKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[8]
+	mi := &file_keyd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +937,7 @@ func (x *DerivedKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DerivedKey.ProtoReflect.Descriptor instead.
 func (*DerivedKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{8}
+	return file_keyd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DerivedKey) GetKey() []byte {
@@ -731,7 +956,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_keyd_proto_msgTypes[9]
+	mi := &file_keyd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +968,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[9]
+	mi := &file_keyd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +981,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{9}
+	return file_keyd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Token) GetJwt() string {
@@ -775,7 +1000,7 @@ type SecretValue struct {
 
 func (x *SecretValue) Reset() {
 	*x = SecretValue{}
-	mi := &file_keyd_proto_msgTypes[10]
+	mi := &file_keyd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +1012,7 @@ func (x *SecretValue) String() string {
 func (*SecretValue) ProtoMessage() {}
 
 func (x *SecretValue) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[10]
+	mi := &file_keyd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +1025,7 @@ func (x *SecretValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
 func (*SecretValue) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{10}
+	return file_keyd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SecretValue) GetValue() []byte {
@@ -819,7 +1044,7 @@ type IssueResponse struct {
 
 func (x *IssueResponse) Reset() {
 	*x = IssueResponse{}
-	mi := &file_keyd_proto_msgTypes[11]
+	mi := &file_keyd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +1056,7 @@ func (x *IssueResponse) String() string {
 func (*IssueResponse) ProtoMessage() {}
 
 func (x *IssueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[11]
+	mi := &file_keyd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +1069,7 @@ func (x *IssueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueResponse.ProtoReflect.Descriptor instead.
 func (*IssueResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{11}
+	return file_keyd_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IssueResponse) GetCredentials() []*Credential {
@@ -865,7 +1090,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_keyd_proto_msgTypes[12]
+	mi := &file_keyd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1102,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[12]
+	mi := &file_keyd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1115,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{12}
+	return file_keyd_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VerifyRequest) GetAccessKeyId() string {
@@ -929,7 +1154,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_keyd_proto_msgTypes[13]
+	mi := &file_keyd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1166,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[13]
+	mi := &file_keyd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1179,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{13}
+	return file_keyd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VerifyResponse) GetNamespace() string {
@@ -1021,7 +1246,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_keyd_proto_msgTypes[14]
+	mi := &file_keyd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1258,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[14]
+	mi := &file_keyd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1271,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{14}
+	return file_keyd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeRequest) GetPod() *PodIdentity {
@@ -1079,7 +1304,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1316,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1329,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{15}
+	return file_keyd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokeResponse) GetUntil() *timestamppb.Timestamp {
@@ -1123,7 +1348,7 @@ type CABundleRequest struct {
 
 func (x *CABundleRequest) Reset() {
 	*x = CABundleRequest{}
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1360,7 @@ func (x *CABundleRequest) String() string {
 func (*CABundleRequest) ProtoMessage() {}
 
 func (x *CABundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1373,7 @@ func (x *CABundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CABundleRequest.ProtoReflect.Descriptor instead.
 func (*CABundleRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{16}
+	return file_keyd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CABundleRequest) GetSuite() string {
@@ -1168,7 +1393,7 @@ type NodeCertificateRequest struct {
 
 func (x *NodeCertificateRequest) Reset() {
 	*x = NodeCertificateRequest{}
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1405,7 @@ func (x *NodeCertificateRequest) String() string {
 func (*NodeCertificateRequest) ProtoMessage() {}
 
 func (x *NodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1418,7 @@ func (x *NodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*NodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{17}
+	return file_keyd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeCertificateRequest) GetNodeToken() string {
@@ -1221,7 +1446,7 @@ type NodeCertificateResponse struct {
 
 func (x *NodeCertificateResponse) Reset() {
 	*x = NodeCertificateResponse{}
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1458,7 @@ func (x *NodeCertificateResponse) String() string {
 func (*NodeCertificateResponse) ProtoMessage() {}
 
 func (x *NodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1471,7 @@ func (x *NodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*NodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{18}
+	return file_keyd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeCertificateResponse) GetCertPem() []byte {
@@ -1279,7 +1504,7 @@ type CABundleResponse struct {
 
 func (x *CABundleResponse) Reset() {
 	*x = CABundleResponse{}
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1516,7 @@ func (x *CABundleResponse) String() string {
 func (*CABundleResponse) ProtoMessage() {}
 
 func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1529,7 @@ func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CABundleResponse.ProtoReflect.Descriptor instead.
 func (*CABundleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{19}
+	return file_keyd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CABundleResponse) GetPem() []byte {
@@ -1323,7 +1548,7 @@ type RenewalsRequest struct {
 
 func (x *RenewalsRequest) Reset() {
 	*x = RenewalsRequest{}
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1560,7 @@ func (x *RenewalsRequest) String() string {
 func (*RenewalsRequest) ProtoMessage() {}
 
 func (x *RenewalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1573,7 @@ func (x *RenewalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewalsRequest.ProtoReflect.Descriptor instead.
 func (*RenewalsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{20}
+	return file_keyd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RenewalsRequest) GetAfterSeq() uint64 {
@@ -1367,7 +1592,7 @@ type RenewalsResponse struct {
 
 func (x *RenewalsResponse) Reset() {
 	*x = RenewalsResponse{}
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1604,7 @@ func (x *RenewalsResponse) String() string {
 func (*RenewalsResponse) ProtoMessage() {}
 
 func (x *RenewalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1617,7 @@ func (x *RenewalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewalsResponse.ProtoReflect.Descriptor instead.
 func (*RenewalsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{21}
+	return file_keyd_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RenewalsResponse) GetRenewals() []*Renewal {
@@ -1418,7 +1643,7 @@ type Renewal struct {
 
 func (x *Renewal) Reset() {
 	*x = Renewal{}
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1655,7 @@ func (x *Renewal) String() string {
 func (*Renewal) ProtoMessage() {}
 
 func (x *Renewal) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1668,7 @@ func (x *Renewal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Renewal.ProtoReflect.Descriptor instead.
 func (*Renewal) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{22}
+	return file_keyd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Renewal) GetSeq() uint64 {
@@ -1502,7 +1727,7 @@ type ForceRenewalRequest struct {
 
 func (x *ForceRenewalRequest) Reset() {
 	*x = ForceRenewalRequest{}
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1739,7 @@ func (x *ForceRenewalRequest) String() string {
 func (*ForceRenewalRequest) ProtoMessage() {}
 
 func (x *ForceRenewalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1752,7 @@ func (x *ForceRenewalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceRenewalRequest.ProtoReflect.Descriptor instead.
 func (*ForceRenewalRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{23}
+	return file_keyd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ForceRenewalRequest) GetNamespace() string {
@@ -1566,7 +1791,7 @@ type TokenKeysRequest struct {
 
 func (x *TokenKeysRequest) Reset() {
 	*x = TokenKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1803,7 @@ func (x *TokenKeysRequest) String() string {
 func (*TokenKeysRequest) ProtoMessage() {}
 
 func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1816,7 @@ func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysRequest.ProtoReflect.Descriptor instead.
 func (*TokenKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{24}
+	return file_keyd_proto_rawDescGZIP(), []int{27}
 }
 
 type TokenKeysResponse struct {
@@ -1603,7 +1828,7 @@ type TokenKeysResponse struct {
 
 func (x *TokenKeysResponse) Reset() {
 	*x = TokenKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1840,7 @@ func (x *TokenKeysResponse) String() string {
 func (*TokenKeysResponse) ProtoMessage() {}
 
 func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1853,7 @@ func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysResponse.ProtoReflect.Descriptor instead.
 func (*TokenKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{25}
+	return file_keyd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TokenKeysResponse) GetJwks() []byte {
@@ -1652,7 +1877,7 @@ type PutSecretRequest struct {
 
 func (x *PutSecretRequest) Reset() {
 	*x = PutSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1889,7 @@ func (x *PutSecretRequest) String() string {
 func (*PutSecretRequest) ProtoMessage() {}
 
 func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1902,7 @@ func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{26}
+	return file_keyd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PutSecretRequest) GetNamespace() string {
@@ -1721,7 +1946,7 @@ type SecretInfo struct {
 
 func (x *SecretInfo) Reset() {
 	*x = SecretInfo{}
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1733,7 +1958,7 @@ func (x *SecretInfo) String() string {
 func (*SecretInfo) ProtoMessage() {}
 
 func (x *SecretInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1746,7 +1971,7 @@ func (x *SecretInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretInfo.ProtoReflect.Descriptor instead.
 func (*SecretInfo) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{27}
+	return file_keyd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SecretInfo) GetNamespace() string {
@@ -1793,7 +2018,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +2030,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +2043,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{28}
+	return file_keyd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -1837,7 +2062,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2074,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2087,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{29}
+	return file_keyd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*SecretInfo {
@@ -1885,7 +2110,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2122,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2135,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{30}
+	return file_keyd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -1942,7 +2167,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2179,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2192,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{31}
+	return file_keyd_proto_rawDescGZIP(), []int{34}
 }
 
 type GetPolicyRequest struct {
@@ -1978,7 +2203,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2215,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2228,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{32}
+	return file_keyd_proto_rawDescGZIP(), []int{35}
 }
 
 // PolicyDocument is the policy in its YAML form (see package policy).
@@ -2019,7 +2244,7 @@ type PolicyDocument struct {
 
 func (x *PolicyDocument) Reset() {
 	*x = PolicyDocument{}
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2256,7 @@ func (x *PolicyDocument) String() string {
 func (*PolicyDocument) ProtoMessage() {}
 
 func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2269,7 @@ func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDocument.ProtoReflect.Descriptor instead.
 func (*PolicyDocument) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{33}
+	return file_keyd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PolicyDocument) GetYaml() []byte {
@@ -2077,7 +2302,7 @@ type PolicyRule struct {
 
 func (x *PolicyRule) Reset() {
 	*x = PolicyRule{}
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2089,7 +2314,7 @@ func (x *PolicyRule) String() string {
 func (*PolicyRule) ProtoMessage() {}
 
 func (x *PolicyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2102,7 +2327,7 @@ func (x *PolicyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
 func (*PolicyRule) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{34}
+	return file_keyd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PolicyRule) GetNamespace() string {
@@ -2150,7 +2375,7 @@ type PolicyRuleResponse struct {
 
 func (x *PolicyRuleResponse) Reset() {
 	*x = PolicyRuleResponse{}
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2162,7 +2387,7 @@ func (x *PolicyRuleResponse) String() string {
 func (*PolicyRuleResponse) ProtoMessage() {}
 
 func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2175,7 +2400,7 @@ func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRuleResponse.ProtoReflect.Descriptor instead.
 func (*PolicyRuleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{35}
+	return file_keyd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PolicyRuleResponse) GetRules() uint32 {
@@ -2193,7 +2418,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2205,7 +2430,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2218,7 +2443,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{36}
+	return file_keyd_proto_rawDescGZIP(), []int{39}
 }
 
 // AuditRecord is one audit record in its stored JSON form.
@@ -2231,7 +2456,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2468,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2481,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{37}
+	return file_keyd_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AuditRecord) GetJson() []byte {
@@ -2274,7 +2499,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2286,7 +2511,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2299,7 +2524,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{38}
+	return file_keyd_proto_rawDescGZIP(), []int{41}
 }
 
 type VerifyAuditResponse struct {
@@ -2319,7 +2544,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[39]
+	mi := &file_keyd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2556,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[39]
+	mi := &file_keyd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2569,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{39}
+	return file_keyd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *VerifyAuditResponse) GetRecords() uint64 {
@@ -2397,7 +2622,7 @@ type CheckpointAuditRequest struct {
 
 func (x *CheckpointAuditRequest) Reset() {
 	*x = CheckpointAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2634,7 @@ func (x *CheckpointAuditRequest) String() string {
 func (*CheckpointAuditRequest) ProtoMessage() {}
 
 func (x *CheckpointAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2647,7 @@ func (x *CheckpointAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointAuditRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{40}
+	return file_keyd_proto_rawDescGZIP(), []int{43}
 }
 
 // CheckpointAuditResponse is the checkpoint appended, JSON; empty when
@@ -2436,7 +2661,7 @@ type CheckpointAuditResponse struct {
 
 func (x *CheckpointAuditResponse) Reset() {
 	*x = CheckpointAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2673,7 @@ func (x *CheckpointAuditResponse) String() string {
 func (*CheckpointAuditResponse) ProtoMessage() {}
 
 func (x *CheckpointAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2686,7 @@ func (x *CheckpointAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointAuditResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{41}
+	return file_keyd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CheckpointAuditResponse) GetJson() []byte {
@@ -2484,7 +2709,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2721,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2734,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{42}
+	return file_keyd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RotateKeyRequest) GetPurpose() string {
@@ -2542,7 +2767,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2554,7 +2779,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2567,7 +2792,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{43}
+	return file_keyd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RotateKeyResponse) GetGeneration() int64 {
@@ -2593,7 +2818,7 @@ type RetireKeyRequest struct {
 
 func (x *RetireKeyRequest) Reset() {
 	*x = RetireKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +2830,7 @@ func (x *RetireKeyRequest) String() string {
 func (*RetireKeyRequest) ProtoMessage() {}
 
 func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +2843,7 @@ func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{44}
+	return file_keyd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RetireKeyRequest) GetPurpose() string {
@@ -2674,7 +2899,7 @@ type RetireKeyResponse struct {
 
 func (x *RetireKeyResponse) Reset() {
 	*x = RetireKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +2911,7 @@ func (x *RetireKeyResponse) String() string {
 func (*RetireKeyResponse) ProtoMessage() {}
 
 func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +2924,7 @@ func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{45}
+	return file_keyd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RetireKeyResponse) GetInUseUntil() *timestamppb.Timestamp {
@@ -2717,7 +2942,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +2954,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +2967,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{46}
+	return file_keyd_proto_rawDescGZIP(), []int{49}
 }
 
 type StatusResponse struct {
@@ -2759,7 +2984,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +2996,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +3009,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{47}
+	return file_keyd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -2843,7 +3068,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2855,7 +3080,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2868,7 +3093,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{48}
+	return file_keyd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -2911,7 +3136,7 @@ type ImageKeyEntry struct {
 
 func (x *ImageKeyEntry) Reset() {
 	*x = ImageKeyEntry{}
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2923,7 +3148,7 @@ func (x *ImageKeyEntry) String() string {
 func (*ImageKeyEntry) ProtoMessage() {}
 
 func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2936,7 +3161,7 @@ func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeyEntry.ProtoReflect.Descriptor instead.
 func (*ImageKeyEntry) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{49}
+	return file_keyd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ImageKeyEntry) GetKeyId() string {
@@ -2966,7 +3191,7 @@ type UnwrapImageKeyRequest struct {
 
 func (x *UnwrapImageKeyRequest) Reset() {
 	*x = UnwrapImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3203,7 @@ func (x *UnwrapImageKeyRequest) String() string {
 func (*UnwrapImageKeyRequest) ProtoMessage() {}
 
 func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3216,7 @@ func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{50}
+	return file_keyd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *UnwrapImageKeyRequest) GetSuite() string {
@@ -3026,7 +3251,7 @@ type UnwrapImageKeyResponse struct {
 
 func (x *UnwrapImageKeyResponse) Reset() {
 	*x = UnwrapImageKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3038,7 +3263,7 @@ func (x *UnwrapImageKeyResponse) String() string {
 func (*UnwrapImageKeyResponse) ProtoMessage() {}
 
 func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3051,7 +3276,7 @@ func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{51}
+	return file_keyd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *UnwrapImageKeyResponse) GetCek() []byte {
@@ -3083,7 +3308,7 @@ type ImageKeysRequest struct {
 
 func (x *ImageKeysRequest) Reset() {
 	*x = ImageKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3095,7 +3320,7 @@ func (x *ImageKeysRequest) String() string {
 func (*ImageKeysRequest) ProtoMessage() {}
 
 func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3108,7 +3333,7 @@ func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysRequest.ProtoReflect.Descriptor instead.
 func (*ImageKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{52}
+	return file_keyd_proto_rawDescGZIP(), []int{55}
 }
 
 // ImageKey is an image key's public half.
@@ -3123,7 +3348,7 @@ type ImageKey struct {
 
 func (x *ImageKey) Reset() {
 	*x = ImageKey{}
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3135,7 +3360,7 @@ func (x *ImageKey) String() string {
 func (*ImageKey) ProtoMessage() {}
 
 func (x *ImageKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3148,7 +3373,7 @@ func (x *ImageKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKey.ProtoReflect.Descriptor instead.
 func (*ImageKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{53}
+	return file_keyd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ImageKey) GetKeyId() string {
@@ -3181,7 +3406,7 @@ type ImageKeysResponse struct {
 
 func (x *ImageKeysResponse) Reset() {
 	*x = ImageKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[54]
+	mi := &file_keyd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3193,7 +3418,7 @@ func (x *ImageKeysResponse) String() string {
 func (*ImageKeysResponse) ProtoMessage() {}
 
 func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[54]
+	mi := &file_keyd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3206,7 +3431,7 @@ func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysResponse.ProtoReflect.Descriptor instead.
 func (*ImageKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{54}
+	return file_keyd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ImageKeysResponse) GetKeys() []*ImageKey {
@@ -3229,7 +3454,7 @@ type CreateImageKeyRequest struct {
 
 func (x *CreateImageKeyRequest) Reset() {
 	*x = CreateImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[55]
+	mi := &file_keyd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3241,7 +3466,7 @@ func (x *CreateImageKeyRequest) String() string {
 func (*CreateImageKeyRequest) ProtoMessage() {}
 
 func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[55]
+	mi := &file_keyd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3254,7 +3479,7 @@ func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{55}
+	return file_keyd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CreateImageKeyRequest) GetKeyId() string {
@@ -3289,7 +3514,7 @@ type BackupStoreRequest struct {
 
 func (x *BackupStoreRequest) Reset() {
 	*x = BackupStoreRequest{}
-	mi := &file_keyd_proto_msgTypes[56]
+	mi := &file_keyd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3301,7 +3526,7 @@ func (x *BackupStoreRequest) String() string {
 func (*BackupStoreRequest) ProtoMessage() {}
 
 func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[56]
+	mi := &file_keyd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3314,7 +3539,7 @@ func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupStoreRequest.ProtoReflect.Descriptor instead.
 func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{56}
+	return file_keyd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *BackupStoreRequest) GetApproval() []byte {
@@ -3341,7 +3566,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keyd_proto_msgTypes[57]
+	mi := &file_keyd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3353,7 +3578,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[57]
+	mi := &file_keyd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3366,7 +3591,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{57}
+	return file_keyd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -3402,7 +3627,19 @@ var File_keyd_proto protoreflect.FileDescriptor
 const file_keyd_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"keyd.proto\x12\x0epodkey.keyd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"keyd.proto\x12\x0epodkey.keyd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n" +
+	"\x14RecoverEscrowRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\xea\x01\n" +
+	"\fRecoveredKey\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\x12\x10\n" +
+	"\x03pod\x18\x04 \x01(\tR\x03pod\x12\x17\n" +
+	"\apod_uid\x18\x05 \x01(\tR\x06podUid\x127\n" +
+	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x17\n" +
+	"\akey_pem\x18\a \x01(\fR\x06keyPem\"\x12\n" +
 	"\x10GetRosterRequest\"@\n" +
 	"\x0eRosterDocument\x12\x12\n" +
 	"\x04yaml\x18\x01 \x01(\fR\x04yaml\x12\x1a\n" +
@@ -3428,7 +3665,7 @@ const file_keyd_proto_rawDesc = "" +
 	"\fIssueRequest\x12-\n" +
 	"\x03pod\x18\x01 \x01(\v2\x1b.podkey.keyd.v1.PodIdentityR\x03pod\x12\x1b\n" +
 	"\tpod_token\x18\x02 \x01(\tR\bpodToken\x127\n" +
-	"\aobjects\x18\x03 \x03(\v2\x1d.podkey.keyd.v1.ObjectRequestR\aobjects\"\xcc\x04\n" +
+	"\aobjects\x18\x03 \x03(\v2\x1d.podkey.keyd.v1.ObjectRequestR\aobjects\"\xfc\x04\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
@@ -3446,7 +3683,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\vderived_key\x18\f \x01(\v2\x1a.podkey.keyd.v1.DerivedKeyH\x00R\n" +
 	"derivedKey\x12-\n" +
 	"\x05token\x18\r \x01(\v2\x15.podkey.keyd.v1.TokenH\x00R\x05token\x125\n" +
-	"\x06secret\x18\x0e \x01(\v2\x1b.podkey.keyd.v1.SecretValueH\x00R\x06secret\x12\x18\n" +
+	"\x06secret\x18\x0e \x01(\v2\x1b.podkey.keyd.v1.SecretValueH\x00R\x06secret\x12.\n" +
+	"\x04tlcp\x18\x0f \x01(\v2\x18.podkey.keyd.v1.TLCPPairH\x00R\x04tlcp\x12\x18\n" +
 	"\amissing\x18\x14 \x01(\tR\amissingB\t\n" +
 	"\apayload\"K\n" +
 	"\x06APIKey\x12\"\n" +
@@ -3455,6 +3693,9 @@ const file_keyd_proto_rawDesc = "" +
 	"secret_key\x18\x02 \x01(\fR\tsecretKey\"L\n" +
 	"\vCertificate\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\"\n" +
+	"\rca_bundle_pem\x18\x02 \x01(\fR\vcaBundlePem\"Q\n" +
+	"\bTLCPPair\x12!\n" +
+	"\fcsr_response\x18\x01 \x01(\fR\vcsrResponse\x12\"\n" +
 	"\rca_bundle_pem\x18\x02 \x01(\fR\vcaBundlePem\"\x1e\n" +
 	"\n" +
 	"DerivedKey\x12\x10\n" +
@@ -3637,7 +3878,7 @@ const file_keyd_proto_rawDesc = "" +
 	"\bRenewals\x12\x1f.podkey.keyd.v1.RenewalsRequest\x1a .podkey.keyd.v1.RenewalsResponse\x12b\n" +
 	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse\x12_\n" +
 	"\x0eUnwrapImageKey\x12%.podkey.keyd.v1.UnwrapImageKeyRequest\x1a&.podkey.keyd.v1.UnwrapImageKeyResponse\x12P\n" +
-	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xd0\v\n" +
+	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xa5\f\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -3656,7 +3897,8 @@ const file_keyd_proto_rawDesc = "" +
 	"\x0eCreateImageKey\x12%.podkey.keyd.v1.CreateImageKeyRequest\x1a\x18.podkey.keyd.v1.ImageKey\x12P\n" +
 	"\vBackupStore\x12\".podkey.keyd.v1.BackupStoreRequest\x1a\x1b.podkey.keyd.v1.BackupChunk0\x01\x12M\n" +
 	"\tGetRoster\x12 .podkey.keyd.v1.GetRosterRequest\x1a\x1e.podkey.keyd.v1.RosterDocument\x12K\n" +
-	"\tSetRoster\x12\x1e.podkey.keyd.v1.RosterDocument\x1a\x1e.podkey.keyd.v1.RosterDocumentB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
+	"\tSetRoster\x12\x1e.podkey.keyd.v1.RosterDocument\x1a\x1e.podkey.keyd.v1.RosterDocument\x12S\n" +
+	"\rRecoverEscrow\x12$.podkey.keyd.v1.RecoverEscrowRequest\x1a\x1c.podkey.keyd.v1.RecoveredKeyB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
 
 var (
 	file_keyd_proto_rawDescOnce sync.Once
@@ -3670,153 +3912,160 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_keyd_proto_goTypes = []any{
-	(*GetRosterRequest)(nil),        // 0: podkey.keyd.v1.GetRosterRequest
-	(*RosterDocument)(nil),          // 1: podkey.keyd.v1.RosterDocument
-	(*PodIdentity)(nil),             // 2: podkey.keyd.v1.PodIdentity
-	(*ObjectRequest)(nil),           // 3: podkey.keyd.v1.ObjectRequest
-	(*IssueRequest)(nil),            // 4: podkey.keyd.v1.IssueRequest
-	(*Credential)(nil),              // 5: podkey.keyd.v1.Credential
-	(*APIKey)(nil),                  // 6: podkey.keyd.v1.APIKey
-	(*Certificate)(nil),             // 7: podkey.keyd.v1.Certificate
-	(*DerivedKey)(nil),              // 8: podkey.keyd.v1.DerivedKey
-	(*Token)(nil),                   // 9: podkey.keyd.v1.Token
-	(*SecretValue)(nil),             // 10: podkey.keyd.v1.SecretValue
-	(*IssueResponse)(nil),           // 11: podkey.keyd.v1.IssueResponse
-	(*VerifyRequest)(nil),           // 12: podkey.keyd.v1.VerifyRequest
-	(*VerifyResponse)(nil),          // 13: podkey.keyd.v1.VerifyResponse
-	(*RevokeRequest)(nil),           // 14: podkey.keyd.v1.RevokeRequest
-	(*RevokeResponse)(nil),          // 15: podkey.keyd.v1.RevokeResponse
-	(*CABundleRequest)(nil),         // 16: podkey.keyd.v1.CABundleRequest
-	(*NodeCertificateRequest)(nil),  // 17: podkey.keyd.v1.NodeCertificateRequest
-	(*NodeCertificateResponse)(nil), // 18: podkey.keyd.v1.NodeCertificateResponse
-	(*CABundleResponse)(nil),        // 19: podkey.keyd.v1.CABundleResponse
-	(*RenewalsRequest)(nil),         // 20: podkey.keyd.v1.RenewalsRequest
-	(*RenewalsResponse)(nil),        // 21: podkey.keyd.v1.RenewalsResponse
-	(*Renewal)(nil),                 // 22: podkey.keyd.v1.Renewal
-	(*ForceRenewalRequest)(nil),     // 23: podkey.keyd.v1.ForceRenewalRequest
-	(*TokenKeysRequest)(nil),        // 24: podkey.keyd.v1.TokenKeysRequest
-	(*TokenKeysResponse)(nil),       // 25: podkey.keyd.v1.TokenKeysResponse
-	(*PutSecretRequest)(nil),        // 26: podkey.keyd.v1.PutSecretRequest
-	(*SecretInfo)(nil),              // 27: podkey.keyd.v1.SecretInfo
-	(*ListSecretsRequest)(nil),      // 28: podkey.keyd.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 29: podkey.keyd.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 30: podkey.keyd.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 31: podkey.keyd.v1.DeleteSecretResponse
-	(*GetPolicyRequest)(nil),        // 32: podkey.keyd.v1.GetPolicyRequest
-	(*PolicyDocument)(nil),          // 33: podkey.keyd.v1.PolicyDocument
-	(*PolicyRule)(nil),              // 34: podkey.keyd.v1.PolicyRule
-	(*PolicyRuleResponse)(nil),      // 35: podkey.keyd.v1.PolicyRuleResponse
-	(*ExportAuditRequest)(nil),      // 36: podkey.keyd.v1.ExportAuditRequest
-	(*AuditRecord)(nil),             // 37: podkey.keyd.v1.AuditRecord
-	(*VerifyAuditRequest)(nil),      // 38: podkey.keyd.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 39: podkey.keyd.v1.VerifyAuditResponse
-	(*CheckpointAuditRequest)(nil),  // 40: podkey.keyd.v1.CheckpointAuditRequest
-	(*CheckpointAuditResponse)(nil), // 41: podkey.keyd.v1.CheckpointAuditResponse
-	(*RotateKeyRequest)(nil),        // 42: podkey.keyd.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),       // 43: podkey.keyd.v1.RotateKeyResponse
-	(*RetireKeyRequest)(nil),        // 44: podkey.keyd.v1.RetireKeyRequest
-	(*RetireKeyResponse)(nil),       // 45: podkey.keyd.v1.RetireKeyResponse
-	(*StatusRequest)(nil),           // 46: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),          // 47: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),          // 48: podkey.keyd.v1.KeyGenerations
-	(*ImageKeyEntry)(nil),           // 49: podkey.keyd.v1.ImageKeyEntry
-	(*UnwrapImageKeyRequest)(nil),   // 50: podkey.keyd.v1.UnwrapImageKeyRequest
-	(*UnwrapImageKeyResponse)(nil),  // 51: podkey.keyd.v1.UnwrapImageKeyResponse
-	(*ImageKeysRequest)(nil),        // 52: podkey.keyd.v1.ImageKeysRequest
-	(*ImageKey)(nil),                // 53: podkey.keyd.v1.ImageKey
-	(*ImageKeysResponse)(nil),       // 54: podkey.keyd.v1.ImageKeysResponse
-	(*CreateImageKeyRequest)(nil),   // 55: podkey.keyd.v1.CreateImageKeyRequest
-	(*BackupStoreRequest)(nil),      // 56: podkey.keyd.v1.BackupStoreRequest
-	(*BackupChunk)(nil),             // 57: podkey.keyd.v1.BackupChunk
-	(*timestamppb.Timestamp)(nil),   // 58: google.protobuf.Timestamp
+	(*RecoverEscrowRequest)(nil),    // 0: podkey.keyd.v1.RecoverEscrowRequest
+	(*RecoveredKey)(nil),            // 1: podkey.keyd.v1.RecoveredKey
+	(*GetRosterRequest)(nil),        // 2: podkey.keyd.v1.GetRosterRequest
+	(*RosterDocument)(nil),          // 3: podkey.keyd.v1.RosterDocument
+	(*PodIdentity)(nil),             // 4: podkey.keyd.v1.PodIdentity
+	(*ObjectRequest)(nil),           // 5: podkey.keyd.v1.ObjectRequest
+	(*IssueRequest)(nil),            // 6: podkey.keyd.v1.IssueRequest
+	(*Credential)(nil),              // 7: podkey.keyd.v1.Credential
+	(*APIKey)(nil),                  // 8: podkey.keyd.v1.APIKey
+	(*Certificate)(nil),             // 9: podkey.keyd.v1.Certificate
+	(*TLCPPair)(nil),                // 10: podkey.keyd.v1.TLCPPair
+	(*DerivedKey)(nil),              // 11: podkey.keyd.v1.DerivedKey
+	(*Token)(nil),                   // 12: podkey.keyd.v1.Token
+	(*SecretValue)(nil),             // 13: podkey.keyd.v1.SecretValue
+	(*IssueResponse)(nil),           // 14: podkey.keyd.v1.IssueResponse
+	(*VerifyRequest)(nil),           // 15: podkey.keyd.v1.VerifyRequest
+	(*VerifyResponse)(nil),          // 16: podkey.keyd.v1.VerifyResponse
+	(*RevokeRequest)(nil),           // 17: podkey.keyd.v1.RevokeRequest
+	(*RevokeResponse)(nil),          // 18: podkey.keyd.v1.RevokeResponse
+	(*CABundleRequest)(nil),         // 19: podkey.keyd.v1.CABundleRequest
+	(*NodeCertificateRequest)(nil),  // 20: podkey.keyd.v1.NodeCertificateRequest
+	(*NodeCertificateResponse)(nil), // 21: podkey.keyd.v1.NodeCertificateResponse
+	(*CABundleResponse)(nil),        // 22: podkey.keyd.v1.CABundleResponse
+	(*RenewalsRequest)(nil),         // 23: podkey.keyd.v1.RenewalsRequest
+	(*RenewalsResponse)(nil),        // 24: podkey.keyd.v1.RenewalsResponse
+	(*Renewal)(nil),                 // 25: podkey.keyd.v1.Renewal
+	(*ForceRenewalRequest)(nil),     // 26: podkey.keyd.v1.ForceRenewalRequest
+	(*TokenKeysRequest)(nil),        // 27: podkey.keyd.v1.TokenKeysRequest
+	(*TokenKeysResponse)(nil),       // 28: podkey.keyd.v1.TokenKeysResponse
+	(*PutSecretRequest)(nil),        // 29: podkey.keyd.v1.PutSecretRequest
+	(*SecretInfo)(nil),              // 30: podkey.keyd.v1.SecretInfo
+	(*ListSecretsRequest)(nil),      // 31: podkey.keyd.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 32: podkey.keyd.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 33: podkey.keyd.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 34: podkey.keyd.v1.DeleteSecretResponse
+	(*GetPolicyRequest)(nil),        // 35: podkey.keyd.v1.GetPolicyRequest
+	(*PolicyDocument)(nil),          // 36: podkey.keyd.v1.PolicyDocument
+	(*PolicyRule)(nil),              // 37: podkey.keyd.v1.PolicyRule
+	(*PolicyRuleResponse)(nil),      // 38: podkey.keyd.v1.PolicyRuleResponse
+	(*ExportAuditRequest)(nil),      // 39: podkey.keyd.v1.ExportAuditRequest
+	(*AuditRecord)(nil),             // 40: podkey.keyd.v1.AuditRecord
+	(*VerifyAuditRequest)(nil),      // 41: podkey.keyd.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 42: podkey.keyd.v1.VerifyAuditResponse
+	(*CheckpointAuditRequest)(nil),  // 43: podkey.keyd.v1.CheckpointAuditRequest
+	(*CheckpointAuditResponse)(nil), // 44: podkey.keyd.v1.CheckpointAuditResponse
+	(*RotateKeyRequest)(nil),        // 45: podkey.keyd.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 46: podkey.keyd.v1.RotateKeyResponse
+	(*RetireKeyRequest)(nil),        // 47: podkey.keyd.v1.RetireKeyRequest
+	(*RetireKeyResponse)(nil),       // 48: podkey.keyd.v1.RetireKeyResponse
+	(*StatusRequest)(nil),           // 49: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 50: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 51: podkey.keyd.v1.KeyGenerations
+	(*ImageKeyEntry)(nil),           // 52: podkey.keyd.v1.ImageKeyEntry
+	(*UnwrapImageKeyRequest)(nil),   // 53: podkey.keyd.v1.UnwrapImageKeyRequest
+	(*UnwrapImageKeyResponse)(nil),  // 54: podkey.keyd.v1.UnwrapImageKeyResponse
+	(*ImageKeysRequest)(nil),        // 55: podkey.keyd.v1.ImageKeysRequest
+	(*ImageKey)(nil),                // 56: podkey.keyd.v1.ImageKey
+	(*ImageKeysResponse)(nil),       // 57: podkey.keyd.v1.ImageKeysResponse
+	(*CreateImageKeyRequest)(nil),   // 58: podkey.keyd.v1.CreateImageKeyRequest
+	(*BackupStoreRequest)(nil),      // 59: podkey.keyd.v1.BackupStoreRequest
+	(*BackupChunk)(nil),             // 60: podkey.keyd.v1.BackupChunk
+	(*timestamppb.Timestamp)(nil),   // 61: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
-	2,  // 0: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	3,  // 1: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	58, // 2: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	58, // 3: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	58, // 4: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
-	6,  // 5: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
-	7,  // 6: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
-	8,  // 7: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
-	9,  // 8: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
-	10, // 9: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
-	5,  // 10: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	58, // 11: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
-	2,  // 12: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	58, // 13: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
-	58, // 14: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	58, // 15: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
-	22, // 16: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
-	58, // 17: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
-	58, // 18: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
-	58, // 19: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
-	27, // 20: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	58, // 21: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
-	48, // 22: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	49, // 23: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
-	53, // 24: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
-	4,  // 25: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
-	12, // 26: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
-	14, // 27: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
-	16, // 28: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
-	24, // 29: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
-	20, // 30: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
-	17, // 31: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
-	50, // 32: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
-	52, // 33: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
-	26, // 34: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
-	28, // 35: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
-	30, // 36: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
-	32, // 37: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
-	33, // 38: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	34, // 39: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	34, // 40: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	36, // 41: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	38, // 42: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	40, // 43: podkey.keyd.v1.Admin.CheckpointAudit:input_type -> podkey.keyd.v1.CheckpointAuditRequest
-	42, // 44: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	44, // 45: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
-	23, // 46: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
-	46, // 47: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	55, // 48: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
-	56, // 49: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
-	0,  // 50: podkey.keyd.v1.Admin.GetRoster:input_type -> podkey.keyd.v1.GetRosterRequest
-	1,  // 51: podkey.keyd.v1.Admin.SetRoster:input_type -> podkey.keyd.v1.RosterDocument
-	11, // 52: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	13, // 53: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	15, // 54: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	19, // 55: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	25, // 56: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
-	21, // 57: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
-	18, // 58: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	51, // 59: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
-	54, // 60: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
-	27, // 61: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	29, // 62: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	31, // 63: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	33, // 64: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	33, // 65: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	35, // 66: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	35, // 67: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	37, // 68: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	39, // 69: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	41, // 70: podkey.keyd.v1.Admin.CheckpointAudit:output_type -> podkey.keyd.v1.CheckpointAuditResponse
-	43, // 71: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	45, // 72: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
-	22, // 73: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
-	47, // 74: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	53, // 75: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
-	57, // 76: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
-	1,  // 77: podkey.keyd.v1.Admin.GetRoster:output_type -> podkey.keyd.v1.RosterDocument
-	1,  // 78: podkey.keyd.v1.Admin.SetRoster:output_type -> podkey.keyd.v1.RosterDocument
-	52, // [52:79] is the sub-list for method output_type
-	25, // [25:52] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	61, // 0: podkey.keyd.v1.RecoveredKey.not_after:type_name -> google.protobuf.Timestamp
+	4,  // 1: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
+	5,  // 2: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
+	61, // 3: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	61, // 4: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	61, // 5: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	8,  // 6: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
+	9,  // 7: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
+	11, // 8: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
+	12, // 9: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
+	13, // 10: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
+	10, // 11: podkey.keyd.v1.Credential.tlcp:type_name -> podkey.keyd.v1.TLCPPair
+	7,  // 12: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
+	61, // 13: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	4,  // 14: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
+	61, // 15: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
+	61, // 16: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	61, // 17: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	25, // 18: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
+	61, // 19: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
+	61, // 20: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
+	61, // 21: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	30, // 22: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
+	61, // 23: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
+	51, // 24: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	52, // 25: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
+	56, // 26: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
+	6,  // 27: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
+	15, // 28: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
+	17, // 29: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
+	19, // 30: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
+	27, // 31: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
+	23, // 32: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
+	20, // 33: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
+	53, // 34: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
+	55, // 35: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
+	29, // 36: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
+	31, // 37: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
+	33, // 38: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
+	35, // 39: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
+	36, // 40: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
+	37, // 41: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	37, // 42: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	39, // 43: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	41, // 44: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	43, // 45: podkey.keyd.v1.Admin.CheckpointAudit:input_type -> podkey.keyd.v1.CheckpointAuditRequest
+	45, // 46: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	47, // 47: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
+	26, // 48: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
+	49, // 49: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	58, // 50: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
+	59, // 51: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
+	2,  // 52: podkey.keyd.v1.Admin.GetRoster:input_type -> podkey.keyd.v1.GetRosterRequest
+	3,  // 53: podkey.keyd.v1.Admin.SetRoster:input_type -> podkey.keyd.v1.RosterDocument
+	0,  // 54: podkey.keyd.v1.Admin.RecoverEscrow:input_type -> podkey.keyd.v1.RecoverEscrowRequest
+	14, // 55: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	16, // 56: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	18, // 57: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	22, // 58: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	28, // 59: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
+	24, // 60: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
+	21, // 61: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	54, // 62: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
+	57, // 63: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
+	30, // 64: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	32, // 65: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	34, // 66: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	36, // 67: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	36, // 68: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	38, // 69: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	38, // 70: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	40, // 71: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	42, // 72: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	44, // 73: podkey.keyd.v1.Admin.CheckpointAudit:output_type -> podkey.keyd.v1.CheckpointAuditResponse
+	46, // 74: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	48, // 75: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
+	25, // 76: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
+	50, // 77: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	56, // 78: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
+	60, // 79: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
+	3,  // 80: podkey.keyd.v1.Admin.GetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	3,  // 81: podkey.keyd.v1.Admin.SetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	1,  // 82: podkey.keyd.v1.Admin.RecoverEscrow:output_type -> podkey.keyd.v1.RecoveredKey
+	55, // [55:83] is the sub-list for method output_type
+	27, // [27:55] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_keyd_proto_init() }
@@ -3824,12 +4073,13 @@ func file_keyd_proto_init() {
 	if File_keyd_proto != nil {
 		return
 	}
-	file_keyd_proto_msgTypes[5].OneofWrappers = []any{
+	file_keyd_proto_msgTypes[7].OneofWrappers = []any{
 		(*Credential_ApiKey)(nil),
 		(*Credential_Certificate)(nil),
 		(*Credential_DerivedKey)(nil),
 		(*Credential_Token)(nil),
 		(*Credential_Secret)(nil),
+		(*Credential_Tlcp)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3837,7 +4087,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   58,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

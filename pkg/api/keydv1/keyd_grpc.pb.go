@@ -487,6 +487,7 @@ const (
 	Admin_BackupStore_FullMethodName      = "/podkey.keyd.v1.Admin/BackupStore"
 	Admin_GetRoster_FullMethodName        = "/podkey.keyd.v1.Admin/GetRoster"
 	Admin_SetRoster_FullMethodName        = "/podkey.keyd.v1.Admin/SetRoster"
+	Admin_RecoverEscrow_FullMethodName    = "/podkey.keyd.v1.Admin/RecoverEscrow"
 )
 
 // AdminClient is the client API for Admin service.
@@ -533,6 +534,10 @@ type AdminClient interface {
 	// SetRoster sets the approval roster: the first directly, which turns
 	// dual control on for good; every later change as an approved request.
 	SetRoster(ctx context.Context, in *RosterDocument, opts ...grpc.CallOption) (*RosterDocument, error)
+	// RecoverEscrow returns the escrowed encryption private key of a TLCP
+	// pair, by its certificate's serial: only as an approved request, and
+	// refused altogether while dual control is off.
+	RecoverEscrow(ctx context.Context, in *RecoverEscrowRequest, opts ...grpc.CallOption) (*RecoveredKey, error)
 }
 
 type adminClient struct {
@@ -741,6 +746,16 @@ func (c *adminClient) SetRoster(ctx context.Context, in *RosterDocument, opts ..
 	return out, nil
 }
 
+func (c *adminClient) RecoverEscrow(ctx context.Context, in *RecoverEscrowRequest, opts ...grpc.CallOption) (*RecoveredKey, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecoveredKey)
+	err := c.cc.Invoke(ctx, Admin_RecoverEscrow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -785,6 +800,10 @@ type AdminServer interface {
 	// SetRoster sets the approval roster: the first directly, which turns
 	// dual control on for good; every later change as an approved request.
 	SetRoster(context.Context, *RosterDocument) (*RosterDocument, error)
+	// RecoverEscrow returns the escrowed encryption private key of a TLCP
+	// pair, by its certificate's serial: only as an approved request, and
+	// refused altogether while dual control is off.
+	RecoverEscrow(context.Context, *RecoverEscrowRequest) (*RecoveredKey, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -848,6 +867,9 @@ func (UnimplementedAdminServer) GetRoster(context.Context, *GetRosterRequest) (*
 }
 func (UnimplementedAdminServer) SetRoster(context.Context, *RosterDocument) (*RosterDocument, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetRoster not implemented")
+}
+func (UnimplementedAdminServer) RecoverEscrow(context.Context, *RecoverEscrowRequest) (*RecoveredKey, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecoverEscrow not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -1180,6 +1202,24 @@ func _Admin_SetRoster_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RecoverEscrow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecoverEscrowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RecoverEscrow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RecoverEscrow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RecoverEscrow(ctx, req.(*RecoverEscrowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1250,6 +1290,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetRoster",
 			Handler:    _Admin_SetRoster_Handler,
+		},
+		{
+			MethodName: "RecoverEscrow",
+			Handler:    _Admin_RecoverEscrow_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
