@@ -37,7 +37,9 @@ func OpenTLCP(resp, caBundlePEM []byte, signKey crypto.Signer) (TLCPPair, error)
 		return TLCPPair{}, errors.New("tlcp: keyd's CSR response lacks the encryption key or a certificate")
 	}
 	defer r.EncryptPrivateKey.D.SetInt64(0)
-	certPEM := func(c *smx509.Certificate) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}) }
+	certPEM := func(c *smx509.Certificate) []byte {
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
 	p := TLCPPair{SignCertPEM: certPEM(r.SignCerts[0]), EncCertPEM: certPEM(r.EncryptCerts[0])}
 	if err := CheckCertificate(p.SignCertPEM, caBundlePEM, signKey); err != nil {
 		return TLCPPair{}, fmt.Errorf("tlcp: signing certificate: %w", err)
