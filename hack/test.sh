@@ -16,6 +16,7 @@ echo "== gofmt and go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 [ -z "$unformatted" ] || { echo "gofmt needed: $unformatted"; exit 1; }
 go vet ./...
+(cd e2e/tlcpinterop && go vet ./...) # its own module: the independent TLCP stack
 
 echo "== generated API code is current"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -292,3 +292,53 @@ func TestEvidenceBundle(t *testing.T) {
 		t.Errorf("an approval's signer renamed: %d %s", code, out)
 	}
 }
+
+// TestTLCPRecoverCommand: podkey tlcp recover is refused while dual
+// control is off, and under it works only as an approved request, writing
+// the key to a new 0600 file.
+func TestTLCPRecoverCommand(t *testing.T) {
+	e := keydtest.Start(t, nil)
+	sock := "--socket=" + e.Opts.Socket
+	dir := t.TempDir()
+	if r := podkey(t, "", "issue", sock, "--object=link:tlcp", "--namespace=payments", "--service-account=payments"); r.code != 0 {
+		t.Fatalf("issue: %+v", r)
+	}
+	serial := regexp.MustCompile(`escrow:([0-9a-f]+)`).FindStringSubmatch(strings.Join(e.AuditLines(), "\n"))
+	if serial == nil {
+		t.Fatal("no escrow in the audit")
+	}
+	out := filepath.Join(dir, "key.pem")
+	if r := podkey(t, "", "tlcp", "recover", sock, serial[1], "--reason=case 1", "-o", out); r.code != command.ExitInvalid || !strings.Contains(r.stderr, "needs dual control") {
+		t.Fatalf("recovery without a roster: %+v", r)
+	}
+	tm := approvaltest.New(t, suite.Intl, "")
+	if _, err := e.Admin.SetRoster(context.Background(), &keydv1.RosterDocument{Yaml: tm.YAML}); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := func(name string) string {
+		der, _ := smx509.MarshalPKCS8PrivateKey(tm.Keys[name])
+		p := filepath.Join(dir, name+".key")
+		_ = os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+		return p
+	}
+	req := filepath.Join(dir, "recover.json")
+	args := []string{"tlcp", "recover", sock, serial[1], "--reason=case 1", "-o", out}
+	if r := podkey(t, "", append(args, "--request-out="+req, "--request-as=dan", "--request-key="+keyFile("dan"))...); r.code != 0 {
+		t.Fatalf("request: %+v", r)
+	}
+	for _, a := range []string{"ann/key-admin", "bob/key-admin", "eve/security-officer"} {
+		name, role, _ := strings.Cut(a, "/")
+		if r := podkey(t, "", "approval", "sign", req, "--as="+name, "--role="+role, "--key="+keyFile(name)); r.code != 0 {
+			t.Fatalf("sign: %+v", r)
+		}
+	}
+	if r := podkey(t, "", append(args, "--approval="+req)...); r.code != 0 || !strings.Contains(r.stdout, "recovered the encryption key of "+serial[1]+" (pod payments/") {
+		t.Fatalf("recover: %+v", r)
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the key file: %v %v", fi, err)
+	}
+	if b, _ := os.ReadFile(out); !strings.HasPrefix(string(b), "-----BEGIN PRIVATE KEY-----") {
+		t.Fatal("no key written")
+	}
+}

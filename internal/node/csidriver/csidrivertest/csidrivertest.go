@@ -81,6 +81,7 @@ var Classes = spc.Static{
 			"- {name: card-key, kind: derivedKey}"),
 	"payments/all-optional": Class("payments", "all-optional", "podkey", "- {name: later, kind: secret, optional: true}"),
 	"shop/optional":         Class("shop", "optional", "podkey", "- {name: ledger-api, kind: apiKey, optional: true}"),
+	"payments/tlcp":         Class("payments", "tlcp", "podkey", "- {name: link, kind: tlcp, ttl: 2h}"),
 	"payments/keystores": Class("payments", "keystores", "podkey",
 		"- {name: web, kind: certificate, format: [pem, pkcs12, jks, truststore]}\n- {name: java-only, kind: certificate, format: jks}"),
 }
