@@ -419,6 +419,8 @@ func kindCases(tok *hsm.Token) ([]kindCase, error) {
 		{"derivedKey gm", object.Spec{Name: "d", Kind: object.DerivedKey, Suite: suite.GM}, gmMAC, gmMACOps},
 		{"certificate intl", object.Spec{Name: "c", Kind: object.Certificate}, "HSM ECDSA P-256 sign", 1},
 		{"certificate gm", object.Spec{Name: "c", Kind: object.Certificate, Algorithm: "sm2"}, names.gmSign, gmSignOps},
+		// Two CA signatures, the KEK wrapping the escrow, a store write.
+		{"tlcp pair", object.Spec{Name: "l", Kind: object.TLCP}, names.gmSign, 2 * gmSignOps},
 		{"token intl", object.Spec{Name: "t", Kind: object.Token}, "HSM ECDSA P-256 sign", 1},
 		{"token gm", object.Spec{Name: "t", Kind: object.Token, Suite: suite.GM}, names.gmSign, gmSignOps},
 		{"secret", object.Spec{Name: "db", Kind: object.Secret}, names.kek, 1},
