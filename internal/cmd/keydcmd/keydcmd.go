@@ -103,6 +103,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.local.KeyFile, "service-account-key-file", "", "the issuer's public keys (JWK Set or PEM), for clusters that do not serve /openid/v1/jwks (default: read from the API server)")
 	fs.StringVar(&f.caConfigMap, "ca-configmap", os.Getenv("PODKEY_CA_CONFIGMAP"), "publish the CA certificates in this ConfigMap, namespace/name (keys "+trustbundle.KeyIntl+", "+trustbundle.KeyGM+"), for clients to verify keyd")
 	fs.DurationVar(&o.NodeCertTTL, "node-cert-ttl", time.Hour, "life of node agents' client certificates")
+	fs.DurationVar(&o.EscrowRetention, "tlcp-escrow-retention", 400*24*time.Hour, "how long a TLCP encryption key stays escrowed after its issuance before it is destroyed (audited)")
 	fs.DurationVar(&o.CheckpointInterval, "audit-checkpoint-interval", time.Minute, "append an HSM-signed audit checkpoint this often when records were added (negative: only on demand)")
 	fs.StringVar(&o.CheckpointDir, "audit-checkpoint-dir", os.Getenv("PODKEY_AUDIT_CHECKPOINT_DIR"), "also write every audit checkpoint here as a file, for shipping off the host (env PODKEY_AUDIT_CHECKPOINT_DIR)")
 	fs.StringVar((*string)(&o.CheckpointSuite), "audit-checkpoint-suite", "", "sign audit checkpoints with gm (SM3, SM2) or intl (SHA-256, ECDSA P-256); default gm when the module holds the gm signing key, else intl")
