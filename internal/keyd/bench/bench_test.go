@@ -24,7 +24,7 @@ func testRunProducesEveryRow(t *testing.T, m hsmtest.Module) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 6+9+2 {
+	if len(res) != 6+10+2 { // raw operations, kinds (tlcp among them), verification
 		t.Fatalf("%d rows", len(res))
 	}
 	for _, r := range res {
@@ -35,7 +35,7 @@ func testRunProducesEveryRow(t *testing.T, m hsmtest.Module) {
 			t.Errorf("%s: no CPU for %s", r.Name, r.Limit)
 		}
 	}
-	if !strings.Contains(out.String(), "issue certificate gm") || !strings.Contains(out.String(), "verify signed request (durable nonce)") ||
+	if !strings.Contains(out.String(), "issue certificate gm") || !strings.Contains(out.String(), "issue tlcp pair") || !strings.Contains(out.String(), "verify signed request (durable nonce)") ||
 		!strings.Contains(out.String(), "CPU beyond it") {
 		t.Fatalf("table:\n%s", out.String())
 	}
