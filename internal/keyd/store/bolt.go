@@ -79,7 +79,7 @@ func OpenBolt(path string) (*Bolt, error) {
 	}
 	var id []byte
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods, bucketNonces, bucketRenewals} {
+		for _, b := range [][]byte{bucketMeta, bucketSecrets, bucketRevocations, bucketAudit, bucketPods, bucketNonces, bucketRenewals, bucketLeases} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

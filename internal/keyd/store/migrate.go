@@ -19,6 +19,7 @@ type State struct {
 	Renewals    []Renewal
 	Bindings    []PodBinding
 	Nonces      []Nonce
+	Leases      []Lease
 }
 
 // State reads everything but the audit log in one read transaction,
@@ -39,6 +40,7 @@ func (b *Bolt) State(context.Context) (State, error) {
 			each(bucketSecrets, appendJSON(&st.Secrets)),
 			each(bucketRevocations, appendJSON(&st.Revocations)),
 			each(bucketRenewals, appendJSON(&st.Renewals)),
+			each(bucketLeases, appendJSON(&st.Leases)),
 			each(bucketPods, func(k, v []byte) error {
 				var pb podBinding
 				if err := json.Unmarshal(v, &pb); err != nil {
@@ -124,6 +126,13 @@ func (p *Postgres) Import(ctx context.Context, st State, scan func(fn func(Audit
 		}
 		for _, n := range st.Nonces {
 			b.Queue(`INSERT INTO nonces (key, until) VALUES ($1, $2)`, n.Key[:], n.Until.UnixNano())
+		}
+		for _, l := range st.Leases {
+			doc, err := json.Marshal(l)
+			if err != nil {
+				return err
+			}
+			b.Queue(`INSERT INTO leases (key, pod_uid, doc, version) VALUES ($1, $2, $3, $4)`, l.Key, l.PodUID, doc, l.Version)
 		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err

@@ -152,5 +152,7 @@ type Store interface {
 	LastAudit(ctx context.Context) (AuditEntry, error)
 	ScanAudit(ctx context.Context, from uint64, fn func(AuditEntry) error) error
 
+	Leases
+
 	Close() error
 }

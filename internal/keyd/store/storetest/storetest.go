@@ -40,6 +40,7 @@ func Run(t *testing.T, o Opener) {
 		{"NoncesAreRememberedUntilTheirTime", noncesAreRememberedUntilTheirTime},
 		{"ANonceIsClaimedOnce", aNonceIsClaimedOnce},
 		{"ConcurrentSealedAppendsChainOntoTheTrueTail", concurrentSealedAppendsChainOntoTheTrueTail},
+		{"LeasesAreOnePerPodAndSwappedByVersion", leasesAreOnePerPodAndSwappedByVersion},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, o) })
 	}
