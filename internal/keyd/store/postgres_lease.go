@@ -117,4 +117,3 @@ func (p *Postgres) leaseMiss(ctx context.Context, key string) error {
 	}
 	return fmt.Errorf("lease %s: %w", key, ErrChanged)
 }
-
