@@ -53,6 +53,9 @@ const (
 	ActionRosterSet       = "approval.roster"
 	ActionEscrowRecover   = "tlcp.escrow.recover"
 	ActionEscrowDestroy   = "tlcp.escrow.destroy"
+	ActionDatabasePut     = "database.put"
+	ActionDatabaseDelete  = "database.delete"
+	ActionDatabaseRevoke  = "database.revoke" // a pod's login dropped, its sessions ended
 )
 
 // Results.

@@ -152,6 +152,14 @@ func testOperations(t *testing.T, m hsmtest.Module) {
 	if _, err := tok.HMACSHA256(ctx, "absent", nil); !errors.Is(err, hsm.ErrObjectNotFound) {
 		t.Fatalf("absent key: %v", err)
 	}
+
+	r1, err := tok.Random(ctx, 32)
+	must(t, err)
+	r2, err := tok.Random(ctx, 32)
+	must(t, err)
+	if len(r1) != 32 || bytes.Equal(r1, r2) || bytes.Equal(r1, make([]byte, 32)) {
+		t.Fatalf("random bytes: %x %x", r1, r2)
+	}
 }
 
 func TestDataObjects(t *testing.T) { hsmtest.Each(t, testDataObjects) }

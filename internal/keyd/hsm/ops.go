@@ -373,3 +373,21 @@ func (s *SM2Signer) Sign(_ io.Reader, msg []byte, opts crypto.SignerOpts) ([]byt
 	}
 	return rawToASN1(rs)
 }
+
+// Random returns n bytes from the module's random number generator
+// (C_GenerateRandom).
+func (t *Token) Random(ctx context.Context, n int) ([]byte, error) {
+	var out []byte
+	err := t.do(ctx, func(sh pkcs11.SessionHandle) error {
+		var err error
+		out, err = t.p.GenerateRandom(sh, n)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hsm: generate random: %w", err)
+	}
+	if len(out) != n {
+		return nil, fmt.Errorf("hsm: generate random: %d bytes of %d", len(out), n)
+	}
+	return out, nil
+}

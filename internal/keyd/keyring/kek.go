@@ -119,6 +119,10 @@ var copySuffixRE = regexp.MustCompile(`#kek[0-9]+$`)
 // baseLabel strips a copy's suffix.
 func baseLabel(label string) string { return copySuffixRE.ReplaceAllString(label, "") }
 
+// LeaseAAD binds a database lease's wrapped password to the lease and
+// its login.
+func LeaseAAD(key, role string) []byte { return SecretAAD("podkey:lease", key+"/"+role) }
+
 // SecretAAD binds an enrolled secret's wrapped value to its namespace and
 // name.
 func SecretAAD(namespace, name string) []byte {

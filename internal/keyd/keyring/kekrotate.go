@@ -16,6 +16,7 @@ type KEKRotation struct {
 	Generation      int // the KEK generation everything is wrapped under now
 	TokenObjects    int // token values re-wrapped by this run
 	Secrets         int // enrolled secrets re-wrapped by this run
+	Leases          int // database leases' passwords re-wrapped by this run
 	DestroyedKEKs   []int
 	DestroyedCopies int // superseded token copies destroyed
 }
@@ -25,6 +26,10 @@ type SecretStore interface {
 	Secrets(ctx context.Context, namespace string) ([]store.Secret, error)
 	Secret(ctx context.Context, namespace, name string) (store.Secret, error)
 	RewrapSecret(ctx context.Context, namespace, name string, oldWrapped, newWrapped []byte) error
+	// Database leases hold their logins' passwords wrapped (LeaseAAD).
+	ListLeases(ctx context.Context, podUID string) ([]store.Lease, error)
+	Lease(ctx context.Context, key string) (store.Lease, error)
+	UpdateLease(ctx context.Context, l store.Lease) (store.Lease, error)
 }
 
 // rotateKEKStep, when set (tests), is called after each step of RotateKEK
@@ -47,6 +52,7 @@ func (kr *Keyring) RotateKEK(ctx context.Context, st SecretStore) (KEKRotation, 
 		{"generated", ro.start},
 		{"", ro.rewrapTokenObjects}, // steps "token object", one per value
 		{"", ro.rewrapSecrets},      // steps "secret", one per secret
+		{"", ro.rewrapLeases},       // steps "lease", one per lease
 		{"verified", ro.verify},
 		{"copies destroyed", ro.destroyCopies},
 		{"", ro.destroyOldGenerations},
@@ -187,6 +193,59 @@ func (ro *kekRotation) rewrapSecret(ctx context.Context, namespace, name string)
 	}
 }
 
+// rewrapLeases re-wraps every database lease's password under the new
+// generation, each only while the lease is unchanged.
+func (ro *kekRotation) rewrapLeases(ctx context.Context) error {
+	leases, err := ro.st.ListLeases(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		if err := ro.rewrapLease(ctx, l.Key); err != nil {
+			return err
+		}
+		if err := ro.step("lease"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (ro *kekRotation) rewrapLease(ctx context.Context, key string) error {
+	tok := ro.kr.tok
+	for attempt := 0; ; attempt++ {
+		cur, err := ro.st.Lease(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if g, _ := wrappedGeneration(cur.Wrapped); g == ro.gen {
+			return nil
+		}
+		aad := LeaseAAD(cur.Key, cur.Role)
+		pt, err := unwrapAny(ctx, tok, cur.Wrapped, aad)
+		if err != nil {
+			return fmt.Errorf("keyring: lease %s: %w", key, err)
+		}
+		cur.Wrapped, err = wrapUnder(ctx, tok, ro.gen, pt, aad)
+		secmem.Zero(pt)
+		if err != nil {
+			return err
+		}
+		_, err = ro.st.UpdateLease(ctx, cur)
+		if (errors.Is(err, store.ErrChanged) || errors.Is(err, store.ErrNotFound)) && attempt < 5 {
+			continue // renewed or revoked meanwhile: look again
+		}
+		if err != nil {
+			return err
+		}
+		ro.r.Leases++
+		return nil
+	}
+}
+
 // verify checks that everything opens under the new generation before
 // anything goes.
 func (ro *kekRotation) verify(ctx context.Context) error {
@@ -270,6 +329,22 @@ func secretsUnder(ctx context.Context, st SecretStore, gen int) error {
 		}
 		if g, _ := wrappedGeneration(cur.Wrapped); g != gen {
 			return fmt.Errorf("keyring: secret %s/%s is still wrapped under KEK generation %d (run the rotation again)", s.Namespace, s.Name, g)
+		}
+	}
+	leases, err := st.ListLeases(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		cur, err := st.Lease(ctx, l.Key)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if g, _ := wrappedGeneration(cur.Wrapped); g != gen {
+			return fmt.Errorf("keyring: database lease %s is still wrapped under KEK generation %d (run the rotation again)", l.Key, g)
 		}
 	}
 	return nil

@@ -211,3 +211,8 @@ func TokenAuditKeys(tok *hsm.Token) audit.Keys {
 		return g
 	})
 }
+
+// Random returns n bytes from the HSM's random number generator.
+func (kr *Keyring) Random(ctx context.Context, n int) ([]byte, error) {
+	return kr.tok.Random(ctx, n)
+}

@@ -55,10 +55,12 @@ type PostgresOptions struct {
 // PostgreSQL over TCP without verified TLS.
 var ErrInsecureTransport = errors.New("store: PostgreSQL over TCP needs sslmode=verify-full (or verify-ca) with sslrootcert: the store is what authorizes, and a connection that accepts any server (sslmode disable, allow, prefer, or require without sslrootcert) lets whoever sits on the path answer for it")
 
-// poolConfig parses conn (a libpq keyword string or URL, the PG*
+// PoolConfig parses conn (a libpq keyword string or URL, the PG*
 // environment variables included) and sets keyd's session limits. It
-// never quotes conn: it may hold a password.
-func poolConfig(conn string, o PostgresOptions) (*pgxpool.Config, error) {
+// never quotes conn: it may hold a password. Every PostgreSQL keyd
+// reaches goes through it: its store and the databases of database
+// credentials.
+func PoolConfig(conn string, o PostgresOptions) (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(conn)
 	if err != nil {
 		// pgx's parse errors can quote the string; say only that it is bad.

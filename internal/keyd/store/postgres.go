@@ -70,7 +70,7 @@ const migrationLock = 0x706f646b6579 // "podkey"
 // logged: it may hold a password), refusing TCP without verified TLS
 // unless o says otherwise, and brings the schema up to date.
 func OpenPostgres(ctx context.Context, conn string, o PostgresOptions) (*Postgres, error) {
-	cfg, err := poolConfig(conn, o)
+	cfg, err := PoolConfig(conn, o)
 	if err != nil {
 		return nil, err
 	}
