@@ -6,7 +6,8 @@
 # cryptography (the reference request signer and token
 # verifier in docs/examples/python, checked against keyd by the tests; the
 # evidence verifier hack/evidence/verify.py needs only python3), and
-# PostgreSQL (the store's second implementation, tested on a real server).
+# PostgreSQL (the store's second implementation, tested on a real server)
+# and MariaDB (per-pod database logins are tested on both engines).
 # Go tools (helm among them) are pinned in go.mod; the Kubernetes
 # components are built by hack/kube-binaries.sh.
 set -euo pipefail
@@ -24,6 +25,7 @@ command -v runc >/dev/null || need+=(runc)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql) # the store's PostgreSQL tests
+command -v mariadbd >/dev/null || need+=(mariadb-server) # per-pod database logins are tested on a real MariaDB
 # keystores: keytool reads them and a Java program (run from source, so
 # the JDK's compiler module) uses them for a TLS handshake
 case "$(command -v keytool >/dev/null && java --list-modules 2>/dev/null)" in

@@ -24,6 +24,7 @@ import (
 type mysqlEngine struct {
 	name, group string
 	db          *sql.DB
+	cfg         *mysql.Config
 	mariadb     bool
 }
 
@@ -51,6 +52,12 @@ func mysqlConfig(c *Connection, admin string) (*mysql.Config, error) {
 	return cfg, nil
 }
 
+func init() {
+	// The driver's own logger prints connection errors to stderr, beside
+	// keyd's structured log; keyd logs them itself, with the step.
+	_ = mysql.SetLogger(&mysql.NopLogger{})
+}
+
 func openMySQL(ctx context.Context, c *Connection, admin string) (*mysqlEngine, error) {
 	cfg, err := mysqlConfig(c, admin)
 	if err != nil {
@@ -63,7 +70,7 @@ func openMySQL(ctx context.Context, c *Connection, admin string) (*mysqlEngine, 
 	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(4)
 	db.SetConnMaxIdleTime(time.Minute)
-	return &mysqlEngine{name: c.Name, group: c.GroupRole, db: db}, nil
+	return &mysqlEngine{name: c.Name, group: c.GroupRole, db: db, cfg: cfg}, nil
 }
 
 func mysqlDefaults(admin string) (host string, port int, db string, ok bool) {
@@ -134,16 +141,14 @@ func (m *mysqlEngine) Check(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
+	// The roles the admin may grant: the group must be one of them.
 	var n int
-	q := `SELECT count(*) FROM mysql.user WHERE User = ? AND Host = ''` // MariaDB roles
-	if !m.mariadb {
-		q = `SELECT count(*) FROM mysql.user WHERE User = ? AND Host = '%' AND account_locked = 'Y'` // MySQL roles
-	}
+	q := `SELECT count(*) FROM information_schema.APPLICABLE_ROLES WHERE ROLE_NAME = ? AND IS_GRANTABLE = 'YES'`
 	if err := m.db.QueryRowContext(ctx, q, m.group).Scan(&n); err != nil {
 		return m.fail("look up group role", err)
 	}
 	if n == 0 {
-		return fmt.Errorf("%w: database %q: group role %q does not exist", ErrInvalid, m.name, m.group)
+		return fmt.Errorf("%w: database %q: group role %q does not exist or the admin account holds it without ADMIN OPTION", ErrInvalid, m.name, m.group)
 	}
 	return nil
 }
@@ -153,12 +158,10 @@ func (m *mysqlEngine) Ensure(ctx context.Context, user string, password []byte, 
 		return err
 	}
 	ident := "IDENTIFIED BY PASSWORD " + mysqlString(nativeHash(password))
-	setDefault := "SET DEFAULT ROLE " + mysqlIdent(m.group) + " FOR " + account(user)
 	if !m.mariadb {
 		// MySQL 8 takes the password itself (caching_sha2_password) and
 		// rewrites it out of its logs.
 		ident = "IDENTIFIED BY " + mysqlString(string(password))
-		setDefault = "SET DEFAULT ROLE " + mysqlIdent(m.group) + " TO " + account(user)
 	}
 	if err := m.exec(ctx, "create login", "CREATE USER IF NOT EXISTS "+account(user)+" "+ident); err != nil {
 		return err
@@ -169,7 +172,31 @@ func (m *mysqlEngine) Ensure(ctx context.Context, user string, password []byte, 
 	if err := m.exec(ctx, "grant group", "GRANT "+mysqlIdent(m.group)+" TO "+account(user)); err != nil {
 		return err
 	}
-	return m.exec(ctx, "default role", setDefault)
+	if !m.mariadb {
+		return m.exec(ctx, "default role", "SET DEFAULT ROLE "+mysqlIdent(m.group)+" TO "+account(user))
+	}
+	// MariaDB lets only a writer of the mysql schema set another
+	// account's default role, a privilege the admin account should not
+	// hold; the login sets its own, which also proves it can log in.
+	return m.asLogin(ctx, user, password, "SET DEFAULT ROLE "+mysqlIdent(m.group))
+}
+
+// asLogin runs one statement as the login itself, over the admin
+// connection's address and TLS settings.
+func (m *mysqlEngine) asLogin(ctx context.Context, user string, password []byte, stmt string) error {
+	cfg := m.cfg.Clone()
+	cfg.User, cfg.Passwd = user, string(password)
+	conn, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return m.fail("default role", err)
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	_, err = db.ExecContext(ctx, stmt)
+	return m.fail("default role", err)
 }
 
 func (m *mysqlEngine) Extend(context.Context, string, time.Time) error { return nil }

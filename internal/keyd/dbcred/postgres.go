@@ -112,9 +112,9 @@ func (p *postgres) Ensure(ctx context.Context, role string, password []byte, unt
 	if err != nil {
 		return err
 	}
-	attrs := "LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD " + literal(verifier) + " VALID UNTIL " + pgTime(until)
+	attrs := "LOGIN PASSWORD " + literal(verifier) + " VALID UNTIL " + pgTime(until)
 	if !ok {
-		err := p.exec(ctx, "create login", "CREATE ROLE "+ident(role)+" "+attrs+" IN ROLE "+ident(p.group))
+		err := p.exec(ctx, "create login", "CREATE ROLE "+ident(role)+" INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "+attrs+" IN ROLE "+ident(p.group))
 		var d *dbError
 		if !errors.As(err, &d) || d.code != "SQLSTATE 42710" { // created meanwhile: alter it below
 			return err

@@ -52,7 +52,15 @@ func binDir() (string, error) {
 // Start runs a server until the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	return start(t, false, false)
+	return start(t, false, false, false)
+}
+
+// StartWithPasswords runs a server whose unix socket trusts the
+// superuser podkey (ConnString) and asks every other role for its
+// password (SCRAM-SHA-256): for tests of logins made for pods.
+func StartWithPasswords(t testing.TB) *Server {
+	t.Helper()
+	return start(t, false, false, true)
 }
 
 // StartDurable runs a server that syncs every commit to disk, as in
@@ -60,7 +68,7 @@ func Start(t testing.TB) *Server {
 // Start's server skips fsync to keep tests fast.
 func StartDurable(t testing.TB) *Server {
 	t.Helper()
-	return start(t, false, true)
+	return start(t, false, true, false)
 }
 
 // StartTLS runs a server that takes TCP connections on 127.0.0.1 only
@@ -68,10 +76,10 @@ func StartDurable(t testing.TB) *Server {
 // its own (CAFile), as a managed database would; TLSConnString reaches it.
 func StartTLS(t testing.TB) *Server {
 	t.Helper()
-	return start(t, true, false)
+	return start(t, true, false, false)
 }
 
-func start(t testing.TB, withTLS, durable bool) *Server {
+func start(t testing.TB, withTLS, durable, passwords bool) *Server {
 	bin, err := binDir()
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +108,15 @@ func start(t testing.TB, withTLS, durable bool) *Server {
 	s.run(t, "initdb", "-D", s.data(), "-U", "podkey", "--auth=trust", "-E", "UTF8", "--no-sync")
 	if withTLS {
 		s.configureTLS(t)
+	}
+	if passwords {
+		hba := "local all podkey trust\nlocal all all scram-sha-256\n"
+		if err := os.WriteFile(filepath.Join(s.data(), "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if s.cred != nil {
+			_ = os.Chown(filepath.Join(s.data(), "pg_hba.conf"), int(s.cred.Uid), int(s.cred.Gid))
+		}
 	}
 	s.Start(t)
 	t.Cleanup(func() {
@@ -144,6 +161,9 @@ func (s *Server) run(t testing.TB, prog string, args ...string) {
 		t.Fatalf("%s: %v\n%s\n%s", prog, err, out, log)
 	}
 }
+
+// Socket is the directory of the server's unix socket, and its port.
+func (s *Server) Socket() (dir string, port int) { return s.dir, s.port }
 
 // ConnString is the connection string of database db.
 func (s *Server) ConnString(db string) string {
