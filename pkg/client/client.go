@@ -154,6 +154,22 @@ func (v *Volume) Token(name string) (string, error) {
 	return string(b), err
 }
 
+// Database returns the pod's current login of a database object (re-read
+// on each call, so a new password after a renewal is followed); zero its
+// Password when done.
+func (v *Volume) Database(name string) (podfiles.DatabaseLogin, error) {
+	b, err := v.fileCopy(name, "database")
+	if err != nil {
+		return podfiles.DatabaseLogin{}, err
+	}
+	defer clear(b)
+	d, err := podfiles.ParseDatabaseLogin(b)
+	if err != nil {
+		return podfiles.DatabaseLogin{}, fmt.Errorf("database %q: %w", name, err)
+	}
+	return d, nil
+}
+
 // APIKey is an API key as read from the volume.
 type APIKey struct {
 	ID     string

@@ -31,10 +31,14 @@ const (
 	// the node, an encryption key made and escrowed by keyd (the KMC),
 	// both SM2.
 	TLCP Kind = "tlcp"
+	// Database is a login of the pod's own on a database connection an
+	// administrator defined in keyd (the object's name names it): one
+	// file of user, password, host, port, database and url lines.
+	Database Kind = "database"
 )
 
 // Kinds lists every kind.
-var Kinds = []Kind{APIKey, Certificate, DerivedKey, Token, Secret, TLCP}
+var Kinds = []Kind{APIKey, Certificate, DerivedKey, Token, Secret, TLCP, Database}
 
 // NeedsCSR reports whether the node sends a certificate request for the
 // kind (a key pair it generates): certificate and tlcp.
@@ -47,7 +51,7 @@ func ParseKind(s string) (Kind, error) {
 			return k, nil
 		}
 	}
-	return "", fmt.Errorf("unknown kind %q (want one of apiKey, certificate, derivedKey, token, secret, tlcp)", s)
+	return "", fmt.Errorf("unknown kind %q (want one of apiKey, certificate, derivedKey, token, secret, tlcp, database)", s)
 }
 
 // Scopes of a derivedKey.

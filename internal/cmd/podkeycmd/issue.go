@@ -152,7 +152,9 @@ type issuedView struct {
 	Subject     string    `json:"certificateSubject,omitempty"`
 	// Chain is a certificate, then the CA bundle that verifies it (PEM):
 	// public, and what the private key in Secret is used with.
-	Chain  string `json:"certificateChain,omitempty"`
+	Chain string `json:"certificateChain,omitempty"`
+	// Login names a database login (the password is its Secret).
+	Login  string `json:"databaseLogin,omitempty"`
 	Secret string `json:"secret"`
 }
 
@@ -197,6 +199,10 @@ func newIssuedView(c *keydv1.Credential, key crypto.Signer, reveal bool) issuedV
 		secret = []byte(p.Token.Jwt)
 	case *keydv1.Credential_Secret:
 		secret = p.Secret.Value
+	case *keydv1.Credential_Database:
+		d := p.Database
+		v.Login = fmt.Sprintf("%s user %s at %s:%d/%s", d.Engine, d.User, d.Host, d.Port, d.Database)
+		secret = d.Password
 	}
 	if size < 0 {
 		size = len(secret)

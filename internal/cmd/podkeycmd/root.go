@@ -78,6 +78,6 @@ Commands that manage keyd's state talk to keyd over its local unix socket
 	var cf clientFlags
 	cf.register(root)
 	root.AddCommand(newHSMCommand(&cf), newSecretCommand(&cf), newPolicyCommand(&cf), newIssueCommand(&cf),
-		newVerifyCommand(&cf), newRevokeCommand(&cf), newAuditCommand(&cf), newCACommand(&cf), newTokenCommand(&cf), newRenewCommand(&cf), newStoreCommand(&cf), newBenchCommand(), newImageCommand(&cf), newHealthCommand(&cf), newApprovalCommand(&cf), newTLCPCommand(&cf))
+		newVerifyCommand(&cf), newRevokeCommand(&cf), newAuditCommand(&cf), newCACommand(&cf), newTokenCommand(&cf), newRenewCommand(&cf), newStoreCommand(&cf), newBenchCommand(), newImageCommand(&cf), newHealthCommand(&cf), newApprovalCommand(&cf), newTLCPCommand(&cf), newDatabaseCommand(&cf))
 	return root
 }

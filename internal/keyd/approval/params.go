@@ -52,11 +52,12 @@ func Attach(m proto.Message, doc []byte) bool {
 
 // Params are request m's parameters as approved: its protobuf JSON
 // mapping, canonical, without the approval and without a secret value
-// (PutSecret's value is given at execution, never signed or audited).
+// (PutSecret's value and PutDatabase's admin connection string are given
+// at execution, never signed or audited).
 func Params(m proto.Message) ([]byte, error) {
 	c := proto.Clone(m)
 	r := c.ProtoReflect()
-	for _, name := range []protoreflect.Name{"approval", "value"} {
+	for _, name := range []protoreflect.Name{"approval", "value", "admin_connection"} {
 		if f := field(c, name); f != nil {
 			r.Clear(f)
 		}

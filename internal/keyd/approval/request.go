@@ -26,6 +26,7 @@ var Operations = []string{
 	"RotateKey", "RetireKey", "CreateImageKey", // every root key, the KEK and the audit key
 	"SetPolicy", "AddPolicyRule", "RemovePolicyRule",
 	"PutSecret", "DeleteSecret",
+	"PutDatabase", "DeleteDatabase", // connections pods get logins on
 	"ForceRenewal", // of a namespace or everything; one pod's needs none
 	"BackupStore", "RestoreStore",
 	"SetRoster",     // people, roles, rules, re-arming break-glass

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/podkey/podkey/internal/keyd/dbcred"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/store"
 	"github.com/podkey/podkey/pkg/object"
@@ -39,6 +40,8 @@ type Issued struct {
 	// key enveloped to the node's signing key) and the escrow's serial.
 	CSRResponse  []byte
 	EscrowSerial string
+	// database: the pod's own login (Login.Password is secret).
+	Login *dbcred.Login
 }
 
 // Zero overwrites the secret fields.
@@ -46,6 +49,9 @@ func (c *Issued) Zero() {
 	clear(c.SecretKey)
 	clear(c.Key)
 	clear(c.Value)
+	if c.Login != nil {
+		clear(c.Login.Password)
+	}
 	c.Token = ""
 }
 
@@ -68,6 +74,8 @@ type Options struct {
 	Issuer string
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Databases issues database objects. Default: none (they are refused).
+	Databases *dbcred.Manager
 }
 
 // Issuer mints credentials.
@@ -116,6 +124,8 @@ func (is *Issuer) Issue(ctx context.Context, id pod.Identity, spec object.Spec, 
 		err = is.token(id, spec, &c)
 	case object.Secret:
 		err = is.secret(ctx, id, spec, &c)
+	case object.Database:
+		err = is.database(ctx, id, spec, &c)
 	default:
 		err = fmt.Errorf("%w: unknown kind %q", ErrInvalid, spec.Kind)
 	}

@@ -144,3 +144,23 @@ func (is *Issuer) token(id pod.Identity, spec object.Spec, c *Issued) error {
 	c.Token, err = jws.Sign(spec.Suite, signer, KeyID(spec.Suite, c.Generation), body)
 	return err
 }
+
+// database answers with the pod's lease of the connection the object
+// names: the same login on every publish until its renewal time. An
+// operator's renewal or a revocation of the pod since its password was
+// set gives it a new password.
+func (is *Issuer) database(ctx context.Context, id pod.Identity, spec object.Spec, c *Issued) error {
+	if is.opts.Databases == nil {
+		return fmt.Errorf("%w: this keyd issues no database logins", ErrInvalid)
+	}
+	cutoff, err := is.st.RevokedAt(ctx, id.Namespace, id.ServiceAccount, id.UID, is.opts.Now())
+	if err != nil {
+		return err
+	}
+	l, err := is.opts.Databases.Issue(ctx, id, spec.Name, spec.TTL, cutoff)
+	if err != nil {
+		return err
+	}
+	c.Login, c.IssuedAt, c.Expiry = &l, l.Since, l.Expiry
+	return nil
+}

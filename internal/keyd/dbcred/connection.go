@@ -17,12 +17,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"time"
 
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/store"
 	"github.com/podkey/podkey/pkg/object"
+	"github.com/podkey/podkey/pkg/podfiles"
 )
 
 // DatabaseNamespace holds connection definitions. No Kubernetes
@@ -145,6 +147,15 @@ func (c *Connection) Normalize() error {
 	}
 	if c.Host == "" || c.Database == "" {
 		return fmt.Errorf("%w: database %q: pods need a host and a database (set host and database)", ErrInvalid, c.Name)
+	}
+	if _, err := url.ParseQuery(c.Params); err != nil {
+		return fmt.Errorf("%w: database %q: params must be a URL query (e.g. sslmode=verify-full)", ErrInvalid, c.Name)
+	}
+	// What the pod's file carries (podfiles.DatabaseLogin).
+	probe := podfiles.DatabaseLogin{Engine: c.Engine, User: c.UserPrefix, Password: []byte("x"), Host: c.Host,
+		Port: c.Port, Database: c.Database, Params: c.Params}
+	if _, err := probe.Marshal(); err != nil {
+		return fmt.Errorf("%w: database %q: host, database and params must be printable ASCII without white space or quotes, and make a valid URL", ErrInvalid, c.Name)
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package dbcred_test
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,122 +13,14 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/go-sql-driver/mysql"
-	_ "github.com/jackc/pgx/v5/stdlib"
-
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/dbcred"
-	"github.com/podkey/podkey/internal/keyd/dbcred/mariadbtest"
+	"github.com/podkey/podkey/internal/keyd/dbcred/dbcredtest"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
 	"github.com/podkey/podkey/internal/keyd/store"
-	"github.com/podkey/podkey/internal/keyd/store/pgtest"
 	"github.com/podkey/podkey/pkg/pod"
 )
-
-const adminPassword = "admin-Pa55-never-shown"
-
-// target is one real database server with a group role app_rw (SELECT
-// and INSERT on app.orders, nothing on app.ledger) and an admin account
-// holding only what docs/database.md asks for.
-type target struct {
-	engine   string
-	admin    string                             // the admin connection string, with its password
-	database string                             // what pods use, when the admin connection names none
-	dsn      func(user, password string) string // a pod's
-	driver   string
-	root     *sql.DB
-	logins   func(t *testing.T) []string // logins whose name starts with pk_
-	down     func(t *testing.T)
-	up       func(t *testing.T)
-}
-
-func postgresTarget(t *testing.T) *target {
-	srv := pgtest.StartWithPasswords(t)
-	dir, port := srv.Socket()
-	root := mustOpen(t, "pgx", srv.ConnString("postgres"))
-	mustExec(t, root, `CREATE DATABASE app`)
-	app := mustOpen(t, "pgx", srv.ConnString("app"))
-	for _, q := range []string{
-		`CREATE TABLE orders (id int)`, `CREATE TABLE ledger (id int)`,
-		`CREATE ROLE app_rw NOLOGIN`, `GRANT SELECT, INSERT ON orders TO app_rw`,
-		`CREATE ROLE podkey_admin LOGIN CREATEROLE PASSWORD '` + adminPassword + `'`,
-		`GRANT app_rw TO podkey_admin WITH ADMIN OPTION`, `GRANT pg_signal_backend TO podkey_admin`,
-	} {
-		mustExec(t, app, q)
-	}
-	return &target{
-		engine: dbcred.PostgreSQL, driver: "pgx", root: app,
-		admin: fmt.Sprintf("host=%s port=%d user=podkey_admin password=%s dbname=app", dir, port, adminPassword),
-		dsn: func(user, password string) string {
-			return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=app sslmode=disable connect_timeout=5", dir, port, user, password)
-		},
-		logins: func(t *testing.T) []string {
-			return column(t, app, `SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'pk_') ORDER BY 1`)
-		},
-		down: func(t *testing.T) { srv.Stop(t) },
-		up:   func(t *testing.T) { srv.Start(t) },
-	}
-}
-
-func mariadbTarget(t *testing.T) *target {
-	srv := mariadbtest.Start(t)
-	root := srv.Open(t, "")
-	for _, q := range []string{
-		`CREATE DATABASE app`, `CREATE TABLE app.orders (id int)`, `CREATE TABLE app.ledger (id int)`,
-		`CREATE ROLE app_rw`, `GRANT SELECT, INSERT ON app.orders TO app_rw`,
-		`CREATE USER podkey_admin@localhost IDENTIFIED BY '` + adminPassword + `'`,
-		`GRANT CREATE USER, PROCESS, CONNECTION ADMIN ON *.* TO podkey_admin@localhost`,
-		`GRANT app_rw TO podkey_admin@localhost WITH ADMIN OPTION`,
-	} {
-		mustExec(t, root, q)
-	}
-	return &target{
-		engine: dbcred.MySQL, driver: "mysql", root: root,
-		admin: srv.DSN("podkey_admin", adminPassword, ""), database: "app",
-		dsn: func(user, password string) string { return srv.DSN(user, password, "app") },
-		logins: func(t *testing.T) []string {
-			return column(t, root, `SELECT User FROM mysql.user WHERE User LIKE 'pk\_%' ORDER BY 1`)
-		},
-		down: func(t *testing.T) { srv.Freeze(t) },
-		up:   func(t *testing.T) { srv.Thaw(t) },
-	}
-}
-
-func mustOpen(t *testing.T, driver, dsn string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open(driver, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
-func mustExec(t *testing.T, db *sql.DB, q string) {
-	t.Helper()
-	if _, err := db.Exec(q); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-}
-
-func column(t *testing.T, db *sql.DB, q string) []string {
-	t.Helper()
-	rows, err := db.Query(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
-}
 
 // env is a manager on a real SoftHSM2 token and a bbolt store, its
 // reaper running, with a clock tests can move forward.
@@ -200,8 +91,8 @@ func podID(n int) pod.Identity {
 func TestDatabaseLogins(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		open func(*testing.T) *target
-	}{{"postgresql", postgresTarget}, {"mariadb", mariadbTarget}} {
+		open func(testing.TB) *dbcredtest.Target
+	}{{"postgresql", dbcredtest.Postgres}, {"mariadb", dbcredtest.MariaDB}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			testDatabaseLogins(t, tc.open(t))
@@ -209,19 +100,19 @@ func TestDatabaseLogins(t *testing.T) {
 	}
 }
 
-func testDatabaseLogins(t *testing.T, tg *target) {
+func testDatabaseLogins(t *testing.T, tg *dbcredtest.Target) {
 	ctx := context.Background()
 	e := newEnv(t)
 	m := e.m
 	var secrets []string // nothing of these may be in a log, an error or the audit
-	secrets = append(secrets, adminPassword)
+	secrets = append(secrets, dbcredtest.AdminPassword)
 
 	// Definitions are proven before they are kept.
-	bad := dbcred.Connection{Name: "orders", Engine: tg.engine, Admin: tg.admin, Database: tg.database, GroupRole: "no_such_group"}
-	if _, err := m.Put(ctx, bad); !errors.Is(err, dbcred.ErrInvalid) || strings.Contains(err.Error(), adminPassword) {
+	bad := dbcred.Connection{Name: "orders", Engine: tg.Engine, Admin: tg.Admin, Database: tg.Database, GroupRole: "no_such_group"}
+	if _, err := m.Put(ctx, bad); !errors.Is(err, dbcred.ErrInvalid) || strings.Contains(err.Error(), dbcredtest.AdminPassword) {
 		t.Fatalf("a missing group role: %v", err)
 	}
-	conn, err := m.Put(ctx, dbcred.Connection{Name: "orders", Engine: tg.engine, Admin: tg.admin, Database: tg.database, GroupRole: "app_rw", TTL: time.Hour, MaxTTL: 3 * time.Hour})
+	conn, err := m.Put(ctx, dbcred.Connection{Name: "orders", Engine: tg.Engine, Admin: tg.Admin, Database: tg.Database, GroupRole: "app_rw", TTL: time.Hour, MaxTTL: 3 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +131,7 @@ func testDatabaseLogins(t *testing.T, tg *target) {
 	}
 	// A pod's login works with the group's privileges, and only those.
 	a := issue(1)
-	dbA := mustOpen(t, tg.driver, tg.dsn(a.User, string(a.Password)))
+	dbA := dbcredtest.Open(t, tg.Driver, tg.DSN(a.User, string(a.Password)))
 	if _, err := dbA.Exec(`INSERT INTO orders VALUES (1)`); err != nil {
 		t.Fatalf("pod login cannot use the group's privilege: %v", err)
 	}
@@ -261,7 +152,7 @@ func testDatabaseLogins(t *testing.T, tg *target) {
 			t.Fatalf("a republish got another login: %s", again.User)
 		}
 	}
-	if got := tg.logins(t); len(got) != 2 {
+	if got := tg.Logins(t); len(got) != 2 {
 		t.Fatalf("100 republishes of pod 1 and pod 2: logins %v, want 2", got)
 	}
 
@@ -288,15 +179,15 @@ func testDatabaseLogins(t *testing.T, tg *target) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Logf("%s: the revoked pod's open session ended %v after the revocation", tg.engine, ended.Round(time.Millisecond))
+	t.Logf("%s: the revoked pod's open session ended %v after the revocation", tg.Engine, ended.Round(time.Millisecond))
 	if ended > 5*time.Second {
 		t.Fatalf("session ended after %v, more than 5s", ended)
 	}
-	fresh := mustOpen(t, tg.driver, tg.dsn(a.User, string(a.Password)))
+	fresh := dbcredtest.Open(t, tg.Driver, tg.DSN(a.User, string(a.Password)))
 	if err := fresh.Ping(); err == nil {
 		t.Fatal("the revoked login still logs in")
 	}
-	if got := tg.logins(t); len(got) != 1 || got[0] != b.User {
+	if got := tg.Logins(t); len(got) != 1 || got[0] != b.User {
 		t.Fatalf("logins after the revocation: %v", got)
 	}
 	if r := e.records(audit.ActionDatabaseRevoke); len(r) != 1 || r[0].PodUID != podID(1).UID || !strings.Contains(r[0].Reason, "1 session(s) ended") {
@@ -321,10 +212,10 @@ func testDatabaseLogins(t *testing.T, tg *target) {
 	if bytes.Equal(rot.Password, b.Password) || rot.User != b.User {
 		t.Fatalf("after max ttl: same password %v, user %s", bytes.Equal(rot.Password, b.Password), rot.User)
 	}
-	if err := mustOpen(t, tg.driver, tg.dsn(b.User, string(b.Password))).Ping(); err == nil {
+	if err := dbcredtest.Open(t, tg.Driver, tg.DSN(b.User, string(b.Password))).Ping(); err == nil {
 		t.Fatal("the replaced password still logs in")
 	}
-	if err := mustOpen(t, tg.driver, tg.dsn(rot.User, string(rot.Password))).Ping(); err != nil {
+	if err := dbcredtest.Open(t, tg.Driver, tg.DSN(rot.User, string(rot.Password))).Ping(); err != nil {
 		t.Fatalf("the new password: %v", err)
 	}
 	e.offset.Store(0)
@@ -346,12 +237,12 @@ func testDatabaseLogins(t *testing.T, tg *target) {
 	// and the reaper drops the login once its validity has passed.
 	c := issue(3)
 	e.offset.Store(int64(time.Hour + 6*time.Second))
-	waitFor(t, 5*time.Second, "the reaper to drop an unrenewed login", func() bool { return !contains(tg.logins(t), c.User) })
+	waitFor(t, 5*time.Second, "the reaper to drop an unrenewed login", func() bool { return !contains(tg.Logins(t), c.User) })
 	e.offset.Store(0)
 
 	// The database down during a revocation: revoked when it returns.
 	d := issue(4)
-	tg.down(t)
+	tg.Down(t)
 	if _, err := m.RevokePod(ctx, podID(4).UID); err != nil {
 		t.Fatal(err)
 	}
@@ -359,8 +250,8 @@ func testDatabaseLogins(t *testing.T, tg *target) {
 	if l, err := e.st.Lease(ctx, store.LeaseKey(podID(4).UID, "orders")); err != nil || l.Attempts == 0 {
 		t.Fatalf("the lease while the database is down: %+v %v", l, err)
 	}
-	tg.up(t)
-	waitFor(t, 40*time.Second, "the revocation after the database came back", func() bool { return !contains(tg.logins(t), d.User) })
+	tg.Up(t)
+	waitFor(t, 40*time.Second, "the revocation after the database came back", func() bool { return !contains(tg.Logins(t), d.User) })
 
 	// Nothing secret in the logs, the audit or the connection listing.
 	list, err := m.List(ctx)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strings"
 	"sync"
@@ -49,6 +50,19 @@ type Manager struct {
 
 	mu      sync.Mutex
 	engines map[string]*cached // by connection name
+	// leaseMu serializes this replica's work on one lease (by a hash of
+	// its key): publishes of one pod racing each other would otherwise
+	// alter its login at once. Replicas are kept apart by the lease's
+	// version, and a database's concurrent-update refusal is retried.
+	leaseMu [64]sync.Mutex
+}
+
+func (m *Manager) lockLease(key string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	mu := &m.leaseMu[h.Sum32()%uint32(len(m.leaseMu))]
+	mu.Lock()
+	return mu.Unlock
 }
 
 type cached struct {
@@ -186,6 +200,7 @@ func (m *Manager) Issue(ctx context.Context, id pod.Identity, object string, ttl
 	}
 	period := min(ttl, c.conn.TTL)
 	key := store.LeaseKey(id.UID, object)
+	defer m.lockLease(key)()
 	for attempt := 0; attempt < 8; attempt++ {
 		now := m.opts.Now().UTC().Truncate(time.Second)
 		l, err := m.st.Lease(ctx, key)
@@ -415,24 +430,26 @@ func (m *Manager) Reap(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	now := m.opts.Now().UTC()
-	dropped := 0
+	n := 0
 	var errs []error
-	for _, l := range leases {
-		why := ""
+	due := func(l store.Lease) string {
 		switch {
 		case l.State == store.LeaseRevoking && !now.Before(l.RevokeAt):
-			why = "its pod is gone"
+			return "its pod is gone"
 		case l.State != store.LeaseRevoking && now.After(l.Expiry.Add(m.opts.ExpiryGrace)):
-			why = "not renewed before its expiry"
-		default:
+			return "not renewed before its expiry"
+		}
+		return ""
+	}
+	for _, l := range leases {
+		if due(l) == "" {
 			continue
 		}
-		c, err := m.engine(ctx, l.Connection)
-		if err == nil {
-			err = m.revoke(ctx, c, l, why)
+		dropped, err := m.reapOne(ctx, l.Key, due)
+		if dropped {
+			n++
 		}
 		if err == nil {
-			dropped++
 			continue
 		}
 		errs = append(errs, fmt.Errorf("lease %s: %w", l.Key, err))
@@ -444,5 +461,30 @@ func (m *Manager) Reap(ctx context.Context) (int, error) {
 			_, _ = m.st.UpdateLease(ctx, full)
 		}
 	}
-	return dropped, errors.Join(errs...)
+	return n, errors.Join(errs...)
+}
+
+// reapOne revokes the lease at key if it is still due, as read under its
+// lock: a renewal that came meanwhile keeps it.
+func (m *Manager) reapOne(ctx context.Context, key string, due func(store.Lease) string) (bool, error) {
+	defer m.lockLease(key)()
+	l, err := m.st.Lease(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	why := due(l)
+	if why == "" {
+		return false, nil
+	}
+	c, err := m.engine(ctx, l.Connection)
+	if err != nil {
+		return false, err
+	}
+	if err := m.revoke(ctx, c, l, why); err != nil {
+		return false, err
+	}
+	return true, nil
 }

@@ -69,7 +69,12 @@ func (p *postgres) fail(step string, err error) error {
 	case errors.As(err, &pe):
 		e.code = "SQLSTATE " + pe.Code
 		e.detail = pe.Severity + ": " + pe.Message
-		if !strings.HasPrefix(pe.Code, "08") && !strings.HasPrefix(pe.Code, "57") { // connection, operator intervention
+		// Connection failures, operator intervention, serialization
+		// failures and deadlocks, and two replicas altering one role at
+		// once ("tuple concurrently updated") pass with a retry.
+		transient := strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57") || strings.HasPrefix(pe.Code, "40") ||
+			pe.Code == "XX000" && strings.Contains(pe.Message, "concurrently")
+		if !transient {
 			e.class = ErrRefused
 		}
 	case errors.As(err, &ne), errors.Is(err, context.DeadlineExceeded), pgconn.Timeout(err):

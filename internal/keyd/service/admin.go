@@ -14,6 +14,7 @@ import (
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/credential"
+	"github.com/podkey/podkey/internal/keyd/dbcred"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/policy"
 	"github.com/podkey/podkey/internal/version"
@@ -52,7 +53,9 @@ func (a *adminService) ListSecrets(ctx context.Context, req *keydv1.ListSecretsR
 	}
 	out := &keydv1.ListSecretsResponse{}
 	for _, r := range list {
-		if r.Namespace != credential.EscrowNamespace { // escrows are not enrolled secrets
+		// Escrows and database connections are kept as secrets of
+		// reserved namespaces; they are not enrolled secrets.
+		if r.Namespace != credential.EscrowNamespace && r.Namespace != dbcred.DatabaseNamespace {
 			out.Secrets = append(out.Secrets, secretInfo(r))
 		}
 	}
@@ -62,6 +65,9 @@ func (a *adminService) ListSecrets(ctx context.Context, req *keydv1.ListSecretsR
 func (a *adminService) DeleteSecret(ctx context.Context, req *keydv1.DeleteSecretRequest) (*keydv1.DeleteSecretResponse, error) {
 	if req.Namespace == credential.EscrowNamespace {
 		return nil, status.Error(codes.InvalidArgument, "TLCP escrows are destroyed only when their retention ends")
+	}
+	if req.Namespace == dbcred.DatabaseNamespace {
+		return nil, status.Error(codes.InvalidArgument, "database connections are deleted with 'podkey database delete', which refuses while pods hold logins")
 	}
 	err := a.s.st.DeleteSecret(ctx, req.Namespace, req.Name)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podkey/podkey/internal/keyd/credential"
+	"github.com/podkey/podkey/internal/keyd/dbcred"
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/store"
 	"github.com/podkey/podkey/pkg/apikey/accesskey"
@@ -25,10 +26,16 @@ func toStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, credential.ErrInvalid), errors.Is(err, accesskey.ErrMalformed):
+	case errors.Is(err, credential.ErrInvalid), errors.Is(err, accesskey.ErrMalformed), errors.Is(err, dbcred.ErrInvalid):
 		code = codes.InvalidArgument
-	case errors.Is(err, credential.ErrNotEnrolled), errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, credential.ErrNotEnrolled), errors.Is(err, store.ErrNotFound), errors.Is(err, dbcred.ErrUndefined):
 		code = codes.NotFound
+	case errors.Is(err, dbcred.ErrInUse), errors.Is(err, dbcred.ErrRefused):
+		// A database that refuses the admin's statements needs its
+		// administrator (privileges, the group role), not a retry.
+		code = codes.FailedPrecondition
+	case errors.Is(err, dbcred.ErrUnavailable):
+		code = codes.Unavailable
 	case errors.Is(err, accesskey.ErrForged), errors.Is(err, credential.ErrExpired),
 		errors.Is(err, credential.ErrBadSignature), errors.Is(err, errStale), errors.Is(err, errReplay):
 		code = codes.Unauthenticated

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/podkey/podkey/internal/keyd/dbcred"
 	"github.com/podkey/podkey/internal/keyd/store"
 )
 
@@ -52,6 +53,9 @@ func (s *Server) logCall(ctx context.Context, method string, start time.Time, er
 		attrs = append(attrs, "message", st.Message())
 		if d := store.Detail(err); d != "" {
 			attrs = append(attrs, "storeDetail", d)
+		}
+		if d := dbcred.Detail(err); d != "" {
+			attrs = append(attrs, "databaseDetail", d)
 		}
 	}
 	s.opts.Logger.Log(ctx, level, "rpc", attrs...)

@@ -24,7 +24,15 @@ func (s *Server) revoke(ctx context.Context, id pod.Identity, issuedBefore time.
 	if err := s.st.Revoke(ctx, store.Revocation{PodUID: id.UID, Until: until, Revoked: cutoff}); err != nil {
 		return time.Time{}, err
 	}
-	return until, s.auditResult(ctx, audit.ActionRevoke, audit.ResultOK, "", id, nil)
+	if err := s.auditResult(ctx, audit.ActionRevoke, audit.ResultOK, "", id, nil); err != nil {
+		return until, err
+	}
+	// The pod's database logins are dropped after their grace, by the
+	// reaper, whether or not the databases answer now.
+	if _, err := s.dbs.RevokePod(ctx, id.UID); err != nil {
+		return until, err
+	}
+	return until, nil
 }
 
 // podBinding is the binding an issuance writes with its audit record: the

@@ -23,6 +23,7 @@ import (
 
 	"github.com/podkey/podkey/internal/keyd/audit"
 	"github.com/podkey/podkey/internal/keyd/credential"
+	"github.com/podkey/podkey/internal/keyd/dbcred"
 	"github.com/podkey/podkey/internal/keyd/hsm"
 	"github.com/podkey/podkey/internal/keyd/keyring"
 	"github.com/podkey/podkey/internal/keyd/policy"
@@ -39,6 +40,8 @@ type Server struct {
 	st     store.Store
 	audit  *audit.Log
 	issuer *credential.Issuer
+	// dbs issues, renews and revokes pods' database logins.
+	dbs    *dbcred.Manager
 	policy atomic.Pointer[policy.Policy]
 	// policySeen is when the policy in force was last confirmed to be
 	// the store's; serving is the health status that gives.
@@ -87,7 +90,8 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s.audit = audit.OpenAnchored(s.st, s.kr.AuditKeys(), s.kr.AuditAnchors())
 	registerStateMetrics(opts.Registerer, s.tok, s.audit)
 	registerClockMetrics(opts.Registerer, clock)
-	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now})
+	s.dbs = dbcred.New(s.kr, s.st, dbcred.Options{Now: opts.Now, Audit: s.audit.Append, Logger: opts.Logger})
+	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now, Databases: s.dbs})
 	if err := s.loadPolicy(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -232,6 +236,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { defer s.wg.Done(); s.followPolicy(pctx) }()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.followKeyring(pctx) }()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.dbs.Run(pctx) }() // revokes database logins whose pods went
 	if s.clock != nil {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.clock.follow(pctx, s.opts.Logger) }()
@@ -391,6 +397,9 @@ func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		for _, g := range s.servers {
 			g.Stop()
+		}
+		if s.dbs != nil {
+			s.dbs.Close()
 		}
 		if s.audit != nil {
 			s.audit.Close()

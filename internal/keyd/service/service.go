@@ -37,6 +37,9 @@ func objectLabel(c credential.Issued) string {
 	if c.EscrowSerial != "" {
 		l += "/escrow:" + c.EscrowSerial
 	}
+	if c.Login != nil {
+		l += "/login:" + c.Login.User
+	}
 	return l
 }
 
@@ -97,7 +100,9 @@ func (k *keydService) Issue(ctx context.Context, req *keydv1.IssueRequest) (*key
 		}
 		c, err := s.issuer.Issue(ctx, id, sp, req.Objects[i].Csr)
 		if err != nil {
-			if st := toStatus(err); sp.Optional && refusal(st) {
+			// An optional database object whose database is down is left
+			// out too: the pod starts, and gets it on a later renewal.
+			if st := toStatus(err); sp.Optional && (refusal(st) || sp.Kind == object.Database && status.Code(st) == codes.Unavailable) {
 				missing[i] = status.Convert(st).Message()
 				continue
 			}

@@ -33,6 +33,10 @@ func credentialProto(c credential.Issued) *keydv1.Credential {
 		out.Payload = &keydv1.Credential_Token{Token: &keydv1.Token{Jwt: c.Token}}
 	case object.Secret:
 		out.Payload = &keydv1.Credential_Secret{Secret: &keydv1.SecretValue{Value: c.Value}}
+	case object.Database:
+		l := c.Login
+		out.Payload = &keydv1.Credential_Database{Database: &keydv1.DatabaseLogin{Engine: l.Engine, User: l.User,
+			Password: l.Password, Host: l.Host, Port: int32(l.Port), Database: l.Database, Params: l.Params}}
 	}
 	return out
 }

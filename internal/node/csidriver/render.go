@@ -108,6 +108,17 @@ func render(specs []object.Spec, creds []*keydv1.Credential, keys map[string]cry
 		case *keydv1.Credential_Secret:
 			err = add(sp.File, p.Secret.Value, mode)
 			io.Files = sp.Files()
+		case *keydv1.Credential_Database:
+			d := p.Database
+			login := podfiles.DatabaseLogin{Engine: d.Engine, User: d.User, Password: d.Password, Host: d.Host,
+				Port: int(d.Port), Database: d.Database, Params: d.Params}
+			data, derr := login.Marshal()
+			if derr != nil {
+				volume.Zero(files)
+				return nil, nil, fmt.Errorf("object %s: %w", sp.Name, derr)
+			}
+			err = add(sp.File, data, mode)
+			io.Files = sp.Files()
 		default:
 			return nil, nil, fmt.Errorf("keyd returned no payload for %s", sp.Name)
 		}

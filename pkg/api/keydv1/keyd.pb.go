@@ -547,6 +547,7 @@ type Credential struct {
 	//	*Credential_Token
 	//	*Credential_Secret
 	//	*Credential_Tlcp
+	//	*Credential_Database
 	Payload isCredential_Payload `protobuf_oneof:"payload"`
 	// missing, for an optional object keyd did not issue, says why (no
 	// payload, no times).
@@ -695,6 +696,15 @@ func (x *Credential) GetTlcp() *TLCPPair {
 	return nil
 }
 
+func (x *Credential) GetDatabase() *DatabaseLogin {
+	if x != nil {
+		if x, ok := x.Payload.(*Credential_Database); ok {
+			return x.Database
+		}
+	}
+	return nil
+}
+
 func (x *Credential) GetMissing() string {
 	if x != nil {
 		return x.Missing
@@ -730,6 +740,10 @@ type Credential_Tlcp struct {
 	Tlcp *TLCPPair `protobuf:"bytes,15,opt,name=tlcp,proto3,oneof"`
 }
 
+type Credential_Database struct {
+	Database *DatabaseLogin `protobuf:"bytes,16,opt,name=database,proto3,oneof"`
+}
+
 func (*Credential_ApiKey) isCredential_Payload() {}
 
 func (*Credential_Certificate) isCredential_Payload() {}
@@ -741,6 +755,8 @@ func (*Credential_Token) isCredential_Payload() {}
 func (*Credential_Secret) isCredential_Payload() {}
 
 func (*Credential_Tlcp) isCredential_Payload() {}
+
+func (*Credential_Database) isCredential_Payload() {}
 
 type APIKey struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -903,6 +919,100 @@ func (x *TLCPPair) GetCaBundlePem() []byte {
 	return nil
 }
 
+// DatabaseLogin is a pod's own login on a database connection: the node
+// writes it as pkg/podfiles.DatabaseLogin.
+type DatabaseLogin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Engine        string                 `protobuf:"bytes,1,opt,name=engine,proto3" json:"engine,omitempty"` // postgresql or mysql
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	Password      []byte                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	Host          string                 `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"` // a leading '/' is a unix socket
+	Port          int32                  `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	Database      string                 `protobuf:"bytes,6,opt,name=database,proto3" json:"database,omitempty"`
+	Params        string                 `protobuf:"bytes,7,opt,name=params,proto3" json:"params,omitempty"` // a URL query for the url line
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatabaseLogin) Reset() {
+	*x = DatabaseLogin{}
+	mi := &file_keyd_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseLogin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseLogin) ProtoMessage() {}
+
+func (x *DatabaseLogin) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseLogin.ProtoReflect.Descriptor instead.
+func (*DatabaseLogin) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DatabaseLogin) GetEngine() string {
+	if x != nil {
+		return x.Engine
+	}
+	return ""
+}
+
+func (x *DatabaseLogin) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *DatabaseLogin) GetPassword() []byte {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+func (x *DatabaseLogin) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *DatabaseLogin) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *DatabaseLogin) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *DatabaseLogin) GetParams() string {
+	if x != nil {
+		return x.Params
+	}
+	return ""
+}
+
 type DerivedKey struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -912,7 +1022,7 @@ type DerivedKey struct {
 
 func (x *DerivedKey) Reset() {
 	*x = DerivedKey{}
-	mi := &file_keyd_proto_msgTypes[11]
+	mi := &file_keyd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1034,7 @@ func (x *DerivedKey) String() string {
 func (*DerivedKey) ProtoMessage() {}
 
 func (x *DerivedKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[11]
+	mi := &file_keyd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1047,7 @@ func (x *DerivedKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DerivedKey.ProtoReflect.Descriptor instead.
 func (*DerivedKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{11}
+	return file_keyd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DerivedKey) GetKey() []byte {
@@ -956,7 +1066,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_keyd_proto_msgTypes[12]
+	mi := &file_keyd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1078,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[12]
+	mi := &file_keyd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1091,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{12}
+	return file_keyd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Token) GetJwt() string {
@@ -1000,7 +1110,7 @@ type SecretValue struct {
 
 func (x *SecretValue) Reset() {
 	*x = SecretValue{}
-	mi := &file_keyd_proto_msgTypes[13]
+	mi := &file_keyd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1122,7 @@ func (x *SecretValue) String() string {
 func (*SecretValue) ProtoMessage() {}
 
 func (x *SecretValue) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[13]
+	mi := &file_keyd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1135,7 @@ func (x *SecretValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretValue.ProtoReflect.Descriptor instead.
 func (*SecretValue) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{13}
+	return file_keyd_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SecretValue) GetValue() []byte {
@@ -1044,7 +1154,7 @@ type IssueResponse struct {
 
 func (x *IssueResponse) Reset() {
 	*x = IssueResponse{}
-	mi := &file_keyd_proto_msgTypes[14]
+	mi := &file_keyd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1166,7 @@ func (x *IssueResponse) String() string {
 func (*IssueResponse) ProtoMessage() {}
 
 func (x *IssueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[14]
+	mi := &file_keyd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1179,7 @@ func (x *IssueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueResponse.ProtoReflect.Descriptor instead.
 func (*IssueResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{14}
+	return file_keyd_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *IssueResponse) GetCredentials() []*Credential {
@@ -1090,7 +1200,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1212,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[15]
+	mi := &file_keyd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1225,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{15}
+	return file_keyd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VerifyRequest) GetAccessKeyId() string {
@@ -1154,7 +1264,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1276,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[16]
+	mi := &file_keyd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1289,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{16}
+	return file_keyd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VerifyResponse) GetNamespace() string {
@@ -1246,7 +1356,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1368,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[17]
+	mi := &file_keyd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1381,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{17}
+	return file_keyd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokeRequest) GetPod() *PodIdentity {
@@ -1304,7 +1414,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1426,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[18]
+	mi := &file_keyd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1439,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{18}
+	return file_keyd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeResponse) GetUntil() *timestamppb.Timestamp {
@@ -1348,7 +1458,7 @@ type CABundleRequest struct {
 
 func (x *CABundleRequest) Reset() {
 	*x = CABundleRequest{}
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1470,7 @@ func (x *CABundleRequest) String() string {
 func (*CABundleRequest) ProtoMessage() {}
 
 func (x *CABundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[19]
+	mi := &file_keyd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1483,7 @@ func (x *CABundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CABundleRequest.ProtoReflect.Descriptor instead.
 func (*CABundleRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{19}
+	return file_keyd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CABundleRequest) GetSuite() string {
@@ -1393,7 +1503,7 @@ type NodeCertificateRequest struct {
 
 func (x *NodeCertificateRequest) Reset() {
 	*x = NodeCertificateRequest{}
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1515,7 @@ func (x *NodeCertificateRequest) String() string {
 func (*NodeCertificateRequest) ProtoMessage() {}
 
 func (x *NodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[20]
+	mi := &file_keyd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1528,7 @@ func (x *NodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*NodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{20}
+	return file_keyd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeCertificateRequest) GetNodeToken() string {
@@ -1446,7 +1556,7 @@ type NodeCertificateResponse struct {
 
 func (x *NodeCertificateResponse) Reset() {
 	*x = NodeCertificateResponse{}
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1568,7 @@ func (x *NodeCertificateResponse) String() string {
 func (*NodeCertificateResponse) ProtoMessage() {}
 
 func (x *NodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[21]
+	mi := &file_keyd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1581,7 @@ func (x *NodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*NodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{21}
+	return file_keyd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NodeCertificateResponse) GetCertPem() []byte {
@@ -1504,7 +1614,7 @@ type CABundleResponse struct {
 
 func (x *CABundleResponse) Reset() {
 	*x = CABundleResponse{}
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1626,7 @@ func (x *CABundleResponse) String() string {
 func (*CABundleResponse) ProtoMessage() {}
 
 func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[22]
+	mi := &file_keyd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1639,7 @@ func (x *CABundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CABundleResponse.ProtoReflect.Descriptor instead.
 func (*CABundleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{22}
+	return file_keyd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CABundleResponse) GetPem() []byte {
@@ -1548,7 +1658,7 @@ type RenewalsRequest struct {
 
 func (x *RenewalsRequest) Reset() {
 	*x = RenewalsRequest{}
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1670,7 @@ func (x *RenewalsRequest) String() string {
 func (*RenewalsRequest) ProtoMessage() {}
 
 func (x *RenewalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[23]
+	mi := &file_keyd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1683,7 @@ func (x *RenewalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewalsRequest.ProtoReflect.Descriptor instead.
 func (*RenewalsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{23}
+	return file_keyd_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RenewalsRequest) GetAfterSeq() uint64 {
@@ -1592,7 +1702,7 @@ type RenewalsResponse struct {
 
 func (x *RenewalsResponse) Reset() {
 	*x = RenewalsResponse{}
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1714,7 @@ func (x *RenewalsResponse) String() string {
 func (*RenewalsResponse) ProtoMessage() {}
 
 func (x *RenewalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[24]
+	mi := &file_keyd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1727,7 @@ func (x *RenewalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewalsResponse.ProtoReflect.Descriptor instead.
 func (*RenewalsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{24}
+	return file_keyd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RenewalsResponse) GetRenewals() []*Renewal {
@@ -1643,7 +1753,7 @@ type Renewal struct {
 
 func (x *Renewal) Reset() {
 	*x = Renewal{}
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1765,7 @@ func (x *Renewal) String() string {
 func (*Renewal) ProtoMessage() {}
 
 func (x *Renewal) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[25]
+	mi := &file_keyd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1778,7 @@ func (x *Renewal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Renewal.ProtoReflect.Descriptor instead.
 func (*Renewal) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{25}
+	return file_keyd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Renewal) GetSeq() uint64 {
@@ -1727,7 +1837,7 @@ type ForceRenewalRequest struct {
 
 func (x *ForceRenewalRequest) Reset() {
 	*x = ForceRenewalRequest{}
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1849,7 @@ func (x *ForceRenewalRequest) String() string {
 func (*ForceRenewalRequest) ProtoMessage() {}
 
 func (x *ForceRenewalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[26]
+	mi := &file_keyd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1862,7 @@ func (x *ForceRenewalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceRenewalRequest.ProtoReflect.Descriptor instead.
 func (*ForceRenewalRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{26}
+	return file_keyd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ForceRenewalRequest) GetNamespace() string {
@@ -1791,7 +1901,7 @@ type TokenKeysRequest struct {
 
 func (x *TokenKeysRequest) Reset() {
 	*x = TokenKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1913,7 @@ func (x *TokenKeysRequest) String() string {
 func (*TokenKeysRequest) ProtoMessage() {}
 
 func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[27]
+	mi := &file_keyd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1926,7 @@ func (x *TokenKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysRequest.ProtoReflect.Descriptor instead.
 func (*TokenKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{27}
+	return file_keyd_proto_rawDescGZIP(), []int{28}
 }
 
 type TokenKeysResponse struct {
@@ -1828,7 +1938,7 @@ type TokenKeysResponse struct {
 
 func (x *TokenKeysResponse) Reset() {
 	*x = TokenKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1950,7 @@ func (x *TokenKeysResponse) String() string {
 func (*TokenKeysResponse) ProtoMessage() {}
 
 func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[28]
+	mi := &file_keyd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1963,7 @@ func (x *TokenKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenKeysResponse.ProtoReflect.Descriptor instead.
 func (*TokenKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{28}
+	return file_keyd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TokenKeysResponse) GetJwks() []byte {
@@ -1877,7 +1987,7 @@ type PutSecretRequest struct {
 
 func (x *PutSecretRequest) Reset() {
 	*x = PutSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +1999,7 @@ func (x *PutSecretRequest) String() string {
 func (*PutSecretRequest) ProtoMessage() {}
 
 func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[29]
+	mi := &file_keyd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2012,7 @@ func (x *PutSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSecretRequest.ProtoReflect.Descriptor instead.
 func (*PutSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{29}
+	return file_keyd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PutSecretRequest) GetNamespace() string {
@@ -1946,7 +2056,7 @@ type SecretInfo struct {
 
 func (x *SecretInfo) Reset() {
 	*x = SecretInfo{}
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1958,7 +2068,7 @@ func (x *SecretInfo) String() string {
 func (*SecretInfo) ProtoMessage() {}
 
 func (x *SecretInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[30]
+	mi := &file_keyd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1971,7 +2081,7 @@ func (x *SecretInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretInfo.ProtoReflect.Descriptor instead.
 func (*SecretInfo) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{30}
+	return file_keyd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SecretInfo) GetNamespace() string {
@@ -2018,7 +2128,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2140,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[31]
+	mi := &file_keyd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2153,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{31}
+	return file_keyd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListSecretsRequest) GetNamespace() string {
@@ -2062,7 +2172,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2184,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[32]
+	mi := &file_keyd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2197,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{32}
+	return file_keyd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*SecretInfo {
@@ -2110,7 +2220,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2122,7 +2232,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[33]
+	mi := &file_keyd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2135,7 +2245,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{33}
+	return file_keyd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteSecretRequest) GetNamespace() string {
@@ -2167,7 +2277,7 @@ type DeleteSecretResponse struct {
 
 func (x *DeleteSecretResponse) Reset() {
 	*x = DeleteSecretResponse{}
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2289,7 @@ func (x *DeleteSecretResponse) String() string {
 func (*DeleteSecretResponse) ProtoMessage() {}
 
 func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[34]
+	mi := &file_keyd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2302,7 @@ func (x *DeleteSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{34}
+	return file_keyd_proto_rawDescGZIP(), []int{35}
 }
 
 type GetPolicyRequest struct {
@@ -2203,7 +2313,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2325,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[35]
+	mi := &file_keyd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2338,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{35}
+	return file_keyd_proto_rawDescGZIP(), []int{36}
 }
 
 // PolicyDocument is the policy in its YAML form (see package policy).
@@ -2244,7 +2354,7 @@ type PolicyDocument struct {
 
 func (x *PolicyDocument) Reset() {
 	*x = PolicyDocument{}
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2366,7 @@ func (x *PolicyDocument) String() string {
 func (*PolicyDocument) ProtoMessage() {}
 
 func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[36]
+	mi := &file_keyd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2379,7 @@ func (x *PolicyDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDocument.ProtoReflect.Descriptor instead.
 func (*PolicyDocument) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{36}
+	return file_keyd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PolicyDocument) GetYaml() []byte {
@@ -2302,7 +2412,7 @@ type PolicyRule struct {
 
 func (x *PolicyRule) Reset() {
 	*x = PolicyRule{}
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2424,7 @@ func (x *PolicyRule) String() string {
 func (*PolicyRule) ProtoMessage() {}
 
 func (x *PolicyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[37]
+	mi := &file_keyd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2437,7 @@ func (x *PolicyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
 func (*PolicyRule) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{37}
+	return file_keyd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PolicyRule) GetNamespace() string {
@@ -2375,7 +2485,7 @@ type PolicyRuleResponse struct {
 
 func (x *PolicyRuleResponse) Reset() {
 	*x = PolicyRuleResponse{}
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2497,7 @@ func (x *PolicyRuleResponse) String() string {
 func (*PolicyRuleResponse) ProtoMessage() {}
 
 func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[38]
+	mi := &file_keyd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2510,7 @@ func (x *PolicyRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRuleResponse.ProtoReflect.Descriptor instead.
 func (*PolicyRuleResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{38}
+	return file_keyd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PolicyRuleResponse) GetRules() uint32 {
@@ -2418,7 +2528,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[39]
+	mi := &file_keyd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2540,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[39]
+	mi := &file_keyd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2553,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{39}
+	return file_keyd_proto_rawDescGZIP(), []int{40}
 }
 
 // AuditRecord is one audit record in its stored JSON form.
@@ -2456,7 +2566,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2578,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[40]
+	mi := &file_keyd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2591,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{40}
+	return file_keyd_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AuditRecord) GetJson() []byte {
@@ -2499,7 +2609,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +2621,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[41]
+	mi := &file_keyd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +2634,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{41}
+	return file_keyd_proto_rawDescGZIP(), []int{42}
 }
 
 type VerifyAuditResponse struct {
@@ -2544,7 +2654,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2666,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[42]
+	mi := &file_keyd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2679,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{42}
+	return file_keyd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *VerifyAuditResponse) GetRecords() uint64 {
@@ -2622,7 +2732,7 @@ type CheckpointAuditRequest struct {
 
 func (x *CheckpointAuditRequest) Reset() {
 	*x = CheckpointAuditRequest{}
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2634,7 +2744,7 @@ func (x *CheckpointAuditRequest) String() string {
 func (*CheckpointAuditRequest) ProtoMessage() {}
 
 func (x *CheckpointAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[43]
+	mi := &file_keyd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2647,7 +2757,7 @@ func (x *CheckpointAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointAuditRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointAuditRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{43}
+	return file_keyd_proto_rawDescGZIP(), []int{44}
 }
 
 // CheckpointAuditResponse is the checkpoint appended, JSON; empty when
@@ -2661,7 +2771,7 @@ type CheckpointAuditResponse struct {
 
 func (x *CheckpointAuditResponse) Reset() {
 	*x = CheckpointAuditResponse{}
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +2783,7 @@ func (x *CheckpointAuditResponse) String() string {
 func (*CheckpointAuditResponse) ProtoMessage() {}
 
 func (x *CheckpointAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[44]
+	mi := &file_keyd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +2796,7 @@ func (x *CheckpointAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointAuditResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointAuditResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{44}
+	return file_keyd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CheckpointAuditResponse) GetJson() []byte {
@@ -2709,7 +2819,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +2831,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[45]
+	mi := &file_keyd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +2844,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{45}
+	return file_keyd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RotateKeyRequest) GetPurpose() string {
@@ -2767,7 +2877,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2779,7 +2889,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[46]
+	mi := &file_keyd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2792,7 +2902,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{46}
+	return file_keyd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RotateKeyResponse) GetGeneration() int64 {
@@ -2818,7 +2928,7 @@ type RetireKeyRequest struct {
 
 func (x *RetireKeyRequest) Reset() {
 	*x = RetireKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +2940,7 @@ func (x *RetireKeyRequest) String() string {
 func (*RetireKeyRequest) ProtoMessage() {}
 
 func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[47]
+	mi := &file_keyd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +2953,7 @@ func (x *RetireKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{47}
+	return file_keyd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RetireKeyRequest) GetPurpose() string {
@@ -2899,7 +3009,7 @@ type RetireKeyResponse struct {
 
 func (x *RetireKeyResponse) Reset() {
 	*x = RetireKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3021,7 @@ func (x *RetireKeyResponse) String() string {
 func (*RetireKeyResponse) ProtoMessage() {}
 
 func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[48]
+	mi := &file_keyd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3034,7 @@ func (x *RetireKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{48}
+	return file_keyd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RetireKeyResponse) GetInUseUntil() *timestamppb.Timestamp {
@@ -2942,7 +3052,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3064,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[49]
+	mi := &file_keyd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3077,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{49}
+	return file_keyd_proto_rawDescGZIP(), []int{50}
 }
 
 type StatusResponse struct {
@@ -2984,7 +3094,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3106,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[50]
+	mi := &file_keyd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3119,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{50}
+	return file_keyd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -3068,7 +3178,7 @@ type KeyGenerations struct {
 
 func (x *KeyGenerations) Reset() {
 	*x = KeyGenerations{}
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3080,7 +3190,7 @@ func (x *KeyGenerations) String() string {
 func (*KeyGenerations) ProtoMessage() {}
 
 func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[51]
+	mi := &file_keyd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3093,7 +3203,7 @@ func (x *KeyGenerations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyGenerations.ProtoReflect.Descriptor instead.
 func (*KeyGenerations) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{51}
+	return file_keyd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *KeyGenerations) GetPurpose() string {
@@ -3136,7 +3246,7 @@ type ImageKeyEntry struct {
 
 func (x *ImageKeyEntry) Reset() {
 	*x = ImageKeyEntry{}
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3148,7 +3258,7 @@ func (x *ImageKeyEntry) String() string {
 func (*ImageKeyEntry) ProtoMessage() {}
 
 func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[52]
+	mi := &file_keyd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3161,7 +3271,7 @@ func (x *ImageKeyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeyEntry.ProtoReflect.Descriptor instead.
 func (*ImageKeyEntry) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{52}
+	return file_keyd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ImageKeyEntry) GetKeyId() string {
@@ -3191,7 +3301,7 @@ type UnwrapImageKeyRequest struct {
 
 func (x *UnwrapImageKeyRequest) Reset() {
 	*x = UnwrapImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +3313,7 @@ func (x *UnwrapImageKeyRequest) String() string {
 func (*UnwrapImageKeyRequest) ProtoMessage() {}
 
 func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[53]
+	mi := &file_keyd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +3326,7 @@ func (x *UnwrapImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{53}
+	return file_keyd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *UnwrapImageKeyRequest) GetSuite() string {
@@ -3251,7 +3361,7 @@ type UnwrapImageKeyResponse struct {
 
 func (x *UnwrapImageKeyResponse) Reset() {
 	*x = UnwrapImageKeyResponse{}
-	mi := &file_keyd_proto_msgTypes[54]
+	mi := &file_keyd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3263,7 +3373,7 @@ func (x *UnwrapImageKeyResponse) String() string {
 func (*UnwrapImageKeyResponse) ProtoMessage() {}
 
 func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[54]
+	mi := &file_keyd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3276,7 +3386,7 @@ func (x *UnwrapImageKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnwrapImageKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnwrapImageKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{54}
+	return file_keyd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *UnwrapImageKeyResponse) GetCek() []byte {
@@ -3308,7 +3418,7 @@ type ImageKeysRequest struct {
 
 func (x *ImageKeysRequest) Reset() {
 	*x = ImageKeysRequest{}
-	mi := &file_keyd_proto_msgTypes[55]
+	mi := &file_keyd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3320,7 +3430,7 @@ func (x *ImageKeysRequest) String() string {
 func (*ImageKeysRequest) ProtoMessage() {}
 
 func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[55]
+	mi := &file_keyd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3333,7 +3443,7 @@ func (x *ImageKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysRequest.ProtoReflect.Descriptor instead.
 func (*ImageKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{55}
+	return file_keyd_proto_rawDescGZIP(), []int{56}
 }
 
 // ImageKey is an image key's public half.
@@ -3348,7 +3458,7 @@ type ImageKey struct {
 
 func (x *ImageKey) Reset() {
 	*x = ImageKey{}
-	mi := &file_keyd_proto_msgTypes[56]
+	mi := &file_keyd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3360,7 +3470,7 @@ func (x *ImageKey) String() string {
 func (*ImageKey) ProtoMessage() {}
 
 func (x *ImageKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[56]
+	mi := &file_keyd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3373,7 +3483,7 @@ func (x *ImageKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKey.ProtoReflect.Descriptor instead.
 func (*ImageKey) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{56}
+	return file_keyd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ImageKey) GetKeyId() string {
@@ -3406,7 +3516,7 @@ type ImageKeysResponse struct {
 
 func (x *ImageKeysResponse) Reset() {
 	*x = ImageKeysResponse{}
-	mi := &file_keyd_proto_msgTypes[57]
+	mi := &file_keyd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3418,7 +3528,7 @@ func (x *ImageKeysResponse) String() string {
 func (*ImageKeysResponse) ProtoMessage() {}
 
 func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[57]
+	mi := &file_keyd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3431,7 +3541,7 @@ func (x *ImageKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageKeysResponse.ProtoReflect.Descriptor instead.
 func (*ImageKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{57}
+	return file_keyd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ImageKeysResponse) GetKeys() []*ImageKey {
@@ -3454,7 +3564,7 @@ type CreateImageKeyRequest struct {
 
 func (x *CreateImageKeyRequest) Reset() {
 	*x = CreateImageKeyRequest{}
-	mi := &file_keyd_proto_msgTypes[58]
+	mi := &file_keyd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3466,7 +3576,7 @@ func (x *CreateImageKeyRequest) String() string {
 func (*CreateImageKeyRequest) ProtoMessage() {}
 
 func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[58]
+	mi := &file_keyd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3479,7 +3589,7 @@ func (x *CreateImageKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateImageKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateImageKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{58}
+	return file_keyd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CreateImageKeyRequest) GetKeyId() string {
@@ -3514,7 +3624,7 @@ type BackupStoreRequest struct {
 
 func (x *BackupStoreRequest) Reset() {
 	*x = BackupStoreRequest{}
-	mi := &file_keyd_proto_msgTypes[59]
+	mi := &file_keyd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3526,7 +3636,7 @@ func (x *BackupStoreRequest) String() string {
 func (*BackupStoreRequest) ProtoMessage() {}
 
 func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[59]
+	mi := &file_keyd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3539,7 +3649,7 @@ func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupStoreRequest.ProtoReflect.Descriptor instead.
 func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{59}
+	return file_keyd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *BackupStoreRequest) GetApproval() []byte {
@@ -3566,7 +3676,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keyd_proto_msgTypes[60]
+	mi := &file_keyd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3578,7 +3688,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keyd_proto_msgTypes[60]
+	mi := &file_keyd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3591,7 +3701,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keyd_proto_rawDescGZIP(), []int{60}
+	return file_keyd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -3620,6 +3730,687 @@ func (x *BackupChunk) GetTagKeyGen() int32 {
 		return x.TagKeyGen
 	}
 	return 0
+}
+
+type PutDatabaseRequest struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`     // the object name pods ask for
+	Engine             string                 `protobuf:"bytes,2,opt,name=engine,proto3" json:"engine,omitempty"` // postgresql or mysql (MariaDB 10.4+, MySQL 8)
+	GroupRole          string                 `protobuf:"bytes,3,opt,name=group_role,json=groupRole,proto3" json:"group_role,omitempty"`
+	TtlSeconds         int64                  `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`            // 0: 1h
+	MaxTtlSeconds      int64                  `protobuf:"varint,5,opt,name=max_ttl_seconds,json=maxTtlSeconds,proto3" json:"max_ttl_seconds,omitempty"` // 0: 24h
+	RevokeGraceSeconds int64                  `protobuf:"varint,6,opt,name=revoke_grace_seconds,json=revokeGraceSeconds,proto3" json:"revoke_grace_seconds,omitempty"`
+	UserPrefix         string                 `protobuf:"bytes,7,opt,name=user_prefix,json=userPrefix,proto3" json:"user_prefix,omitempty"` // empty: pk_
+	Host               string                 `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`                               // what pods connect to; default the admin connection's
+	Port               int32                  `protobuf:"varint,9,opt,name=port,proto3" json:"port,omitempty"`
+	Database           string                 `protobuf:"bytes,10,opt,name=database,proto3" json:"database,omitempty"`
+	Params             string                 `protobuf:"bytes,11,opt,name=params,proto3" json:"params,omitempty"`
+	CaPem              string                 `protobuf:"bytes,12,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"` // MySQL/MariaDB over TCP: the CA of the server's certificate
+	// The admin connection string (a libpq URL or key=value string; a
+	// go-sql-driver DSN for mysql): kept wrapped under the KEK, never
+	// returned, signed, logged or audited.
+	AdminConnection string `protobuf:"bytes,13,opt,name=admin_connection,json=adminConnection,proto3" json:"admin_connection,omitempty"`
+	// approval: once an approval roster is set (dual control), the signed
+	// request document that approves this call (package approval).
+	Approval      []byte `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutDatabaseRequest) Reset() {
+	*x = PutDatabaseRequest{}
+	mi := &file_keyd_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutDatabaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutDatabaseRequest) ProtoMessage() {}
+
+func (x *PutDatabaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutDatabaseRequest.ProtoReflect.Descriptor instead.
+func (*PutDatabaseRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *PutDatabaseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetEngine() string {
+	if x != nil {
+		return x.Engine
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetGroupRole() string {
+	if x != nil {
+		return x.GroupRole
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *PutDatabaseRequest) GetMaxTtlSeconds() int64 {
+	if x != nil {
+		return x.MaxTtlSeconds
+	}
+	return 0
+}
+
+func (x *PutDatabaseRequest) GetRevokeGraceSeconds() int64 {
+	if x != nil {
+		return x.RevokeGraceSeconds
+	}
+	return 0
+}
+
+func (x *PutDatabaseRequest) GetUserPrefix() string {
+	if x != nil {
+		return x.UserPrefix
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *PutDatabaseRequest) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetParams() string {
+	if x != nil {
+		return x.Params
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetCaPem() string {
+	if x != nil {
+		return x.CaPem
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetAdminConnection() string {
+	if x != nil {
+		return x.AdminConnection
+	}
+	return ""
+}
+
+func (x *PutDatabaseRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+type DatabaseInfo struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Engine             string                 `protobuf:"bytes,2,opt,name=engine,proto3" json:"engine,omitempty"`
+	GroupRole          string                 `protobuf:"bytes,3,opt,name=group_role,json=groupRole,proto3" json:"group_role,omitempty"`
+	TtlSeconds         int64                  `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	MaxTtlSeconds      int64                  `protobuf:"varint,5,opt,name=max_ttl_seconds,json=maxTtlSeconds,proto3" json:"max_ttl_seconds,omitempty"`
+	RevokeGraceSeconds int64                  `protobuf:"varint,6,opt,name=revoke_grace_seconds,json=revokeGraceSeconds,proto3" json:"revoke_grace_seconds,omitempty"`
+	UserPrefix         string                 `protobuf:"bytes,7,opt,name=user_prefix,json=userPrefix,proto3" json:"user_prefix,omitempty"`
+	Host               string                 `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
+	Port               int32                  `protobuf:"varint,9,opt,name=port,proto3" json:"port,omitempty"`
+	Database           string                 `protobuf:"bytes,10,opt,name=database,proto3" json:"database,omitempty"`
+	Params             string                 `protobuf:"bytes,11,opt,name=params,proto3" json:"params,omitempty"`
+	Version            int32                  `protobuf:"varint,12,opt,name=version,proto3" json:"version,omitempty"`
+	Created            *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *DatabaseInfo) Reset() {
+	*x = DatabaseInfo{}
+	mi := &file_keyd_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatabaseInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatabaseInfo) ProtoMessage() {}
+
+func (x *DatabaseInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatabaseInfo.ProtoReflect.Descriptor instead.
+func (*DatabaseInfo) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *DatabaseInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DatabaseInfo) GetEngine() string {
+	if x != nil {
+		return x.Engine
+	}
+	return ""
+}
+
+func (x *DatabaseInfo) GetGroupRole() string {
+	if x != nil {
+		return x.GroupRole
+	}
+	return ""
+}
+
+func (x *DatabaseInfo) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *DatabaseInfo) GetMaxTtlSeconds() int64 {
+	if x != nil {
+		return x.MaxTtlSeconds
+	}
+	return 0
+}
+
+func (x *DatabaseInfo) GetRevokeGraceSeconds() int64 {
+	if x != nil {
+		return x.RevokeGraceSeconds
+	}
+	return 0
+}
+
+func (x *DatabaseInfo) GetUserPrefix() string {
+	if x != nil {
+		return x.UserPrefix
+	}
+	return ""
+}
+
+func (x *DatabaseInfo) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *DatabaseInfo) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *DatabaseInfo) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *DatabaseInfo) GetParams() string {
+	if x != nil {
+		return x.Params
+	}
+	return ""
+}
+
+func (x *DatabaseInfo) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DatabaseInfo) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+type ListDatabasesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDatabasesRequest) Reset() {
+	*x = ListDatabasesRequest{}
+	mi := &file_keyd_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDatabasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDatabasesRequest) ProtoMessage() {}
+
+func (x *ListDatabasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDatabasesRequest.ProtoReflect.Descriptor instead.
+func (*ListDatabasesRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{64}
+}
+
+type ListDatabasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Databases     []*DatabaseInfo        `protobuf:"bytes,1,rep,name=databases,proto3" json:"databases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDatabasesResponse) Reset() {
+	*x = ListDatabasesResponse{}
+	mi := &file_keyd_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDatabasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDatabasesResponse) ProtoMessage() {}
+
+func (x *ListDatabasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDatabasesResponse.ProtoReflect.Descriptor instead.
+func (*ListDatabasesResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *ListDatabasesResponse) GetDatabases() []*DatabaseInfo {
+	if x != nil {
+		return x.Databases
+	}
+	return nil
+}
+
+type DeleteDatabaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Approval      []byte                 `protobuf:"bytes,100,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDatabaseRequest) Reset() {
+	*x = DeleteDatabaseRequest{}
+	mi := &file_keyd_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDatabaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDatabaseRequest) ProtoMessage() {}
+
+func (x *DeleteDatabaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDatabaseRequest.ProtoReflect.Descriptor instead.
+func (*DeleteDatabaseRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *DeleteDatabaseRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteDatabaseRequest) GetApproval() []byte {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+type DeleteDatabaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDatabaseResponse) Reset() {
+	*x = DeleteDatabaseResponse{}
+	mi := &file_keyd_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDatabaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDatabaseResponse) ProtoMessage() {}
+
+func (x *DeleteDatabaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDatabaseResponse.ProtoReflect.Descriptor instead.
+func (*DeleteDatabaseResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{67}
+}
+
+type ListLeasesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PodUid        string                 `protobuf:"bytes,1,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLeasesRequest) Reset() {
+	*x = ListLeasesRequest{}
+	mi := &file_keyd_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLeasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLeasesRequest) ProtoMessage() {}
+
+func (x *ListLeasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLeasesRequest.ProtoReflect.Descriptor instead.
+func (*ListLeasesRequest) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ListLeasesRequest) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
+type Lease struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Connection     string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	Namespace      string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,3,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	Pod            string                 `protobuf:"bytes,4,opt,name=pod,proto3" json:"pod,omitempty"`
+	PodUid         string                 `protobuf:"bytes,5,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	User           string                 `protobuf:"bytes,6,opt,name=user,proto3" json:"user,omitempty"`   // the login's name
+	State          string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"` // pending, active, revoking
+	Created        *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created,proto3" json:"created,omitempty"`
+	PasswordAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=password_at,json=passwordAt,proto3" json:"password_at,omitempty"`
+	Expiry         *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expiry,proto3" json:"expiry,omitempty"`
+	RevokeAt       *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=revoke_at,json=revokeAt,proto3" json:"revoke_at,omitempty"`
+	Attempts       int32                  `protobuf:"varint,12,opt,name=attempts,proto3" json:"attempts,omitempty"` // failed revocations so far
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Lease) Reset() {
+	*x = Lease{}
+	mi := &file_keyd_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Lease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Lease) ProtoMessage() {}
+
+func (x *Lease) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Lease.ProtoReflect.Descriptor instead.
+func (*Lease) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *Lease) GetConnection() string {
+	if x != nil {
+		return x.Connection
+	}
+	return ""
+}
+
+func (x *Lease) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Lease) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *Lease) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *Lease) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
+func (x *Lease) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Lease) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Lease) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *Lease) GetPasswordAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PasswordAt
+	}
+	return nil
+}
+
+func (x *Lease) GetExpiry() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expiry
+	}
+	return nil
+}
+
+func (x *Lease) GetRevokeAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeAt
+	}
+	return nil
+}
+
+func (x *Lease) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+type ListLeasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leases        []*Lease               `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLeasesResponse) Reset() {
+	*x = ListLeasesResponse{}
+	mi := &file_keyd_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLeasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLeasesResponse) ProtoMessage() {}
+
+func (x *ListLeasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyd_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLeasesResponse.ProtoReflect.Descriptor instead.
+func (*ListLeasesResponse) Descriptor() ([]byte, []int) {
+	return file_keyd_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *ListLeasesResponse) GetLeases() []*Lease {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
 }
 
 var File_keyd_proto protoreflect.FileDescriptor
@@ -3665,7 +4456,7 @@ const file_keyd_proto_rawDesc = "" +
 	"\fIssueRequest\x12-\n" +
 	"\x03pod\x18\x01 \x01(\v2\x1b.podkey.keyd.v1.PodIdentityR\x03pod\x12\x1b\n" +
 	"\tpod_token\x18\x02 \x01(\tR\bpodToken\x127\n" +
-	"\aobjects\x18\x03 \x03(\v2\x1d.podkey.keyd.v1.ObjectRequestR\aobjects\"\xfc\x04\n" +
+	"\aobjects\x18\x03 \x03(\v2\x1d.podkey.keyd.v1.ObjectRequestR\aobjects\"\xb9\x05\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
@@ -3684,7 +4475,8 @@ const file_keyd_proto_rawDesc = "" +
 	"derivedKey\x12-\n" +
 	"\x05token\x18\r \x01(\v2\x15.podkey.keyd.v1.TokenH\x00R\x05token\x125\n" +
 	"\x06secret\x18\x0e \x01(\v2\x1b.podkey.keyd.v1.SecretValueH\x00R\x06secret\x12.\n" +
-	"\x04tlcp\x18\x0f \x01(\v2\x18.podkey.keyd.v1.TLCPPairH\x00R\x04tlcp\x12\x18\n" +
+	"\x04tlcp\x18\x0f \x01(\v2\x18.podkey.keyd.v1.TLCPPairH\x00R\x04tlcp\x12;\n" +
+	"\bdatabase\x18\x10 \x01(\v2\x1d.podkey.keyd.v1.DatabaseLoginH\x00R\bdatabase\x12\x18\n" +
 	"\amissing\x18\x14 \x01(\tR\amissingB\t\n" +
 	"\apayload\"K\n" +
 	"\x06APIKey\x12\"\n" +
@@ -3696,7 +4488,15 @@ const file_keyd_proto_rawDesc = "" +
 	"\rca_bundle_pem\x18\x02 \x01(\fR\vcaBundlePem\"Q\n" +
 	"\bTLCPPair\x12!\n" +
 	"\fcsr_response\x18\x01 \x01(\fR\vcsrResponse\x12\"\n" +
-	"\rca_bundle_pem\x18\x02 \x01(\fR\vcaBundlePem\"\x1e\n" +
+	"\rca_bundle_pem\x18\x02 \x01(\fR\vcaBundlePem\"\xb3\x01\n" +
+	"\rDatabaseLogin\x12\x16\n" +
+	"\x06engine\x18\x01 \x01(\tR\x06engine\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\fR\bpassword\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\x05R\x04port\x12\x1a\n" +
+	"\bdatabase\x18\x06 \x01(\tR\bdatabase\x12\x16\n" +
+	"\x06params\x18\a \x01(\tR\x06params\"\x1e\n" +
 	"\n" +
 	"DerivedKey\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\"\x19\n" +
@@ -3868,7 +4668,72 @@ const file_keyd_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12$\n" +
 	"\x0elast_audit_seq\x18\x02 \x01(\x04R\flastAuditSeq\x12\x10\n" +
 	"\x03tag\x18\x03 \x01(\fR\x03tag\x12\x1e\n" +
-	"\vtag_key_gen\x18\x04 \x01(\x05R\ttagKeyGen2\xe5\x05\n" +
+	"\vtag_key_gen\x18\x04 \x01(\x05R\ttagKeyGen\"\xb5\x03\n" +
+	"\x12PutDatabaseRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06engine\x18\x02 \x01(\tR\x06engine\x12\x1d\n" +
+	"\n" +
+	"group_role\x18\x03 \x01(\tR\tgroupRole\x12\x1f\n" +
+	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
+	"ttlSeconds\x12&\n" +
+	"\x0fmax_ttl_seconds\x18\x05 \x01(\x03R\rmaxTtlSeconds\x120\n" +
+	"\x14revoke_grace_seconds\x18\x06 \x01(\x03R\x12revokeGraceSeconds\x12\x1f\n" +
+	"\vuser_prefix\x18\a \x01(\tR\n" +
+	"userPrefix\x12\x12\n" +
+	"\x04host\x18\b \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\t \x01(\x05R\x04port\x12\x1a\n" +
+	"\bdatabase\x18\n" +
+	" \x01(\tR\bdatabase\x12\x16\n" +
+	"\x06params\x18\v \x01(\tR\x06params\x12\x15\n" +
+	"\x06ca_pem\x18\f \x01(\tR\x05caPem\x12)\n" +
+	"\x10admin_connection\x18\r \x01(\tR\x0fadminConnection\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\xa1\x03\n" +
+	"\fDatabaseInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06engine\x18\x02 \x01(\tR\x06engine\x12\x1d\n" +
+	"\n" +
+	"group_role\x18\x03 \x01(\tR\tgroupRole\x12\x1f\n" +
+	"\vttl_seconds\x18\x04 \x01(\x03R\n" +
+	"ttlSeconds\x12&\n" +
+	"\x0fmax_ttl_seconds\x18\x05 \x01(\x03R\rmaxTtlSeconds\x120\n" +
+	"\x14revoke_grace_seconds\x18\x06 \x01(\x03R\x12revokeGraceSeconds\x12\x1f\n" +
+	"\vuser_prefix\x18\a \x01(\tR\n" +
+	"userPrefix\x12\x12\n" +
+	"\x04host\x18\b \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\t \x01(\x05R\x04port\x12\x1a\n" +
+	"\bdatabase\x18\n" +
+	" \x01(\tR\bdatabase\x12\x16\n" +
+	"\x06params\x18\v \x01(\tR\x06params\x12\x18\n" +
+	"\aversion\x18\f \x01(\x05R\aversion\x124\n" +
+	"\acreated\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\x16\n" +
+	"\x14ListDatabasesRequest\"S\n" +
+	"\x15ListDatabasesResponse\x12:\n" +
+	"\tdatabases\x18\x01 \x03(\v2\x1c.podkey.keyd.v1.DatabaseInfoR\tdatabases\"G\n" +
+	"\x15DeleteDatabaseRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bapproval\x18d \x01(\fR\bapproval\"\x18\n" +
+	"\x16DeleteDatabaseResponse\",\n" +
+	"\x11ListLeasesRequest\x12\x17\n" +
+	"\apod_uid\x18\x01 \x01(\tR\x06podUid\"\xbf\x03\n" +
+	"\x05Lease\x12\x1e\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\tR\n" +
+	"connection\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x03 \x01(\tR\x0eserviceAccount\x12\x10\n" +
+	"\x03pod\x18\x04 \x01(\tR\x03pod\x12\x17\n" +
+	"\apod_uid\x18\x05 \x01(\tR\x06podUid\x12\x12\n" +
+	"\x04user\x18\x06 \x01(\tR\x04user\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x124\n" +
+	"\acreated\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12;\n" +
+	"\vpassword_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"passwordAt\x122\n" +
+	"\x06expiry\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x06expiry\x127\n" +
+	"\trevoke_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\brevokeAt\x12\x1a\n" +
+	"\battempts\x18\f \x01(\x05R\battempts\"C\n" +
+	"\x12ListLeasesResponse\x12-\n" +
+	"\x06leases\x18\x01 \x03(\v2\x15.podkey.keyd.v1.LeaseR\x06leases2\xe5\x05\n" +
 	"\x04Keyd\x12D\n" +
 	"\x05Issue\x12\x1c.podkey.keyd.v1.IssueRequest\x1a\x1d.podkey.keyd.v1.IssueResponse\x12G\n" +
 	"\x06Verify\x12\x1d.podkey.keyd.v1.VerifyRequest\x1a\x1e.podkey.keyd.v1.VerifyResponse\x12G\n" +
@@ -3878,7 +4743,7 @@ const file_keyd_proto_rawDesc = "" +
 	"\bRenewals\x12\x1f.podkey.keyd.v1.RenewalsRequest\x1a .podkey.keyd.v1.RenewalsResponse\x12b\n" +
 	"\x0fNodeCertificate\x12&.podkey.keyd.v1.NodeCertificateRequest\x1a'.podkey.keyd.v1.NodeCertificateResponse\x12_\n" +
 	"\x0eUnwrapImageKey\x12%.podkey.keyd.v1.UnwrapImageKeyRequest\x1a&.podkey.keyd.v1.UnwrapImageKeyResponse\x12P\n" +
-	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\xa5\f\n" +
+	"\tImageKeys\x12 .podkey.keyd.v1.ImageKeysRequest\x1a!.podkey.keyd.v1.ImageKeysResponse2\x8a\x0f\n" +
 	"\x05Admin\x12I\n" +
 	"\tPutSecret\x12 .podkey.keyd.v1.PutSecretRequest\x1a\x1a.podkey.keyd.v1.SecretInfo\x12V\n" +
 	"\vListSecrets\x12\".podkey.keyd.v1.ListSecretsRequest\x1a#.podkey.keyd.v1.ListSecretsResponse\x12Y\n" +
@@ -3898,7 +4763,12 @@ const file_keyd_proto_rawDesc = "" +
 	"\vBackupStore\x12\".podkey.keyd.v1.BackupStoreRequest\x1a\x1b.podkey.keyd.v1.BackupChunk0\x01\x12M\n" +
 	"\tGetRoster\x12 .podkey.keyd.v1.GetRosterRequest\x1a\x1e.podkey.keyd.v1.RosterDocument\x12K\n" +
 	"\tSetRoster\x12\x1e.podkey.keyd.v1.RosterDocument\x1a\x1e.podkey.keyd.v1.RosterDocument\x12S\n" +
-	"\rRecoverEscrow\x12$.podkey.keyd.v1.RecoverEscrowRequest\x1a\x1c.podkey.keyd.v1.RecoveredKeyB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
+	"\rRecoverEscrow\x12$.podkey.keyd.v1.RecoverEscrowRequest\x1a\x1c.podkey.keyd.v1.RecoveredKey\x12O\n" +
+	"\vPutDatabase\x12\".podkey.keyd.v1.PutDatabaseRequest\x1a\x1c.podkey.keyd.v1.DatabaseInfo\x12\\\n" +
+	"\rListDatabases\x12$.podkey.keyd.v1.ListDatabasesRequest\x1a%.podkey.keyd.v1.ListDatabasesResponse\x12_\n" +
+	"\x0eDeleteDatabase\x12%.podkey.keyd.v1.DeleteDatabaseRequest\x1a&.podkey.keyd.v1.DeleteDatabaseResponse\x12S\n" +
+	"\n" +
+	"ListLeases\x12!.podkey.keyd.v1.ListLeasesRequest\x1a\".podkey.keyd.v1.ListLeasesResponseB)Z'github.com/podkey/podkey/pkg/api/keydv1b\x06proto3"
 
 var (
 	file_keyd_proto_rawDescOnce sync.Once
@@ -3912,7 +4782,7 @@ func file_keyd_proto_rawDescGZIP() []byte {
 	return file_keyd_proto_rawDescData
 }
 
-var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_keyd_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_keyd_proto_goTypes = []any{
 	(*RecoverEscrowRequest)(nil),    // 0: podkey.keyd.v1.RecoverEscrowRequest
 	(*RecoveredKey)(nil),            // 1: podkey.keyd.v1.RecoveredKey
@@ -3925,147 +4795,173 @@ var file_keyd_proto_goTypes = []any{
 	(*APIKey)(nil),                  // 8: podkey.keyd.v1.APIKey
 	(*Certificate)(nil),             // 9: podkey.keyd.v1.Certificate
 	(*TLCPPair)(nil),                // 10: podkey.keyd.v1.TLCPPair
-	(*DerivedKey)(nil),              // 11: podkey.keyd.v1.DerivedKey
-	(*Token)(nil),                   // 12: podkey.keyd.v1.Token
-	(*SecretValue)(nil),             // 13: podkey.keyd.v1.SecretValue
-	(*IssueResponse)(nil),           // 14: podkey.keyd.v1.IssueResponse
-	(*VerifyRequest)(nil),           // 15: podkey.keyd.v1.VerifyRequest
-	(*VerifyResponse)(nil),          // 16: podkey.keyd.v1.VerifyResponse
-	(*RevokeRequest)(nil),           // 17: podkey.keyd.v1.RevokeRequest
-	(*RevokeResponse)(nil),          // 18: podkey.keyd.v1.RevokeResponse
-	(*CABundleRequest)(nil),         // 19: podkey.keyd.v1.CABundleRequest
-	(*NodeCertificateRequest)(nil),  // 20: podkey.keyd.v1.NodeCertificateRequest
-	(*NodeCertificateResponse)(nil), // 21: podkey.keyd.v1.NodeCertificateResponse
-	(*CABundleResponse)(nil),        // 22: podkey.keyd.v1.CABundleResponse
-	(*RenewalsRequest)(nil),         // 23: podkey.keyd.v1.RenewalsRequest
-	(*RenewalsResponse)(nil),        // 24: podkey.keyd.v1.RenewalsResponse
-	(*Renewal)(nil),                 // 25: podkey.keyd.v1.Renewal
-	(*ForceRenewalRequest)(nil),     // 26: podkey.keyd.v1.ForceRenewalRequest
-	(*TokenKeysRequest)(nil),        // 27: podkey.keyd.v1.TokenKeysRequest
-	(*TokenKeysResponse)(nil),       // 28: podkey.keyd.v1.TokenKeysResponse
-	(*PutSecretRequest)(nil),        // 29: podkey.keyd.v1.PutSecretRequest
-	(*SecretInfo)(nil),              // 30: podkey.keyd.v1.SecretInfo
-	(*ListSecretsRequest)(nil),      // 31: podkey.keyd.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),     // 32: podkey.keyd.v1.ListSecretsResponse
-	(*DeleteSecretRequest)(nil),     // 33: podkey.keyd.v1.DeleteSecretRequest
-	(*DeleteSecretResponse)(nil),    // 34: podkey.keyd.v1.DeleteSecretResponse
-	(*GetPolicyRequest)(nil),        // 35: podkey.keyd.v1.GetPolicyRequest
-	(*PolicyDocument)(nil),          // 36: podkey.keyd.v1.PolicyDocument
-	(*PolicyRule)(nil),              // 37: podkey.keyd.v1.PolicyRule
-	(*PolicyRuleResponse)(nil),      // 38: podkey.keyd.v1.PolicyRuleResponse
-	(*ExportAuditRequest)(nil),      // 39: podkey.keyd.v1.ExportAuditRequest
-	(*AuditRecord)(nil),             // 40: podkey.keyd.v1.AuditRecord
-	(*VerifyAuditRequest)(nil),      // 41: podkey.keyd.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 42: podkey.keyd.v1.VerifyAuditResponse
-	(*CheckpointAuditRequest)(nil),  // 43: podkey.keyd.v1.CheckpointAuditRequest
-	(*CheckpointAuditResponse)(nil), // 44: podkey.keyd.v1.CheckpointAuditResponse
-	(*RotateKeyRequest)(nil),        // 45: podkey.keyd.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),       // 46: podkey.keyd.v1.RotateKeyResponse
-	(*RetireKeyRequest)(nil),        // 47: podkey.keyd.v1.RetireKeyRequest
-	(*RetireKeyResponse)(nil),       // 48: podkey.keyd.v1.RetireKeyResponse
-	(*StatusRequest)(nil),           // 49: podkey.keyd.v1.StatusRequest
-	(*StatusResponse)(nil),          // 50: podkey.keyd.v1.StatusResponse
-	(*KeyGenerations)(nil),          // 51: podkey.keyd.v1.KeyGenerations
-	(*ImageKeyEntry)(nil),           // 52: podkey.keyd.v1.ImageKeyEntry
-	(*UnwrapImageKeyRequest)(nil),   // 53: podkey.keyd.v1.UnwrapImageKeyRequest
-	(*UnwrapImageKeyResponse)(nil),  // 54: podkey.keyd.v1.UnwrapImageKeyResponse
-	(*ImageKeysRequest)(nil),        // 55: podkey.keyd.v1.ImageKeysRequest
-	(*ImageKey)(nil),                // 56: podkey.keyd.v1.ImageKey
-	(*ImageKeysResponse)(nil),       // 57: podkey.keyd.v1.ImageKeysResponse
-	(*CreateImageKeyRequest)(nil),   // 58: podkey.keyd.v1.CreateImageKeyRequest
-	(*BackupStoreRequest)(nil),      // 59: podkey.keyd.v1.BackupStoreRequest
-	(*BackupChunk)(nil),             // 60: podkey.keyd.v1.BackupChunk
-	(*timestamppb.Timestamp)(nil),   // 61: google.protobuf.Timestamp
+	(*DatabaseLogin)(nil),           // 11: podkey.keyd.v1.DatabaseLogin
+	(*DerivedKey)(nil),              // 12: podkey.keyd.v1.DerivedKey
+	(*Token)(nil),                   // 13: podkey.keyd.v1.Token
+	(*SecretValue)(nil),             // 14: podkey.keyd.v1.SecretValue
+	(*IssueResponse)(nil),           // 15: podkey.keyd.v1.IssueResponse
+	(*VerifyRequest)(nil),           // 16: podkey.keyd.v1.VerifyRequest
+	(*VerifyResponse)(nil),          // 17: podkey.keyd.v1.VerifyResponse
+	(*RevokeRequest)(nil),           // 18: podkey.keyd.v1.RevokeRequest
+	(*RevokeResponse)(nil),          // 19: podkey.keyd.v1.RevokeResponse
+	(*CABundleRequest)(nil),         // 20: podkey.keyd.v1.CABundleRequest
+	(*NodeCertificateRequest)(nil),  // 21: podkey.keyd.v1.NodeCertificateRequest
+	(*NodeCertificateResponse)(nil), // 22: podkey.keyd.v1.NodeCertificateResponse
+	(*CABundleResponse)(nil),        // 23: podkey.keyd.v1.CABundleResponse
+	(*RenewalsRequest)(nil),         // 24: podkey.keyd.v1.RenewalsRequest
+	(*RenewalsResponse)(nil),        // 25: podkey.keyd.v1.RenewalsResponse
+	(*Renewal)(nil),                 // 26: podkey.keyd.v1.Renewal
+	(*ForceRenewalRequest)(nil),     // 27: podkey.keyd.v1.ForceRenewalRequest
+	(*TokenKeysRequest)(nil),        // 28: podkey.keyd.v1.TokenKeysRequest
+	(*TokenKeysResponse)(nil),       // 29: podkey.keyd.v1.TokenKeysResponse
+	(*PutSecretRequest)(nil),        // 30: podkey.keyd.v1.PutSecretRequest
+	(*SecretInfo)(nil),              // 31: podkey.keyd.v1.SecretInfo
+	(*ListSecretsRequest)(nil),      // 32: podkey.keyd.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),     // 33: podkey.keyd.v1.ListSecretsResponse
+	(*DeleteSecretRequest)(nil),     // 34: podkey.keyd.v1.DeleteSecretRequest
+	(*DeleteSecretResponse)(nil),    // 35: podkey.keyd.v1.DeleteSecretResponse
+	(*GetPolicyRequest)(nil),        // 36: podkey.keyd.v1.GetPolicyRequest
+	(*PolicyDocument)(nil),          // 37: podkey.keyd.v1.PolicyDocument
+	(*PolicyRule)(nil),              // 38: podkey.keyd.v1.PolicyRule
+	(*PolicyRuleResponse)(nil),      // 39: podkey.keyd.v1.PolicyRuleResponse
+	(*ExportAuditRequest)(nil),      // 40: podkey.keyd.v1.ExportAuditRequest
+	(*AuditRecord)(nil),             // 41: podkey.keyd.v1.AuditRecord
+	(*VerifyAuditRequest)(nil),      // 42: podkey.keyd.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 43: podkey.keyd.v1.VerifyAuditResponse
+	(*CheckpointAuditRequest)(nil),  // 44: podkey.keyd.v1.CheckpointAuditRequest
+	(*CheckpointAuditResponse)(nil), // 45: podkey.keyd.v1.CheckpointAuditResponse
+	(*RotateKeyRequest)(nil),        // 46: podkey.keyd.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),       // 47: podkey.keyd.v1.RotateKeyResponse
+	(*RetireKeyRequest)(nil),        // 48: podkey.keyd.v1.RetireKeyRequest
+	(*RetireKeyResponse)(nil),       // 49: podkey.keyd.v1.RetireKeyResponse
+	(*StatusRequest)(nil),           // 50: podkey.keyd.v1.StatusRequest
+	(*StatusResponse)(nil),          // 51: podkey.keyd.v1.StatusResponse
+	(*KeyGenerations)(nil),          // 52: podkey.keyd.v1.KeyGenerations
+	(*ImageKeyEntry)(nil),           // 53: podkey.keyd.v1.ImageKeyEntry
+	(*UnwrapImageKeyRequest)(nil),   // 54: podkey.keyd.v1.UnwrapImageKeyRequest
+	(*UnwrapImageKeyResponse)(nil),  // 55: podkey.keyd.v1.UnwrapImageKeyResponse
+	(*ImageKeysRequest)(nil),        // 56: podkey.keyd.v1.ImageKeysRequest
+	(*ImageKey)(nil),                // 57: podkey.keyd.v1.ImageKey
+	(*ImageKeysResponse)(nil),       // 58: podkey.keyd.v1.ImageKeysResponse
+	(*CreateImageKeyRequest)(nil),   // 59: podkey.keyd.v1.CreateImageKeyRequest
+	(*BackupStoreRequest)(nil),      // 60: podkey.keyd.v1.BackupStoreRequest
+	(*BackupChunk)(nil),             // 61: podkey.keyd.v1.BackupChunk
+	(*PutDatabaseRequest)(nil),      // 62: podkey.keyd.v1.PutDatabaseRequest
+	(*DatabaseInfo)(nil),            // 63: podkey.keyd.v1.DatabaseInfo
+	(*ListDatabasesRequest)(nil),    // 64: podkey.keyd.v1.ListDatabasesRequest
+	(*ListDatabasesResponse)(nil),   // 65: podkey.keyd.v1.ListDatabasesResponse
+	(*DeleteDatabaseRequest)(nil),   // 66: podkey.keyd.v1.DeleteDatabaseRequest
+	(*DeleteDatabaseResponse)(nil),  // 67: podkey.keyd.v1.DeleteDatabaseResponse
+	(*ListLeasesRequest)(nil),       // 68: podkey.keyd.v1.ListLeasesRequest
+	(*Lease)(nil),                   // 69: podkey.keyd.v1.Lease
+	(*ListLeasesResponse)(nil),      // 70: podkey.keyd.v1.ListLeasesResponse
+	(*timestamppb.Timestamp)(nil),   // 71: google.protobuf.Timestamp
 }
 var file_keyd_proto_depIdxs = []int32{
-	61, // 0: podkey.keyd.v1.RecoveredKey.not_after:type_name -> google.protobuf.Timestamp
+	71, // 0: podkey.keyd.v1.RecoveredKey.not_after:type_name -> google.protobuf.Timestamp
 	4,  // 1: podkey.keyd.v1.IssueRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
 	5,  // 2: podkey.keyd.v1.IssueRequest.objects:type_name -> podkey.keyd.v1.ObjectRequest
-	61, // 3: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
-	61, // 4: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
-	61, // 5: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
+	71, // 3: podkey.keyd.v1.Credential.issued_at:type_name -> google.protobuf.Timestamp
+	71, // 4: podkey.keyd.v1.Credential.expiry:type_name -> google.protobuf.Timestamp
+	71, // 5: podkey.keyd.v1.Credential.renew_at:type_name -> google.protobuf.Timestamp
 	8,  // 6: podkey.keyd.v1.Credential.api_key:type_name -> podkey.keyd.v1.APIKey
 	9,  // 7: podkey.keyd.v1.Credential.certificate:type_name -> podkey.keyd.v1.Certificate
-	11, // 8: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
-	12, // 9: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
-	13, // 10: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
+	12, // 8: podkey.keyd.v1.Credential.derived_key:type_name -> podkey.keyd.v1.DerivedKey
+	13, // 9: podkey.keyd.v1.Credential.token:type_name -> podkey.keyd.v1.Token
+	14, // 10: podkey.keyd.v1.Credential.secret:type_name -> podkey.keyd.v1.SecretValue
 	10, // 11: podkey.keyd.v1.Credential.tlcp:type_name -> podkey.keyd.v1.TLCPPair
-	7,  // 12: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
-	61, // 13: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
-	4,  // 14: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
-	61, // 15: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
-	61, // 16: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
-	61, // 17: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
-	25, // 18: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
-	61, // 19: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
-	61, // 20: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
-	61, // 21: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
-	30, // 22: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
-	61, // 23: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
-	51, // 24: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
-	52, // 25: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
-	56, // 26: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
-	6,  // 27: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
-	15, // 28: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
-	17, // 29: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
-	19, // 30: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
-	27, // 31: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
-	23, // 32: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
-	20, // 33: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
-	53, // 34: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
-	55, // 35: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
-	29, // 36: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
-	31, // 37: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
-	33, // 38: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
-	35, // 39: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
-	36, // 40: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
-	37, // 41: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	37, // 42: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
-	39, // 43: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
-	41, // 44: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
-	43, // 45: podkey.keyd.v1.Admin.CheckpointAudit:input_type -> podkey.keyd.v1.CheckpointAuditRequest
-	45, // 46: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
-	47, // 47: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
-	26, // 48: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
-	49, // 49: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
-	58, // 50: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
-	59, // 51: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
-	2,  // 52: podkey.keyd.v1.Admin.GetRoster:input_type -> podkey.keyd.v1.GetRosterRequest
-	3,  // 53: podkey.keyd.v1.Admin.SetRoster:input_type -> podkey.keyd.v1.RosterDocument
-	0,  // 54: podkey.keyd.v1.Admin.RecoverEscrow:input_type -> podkey.keyd.v1.RecoverEscrowRequest
-	14, // 55: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
-	16, // 56: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
-	18, // 57: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
-	22, // 58: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
-	28, // 59: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
-	24, // 60: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
-	21, // 61: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
-	54, // 62: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
-	57, // 63: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
-	30, // 64: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
-	32, // 65: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
-	34, // 66: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
-	36, // 67: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	36, // 68: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
-	38, // 69: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	38, // 70: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
-	40, // 71: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
-	42, // 72: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
-	44, // 73: podkey.keyd.v1.Admin.CheckpointAudit:output_type -> podkey.keyd.v1.CheckpointAuditResponse
-	46, // 74: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
-	48, // 75: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
-	25, // 76: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
-	50, // 77: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
-	56, // 78: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
-	60, // 79: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
-	3,  // 80: podkey.keyd.v1.Admin.GetRoster:output_type -> podkey.keyd.v1.RosterDocument
-	3,  // 81: podkey.keyd.v1.Admin.SetRoster:output_type -> podkey.keyd.v1.RosterDocument
-	1,  // 82: podkey.keyd.v1.Admin.RecoverEscrow:output_type -> podkey.keyd.v1.RecoveredKey
-	55, // [55:83] is the sub-list for method output_type
-	27, // [27:55] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	11, // 12: podkey.keyd.v1.Credential.database:type_name -> podkey.keyd.v1.DatabaseLogin
+	7,  // 13: podkey.keyd.v1.IssueResponse.credentials:type_name -> podkey.keyd.v1.Credential
+	71, // 14: podkey.keyd.v1.VerifyResponse.expiry:type_name -> google.protobuf.Timestamp
+	4,  // 15: podkey.keyd.v1.RevokeRequest.pod:type_name -> podkey.keyd.v1.PodIdentity
+	71, // 16: podkey.keyd.v1.RevokeRequest.issued_before:type_name -> google.protobuf.Timestamp
+	71, // 17: podkey.keyd.v1.RevokeResponse.until:type_name -> google.protobuf.Timestamp
+	71, // 18: podkey.keyd.v1.NodeCertificateResponse.expiry:type_name -> google.protobuf.Timestamp
+	26, // 19: podkey.keyd.v1.RenewalsResponse.renewals:type_name -> podkey.keyd.v1.Renewal
+	71, // 20: podkey.keyd.v1.Renewal.at:type_name -> google.protobuf.Timestamp
+	71, // 21: podkey.keyd.v1.Renewal.until:type_name -> google.protobuf.Timestamp
+	71, // 22: podkey.keyd.v1.SecretInfo.created:type_name -> google.protobuf.Timestamp
+	31, // 23: podkey.keyd.v1.ListSecretsResponse.secrets:type_name -> podkey.keyd.v1.SecretInfo
+	71, // 24: podkey.keyd.v1.RetireKeyResponse.in_use_until:type_name -> google.protobuf.Timestamp
+	52, // 25: podkey.keyd.v1.StatusResponse.keys:type_name -> podkey.keyd.v1.KeyGenerations
+	53, // 26: podkey.keyd.v1.UnwrapImageKeyRequest.entries:type_name -> podkey.keyd.v1.ImageKeyEntry
+	57, // 27: podkey.keyd.v1.ImageKeysResponse.keys:type_name -> podkey.keyd.v1.ImageKey
+	71, // 28: podkey.keyd.v1.DatabaseInfo.created:type_name -> google.protobuf.Timestamp
+	63, // 29: podkey.keyd.v1.ListDatabasesResponse.databases:type_name -> podkey.keyd.v1.DatabaseInfo
+	71, // 30: podkey.keyd.v1.Lease.created:type_name -> google.protobuf.Timestamp
+	71, // 31: podkey.keyd.v1.Lease.password_at:type_name -> google.protobuf.Timestamp
+	71, // 32: podkey.keyd.v1.Lease.expiry:type_name -> google.protobuf.Timestamp
+	71, // 33: podkey.keyd.v1.Lease.revoke_at:type_name -> google.protobuf.Timestamp
+	69, // 34: podkey.keyd.v1.ListLeasesResponse.leases:type_name -> podkey.keyd.v1.Lease
+	6,  // 35: podkey.keyd.v1.Keyd.Issue:input_type -> podkey.keyd.v1.IssueRequest
+	16, // 36: podkey.keyd.v1.Keyd.Verify:input_type -> podkey.keyd.v1.VerifyRequest
+	18, // 37: podkey.keyd.v1.Keyd.Revoke:input_type -> podkey.keyd.v1.RevokeRequest
+	20, // 38: podkey.keyd.v1.Keyd.CABundle:input_type -> podkey.keyd.v1.CABundleRequest
+	28, // 39: podkey.keyd.v1.Keyd.TokenKeys:input_type -> podkey.keyd.v1.TokenKeysRequest
+	24, // 40: podkey.keyd.v1.Keyd.Renewals:input_type -> podkey.keyd.v1.RenewalsRequest
+	21, // 41: podkey.keyd.v1.Keyd.NodeCertificate:input_type -> podkey.keyd.v1.NodeCertificateRequest
+	54, // 42: podkey.keyd.v1.Keyd.UnwrapImageKey:input_type -> podkey.keyd.v1.UnwrapImageKeyRequest
+	56, // 43: podkey.keyd.v1.Keyd.ImageKeys:input_type -> podkey.keyd.v1.ImageKeysRequest
+	30, // 44: podkey.keyd.v1.Admin.PutSecret:input_type -> podkey.keyd.v1.PutSecretRequest
+	32, // 45: podkey.keyd.v1.Admin.ListSecrets:input_type -> podkey.keyd.v1.ListSecretsRequest
+	34, // 46: podkey.keyd.v1.Admin.DeleteSecret:input_type -> podkey.keyd.v1.DeleteSecretRequest
+	36, // 47: podkey.keyd.v1.Admin.GetPolicy:input_type -> podkey.keyd.v1.GetPolicyRequest
+	37, // 48: podkey.keyd.v1.Admin.SetPolicy:input_type -> podkey.keyd.v1.PolicyDocument
+	38, // 49: podkey.keyd.v1.Admin.AddPolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	38, // 50: podkey.keyd.v1.Admin.RemovePolicyRule:input_type -> podkey.keyd.v1.PolicyRule
+	40, // 51: podkey.keyd.v1.Admin.ExportAudit:input_type -> podkey.keyd.v1.ExportAuditRequest
+	42, // 52: podkey.keyd.v1.Admin.VerifyAudit:input_type -> podkey.keyd.v1.VerifyAuditRequest
+	44, // 53: podkey.keyd.v1.Admin.CheckpointAudit:input_type -> podkey.keyd.v1.CheckpointAuditRequest
+	46, // 54: podkey.keyd.v1.Admin.RotateKey:input_type -> podkey.keyd.v1.RotateKeyRequest
+	48, // 55: podkey.keyd.v1.Admin.RetireKey:input_type -> podkey.keyd.v1.RetireKeyRequest
+	27, // 56: podkey.keyd.v1.Admin.ForceRenewal:input_type -> podkey.keyd.v1.ForceRenewalRequest
+	50, // 57: podkey.keyd.v1.Admin.Status:input_type -> podkey.keyd.v1.StatusRequest
+	59, // 58: podkey.keyd.v1.Admin.CreateImageKey:input_type -> podkey.keyd.v1.CreateImageKeyRequest
+	60, // 59: podkey.keyd.v1.Admin.BackupStore:input_type -> podkey.keyd.v1.BackupStoreRequest
+	2,  // 60: podkey.keyd.v1.Admin.GetRoster:input_type -> podkey.keyd.v1.GetRosterRequest
+	3,  // 61: podkey.keyd.v1.Admin.SetRoster:input_type -> podkey.keyd.v1.RosterDocument
+	0,  // 62: podkey.keyd.v1.Admin.RecoverEscrow:input_type -> podkey.keyd.v1.RecoverEscrowRequest
+	62, // 63: podkey.keyd.v1.Admin.PutDatabase:input_type -> podkey.keyd.v1.PutDatabaseRequest
+	64, // 64: podkey.keyd.v1.Admin.ListDatabases:input_type -> podkey.keyd.v1.ListDatabasesRequest
+	66, // 65: podkey.keyd.v1.Admin.DeleteDatabase:input_type -> podkey.keyd.v1.DeleteDatabaseRequest
+	68, // 66: podkey.keyd.v1.Admin.ListLeases:input_type -> podkey.keyd.v1.ListLeasesRequest
+	15, // 67: podkey.keyd.v1.Keyd.Issue:output_type -> podkey.keyd.v1.IssueResponse
+	17, // 68: podkey.keyd.v1.Keyd.Verify:output_type -> podkey.keyd.v1.VerifyResponse
+	19, // 69: podkey.keyd.v1.Keyd.Revoke:output_type -> podkey.keyd.v1.RevokeResponse
+	23, // 70: podkey.keyd.v1.Keyd.CABundle:output_type -> podkey.keyd.v1.CABundleResponse
+	29, // 71: podkey.keyd.v1.Keyd.TokenKeys:output_type -> podkey.keyd.v1.TokenKeysResponse
+	25, // 72: podkey.keyd.v1.Keyd.Renewals:output_type -> podkey.keyd.v1.RenewalsResponse
+	22, // 73: podkey.keyd.v1.Keyd.NodeCertificate:output_type -> podkey.keyd.v1.NodeCertificateResponse
+	55, // 74: podkey.keyd.v1.Keyd.UnwrapImageKey:output_type -> podkey.keyd.v1.UnwrapImageKeyResponse
+	58, // 75: podkey.keyd.v1.Keyd.ImageKeys:output_type -> podkey.keyd.v1.ImageKeysResponse
+	31, // 76: podkey.keyd.v1.Admin.PutSecret:output_type -> podkey.keyd.v1.SecretInfo
+	33, // 77: podkey.keyd.v1.Admin.ListSecrets:output_type -> podkey.keyd.v1.ListSecretsResponse
+	35, // 78: podkey.keyd.v1.Admin.DeleteSecret:output_type -> podkey.keyd.v1.DeleteSecretResponse
+	37, // 79: podkey.keyd.v1.Admin.GetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	37, // 80: podkey.keyd.v1.Admin.SetPolicy:output_type -> podkey.keyd.v1.PolicyDocument
+	39, // 81: podkey.keyd.v1.Admin.AddPolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	39, // 82: podkey.keyd.v1.Admin.RemovePolicyRule:output_type -> podkey.keyd.v1.PolicyRuleResponse
+	41, // 83: podkey.keyd.v1.Admin.ExportAudit:output_type -> podkey.keyd.v1.AuditRecord
+	43, // 84: podkey.keyd.v1.Admin.VerifyAudit:output_type -> podkey.keyd.v1.VerifyAuditResponse
+	45, // 85: podkey.keyd.v1.Admin.CheckpointAudit:output_type -> podkey.keyd.v1.CheckpointAuditResponse
+	47, // 86: podkey.keyd.v1.Admin.RotateKey:output_type -> podkey.keyd.v1.RotateKeyResponse
+	49, // 87: podkey.keyd.v1.Admin.RetireKey:output_type -> podkey.keyd.v1.RetireKeyResponse
+	26, // 88: podkey.keyd.v1.Admin.ForceRenewal:output_type -> podkey.keyd.v1.Renewal
+	51, // 89: podkey.keyd.v1.Admin.Status:output_type -> podkey.keyd.v1.StatusResponse
+	57, // 90: podkey.keyd.v1.Admin.CreateImageKey:output_type -> podkey.keyd.v1.ImageKey
+	61, // 91: podkey.keyd.v1.Admin.BackupStore:output_type -> podkey.keyd.v1.BackupChunk
+	3,  // 92: podkey.keyd.v1.Admin.GetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	3,  // 93: podkey.keyd.v1.Admin.SetRoster:output_type -> podkey.keyd.v1.RosterDocument
+	1,  // 94: podkey.keyd.v1.Admin.RecoverEscrow:output_type -> podkey.keyd.v1.RecoveredKey
+	63, // 95: podkey.keyd.v1.Admin.PutDatabase:output_type -> podkey.keyd.v1.DatabaseInfo
+	65, // 96: podkey.keyd.v1.Admin.ListDatabases:output_type -> podkey.keyd.v1.ListDatabasesResponse
+	67, // 97: podkey.keyd.v1.Admin.DeleteDatabase:output_type -> podkey.keyd.v1.DeleteDatabaseResponse
+	70, // 98: podkey.keyd.v1.Admin.ListLeases:output_type -> podkey.keyd.v1.ListLeasesResponse
+	67, // [67:99] is the sub-list for method output_type
+	35, // [35:67] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_keyd_proto_init() }
@@ -4080,6 +4976,7 @@ func file_keyd_proto_init() {
 		(*Credential_Token)(nil),
 		(*Credential_Secret)(nil),
 		(*Credential_Tlcp)(nil),
+		(*Credential_Database)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4087,7 +4984,7 @@ func file_keyd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyd_proto_rawDesc), len(file_keyd_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   61,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

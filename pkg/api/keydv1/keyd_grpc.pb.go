@@ -488,6 +488,10 @@ const (
 	Admin_GetRoster_FullMethodName        = "/podkey.keyd.v1.Admin/GetRoster"
 	Admin_SetRoster_FullMethodName        = "/podkey.keyd.v1.Admin/SetRoster"
 	Admin_RecoverEscrow_FullMethodName    = "/podkey.keyd.v1.Admin/RecoverEscrow"
+	Admin_PutDatabase_FullMethodName      = "/podkey.keyd.v1.Admin/PutDatabase"
+	Admin_ListDatabases_FullMethodName    = "/podkey.keyd.v1.Admin/ListDatabases"
+	Admin_DeleteDatabase_FullMethodName   = "/podkey.keyd.v1.Admin/DeleteDatabase"
+	Admin_ListLeases_FullMethodName       = "/podkey.keyd.v1.Admin/ListLeases"
 )
 
 // AdminClient is the client API for Admin service.
@@ -538,6 +542,14 @@ type AdminClient interface {
 	// pair, by its certificate's serial: only as an approved request, and
 	// refused altogether while dual control is off.
 	RecoverEscrow(ctx context.Context, in *RecoverEscrowRequest, opts ...grpc.CallOption) (*RecoveredKey, error)
+	// Database connections pods get logins of their own on (package
+	// dbcred): defined with an admin connection string keyd keeps wrapped
+	// and never returns; deleted only when no pod holds a login.
+	PutDatabase(ctx context.Context, in *PutDatabaseRequest, opts ...grpc.CallOption) (*DatabaseInfo, error)
+	ListDatabases(ctx context.Context, in *ListDatabasesRequest, opts ...grpc.CallOption) (*ListDatabasesResponse, error)
+	DeleteDatabase(ctx context.Context, in *DeleteDatabaseRequest, opts ...grpc.CallOption) (*DeleteDatabaseResponse, error)
+	// The pods' database logins (leases): never their passwords.
+	ListLeases(ctx context.Context, in *ListLeasesRequest, opts ...grpc.CallOption) (*ListLeasesResponse, error)
 }
 
 type adminClient struct {
@@ -756,6 +768,46 @@ func (c *adminClient) RecoverEscrow(ctx context.Context, in *RecoverEscrowReques
 	return out, nil
 }
 
+func (c *adminClient) PutDatabase(ctx context.Context, in *PutDatabaseRequest, opts ...grpc.CallOption) (*DatabaseInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DatabaseInfo)
+	err := c.cc.Invoke(ctx, Admin_PutDatabase_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListDatabases(ctx context.Context, in *ListDatabasesRequest, opts ...grpc.CallOption) (*ListDatabasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDatabasesResponse)
+	err := c.cc.Invoke(ctx, Admin_ListDatabases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeleteDatabase(ctx context.Context, in *DeleteDatabaseRequest, opts ...grpc.CallOption) (*DeleteDatabaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteDatabaseResponse)
+	err := c.cc.Invoke(ctx, Admin_DeleteDatabase_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListLeases(ctx context.Context, in *ListLeasesRequest, opts ...grpc.CallOption) (*ListLeasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListLeasesResponse)
+	err := c.cc.Invoke(ctx, Admin_ListLeases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -804,6 +856,14 @@ type AdminServer interface {
 	// pair, by its certificate's serial: only as an approved request, and
 	// refused altogether while dual control is off.
 	RecoverEscrow(context.Context, *RecoverEscrowRequest) (*RecoveredKey, error)
+	// Database connections pods get logins of their own on (package
+	// dbcred): defined with an admin connection string keyd keeps wrapped
+	// and never returns; deleted only when no pod holds a login.
+	PutDatabase(context.Context, *PutDatabaseRequest) (*DatabaseInfo, error)
+	ListDatabases(context.Context, *ListDatabasesRequest) (*ListDatabasesResponse, error)
+	DeleteDatabase(context.Context, *DeleteDatabaseRequest) (*DeleteDatabaseResponse, error)
+	// The pods' database logins (leases): never their passwords.
+	ListLeases(context.Context, *ListLeasesRequest) (*ListLeasesResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -870,6 +930,18 @@ func (UnimplementedAdminServer) SetRoster(context.Context, *RosterDocument) (*Ro
 }
 func (UnimplementedAdminServer) RecoverEscrow(context.Context, *RecoverEscrowRequest) (*RecoveredKey, error) {
 	return nil, status.Error(codes.Unimplemented, "method RecoverEscrow not implemented")
+}
+func (UnimplementedAdminServer) PutDatabase(context.Context, *PutDatabaseRequest) (*DatabaseInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutDatabase not implemented")
+}
+func (UnimplementedAdminServer) ListDatabases(context.Context, *ListDatabasesRequest) (*ListDatabasesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDatabases not implemented")
+}
+func (UnimplementedAdminServer) DeleteDatabase(context.Context, *DeleteDatabaseRequest) (*DeleteDatabaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteDatabase not implemented")
+}
+func (UnimplementedAdminServer) ListLeases(context.Context, *ListLeasesRequest) (*ListLeasesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListLeases not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -1220,6 +1292,78 @@ func _Admin_RecoverEscrow_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PutDatabase_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutDatabaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PutDatabase(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PutDatabase_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PutDatabase(ctx, req.(*PutDatabaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListDatabases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDatabasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListDatabases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListDatabases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListDatabases(ctx, req.(*ListDatabasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeleteDatabase_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteDatabaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeleteDatabase(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeleteDatabase_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeleteDatabase(ctx, req.(*DeleteDatabaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListLeases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListLeasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListLeases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListLeases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListLeases(ctx, req.(*ListLeasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1294,6 +1438,22 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RecoverEscrow",
 			Handler:    _Admin_RecoverEscrow_Handler,
+		},
+		{
+			MethodName: "PutDatabase",
+			Handler:    _Admin_PutDatabase_Handler,
+		},
+		{
+			MethodName: "ListDatabases",
+			Handler:    _Admin_ListDatabases_Handler,
+		},
+		{
+			MethodName: "DeleteDatabase",
+			Handler:    _Admin_DeleteDatabase_Handler,
+		},
+		{
+			MethodName: "ListLeases",
+			Handler:    _Admin_ListLeases_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
