@@ -2,9 +2,14 @@ package hsm
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/miekg/pkcs11"
 )
+
+// initMu makes a process's initialisations one at a time: two at once
+// found the same free slot, and the second label replaced the first.
+var initMu sync.Mutex
 
 // InitToken initialises a new token with the label on the module's first
 // uninitialised slot and sets its user PIN. It goes through the module
@@ -15,6 +20,8 @@ func InitToken(modulePath, label string, soPIN, userPIN Secret) error {
 	if modulePath == "" {
 		modulePath = DefaultModule
 	}
+	initMu.Lock()
+	defer initMu.Unlock()
 	p, err := loadModule(modulePath)
 	if err != nil {
 		return err

@@ -29,6 +29,7 @@ type Target struct {
 	Database string                             // what pods use, when the admin connection names none
 	DSN      func(user, password string) string // a pod's connection string
 	Root     *sql.DB                            // a superuser's connection to app
+	CAFile   string                             // PostgresTLS: the CA of the server's certificate
 	// Down and Up take the server away (stopped or frozen) and back;
 	// Freeze and Thaw stop its processes answering (SIGSTOP) and resume
 	// them.
@@ -43,9 +44,20 @@ func (tg *Target) Logins(t testing.TB) []string {
 	return Column(t, tg.Root, `SELECT User FROM mysql.user WHERE User LIKE 'pk\_%' ORDER BY 1`)
 }
 
-// Postgres starts a PostgreSQL server with password authentication.
+// Postgres starts a PostgreSQL server with password authentication, on
+// a unix socket.
 func Postgres(t testing.TB) *Target {
-	srv := pgtest.StartWithPasswords(t)
+	return postgres(t, pgtest.StartWithPasswords(t))
+}
+
+// PostgresTLS is Postgres also on 127.0.0.1 over TLS only, as a managed
+// database is: Admin and DSN reach it there, verifying its certificate
+// against CAFile.
+func PostgresTLS(t testing.TB) *Target {
+	return postgres(t, pgtest.StartTLSWithPasswords(t))
+}
+
+func postgres(t testing.TB, srv *pgtest.Server) *Target {
 	dir, port := srv.Socket()
 	root := Open(t, "pgx", srv.ConnString("postgres"))
 	Exec(t, root, `CREATE DATABASE app`)
@@ -58,11 +70,15 @@ func Postgres(t testing.TB) *Target {
 	} {
 		Exec(t, app, q)
 	}
+	host, tls := dir, "sslmode=disable"
+	if srv.CAFile != "" {
+		host, tls = "127.0.0.1", "sslmode=verify-full sslrootcert="+srv.CAFile
+	}
 	return &Target{
-		Engine: dbcred.PostgreSQL, Driver: "pgx", Root: app,
-		Admin: fmt.Sprintf("host=%s port=%d user=podkey_admin password=%s dbname=app", dir, port, AdminPassword),
+		Engine: dbcred.PostgreSQL, Driver: "pgx", Root: app, CAFile: srv.CAFile,
+		Admin: fmt.Sprintf("host=%s port=%d user=podkey_admin password=%s dbname=app %s", host, port, AdminPassword, tls),
 		DSN: func(user, password string) string {
-			return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=app sslmode=disable connect_timeout=5", dir, port, user, password)
+			return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=app %s connect_timeout=5", host, port, user, password, tls)
 		},
 		Down: srv.Stop, Up: srv.Start, Freeze: srv.Freeze, Thaw: srv.Thaw,
 	}

@@ -79,6 +79,14 @@ func StartTLS(t testing.TB) *Server {
 	return start(t, true, false, false)
 }
 
+// StartTLSWithPasswords is StartTLS with StartWithPasswords' rules, on
+// TCP too: the superuser podkey is trusted, every other role gives its
+// password.
+func StartTLSWithPasswords(t testing.TB) *Server {
+	t.Helper()
+	return start(t, true, false, true)
+}
+
 func start(t testing.TB, withTLS, durable, passwords bool) *Server {
 	bin, err := binDir()
 	if err != nil {
@@ -111,6 +119,9 @@ func start(t testing.TB, withTLS, durable, passwords bool) *Server {
 	}
 	if passwords {
 		hba := "local all podkey trust\nlocal all all scram-sha-256\n"
+		if withTLS {
+			hba += "hostssl all podkey 127.0.0.0/8 trust\nhostssl all all 127.0.0.0/8 scram-sha-256\n"
+		}
 		if err := os.WriteFile(filepath.Join(s.data(), "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 			t.Fatal(err)
 		}
