@@ -230,6 +230,7 @@ func TestPodkeyOnARealNode(t *testing.T) {
 	pc.lookInside(ctx, b)
 	pc.ownersOnANode(ctx)
 	pc.tlcpOnANode(ctx)
+	secrets = append(secrets, pc.databaseOnANode(ctx)...)
 	for _, l := range []string{logA, logB} {
 		for _, f := range []string{"ledger-api.json", "mtls.key", "mtls.crt", "mtls.ca.crt", "card-key", "db-password", "podkey-metadata.json"} {
 			if !strings.Contains(l, "FILE "+f+" ") {
