@@ -21,6 +21,8 @@ func newBenchCommand() *cobra.Command {
 		conc     []int
 		output   string
 		profile  string
+		db       bench.Database
+		dbAdmin  string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -50,7 +52,17 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 				}
 				defer stop()
 			}
-			if _, err := bench.Run(cmd.Context(), bench.Options{HSM: cfg, Duration: duration, Concurrency: conc}, &sb); err != nil {
+			opts := bench.Options{HSM: cfg, Duration: duration, Concurrency: conc}
+			if dbAdmin != "" {
+				b, err := os.ReadFile(dbAdmin)
+				if err != nil {
+					return err
+				}
+				db.Admin = strings.TrimSpace(string(b))
+				clear(b)
+				opts.Database = &db
+			}
+			if _, err := bench.Run(cmd.Context(), opts, &sb); err != nil {
 				return err
 			}
 			if output != "" {
@@ -66,6 +78,9 @@ second through the gRPC API for every kind and suite, with their ratio.`,
 	cmd.Flags().DurationVar(&duration, "duration", 2*time.Second, "length of each measurement")
 	cmd.Flags().IntSliceVar(&conc, "concurrency", []int{1, 8, 64}, "concurrent callers (repeatable)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "also write the table to this file")
+	cmd.Flags().StringVar(&dbAdmin, "database-admin-from-file", "", "also measure database logins: the admin connection string of a test database (docs/database.md), read from this file")
+	cmd.Flags().StringVar(&db.Engine, "database-engine", "postgresql", "with --database-admin-from-file: postgresql or mysql")
+	cmd.Flags().StringVar(&db.GroupRole, "database-group-role", "", "with --database-admin-from-file: the group role logins get")
 	cmd.Flags().StringVar(&profile, "cpuprofile", "", "write a CPU profile of the whole run (keyd and the callers share the process) to this file")
 	return cmd
 }

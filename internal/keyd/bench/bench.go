@@ -46,6 +46,17 @@ type Options struct {
 	Duration time.Duration
 	// Concurrency levels. Default 1, 8, 64.
 	Concurrency []int
+	// Database, when set, adds the database rows: a login made for a new
+	// pod on it, beside an API key; and every login revoked and dropped.
+	Database *Database
+}
+
+// Database is a connection the bench defines in its keyd (as 'podkey
+// database put' does) and makes logins on. Every login it makes is
+// dropped before Run returns.
+type Database struct {
+	Engine, GroupRole string
+	Admin             string // the admin connection string
 }
 
 // Result is one row.
@@ -192,10 +203,17 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Database != nil {
+		if _, err := keydv1.NewAdminClient(conn).PutDatabase(ctx, &keydv1.PutDatabaseRequest{Name: "bench-db",
+			Engine: o.Database.Engine, GroupRole: o.Database.GroupRole, AdminConnection: o.Database.Admin}); err != nil {
+			return nil, fmt.Errorf("bench: the database: %w", err)
+		}
+	}
 	// Every issuance is a new pod on a node, as a volume publish is: keyd
 	// records the pod's node with the issuance's audit record.
 	var uid atomic.Int64
 	var results []Result
+	var dbPods sync.Map // uid of every pod given a database login
 	for _, n := range o.Concurrency {
 		done := map[string]Result{}
 		against := func(r Result, limit string) Result {
@@ -217,6 +235,21 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 				return err
 			})
 			results = append(results, against(res, k.limit))
+			done[res.Name] = res
+		}
+		if o.Database != nil {
+			// A new pod's own login: a password from the token's generator,
+			// wrapped under the KEK, a lease written, the login created.
+			res := Result{Name: "issue database login (new pod)", Concurrency: n, HSMOps: 3}
+			res.measure(ctx, n, o.Duration, func(ctx context.Context) error {
+				p := benchPod
+				p.UID = fmt.Sprintf("bench-%d", uid.Add(1))
+				dbPods.Store(p.UID, true)
+				_, err := client.Issue(ctx, &keydv1.IssueRequest{Pod: keydv1.NewPodIdentity(p),
+					Objects: []*keydv1.ObjectRequest{{Name: "bench-db", Kind: string(object.Database)}}})
+				return err
+			})
+			results = append(results, against(res, "issue apiKey intl"))
 		}
 		for _, v := range verifies {
 			res := Result{Name: v.name, Concurrency: n, HSMOps: 1}
@@ -226,7 +259,50 @@ func Run(ctx context.Context, o Options, w io.Writer) ([]Result, error) {
 			results = append(results, res)
 		}
 	}
+	if o.Database != nil {
+		res, err := revokeDatabaseLogins(ctx, conn, &dbPods)
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, res)
+	}
 	return results, Print(w, results)
+}
+
+// revokeDatabaseLogins revokes every pod the bench gave a login and
+// measures how fast keyd's reaper ends and drops them.
+func revokeDatabaseLogins(ctx context.Context, conn *grpc.ClientConn, pods *sync.Map) (Result, error) {
+	client, admin := keydv1.NewKeydClient(conn), keydv1.NewAdminClient(conn)
+	cpu0, start := processCPU(), time.Now()
+	var err error
+	n := 0
+	pods.Range(func(k, _ any) bool {
+		n++
+		p := benchPod
+		p.UID = k.(string)
+		_, err = client.Revoke(ctx, &keydv1.RevokeRequest{Pod: keydv1.NewPodIdentity(p)})
+		return err == nil
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("bench: revoking database logins: %w", err)
+	}
+	for last := -1; last != 0; {
+		l, err := admin.ListLeases(ctx, &keydv1.ListLeasesRequest{})
+		if err != nil {
+			return Result{}, err
+		}
+		last = len(l.Leases)
+		if time.Since(start) > 10*time.Minute {
+			return Result{}, fmt.Errorf("bench: %d database logins still not dropped after 10m", last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := Result{Name: "revoke database login (reaper: sessions ended, login dropped)", Concurrency: 1}
+	if n > 0 {
+		d := time.Since(start)
+		r.PerSecond, r.CPU = float64(n)/d.Seconds(), (processCPU()-cpu0)/time.Duration(n)
+	}
+	return r, nil
 }
 
 // verifyCase is a Verify row.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podkey/podkey/internal/keyd/bench"
+	"github.com/podkey/podkey/internal/keyd/dbcred/dbcredtest"
 	"github.com/podkey/podkey/internal/keyd/hsm/hsmtest"
 	"github.com/podkey/podkey/internal/keyd/keyring/keyringtest"
 )
@@ -46,4 +47,29 @@ func testRunProducesEveryRow(t *testing.T, m hsmtest.Module) {
 			t.Errorf("%s on %s:\n%s", raw, m.Name, out.String())
 		}
 	}
+}
+
+// TestDatabaseRows adds a real PostgreSQL: a login for each new pod beside
+// an API key, and every login revoked and dropped before the run ends.
+func TestDatabaseRows(t *testing.T) {
+	ctx := context.Background()
+	tg := dbcredtest.Postgres(t)
+	var out bytes.Buffer
+	res, err := bench.Run(ctx, bench.Options{HSM: keyringtest.Token(t), Duration: 100 * time.Millisecond, Concurrency: []int{4},
+		Database: &bench.Database{Engine: tg.Engine, GroupRole: "app_rw", Admin: tg.Admin}}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bench.Result{}
+	for _, r := range res {
+		rows[r.Name] = r
+	}
+	issue, revoke := rows["issue database login (new pod)"], rows["revoke database login (reaper: sessions ended, login dropped)"]
+	if issue.Errors != 0 || issue.PerSecond <= 0 || issue.Limit != "issue apiKey intl" || issue.LimitRate <= 0 || revoke.PerSecond <= 0 {
+		t.Fatalf("database rows: %+v %+v\n%s", issue, revoke, out.String())
+	}
+	if left := tg.Logins(t); len(left) != 0 {
+		t.Fatalf("%d logins left after the bench", len(left))
+	}
+	t.Logf("\n%s", out.String())
 }
