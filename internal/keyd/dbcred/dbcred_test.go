@@ -276,6 +276,23 @@ func testDatabaseLogins(t *testing.T, tg *dbcredtest.Target) {
 	if err := m.Delete(ctx, "orders"); !errors.Is(err, dbcred.ErrInUse) {
 		t.Fatalf("delete while in use: %v", err)
 	}
+
+	// A tampered store's lease naming a login podkey did not make (no
+	// prefix) is refused, never dropped, however often the reaper runs.
+	tg.CreateLogin(t, "app_owner")
+	pw, _ := e.kr.Wrap(ctx, []byte("x"), keyring.LeaseAAD(store.LeaseKey("evil", "orders"), "app_owner"))
+	if err := e.st.CreateLease(ctx, store.Lease{Key: store.LeaseKey("evil", "orders"), Object: "orders", Connection: "orders",
+		PodUID: "evil", Role: "app_owner", Wrapped: pw, State: store.LeaseRevoking, Created: time.Now(), Expiry: time.Now(),
+		RevokeAt: time.Now().Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Reap(ctx); err == nil || !strings.Contains(err.Error(), "outside the prefix") {
+		t.Fatalf("reaping a lease outside the prefix: %v", err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the running reaper's turn, too
+	if !tg.HasLogin(t, "app_owner") {
+		t.Fatal("the reaper dropped a login podkey did not make")
+	}
 }
 
 func contains(list []string, s string) bool {

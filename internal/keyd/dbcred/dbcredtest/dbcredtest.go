@@ -44,6 +44,24 @@ func (tg *Target) Logins(t testing.TB) []string {
 	return Column(t, tg.Root, `SELECT User FROM mysql.user WHERE User LIKE 'pk\_%' ORDER BY 1`)
 }
 
+// CreateLogin makes a login outside podkey, as a DBA would.
+func (tg *Target) CreateLogin(t testing.TB, name string) {
+	if tg.Engine == dbcred.PostgreSQL {
+		Exec(t, tg.Root, `CREATE ROLE "`+name+`" LOGIN`)
+		return
+	}
+	Exec(t, tg.Root, "CREATE USER '"+name+"'@'%'")
+}
+
+// HasLogin reports whether a login of that name exists.
+func (tg *Target) HasLogin(t testing.TB, name string) bool {
+	q := `SELECT rolname FROM pg_roles WHERE rolname = '` + name + `'`
+	if tg.Engine != dbcred.PostgreSQL {
+		q = `SELECT User FROM mysql.user WHERE User = '` + name + `'`
+	}
+	return len(Column(t, tg.Root, q)) == 1
+}
+
 // Postgres starts a PostgreSQL server with password authentication, on
 // a unix socket.
 func Postgres(t testing.TB) *Target {
