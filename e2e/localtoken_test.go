@@ -140,16 +140,27 @@ func TestLocalTokenVerification(t *testing.T) {
 		}
 	})
 	t.Run("pod recreated under the same name", func(t *testing.T) {
-		tok, _ := token("app-re", "app", "podkey")
+		tok, oldUID := token("app-re", "app", "podkey")
+		// What keyd's database reaper asks: is the pod gone?
+		if lv.PodGone(ns, "app-re", oldUID) {
+			t.Fatal("a live pod is reported gone")
+		}
 		if err := c.DeletePod(ctx, ns, "app-re"); err != nil {
 			t.Fatal(err)
 		}
 		refusedWithin(tok, "no longer exists")
-		if _, newUID := token("app-re", "app", "podkey"); newUID == "" {
+		if !lv.PodGone(ns, "app-re", oldUID) {
+			t.Fatal("a deleted pod is not reported gone")
+		}
+		_, newUID := token("app-re", "app", "podkey")
+		if newUID == "" {
 			t.Fatal("no pod")
 		}
 		time.Sleep(200 * time.Millisecond) // the new pod reaches the cache
 		refusedWithin(tok, "no longer exists")
+		if !lv.PodGone(ns, "app-re", oldUID) || lv.PodGone(ns, "app-re", newUID) {
+			t.Fatal("a name reused by a new pod: the old one must be gone, the new one not")
+		}
 	})
 	t.Run("service account deleted", func(t *testing.T) {
 		tok, _ := token("gone-1", "gone", "podkey")

@@ -273,6 +273,7 @@ func (f *flags) identityVerifier(ctx context.Context, o *service.Options) (*rest
 		// Local checks are cheap, and a cached success would outlive a
 		// deleted pod by the cache's life.
 		reviewer, io.CacheTTL = fb, -1
+		o.PodGone = lv.PodGone // database logins of pods gone while no node told keyd
 		o.Logger.Info("tokens are verified locally", "issuers", lv.Issuers(), "fallback", fb.Remote != nil)
 	default:
 		return nil, command.Exit(command.ExitUsage, fmt.Errorf("--pod-identity %q: want local, local-with-fallback or tokenreview", f.podIdentity))

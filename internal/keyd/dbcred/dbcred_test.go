@@ -32,6 +32,7 @@ type env struct {
 	logs   *bytes.Buffer
 	mu     sync.Mutex
 	audit  []audit.Record
+	gone   sync.Map // pod UIDs the informer would no longer find
 }
 
 func newEnv(t *testing.T) *env {
@@ -52,6 +53,11 @@ func newEnv(t *testing.T) *env {
 			return nil
 		},
 		ReapEvery: time.Second,
+		PodGone: func(_, _, uid string) bool {
+			_, gone := e.gone.Load(uid)
+			return gone
+		},
+		PodGoneAfter: time.Millisecond,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -270,6 +276,15 @@ func testDatabaseLogins(t *testing.T, tg *dbcredtest.Target) {
 	if !strings.Contains(logs, "not revoked yet") {
 		t.Fatalf("the failed revocation was not logged:\n%s", logs)
 	}
+	// A pod deleted while its node was down, seen gone by keyd's pod
+	// informer: its login is dropped without waiting for its expiry.
+	g := issue(6)
+	e.gone.Store(podID(6).UID, true)
+	waitFor(t, 5*time.Second, "the reaper to drop a gone pod's login", func() bool { return !contains(tg.Logins(t), g.User) })
+	if r := e.records(audit.ActionDatabaseRevoke); !strings.Contains(r[len(r)-1].Reason, "no longer exists") {
+		t.Fatalf("revocation of a gone pod: %+v", r[len(r)-1])
+	}
+
 	// A connection in use is not deleted (the clock steps above let the
 	// reaper drop every earlier lease, so a pod gets one now).
 	issue(5)

@@ -39,6 +39,13 @@ type Options struct {
 	// ExpiryGrace is how long after its login's validity a lease that was
 	// not renewed is revoked. Default 5s.
 	ExpiryGrace time.Duration
+	// PodGone, when set, reports a pod known not to exist any more (keyd's
+	// pod informer): the reaper revokes its leases without waiting for
+	// their expiry, once they are older than PodGoneAfter. Default: none.
+	PodGone func(namespace, name, uid string) bool
+	// PodGoneAfter keeps a lease younger than it from PodGone, whose
+	// informer may not have seen a new pod yet. Default 1m.
+	PodGoneAfter time.Duration
 }
 
 // Manager issues, renews and revokes pod database logins.
@@ -87,6 +94,9 @@ func New(keys Keys, st store.Store, o Options) *Manager {
 	}
 	if o.ExpiryGrace == 0 {
 		o.ExpiryGrace = 5 * time.Second
+	}
+	if o.PodGoneAfter == 0 {
+		o.PodGoneAfter = time.Minute
 	}
 	return &Manager{keys: keys, st: st, opts: o, kick: make(chan struct{}, 1), engines: map[string]*cached{}}
 }
@@ -438,6 +448,9 @@ func (m *Manager) Reap(ctx context.Context) (int, error) {
 			return "its pod is gone"
 		case l.State != store.LeaseRevoking && now.After(l.Expiry.Add(m.opts.ExpiryGrace)):
 			return "not renewed before its expiry"
+		case l.State != store.LeaseRevoking && m.opts.PodGone != nil && now.Sub(l.Created) > m.opts.PodGoneAfter &&
+			m.opts.PodGone(l.Namespace, l.Pod, l.PodUID):
+			return "its pod no longer exists (the pod informer)"
 		}
 		return ""
 	}

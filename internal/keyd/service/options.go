@@ -61,6 +61,10 @@ type Options struct {
 	// Identity verifies pod and node tokens with TokenReview. When nil, only
 	// InsecureLocalIdentity can establish a pod identity.
 	Identity *identity.Verifier
+	// PodGone, when set, tells a pod known not to exist any more (the local
+	// token verifier's pod informer): its database logins are revoked
+	// without waiting for their expiry. Default: none.
+	PodGone func(namespace, name, uid string) bool
 	// NodeCertTTL is the life of node agents' client certificates.
 	// Default 1h; agents renew at two thirds of it.
 	NodeCertTTL time.Duration

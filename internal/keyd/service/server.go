@@ -90,7 +90,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s.audit = audit.OpenAnchored(s.st, s.kr.AuditKeys(), s.kr.AuditAnchors())
 	registerStateMetrics(opts.Registerer, s.tok, s.audit)
 	registerClockMetrics(opts.Registerer, clock)
-	s.dbs = dbcred.New(s.kr, s.st, dbcred.Options{Now: opts.Now, Audit: s.audit.Append, Logger: opts.Logger})
+	s.dbs = dbcred.New(s.kr, s.st, dbcred.Options{Now: opts.Now, Audit: s.audit.Append, Logger: opts.Logger, PodGone: opts.PodGone})
 	s.issuer = credential.NewIssuer(s.kr, s.st, credential.Options{TrustDomain: opts.TrustDomain, Now: opts.Now, Databases: s.dbs})
 	if err := s.loadPolicy(ctx); err != nil {
 		s.Close()

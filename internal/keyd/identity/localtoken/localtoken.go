@@ -135,6 +135,17 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Verifier, error) {
 // Ready says why the caches cannot decide now, or nil once they can.
 func (v *Verifier) Ready() error { return v.watch.fresh() }
 
+// PodGone reports whether the pod ns/name with uid no longer exists:
+// the caches are fresh and hold no such pod, or one of another UID (the
+// name reused). false whenever the caches cannot tell.
+func (v *Verifier) PodGone(ns, name, uid string) bool {
+	if v.watch.fresh() != nil {
+		return false
+	}
+	p := v.watch.pod(ns, name)
+	return p == nil || string(p.UID) != uid
+}
+
 // Issuers are the accepted issuers.
 func (v *Verifier) Issuers() []string { return v.opts.Issuers }
 
