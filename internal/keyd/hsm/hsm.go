@@ -66,6 +66,16 @@ var (
 type module struct {
 	ctx  *pkcs11.Ctx
 	refs int
+	// objects orders the process's use of the module's token object
+	// store: a token object is created or destroyed alone (Lock), while
+	// lookups and attribute reads go side by side (RLock). SoftHSM2's
+	// file store fails a C_CreateObject or C_GenerateKeyPair that meets a
+	// C_FindObjectsInit rescanning the token directory in another thread
+	// (CKR_GENERAL_ERROR), and a read of an object another thread is
+	// destroying (CKR_ATTRIBUTE_VALUE_INVALID); softhsm/SoftHSMv2#573.
+	// Creations and destructions are rare (rotations, enrolments,
+	// anchors), so the order costs a hardware HSM nothing it would notice.
+	objects *sync.RWMutex
 }
 
 var (
@@ -73,12 +83,12 @@ var (
 	modules   = map[string]*module{}
 )
 
-func loadModule(path string) (*pkcs11.Ctx, error) {
+func loadModule(path string) (*module, error) {
 	modulesMu.Lock()
 	defer modulesMu.Unlock()
 	if m, ok := modules[path]; ok {
 		m.refs++
-		return m.ctx, nil
+		return m, nil
 	}
 	ctx := pkcs11.New(path)
 	if ctx == nil {
@@ -88,8 +98,9 @@ func loadModule(path string) (*pkcs11.Ctx, error) {
 		ctx.Destroy()
 		return nil, fmt.Errorf("hsm: initialize module %q: %w", path, err)
 	}
-	modules[path] = &module{ctx: ctx, refs: 1}
-	return ctx, nil
+	m := &module{ctx: ctx, refs: 1, objects: &sync.RWMutex{}}
+	modules[path] = m
+	return m, nil
 }
 
 func unloadModule(path string) {
@@ -113,7 +124,9 @@ type Token struct {
 	cfg  Config
 	p    *pkcs11.Ctx
 	slot uint
-	info pkcs11.TokenInfo
+	// objects is the module's object-store order (see module).
+	objects *sync.RWMutex
+	info    pkcs11.TokenInfo
 
 	loginMu      sync.Mutex
 	loginSession pkcs11.SessionHandle
@@ -145,13 +158,14 @@ func Open(cfg Config) (*Token, error) {
 	if cfg.PIN == "" {
 		return nil, errors.New("hsm: PIN is required (from a file or the environment)")
 	}
-	p, err := loadModule(cfg.ModulePath)
+	m, err := loadModule(cfg.ModulePath)
 	if err != nil {
 		return nil, err
 	}
 	t := &Token{
 		cfg:     cfg,
-		p:       p,
+		p:       m.ctx,
+		objects: m.objects,
 		idle:    make(chan pkcs11.SessionHandle, cfg.MaxSessions),
 		slots:   make(chan struct{}, cfg.MaxSessions),
 		handles: map[objectKey]pkcs11.ObjectHandle{},

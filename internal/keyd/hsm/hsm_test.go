@@ -245,6 +245,90 @@ func testPoolIsBoundedAndConcurrent(t *testing.T, m hsmtest.Module) {
 	}
 }
 
+// Objects are created, read and destroyed from many goroutines at once, as
+// keyd's replicas and handlers do (image keys made in parallel, anchors
+// written while another replica reads them): every call succeeds. On
+// SoftHSM2's file store unordered, a creation met by a lookup failed with
+// CKR_GENERAL_ERROR and a read of an object being destroyed with
+// CKR_ATTRIBUTE_VALUE_INVALID.
+func TestObjectsCreatedReadAndDestroyedInParallel(t *testing.T) {
+	hsmtest.Each(t, testObjectsCreatedReadAndDestroyedInParallel)
+}
+
+func testObjectsCreatedReadAndDestroyedInParallel(t *testing.T, m hsmtest.Module) {
+	ctx := context.Background()
+	cfg := m.Token(t)
+	// Two opens of one token, as two replicas in one process.
+	a, err := hsm.Open(cfg)
+	must(t, err)
+	defer a.Close()
+	b, err := hsm.Open(cfg)
+	must(t, err)
+	defer b.Close()
+	must(t, a.GenerateHMACKey(ctx, "mac"))
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := range 4 {
+		tok := []*hsm.Token{a, b}[w%2]
+		wg.Add(2)
+		go func() { // creators and destroyers
+			defer wg.Done()
+			for i := range 10 {
+				label := fmt.Sprintf("p-%d-%d", w, i)
+				if err := tok.GenerateECKeyPair(ctx, label); err != nil {
+					errs <- fmt.Errorf("generate %s: %w", label, err)
+					return
+				}
+				if err := tok.PutData(ctx, "d-"+label, []byte(label), true); err != nil {
+					errs <- fmt.Errorf("put d-%s: %w", label, err)
+					return
+				}
+				if i%2 == 0 {
+					if err := tok.Destroy(ctx, hsm.Data, "d-"+label); err != nil {
+						errs <- fmt.Errorf("destroy d-%s: %w", label, err)
+						return
+					}
+				}
+			}
+		}()
+		go func() { // readers
+			defer wg.Done()
+			for range 20 {
+				objs, err := tok.List(ctx, "d-")
+				if err != nil {
+					errs <- fmt.Errorf("list: %w", err)
+					return
+				}
+				for _, o := range objs {
+					v, err := tok.GetData(ctx, o.Label)
+					if err != nil && !errors.Is(err, hsm.ErrObjectNotFound) {
+						errs <- fmt.Errorf("get %s: %w", o.Label, err)
+						return
+					}
+					if err == nil && "d-"+string(v) != o.Label {
+						errs <- fmt.Errorf("%s holds %q", o.Label, v)
+						return
+					}
+				}
+				if _, err := tok.HMACSHA256(ctx, "mac", []byte("x")); err != nil {
+					errs <- fmt.Errorf("hmac: %w", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	objs, err := a.List(ctx, "d-")
+	must(t, err)
+	if len(objs) != 4*5 {
+		t.Fatalf("%d data objects left, want %d", len(objs), 4*5)
+	}
+}
+
 func TestParseMechanisms(t *testing.T) {
 	m, err := hsm.ParseMechanisms([]byte("version: v1\nmechanisms:\n  sm3Hmac: \"0x8000000b\"\n"))
 	must(t, err)

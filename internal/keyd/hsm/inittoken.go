@@ -22,11 +22,14 @@ func InitToken(modulePath, label string, soPIN, userPIN Secret) error {
 	}
 	initMu.Lock()
 	defer initMu.Unlock()
-	p, err := loadModule(modulePath)
+	m, err := loadModule(modulePath)
 	if err != nil {
 		return err
 	}
 	defer unloadModule(modulePath)
+	m.objects.Lock() // a new token directory appears: no object reads meanwhile
+	defer m.objects.Unlock()
+	p := m.ctx
 	slots, err := p.GetSlotList(true)
 	if err != nil {
 		return fmt.Errorf("hsm: list slots: %w", err)

@@ -88,6 +88,8 @@ func (t *Token) flushHandles() {
 }
 
 func (t *Token) find(sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	t.objects.RLock()
+	defer t.objects.RUnlock()
 	if err := t.p.FindObjectsInit(sh, tmpl); err != nil {
 		return nil, err
 	}
@@ -147,7 +149,7 @@ func (t *Token) List(ctx context.Context, prefix string) ([]Object, error) {
 			return err
 		}
 		for _, h := range hs {
-			attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+			attrs, err := t.attributes(sh, h, []*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil),
 				pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
 			})
@@ -187,8 +189,17 @@ func (t *Token) create(ctx context.Context, class Class, label string, gen func(
 		if !t.loggedIn(sh) {
 			return pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN)
 		}
+		t.objects.Lock()
+		defer t.objects.Unlock()
 		return gen(sh)
 	})
+}
+
+// attributes reads attributes of an object (a read of the object store).
+func (t *Token) attributes(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, tmpl []*pkcs11.Attribute) ([]*pkcs11.Attribute, error) {
+	t.objects.RLock()
+	defer t.objects.RUnlock()
+	return t.p.GetAttributeValue(sh, h, tmpl)
 }
 
 func protectedKey(label string) []*pkcs11.Attribute {
@@ -257,7 +268,7 @@ func (t *Token) gcmMechanism(sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, lab
 	kt, ok := t.handles[k]
 	t.handlesMu.RUnlock()
 	if !ok {
-		a, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
+		a, err := t.attributes(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil)})
 		if err != nil {
 			return 0, err
 		}
@@ -388,7 +399,7 @@ func (t *Token) GetData(ctx context.Context, label string) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+		attrs, err := t.attributes(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
 		if err != nil {
 			return err
 		}
@@ -406,6 +417,8 @@ func (t *Token) Destroy(ctx context.Context, class Class, label string) error {
 			return err
 		}
 		t.flushHandles()
+		t.objects.Lock()
+		defer t.objects.Unlock()
 		return t.p.DestroyObject(sh, h)
 	})
 }
@@ -426,7 +439,7 @@ func (t *Token) Attributes(ctx context.Context, class Class, label string) (KeyA
 		if err != nil {
 			return err
 		}
-		attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{
+		attrs, err := t.attributes(sh, h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),

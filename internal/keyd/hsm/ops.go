@@ -178,7 +178,7 @@ func (t *Token) ecPoint(ctx context.Context, label string) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		attrs, err := t.p.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		attrs, err := t.attributes(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
 		if err != nil {
 			return err
 		}
