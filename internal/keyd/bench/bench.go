@@ -66,6 +66,7 @@ type Result struct {
 	PerSecond   float64
 	P50, P99    time.Duration
 	Errors      int64
+	FirstError  error   // the first of the errors, to say why
 	Limit       string  // the raw operation compared against
 	LimitRate   float64 // its rate at the same concurrency
 	HSMOps      int     // HSM operations per credential (the audit log's one a second not counted)
@@ -88,11 +89,14 @@ func processCPU() time.Duration {
 // measure fills the rate, latencies, errors and CPU per call of a row.
 func (r *Result) measure(ctx context.Context, n int, d time.Duration, op func(ctx context.Context) error) {
 	var ok atomic.Int64
+	var first sync.Once
 	cpu0 := processCPU()
 	r.PerSecond, r.P50, r.P99, r.Errors = Measure(ctx, n, d, func(ctx context.Context) error {
 		err := op(ctx)
 		if err == nil {
 			ok.Add(1)
+		} else {
+			first.Do(func() { r.FirstError = err })
 		}
 		return err
 	})

@@ -30,7 +30,7 @@ func testRunProducesEveryRow(t *testing.T, m hsmtest.Module) {
 	}
 	for _, r := range res {
 		if r.Errors != 0 || r.PerSecond <= 0 || r.CPU <= 0 {
-			t.Errorf("%s: %d errors, %.0f/s, %s CPU per call", r.Name, r.Errors, r.PerSecond, r.CPU)
+			t.Errorf("%s: %d errors (the first: %v), %.0f/s, %s CPU per call", r.Name, r.Errors, r.FirstError, r.PerSecond, r.CPU)
 		}
 		if r.Limit != "" && r.LimitCPU <= 0 {
 			t.Errorf("%s: no CPU for %s", r.Name, r.Limit)

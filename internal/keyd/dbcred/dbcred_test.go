@@ -330,3 +330,45 @@ func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) {
 	}
 	t.Logf("%s: %v", what, time.Since(start).Round(time.Millisecond))
 }
+
+// Many pods' first logins arrive at once on a keyd that has not yet opened
+// the connection, and the connection is redefined (its TTL changed) while
+// they run: every login is made. An admin connection opened, replaced or
+// deleted is closed by its last caller, never under one ("closed pool").
+func TestFirstLoginsAtOnceWhileTheConnectionIsRedefined(t *testing.T) {
+	ctx := context.Background()
+	tg := dbcredtest.Postgres(t)
+	e := newEnv(t)
+	def := dbcred.Connection{Name: "orders", Engine: tg.Engine, Admin: tg.Admin, Database: tg.Database, GroupRole: "app_rw", TTL: time.Hour, MaxTTL: 3 * time.Hour}
+	if _, err := e.m.Put(ctx, def); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for n := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := e.m.Issue(ctx, podID(1000+n), "orders", time.Hour, time.Time{})
+			if err != nil {
+				errs <- fmt.Errorf("pod %d: %w", n, err)
+				return
+			}
+			clear(l.Password)
+		}()
+		if n == 16 {
+			def.TTL = 2 * time.Hour
+			if _, err := e.m.Put(ctx, def); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := len(tg.Logins(t)); got != 32 {
+		t.Fatalf("%d logins in the database, want 32", got)
+	}
+}

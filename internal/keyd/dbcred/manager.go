@@ -57,6 +57,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	engines map[string]*cached // by connection name
+	openMu  sync.Mutex         // one admin connection opened at a time
 	// leaseMu serializes this replica's work on one lease (by a hash of
 	// its key): publishes of one pod racing each other would otherwise
 	// alter its login at once. Replicas are kept apart by the lease's
@@ -76,6 +77,8 @@ type cached struct {
 	version int
 	conn    Connection
 	engine
+	refs    int  // callers using it (Manager.mu)
+	retired bool // replaced or forgotten: closed by its last caller
 }
 
 // New builds a Manager over the HSM's keys and keyd's store.
@@ -101,12 +104,13 @@ func New(keys Keys, st store.Store, o Options) *Manager {
 	return &Manager{keys: keys, st: st, opts: o, kick: make(chan struct{}, 1), engines: map[string]*cached{}}
 }
 
-// Close closes every admin connection.
+// Close closes every admin connection (one in use, when its last caller
+// is done with it).
 func (m *Manager) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for n, c := range m.engines {
-		c.Close()
+		c.retire()
 		delete(m.engines, n)
 	}
 }
@@ -115,45 +119,83 @@ func (m *Manager) forget(name string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if c := m.engines[name]; c != nil {
-		c.Close()
+		c.retire()
 		delete(m.engines, name)
 	}
 }
 
+// retire closes c now or, while callers use it, when the last is done
+// (m.mu held).
+func (c *cached) retire() {
+	c.retired = true
+	if c.refs == 0 {
+		c.Close()
+	}
+}
+
+// release ends a caller's use of c.
+func (m *Manager) release(c *cached) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c.refs--
+	if c.retired && c.refs == 0 {
+		c.Close()
+	}
+}
+
+// inUse takes c for a caller (m.mu held) and returns its release.
+func (m *Manager) inUse(c *cached) func() {
+	c.refs++
+	return func() { m.release(c) }
+}
+
 // engine returns the connection's definition and its open admin
-// connection, opened again when the definition changed.
-func (m *Manager) engine(ctx context.Context, name string) (*cached, error) {
+// connection, opened again when the definition changed, and the release
+// the caller calls when done with it: a connection replaced or deleted
+// meanwhile is closed by its last caller, never under one. Concurrent
+// first callers open it once.
+func (m *Manager) engine(ctx context.Context, name string) (*cached, func(), error) {
 	rec, err := m.st.Secret(ctx, DatabaseNamespace, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %q", ErrUndefined, name)
+		return nil, nil, fmt.Errorf("%w: %q", ErrUndefined, name)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	m.mu.Lock()
-	c := m.engines[name]
-	m.mu.Unlock()
-	if c != nil && c.version == rec.Version {
-		return c, nil
+	current := func() (*cached, func()) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if c := m.engines[name]; c != nil && c.version == rec.Version {
+			return c, m.inUse(c)
+		}
+		return nil, nil
+	}
+	if c, release := current(); c != nil {
+		return c, release, nil
+	}
+	m.openMu.Lock()
+	defer m.openMu.Unlock()
+	if c, release := current(); c != nil {
+		return c, release, nil
 	}
 	conn, err := m.load(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	e, err := m.open(ctx, &conn)
 	clear([]byte(conn.Admin)) // a copy; the engine keeps its own
 	conn.Admin = ""
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	c = &cached{version: conn.Version, conn: conn, engine: e}
+	c := &cached{version: conn.Version, conn: conn, engine: e}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if old := m.engines[name]; old != nil {
-		old.Close()
+		old.retire()
 	}
 	m.engines[name] = c
-	m.mu.Unlock()
-	return c, nil
+	return c, m.inUse(c), nil
 }
 
 // Login is what a pod gets: its own user and password, and where to
@@ -204,10 +246,11 @@ func roleName(prefix string, id pod.Identity) (string, error) {
 // operator since the password was set: cutoff) a renewal sets a new
 // password. ttl caps the connection's TTL.
 func (m *Manager) Issue(ctx context.Context, id pod.Identity, object string, ttl time.Duration, cutoff time.Time) (Login, error) {
-	c, err := m.engine(ctx, object)
+	c, release, err := m.engine(ctx, object)
 	if err != nil {
 		return Login{}, err
 	}
+	defer release()
 	period := min(ttl, c.conn.TTL)
 	key := store.LeaseKey(id.UID, object)
 	defer m.lockLease(key)()
@@ -353,8 +396,9 @@ func (m *Manager) RevokePod(ctx context.Context, podUID string) (int, error) {
 			continue
 		}
 		grace := time.Duration(0)
-		if c, err := m.engine(ctx, l.Connection); err == nil {
+		if c, release, err := m.engine(ctx, l.Connection); err == nil {
 			grace = c.conn.RevokeGrace
+			release()
 		}
 		full, err := m.st.Lease(ctx, l.Key)
 		if err != nil {
@@ -492,10 +536,11 @@ func (m *Manager) reapOne(ctx context.Context, key string, due func(store.Lease)
 	if why == "" {
 		return false, nil
 	}
-	c, err := m.engine(ctx, l.Connection)
+	c, release, err := m.engine(ctx, l.Connection)
 	if err != nil {
 		return false, err
 	}
+	defer release()
 	if err := m.revoke(ctx, c, l, why); err != nil {
 		return false, err
 	}
