@@ -143,7 +143,7 @@ func (v *Verifier) PodGone(ns, name, uid string) bool {
 		return false
 	}
 	p := v.watch.pod(ns, name)
-	return p == nil || string(p.UID) != uid
+	return p == nil || p.uid != uid
 }
 
 // Issuers are the accepted issuers.
@@ -283,13 +283,13 @@ func (v *Verifier) review(ctx context.Context, token string, audiences []string)
 	}
 	p := v.watch.pod(k.Namespace, k.Pod.Name)
 	switch {
-	case p == nil || string(p.UID) != k.Pod.UID:
+	case p == nil || p.uid != k.Pod.UID:
 		return refuse("pod %s/%s (uid %s) no longer exists", k.Namespace, k.Pod.Name, k.Pod.UID)
-	case p.DeletionTimestamp != nil:
+	case p.deleting:
 		return refuse("pod %s/%s is being deleted", k.Namespace, k.Pod.Name)
-	case p.Spec.ServiceAccountName != k.ServiceAccount.Name:
+	case p.account.Value() != k.ServiceAccount.Name:
 		return refuse("pod %s/%s runs as another service account", k.Namespace, k.Pod.Name)
-	case k.Node != nil && p.Spec.NodeName != k.Node.Name:
+	case k.Node != nil && p.node.Value() != k.Node.Name:
 		return refuse("pod %s/%s runs on another node", k.Namespace, k.Pod.Name)
 	}
 	r.Extra[identity.ExtraPodName] = []string{k.Pod.Name}
