@@ -174,7 +174,9 @@ func Start(repoRoot string) (*Cluster, error) {
 	if err := c.waitHTTP(c.URL+"/readyz", c.AdminToken, 90*time.Second); err != nil {
 		return nil, fmt.Errorf("kube-apiserver: %w\n%s", err, c.logTail("kube-apiserver"))
 	}
-	c.config = &rest.Config{Host: c.URL, BearerToken: c.AdminToken,
+	// No client-side rate limit (client-go's default is 5 requests a
+	// second): benchmarks create a cluster's worth of pods and tokens.
+	c.config = &rest.Config{Host: c.URL, BearerToken: c.AdminToken, QPS: -1,
 		TLSClientConfig: rest.TLSClientConfig{CAFile: filepath.Join(dir, "certs", "apiserver.crt")}}
 	if c.Admin, err = kubernetes.NewForConfig(c.config); err != nil {
 		return nil, err

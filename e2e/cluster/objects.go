@@ -63,7 +63,13 @@ func (c *Cluster) Pod(ctx context.Context, ns, name, serviceAccount, node string
 	if err := c.ServiceAccount(ctx, ns, serviceAccount); err != nil {
 		return nil, err
 	}
-	return c.Admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+	return c.Admin.CoreV1().Pods(ns).Create(ctx, PodObject(name, serviceAccount, node), metav1.CreateOptions{})
+}
+
+// PodObject is the pod Pod creates, for callers that create many in a
+// namespace whose service account exists.
+func PodObject(name, serviceAccount, node string) *corev1.Pod {
+	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PodSpec{
 			ServiceAccountName:           serviceAccount,
@@ -71,7 +77,7 @@ func (c *Cluster) Pod(ctx context.Context, ns, name, serviceAccount, node string
 			AutomountServiceAccountToken: ptr.To(false),
 			Containers:                   []corev1.Container{{Name: "app", Image: "pause", ImagePullPolicy: corev1.PullNever}},
 		},
-	}, metav1.CreateOptions{})
+	}
 }
 
 // DeletePod deletes a pod at once (grace period 0).
