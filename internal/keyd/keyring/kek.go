@@ -47,6 +47,12 @@ func labelGenerations(ctx context.Context, tok *hsm.Token, base string) ([]int, 
 	if err != nil {
 		return nil, err
 	}
+	return labelGenerationsIn(objs, base), nil
+}
+
+// labelGenerationsIn is labelGenerations among objs, a listing of the
+// token.
+func labelGenerationsIn(objs []hsm.Object, base string) []int {
 	var gens []int
 	for _, o := range objs {
 		if o.Class != hsm.SecretKey {
@@ -61,7 +67,7 @@ func labelGenerations(ctx context.Context, tok *hsm.Token, base string) ([]int, 
 		}
 	}
 	sort.Ints(gens)
-	return gens, nil
+	return gens
 }
 
 // kekGenerations lists the KEK generations on the token, oldest first.

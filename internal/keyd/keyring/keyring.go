@@ -167,8 +167,16 @@ func generations(ctx context.Context, tok *hsm.Token) (map[slot][]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	return generationsIn(objs), nil
+}
+
+// generationsIn is generations among objs, a listing of the token.
+func generationsIn(objs []hsm.Object) map[slot][]int {
 	seen := map[slot]map[int]bool{}
 	for _, o := range objs {
+		if !strings.HasPrefix(o.Label, prefix) {
+			continue
+		}
 		p, s, gen, ok := parseLabel(baseLabel(o.Label))
 		if !ok || o.Class == hsm.PublicKey {
 			continue
@@ -185,7 +193,7 @@ func generations(ctx context.Context, tok *hsm.Token) (map[slot][]int, error) {
 		}
 		sort.Ints(out[k])
 	}
-	return out, nil
+	return out
 }
 
 // Open loads every generation of every root key. The token must have been
@@ -323,10 +331,13 @@ const forgetGrace = 30 * time.Second
 // Refresh loads generations created on the token since Open (for example
 // by 'podkey hsm rotate' while keyd runs) and forgets those retired.
 func (kr *Keyring) Refresh(ctx context.Context) error {
-	gens, err := generations(ctx, kr.tok)
+	// One listing of the token serves every question below: it is a
+	// lookup and an attribute read per object, twice a second.
+	objs, err := kr.tok.List(ctx, "")
 	if err != nil {
 		return err
 	}
+	gens := generationsIn(objs)
 	for _, p := range Purposes {
 		for _, s := range suite.All {
 			for _, g := range kr.Generations(p, s) {
@@ -348,13 +359,10 @@ func (kr *Keyring) Refresh(ctx context.Context) error {
 	}
 	// The KEK and audit generations new wraps and batch keys use: the
 	// newest on the token (a rotation through another replica).
-	keks, err := kekGenerations(ctx, kr.tok)
-	if err != nil {
-		return err
-	}
-	auditGen, err := auditGeneration(ctx, kr.tok)
-	if err != nil {
-		return err
+	keks := labelGenerationsIn(objs, KEKLabel)
+	auditGen := 0
+	if a := labelGenerationsIn(objs, AuditLabel); len(a) > 0 {
+		auditGen = a[len(a)-1]
 	}
 	kr.mu.Lock()
 	if len(keks) > 0 {
