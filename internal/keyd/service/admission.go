@@ -141,7 +141,7 @@ func (a *admission) admit(ctx context.Context, id string) (context.Context, erro
 	// most half, so a newcomer is admitted at once, not when the first
 	// caller's calls have drained.
 	share := max(1, a.capacity/(ids+1))
-	if a.admitted >= a.capacity || a.perID[id] >= share {
+	if a.admitted >= a.capacity || a.perID[id] >= share || a.lateLocked(ctx) {
 		a.mu.Unlock()
 		return nil, a.refusal()
 	}
@@ -161,6 +161,22 @@ func (a *admission) admit(ctx context.Context, id string) (context.Context, erro
 	})
 	context.AfterFunc(ctx, func() { timer.Stop() })
 	return ctx, nil
+}
+
+// lateLocked says whether a call with ctx's deadline would reach it
+// waiting behind the calls admitted before it (a.mu held): keyd refuses
+// it now, with the hint, rather than queue work its caller will have
+// given up on. At a 10,000-node restart, queued calls outlived the node's
+// 10 s per-call deadline, and keyd spent its time on answers nobody read.
+func (a *admission) lateLocked(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	avg := a.callNanos.Load()
+	if !ok || avg <= 0 {
+		return false
+	}
+	ahead := max(a.admitted-int64(a.running), 0)
+	wait := time.Duration(ahead*avg/int64(a.inflight) + avg)
+	return time.Until(dl) < wait
 }
 
 func (a *admission) leave(id string) {

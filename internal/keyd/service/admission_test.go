@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -167,6 +168,40 @@ func eventually(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("not within 5s: %s", what)
 		}
 	}
+}
+
+// A call whose deadline would pass while it waits behind those admitted
+// before it is refused at once with a retry hint, not queued to time
+// out; a call with time enough, or none set, is admitted.
+func TestLateCallsAreRefusedNotQueued(t *testing.T) {
+	a := newAdmission(1, 40)
+	a.callNanos.Store(int64(100 * time.Millisecond))
+	r, err := a.run(mustAdmit(t, a, context.Background(), "first"), "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r()
+	for i := range 10 { // a second of work ahead: ten calls of 100 ms, one at a time
+		mustAdmit(t, a, context.Background(), fmt.Sprintf("n%d", i))
+	}
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = a.admit(short, "late")
+	if status.Code(err) != codes.ResourceExhausted || keydv1.RetryDelay(err) <= 0 {
+		t.Fatalf("a call that would time out in the queue: %v", err)
+	}
+	long, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	mustAdmit(t, a, long, "patient")
+}
+
+func mustAdmit(t *testing.T, a *admission, ctx context.Context, id string) context.Context {
+	t.Helper()
+	ctx, err := a.admit(ctx, id)
+	if err != nil {
+		t.Fatalf("%s: %v", id, err)
+	}
+	return ctx
 }
 
 func TestAdmissionBoundsFollowTheMemoryLimit(t *testing.T) {
