@@ -130,6 +130,10 @@ func (n *NodeConn) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Connect now, while the node starts, rather than on its first pod's
+	// publish: at a cluster-wide restart the handshakes then come before
+	// the pods, not among them.
+	conn.Connect()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
