@@ -281,17 +281,31 @@ func startSPIRE(t testing.TB, ctx context.Context) spireProcess {
 
 // processCPU is a process's user and system CPU time so far.
 func processCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	_, cpu := statCPU(fmt.Sprintf("/proc/%d/stat", pid))
+	return cpu
+}
+
+// statCPU reads a /proc/PID/stat file: the command's name and its user
+// and system CPU time so far ("" when unreadable).
+func statCPU(path string) (string, time.Duration) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0
+		return "", 0
 	}
 	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || close < open {
+		return "", 0
+	}
+	f := strings.Fields(s[close+1:])
+	if len(f) < 13 {
+		return "", 0
+	}
 	// After the command: state(0) ppid(1) ... utime(11) stime(12), in
 	// clock ticks of 1/100 s on Linux.
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	return s[open+1 : close], time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func envInt(name string, def int) int {

@@ -33,6 +33,12 @@ const DefaultMaxVolumeBytes = 64 << 20
 // DefaultPodsDir is the kubelet's pods directory under its default root.
 const DefaultPodsDir = "/var/lib/kubelet/pods"
 
+// Defaults of Options.KeydTimeout and Options.OverloadWait.
+const (
+	DefaultKeydTimeout  = 10 * time.Second
+	DefaultOverloadWait = 90 * time.Second
+)
+
 // Issuer obtains a pod's credentials: keyd's Issue call
 // (keydv1.KeydClient is one).
 type Issuer interface {
@@ -151,13 +157,13 @@ func (o *Options) setDefaults() error {
 		o.TokenAudience = "podkey"
 	}
 	if o.KeydTimeout == 0 {
-		o.KeydTimeout = 10 * time.Second
+		o.KeydTimeout = DefaultKeydTimeout
 	}
 	if o.RenewalPoll == 0 {
 		o.RenewalPoll = 15 * time.Second
 	}
 	if o.OverloadWait == 0 {
-		o.OverloadWait = 90 * time.Second
+		o.OverloadWait = DefaultOverloadWait
 	}
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()

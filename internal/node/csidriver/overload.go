@@ -20,23 +20,30 @@ const (
 	overloadMargin    = 5 * time.Second
 )
 
-// issue calls keyd's Issue, and while keyd refuses for overload, waits as
-// keyd's RetryInfo hints (doubling from overloadFirstWait without one)
-// and tries again, until Options.OverloadWait or the caller's deadline
-// would pass. Each wait is drawn uniformly from half to one and a half
-// times the hint, so that the nodes keyd refused together come back
-// spread over a whole hint rather than in lockstep; its mean stays the
-// hint, the time keyd expects to need. A retry here starts the pod
-// sooner than the kubelet's: the kubelet backs off exponentially up to
-// two minutes, with no jitter.
+// issue calls keyd's Issue, waiting out its overload refusals (see
+// WaitOutOverload) for up to Options.OverloadWait.
 func (d *Driver) issue(ctx context.Context, req *keydv1.IssueRequest) (*keydv1.IssueResponse, error) {
-	deadline := time.Now().Add(d.opts.OverloadWait)
+	return WaitOutOverload(ctx, d.opts.Issuer, req, d.opts.KeydTimeout, d.opts.OverloadWait, d.metrics.overloadRetries.Inc)
+}
+
+// WaitOutOverload calls keyd's Issue, each try bounded by timeout, and
+// while keyd refuses for overload, waits as keyd's RetryInfo hints
+// (doubling from overloadFirstWait without one) and tries again (calling
+// retried), until wait or the caller's deadline would pass. Each wait is
+// drawn uniformly from half to one and a half times the hint, so that
+// the nodes keyd refused together come back spread over a whole hint
+// rather than in lockstep; its mean stays the hint, the time keyd expects
+// to need. A retry here starts the pod sooner than the kubelet's: the
+// kubelet backs off exponentially up to two minutes, with no jitter.
+// podkey-csi's publishes use it; so do benchmarks that simulate nodes.
+func WaitOutOverload(ctx context.Context, issuer Issuer, req *keydv1.IssueRequest, timeout, wait time.Duration, retried func()) (*keydv1.IssueResponse, error) {
+	deadline := time.Now().Add(wait)
 	if dl, ok := ctx.Deadline(); ok && dl.Add(-overloadMargin).Before(deadline) {
 		deadline = dl.Add(-overloadMargin)
 	}
 	for attempt := 0; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, d.opts.KeydTimeout)
-		resp, err := d.opts.Issuer.Issue(cctx, req)
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		resp, err := issuer.Issue(cctx, req)
 		cancel()
 		if status.Code(err) != codes.ResourceExhausted {
 			return resp, err
@@ -45,7 +52,7 @@ func (d *Driver) issue(ctx context.Context, req *keydv1.IssueRequest) (*keydv1.I
 		if time.Now().Add(wait).After(deadline) {
 			return nil, err
 		}
-		d.metrics.overloadRetries.Inc()
+		retried()
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
