@@ -89,6 +89,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", os.Getenv("PODKEY_LISTEN"), "TLS listen address, e.g. :7443; empty disables")
 	fs.StringVar(&o.JWKSListen, "jwks-listen", os.Getenv("PODKEY_JWKS_LISTEN"), "HTTPS address serving the token keys' JWK Set at "+jwks.WellKnownPath+" for token receivers, e.g. :8443; empty disables")
 	fs.StringSliceVar(&o.TLSNames, "tls-name", nil, "DNS name or IP in the serving certificate (repeatable; default localhost,127.0.0.1)")
+	fs.BoolVar(&o.TLSRequirePostQuantum, "tls-require-post-quantum", false, "accept only hybrid post-quantum key exchanges (X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024) on the TLS listener and the JWK Set's HTTPS; by default they are preferred and classical ones accepted")
 	fs.StringVar(&o.PolicyFile, "policy-file", os.Getenv("PODKEY_POLICY_FILE"), "YAML policy loaded at start, replacing the stored one")
 	fs.StringVar(&f.policyMode, "policy-file-mode", "replace", "what --policy-file does to a stored policy: replace it (audited; with replicas it replaces every replica's, dropping rules added at run time) or seed (used only when the store holds none)")
 	fs.BoolVar(&o.InsecureLocalIdentity, "insecure-local-identity", false, "DEVELOPMENT ONLY: trust pod identities claimed on the local socket")

@@ -46,6 +46,12 @@ type Options struct {
 	// TLSNames are the DNS names and IP addresses in the serving
 	// certificate. Default localhost and 127.0.0.1.
 	TLSNames []string
+	// TLSRequirePostQuantum limits the TLS listener and the JWK Set's
+	// HTTPS to hybrid post-quantum key exchanges (X25519MLKEM768,
+	// SecP256r1MLKEM768, SecP384r1MLKEM1024): a client offering none is
+	// refused in the handshake. Default false: they are preferred, and
+	// classical groups still accepted.
+	TLSRequirePostQuantum bool
 	// PolicyFile, when set, is the policy at start: it replaces the
 	// stored one (PolicyFileSeeds false), or is stored only where the
 	// store holds none (PolicyFileSeeds true). A replacement is audited

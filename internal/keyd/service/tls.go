@@ -50,8 +50,19 @@ func (s *Server) servingTLS() (*tls.Config, error) {
 	}
 	// Client certificates are requested, not verified, in the handshake:
 	// keyd verifies them per call (callerNode) so refusals say why.
-	return &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: get, ClientAuth: tls.RequestClientCert}, nil
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: get, ClientAuth: tls.RequestClientCert}
+	if s.opts.TLSRequirePostQuantum {
+		conf.CurvePreferences = PostQuantumGroups
+	}
+	return conf, nil
 }
+
+// PostQuantumGroups are the hybrid post-quantum key exchanges, in keyd's
+// order of preference. Go's default already offers and prefers them (a
+// recorded session cannot be opened later by a quantum computer); the
+// classical groups after them stay for clients that have none, unless
+// Options.TLSRequirePostQuantum.
+var PostQuantumGroups = []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024}
 
 func (s *Server) servingCert() (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -1,0 +1,89 @@
+package service_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/podkey/podkey/internal/keyd/keydtest"
+	"github.com/podkey/podkey/internal/keyd/service"
+	keydv1 "github.com/podkey/podkey/pkg/api/keydv1"
+)
+
+// keyd's TLS (the gRPC listener nodes and backends reach, and the JWK
+// Set's HTTPS) negotiates a hybrid post-quantum key exchange with a
+// client that offers one, as Go's TLS and podkey's clients do; a client
+// without one is served classically, unless keyd requires post-quantum,
+// when it is refused in the handshake.
+func TestTLSKeyExchangeIsPostQuantum(t *testing.T) {
+	for _, require := range []bool{false, true} {
+		t.Run(fmt.Sprintf("require=%v", require), func(t *testing.T) {
+			jwks := freeAddr(t)
+			e := keydtest.Start(t, func(o *service.Options) { o.JWKSListen, o.TLSRequirePostQuantum = jwks, require })
+			ca, err := e.Keyd.CABundle(context.Background(), &keydv1.CABundleRequest{Suite: "intl"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			roots := x509.NewCertPool()
+			roots.AppendCertsFromPEM(ca.Pem)
+			for _, addr := range []string{e.Opts.Listen, jwks} {
+				listening(t, addr)
+				for _, tc := range []struct {
+					offer []tls.CurveID // nil: Go's default, as podkey's clients
+					want  tls.CurveID   // 0: refused
+				}{
+					{nil, tls.X25519MLKEM768},
+					{[]tls.CurveID{tls.SecP256r1MLKEM768, tls.CurveP256}, tls.SecP256r1MLKEM768},
+					{[]tls.CurveID{tls.X25519, tls.CurveP256}, map[bool]tls.CurveID{false: tls.X25519, true: 0}[require]},
+				} {
+					c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "localhost", CurvePreferences: tc.offer})
+					if tc.want == 0 {
+						if err == nil {
+							c.Close()
+							t.Fatalf("%s: a client offering only %v was served", addr, tc.offer)
+						}
+						continue
+					}
+					if err != nil {
+						t.Fatalf("%s offering %v: %v", addr, tc.offer, err)
+					}
+					got := c.ConnectionState().CurveID
+					c.Close()
+					if got != tc.want {
+						t.Fatalf("%s offering %v: negotiated %v, want %v", addr, tc.offer, got, tc.want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// listening waits for a listener at addr (keyd opens its JWK Set's after
+// the socket its start is awaited on).
+func listening(t *testing.T, addr string) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens at %s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
