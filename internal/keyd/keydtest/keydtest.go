@@ -114,9 +114,7 @@ func startOn(t testing.TB, cfg hsm.Config, conn, path string, mutate func(*servi
 	dir := t.TempDir()
 	polFile := filepath.Join(dir, "policy.yaml")
 	_ = os.WriteFile(polFile, []byte(PolicyYAML), 0o600)
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
+	addr := FreeAddr(t)
 	if path == "" {
 		path = filepath.Join(dir, "keyd.db")
 	}
@@ -153,12 +151,35 @@ func (e *Env) Run() {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := e.Admin.Status(context.Background(), &keydv1.StatusRequest{}); err == nil {
-			return
+			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("keyd did not come up: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// keyd opens its JWK Set's listener after the socket answers.
+	for e.Opts.JWKSListen != "" {
+		c, err := net.Dial("tcp", e.Opts.JWKSListen)
+		if err == nil {
+			c.Close()
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("keyd's JWK Set listener did not come up: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// FreeAddr is a loopback address with a port free now, for a listener
+// a test configures keyd with.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // Stop stops keyd and closes the token and store.

@@ -5,9 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"net"
 	"testing"
-	"time"
 
 	"github.com/podkey/podkey/internal/keyd/keydtest"
 	"github.com/podkey/podkey/internal/keyd/service"
@@ -22,7 +20,7 @@ import (
 func TestTLSKeyExchangeIsPostQuantum(t *testing.T) {
 	for _, require := range []bool{false, true} {
 		t.Run(fmt.Sprintf("require=%v", require), func(t *testing.T) {
-			jwks := freeAddr(t)
+			jwks := keydtest.FreeAddr(t)
 			e := keydtest.Start(t, func(o *service.Options) { o.JWKSListen, o.TLSRequirePostQuantum = jwks, require })
 			ca, err := e.Keyd.CABundle(context.Background(), &keydv1.CABundleRequest{Suite: "intl"})
 			if err != nil {
@@ -31,7 +29,6 @@ func TestTLSKeyExchangeIsPostQuantum(t *testing.T) {
 			roots := x509.NewCertPool()
 			roots.AppendCertsFromPEM(ca.Pem)
 			for _, addr := range []string{e.Opts.Listen, jwks} {
-				listening(t, addr)
 				for _, tc := range []struct {
 					offer []tls.CurveID // nil: Go's default, as podkey's clients
 					want  tls.CurveID   // 0: refused
@@ -60,30 +57,4 @@ func TestTLSKeyExchangeIsPostQuantum(t *testing.T) {
 			}
 		})
 	}
-}
-
-// listening waits for a listener at addr (keyd opens its JWK Set's after
-// the socket its start is awaited on).
-func listening(t *testing.T, addr string) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens at %s: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,15 +24,6 @@ import (
 
 var pod = &keydv1.PodIdentity{Namespace: "payments", ServiceAccount: "payments", PodName: "pay-a", PodUid: "0b7e1c1e-a", NodeName: "node-1"}
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // issueToken mints a token object of a suite for the ledger audience.
 func issueToken(t *testing.T, e *keydtest.Env, st string) string {
 	resp, err := e.Keyd.Issue(context.Background(), &keydv1.IssueRequest{Pod: pod,
@@ -49,7 +39,7 @@ func issueToken(t *testing.T, e *keydtest.Env, st string) string {
 // suites with it, through a rotation of the token key, and refuses
 // tokens for another audience, expired, or tampered with.
 func TestTokensVerifyAgainstTheServedKeySet(t *testing.T) {
-	addr := freeAddr(t)
+	addr := keydtest.FreeAddr(t)
 	e := keydtest.Start(t, func(o *service.Options) { o.JWKSListen = addr })
 	ctx := context.Background()
 	bundle, err := e.Keyd.CABundle(ctx, &keydv1.CABundleRequest{Suite: "intl"})
